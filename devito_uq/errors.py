@@ -1,0 +1,62 @@
+"""Exception hierarchy of devito_uq.
+
+Every invalid user input raises a subclass of :class:`DevitoUQError` whose
+message names the offending value, before any Devito compile or solve. Where a
+builtin category fits, the subclass also derives from it (``ValueError``,
+``TypeError``) so generic ``except ValueError`` code keeps working.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DevitoUQError",
+    "InvalidArgumentError",
+    "InvalidModelError",
+    "InvalidShapeError",
+    "InvalidDtypeError",
+    "InvalidSurveyError",
+    "StabilityError",
+    "SegyError",
+    "CheckpointError",
+    "TrainingDivergedError",
+]
+
+
+class DevitoUQError(Exception):
+    """Base class of every error raised by devito_uq on purpose."""
+
+
+class InvalidArgumentError(DevitoUQError, ValueError):
+    """An argument has a value outside what the function accepts."""
+
+
+class InvalidModelError(InvalidArgumentError):
+    """Non-physical model: non-positive, NaN or infinite velocity / slowness."""
+
+
+class InvalidShapeError(InvalidArgumentError):
+    """A tensor or array does not have the shape the operator expects."""
+
+
+class InvalidDtypeError(DevitoUQError, TypeError):
+    """Unsupported floating-point type."""
+
+
+class InvalidSurveyError(InvalidArgumentError):
+    """Acquisition geometry, time axis, wavelet or shot selection is invalid."""
+
+
+class StabilityError(InvalidArgumentError):
+    """The time step exceeds the CFL stability limit of the scheme."""
+
+
+class SegyError(DevitoUQError, ValueError):
+    """A SEG-Y file is missing, truncated or lacks the headers we need."""
+
+
+class CheckpointError(DevitoUQError, ValueError):
+    """A checkpoint file is missing, corrupt or belongs to another run."""
+
+
+class TrainingDivergedError(DevitoUQError, RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""

@@ -1,0 +1,1 @@
+"""devito_uq.physics"""
