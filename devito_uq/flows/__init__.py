@@ -1,1 +1,74 @@
-"""devito_uq.flows"""
+r"""Invertible networks (Glow, HINT, conditional HINT) with memory-frugal backpropagation.
+
+Stable API (other modules rely on it)
+-------------------------------------
+Networks and layers, all ``torch.nn.Module``::
+
+    y, logdet = net(x, c=None)          # logdet = log|det ∂y/∂x|, shape [batch]
+    x, logdet = net.inverse(y, c=None)  # logdet = log|det ∂x/∂y|, shape [batch]
+    net.memory_frugal = True / False    # networks: rebuild activations by inversion (default on)
+    net.skip_data_init()                # keep ActNorm at identity instead of fitting 1st batch
+
+    HINT(n, steps=4, hidden=64)                     # vectors / 1D profiles [batch, n], n ≥ 2
+    HINT(c, steps, hidden, ndim=1)                  # signals [batch, c, n] (conv conditioners)
+    ConditionalHINT(n, cond_channels, steps, hidden)  # p(m | d): net(m, c), c [batch, cond]
+    MultiscaleHINT(c, levels, steps, hidden, ndim=1 or 2)
+    Glow(c, levels=3, steps=4, hidden=64, ndim=2)   # images [batch, c, h, w]
+
+Distribution (the network maps model m to latent z; sampling runs its inverse)::
+
+    q = Flow(net, shape)                 # shape: event shape of m, e.g. (n,) or (c, h, w)
+    m = q.sample(n)                      # [n, *shape], no gradient
+    m, log_q = q.rsample_and_log_prob(n) # [n, *shape], [n]; differentiable in net parameters
+    log_q = q.log_prob(m)                # [batch]
+    torch.save(q.state_dict(), path); q2.load_state_dict(torch.load(path))
+
+Layers: ActNorm, InvertibleConv1x1, AffineCoupling, ConditionalAffineCoupling,
+HINTCoupling, ConditionalHINTCoupling, HaarSqueeze, Squeeze, Split, chained by
+InvertibleSequential. Initialization is close to the identity (zero last conditioner layer,
+rotation 1×1 mixing, data-dependent ActNorm on the first batch); coupling log-scales are
+bounded, ``log s = clamp·tanh(raw/clamp)``.
+"""
+
+from devito_uq.flows.flow import Flow
+from devito_uq.flows.glow import Glow
+from devito_uq.flows.hint import (
+    HINT,
+    ConditionalHINT,
+    ConditionalHINTCoupling,
+    FlowNetwork,
+    HINTCoupling,
+    MultiscaleHINT,
+)
+from devito_uq.flows.layers import (
+    ActNorm,
+    AffineCoupling,
+    ConditionalAffineCoupling,
+    Conditioner,
+    HaarSqueeze,
+    InvertibleConv1x1,
+    Split,
+    Squeeze,
+)
+from devito_uq.flows.memory import InvertibleModule, InvertibleSequential
+
+__all__ = [
+    "Flow",
+    "Glow",
+    "HINT",
+    "ConditionalHINT",
+    "MultiscaleHINT",
+    "FlowNetwork",
+    "HINTCoupling",
+    "ConditionalHINTCoupling",
+    "ActNorm",
+    "InvertibleConv1x1",
+    "Conditioner",
+    "AffineCoupling",
+    "ConditionalAffineCoupling",
+    "HaarSqueeze",
+    "Squeeze",
+    "Split",
+    "InvertibleModule",
+    "InvertibleSequential",
+]

@@ -1,1 +1,41 @@
-"""devito_uq.inference"""
+"""devito_uq.inference: likelihoods, priors, variational inference and Langevin/MAP baselines.
+
+Plot helpers live in :mod:`devito_uq.inference.plotting` (not imported here, so
+that importing the package does not load matplotlib).
+"""
+
+from devito_uq.inference.likelihood import GaussianLikelihood, sigma_from_snr
+from devito_uq.inference.map import MAPResult, map_estimate
+from devito_uq.inference.mcmc import MALA, SGLD, MCMCResult, Potential
+from devito_uq.inference.parameterization import Parameterization
+from devito_uq.inference.priors import GaussianPrior, Prior, SmoothnessPrior, TotalVariationPrior
+from devito_uq.inference.problems import (
+    LinearGaussianProblem,
+    MatrixOperator,
+    linear_gaussian_problem,
+)
+from devito_uq.inference.summary import PosteriorSummary, effective_sample_size, summarize
+from devito_uq.inference.variational import VariationalPosterior
+
+__all__ = [
+    "GaussianLikelihood",
+    "sigma_from_snr",
+    "Prior",
+    "GaussianPrior",
+    "SmoothnessPrior",
+    "TotalVariationPrior",
+    "Parameterization",
+    "VariationalPosterior",
+    "MALA",
+    "SGLD",
+    "MCMCResult",
+    "Potential",
+    "map_estimate",
+    "MAPResult",
+    "PosteriorSummary",
+    "summarize",
+    "effective_sample_size",
+    "LinearGaussianProblem",
+    "MatrixOperator",
+    "linear_gaussian_problem",
+]

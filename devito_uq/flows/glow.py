@@ -1,0 +1,55 @@
+"""Glow (Kingma & Dhariwal 2018): multiscale flow of ActNorm, LU 1×1 convolution and affine
+coupling steps, for images (``ndim=2``) or 1D signals (``ndim=1``)."""
+
+from __future__ import annotations
+
+from devito_uq.errors import InvalidArgumentError
+from devito_uq.flows.hint import FlowNetwork, multiscale_layers
+from devito_uq.flows.layers import (
+    ActNorm,
+    AffineCoupling,
+    InvertibleConv1x1,
+    Squeeze,
+    _check_positive,
+)
+
+__all__ = ["Glow"]
+
+
+class Glow(FlowNetwork):
+    """Glow with ``levels`` levels of ``steps`` steps each.
+
+    Per level: channel squeeze (space to depth), ``steps`` × (ActNorm, invertible 1×1
+    convolution, affine coupling with a residual conditioner of width ``hidden`` whose last
+    layer is zero), then half the active channels are factored out (not at the last level).
+
+    Input ``[batch, channels, h, w]`` (or ``[batch, channels, n]`` with ``ndim=1``) with
+    spatial sizes divisible by ``2**levels``; the latent ``y`` has the same number of
+    entries, shaped ``[batch, channels·4**levels, h/2**levels, w/2**levels]``.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        levels: int = 3,
+        steps: int = 4,
+        hidden: int = 64,
+        ndim: int = 2,
+        cond_channels: int = 0,
+        clamp: float = 2.0,
+        memory_frugal: bool = True,
+    ) -> None:
+        _check_positive("channels", channels)
+        _check_positive("hidden", hidden)
+        if ndim not in (1, 2):
+            raise InvalidArgumentError(f"Glow needs ndim 1 or 2, got {ndim!r}")
+
+        def step(active):
+            return [
+                ActNorm(active, ndim),
+                InvertibleConv1x1(active, ndim),
+                AffineCoupling(active, hidden, ndim, cond_channels, clamp),
+            ]
+
+        layers = multiscale_layers(channels, levels, steps, ndim, Squeeze, step)
+        super().__init__(layers, channels, ndim, cond_channels, 2**levels, memory_frugal)

@@ -1,0 +1,249 @@
+r"""Invertible-module base classes and memory-frugal backpropagation.
+
+Every invertible layer maps ``y, logdet = layer(x, c)`` and ``x, logdet = layer.inverse(y, c)``
+with ``logdet`` of shape ``[batch]``: ``log|det ∂y/∂x|`` forward and ``log|det ∂x/∂y|``
+inverse (so the two are negatives of each other at matching points). ``c`` is an optional
+condition tensor that only conditional layers read.
+
+:class:`InvertibleSequential` chains layers. With ``memory_frugal=True`` (the default) a
+training pass runs through one :class:`torch.autograd.Function` that keeps only the final
+output; the backward pass walks the layers in reverse, rebuilds each layer's input from its
+output by inversion and recomputes that single layer under autograd to obtain the gradients
+for its input, its parameters and the condition. Activation memory therefore does not grow
+with depth (Gomez et al. 2017, "The reversible residual network"; Putzky & Welling 2019,
+"Invert to learn to invert"), at the price of one extra inverse and one extra forward per layer.
+
+.. math::
+    \bar x_k = \Big(\frac{\partial y_k}{\partial x_k}\Big)^{\!\top} \bar y_k
+             + \Big(\frac{\partial \log|\det J_k|}{\partial x_k}\Big)^{\!\top} \overline{\ell},
+    \qquad x_k = f_k^{-1}(y_k)
+
+where :math:`\overline{\ell}` is the cotangent of the summed log-determinant (the same for
+every layer). The same machinery runs in the inverse direction (the generative pass used in
+variational inference).
+
+Limitations: double backward (``create_graph=True``) is not supported in frugal mode (use
+``memory_frugal=False``); gradients agree with plain autograd up to the round-off of the
+input reconstruction (≈1e-12 relative in float64).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.autograd.function import once_differentiable
+
+from devito_uq.errors import InvalidArgumentError
+
+__all__ = ["InvertibleModule", "InvertibleSequential"]
+
+
+class InvertibleModule(nn.Module):
+    """Base class: ``y, logdet = m(x, c=None)``; ``x, logdet = m.inverse(y, c=None)``.
+
+    Subclasses implement ``_forward`` and ``_inverse`` (plain autograd, no frugal logic).
+    """
+
+    def forward(
+        self, x: torch.Tensor, c: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._forward(x, c)
+
+    def inverse(
+        self, y: torch.Tensor, c: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._inverse(y, c)
+
+    def _forward(self, x, c):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _inverse(self, y, c):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _recompute(self, out, c, inverse: bool):
+        """Rebuild this layer's input from its output and recompute it under autograd.
+
+        ``out`` is the layer's output on the chain side (``y`` for a forward chain, ``x``
+        when the chain runs inverse). Returns ``(inp, parts, out2, logdet2, assemble)``: the
+        rebuilt input (detached); leaf tensors requiring grad; the recomputed output and
+        logdet with their graph to ``parts``, ``c`` and the parameters; and a function
+        mapping the gradients of ``parts`` to the gradient of ``inp`` (None: concatenate
+        along channels). Layers override this to share work between the rebuild and the
+        recomputation (couplings evaluate their conditioner once).
+        """
+        with torch.no_grad():
+            inp, _ = self._forward(out, c) if inverse else self._inverse(out, c)
+        leaf = inp.detach().requires_grad_(True)
+        out2, ld2 = self._inverse(leaf, c) if inverse else self._forward(leaf, c)
+        return inp, [leaf], out2, ld2, None
+
+
+def _needs_init(module: nn.Module) -> bool:
+    """True if some ActNorm-like submodule still waits for its data-dependent initialization."""
+    for m in module.modules():
+        flag = getattr(m, "initialized", None)
+        if isinstance(flag, torch.Tensor) and not bool(flag):
+            return True
+    return False
+
+
+class InvertibleSequential(InvertibleModule):
+    """A chain of invertible layers with switchable memory-frugal backpropagation.
+
+    Parameters
+    ----------
+    layers : InvertibleModule
+        Layers applied in order by ``forward`` and in reverse order by ``inverse``.
+    memory_frugal : bool
+        If True (default), training passes keep only the chain's output and rebuild
+        intermediate states by inversion during backward. Settable afterwards through the
+        ``memory_frugal`` attribute.
+    """
+
+    def __init__(self, *layers: InvertibleModule, memory_frugal: bool = True) -> None:
+        super().__init__()
+        if not layers:
+            raise InvalidArgumentError("InvertibleSequential needs at least one layer, got none")
+        for layer in layers:
+            if not isinstance(layer, InvertibleModule):
+                raise InvalidArgumentError(
+                    f"every layer must be an InvertibleModule, got {type(layer).__name__}"
+                )
+        self.layers = nn.ModuleList(layers)
+        self.memory_frugal = bool(memory_frugal)
+
+    def skip_data_init(self) -> InvertibleSequential:
+        """Mark every ActNorm as initialized so it keeps its identity initialization instead
+        of fitting the first batch (useful when that batch is small). Returns ``self``."""
+        for m in self.modules():
+            flag = getattr(m, "initialized", None)
+            if isinstance(flag, torch.Tensor):
+                flag.fill_(True)
+        return self
+
+    # -- hooks for subclasses -------------------------------------------------------------
+    def _check(self, x: torch.Tensor, c: torch.Tensor | None, inverse: bool) -> None:
+        """Validate user input (subclasses raise DevitoUQError subclasses)."""
+
+    # -- plain passes ---------------------------------------------------------------------
+    def _forward(self, x, c):
+        logdet = x.new_zeros(x.shape[0])
+        for layer in self.layers:
+            x, ld = layer._forward(x, c)
+            logdet = logdet + ld
+        return x, logdet
+
+    def _inverse(self, y, c):
+        logdet = y.new_zeros(y.shape[0])
+        for layer in reversed(self.layers):
+            y, ld = layer._inverse(y, c)
+            logdet = logdet + ld
+        return y, logdet
+
+    def leaves(self) -> list[InvertibleModule]:
+        """The chain flattened to its non-sequential layers (the units recomputed in backward)."""
+        out: list[InvertibleModule] = []
+        for layer in self.layers:
+            leaves = getattr(layer, "leaves", None)
+            out.extend(leaves() if leaves is not None else [layer])
+        return out
+
+    # -- public passes ----------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, c: torch.Tensor | None = None):
+        """``y, logdet = net(x, c)``; logdet = log|det ∂y/∂x|, shape ``[batch]``."""
+        return self._run(x, c, inverse=False)
+
+    def inverse(self, y: torch.Tensor, c: torch.Tensor | None = None):
+        """``x, logdet = net.inverse(y, c)``; logdet = log|det ∂x/∂y|, shape ``[batch]``."""
+        return self._run(y, c, inverse=True)
+
+    def _run(self, x, c, inverse: bool):
+        self._check(x, c, inverse)
+        if _needs_init(self):
+            # Data-dependent initialization (ActNorm) happens once, in a plain pass without
+            # autograd, so the frugal Function never sees parameters change under it.
+            with torch.no_grad():
+                self._inverse(x, c) if inverse else self._forward(x, c)
+        params = [p for p in self.parameters()]
+        wants_grad = torch.is_grad_enabled() and (
+            x.requires_grad
+            or (c is not None and c.requires_grad)
+            or any(p.requires_grad for p in params)
+        )
+        if self.memory_frugal and wants_grad:
+            return _FrugalChain.apply(self, inverse, x, c, *params)
+        return self._inverse(x, c) if inverse else self._forward(x, c)
+
+
+def _grad_pairs(outputs, grads):
+    """Keep (output, cotangent) pairs whose output is part of the local graph."""
+    outs, gs = [], []
+    for o, g in zip(outputs, grads):
+        if o.requires_grad:
+            outs.append(o)
+            gs.append(g)
+    return outs, gs
+
+
+class _FrugalChain(torch.autograd.Function):
+    """Run an InvertibleSequential keeping only its output; rebuild inputs in backward."""
+
+    @staticmethod
+    def forward(ctx, seq, inverse, x, c, *params):
+        with torch.no_grad():
+            y, logdet = seq._inverse(x, c) if inverse else seq._forward(x, c)
+        ctx.seq = seq
+        ctx.inverse = inverse
+        ctx.save_for_backward(y, c)
+        return y, logdet
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gy, gld):
+        seq: InvertibleSequential = ctx.seq
+        y, c = ctx.saved_tensors
+        params = list(seq.parameters())
+        index = {id(p): i for i, p in enumerate(params)}
+        pgrads: list[torch.Tensor | None] = [None] * len(params)
+        need_c = c is not None and ctx.needs_input_grad[3]
+        gc = None
+        leaves = seq.leaves()
+        # Walk from the output back to the input. In the inverse direction the chain ran the
+        # leaves in reverse order, so the output side is the first leaf.
+        order = leaves if ctx.inverse else list(reversed(leaves))
+        cur = y.detach()
+        cd = c.detach().requires_grad_(True) if need_c else c
+        for k, leaf in enumerate(order):
+            last = k == len(order) - 1
+            need_x = not last or ctx.needs_input_grad[2]
+            lparams = [p for p in leaf.parameters() if p.requires_grad]
+            with torch.enable_grad():
+                prev, parts, out, ld, assemble = leaf._recompute(cur, cd, ctx.inverse)
+                inputs = (parts if need_x else []) + ([cd] if need_c else []) + lparams
+                outs, gs = _grad_pairs((out, ld), (gy, gld))
+                if inputs and outs:
+                    grads = torch.autograd.grad(outs, inputs, gs, allow_unused=True)
+                else:
+                    grads = [None] * len(inputs)
+            pos = 0
+            if need_x:
+                pos = len(parts)
+                gparts = [
+                    g if g is not None else torch.zeros_like(t) for g, t in zip(grads[:pos], parts)
+                ]
+                if assemble is not None:
+                    gy = assemble(gparts)
+                else:
+                    gy = gparts[0] if pos == 1 else torch.cat(gparts, dim=1)
+            if need_c:
+                if grads[pos] is not None:
+                    gc = grads[pos] if gc is None else gc + grads[pos]
+                pos += 1
+            for p, g in zip(lparams, grads[pos:]):
+                if g is None:
+                    continue
+                i = index[id(p)]
+                pgrads[i] = g if pgrads[i] is None else pgrads[i] + g
+            cur = prev
+        gx = gy if ctx.needs_input_grad[2] else None
+        return (None, None, gx, gc, *pgrads)

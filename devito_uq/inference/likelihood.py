@@ -1,0 +1,168 @@
+r"""Gaussian data likelihood for any differentiable torch operator.
+
+.. math::
+    -\log p(d \mid m) = \frac{1}{2\sigma^2} \| d - F(m) \|^2 + \text{const}
+
+With ``shot_batch = n`` out of ``N`` shots, each evaluation uses a random subset
+``S`` of shots and the unbiased estimate
+
+.. math::
+    \frac{N}{n} \frac{1}{2\sigma^2} \sum_{i \in S} \| d_i - F_i(m) \|^2
+
+(Welling & Teh, 2011; the seed talk's "stochastic gradient" slide).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from devito_uq.errors import InvalidArgumentError, InvalidShapeError
+
+__all__ = ["GaussianLikelihood", "sigma_from_snr"]
+
+
+def sigma_from_snr(data: torch.Tensor, snr_db: float) -> float:
+    r"""Noise standard deviation for a target signal-to-noise ratio in dB.
+
+    .. math::
+        \sigma^2 = \frac{\|d\|^2}{N_d \, 10^{\mathrm{SNR}/10}}
+
+    with :math:`N_d` the number of data samples, i.e. the mean data power divided
+    by the power ratio: white noise of this σ has ``10·log10(‖d‖² / E‖n‖²) = snr_db``.
+    """
+    if not math.isfinite(float(snr_db)):
+        raise InvalidArgumentError(f"snr_db must be a finite number of dB, got {snr_db}")
+    power = float(torch.sum(data.detach().double() ** 2)) / data.numel()
+    if power <= 0.0:
+        raise InvalidArgumentError("cannot derive sigma from snr_db: the data are all zero")
+    return math.sqrt(power / 10.0 ** (float(snr_db) / 10.0))
+
+
+def _accepts_shots(operator: Callable) -> bool:
+    target = operator.forward if isinstance(operator, nn.Module) else operator
+    try:
+        params = inspect.signature(target).parameters
+    except (TypeError, ValueError):  # builtins without a signature
+        return False
+    return "shots" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+class GaussianLikelihood(nn.Module):
+    r"""Negative log-likelihood :math:`\frac{1}{2\sigma^2}\|d - F(m)\|^2` per sample.
+
+    Args:
+        operator: differentiable map ``F`` from models ``[batch, *model_shape]`` to
+            data ``[batch, *data_shape]`` (a devito_uq physics module, an
+            ``nn.Linear``, any callable). To use ``shot_batch`` it must accept a
+            ``shots=`` keyword (a 1-D ``LongTensor`` of shot indices) and then return
+            ``[batch, len(shots), ...]``.
+        data: observed data ``[*data_shape]`` — one sample, no batch axis. With
+            ``shot_batch``, shots are the leading axis.
+        sigma: noise standard deviation (> 0), in data units; or
+        snr_db: target SNR in dB, giving ``sigma = sigma_from_snr(data, snr_db)``.
+        shot_batch: number of shots per stochastic evaluation (``None``: all).
+        seed: seed of the private generator that draws shot subsets.
+
+    Calling the module returns the ``[batch]`` negative log-likelihood (additive
+    constant dropped). ``full=True`` forces all shots (MALA needs exact values).
+    """
+
+    def __init__(
+        self,
+        operator: Callable[..., torch.Tensor],
+        data: torch.Tensor,
+        sigma: float | None = None,
+        snr_db: float | None = None,
+        shot_batch: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if not callable(operator):
+            raise InvalidArgumentError(
+                f"operator must be callable (e.g. an nn.Module), got {type(operator).__name__}"
+            )
+        if not isinstance(data, torch.Tensor) or not data.is_floating_point():
+            raise InvalidArgumentError(
+                f"data must be a floating-point torch.Tensor, got {type(data).__name__}"
+                + (f" of dtype {data.dtype}" if isinstance(data, torch.Tensor) else "")
+            )
+        if data.ndim == 0:
+            raise InvalidShapeError("data must have at least one axis, got a scalar")
+        if (sigma is None) == (snr_db is None):
+            raise InvalidArgumentError(
+                f"give exactly one of sigma and snr_db, got sigma={sigma}, snr_db={snr_db}"
+            )
+        if sigma is not None:
+            if not (isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma > 0):
+                raise InvalidArgumentError(f"sigma must be a positive finite number, got {sigma}")
+            sigma = float(sigma)
+        else:
+            sigma = sigma_from_snr(data, snr_db)
+        n_shots = int(data.shape[0])
+        if shot_batch is not None:
+            if isinstance(shot_batch, bool) or not isinstance(shot_batch, int):
+                raise InvalidArgumentError(f"shot_batch must be an int, got {shot_batch!r}")
+            if not 1 <= shot_batch <= n_shots:
+                raise InvalidArgumentError(
+                    f"shot_batch={shot_batch} must lie in [1, {n_shots}] (shots in the data)"
+                )
+            if shot_batch < n_shots and not _accepts_shots(operator):
+                raise InvalidArgumentError(
+                    f"shot_batch={shot_batch} needs an operator that accepts shots=, "
+                    f"but {type(operator).__name__} does not"
+                )
+        self.operator = operator
+        self.register_buffer("data", data.detach().clone())
+        self.sigma = sigma
+        self.shot_batch = shot_batch
+        self.n_shots = n_shots
+        self.generator = torch.Generator().manual_seed(int(seed))
+
+    @property
+    def stochastic(self) -> bool:
+        """True when each call uses a random subset of the shots."""
+        return self.shot_batch is not None and self.shot_batch < self.n_shots
+
+    def residual(self, m: torch.Tensor, shots: torch.Tensor | None = None) -> torch.Tensor:
+        """``d − F(m)`` shaped ``[batch, *data_shape]`` (or ``[batch, len(shots), ...]``)."""
+        if shots is None:
+            pred, data = self.operator(m), self.data
+        else:
+            pred, data = self.operator(m, shots=shots), self.data[shots.to(self.data.device)]
+        if pred.shape[1:] != data.shape:
+            raise InvalidShapeError(
+                f"operator output {tuple(pred.shape)} does not match data {tuple(data.shape)} "
+                "with a leading batch axis"
+            )
+        return data.to(pred.device, pred.dtype) - pred
+
+    def draw_shots(self) -> torch.Tensor:
+        """A sorted random subset of ``shot_batch`` shot indices."""
+        return torch.randperm(self.n_shots, generator=self.generator)[: self.shot_batch].sort()[0]
+
+    def forward(self, m: torch.Tensor, full: bool = False) -> torch.Tensor:
+        """``[batch]`` negative log-likelihood of models ``m`` ``[batch, *model_shape]``."""
+        if self.stochastic and not full:
+            shots = self.draw_shots()
+            r = self.residual(m, shots)
+            scale = self.n_shots / self.shot_batch
+        else:
+            r = self.residual(m)
+            scale = 1.0
+        return (0.5 * scale / self.sigma**2) * r.flatten(1).pow(2).sum(1)
+
+    def get_rng_state(self) -> torch.Tensor:
+        """State of the shot-subset generator (saved in checkpoints)."""
+        return self.generator.get_state()
+
+    def set_rng_state(self, state: torch.Tensor) -> None:
+        """Restore the shot-subset generator."""
+        self.generator.set_state(state)
+
+    def extra_repr(self) -> str:
+        return f"sigma={self.sigma:.4g}, n_shots={self.n_shots}, shot_batch={self.shot_batch}"

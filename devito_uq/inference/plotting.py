@@ -1,0 +1,138 @@
+"""Figures of posterior samples and training curves (matplotlib, Agg backend, PNG).
+
+1-D models are drawn as depth profiles: depth on the vertical axis, increasing
+downwards, the parameter on the horizontal axis, as geophysicists plot logs.
+2-D models are drawn as images with depth down. Each function returns the
+matplotlib ``Figure`` and writes a PNG when ``path`` is given.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: CI and clusters have no display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from devito_uq.errors import InvalidArgumentError, InvalidShapeError  # noqa: E402
+from devito_uq.inference.summary import PosteriorSummary  # noqa: E402
+
+__all__ = ["plot_profiles", "plot_images", "plot_loss", "save_figure"]
+
+
+def save_figure(fig, path: str | os.PathLike | None, dpi: int = 120):
+    """Write ``fig`` as PNG (folders created) and return it."""
+    if path is not None:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    return fig
+
+
+def _np(t) -> np.ndarray:
+    return t.detach().cpu().double().numpy() if isinstance(t, torch.Tensor) else np.asarray(t)
+
+
+def plot_profiles(
+    summary: PosteriorSummary,
+    depth: Sequence[float] | torch.Tensor | None = None,
+    samples: torch.Tensor | None = None,
+    truth: torch.Tensor | None = None,
+    mass: float = 0.9,
+    xlabel: str = "model",
+    ylabel: str = "depth (m)",
+    title: str | None = None,
+    path: str | os.PathLike | None = None,
+):
+    """Posterior of a 1-D profile: samples, mean, credible band, and std.
+
+    Args:
+        summary: :class:`PosteriorSummary` of ``[n_depth]`` models.
+        depth: ``[n_depth]`` depths (default: sample index).
+        samples: ``[k, n_depth]`` a few samples drawn thin.
+        truth: ``[n_depth]`` true model, if known.
+        mass: credible mass of the shaded band (its quantiles must be in ``summary``).
+    """
+    if summary.mean.ndim != 1:
+        raise InvalidShapeError(f"plot_profiles needs 1-D models, got {tuple(summary.mean.shape)}")
+    n = summary.mean.shape[0]
+    z = np.arange(n) if depth is None else _np(depth)
+    if z.shape != (n,):
+        raise InvalidShapeError(f"depth must have {n} values, got shape {z.shape}")
+    lo, hi = summary.credible_interval(mass)
+    fig, (ax, ax_std) = plt.subplots(
+        1, 2, figsize=(7, 6), sharey=True, gridspec_kw={"width_ratios": [3, 1]}
+    )
+    if samples is not None:
+        for s in _np(samples)[:50]:
+            ax.plot(s, z, color="0.6", lw=0.5, alpha=0.5)
+    ax.fill_betweenx(z, _np(lo), _np(hi), color="C0", alpha=0.3, label=f"{mass:.0%} interval")
+    ax.plot(_np(summary.mean), z, color="C0", lw=2, label="posterior mean")
+    if truth is not None:
+        ax.plot(_np(truth), z, "k--", lw=1.5, label="true")
+    ax.invert_yaxis()  # depth increases downwards
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(loc="best", fontsize=8)
+    ax_std.plot(_np(summary.std), z, color="C3")
+    ax_std.set_xlabel("posterior std")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def plot_images(
+    summary: PosteriorSummary,
+    samples: torch.Tensor | None = None,
+    extent: Sequence[float] | None = None,
+    cmap: str = "viridis",
+    title: str | None = None,
+    path: str | os.PathLike | None = None,
+):
+    """Posterior of a 2-D model ``[x, z]``: mean, std, 90% interval width, samples.
+
+    ``extent`` is ``(x0, x1, z1, z0)`` in m as for ``imshow`` (depth down).
+    """
+    if summary.mean.ndim != 2:
+        raise InvalidShapeError(f"plot_images needs 2-D models, got {tuple(summary.mean.shape)}")
+    lo, hi = summary.credible_interval(0.9)
+    panels = [("mean", summary.mean, cmap), ("std", summary.std, "magma")]
+    panels.append(("90% interval width", hi - lo, "magma"))
+    if samples is not None:
+        panels += [(f"sample {i}", s, cmap) for i, s in enumerate(samples[:3])]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.2), squeeze=False)
+    for ax, (name, img, cm) in zip(axes[0], panels):
+        # Models are [x, z]; imshow wants rows = depth.
+        im = ax.imshow(_np(img).T, extent=extent, cmap=cm, aspect="auto")
+        ax.set_title(name)
+        fig.colorbar(im, ax=ax, shrink=0.8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def plot_loss(
+    history: Mapping[str, Sequence[float]],
+    terms: Sequence[str] = ("loss", "misfit", "prior", "neg_entropy"),
+    title: str | None = None,
+    path: str | os.PathLike | None = None,
+):
+    """Training curves from :attr:`VariationalPosterior.history`, one panel per term."""
+    missing = [t for t in terms if t not in history]
+    if missing:
+        raise InvalidArgumentError(f"history lacks the terms {missing}")
+    it = history.get("iteration") or list(range(1, len(history[terms[0]]) + 1))
+    fig, axes = plt.subplots(1, len(terms), figsize=(3.2 * len(terms), 3.0), squeeze=False)
+    for ax, name in zip(axes[0], terms):
+        ax.plot(it, history[name], lw=0.8)
+        ax.set_title(name)
+        ax.set_xlabel("iteration")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return save_figure(fig, path)

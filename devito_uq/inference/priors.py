@@ -1,0 +1,219 @@
+r"""Priors :math:`R(m) = -\log p(m)` (up to an additive constant), batched.
+
+Every prior is an ``nn.Module`` with ``negative_log(m) -> [batch]`` for models
+``m`` shaped ``[batch, *model_shape]``; calling the module does the same.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from devito_uq.errors import InvalidArgumentError, InvalidShapeError
+
+__all__ = ["Prior", "GaussianPrior", "SmoothnessPrior", "TotalVariationPrior"]
+
+
+def _positive(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidArgumentError(f"{name} must be a positive number, got {value!r}")
+    if not (math.isfinite(value) and value > 0):
+        raise InvalidArgumentError(f"{name} must be a positive finite number, got {value}")
+    return float(value)
+
+
+class Prior(nn.Module):
+    """Base class: subclasses implement :meth:`negative_log`."""
+
+    def negative_log(self, m: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward(self, m: torch.Tensor) -> torch.Tensor:
+        return self.negative_log(m)
+
+
+class GaussianPrior(Prior):
+    r"""Gaussian prior :math:`\tfrac12 (m-\mu)^\top \Sigma^{-1} (m-\mu)`.
+
+    Args:
+        mean: ``[*model_shape]`` prior mean μ.
+        covariance: Σ as a number (isotropic variance), a ``[n]`` tensor (diagonal
+            variances) or a ``[n, n]`` SPD matrix, with ``n = mean.numel()``; or
+        precision: Σ⁻¹ in the same three forms. Give exactly one.
+    """
+
+    def __init__(
+        self,
+        mean: torch.Tensor,
+        covariance: float | torch.Tensor | None = None,
+        precision: float | torch.Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(mean, torch.Tensor) or not mean.is_floating_point():
+            raise InvalidArgumentError(
+                f"mean must be a floating-point tensor, got {type(mean).__name__}"
+            )
+        if (covariance is None) == (precision is None):
+            raise InvalidArgumentError("give exactly one of covariance and precision")
+        n = mean.numel()
+        name, value = (
+            ("covariance", covariance) if covariance is not None else ("precision", precision)
+        )
+        self.register_buffer("mean", mean.detach().clone())
+        self.model_shape = tuple(mean.shape)
+        # Stored as a Cholesky factor L of the precision (P = L Lᵀ) or a diagonal.
+        self.kind = "diag"
+        if not isinstance(value, torch.Tensor):
+            v = _positive(name, value)
+            diag = torch.full((n,), v if name == "precision" else 1.0 / v, dtype=mean.dtype)
+            self.register_buffer("factor", diag)
+        elif value.ndim <= 1 and value.numel() in (1, n):
+            v = value.detach().to(mean.dtype).reshape(-1).expand(n).clone()
+            if not bool(torch.all(torch.isfinite(v) & (v > 0))):
+                raise InvalidArgumentError(f"diagonal {name} must be positive and finite")
+            self.register_buffer("factor", v if name == "precision" else 1.0 / v)
+        elif value.shape == (n, n):
+            mat = value.detach().to(mean.dtype)
+            if not torch.allclose(mat, mat.T, rtol=1e-6, atol=1e-12 * float(mat.abs().max())):
+                raise InvalidArgumentError(f"{name} matrix [{n}, {n}] is not symmetric")
+            chol, info = torch.linalg.cholesky_ex(mat)
+            if int(info) != 0:
+                raise InvalidArgumentError(f"{name} matrix [{n}, {n}] is not positive definite")
+            prec = mat if name == "precision" else torch.cholesky_inverse(chol)
+            self.register_buffer("factor", torch.linalg.cholesky(prec))
+            self.kind = "full"
+        else:
+            raise InvalidShapeError(
+                f"{name} must be a number, [{n}] or [{n}, {n}] for a mean of {n} values, "
+                f"got shape {tuple(value.shape)}"
+            )
+
+    def negative_log(self, m: torch.Tensor) -> torch.Tensor:
+        """``[batch]`` value of ½ (m−μ)ᵀ Σ⁻¹ (m−μ) for ``m`` ``[batch, *model_shape]``."""
+        if tuple(m.shape[1:]) != self.model_shape:
+            raise InvalidShapeError(
+                f"models must be [batch, *{self.model_shape}], got {tuple(m.shape)}"
+            )
+        r = (m - self.mean.to(m.dtype)).flatten(1)
+        if self.kind == "diag":
+            return 0.5 * (r.pow(2) * self.factor.to(m.dtype)).sum(1)
+        return 0.5 * (r @ self.factor.to(m.dtype)).pow(2).sum(1)
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``[n, *model_shape]`` draws from the prior."""
+        z = torch.randn(n, self.mean.numel(), generator=generator, dtype=self.mean.dtype)
+        if self.kind == "diag":
+            x = z / self.factor.sqrt()
+        else:
+            # P = L Lᵀ  ⇒  x = L⁻ᵀ z has covariance P⁻¹.
+            x = torch.linalg.solve_triangular(self.factor.T, z.T, upper=True).T
+        return self.mean + x.reshape(n, *self.model_shape)
+
+
+def _check_axes(axes: Sequence[int] | int, ndim: int | None = None) -> tuple[int, ...]:
+    axes = (axes,) if isinstance(axes, int) else tuple(axes)
+    if not axes or any(isinstance(a, bool) or not isinstance(a, int) or a < 0 for a in axes):
+        raise InvalidArgumentError(f"axes must be non-negative model axes, got {axes}")
+    if len(set(axes)) != len(axes):
+        raise InvalidArgumentError(f"axes must not repeat, got {axes}")
+    return axes
+
+
+def _differences(m: torch.Tensor, axes: tuple[int, ...], spacing: tuple[float, ...]):
+    # Forward differences along model axis a (tensor axis a + 1, after the batch axis).
+    if max(axes) >= m.ndim - 1:
+        raise InvalidShapeError(
+            f"prior axes {axes} do not exist in models of shape {tuple(m.shape[1:])}"
+        )
+    return [torch.diff(m, dim=a + 1) / h for a, h in zip(axes, spacing)]
+
+
+class SmoothnessPrior(Prior):
+    r"""Gaussian smoothness prior on first differences.
+
+    .. math::
+        R(m) = \frac{1}{2\sigma_p^2} \sum_{a} \| D_a (m - m_0) \|^2
+             + \frac{1}{2\sigma_0^2} \| m - m_0 \|^2
+
+    with :math:`D_a` the forward difference along model axis ``a`` divided by the
+    grid ``spacing``. The second, small-norm term (``sigma_norm``) makes the prior
+    proper; without it constant shifts of ``m`` are free.
+
+    Args:
+        sigma: σ_p, expected size of one difference (model units per spacing unit).
+        axes: model axes (0 = first axis after the batch axis) to difference.
+        spacing: grid spacing per axis (default 1).
+        sigma_norm: σ_0 of the optional norm term (``None``: no norm term).
+        reference: m_0, ``[*model_shape]`` or a number (default 0).
+    """
+
+    def __init__(
+        self,
+        sigma: float,
+        axes: Sequence[int] | int = (0,),
+        spacing: Sequence[float] | float | None = None,
+        sigma_norm: float | None = None,
+        reference: torch.Tensor | float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.sigma = _positive("sigma", sigma)
+        self.axes = _check_axes(axes)
+        self.spacing = _spacing(spacing, self.axes)
+        self.sigma_norm = None if sigma_norm is None else _positive("sigma_norm", sigma_norm)
+        self.register_buffer("reference", torch.as_tensor(reference).detach().clone())
+
+    def negative_log(self, m: torch.Tensor) -> torch.Tensor:
+        r = m - self.reference.to(m.dtype)
+        out = sum(d.flatten(1).pow(2).sum(1) for d in _differences(r, self.axes, self.spacing))
+        out = out / (2.0 * self.sigma**2)
+        if self.sigma_norm is not None:
+            out = out + r.flatten(1).pow(2).sum(1) / (2.0 * self.sigma_norm**2)
+        return out
+
+
+def _spacing(spacing, axes) -> tuple[float, ...]:
+    if spacing is None:
+        return (1.0,) * len(axes)
+    sp = (spacing,) * len(axes) if isinstance(spacing, (int, float)) else tuple(spacing)
+    if len(sp) != len(axes):
+        raise InvalidArgumentError(f"spacing {sp} must give one value per axis {axes}")
+    return tuple(_positive("spacing", s) for s in sp)
+
+
+class TotalVariationPrior(Prior):
+    r"""Smoothed isotropic total variation.
+
+    .. math::
+        R(m) = \lambda \sum_{x} \sqrt{\textstyle\sum_a (D_a m)(x)^2 + \varepsilon^2}
+
+    The differences along the ``axes`` are cropped to their common interior. ε > 0
+    keeps ``R`` differentiable at flat regions (Langevin and VI need gradients).
+
+    Args:
+        weight: λ > 0, in 1 / (model units per spacing unit).
+        axes, spacing: as in :class:`SmoothnessPrior`.
+        epsilon: smoothing ε, in model units per spacing unit.
+    """
+
+    def __init__(
+        self,
+        weight: float,
+        axes: Sequence[int] | int = (0,),
+        spacing: Sequence[float] | float | None = None,
+        epsilon: float = 1e-3,
+    ) -> None:
+        super().__init__()
+        self.weight = _positive("weight", weight)
+        self.axes = _check_axes(axes)
+        self.spacing = _spacing(spacing, self.axes)
+        self.epsilon = _positive("epsilon", epsilon)
+
+    def negative_log(self, m: torch.Tensor) -> torch.Tensor:
+        diffs = _differences(m, self.axes, self.spacing)
+        # Crop every difference to the common interior [..., n_a - 1, ...].
+        common = [min(d.shape[k] for d in diffs) for k in range(m.ndim)]
+        sq = sum(d[tuple(slice(0, c) for c in common)].pow(2) for d in diffs)
+        return self.weight * torch.sqrt(sq + self.epsilon**2).flatten(1).sum(1)

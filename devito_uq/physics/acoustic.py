@@ -1,0 +1,514 @@
+r"""Acoustic wave-equation operators written with Devito's DSL, and a caching solver.
+
+The constant-density acoustic wave equation with a damping absorbing layer,
+
+.. math::
+    m\,\partial_t^2 u - \nabla^2 u + \eta\,\partial_t u = q,
+
+(``m = 1/v²`` in s²/km², ``η`` the damping profile, time in ms, space in m), is
+discretised with a 2nd-order leapfrog in time and a ``space_order`` Laplacian.
+Four operator factories build the Devito ``Operator`` objects:
+
+* :func:`forward_operator` — nonlinear modeling ``F(m) q`` (optionally saving ``u``:
+  every step, or every ``factor``-th step through a ``ConditionalDimension``);
+* :func:`adjoint_operator` — ``Fᵀ`` with respect to the source (receiver injection,
+  backward in time, source-side interpolation);
+* :func:`born_operator` — Born modeling ``J(m₀) δm`` (source ``−δm ∂²_t u₀``);
+* :func:`gradient_operator` — ``J(m₀)ᵀ δd``: the adjoint-state gradient
+  ``−Σ_t u[t] ∂²_t v[t]`` with ``δd`` injected at the receivers.
+
+:class:`AcousticSolver` compiles each operator once (per model geometry and
+dtype, see :func:`get_solver`) and applies it shot by shot, passing the cached
+per-shot source/receiver objects, the time step and the time bounds as
+arguments; wavefield buffers are allocated once and reused.
+
+Memory-saving gradient: with ``factor = k > 1`` only every k-th time step of the
+forward wavefield is stored and the imaging condition is evaluated on those steps
+(scaled by k). Storage drops by k; the gradient becomes an approximation. Measured
+(``benchmarks/results/bench_acoustic.md``, 201×201, 10 Hz, dt 2.08 ms): relative
+error 1.4e-4 / 2.9e-4 / 1.8e-4 / 6.5e-2 for k = 2 / 3 / 4 / 6 (buffer 162 → 81 /
+54 / 40 / 27 MB); on the tests' 15 Hz problem 2.3e-3 at k = 2 and 0.5 at k = 4.
+Keep ``k · dt · f_peak`` below about 0.08. Use full storage for Taylor tests and
+exact adjoints.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from devito import (
+    ConditionalDimension,
+    Eq,
+    Function,
+    Grid,
+    Inc,
+    Operator,
+    SparseTimeFunction,
+    TimeFunction,
+    solve,
+)
+
+from devito_uq.errors import InvalidArgumentError
+from devito_uq.physics._validate import check_dtype
+from devito_uq.physics.model import AcousticModel
+from devito_uq.physics.survey import Shot
+
+__all__ = [
+    "AcousticSolver",
+    "SavedWavefield",
+    "get_solver",
+    "clear_solvers",
+    "compile_count",
+    "forward_operator",
+    "adjoint_operator",
+    "born_operator",
+    "gradient_operator",
+]
+
+# Number of Devito Operators built by this module; a test checks a second call builds none.
+_BUILDS = {"count": 0}
+
+
+def compile_count() -> int:
+    """How many Devito Operators this module has built (and JIT-compiled) so far."""
+    return _BUILDS["count"]
+
+
+def _make_operator(eqs: list, spacing_map: dict, name: str) -> Operator:
+    _BUILDS["count"] += 1
+    op = Operator(eqs, subs=spacing_map, name=name)
+    op.cfunction  # noqa: B018  -- JIT-compile now, not inside the first timed apply
+    return op
+
+
+# ------------------------------------------------------------------ factories
+def _wave_update(field: TimeFunction, m: Function, damp: Function, forward: bool, q: Any = 0):
+    """Leapfrog update of ``m u_tt − Δu + η u_t = q`` (``q`` only used by Born)."""
+    target = field.forward if forward else field.backward
+    udt = field.dt if forward else field.dt.T
+    pde = m * field.dt2 - field.laplace + damp * udt - q
+    return Eq(target, solve(pde, target))
+
+
+def forward_operator(
+    grid: Grid,
+    m: Function,
+    damp: Function,
+    u: TimeFunction,
+    src: SparseTimeFunction,
+    rec: SparseTimeFunction,
+    usave: TimeFunction | None = None,
+) -> Operator:
+    """Nonlinear modeling: inject ``src`` into ``u``, record ``u`` at ``rec``.
+
+    ``u`` is either a 3-slot buffer or a full ``save`` buffer; ``usave`` (with a
+    ``ConditionalDimension`` time index) stores every k-th step when given.
+    """
+    s = grid.stepping_dim.spacing
+    eqs = [_wave_update(u, m, damp, forward=True)]
+    eqs += src.inject(field=u.forward, expr=src * s**2 / m)
+    eqs += rec.interpolate(expr=u)
+    if usave is not None:
+        eqs.append(Eq(usave, u))
+    return _make_operator(eqs, grid.spacing_map, "Forward")
+
+
+def adjoint_operator(
+    grid: Grid,
+    m: Function,
+    damp: Function,
+    v: TimeFunction,
+    rec: SparseTimeFunction,
+    srca: SparseTimeFunction,
+) -> Operator:
+    """Adjoint of :func:`forward_operator` w.r.t. the source: inject ``rec``, record at ``srca``."""
+    s = grid.stepping_dim.spacing
+    eqs = [_wave_update(v, m, damp, forward=False)]
+    eqs += rec.inject(field=v.backward, expr=rec * s**2 / m)
+    eqs += srca.interpolate(expr=v)
+    return _make_operator(eqs, grid.spacing_map, "Adjoint")
+
+
+def born_operator(
+    grid: Grid,
+    m: Function,
+    damp: Function,
+    dm: Function,
+    u: TimeFunction,
+    du: TimeFunction,
+    src: SparseTimeFunction,
+    rec: SparseTimeFunction,
+) -> Operator:
+    """Born modeling ``J(m₀) δm``: background ``u`` and scattered ``du`` in one time loop."""
+    s = grid.stepping_dim.spacing
+    eqs = [_wave_update(u, m, damp, forward=True)]
+    eqs += src.inject(field=u.forward, expr=src * s**2 / m)
+    eqs.append(_wave_update(du, m, damp, forward=True, q=-dm * u.dt2))
+    eqs += rec.interpolate(expr=du)
+    return _make_operator(eqs, grid.spacing_map, "Born")
+
+
+def gradient_operator(
+    grid: Grid,
+    m: Function,
+    damp: Function,
+    grad: Function,
+    usaved: TimeFunction,
+    v: TimeFunction,
+    rec: SparseTimeFunction,
+    factor: int = 1,
+) -> Operator:
+    """``J(m₀)ᵀ δd``: adjoint wavefield ``v`` from receiver injection, ``grad −= k·u ∂²_t v``.
+
+    ``usaved`` is the full saved forward wavefield (``factor == 1``) or the
+    subsampled one (time index a ``ConditionalDimension`` of factor k, so the
+    update only runs on the stored steps).
+    """
+    s = grid.stepping_dim.spacing
+    eqs = [_wave_update(v, m, damp, forward=False)]
+    eqs += rec.inject(field=v.backward, expr=rec * s**2 / m)
+    eqs.append(Inc(grad, -factor * usaved * v.dt2))
+    return _make_operator(eqs, grid.spacing_map, "Gradient")
+
+
+# --------------------------------------------------------------------- solver
+_TAGS = itertools.count()
+
+
+@dataclass(eq=False)
+class SavedWavefield:
+    """A reusable saved-forward-wavefield buffer and what it currently holds.
+
+    ``tag`` identifies the (model, shot) whose wavefield the buffer holds; callers
+    compare it with their own before reusing, and a buffer is overwritten in
+    place by the next saving forward solve.
+    """
+
+    function: TimeFunction
+    nt: int
+    factor: int
+    tag: Any = None
+    nbytes: int = field(default=0)
+
+
+class AcousticSolver:
+    """Compiled acoustic operators for one model geometry and one dtype.
+
+    Use :func:`get_solver` to get the shared instance. Every method takes the
+    squared slowness on the *physical* grid ``[nx, nz]`` (s²/km²) and one
+    :class:`~devito_uq.physics.survey.Shot`, pads the model into the absorbing
+    layer internally and returns arrays on the physical grid / at the receivers.
+    Input validation is the caller's job (the torch modules do it); these methods
+    assume valid input.
+
+    Shapes: receiver data ``[time, receiver]``; source-side data ``[time]``;
+    gradients ``[nx, nz]``.
+    """
+
+    def __init__(self, model: AcousticModel, dtype: Any = None, max_wavefield_bytes: int = 2**30):
+        self.model = model
+        self.dtype = check_dtype("dtype", model.dtype if dtype is None else dtype)
+        so = model.space_order
+        padded = model.padded_shape
+        extent = tuple(h * (n - 1) for h, n in zip(model.spacing, padded))
+        self.grid = Grid(shape=padded, extent=extent, origin=model.padded_origin, dtype=self.dtype)
+        g = self.grid
+        self.m = Function(name="m", grid=g)
+        self.damp = Function(name="damp", grid=g)
+        self.damp.data[:] = model.damping()
+        self.dm = Function(name="dm", grid=g)
+        self.grad = Function(name="grad", grid=g)
+        self.u = TimeFunction(name="u", grid=g, time_order=2, space_order=so)
+        self.du = TimeFunction(name="du", grid=g, time_order=2, space_order=so)
+        self.v = TimeFunction(name="v", grid=g, time_order=2, space_order=so)
+        self._ops: dict[tuple, Operator] = {}
+        self._sparse: dict[tuple, SparseTimeFunction] = {}
+        self._tsub: dict[int, ConditionalDimension] = {}
+        self._pool: OrderedDict[int, SavedWavefield] = OrderedDict()
+        self.max_wavefield_bytes = int(max_wavefield_bytes)
+
+    # ---------------------------------------------------------------- plumbing
+    def _sparse_fn(self, name: str, coords: np.ndarray, nt: int) -> SparseTimeFunction:
+        """Cached sparse function for ``name``/point count/nt, coordinates set in place."""
+        coords = np.atleast_2d(coords)
+        key = (name, coords.shape[0], nt)
+        sp = self._sparse.get(key)
+        if sp is None:
+            # One spare sample: Devito needs every time-indexed argument to share one
+            # time size, and the full saved wavefield has nt + 1 steps (u[t+1] at t = nt-1).
+            sp = SparseTimeFunction(name=name, grid=self.grid, npoint=coords.shape[0], nt=nt + 1)
+            self._sparse[key] = sp
+        sp.coordinates.data[:] = coords
+        return sp
+
+    def _set_model(self, m: np.ndarray, target: Function | None = None) -> None:
+        (self.m if target is None else target).data[:] = self.model.pad(np.asarray(m))
+
+    def _tsub_dim(self, factor: int) -> ConditionalDimension:
+        if factor not in self._tsub:
+            self._tsub[factor] = ConditionalDimension(
+                name=f"tsub{factor}", parent=self.grid.time_dim, factor=factor
+            )
+        return self._tsub[factor]
+
+    def _op(self, key: tuple, build) -> Operator:
+        op = self._ops.get(key)
+        if op is None:
+            op = build()
+            self._ops[key] = op
+        return op
+
+    @staticmethod
+    def _time_args(shot_nt: int, dt: float) -> dict:
+        # Every operator loops over t = 1 … nt-1 (u[0] = u[1] = 0: the medium is at rest
+        # at t0), so forward, adjoint, Born and gradient are exact discrete adjoints and
+        # the saved and unsaved forward give identical data.
+        return {"dt": dt, "time_m": 1, "time_M": shot_nt - 1}
+
+    # ------------------------------------------------------------- wavefields
+    def wavefield_nbytes(self, nt: int, factor: int = 1) -> int:
+        """Bytes of a saved forward wavefield for ``nt`` samples and subsampling ``factor``."""
+        nsave = nt + 1 if factor == 1 else -(-(nt + 1) // factor)
+        halo = self.model.space_order  # halo of space_order//2 each side
+        npts = int(np.prod([n + halo for n in self.model.padded_shape]))
+        return nsave * npts * np.dtype(self.dtype).itemsize
+
+    def _new_buffer(self, nt: int, factor: int) -> SavedWavefield:
+        so = self.model.space_order
+        if factor == 1:
+            fn = TimeFunction(name="u", grid=self.grid, time_order=2, space_order=so, save=nt + 1)
+        else:
+            fn = TimeFunction(
+                name="usave",
+                grid=self.grid,
+                time_order=0,
+                space_order=so,
+                save=-(-(nt + 1) // factor),
+                time_dim=self._tsub_dim(factor),
+            )
+        return SavedWavefield(fn, nt, factor, None, fn.data.nbytes)
+
+    def acquire_wavefield(self, nt: int, factor: int = 1, tag: Any = None) -> SavedWavefield:
+        """A saved-wavefield buffer from the pool (reused, least recently used first)."""
+        for key, buf in self._pool.items():
+            if buf.nt == nt and buf.factor == factor and buf.tag is None:
+                self._pool.move_to_end(key)
+                buf.tag = tag
+                return buf
+        need = self.wavefield_nbytes(nt, factor)
+        total = sum(b.nbytes for b in self._pool.values())
+        if self._pool and total + need > self.max_wavefield_bytes:
+            # Reuse the least recently used buffer of the same size, else free it.
+            for key, buf in list(self._pool.items()):
+                if buf.nt == nt and buf.factor == factor:
+                    self._pool.move_to_end(key)
+                    buf.tag = tag
+                    return buf
+            while self._pool and total + need > self.max_wavefield_bytes:
+                _, old = self._pool.popitem(last=False)
+                total -= old.nbytes
+        buf = self._new_buffer(nt, factor)
+        buf.tag = tag
+        self._pool[id(buf)] = buf
+        return buf
+
+    def find_wavefield(self, tag: Any) -> SavedWavefield | None:
+        """The pooled buffer still holding the wavefield tagged ``tag``, if any."""
+        for buf in self._pool.values():
+            if buf.tag == tag:
+                return buf
+        return None
+
+    def wavefield_capacity(self, nt: int, factor: int = 1) -> int:
+        """How many saved wavefields of this size fit in ``max_wavefield_bytes`` (≥ 1)."""
+        return max(1, self.max_wavefield_bytes // self.wavefield_nbytes(nt, factor))
+
+    def release_wavefields(self) -> None:
+        """Drop every pooled wavefield buffer (they are reallocated on demand)."""
+        self._pool.clear()
+
+    @staticmethod
+    def new_tag() -> int:
+        """A fresh tag for :meth:`acquire_wavefield`."""
+        return next(_TAGS)
+
+    # ---------------------------------------------------------------- operators
+    def _fwd_op(self, factor: int | None, src, rec, buf: SavedWavefield | None) -> Operator:
+        g = self.grid
+        if factor is None:
+            return self._op(
+                ("fwd",), lambda: forward_operator(g, self.m, self.damp, self.u, src, rec)
+            )
+        if factor == 1:
+            return self._op(
+                ("fwd", 1),
+                lambda: forward_operator(g, self.m, self.damp, buf.function, src, rec),
+            )
+        return self._op(
+            ("fwd", factor),
+            lambda: forward_operator(g, self.m, self.damp, self.u, src, rec, buf.function),
+        )
+
+    # ------------------------------------------------------------- public API
+    def forward(
+        self,
+        m: np.ndarray,
+        shot: Shot,
+        dt: float,
+        wavefield: SavedWavefield | None = None,
+        wavelet: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Nonlinear modeling ``F(m)`` for one shot → receiver data ``[time, receiver]``.
+
+        With ``wavefield`` (from :meth:`acquire_wavefield`) the forward wavefield is
+        stored into it for a later :meth:`jacobian_adjoint`. ``wavelet`` overrides
+        the shot's wavelet (``[time]``; used by the source-side dot test).
+        """
+        w = shot.wavelet if wavelet is None else wavelet
+        nt = w.shape[0]
+        src = self._sparse_fn("src", shot.src_position, nt)
+        rec = self._sparse_fn("rec", shot.rec_positions, nt)
+        src.data[:nt, 0] = w
+        # rec[0] is never written by the loop (t starts at 1): clear stale values.
+        rec.data[:] = 0
+        self._set_model(m)
+        factor = None if wavefield is None else wavefield.factor
+        op = self._fwd_op(factor, src, rec, wavefield)
+        args = self._time_args(nt, dt)
+        if wavefield is None or factor != 1:
+            self.u.data[:] = 0
+        if wavefield is not None:
+            # Steps 0 and 1 are never written by the time loop; the rest is overwritten.
+            wavefield.function.data[:2] = 0
+            args[wavefield.function.name] = wavefield.function
+        op.apply(src=src, rec=rec, **args)
+        return np.array(rec.data[:nt], dtype=self.dtype)
+
+    def adjoint(self, m: np.ndarray, shot: Shot, dt: float, data: np.ndarray) -> np.ndarray:
+        """Adjoint of :meth:`forward` w.r.t. the wavelet.
+
+        Receiver ``data`` ``[time, receiver]`` → ``[time]`` at the source position.
+        """
+        nt = data.shape[0]
+        rec = self._sparse_fn("rec", shot.rec_positions, nt)
+        srca = self._sparse_fn("srca", shot.src_position, nt)
+        rec.data[:nt] = data
+        srca.data[:] = 0
+        self._set_model(m)
+        self.v.data[:] = 0
+        g = self.grid
+        op = self._op(("adj",), lambda: adjoint_operator(g, self.m, self.damp, self.v, rec, srca))
+        op.apply(rec=rec, srca=srca, **self._time_args(nt, dt))
+        return np.array(srca.data[:nt, 0], dtype=self.dtype)
+
+    def jacobian(self, m0: np.ndarray, dm: np.ndarray, shot: Shot, dt: float) -> np.ndarray:
+        """Born modeling ``J(m₀) δm`` for one shot → ``[time, receiver]``."""
+        nt = shot.wavelet.shape[0]
+        src = self._sparse_fn("src", shot.src_position, nt)
+        rec = self._sparse_fn("rec", shot.rec_positions, nt)
+        src.data[:nt, 0] = shot.wavelet
+        rec.data[:] = 0
+        self._set_model(m0)
+        self._set_model(dm, self.dm)
+        self.u.data[:] = 0
+        self.du.data[:] = 0
+        g = self.grid
+        op = self._op(
+            ("born",),
+            lambda: born_operator(g, self.m, self.damp, self.dm, self.u, self.du, src, rec),
+        )
+        op.apply(src=src, rec=rec, **self._time_args(nt, dt))
+        return np.array(rec.data[:nt], dtype=self.dtype)
+
+    def jacobian_adjoint(
+        self,
+        m0: np.ndarray,
+        shot: Shot,
+        dt: float,
+        data: np.ndarray,
+        wavefield: SavedWavefield | None = None,
+        factor: int = 1,
+    ) -> np.ndarray:
+        """``J(m₀)ᵀ δd`` for one shot: ``data`` ``[time, receiver]`` → ``[nx, nz]``.
+
+        Uses the saved forward ``wavefield`` when given (it must hold this model and
+        shot); otherwise recomputes it into a pooled buffer with subsampling
+        ``factor``. The result is the gradient w.r.t. the physical-grid squared
+        slowness (the absorbing layer folded back by :meth:`AcousticModel.pad_adjoint`).
+        """
+        nt = data.shape[0]
+        if wavefield is None:
+            wavefield = self.acquire_wavefield(nt, factor, tag=None)
+            self.forward(m0, shot, dt, wavefield=wavefield)
+            wavefield.tag = None
+        else:
+            self._set_model(m0)
+        rec = self._sparse_fn("rec", shot.rec_positions, nt)
+        rec.data[:nt] = data
+        self.v.data[:] = 0
+        self.grad.data[:] = 0
+        k = wavefield.factor
+        g = self.grid
+        op = self._op(
+            ("grad", k),
+            lambda: gradient_operator(
+                g, self.m, self.damp, self.grad, wavefield.function, self.v, rec, factor=k
+            ),
+        )
+        op.apply(
+            rec=rec, **{wavefield.function.name: wavefield.function}, **self._time_args(nt, dt)
+        )
+        return self.model.pad_adjoint(np.asarray(self.grad.data, dtype=self.dtype))
+
+    def gradient(
+        self,
+        m: np.ndarray,
+        shot: Shot,
+        dt: float,
+        residual: np.ndarray,
+        wavefield: SavedWavefield | None = None,
+        factor: int = 1,
+    ) -> np.ndarray:
+        """Adjoint-state gradient of ``½‖F(m) − d‖²`` for one shot, given ``residual = F(m) − d``.
+
+        Equal to ``J(m)ᵀ residual`` (:meth:`jacobian_adjoint`).
+        """
+        return self.jacobian_adjoint(m, shot, dt, residual, wavefield=wavefield, factor=factor)
+
+
+# ---------------------------------------------------------------------- cache
+_SOLVERS: dict[tuple, AcousticSolver] = {}
+
+
+def get_solver(model: AcousticModel, dtype: Any = None) -> AcousticSolver:
+    """The shared :class:`AcousticSolver` for this model geometry and dtype.
+
+    Keyed by everything that changes the generated code (grid shape, spacing,
+    origin, layer width, space order, dtype), so two equal models share compiled
+    operators and buffers.
+    """
+    dt = check_dtype("dtype", model.dtype if dtype is None else dtype)
+    key = (model.key, np.dtype(dt).name)
+    solver = _SOLVERS.get(key)
+    if solver is None:
+        solver = AcousticSolver(model, dt)
+        _SOLVERS[key] = solver
+    return solver
+
+
+def clear_solvers() -> None:
+    """Forget every cached solver (operators, buffers) and clear Devito's symbol cache."""
+    import devito
+
+    _SOLVERS.clear()
+    devito.clear_cache()
+
+
+def _check_factor(factor: Any) -> int:
+    if isinstance(factor, bool) or not isinstance(factor, (int, np.integer)) or factor < 1:
+        raise InvalidArgumentError(f"subsampling factor={factor!r} must be a positive integer")
+    return int(factor)

@@ -1,0 +1,303 @@
+r"""torch modules around the Devito acoustic operators.
+
+``F = AcousticModeling(model, survey)`` maps squared slowness ``m`` (s²/km²) to
+shot records; ``loss.backward()`` runs the adjoint-state gradient:
+
+.. math::
+    \frac{\partial \ell}{\partial m} = J(m)^\top \frac{\partial \ell}{\partial d},
+    \qquad J(m)^\top \delta d = -\sum_t u[t]\,\partial_t^2 v[t],
+
+with ``v`` the adjoint wavefield driven by the incoming gradient injected at the
+receivers. ``BornModeling(model, survey, m0)`` is the linear map ``δm ↦ J(m0) δm``;
+its backward is ``J(m0)ᵀ``.
+
+Shapes: ``m`` ``[nx, nz]`` → data ``[shot, time, receiver]``; ``m``
+``[batch, nx, nz]`` → ``[batch, shot, time, receiver]``.
+
+The solves run on the CPU (Devito's C backend). A CUDA tensor is copied to the
+host for the solve and the result (and its gradient) copied back to its device.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.autograd.function import once_differentiable
+
+from devito_uq.errors import (
+    InvalidArgumentError,
+    InvalidShapeError,
+    InvalidSurveyError,
+    StabilityError,
+)
+from devito_uq.physics._validate import check_dtype, check_finite_positive, check_shape
+from devito_uq.physics.acoustic import AcousticSolver, _check_factor, get_solver
+from devito_uq.physics.model import AcousticModel
+from devito_uq.physics.survey import Survey
+
+__all__ = ["AcousticModeling", "BornModeling", "check_stability"]
+
+# Relative slack on the CFL check: Devito rounds its critical dt to 4 significant
+# digits (``"%.3e"``), which can exceed the exact limit by up to 0.05 %.
+_CFL_SLACK = 1e-3
+
+
+def check_stability(model: AcousticModel, survey: Survey, m: Any) -> None:
+    """Raise :class:`StabilityError` if ``survey.dt`` exceeds the CFL limit for ``m``.
+
+    The limit uses the largest velocity in ``m`` (``1/sqrt(min m)``); cheap (one reduction).
+    """
+    if isinstance(m, torch.Tensor) and m.device.type == "cpu":
+        m = m.detach().numpy()  # numpy reduction: see check_finite_positive
+    mmin = float(m.min()) if isinstance(m, torch.Tensor) else float(np.min(m))
+    vmax = 1.0 / np.sqrt(mmin)
+    dtc = model.critical_dt(vmax)
+    if survey.dt > dtc * (1 + _CFL_SLACK):
+        raise StabilityError(
+            f"survey dt={survey.dt:.6g} ms exceeds the stable limit {dtc:.6g} ms for the "
+            f"largest velocity {vmax:.6g} km/s in the model; use dt <= {dtc:.6g} ms"
+        )
+
+
+def _check_input(name: str, x: Any, model: AcousticModel) -> tuple[bool, type]:
+    """Validate a model-space tensor; return (batched, numpy dtype)."""
+    if not isinstance(x, torch.Tensor):
+        raise InvalidArgumentError(f"{name} must be a torch.Tensor; got {type(x).__name__}")
+    npdtype = check_dtype(f"{name}.dtype", x.dtype)
+    if x.dim() == model.dim:
+        check_shape(name, x.shape, model.shape)
+        return False, npdtype
+    if x.dim() == model.dim + 1:
+        check_shape(name, x.shape, (None, *model.shape))
+        if x.shape[0] == 0:
+            raise InvalidShapeError(f"{name} has an empty batch: shape {list(x.shape)}")
+        return True, npdtype
+    want = list(model.shape)
+    raise InvalidShapeError(
+        f"{name} has shape {list(x.shape)}; expected {want} or [batch, {', '.join(map(str, want))}]"
+    )
+
+
+def _check_receivers(survey: Survey, shots: list[int]) -> int:
+    counts = {survey.rec_positions[s].shape[0] for s in shots}
+    if len(counts) != 1:
+        raise InvalidSurveyError(
+            f"shots {shots} have different receiver counts {sorted(counts)}; the data tensor "
+            "[shot, time, receiver] needs one count: select shots with equal counts"
+        )
+    return counts.pop()
+
+
+def _to_numpy(x: torch.Tensor, dtype: type) -> np.ndarray:
+    return x.detach().to("cpu").numpy().astype(dtype, copy=False)
+
+
+class _AcousticFunction(torch.autograd.Function):
+    """Nonlinear modeling; backward = adjoint-state gradient (one solve pair per shot)."""
+
+    @staticmethod
+    def forward(
+        ctx, m: torch.Tensor, module: AcousticModeling, shots: list[int], need_grad: bool
+    ) -> torch.Tensor:
+        batched = m.dim() == module.model.dim + 1
+        dtype = check_dtype("m.dtype", m.dtype)
+        solver = get_solver(module.model, dtype)
+        solver.max_wavefield_bytes = module.max_wavefield_bytes
+        survey = module.survey
+        mb = _to_numpy(m if batched else m[None], dtype)
+        items = [(b, i, s) for b in range(mb.shape[0]) for i, s in enumerate(shots)]
+        factor = module.subsample
+        # Keep the forward wavefields of the last items that fit in the pool: backward
+        # visits items in reverse, so these are used first, before being overwritten.
+        keep = solver.wavefield_capacity(survey.nt, factor) if need_grad else 0
+        tag = solver.new_tag()
+        nrec = _check_receivers(survey, shots)
+        out = np.empty((mb.shape[0], len(shots), survey.nt, nrec), dtype=dtype)
+        for k, (b, i, s) in enumerate(items):
+            buf = None
+            if k >= len(items) - keep:
+                buf = solver.acquire_wavefield(survey.nt, factor, tag=(tag, b, i))
+            out[b, i] = solver.forward(mb[b], survey.shot(s), survey.dt, buf)
+        ctx.module, ctx.shots, ctx.tag, ctx.items = module, shots, tag, items
+        ctx.batched, ctx.dtype, ctx.device = batched, dtype, m.device
+        ctx.save_for_backward(m)
+        res = torch.from_numpy(out if batched else out[0])
+        return res.to(m.device)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out: torch.Tensor):
+        (m,) = ctx.saved_tensors
+        module = ctx.module
+        survey = module.survey
+        solver: AcousticSolver = get_solver(module.model, ctx.dtype)
+        mb = _to_numpy(m if ctx.batched else m[None], ctx.dtype)
+        gb = _to_numpy(grad_out if ctx.batched else grad_out[None], ctx.dtype)
+        grad = np.zeros_like(mb)
+        for b, i, s in reversed(ctx.items):
+            buf = solver.find_wavefield((ctx.tag, b, i))
+            r = np.ascontiguousarray(gb[b, i])
+            grad[b] += solver.gradient(
+                mb[b], survey.shot(s), survey.dt, r, wavefield=buf, factor=module.subsample
+            )
+            if buf is not None:
+                buf.tag = None  # free for reuse
+        g = torch.from_numpy(grad if ctx.batched else grad[0]).to(ctx.device)
+        return g, None, None, None  # m; module, shots, need_grad are not tensors
+
+
+class AcousticModeling(nn.Module):
+    """Nonlinear acoustic modeling ``d = F(m)`` as a differentiable torch module.
+
+    Parameters
+    ----------
+    model : AcousticModel
+        Grid geometry, absorbing layer and space order.
+    survey : Survey
+        Shots, receivers, time axis (``dt`` is the solver's time step) and wavelet.
+    subsample : int, optional
+        Memory-saving gradient: store the forward wavefield every ``subsample``-th
+        time step (1 = full storage, the default and exact adjoint). Storage falls by
+        the factor; the gradient becomes approximate: relative error 1.4e-4 at 2 and
+        6.5e-2 at 6 on the 10 Hz benchmark (``benchmarks/results/bench_acoustic.md``).
+        Keep ``subsample · dt · f_peak`` below about 0.08.
+    max_wavefield_bytes : int
+        Memory for saved forward wavefields kept between forward and backward (default
+        1 GiB). Shots beyond it are recomputed in backward.
+
+    Call ``F(m, shots=None)``: ``m`` ``[nx, nz]`` → ``[shot, time, receiver]``; ``m``
+    ``[batch, nx, nz]`` → ``[batch, shot, time, receiver]``. ``shots`` selects shot
+    indices (default all). float32 and float64 inputs each use their own compiled
+    operators; output has the input's dtype and device.
+    """
+
+    def __init__(
+        self,
+        model: AcousticModel,
+        survey: Survey,
+        subsample: int = 1,
+        max_wavefield_bytes: int = 2**30,
+    ) -> None:
+        super().__init__()
+        if not isinstance(model, AcousticModel):
+            raise InvalidArgumentError(
+                f"model must be an AcousticModel; got {type(model).__name__}"
+            )
+        if not isinstance(survey, Survey):
+            raise InvalidArgumentError(f"survey must be a Survey; got {type(survey).__name__}")
+        survey.check_inside(model)
+        self.model = model
+        self.survey = survey
+        self.subsample = _check_factor(subsample)
+        if int(max_wavefield_bytes) < 0:
+            raise InvalidArgumentError(f"max_wavefield_bytes={max_wavefield_bytes!r} must be >= 0")
+        self.max_wavefield_bytes = int(max_wavefield_bytes)
+
+    def forward(self, m: torch.Tensor, shots: Any = None) -> torch.Tensor:
+        """Shot records for squared slowness ``m`` (s²/km²); see the class docstring."""
+        _check_input("m", m, self.model)
+        check_finite_positive("squared slowness m", m.detach())
+        check_stability(self.model, self.survey, m.detach())
+        idx = self.survey.select(shots)
+        _check_receivers(self.survey, idx)
+        # Grad mode is off inside Function.forward: decide here whether backward can
+        # come, so that no_grad calls skip the (slower) wavefield-saving forward.
+        need_grad = torch.is_grad_enabled() and m.requires_grad
+        return _AcousticFunction.apply(m, self, idx, need_grad)
+
+    def extra_repr(self) -> str:
+        return f"{self.model!r}, {self.survey!r}, subsample={self.subsample}"
+
+
+class _BornFunction(torch.autograd.Function):
+    """Born modeling ``J(m0) δm``; backward ``J(m0)ᵀ``."""
+
+    @staticmethod
+    def forward(ctx, dm: torch.Tensor, module: BornModeling, shots: list[int]) -> torch.Tensor:
+        batched = dm.dim() == module.model.dim + 1
+        dtype = check_dtype("dm.dtype", dm.dtype)
+        solver = get_solver(module.model, dtype)
+        survey = module.survey
+        m0 = module.m0_numpy.astype(dtype)
+        db = _to_numpy(dm if batched else dm[None], dtype)
+        nrec = _check_receivers(survey, shots)
+        out = np.empty((db.shape[0], len(shots), survey.nt, nrec), dtype=dtype)
+        for b in range(db.shape[0]):
+            for i, s in enumerate(shots):
+                out[b, i] = solver.jacobian(m0, db[b], survey.shot(s), survey.dt)
+        ctx.module, ctx.shots, ctx.batched, ctx.dtype, ctx.device = (
+            module,
+            shots,
+            batched,
+            dtype,
+            dm.device,
+        )
+        ctx.nbatch = db.shape[0]
+        res = torch.from_numpy(out if batched else out[0])
+        return res.to(dm.device)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out: torch.Tensor):
+        module = ctx.module
+        survey = module.survey
+        solver = get_solver(module.model, ctx.dtype)
+        m0 = module.m0_numpy.astype(ctx.dtype)
+        gb = _to_numpy(grad_out if ctx.batched else grad_out[None], ctx.dtype)
+        grad = np.zeros((ctx.nbatch, *module.model.shape), dtype=ctx.dtype)
+        for i, s in enumerate(ctx.shots):
+            # The background wavefield of m0 never changes: keep it pooled across calls.
+            tag = (module._tag, np.dtype(ctx.dtype).name, s)
+            buf = solver.find_wavefield(tag)
+            if buf is None:
+                buf = solver.acquire_wavefield(survey.nt, 1, tag=tag)
+                solver.forward(m0, survey.shot(s), survey.dt, wavefield=buf)
+            for b in range(ctx.nbatch):
+                r = np.ascontiguousarray(gb[b, i])
+                grad[b] += solver.jacobian_adjoint(m0, survey.shot(s), survey.dt, r, wavefield=buf)
+        g = torch.from_numpy(grad if ctx.batched else grad[0]).to(ctx.device)
+        return g, None, None  # dm, module (not a tensor), shots (not a tensor)
+
+
+class BornModeling(nn.Module):
+    """Born (linearised) modeling ``δd = J(m0) δm`` as a linear torch module.
+
+    ``m0`` (``[nx, nz]``, s²/km², tensor or array) is the background squared
+    slowness, validated once here. Call ``J(dm, shots=None)``: ``dm`` ``[nx, nz]`` →
+    ``[shot, time, receiver]`` (batched ``[batch, nx, nz]`` → ``[batch, shot, time,
+    receiver]``). Backward applies ``J(m0)ᵀ`` (exact discrete adjoint), reusing the
+    background wavefields of ``m0`` across calls while they fit in the pool.
+    """
+
+    def __init__(self, model: AcousticModel, survey: Survey, m0: Any) -> None:
+        super().__init__()
+        if not isinstance(model, AcousticModel):
+            raise InvalidArgumentError(
+                f"model must be an AcousticModel; got {type(model).__name__}"
+            )
+        if not isinstance(survey, Survey):
+            raise InvalidArgumentError(f"survey must be a Survey; got {type(survey).__name__}")
+        survey.check_inside(model)
+        m0n = m0.detach().cpu().numpy() if isinstance(m0, torch.Tensor) else np.asarray(m0)
+        check_shape("m0", m0n.shape, model.shape)
+        check_finite_positive("background squared slowness m0", m0n)
+        check_stability(model, survey, m0n)
+        self.model = model
+        self.survey = survey
+        self.m0_numpy = np.array(m0n, dtype=np.float64)
+        self._tag = AcousticSolver.new_tag()
+
+    def forward(self, dm: torch.Tensor, shots: Any = None) -> torch.Tensor:
+        """Born data for the perturbation ``dm`` (s²/km²); see the class docstring."""
+        _check_input("dm", dm, self.model)
+        if not bool(torch.isfinite(dm.detach()).all()):
+            raise InvalidArgumentError("dm contains NaN or infinite values")
+        idx = self.survey.select(shots)
+        _check_receivers(self.survey, idx)
+        return _BornFunction.apply(dm, self, idx)
+
+    def extra_repr(self) -> str:
+        return f"{self.model!r}, {self.survey!r}"
