@@ -25,7 +25,7 @@ MALA runs on the same target with many parallel chains. Writes ``ring.png`` and
 
 Usage::
 
-    python examples/toy2d_ring.py --out outputs/ring            # ~30 s on 2 cores
+    python examples/toy2d_ring.py --out outputs/ring   # ~30 s on an idle 2-core VM
     python examples/toy2d_ring.py --out /tmp/r --iterations 300  # quick look
 """
 

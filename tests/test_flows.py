@@ -76,6 +76,7 @@ CASES = {
     "hint-vec2": (lambda: HINT(2, steps=2, hidden=8), (2,), None),
     "hint-vec7": (lambda: HINT(7, steps=2, hidden=8), (7,), None),
     "hint-vec16": (lambda: HINT(16, steps=2, hidden=8), (16,), None),
+    "hint-vec33": (lambda: HINT(33, steps=1, hidden=8, leaf_size=3), (33,), None),
     "hint-1d": (lambda: HINT(3, steps=2, hidden=8, ndim=1), (3, 5), None),
     "cond-hint-vec": (lambda: ConditionalHINT(6, 3, steps=2, hidden=8), (6,), (3,)),
     "cond-hint-1d": (lambda: ConditionalHINT(4, 2, steps=2, hidden=8, ndim=1), (4, 3), (2,)),
@@ -211,7 +212,7 @@ def test_every_parameter_gets_a_gradient(name):
         assert p.grad is not None and p.grad.abs().sum() > 0, pname
 
 
-def _saved_numel(net, x, steps_ignored=None):
+def _saved_numel(net, x):
     """Number of tensor entries autograd saves for backward during one forward pass."""
     total = [0]
 
@@ -256,6 +257,15 @@ def test_frugal_with_actnorm_initialization_and_no_grad():
         y, ld = a(x)
         assert y.grad_fn is None and ld.grad_fn is None
     assert bool(a.layers[0].initialized)
+
+
+def test_frugal_backward_refuses_parameters_changed_in_place():
+    net = HINT(4, steps=1, hidden=8)
+    y, ld = net(torch.randn(8, 4))
+    with torch.no_grad():
+        next(net.parameters()).add_(0.1)
+    with pytest.raises(RuntimeError, match="modified in place after the forward pass"):
+        (y.sum() + ld.sum()).backward()
 
 
 # -- state_dict -------------------------------------------------------------------------------
@@ -357,6 +367,19 @@ def test_flow_state_dict_round_trip():
     q2.load_state_dict(torch.load(buf))
     m = torch.randn(6, 4)
     assert torch.equal(q.log_prob(m), q2.log_prob(m))
+
+
+def test_actnorm_data_init_standardizes_and_floors_constant_channels():
+    x = torch.randn(64, 4, dtype=torch.float64) * torch.tensor([1.0, 3.0, 0.5, 0.0]) + 2
+    act = ActNorm(4).double()
+    y, ld = act(x)
+    assert torch.allclose(y[:, :3].mean(0), torch.zeros(3, dtype=torch.float64), atol=1e-12)
+    assert torch.allclose(y[:, :3].std(0, unbiased=False), torch.ones(3, dtype=torch.float64))
+    # the constant channel is scaled by 1 / (1e-3 · largest std), not by 1 / eps
+    assert act.log_scale[3].item() == pytest.approx(
+        -math.log(1e-3 * x[:, 1].std(unbiased=False).item() + 1e-6)
+    )
+    assert torch.isfinite(ld).all()
 
 
 def test_skip_data_init_keeps_actnorm_identity():

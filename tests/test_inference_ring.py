@@ -49,13 +49,13 @@ def test_mode_fractions_of_exact_samples(ring):
 
 
 def test_short_run_covers_every_mode(ring, tmp_path):
-    """400 iterations instead of 1500: still every mode and KL(q‖p) < 0.05 nats."""
+    """500 iterations instead of 1500: still every mode and KL(q‖p) < 0.05 nats."""
     metrics = ring.main(
         [
             "--out",
             str(tmp_path),
             "--iterations",
-            "400",
+            "500",
             "--chains",
             "200",
             "--mala-steps",

@@ -71,7 +71,14 @@ def test_vi_bounded_parameterization_targets_density_of_m():
     # log_prob(m) is the density of m: compare with the normalized truncated normal.
     m = torch.tensor([[0.25, 0.65], [0.5, 0.4]])
     exact = torch.tensor(truncnorm.logpdf(m.numpy(), a, b, loc=loc, scale=scale).sum(1))
-    torch.testing.assert_close(vi.log_prob(m), exact.float(), atol=0.1, rtol=0)
+    with torch.no_grad():
+        torch.testing.assert_close(vi.log_prob(m), exact.float(), atol=0.1, rtol=0)
+    # As the prior of a next inversion: R = −log q, with gradients for VI / Langevin.
+    mg = m.clone().requires_grad_(True)
+    r = vi.as_prior().negative_log(mg)
+    (grad,) = torch.autograd.grad(r.sum(), mg)
+    torch.testing.assert_close(r.detach(), -vi.log_prob(m).detach())
+    assert bool(torch.isfinite(grad).all()) and float(grad.abs().max()) > 0
 
 
 def _resume_setup(tmp_path, name, device="cpu"):

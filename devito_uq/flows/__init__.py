@@ -21,12 +21,14 @@ Distribution (the network maps model m to latent z; sampling runs its inverse)::
     m = q.sample(n)                      # [n, *shape], no gradient
     m, log_q = q.rsample_and_log_prob(n) # [n, *shape], [n]; differentiable in net parameters
     log_q = q.log_prob(m)                # [batch]
+    q.sample(n, c); q.log_prob(m, c)     # conditional nets: c [n or 1, cond_channels]
     torch.save(q.state_dict(), path); q2.load_state_dict(torch.load(path))
 
 Layers: ActNorm, InvertibleConv1x1, AffineCoupling, ConditionalAffineCoupling,
 HINTCoupling, ConditionalHINTCoupling, HaarSqueeze, Squeeze, Split, chained by
 InvertibleSequential. Initialization is close to the identity (zero last conditioner layer,
-rotation 1×1 mixing, data-dependent ActNorm on the first batch); coupling log-scales are
+rotation 1×1 mixing, data-dependent ActNorm on the first batch it sees, in either
+direction); coupling log-scales are
 bounded, ``log s = clamp·tanh(raw/clamp)``.
 """
 
@@ -45,6 +47,7 @@ from devito_uq.flows.layers import (
     AffineCoupling,
     ConditionalAffineCoupling,
     Conditioner,
+    GroupedLinear,
     HaarSqueeze,
     InvertibleConv1x1,
     Split,
@@ -64,6 +67,7 @@ __all__ = [
     "ActNorm",
     "InvertibleConv1x1",
     "Conditioner",
+    "GroupedLinear",
     "AffineCoupling",
     "ConditionalAffineCoupling",
     "HaarSqueeze",

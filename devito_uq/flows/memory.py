@@ -194,6 +194,10 @@ class _FrugalChain(torch.autograd.Function):
             y, logdet = seq._inverse(x, c) if inverse else seq._forward(x, c)
         ctx.seq = seq
         ctx.inverse = inverse
+        # Inputs are rebuilt from the current parameters: a parameter changed in place
+        # between forward and backward would give silently wrong gradients (plain autograd
+        # raises for the same reason), so remember their versions.
+        ctx.versions = [p._version for p in params]
         ctx.save_for_backward(y, c)
         return y, logdet
 
@@ -203,6 +207,12 @@ class _FrugalChain(torch.autograd.Function):
         seq: InvertibleSequential = ctx.seq
         y, c = ctx.saved_tensors
         params = list(seq.parameters())
+        if [p._version for p in params] != ctx.versions:
+            raise RuntimeError(
+                "memory-frugal backward: a parameter of the network was modified in place "
+                "after the forward pass (e.g. optimizer.step() before backward()); inputs "
+                "cannot be rebuilt by inversion"
+            )
         index = {id(p): i for i, p in enumerate(params)}
         pgrads: list[torch.Tensor | None] = [None] * len(params)
         need_c = c is not None and ctx.needs_input_grad[3]

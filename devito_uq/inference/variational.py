@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from devito_uq.errors import CheckpointError, InvalidArgumentError, TrainingDivergedError
 from devito_uq.inference.parameterization import Parameterization
+from devito_uq.inference.priors import Prior
 from devito_uq.inference.summary import DEFAULT_QUANTILES, PosteriorSummary, summarize
 from devito_uq.io.checkpoint import load_checkpoint, save_checkpoint
 
@@ -333,13 +334,18 @@ class VariationalPosterior:
             out.append(self.to_model(x)[0])
         return torch.cat(out)
 
-    @torch.no_grad()
     def log_prob(self, m: torch.Tensor) -> torch.Tensor:
-        """``[batch]`` log-density of the approximate posterior over ``m``."""
+        """``[batch]`` log-density of the approximate posterior over ``m`` (exact, via
+        the flow's inverse; differentiable in ``m``)."""
         if self.parameterization is None:
             return self.flow.log_prob(m)
         x = self.parameterization.inverse(m)
         return self.flow.log_prob(x) - self.parameterization(x)[1]
+
+    def as_prior(self) -> Prior:
+        """The trained posterior as a prior (``negative_log = −log q``) for a related
+        inversion, e.g. the next survey of a time-lapse study."""
+        return _FlowPrior(self)
 
     def summary(
         self, n: int = 1000, quantiles: Sequence[float] = DEFAULT_QUANTILES
@@ -371,3 +377,14 @@ def _scheduler(spec, optimizer, iterations: int, lr_final: float):
     raise InvalidArgumentError(
         f"lr_schedule must be one of {_SCHEDULES}, a callable or None, got {spec!r}"
     )
+
+
+class _FlowPrior(Prior):
+    """``R(m) = −log q(m)`` of a trained :class:`VariationalPosterior`."""
+
+    def __init__(self, posterior: VariationalPosterior) -> None:
+        super().__init__()
+        self.posterior = posterior
+
+    def negative_log(self, m: torch.Tensor) -> torch.Tensor:
+        return -self.posterior.log_prob(m)
