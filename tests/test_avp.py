@@ -75,7 +75,8 @@ def test_end_to_end_writes_outputs(tmp_path):
     assert summary["vi"]["iterations_this_run"] == cfg.iterations
     samples = torch.load(out / "posterior_samples.pt")
     assert samples["vi"].shape == (cfg.n_samples, 128)
-    assert bool(torch.all(samples["vi"] > cfg.lower))  # the bound holds in every sample
+    # The bound holds in every sample (an untrained flow may sit on it in float32).
+    assert bool(torch.all(samples["vi"] >= cfg.lower))
 
 
 def test_resume_continues_vi(tmp_path):

@@ -10,6 +10,12 @@ With ``shot_batch = n`` out of ``N`` shots, each evaluation uses a random subset
     \frac{N}{n} \frac{1}{2\sigma^2} \sum_{i \in S} \| d_i - F_i(m) \|^2
 
 (Welling & Teh, 2011; the seed talk's "stochastic gradient" slide).
+
+With ``comm`` (an mpi4py communicator) the shots of each evaluation (all, or the
+random subset, drawn identically on every rank from the same seed) are dealt
+round-robin to the ranks (:mod:`devito_uq.parallel`); each rank solves only its
+own, and the value and the model gradient are summed over ranks, so both are
+identical on every rank and equal to the serial ones.
 """
 
 from __future__ import annotations
@@ -17,11 +23,18 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
 
 from devito_uq.errors import InvalidArgumentError, InvalidShapeError
+from devito_uq.parallel import (
+    ShotDistribution,
+    allreduce_value,
+    rank_and_size,
+    share_gradient,
+)
 
 __all__ = ["GaussianLikelihood", "sigma_from_snr"]
 
@@ -66,7 +79,11 @@ class GaussianLikelihood(nn.Module):
         sigma: noise standard deviation (> 0), in data units; or
         snr_db: target SNR in dB, giving ``sigma = sigma_from_snr(data, snr_db)``.
         shot_batch: number of shots per stochastic evaluation (``None``: all).
-        seed: seed of the private generator that draws shot subsets.
+        seed: seed of the private generator that draws shot subsets (give every
+            MPI rank the same seed: ranks must draw the same subsets).
+        comm: mpi4py communicator to spread the shots over (``None``: serial).
+            With more than one rank, ``operator`` must accept ``shots=``; every
+            rank must call the likelihood (and ``backward``) in the same order.
 
     Calling the module returns the ``[batch]`` negative log-likelihood (additive
     constant dropped). ``full=True`` forces all shots (MALA needs exact values).
@@ -80,6 +97,7 @@ class GaussianLikelihood(nn.Module):
         snr_db: float | None = None,
         shot_batch: int | None = None,
         seed: int = 0,
+        comm: Any = None,
     ) -> None:
         super().__init__()
         if not callable(operator):
@@ -116,6 +134,13 @@ class GaussianLikelihood(nn.Module):
                     f"shot_batch={shot_batch} needs an operator that accepts shots=, "
                     f"but {type(operator).__name__} does not"
                 )
+        _, size = rank_and_size(comm)
+        if size > 1 and not _accepts_shots(operator):
+            raise InvalidArgumentError(
+                f"comm with {size} ranks needs an operator that accepts shots=, "
+                f"but {type(operator).__name__} does not"
+            )
+        self.comm = comm if size > 1 else None
         self.operator = operator
         self.register_buffer("data", data.detach().clone())
         self.sigma = sigma
@@ -147,14 +172,29 @@ class GaussianLikelihood(nn.Module):
 
     def forward(self, m: torch.Tensor, full: bool = False) -> torch.Tensor:
         """``[batch]`` negative log-likelihood of models ``m`` ``[batch, *model_shape]``."""
+        shots, scale = None, 1.0
         if self.stochastic and not full:
             shots = self.draw_shots()
-            r = self.residual(m, shots)
             scale = self.n_shots / self.shot_batch
+        if self.comm is None:
+            misfit = self.residual(m, shots).flatten(1).pow(2).sum(1)
         else:
-            r = self.residual(m)
-            scale = 1.0
-        return (0.5 * scale / self.sigma**2) * r.flatten(1).pow(2).sum(1)
+            misfit = self._distributed_misfit(m, shots)
+        return (0.5 * scale / self.sigma**2) * misfit
+
+    def _distributed_misfit(self, m: torch.Tensor, shots: torch.Tensor | None) -> torch.Tensor:
+        """``Σ_shots ‖d_i − F_i(m)‖²`` ``[batch]``, each rank solving its share of ``shots``."""
+        if shots is None:
+            shots = torch.arange(self.n_shots)
+        mine = shots[ShotDistribution(len(shots), self.comm).shots]
+        m_local = share_gradient(m, self.comm)
+        if len(mine) == 0:
+            # No shot here (fewer shots than ranks): a zero that still depends on m, so
+            # that this rank joins the collective gradient sum in backward.
+            local = (m_local * 0).flatten(1).sum(1)
+        else:
+            local = self.residual(m_local, mine).flatten(1).pow(2).sum(1)
+        return allreduce_value(local, self.comm)
 
     def get_rng_state(self) -> torch.Tensor:
         """State of the shot-subset generator (saved in checkpoints)."""
@@ -165,4 +205,7 @@ class GaussianLikelihood(nn.Module):
         self.generator.set_state(state)
 
     def extra_repr(self) -> str:
-        return f"sigma={self.sigma:.4g}, n_shots={self.n_shots}, shot_batch={self.shot_batch}"
+        ranks = "" if self.comm is None else f", ranks={self.comm.Get_size()}"
+        return (
+            f"sigma={self.sigma:.4g}, n_shots={self.n_shots}, shot_batch={self.shot_batch}{ranks}"
+        )

@@ -1,1 +1,31 @@
-"""devito_uq.io"""
+"""devito_uq.io: SEG-Y shot records and images, training checkpoints.
+
+Names resolve lazily (PEP 562): ``import devito_uq.io.checkpoint`` loads neither
+Devito nor segyio; ``from devito_uq.io import read_shots`` loads the SEG-Y module
+(and, through :class:`~devito_uq.physics.Survey`, Devito) on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_WHERE = {
+    "read_shots": "devito_uq.io.segy",
+    "write_shots": "devito_uq.io.segy",
+    "write_image": "devito_uq.io.segy",
+    "read_image": "devito_uq.io.segy",
+    "save_checkpoint": "devito_uq.io.checkpoint",
+    "load_checkpoint": "devito_uq.io.checkpoint",
+}
+
+__all__ = list(_WHERE)
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        return getattr(importlib.import_module(_WHERE[name]), name)
+    raise AttributeError(f"module 'devito_uq.io' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(__all__)

@@ -3,6 +3,11 @@
 from devito_uq.physics.acoustic import AcousticSolver, clear_solvers, get_solver
 from devito_uq.physics.model import AcousticModel, squared_slowness, velocity
 from devito_uq.physics.modeling import AcousticModeling, BornModeling
+from devito_uq.physics.planewave import (
+    PlaneWaveModeling,
+    bandpass_wavelet,
+    ray_parameters_from_angles,
+)
 from devito_uq.physics.survey import Shot, Survey, ricker
 
 __all__ = [
@@ -10,6 +15,9 @@ __all__ = [
     "AcousticModeling",
     "AcousticSolver",
     "BornModeling",
+    "PlaneWaveModeling",
+    "bandpass_wavelet",
+    "ray_parameters_from_angles",
     "Shot",
     "Survey",
     "clear_solvers",

@@ -1,0 +1,477 @@
+r"""SEG-Y shot records and images (segyio).
+
+Header convention (read and written the same way, so files round-trip):
+
+=====================  ===========================================================
+ quantity               SEG-Y trace header (byte)
+=====================  ===========================================================
+ source x, y (m)        ``SourceX`` (73), ``SourceY`` (77) × ``SourceGroupScalar`` (71)
+ receiver x, y (m)      ``GroupX`` (81), ``GroupY`` (85) × ``SourceGroupScalar``
+ source z (m, down)     ``SourceDepth`` (49) × ``ElevationScalar`` (69)
+ receiver z (m, down)   ``−ReceiverGroupElevation`` (41) × ``ElevationScalar``
+ shot number            ``FieldRecord`` (9), 1-based; receiver number ``TraceNumber`` (13)
+ first time t0 (ms)     ``DelayRecordingTime`` (109)
+ sample interval        binary ``Interval`` (3217) and ``TRACE_SAMPLE_INTERVAL`` (117), µs
+=====================  ===========================================================
+
+The datum (z = 0) is the surface: a source ``SourceDepth`` below it sits at
+``z = SourceDepth``; a receiver's elevation is positive *up* (SEG-Y), Devito's z
+is positive *down*, hence the sign. Scalars follow SEG-Y: positive multiplies,
+negative divides, 0 means 1. Writers pick the smallest power of ten (up to 10⁴,
+i.e. 0.1 mm) that stores every coordinate exactly in the 32-bit fields.
+
+Time is in ms in devito_uq and in µs in SEG-Y: ``dt`` must be a whole number of
+µs to be written (choose e.g. ``floor(1000·critical_dt)/1000``). Samples are
+IEEE float32 (format 5). The source wavelet is not stored in SEG-Y; give
+``f0_hz=`` (Ricker) or ``wavelet=`` to :func:`read_shots`.
+
+Every writer validates everything first, writes to a temporary file in the
+target's folder and moves it over the target with :func:`os.replace`: a failure
+never leaves a half-written file nor touches an existing one.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import segyio
+from segyio import BinField, TraceField
+
+from devito_uq.errors import InvalidShapeError, SegyError
+from devito_uq.physics.survey import Survey
+
+__all__ = ["read_shots", "write_shots", "write_image", "read_image"]
+
+_INT32_MAX = 2**31 - 1
+_T = TraceField
+
+
+# --------------------------------------------------------------------------- helpers
+def _as_numpy(name: str, x: Any) -> np.ndarray:
+    """A float64 numpy copy of an array or (CPU/CUDA) torch tensor."""
+    if hasattr(x, "detach"):  # torch tensor, without importing torch here
+        x = x.detach().to("cpu").double().numpy()
+    try:
+        return np.array(x, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise InvalidShapeError(f"{name} must be a numeric array, got {type(x).__name__}") from exc
+
+
+def _scalar_for(values: np.ndarray, what: str, path: Path) -> int:
+    """SEG-Y scalar (1, -10, … -10000) storing ``values`` exactly as int32, else the finest fit."""
+    vmax = float(np.max(np.abs(values))) if values.size else 0.0
+    if vmax > _INT32_MAX:
+        raise SegyError(
+            f"{what} of {vmax:.6g} m exceeds the 32-bit range of SEG-Y headers; cannot write {path}"
+        )
+    best = 1
+    for k in range(5):
+        s = 10**k
+        if vmax * s > _INT32_MAX:
+            break
+        best = -s if k else 1
+        scaled = values * s
+        if np.all(np.abs(scaled - np.round(scaled)) <= 1e-6):
+            return best
+    return best  # not exact at 0.1 mm: rounded to the finest scale that fits
+
+
+def _apply_scalar(raw: np.ndarray, scalar: np.ndarray) -> np.ndarray:
+    s = np.asarray(scalar, dtype=np.float64)
+    s = np.where(s == 0, 1.0, s)
+    return np.where(s > 0, raw * s, raw / np.abs(s))
+
+
+def _scaled(values: np.ndarray, scalar: int) -> np.ndarray:
+    factor = 1.0 / scalar if scalar > 0 else float(-scalar)
+    return np.round(np.asarray(values, dtype=np.float64) * factor).astype(np.int64)
+
+
+def _whole(value: float, factor: float, what: str, lo: int, hi: int, path: Path) -> int:
+    """``value·factor`` as an integer in ``[lo, hi]``, or :class:`SegyError`."""
+    x = float(value) * factor
+    n = round(x)
+    if not np.isfinite(x) or abs(x - n) > 1e-6 * max(1.0, abs(x)) or not lo <= n <= hi:
+        raise SegyError(f"{what}={value!r} cannot be stored in SEG-Y ({path}): {_WHOLE_HINT[what]}")
+    return int(n)
+
+
+_WHOLE_HINT = {
+    "dt": "the sample interval is a whole number of µs in 1…65535; use e.g. "
+    "dt = floor(1000·dt)/1000 ms",
+    "t0": "the delay is a whole number of ms in -32768…32767",
+    "z spacing": "the depth interval is written where µs go, in mm: a whole number "
+    "of mm in 1…65535",
+    "z origin": "the first depth is written as the delay: a whole number of m in -32768…32767",
+}
+
+
+def _atomic_segy(path: Path, nsamples: int, ntraces: int, fill: Callable[[Any], None]) -> Path:
+    """Create a float32 SEG-Y at a temporary name, let ``fill`` write it, move it to ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Same folder as the target, so that os.replace is an atomic rename.
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        spec = segyio.spec()
+        spec.format = 5  # 4-byte IEEE float
+        spec.samples = np.arange(nsamples, dtype=np.float64)
+        spec.tracecount = ntraces
+        with segyio.create(tmp, spec) as f:
+            fill(f)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def _text_header(lines: Sequence[str]) -> bytes:
+    return segyio.tools.create_text_header({i + 1: s for i, s in enumerate(lines[:40])})
+
+
+# ----------------------------------------------------------------------------- shots
+def write_shots(path: str | os.PathLike, survey: Survey, data: Any) -> Path:
+    """Write shot records ``data`` ``[shot, time, receiver]`` of ``survey`` as SEG-Y.
+
+    One float32 trace per (shot, receiver), shot-major, with the headers of the
+    module docstring. ``data`` is a numpy array or torch tensor (any float dtype,
+    stored as float32). Every shot must have ``data.shape[2]`` receivers.
+    ``survey.dt`` must be a whole number of µs and ``survey.t0`` a whole number of ms.
+
+    Raises :class:`SegyError` / :class:`InvalidShapeError` before anything is
+    written; an existing file at ``path`` is replaced only by a complete new one.
+    Returns the path.
+    """
+    path = Path(path)
+    if not isinstance(survey, Survey):
+        raise SegyError(f"survey must be a devito_uq Survey, got {type(survey).__name__}")
+    d = _as_numpy("data", data)
+    want = (survey.nshots, survey.nt, survey.nreceivers[0])
+    if d.shape != want or not survey.shared_receivers:
+        raise InvalidShapeError(
+            f"data has shape {list(d.shape)}; expected [shot, time, receiver] = {list(want)}"
+            + ("" if survey.shared_receivers else f" (receiver counts {survey.nreceivers})")
+        )
+    bad = ~np.isfinite(d)
+    if bad.any():
+        s, t, r = np.argwhere(bad)[0]
+        raise SegyError(
+            f"data contains NaN or infinite values (first at shot {s}, sample {t}, receiver {r}); "
+            f"nothing was written to {path}"
+        )
+    if np.max(np.abs(d)) > np.finfo(np.float32).max:
+        raise SegyError(f"data exceeds the float32 range of SEG-Y samples; cannot write {path}")
+    dt_us = _whole(survey.dt, 1000.0, "dt", 1, 65535, path)
+    t0_ms = _whole(survey.t0, 1.0, "t0", -32768, 32767, path)
+    if survey.nt > 65535:
+        raise SegyError(f"nt={survey.nt} samples exceeds SEG-Y's 65535 per trace ({path})")
+
+    dim = survey.dim
+    nshot, nt, nrec = want
+    src = survey.src_positions
+    rec = np.stack(survey.rec_positions)  # [shot, receiver, dim]
+    horiz = np.concatenate([src[:, :-1].ravel(), rec[..., :-1].ravel()])
+    depth = np.concatenate([src[:, -1], rec[..., -1].ravel()])
+    xy_scalar = _scalar_for(horiz, "a horizontal coordinate", path)
+    z_scalar = _scalar_for(depth, "a depth", path)
+    sx, rx = _scaled(src[:, 0], xy_scalar), _scaled(rec[..., 0], xy_scalar)
+    sy = _scaled(src[:, 1], xy_scalar) if dim == 3 else np.zeros(nshot, dtype=np.int64)
+    ry = _scaled(rec[..., 1], xy_scalar) if dim == 3 else np.zeros((nshot, nrec), dtype=np.int64)
+    sz, rz = _scaled(src[:, -1], z_scalar), _scaled(rec[..., -1], z_scalar)
+    traces = np.ascontiguousarray(d.transpose(0, 2, 1), dtype=np.float32)  # [shot, rec, time]
+
+    def fill(f: Any) -> None:
+        f.text[0] = _text_header(
+            [
+                "devito_uq shot records: one trace per shot and receiver, shot-major",
+                f"{nshot} shots x {nrec} receivers, {nt} samples of {dt_us} us, {dim}D",
+                "x,y: SourceX/Y GroupX/Y times SourceGroupScalar (m)",
+                "z down: SourceDepth, -ReceiverGroupElevation times ElevationScalar (m)",
+                "shot: FieldRecord (1-based), receiver: TraceNumber (1-based)",
+                "t0: DelayRecordingTime (ms); format 5 IEEE float",
+            ]
+        )
+        f.bin.update(
+            {
+                BinField.Interval: dt_us,
+                BinField.IntervalOriginal: dt_us,
+                BinField.Samples: nt,
+                BinField.Traces: nrec,  # data traces per ensemble (shot)
+                BinField.AuxTraces: 0,
+                BinField.MeasurementSystem: 1,  # metres
+            }
+        )
+        k = 0
+        for s in range(nshot):
+            for r in range(nrec):
+                f.header[k] = {
+                    _T.TRACE_SEQUENCE_LINE: k + 1,
+                    _T.TRACE_SEQUENCE_FILE: k + 1,
+                    _T.FieldRecord: s + 1,
+                    _T.TraceIdentificationCode: 1,  # seismic data
+                    _T.TraceNumber: r + 1,
+                    _T.SourceX: int(sx[s]),
+                    _T.SourceY: int(sy[s]),
+                    _T.GroupX: int(rx[s, r]),
+                    _T.GroupY: int(ry[s, r]),
+                    _T.SourceGroupScalar: xy_scalar,
+                    _T.SourceDepth: int(sz[s]),
+                    _T.ReceiverGroupElevation: -int(rz[s, r]),
+                    _T.ElevationScalar: z_scalar,
+                    _T.CoordinateUnits: 1,
+                    _T.TRACE_SAMPLE_COUNT: nt,
+                    _T.TRACE_SAMPLE_INTERVAL: dt_us,
+                    _T.DelayRecordingTime: t0_ms,
+                }
+                f.trace[k] = traces[s, r]
+                k += 1
+
+    return _atomic_segy(path, nt, nshot * nrec, fill)
+
+
+def _open(path: Path) -> Any:
+    if not path.is_file():
+        raise SegyError(f"SEG-Y file {str(path)!r} does not exist")
+    try:
+        return segyio.open(str(path), "r", ignore_geometry=True)
+    except Exception as exc:  # segyio raises RuntimeError/IOError for short or corrupt files
+        raise SegyError(f"{str(path)!r} is not a readable SEG-Y file (truncated?): {exc}") from exc
+
+
+def _read_all(path: Path, fields: Sequence[int]) -> tuple[dict[int, np.ndarray], np.ndarray, int]:
+    """Header columns, traces ``[trace, sample]`` float32 and the sample interval (µs)."""
+    with _open(path) as f:
+        try:
+            ntr = f.tracecount
+            if ntr == 0:
+                raise SegyError(f"SEG-Y file {str(path)!r} holds no traces")
+            ns = len(f.samples)
+            cols = {k: np.asarray(f.attributes(k)[:], dtype=np.int64) for k in fields}
+            counts = np.asarray(f.attributes(_T.TRACE_SAMPLE_COUNT)[:])
+            intervals = np.asarray(f.attributes(_T.TRACE_SAMPLE_INTERVAL)[:])
+            interval = int(f.bin[BinField.Interval])
+            traces = np.asarray(f.trace.raw[:], dtype=np.float32).reshape(ntr, ns)
+        except SegyError:
+            raise
+        except Exception as exc:
+            raise SegyError(f"cannot read the traces of {str(path)!r} (truncated?): {exc}") from exc
+    odd = np.flatnonzero((counts != 0) & (counts != ns))
+    if odd.size:
+        raise SegyError(
+            f"{str(path)!r}: trace {odd[0]} has {counts[odd[0]]} samples but the file has {ns} "
+            "per trace (inconsistent trace lengths)"
+        )
+    if interval <= 0:
+        interval = int(intervals[0])
+    if interval <= 0:
+        raise SegyError(f"{str(path)!r} has a zero sample interval (binary and trace headers)")
+    odd = np.flatnonzero((intervals != 0) & (intervals != interval))
+    if odd.size:
+        raise SegyError(
+            f"{str(path)!r}: trace {odd[0]} has sample interval {intervals[odd[0]]} µs, "
+            f"the file {interval} µs"
+        )
+    bad = np.flatnonzero(~np.isfinite(traces).all(axis=1))
+    if bad.size:
+        raise SegyError(f"{str(path)!r}: trace {bad[0]} contains NaN or infinite samples")
+    return cols, traces, interval
+
+
+def read_shots(
+    path: str | os.PathLike,
+    f0_hz: float | None = None,
+    wavelet: Any = None,
+    dim: int = 2,
+    group_by: str = "source",
+) -> tuple[Survey, np.ndarray]:
+    """Read shot records written by :func:`write_shots` (or any SEG-Y in that convention).
+
+    Parameters
+    ----------
+    path : SEG-Y file.
+    f0_hz, wavelet : the source wavelet (not stored in SEG-Y), passed to :class:`Survey`:
+        a Ricker peak frequency (Hz) or samples ``[time]`` / ``[shot, time]``.
+    dim : 2 (x, z: ``SourceY``/``GroupY`` must then be constant) or 3 (x, y, z).
+    group_by : ``"source"`` (traces with equal source x, y, z form a shot; repeated
+        shots at one position merge into one) or ``"field_record"`` (equal ``FieldRecord``).
+        Shots are ordered by first appearance; receivers keep the file order.
+
+    Returns
+    -------
+    survey : Survey with per-shot receiver positions, ``dt`` in ms from the µs interval.
+    data : float32 ``[shot, time, receiver]``; every shot needs the same receiver count.
+    """
+    path = Path(path)
+    if dim not in (2, 3):
+        raise SegyError(f"dim={dim!r} must be 2 or 3")
+    if group_by not in ("source", "field_record"):
+        raise SegyError(f"group_by={group_by!r} must be 'source' or 'field_record'")
+    fields = (
+        _T.SourceX,
+        _T.SourceY,
+        _T.GroupX,
+        _T.GroupY,
+        _T.SourceGroupScalar,
+        _T.SourceDepth,
+        _T.ReceiverGroupElevation,
+        _T.ElevationScalar,
+        _T.FieldRecord,
+        _T.DelayRecordingTime,
+    )
+    h, traces, interval = _read_all(path, fields)
+    sxy = _apply_scalar(
+        np.stack([h[_T.SourceX], h[_T.SourceY]], 1), h[_T.SourceGroupScalar][:, None]
+    )
+    rxy = _apply_scalar(np.stack([h[_T.GroupX], h[_T.GroupY]], 1), h[_T.SourceGroupScalar][:, None])
+    sz = _apply_scalar(h[_T.SourceDepth], h[_T.ElevationScalar])
+    rz = -_apply_scalar(h[_T.ReceiverGroupElevation], h[_T.ElevationScalar])
+    if dim == 2:
+        for what, y in (("SourceY", sxy[:, 1]), ("GroupY", rxy[:, 1])):
+            if np.ptp(y) > 0:
+                raise SegyError(
+                    f"{str(path)!r}: {what} varies ({y.min():.6g} … {y.max():.6g} m) but dim=2 "
+                    "reads a line along x; give dim=3 or project the coordinates first"
+                )
+        src_all = np.stack([sxy[:, 0], sz], 1)
+        rec_all = np.stack([rxy[:, 0], rz], 1)
+    else:
+        src_all = np.concatenate([sxy, sz[:, None]], 1)
+        rec_all = np.concatenate([rxy, rz[:, None]], 1)
+    delays = h[_T.DelayRecordingTime]
+    if np.ptp(delays) > 0:
+        raise SegyError(f"{str(path)!r}: traces have different delays {np.unique(delays)[:5]} ms")
+
+    if group_by == "source":
+        keys = np.stack([h[_T.SourceX], h[_T.SourceY], h[_T.SourceDepth]], 1)
+    else:
+        keys = h[_T.FieldRecord][:, None]
+    _, first, inverse = np.unique(keys, axis=0, return_index=True, return_inverse=True)
+    order = np.argsort(first)  # shots in order of first appearance
+    groups = [np.flatnonzero(inverse.ravel() == g) for g in order]
+    counts = sorted({len(g) for g in groups})
+    if len(counts) != 1:
+        hint = "; or shots fired at one position: try group_by='field_record'"
+        hint = hint if group_by == "source" else ""
+        raise SegyError(
+            f"{str(path)!r}: shots have different receiver counts {counts}; the data array "
+            f"[shot, time, receiver] needs one count (file truncated or a varying spread{hint})"
+        )
+    src = np.stack([src_all[g[0]] for g in groups])
+    for i, g in enumerate(groups):
+        if np.ptp(src_all[g], axis=0).max() > 0:
+            raise SegyError(f"{str(path)!r}: shot {i} (FieldRecord) has several source positions")
+    rec = [rec_all[g] for g in groups]
+    data = np.ascontiguousarray(np.stack([traces[g].T for g in groups]))
+    dt = interval / 1000.0
+    t0 = float(delays[0])
+    ns = traces.shape[1]
+    if ns < 3:
+        raise SegyError(f"{str(path)!r} has {ns} samples per trace; a survey needs at least 3")
+    # A hair below the last sample so that Survey's ceil() cannot add a sample to rounding.
+    t1 = t0 + dt * (ns - 1) - 1e-9 * dt
+    survey = Survey(src, rec, t1=t1, dt=dt, t0=t0, f0_hz=f0_hz, wavelet=wavelet)
+    if survey.nt != ns:  # pragma: no cover - guards the ceil() rounding above
+        raise SegyError(f"{str(path)!r}: time axis of {survey.nt} samples, file has {ns}")
+    return survey, data
+
+
+# ----------------------------------------------------------------------------- image
+def write_image(
+    path: str | os.PathLike,
+    image: Any,
+    spacing: Sequence[float],
+    origin: Sequence[float] = (0.0, 0.0),
+) -> Path:
+    """Write a 2D image ``[nx, nz]`` (e.g. a posterior mean or std) as post-stack SEG-Y.
+
+    One trace per x position (``CDP`` = 1-based index, ``CDP_X`` = x in m with
+    ``SourceGroupScalar``); the samples run down in z. SEG-Y has only a time axis,
+    so depth is stored in the time fields in devito_uq's unit convention (m where
+    ms go): the sample interval field holds ``dz`` in mm (where µs go; a whole
+    number of mm) and ``DelayRecordingTime`` the first depth in m (a whole number).
+    ``spacing`` = (dx, dz) m, ``origin`` = (x0, z0) m. Atomic like :func:`write_shots`.
+    """
+    path = Path(path)
+    img = _as_numpy("image", image)
+    if img.ndim != 2 or min(img.shape) < 2:
+        raise InvalidShapeError(f"image has shape {list(img.shape)}; expected [nx, nz], both >= 2")
+    if not np.all(np.isfinite(img)):
+        raise SegyError(f"image contains NaN or infinite values; nothing was written to {path}")
+    try:
+        dx, dz = (float(s) for s in spacing)
+        x0, z0 = (float(o) for o in origin)
+    except (TypeError, ValueError) as exc:
+        raise SegyError(f"spacing={spacing!r} and origin={origin!r} must be (x, z) pairs") from exc
+    if not (np.isfinite(dx) and dx > 0):
+        raise SegyError(f"x spacing={dx!r} m must be finite and positive")
+    dz_mm = _whole(dz, 1000.0, "z spacing", 1, 65535, path)
+    z0_m = _whole(z0, 1.0, "z origin", -32768, 32767, path)
+    nx, nz = img.shape
+    x = x0 + dx * np.arange(nx)
+    scalar = _scalar_for(x, "an x coordinate", path)
+    cx = _scaled(x, scalar)
+    traces = img.astype(np.float32)
+
+    def fill(f: Any) -> None:
+        f.text[0] = _text_header(
+            [
+                "devito_uq image: one trace per x, samples are DEPTH (not time)",
+                f"{nx} traces x {nz} depth samples",
+                "x: CDP_X times SourceGroupScalar (m); CDP: 1-based x index",
+                "sample interval field = dz in mm (where us go); delay = first z in m",
+            ]
+        )
+        f.bin.update(
+            {
+                BinField.Interval: dz_mm,
+                BinField.IntervalOriginal: dz_mm,
+                BinField.Samples: nz,
+                BinField.MeasurementSystem: 1,
+            }
+        )
+        for i in range(nx):
+            f.header[i] = {
+                _T.TRACE_SEQUENCE_LINE: i + 1,
+                _T.TRACE_SEQUENCE_FILE: i + 1,
+                _T.CDP: i + 1,
+                _T.CDP_X: int(cx[i]),
+                _T.CDP_Y: 0,
+                _T.SourceGroupScalar: scalar,
+                _T.CoordinateUnits: 1,
+                _T.TRACE_SAMPLE_COUNT: nz,
+                _T.TRACE_SAMPLE_INTERVAL: dz_mm,
+                _T.DelayRecordingTime: z0_m,
+            }
+            f.trace[i] = traces[i]
+
+    return _atomic_segy(path, nz, nx, fill)
+
+
+def read_image(
+    path: str | os.PathLike,
+) -> tuple[np.ndarray, tuple[float, float], tuple[float, float]]:
+    """Read an image written by :func:`write_image`: ``(image [nx, nz] float32, spacing, origin)``.
+
+    ``spacing`` = (dx, dz) m from the ``CDP_X`` step and the depth interval (mm);
+    ``origin`` = (x0, z0) m. The ``CDP_X`` values must be evenly spaced.
+    """
+    path = Path(path)
+    h, traces, interval = _read_all(path, (_T.CDP_X, _T.SourceGroupScalar, _T.DelayRecordingTime))
+    x = _apply_scalar(h[_T.CDP_X], h[_T.SourceGroupScalar])
+    if x.size < 2:
+        raise SegyError(f"{str(path)!r} holds {x.size} trace; an image needs at least 2")
+    steps = np.diff(x)
+    if steps[0] <= 0 or np.ptp(steps) > 1e-6 * abs(steps[0]):
+        raise SegyError(f"{str(path)!r}: CDP_X values are not evenly increasing")
+    return (
+        traces,
+        (float(steps[0]), interval / 1000.0),
+        (float(x[0]), float(h[_T.DelayRecordingTime][0])),
+    )

@@ -1,0 +1,231 @@
+r"""Spread shots over MPI ranks and sum what they compute.
+
+A small service that knows only mpi4py and torch. The misfit of a survey is a
+sum over shots, :math:`\Phi(m) = \sum_r \Phi_r(m)` with :math:`\Phi_r` the
+shots of rank ``r``; each rank solves only its own shots and two autograd
+functions make the sum and its gradient identical on every rank:
+
+* :func:`allreduce_value` — forward :math:`\sum_r x_r`; backward identity (the
+  incoming gradient of the total is the gradient of each part);
+* :func:`share_gradient` — forward identity; backward :math:`\sum_r g_r`, so
+  every rank receives :math:`\sum_r \partial\Phi_r/\partial m`.
+
+Apply ``share_gradient`` to the model before the rank's shots and
+``allreduce_value`` to their misfit; everything else (flow, prior, optimizer)
+then runs redundantly and identically on every rank, as long as every rank
+draws the same random numbers (same seeds) and calls ``backward`` (the
+gradient sum is a collective call).
+
+``comm`` is an ``mpi4py.MPI.Comm`` (or any object with ``Get_rank()``,
+``Get_size()`` and ``Allreduce(sendbuf, recvbuf)`` summing numpy buffers).
+``comm=None`` or a communicator of size 1 takes the serial path, which never
+imports mpi4py: users without MPI never initialise it. Tensors on a GPU are
+copied to the host for the reduction and the result copied back.
+
+Shot layouts: ``"cyclic"`` (round-robin, the default: shot ``i`` on rank
+``i mod size``) or ``"block"`` (contiguous blocks, the first ``nshots mod size``
+ranks one shot more). Both give every rank ``⌊n/size⌋`` or ``⌈n/size⌉`` shots.
+"""
+
+from __future__ import annotations
+
+import atexit
+from typing import Any
+
+import numpy as np
+import torch
+
+from devito_uq.errors import InvalidArgumentError, InvalidDtypeError
+
+__all__ = [
+    "world",
+    "rank_and_size",
+    "ShotDistribution",
+    "my_shots",
+    "allreduce_sum",
+    "share_gradient",
+    "allreduce_value",
+]
+
+_LAYOUTS = ("cyclic", "block")
+
+
+def world() -> Any:
+    """``mpi4py.MPI.COMM_WORLD``, initialising MPI on first call if nobody has.
+
+    Devito imports mpi4py with ``rc.initialize=False`` (it initialises MPI only for
+    its own domain decomposition), so after ``import devito`` MPI may be loaded but
+    not initialised: initialise it here, and finalise it at exit.
+    """
+    from mpi4py import MPI  # lazy: only MPI users pay for (and need) MPI
+
+    if not MPI.Is_initialized():
+        MPI.Init_thread()
+        atexit.register(_finalize)
+    return MPI.COMM_WORLD
+
+
+def _finalize() -> None:
+    from mpi4py import MPI
+
+    if MPI.Is_initialized() and not MPI.Is_finalized():
+        MPI.Finalize()
+
+
+def _check_comm(comm: Any) -> Any:
+    if comm is None:
+        return None
+    for attr in ("Get_rank", "Get_size", "Allreduce"):
+        if not callable(getattr(comm, attr, None)):
+            raise InvalidArgumentError(
+                f"comm must be an mpi4py communicator (or None for serial runs); "
+                f"{type(comm).__name__} has no {attr}()"
+            )
+    return comm
+
+
+def rank_and_size(comm: Any = None) -> tuple[int, int]:
+    """``(rank, size)`` of ``comm``; ``(0, 1)`` for ``None``."""
+    comm = _check_comm(comm)
+    if comm is None:
+        return 0, 1
+    return int(comm.Get_rank()), int(comm.Get_size())
+
+
+def _distributed(comm: Any) -> bool:
+    return rank_and_size(comm)[1] > 1
+
+
+class ShotDistribution:
+    """Which of ``nshots`` items (shots, or positions in a list of shots) each rank owns.
+
+    Attributes: ``nshots``, ``rank``, ``size``, ``layout``; :attr:`shots` are this
+    rank's indices (ascending), :meth:`shots_of` any rank's, :meth:`owner` the rank of
+    one index, :attr:`counts` ``[size]`` the number per rank.
+    """
+
+    def __init__(self, nshots: int, comm: Any = None, layout: str = "cyclic") -> None:
+        if isinstance(nshots, bool) or not isinstance(nshots, (int, np.integer)) or nshots < 0:
+            raise InvalidArgumentError(f"nshots={nshots!r} must be an integer >= 0")
+        if layout not in _LAYOUTS:
+            raise InvalidArgumentError(f"layout={layout!r} must be one of {_LAYOUTS}")
+        self.nshots = int(nshots)
+        self.layout = layout
+        self.rank, self.size = rank_and_size(comm)
+
+    def shots_of(self, rank: int) -> list[int]:
+        """Indices owned by ``rank``."""
+        n, p = self.nshots, self.size
+        if self.layout == "cyclic":
+            return list(range(rank, n, p))
+        q, extra = divmod(n, p)
+        start = rank * q + min(rank, extra)
+        return list(range(start, start + q + (rank < extra)))
+
+    @property
+    def shots(self) -> list[int]:
+        """This rank's indices."""
+        return self.shots_of(self.rank)
+
+    @property
+    def counts(self) -> list[int]:
+        """Number of indices per rank."""
+        return [len(self.shots_of(r)) for r in range(self.size)]
+
+    def owner(self, shot: int) -> int:
+        """Rank that owns index ``shot``."""
+        if not 0 <= shot < self.nshots:
+            raise InvalidArgumentError(f"shot {shot} is out of range for {self.nshots} shots")
+        if self.layout == "cyclic":
+            return shot % self.size
+        return next(r for r in range(self.size) if shot in self.shots_of(r))
+
+    def __repr__(self) -> str:
+        return (
+            f"ShotDistribution(nshots={self.nshots}, rank={self.rank}, size={self.size}, "
+            f"layout={self.layout!r})"
+        )
+
+
+def my_shots(nshots: int, comm: Any = None, layout: str = "cyclic") -> list[int]:
+    """This rank's shot indices out of ``range(nshots)`` (all of them when serial)."""
+    return ShotDistribution(nshots, comm, layout).shots
+
+
+# MPI has no half-precision sum: reduce those in float32 and cast back.
+_WIDEN = {torch.float16: torch.float32, torch.bfloat16: torch.float32}
+
+
+def allreduce_sum(tensor: torch.Tensor, comm: Any = None) -> torch.Tensor:
+    """Element-wise sum of ``tensor`` over the ranks of ``comm`` (a new tensor, not autograd).
+
+    Every rank must pass the same shape and dtype. The result has the input's dtype
+    and device (GPU tensors travel through host memory). Serial: a detached copy.
+    """
+    if not isinstance(tensor, torch.Tensor):
+        raise InvalidArgumentError(
+            f"allreduce_sum needs a torch.Tensor, got {type(tensor).__name__}"
+        )
+    if tensor.dtype == torch.bool:
+        raise InvalidDtypeError("allreduce_sum cannot sum a bool tensor; convert it to int first")
+    if not _distributed(comm):
+        return tensor.detach().clone()
+    work = _WIDEN.get(tensor.dtype, tensor.dtype)
+    # A C-contiguous host copy (np.ascontiguousarray would turn a 0-d value into 1-d).
+    send = tensor.detach().to(device="cpu", dtype=work).contiguous().numpy()
+    recv = np.empty_like(send)
+    comm.Allreduce(send, recv)  # mpi4py's default op is SUM
+    return torch.from_numpy(recv).to(device=tensor.device, dtype=tensor.dtype)
+
+
+class _ShareGradient(torch.autograd.Function):
+    """Forward identity; backward sums the incoming gradient over ranks."""
+
+    @staticmethod
+    def forward(ctx, m: torch.Tensor, comm: Any) -> torch.Tensor:
+        ctx.comm = comm
+        return m.view_as(m)  # a new node, so that backward runs
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return allreduce_sum(grad, ctx.comm), None  # m; comm is not a tensor
+
+
+class _AllreduceValue(torch.autograd.Function):
+    """Forward sums per-rank values over ranks; backward identity."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, comm: Any) -> torch.Tensor:
+        return allreduce_sum(x, comm)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad, None  # x; comm is not a tensor
+
+
+def share_gradient(m: torch.Tensor, comm: Any = None) -> torch.Tensor:
+    r"""Identity on ``m`` whose backward sums the gradient over ranks.
+
+    Use it on the model before a rank evaluates its own part :math:`\Phi_r`:
+    after ``backward`` every rank holds :math:`\sum_r \partial\Phi_r/\partial m`.
+    Backward is a collective call: every rank must run it. Serial: returns ``m``.
+    """
+    if not isinstance(m, torch.Tensor):
+        raise InvalidArgumentError(f"share_gradient needs a torch.Tensor, got {type(m).__name__}")
+    if not _distributed(comm):
+        return m
+    return _ShareGradient.apply(m, comm)
+
+
+def allreduce_value(x: torch.Tensor, comm: Any = None) -> torch.Tensor:
+    r"""Sum of the per-rank values ``x`` over ranks, with an identity backward.
+
+    ``x`` is a rank's part :math:`\Phi_r` (any shape, same on every rank); the result
+    :math:`\sum_r \Phi_r` is identical on every rank. Pair it with
+    :func:`share_gradient` on the inputs of :math:`\Phi_r`. Serial: returns ``x``.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise InvalidArgumentError(f"allreduce_value needs a torch.Tensor, got {type(x).__name__}")
+    if not _distributed(comm):
+        return x
+    return _AllreduceValue.apply(x, comm)

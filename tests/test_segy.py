@@ -1,0 +1,242 @@
+"""Tests of devito_uq.io.segy: round trips, header conventions and error handling."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import segyio
+import torch
+from segyio import BinField, TraceField
+
+from devito_uq.errors import InvalidShapeError, SegyError
+from devito_uq.io import read_image, read_shots, write_image, write_shots
+from devito_uq.io import segy as segy_module
+from devito_uq.physics import Survey, ricker
+
+
+def moving_spread(nshots=3, nrec=11, dt=1.5, t0=0.0) -> Survey:
+    """2D survey whose receivers move with the shot; coordinates on a 0.25 m grid."""
+    src = np.stack([12.25 + 100.0 * np.arange(nshots), np.full(nshots, 20.0)], 1)
+    recs = [
+        np.stack([np.linspace(0.0, 100.0, nrec) + 37.25 * i, np.full(nrec, 7.5)], 1)
+        for i in range(nshots)
+    ]
+    return Survey(src, recs, t1=t0 + 300.0, dt=dt, t0=t0, f0_hz=10.0)
+
+
+def random_data(survey: Survey, seed=0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((survey.nshots, survey.nt, survey.nreceivers[0]))
+
+
+def same_geometry(a: Survey, b: Survey) -> None:
+    np.testing.assert_allclose(a.src_positions, b.src_positions, rtol=0, atol=1e-9)
+    assert len(a.rec_positions) == len(b.rec_positions)
+    for ra, rb in zip(a.rec_positions, b.rec_positions):
+        np.testing.assert_allclose(ra, rb, rtol=0, atol=1e-9)
+    assert (a.nt, a.dt, a.t0) == (b.nt, b.dt, b.t0)
+    assert a.t1 == pytest.approx(b.t1, rel=1e-12)
+
+
+# -------------------------------------------------------------------- round trips
+def test_shots_round_trip_2d(tmp_path):
+    survey = moving_spread(dt=1.5, t0=4.0)
+    data = random_data(survey)
+    path = write_shots(tmp_path / "shots.sgy", survey, torch.from_numpy(data))
+    back, d = read_shots(path, f0_hz=10.0)
+    same_geometry(back, survey)
+    assert d.dtype == np.float32 and d.shape == data.shape
+    np.testing.assert_array_equal(d, data.astype(np.float32))
+    np.testing.assert_allclose(back.wavelet[0], ricker(back.time, 10.0))
+    # The headers follow the documented convention.
+    with segyio.open(path, ignore_geometry=True) as f:
+        h = f.header[12]  # shot 1, receiver 1
+        assert f.bin[BinField.Interval] == 1500 and h[TraceField.TRACE_SAMPLE_INTERVAL] == 1500
+        assert h[TraceField.FieldRecord] == 2 and h[TraceField.TraceNumber] == 2
+        assert h[TraceField.SourceGroupScalar] == -100 and h[TraceField.SourceX] == 11225
+        assert h[TraceField.GroupX] == round(100 * (10.0 + 37.25))
+        assert h[TraceField.ElevationScalar] == -10
+        assert h[TraceField.SourceDepth] == 200 and h[TraceField.ReceiverGroupElevation] == -75
+        assert h[TraceField.DelayRecordingTime] == 4
+
+
+def test_shots_round_trip_3d_field_record(tmp_path):
+    src = np.array([[10.0, 5.0, 20.0], [10.0, 5.0, 20.0], [30.0, 15.0, 20.0]])  # 2 at one spot
+    rec = np.stack([np.arange(4) * 10.0, np.arange(4) * 2.5, np.full(4, 10.0)], 1)
+    wavelet = np.sin(np.linspace(0, 3, 101))
+    survey = Survey(src, rec, t1=100.0, dt=1.0, wavelet=wavelet)
+    data = random_data(survey, seed=1)
+    path = write_shots(tmp_path / "shots3d.segy", survey, data)
+    back, d = read_shots(path, wavelet=wavelet, dim=3, group_by="field_record")
+    same_geometry(back, survey)
+    np.testing.assert_array_equal(d, data.astype(np.float32))
+    np.testing.assert_array_equal(back.wavelet[2], wavelet)
+    # Grouping by source position merges the two shots fired at one spot (documented).
+    with pytest.raises(SegyError, match=r"counts \[4, 8\].*try group_by='field_record'"):
+        read_shots(path, wavelet=wavelet, dim=3)
+
+
+def test_write_replaces_atomically(tmp_path):
+    survey = moving_spread()
+    path = tmp_path / "shots.sgy"
+    write_shots(path, survey, random_data(survey, 0))
+    data1 = random_data(survey, 1)
+    write_shots(path, survey, data1)  # overwrite
+    np.testing.assert_array_equal(read_shots(path, f0_hz=10.0)[1], data1.astype(np.float32))
+    assert sorted(os.listdir(tmp_path)) == ["shots.sgy"]
+
+
+def test_image_round_trip(tmp_path):
+    img = np.random.default_rng(2).standard_normal((7, 9)).astype(np.float32)
+    path = write_image(tmp_path / "img.sgy", torch.from_numpy(img), (12.5, 5.0), (100.0, 20.0))
+    back, spacing, origin = read_image(path)
+    np.testing.assert_array_equal(back, img)
+    assert spacing == (12.5, 5.0) and origin == (100.0, 20.0)
+    with segyio.open(path, ignore_geometry=True) as f:
+        assert f.bin[BinField.Interval] == 5000  # dz in mm, in the µs field
+        assert f.header[2][TraceField.CDP] == 3 and f.header[2][TraceField.CDP_X] == 1250
+
+
+def test_io_import_is_lazy():
+    code = (
+        "import sys, devito_uq.io.checkpoint, devito_uq.io as io; "
+        "print(sorted(m for m in ('devito', 'segyio') if m in sys.modules), "
+        "'read_shots' in dir(io))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout.strip() == "[] True"
+
+
+# ------------------------------------------------------------------------ errors
+@pytest.fixture
+def written(tmp_path):
+    survey = moving_spread()
+    data = random_data(survey)
+    return write_shots(tmp_path / "shots.sgy", survey, data), survey, data
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(SegyError, match="nope.sgy' does not exist"):
+        read_shots(tmp_path / "nope.sgy", f0_hz=10.0)
+
+
+def test_truncated_file(written):
+    path = written[0]
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) - 100])  # cut inside the last trace
+    with pytest.raises(SegyError, match="shots.sgy' is not a readable SEG-Y file"):
+        read_shots(path, f0_hz=10.0)
+
+
+def test_not_segy(tmp_path):
+    path = tmp_path / "junk.sgy"
+    path.write_bytes(b"hello" * 100)
+    with pytest.raises(SegyError, match="junk.sgy' is not a readable SEG-Y"):
+        read_shots(path, f0_hz=10.0)
+
+
+def test_zero_sample_interval(written):
+    path = written[0]
+    with segyio.open(path, "r+", ignore_geometry=True) as f:
+        f.bin.update({BinField.Interval: 0})
+        for i in range(f.tracecount):
+            f.header[i] = {TraceField.TRACE_SAMPLE_INTERVAL: 0}
+    with pytest.raises(SegyError, match="zero sample interval"):
+        read_shots(path, f0_hz=10.0)
+
+
+def test_inconsistent_trace_lengths(written):
+    path = written[0]
+    with segyio.open(path, "r+", ignore_geometry=True) as f:
+        f.header[5] = {TraceField.TRACE_SAMPLE_COUNT: 150}
+    with pytest.raises(SegyError, match="trace 5 has 150 samples but the file has 201"):
+        read_shots(path, f0_hz=10.0)
+
+
+def test_inconsistent_receiver_counts(written):
+    path = written[0]
+    with segyio.open(path, "r+", ignore_geometry=True) as f:
+        f.header[f.tracecount - 1] = {TraceField.SourceX: 99}  # a lone trace of a 4th shot
+    with pytest.raises(SegyError, match=r"different receiver counts \[1, 10, 11\]"):
+        read_shots(path, f0_hz=10.0)
+
+
+def test_line_not_along_x(written):
+    path = written[0]
+    with segyio.open(path, "r+", ignore_geometry=True) as f:
+        f.header[3] = {TraceField.GroupY: 500}
+    with pytest.raises(SegyError, match="GroupY varies .* give dim=3"):
+        read_shots(path, f0_hz=10.0)
+
+
+def test_bad_read_arguments(written):
+    with pytest.raises(SegyError, match="dim=4 must be 2 or 3"):
+        read_shots(written[0], f0_hz=10.0, dim=4)
+    with pytest.raises(SegyError, match="group_by='offset'"):
+        read_shots(written[0], f0_hz=10.0, group_by="offset")
+
+
+def _unchanged(path, before: bytes) -> None:
+    assert path.read_bytes() == before
+    assert sorted(os.listdir(path.parent)) == [path.name]  # no temporary left behind
+
+
+def test_wrong_shape_leaves_file(written):
+    path, survey, data = written
+    before = path.read_bytes()
+    with pytest.raises(InvalidShapeError, match=r"data has shape \[3, 201, 10\]; expected .*11"):
+        write_shots(path, survey, data[..., :10])
+    _unchanged(path, before)
+
+
+def test_nan_leaves_file(written):
+    path, survey, data = written
+    before = path.read_bytes()
+    data = data.copy()
+    data[1, 7, 2] = np.nan
+    with pytest.raises(SegyError, match="NaN or infinite values .*shot 1, sample 7, receiver 2"):
+        write_shots(path, survey, data)
+    _unchanged(path, before)
+
+
+def test_dt_not_whole_microseconds(written):
+    path, _, _ = written
+    before = path.read_bytes()
+    survey = moving_spread(dt=1.2345678)
+    with pytest.raises(SegyError, match=r"dt=1.2345678 cannot be stored .*whole number of µs"):
+        write_shots(path, survey, random_data(survey))
+    _unchanged(path, before)
+
+
+def test_failure_mid_write_leaves_file(written, monkeypatch):
+    path, survey, data = written
+    before = path.read_bytes()
+
+    def broken(lines):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(segy_module, "_text_header", broken)
+    with pytest.raises(OSError, match="disk full"):
+        write_shots(path, survey, data * 2)
+    _unchanged(path, before)
+
+
+def test_image_errors(tmp_path):
+    path = tmp_path / "img.sgy"
+    with pytest.raises(InvalidShapeError, match=r"image has shape \[2, 3, 4\]"):
+        write_image(path, np.zeros((2, 3, 4)), (10.0, 10.0))
+    with pytest.raises(SegyError, match="z spacing=0.0001 cannot be stored"):
+        write_image(path, np.zeros((3, 4)), (10.0, 1e-4))
+    with pytest.raises(SegyError, match="x spacing=-1.0 m must be finite and positive"):
+        write_image(path, np.zeros((3, 4)), (-1.0, 10.0))
+    with pytest.raises(SegyError, match="z origin=0.5 cannot be stored"):
+        write_image(path, np.zeros((3, 4)), (10.0, 10.0), (0.0, 0.5))
+    with pytest.raises(SegyError, match="image contains NaN"):
+        write_image(path, np.full((3, 4), np.nan), (10.0, 10.0))
+    assert not path.exists()
