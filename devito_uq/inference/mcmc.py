@@ -35,6 +35,7 @@ import torch
 from tqdm.auto import tqdm
 
 from devito_uq.errors import InvalidArgumentError, InvalidShapeError
+from devito_uq.inference._checks import check_int, check_target
 from devito_uq.inference.parameterization import Parameterization
 from devito_uq.inference.summary import (
     DEFAULT_QUANTILES,
@@ -63,21 +64,7 @@ class Potential:
         parameterization: Parameterization | None = None,
         jacobian: bool = True,
     ) -> None:
-        if likelihood is None and prior is None:
-            raise InvalidArgumentError("give a likelihood, a prior or both; got neither")
-        if likelihood is not None and not callable(likelihood):
-            raise InvalidArgumentError(
-                f"likelihood must be callable, got {type(likelihood).__name__}"
-            )
-        if prior is not None and not callable(getattr(prior, "negative_log", None)):
-            raise InvalidArgumentError(
-                f"prior must provide negative_log(m), got {type(prior).__name__}"
-            )
-        if parameterization is not None and not isinstance(parameterization, Parameterization):
-            raise InvalidArgumentError(
-                "parameterization must be a Parameterization, got "
-                f"{type(parameterization).__name__}"
-            )
+        check_target(likelihood, prior, parameterization)
         self.likelihood = likelihood
         self.prior = prior
         self.parameterization = parameterization
@@ -152,12 +139,6 @@ class MCMCResult:
     def effective_sample_size(self) -> torch.Tensor:
         """``[*model_shape]`` ESS of the kept draws (Geyer, over all chains)."""
         return effective_sample_size(self.samples)
-
-
-def _check_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise InvalidArgumentError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
 
 
 def _check_positive(name: str, value) -> float:
@@ -268,10 +249,10 @@ class MALA(_Langevin):
         (default: its reference). ``seed`` seeds a private
         generator (``None``: drawn from torch's global one).
         """
-        n_steps = _check_int("n_steps", n_steps, 1)
-        n_chains = _check_int("n_chains", n_chains, 1)
-        burn_in = _check_int("burn_in", burn_in, 0)
-        thin = _check_int("thin", thin, 1)
+        n_steps = check_int("n_steps", n_steps, 1)
+        n_chains = check_int("n_chains", n_chains, 1)
+        burn_in = check_int("burn_in", burn_in, 0)
+        thin = check_int("thin", thin, 1)
         if n_steps < thin:
             raise InvalidArgumentError(f"n_steps={n_steps} keeps no draw with thin={thin}")
         gen = torch.Generator()
@@ -359,10 +340,10 @@ class SGLD(_Langevin):
         progress: bool = True,
     ) -> MCMCResult:
         """As :meth:`MALA.run`; the step keeps decaying through burn-in and sampling."""
-        n_steps = _check_int("n_steps", n_steps, 1)
-        n_chains = _check_int("n_chains", n_chains, 1)
-        burn_in = _check_int("burn_in", burn_in, 0)
-        thin = _check_int("thin", thin, 1)
+        n_steps = check_int("n_steps", n_steps, 1)
+        n_chains = check_int("n_chains", n_chains, 1)
+        burn_in = check_int("burn_in", burn_in, 0)
+        thin = check_int("thin", thin, 1)
         if n_steps < thin:
             raise InvalidArgumentError(f"n_steps={n_steps} keeps no draw with thin={thin}")
         gen = torch.Generator()

@@ -30,6 +30,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from devito_uq.errors import CheckpointError, InvalidArgumentError, TrainingDivergedError
+from devito_uq.inference._checks import check_int, check_target
 from devito_uq.inference.parameterization import Parameterization
 from devito_uq.inference.priors import Prior
 from devito_uq.inference.summary import DEFAULT_QUANTILES, PosteriorSummary, summarize
@@ -76,21 +77,7 @@ class VariationalPosterior:
                     f"flow must provide {attr}() like devito_uq.flows.Flow; "
                     f"{type(flow).__name__} does not"
                 )
-        if likelihood is None and prior is None:
-            raise InvalidArgumentError("give a likelihood, a prior or both; got neither")
-        if likelihood is not None and not callable(likelihood):
-            raise InvalidArgumentError(
-                f"likelihood must be callable, got {type(likelihood).__name__}"
-            )
-        if prior is not None and not callable(getattr(prior, "negative_log", None)):
-            raise InvalidArgumentError(
-                f"prior must provide negative_log(m), got {type(prior).__name__}"
-            )
-        if parameterization is not None and not isinstance(parameterization, Parameterization):
-            raise InvalidArgumentError(
-                f"parameterization must be a Parameterization, got "
-                f"{type(parameterization).__name__}"
-            )
+        check_target(likelihood, prior, parameterization)
         self.flow = flow
         self.likelihood = likelihood
         self.prior = prior
@@ -171,10 +158,10 @@ class VariationalPosterior:
                 last checkpoint on disk is left as it was.
             CheckpointError: the checkpoint belongs to another run.
         """
-        iterations = _count("iterations", iterations, minimum=1)
-        batch_size = _count("batch_size", batch_size, minimum=1)
-        checkpoint_every = _count("checkpoint_every", checkpoint_every, minimum=1)
-        temper_iterations = _count("temper_iterations", temper_iterations, minimum=0)
+        iterations = check_int("iterations", iterations, minimum=1)
+        batch_size = check_int("batch_size", batch_size, minimum=1)
+        checkpoint_every = check_int("checkpoint_every", checkpoint_every, minimum=1)
+        temper_iterations = check_int("temper_iterations", temper_iterations, minimum=0)
         if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
             raise InvalidArgumentError(f"lr must be a positive number, got {lr!r}")
         if clip_grad is not None and not (
@@ -327,7 +314,7 @@ class VariationalPosterior:
     @torch.no_grad()
     def sample(self, n: int, chunk: int = 1024) -> torch.Tensor:
         """``[n, *model_shape]`` posterior samples ``m = g(T(z))`` (no PDE solves)."""
-        n = _count("n", n, minimum=1)
+        n = check_int("n", n, minimum=1)
         out = []
         for i in range(0, n, chunk):
             x = self.flow.sample(min(chunk, n - i))
@@ -352,12 +339,6 @@ class VariationalPosterior:
     ) -> PosteriorSummary:
         """:class:`PosteriorSummary` of ``n`` fresh samples."""
         return summarize(self.sample(n), quantiles)
-
-
-def _count(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise InvalidArgumentError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
 
 
 def _scheduler(spec, optimizer, iterations: int, lr_final: float):
