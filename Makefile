@@ -48,6 +48,7 @@ bench: bench-deps
 	$(PY) benchmarks/bench_flows.py
 	$(PY) benchmarks/bench_inference.py
 	$(PY) benchmarks/bench_avp.py
+	$(PY) benchmarks/bench_parallel.py
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache .ruff_cache *.egg-info

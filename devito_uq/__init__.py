@@ -2,9 +2,11 @@
 
 The public API lives in three subpackages and is re-exported here::
 
-    from devito_uq.physics import AcousticModel, Survey, AcousticModeling, BornModeling, PlaneWaveModeling
+    from devito_uq.physics import AcousticModel, Survey, AcousticModeling, BornModeling
+    from devito_uq.physics import PlaneWaveModeling
     from devito_uq.flows import Glow, HINT, ConditionalHINT, Flow
-    from devito_uq.inference import GaussianLikelihood, VariationalPosterior, MALA, SGLD, map_estimate
+    from devito_uq.inference import GaussianLikelihood, VariationalPosterior, map_estimate
+    from devito_uq.inference import MALA, SGLD
 
 Re-exports resolve lazily (PEP 562), so ``import devito_uq`` does not import Devito
 or compile anything until a physics name is first used.

@@ -12,7 +12,9 @@
 
     mpiexec -n 2 .venv/bin/python examples/mpi_acoustic_inversion.py --out outputs/mpi
 
-Runs in well under a minute on 2 cores (one OpenMP thread per rank).
+(``.venv/bin/mpiexec`` comes with the ``mpich`` package.) About 10 s on 2 cores, one
+OpenMP thread per rank. Plain ``python examples/mpi_acoustic_inversion.py`` runs the
+same inversion on one rank; the 1- and 2-rank posteriors agree to float32 round-off.
 """
 
 from __future__ import annotations
@@ -83,7 +85,7 @@ def true_velocity(shape: tuple[int, int]) -> np.ndarray:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("outputs/mpi"), help="output folder")
-    parser.add_argument("--iterations", type=int, default=400)
+    parser.add_argument("--iterations", type=int, default=200)
     parser.add_argument("--nshots", type=int, default=4)
     args = parser.parse_args(argv)
     comm = world()

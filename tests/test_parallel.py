@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import cuda_or_skip
 
 from devito_uq.errors import InvalidArgumentError, InvalidDtypeError
 from devito_uq.inference import GaussianLikelihood
@@ -192,6 +193,36 @@ def test_share_gradient_and_allreduce_value_threads():
     for value, grad in run_ranks(3, fn):
         torch.testing.assert_close(value, ref.detach(), rtol=1e-14, atol=0)
         torch.testing.assert_close(grad, m.grad, rtol=1e-14, atol=1e-15)
+
+
+class MirrorComm(RankOnly):
+    """Rank 0 of ``size`` ranks that all hold the same values: Allreduce multiplies by size.
+
+    Lets one thread run a backward through the collective (thread "ranks" cannot run CUDA
+    backward passes concurrently: torch runs them all on one device thread).
+    """
+
+    def Allreduce(self, send, recv) -> None:
+        recv[...] = send * self.size
+
+
+def test_collectives_on_cuda():
+    """GPU tensors go through host memory and come back on their device and dtype."""
+    dev = cuda_or_skip()
+    for s in run_ranks(
+        2, lambda c: allreduce_sum(torch.full((2, 3), c.Get_rank() + 1.0).to(dev), c)
+    ):
+        assert s.is_cuda and s.dtype == torch.float32 and bool((s == 3).all())
+    comm = MirrorComm(0, 2)
+    m0 = torch.randn(4, dtype=torch.float64, device=dev)
+    m = m0.clone().requires_grad_(True)
+    total = allreduce_value((share_gradient(m, comm) ** 2).sum(), comm)
+    total.backward()
+    assert total.is_cuda and m.grad.is_cuda
+    torch.testing.assert_close(total, 2 * (m0**2).sum())
+    torch.testing.assert_close(m.grad, 4 * m0)  # 2 m from each of the 2 ranks
+    h = allreduce_sum(torch.ones(3, device=dev, dtype=torch.bfloat16), comm)
+    assert h.dtype == torch.bfloat16 and h.is_cuda and bool((h == 2).all())
 
 
 # ------------------------------------------------------- GaussianLikelihood(comm)

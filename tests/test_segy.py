@@ -64,6 +64,24 @@ def test_shots_round_trip_2d(tmp_path):
         assert h[TraceField.DelayRecordingTime] == 4
 
 
+def test_read_groups_receiver_sorted_file(written, tmp_path):
+    """A file sorted by receiver (shots interleaved) still reads as [shot, time, receiver]."""
+    path, survey, data = written
+    nshots, nrec = survey.nshots, survey.nreceivers[0]
+    order = [s * nrec + r for r in range(nrec) for s in range(nshots)]
+    resorted = tmp_path / "by_receiver.sgy"
+    with segyio.open(path, ignore_geometry=True) as src:
+        spec = segyio.tools.metadata(src)
+        with segyio.create(resorted, spec) as dst:
+            dst.bin = src.bin
+            for k, i in enumerate(order):
+                dst.header[k] = src.header[i]
+                dst.trace[k] = src.trace[i]
+    back, d = read_shots(resorted, f0_hz=10.0)
+    same_geometry(back, survey)
+    np.testing.assert_array_equal(d, data.astype(np.float32))
+
+
 def test_shots_round_trip_3d_field_record(tmp_path):
     src = np.array([[10.0, 5.0, 20.0], [10.0, 5.0, 20.0], [30.0, 15.0, 20.0]])  # 2 at one spot
     rec = np.stack([np.arange(4) * 10.0, np.arange(4) * 2.5, np.full(4, 10.0)], 1)
@@ -88,6 +106,9 @@ def test_write_replaces_atomically(tmp_path):
     write_shots(path, survey, data1)  # overwrite
     np.testing.assert_array_equal(read_shots(path, f0_hz=10.0)[1], data1.astype(np.float32))
     assert sorted(os.listdir(tmp_path)) == ["shots.sgy"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's private 0600
 
 
 def test_image_round_trip(tmp_path):

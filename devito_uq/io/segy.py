@@ -124,6 +124,12 @@ def _atomic_segy(path: Path, nsamples: int, ntraces: int, fill: Callable[[Any], 
         spec.tracecount = ntraces
         with segyio.create(tmp, spec) as f:
             fill(f)
+        with open(tmp, "rb+") as fh:  # on disk before the rename makes it visible
+            os.fsync(fh.fileno())
+        # mkstemp creates the file private (0600); give it the usual umask-based mode.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -353,8 +359,13 @@ def read_shots(
     else:
         keys = h[_T.FieldRecord][:, None]
     _, first, inverse = np.unique(keys, axis=0, return_index=True, return_inverse=True)
-    order = np.argsort(first)  # shots in order of first appearance
-    groups = [np.flatnonzero(inverse.ravel() == g) for g in order]
+    # Number the shots in order of first appearance, then split the traces by shot
+    # (a stable sort keeps the file order of the receivers within a shot).
+    shot_of_key = np.empty(len(first), dtype=np.int64)
+    shot_of_key[np.argsort(first)] = np.arange(len(first))
+    shot_of_trace = shot_of_key[inverse.ravel()]
+    by_shot = np.argsort(shot_of_trace, kind="stable")
+    groups = np.split(by_shot, np.cumsum(np.bincount(shot_of_trace))[:-1])
     counts = sorted({len(g) for g in groups})
     if len(counts) != 1:
         hint = "; or shots fired at one position: try group_by='field_record'"
