@@ -12,7 +12,6 @@ the path.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 import torch
 
 from devito_uq.errors import CheckpointError
+from devito_uq.io._atomic import atomic_path
 
 __all__ = ["save_checkpoint", "load_checkpoint", "CHECKPOINT_FORMAT"]
 
@@ -36,23 +36,10 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint state must be a dict, got {type(state).__name__}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = dict(state)
     payload["format"] = CHECKPOINT_FORMAT
-    # The temporary file lives in the same folder so that os.replace is a rename on
-    # one file system (atomic), not a copy.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        # Leave no stray temporary behind, and never touch the previous checkpoint.
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(payload, f)
     return path
 
 

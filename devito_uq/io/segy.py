@@ -33,7 +33,6 @@ never leaves a half-written file nor touches an existing one.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -43,6 +42,7 @@ import segyio
 from segyio import BinField, TraceField
 
 from devito_uq.errors import InvalidShapeError, SegyError
+from devito_uq.io._atomic import atomic_path
 from devito_uq.physics.survey import Survey
 
 __all__ = ["read_shots", "write_shots", "write_image", "read_image"]
@@ -113,28 +113,13 @@ _WHOLE_HINT = {
 
 def _atomic_segy(path: Path, nsamples: int, ntraces: int, fill: Callable[[Any], None]) -> Path:
     """Create a float32 SEG-Y at a temporary name, let ``fill`` write it, move it to ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Same folder as the target, so that os.replace is an atomic rename.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         spec = segyio.spec()
         spec.format = 5  # 4-byte IEEE float
         spec.samples = np.arange(nsamples, dtype=np.float64)
         spec.tracecount = ntraces
         with segyio.create(tmp, spec) as f:
             fill(f)
-        with open(tmp, "rb+") as fh:  # on disk before the rename makes it visible
-            os.fsync(fh.fileno())
-        # mkstemp creates the file private (0600); give it the usual umask-based mode.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return path
 
 
