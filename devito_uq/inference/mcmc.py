@@ -157,6 +157,18 @@ class _Langevin:
         self.step_size = _check_positive("step_size", step_size)
         self.result: MCMCResult | None = None
 
+    def _start(self, n_steps, n_chains, x0, burn_in, thin, seed):
+        """Validate :meth:`run`'s arguments; return ``(n_chains, generator, x_start)``."""
+        check_int("n_steps", n_steps, 1)
+        n_chains = check_int("n_chains", n_chains, 1)
+        check_int("burn_in", burn_in, 0)
+        check_int("thin", thin, 1)
+        if n_steps < thin:
+            raise InvalidArgumentError(f"n_steps={n_steps} keeps no draw with thin={thin}")
+        gen = torch.Generator()
+        gen.manual_seed(int(seed) if seed is not None else int(torch.randint(2**62, ())))
+        return n_chains, gen, self._initial(x0, n_chains)
+
     def _initial(self, x0: torch.Tensor | None, n_chains: int) -> torch.Tensor:
         if x0 is None:
             p = self.potential.parameterization
@@ -249,15 +261,7 @@ class MALA(_Langevin):
         (default: its reference). ``seed`` seeds a private
         generator (``None``: drawn from torch's global one).
         """
-        n_steps = check_int("n_steps", n_steps, 1)
-        n_chains = check_int("n_chains", n_chains, 1)
-        burn_in = check_int("burn_in", burn_in, 0)
-        thin = check_int("thin", thin, 1)
-        if n_steps < thin:
-            raise InvalidArgumentError(f"n_steps={n_steps} keeps no draw with thin={thin}")
-        gen = torch.Generator()
-        gen.manual_seed(int(seed) if seed is not None else int(torch.randint(2**62, ())))
-        x = self._initial(x0, n_chains)
+        n_chains, gen, x = self._start(n_steps, n_chains, x0, burn_in, thin, seed)
         u, g = self.potential.value_and_grad(x)
         log_h = math.log(self.step_size)
         kept, accepted, counted = [], 0.0, 0
@@ -340,15 +344,7 @@ class SGLD(_Langevin):
         progress: bool = True,
     ) -> MCMCResult:
         """As :meth:`MALA.run`; the step keeps decaying through burn-in and sampling."""
-        n_steps = check_int("n_steps", n_steps, 1)
-        n_chains = check_int("n_chains", n_chains, 1)
-        burn_in = check_int("burn_in", burn_in, 0)
-        thin = check_int("thin", thin, 1)
-        if n_steps < thin:
-            raise InvalidArgumentError(f"n_steps={n_steps} keeps no draw with thin={thin}")
-        gen = torch.Generator()
-        gen.manual_seed(int(seed) if seed is not None else int(torch.randint(2**62, ())))
-        x = self._initial(x0, n_chains)
+        n_chains, gen, x = self._start(n_steps, n_chains, x0, burn_in, thin, seed)
         lik = self.potential.likelihood
         fraction = 1.0
         if getattr(lik, "stochastic", False):

@@ -91,6 +91,15 @@ def _check_receivers(survey: Survey, shots: list[int]) -> int:
     return counts.pop()
 
 
+def _check_geometry(model: Any, survey: Any) -> None:
+    """Types of ``model`` and ``survey``, and every source and receiver inside the model."""
+    if not isinstance(model, AcousticModel):
+        raise InvalidArgumentError(f"model must be an AcousticModel; got {type(model).__name__}")
+    if not isinstance(survey, Survey):
+        raise InvalidArgumentError(f"survey must be a Survey; got {type(survey).__name__}")
+    survey.check_inside(model)
+
+
 def _to_numpy(x: torch.Tensor, dtype: type) -> np.ndarray:
     return x.detach().to("cpu").numpy().astype(dtype, copy=False)
 
@@ -182,13 +191,7 @@ class AcousticModeling(nn.Module):
         max_wavefield_bytes: int = 2**30,
     ) -> None:
         super().__init__()
-        if not isinstance(model, AcousticModel):
-            raise InvalidArgumentError(
-                f"model must be an AcousticModel; got {type(model).__name__}"
-            )
-        if not isinstance(survey, Survey):
-            raise InvalidArgumentError(f"survey must be a Survey; got {type(survey).__name__}")
-        survey.check_inside(model)
+        _check_geometry(model, survey)
         self.model = model
         self.survey = survey
         self.subsample = _check_factor(subsample)
@@ -274,13 +277,7 @@ class BornModeling(nn.Module):
 
     def __init__(self, model: AcousticModel, survey: Survey, m0: Any) -> None:
         super().__init__()
-        if not isinstance(model, AcousticModel):
-            raise InvalidArgumentError(
-                f"model must be an AcousticModel; got {type(model).__name__}"
-            )
-        if not isinstance(survey, Survey):
-            raise InvalidArgumentError(f"survey must be a Survey; got {type(survey).__name__}")
-        survey.check_inside(model)
+        _check_geometry(model, survey)
         m0n = m0.detach().cpu().numpy() if isinstance(m0, torch.Tensor) else np.asarray(m0)
         check_shape("m0", m0n.shape, model.shape)
         check_finite_positive("background squared slowness m0", m0n)
