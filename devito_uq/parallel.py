@@ -25,11 +25,23 @@ copied to the host for the reduction and the result copied back.
 Shot layouts: ``"cyclic"`` (round-robin, the default: shot ``i`` on rank
 ``i mod size``) or ``"block"`` (contiguous blocks, the first ``nshots mod size``
 ranks one shot more). Both give every rank ``⌊n/size⌋`` or ``⌈n/size⌉`` shots.
+
+Failure on one rank: the other ranks are typically blocked in a collective call
+(``Allreduce`` of a misfit or a gradient) and would wait forever, burning a
+cluster allocation. :func:`world` therefore installs, for runs of more than one
+rank, a ``sys.excepthook`` and a ``sys.exit`` wrapper that print the failing
+rank's message and call ``MPI_Abort``: every rank ends within seconds with a
+non-zero exit status (1 for an exception, the status given to ``sys.exit``).
+MPI is finalized at exit only on a clean exit (a blocking ``MPI_Finalize`` after
+a failure is what used to hang). :func:`abort` is the same exit for code that
+catches its own errors.
 """
 
 from __future__ import annotations
 
 import atexit
+import sys
+import traceback
 from typing import Any
 
 import numpy as np
@@ -39,6 +51,8 @@ from devito_uq.errors import InvalidArgumentError, InvalidDtypeError
 
 __all__ = [
     "world",
+    "abort",
+    "install_abort_handler",
     "rank_and_size",
     "ShotDistribution",
     "my_shots",
@@ -55,13 +69,17 @@ def world() -> Any:
 
     Devito imports mpi4py with ``rc.initialize=False`` (it initialises MPI only for
     its own domain decomposition), so after ``import devito`` MPI may be loaded but
-    not initialised: initialise it here, and finalise it at exit.
+    not initialised: initialise it here, and finalise it at a clean exit. With more
+    than one rank, :func:`install_abort_handler` makes any failure on any rank end
+    every rank (see the module docstring).
     """
     from mpi4py import MPI  # lazy: only MPI users pay for (and need) MPI
 
     if not MPI.Is_initialized():
         MPI.Init_thread()
         atexit.register(_finalize)
+    if MPI.COMM_WORLD.Get_size() > 1:
+        install_abort_handler()
     return MPI.COMM_WORLD
 
 
@@ -70,6 +88,69 @@ def _finalize() -> None:
 
     if MPI.Is_initialized() and not MPI.Is_finalized():
         MPI.Finalize()
+
+
+def abort(status: int = 1, message: str | None = None) -> None:
+    """Print ``message`` (prefixed with this rank) to stderr and end every rank.
+
+    Calls ``MPI_Abort(MPI_COMM_WORLD, status)`` when MPI is running with more than
+    one rank; otherwise exits this process with ``status``. Never returns.
+    """
+    rank, size = 0, 1
+    mpi = sys.modules.get("mpi4py.MPI")
+    if mpi is not None and mpi.Is_initialized() and not mpi.Is_finalized():
+        rank, size = mpi.COMM_WORLD.Get_rank(), mpi.COMM_WORLD.Get_size()
+    if message:
+        print(f"devito_uq: rank {rank} of {size}: {message}", file=sys.stderr)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe must not stop the abort
+            pass
+    if size > 1:
+        mpi.COMM_WORLD.Abort(int(status) if status else 1)
+    _EXIT["original"](status)
+
+
+_EXIT: dict[str, Any] = {"original": sys.exit, "installed": False}
+
+
+def _exit_status(code: Any) -> tuple[int, str | None]:
+    """``sys.exit`` semantics: ``None`` is 0, an int itself, anything else printed and 1."""
+    if code is None:
+        return 0, None
+    if isinstance(code, int) and not isinstance(code, bool):
+        return code, None
+    return 1, str(code)
+
+
+def _abort_on_exit(code: Any = None) -> None:
+    status, text = _exit_status(code)
+    if status != 0:
+        if text is not None:
+            print(text, file=sys.stderr)
+        abort(status, f"sys.exit({code!r}); aborting every rank")
+    _EXIT["original"](code)
+
+
+def _abort_on_exception(exc_type, exc, tb) -> None:
+    traceback.print_exception(exc_type, exc, tb)
+    status = 130 if issubclass(exc_type, KeyboardInterrupt) else 1
+    abort(status, f"{exc_type.__name__}: {exc}; aborting every rank")
+
+
+def install_abort_handler() -> None:
+    """Make an uncaught exception or ``sys.exit(non-zero)`` on this rank end every rank.
+
+    Installed by :func:`world` for runs of more than one rank; idempotent. Code that
+    catches its own errors (a CLI printing a one-line message) calls :func:`abort`.
+    """
+    if _EXIT["installed"]:
+        return
+    _EXIT["installed"] = True
+    _EXIT["original"] = sys.exit
+    sys.excepthook = _abort_on_exception
+    sys.exit = _abort_on_exit
 
 
 def _check_comm(comm: Any) -> Any:
