@@ -147,6 +147,18 @@ def test_missing_file(tmp_path):
         read_shots(tmp_path / "nope.sgy", f0_hz=10.0)
 
 
+def test_path_that_is_not_a_file(tmp_path):
+    """A folder, a FIFO or a device is named for what it is (a FIFO would block a read)."""
+    with pytest.raises(SegyError, match="is a folder, not a file"):
+        read_shots(tmp_path, f0_hz=10.0)
+    fifo = tmp_path / "pipe.sgy"
+    os.mkfifo(fifo)
+    with pytest.raises(SegyError, match="pipe.sgy' is a FIFO, not a regular file"):
+        read_shots(fifo, f0_hz=10.0)
+    with pytest.raises(SegyError, match="'/dev/null' is a device or special file"):
+        read_image("/dev/null")
+
+
 def test_truncated_file(written):
     path = written[0]
     raw = path.read_bytes()

@@ -1,40 +1,92 @@
-"""Atomic file replacement shared by the checkpoint and SEG-Y writers."""
+"""Atomic file replacement shared by every writer of devito_uq (checkpoints, SEG-Y, results).
+
+A writer gets a temporary name beside the target, writes the whole file there, and the
+file is moved over the target with :func:`os.replace`:
+
+* atomic on POSIX (both names are in one folder): a reader sees the old file or the new
+  one, never a half-written one, even if the process is killed mid-write;
+* a symbolic link planted at the target is replaced by the new file, never written
+  through (``rename`` acts on the link itself), and the temporary file is created with
+  ``O_EXCL | O_NOFOLLOW``, so no link can redirect the write either;
+* the new file gets the usual permissions (``0666`` less the process umask, applied by
+  the kernel at creation) without ever changing the process umask;
+* temporary files left by a killed writer (``.NAME.PID.RANDOM.tmp``) are removed by the
+  next write to the same target once their process is gone.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_path"]
+__all__ = ["atomic_path", "sweep_stale_temporaries"]
+
+
+def _temporary_name(path: Path) -> Path:
+    return path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+def sweep_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Remove temporary files of ``path`` whose writing process no longer exists.
+
+    Returns the removed paths. Files of live processes (a concurrent writer) are kept.
+    """
+    path = Path(path)
+    removed = []
+    prefix = f".{path.name}."
+    try:
+        entries = list(os.scandir(path.parent))
+    except OSError:
+        return removed
+    for entry in entries:
+        name = entry.name
+        if not (name.startswith(prefix) and name.endswith(".tmp")):
+            continue
+        parts = name[len(prefix) : -len(".tmp")].split(".")
+        if len(parts) != 2 or not parts[0].isdigit():
+            continue
+        if int(parts[0]) == os.getpid() or _pid_alive(int(parts[0])):
+            continue
+        with contextlib.suppress(OSError):
+            os.unlink(entry.path)
+            removed.append(Path(entry.path))
+    return removed
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     """Yield a temporary file name beside ``path``; on success move it over ``path``.
 
-    The caller writes the whole file to the yielded name. On leaving the block the
-    file is flushed to disk, given the usual umask-based permissions (``mkstemp``
-    makes it 0600) and renamed over ``path`` with :func:`os.replace`, which is
-    atomic on POSIX because both names are in one folder: a reader sees the old
-    file or the new one, never a half-written one. If the block raises, the
-    temporary file is removed and ``path`` is left untouched.
+    The caller writes the whole file to the yielded name (it exists, empty, and may be
+    reopened or replaced by the writer). On leaving the block the file is flushed to
+    disk and renamed over ``path``. If the block raises, the temporary file is removed
+    and ``path`` is left untouched.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    sweep_stale_temporaries(path)
+    tmp = _temporary_name(path)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    os.close(os.open(tmp, flags, 0o666))  # mode 0666 & ~umask, applied by the kernel
     try:
-        yield tmp
+        yield str(tmp)
         with open(tmp, "rb+") as fh:  # on disk before the rename makes it visible
             os.fsync(fh.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise

@@ -43,6 +43,7 @@ from segyio import BinField, TraceField
 
 from devito_uq.errors import InvalidShapeError, SegyError
 from devito_uq.io._atomic import atomic_path
+from devito_uq.io._files import check_input_file
 from devito_uq.physics.survey import Survey
 
 __all__ = ["read_shots", "write_shots", "write_image", "read_image"]
@@ -228,8 +229,7 @@ def write_shots(path: str | os.PathLike, survey: Survey, data: Any) -> Path:
 
 
 def _open(path: Path) -> Any:
-    if not path.is_file():
-        raise SegyError(f"SEG-Y file {str(path)!r} does not exist")
+    check_input_file(path, "SEG-Y file", SegyError)
     try:
         return segyio.open(str(path), "r", ignore_geometry=True)
     except Exception as exc:  # segyio raises RuntimeError/IOError for short or corrupt files
