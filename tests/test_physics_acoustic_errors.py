@@ -142,7 +142,7 @@ def test_error_unequal_receiver_counts(parts):
 
 def test_error_subsampling_factor(parts):
     model, survey, _ = parts
-    with pytest.raises(InvalidArgumentError, match="subsampling factor=0 must be a positive"):
+    with pytest.raises(InvalidArgumentError, match="subsample=0 must be an integer >= 1"):
         AcousticModeling(model, survey, subsample=0)
 
 
@@ -170,7 +170,7 @@ def test_error_born_perturbation_not_finite(parts):
     model, survey, m = parts
     dm = torch.zeros(SHAPE, dtype=torch.float64)
     dm[1, 1] = float("inf")
-    with pytest.raises(InvalidArgumentError, match="dm contains NaN or infinite values"):
+    with pytest.raises(InvalidArgumentError, match=r"dm contains inf at index \(1, 1\)"):
         BornModeling(model, survey, m)(dm)
 
 

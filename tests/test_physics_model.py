@@ -9,9 +9,8 @@ from devito_uq.errors import (
     InvalidDtypeError,
     InvalidModelError,
     InvalidShapeError,
-    InvalidSurveyError,
 )
-from devito_uq.physics import AcousticModel, Survey, ricker, squared_slowness, velocity
+from devito_uq.physics import AcousticModel, squared_slowness, velocity
 
 
 def test_damping_matches_devito_profile():
@@ -69,7 +68,7 @@ def test_error_model_space_order():
 
 
 def test_error_model_nbl():
-    with pytest.raises(InvalidArgumentError, match="nbl=-2 must be a non-negative integer"):
+    with pytest.raises(InvalidArgumentError, match="nbl=-2 must be an integer >= 0"):
         AcousticModel((5, 5), (10.0, 10.0), nbl=-2)
 
 

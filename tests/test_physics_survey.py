@@ -2,16 +2,11 @@
 
 import numpy as np
 import pytest
-import torch
 
 from devito_uq.errors import (
-    InvalidArgumentError,
-    InvalidDtypeError,
-    InvalidModelError,
-    InvalidShapeError,
     InvalidSurveyError,
 )
-from devito_uq.physics import AcousticModel, Survey, ricker, squared_slowness, velocity
+from devito_uq.physics import AcousticModel, Survey
 
 
 def test_survey_time_axis_follows_devito_time_axis():

@@ -64,7 +64,7 @@ def check_space_order(value: Any) -> int:
     return so
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def second_derivative_weights(space_order: int) -> tuple[float, ...]:
     """Centred weights ``c_{-r} … c_r`` (``r = space_order/2``) of ``∂²`` times ``h²``.
 

@@ -299,7 +299,9 @@ class AcousticSolver(Solver):
         fn = wavefield.function
         self._run(
             ("grad", k),
-            lambda: ops.gradient_operator(g, self.m, self.damp, self.grad, fn, self.v, rec, factor=k),
+            lambda: ops.gradient_operator(
+                g, self.m, self.damp, self.grad, fn, self.v, rec, factor=k
+            ),
             {"rec": rec, fn.name: fn},
             nt,
             dt,

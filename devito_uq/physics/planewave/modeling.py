@@ -28,7 +28,12 @@ import numpy as np
 import torch
 from torch.autograd.function import once_differentiable
 
-from devito_uq.errors import InvalidArgumentError, InvalidModelError, InvalidShapeError, StabilityError
+from devito_uq.errors import (
+    InvalidArgumentError,
+    InvalidModelError,
+    InvalidShapeError,
+    StabilityError,
+)
 from devito_uq.physics import stencil
 from devito_uq.physics.solver import get_solver, new_owner
 from devito_uq.physics.wavelets import bandpass_wavelet
@@ -225,7 +230,11 @@ class PlaneWaveModeling(torch.nn.Module):
         """``(p², wavelet, damping)`` as the solver takes them."""
         if dtype not in self._cached_inputs:
             p2 = self.ray_parameters.cpu().numpy() ** 2
-            self._cached_inputs[dtype] = (p2, self.wavelet.cpu().numpy().astype(dtype), self._damping)
+            self._cached_inputs[dtype] = (
+                p2,
+                self.wavelet.cpu().numpy().astype(dtype),
+                self._damping,
+            )
         return self._cached_inputs[dtype]
 
     @property
@@ -251,7 +260,10 @@ class PlaneWaveModeling(torch.nn.Module):
 
     # ----------------------------------------------------------------- validation
     def check_model(self, m: Any, name: str = "m") -> tuple[torch.Tensor, bool, type]:
-        """Validate ``m`` (shape, dtype, positivity, evanescence, CFL); return ``(mb, squeeze, dtype)``."""
+        """Validate ``m`` (shape, dtype, m > 0, no evanescence, CFL).
+
+        Returns ``(m as [batch, nz], whether the input was unbatched, numpy dtype)``.
+        """
         if not isinstance(m, torch.Tensor):
             raise InvalidArgumentError(f"{name} must be a torch.Tensor, got {type(m).__name__}")
         dtype = check_dtype(f"{name}.dtype", m.dtype)

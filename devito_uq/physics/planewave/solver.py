@@ -12,8 +12,6 @@ the token of the forward solve that filled it. This module imports Devito.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 from devito import Constant, Function, Grid, SpaceDimension, TimeFunction
 
@@ -62,8 +60,12 @@ class PlaneWaveSolver(Solver):
         self.v = TimeFunction(name="v", grid=grid, time_order=2, space_order=so)
         self.c = tuple(Function(name=f"c{i}", grid=grid, space_order=0) for i in (1, 2, 3))
         self.grad = Function(name="grad", grid=grid, space_order=0)
-        self.smask = Function(name="smask", dimensions=(zdim,), shape=(nze,), dtype=dtype, space_order=0)
-        self.rmask = Function(name="rmask", dimensions=(zdim,), shape=(nze,), dtype=dtype, space_order=0)
+        self.smask = Function(
+            name="smask", dimensions=(zdim,), shape=(nze,), dtype=dtype, space_order=0
+        )
+        self.rmask = Function(
+            name="rmask", dimensions=(zdim,), shape=(nze,), dtype=dtype, space_order=0
+        )
         self.smask.data[:] = 0.0
         self.smask.data[nbl] = 1.0 / dz  # δ(z − z_s) on the grid
         self.rmask.data[:] = 0.0
@@ -112,7 +114,7 @@ class PlaneWaveSolver(Solver):
 
     # ------------------------------------------------------------- public API
     def forward(self, m, p2, wavelet, damping, owner: object = None) -> np.ndarray:
-        """Traces ``[batch, npar, nt]`` for ``m`` ``[batch, nz]``; keeps the wavefield for ``owner``."""
+        """Traces ``[batch, npar, nt]`` for ``m [batch, nz]``; keeps the wavefield for ``owner``."""
         self._load(m, p2, wavelet, damping)
         self._forward(owner)
         return self._traces(self.u)
