@@ -163,7 +163,7 @@ class _AcousticFunction(torch.autograd.Function):
         for (b, i, s), owner in zip(reversed(ctx.items), reversed(ctx.owners)):
             buf = solver.find_wavefield(owner)
             r = np.ascontiguousarray(gb[b, i])
-            grad[b] += solver.gradient(
+            grad[b] += solver.jacobian_adjoint(
                 mb[b], survey.shot(s), survey.dt, r, wavefield=buf, factor=module.subsample
             )
             if buf is not None:

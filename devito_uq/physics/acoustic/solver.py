@@ -307,18 +307,3 @@ class AcousticSolver(Solver):
             dt,
         )
         return self.model.pad_adjoint(np.asarray(self.grad.data, dtype=self.dtype))
-
-    def gradient(
-        self,
-        m: np.ndarray,
-        shot: Shot,
-        dt: float,
-        residual: np.ndarray,
-        wavefield: Wavefield | None = None,
-        factor: int = 1,
-    ) -> np.ndarray:
-        """Adjoint-state gradient of ``½‖F(m) − d‖²`` for one shot, given ``residual = F(m) − d``.
-
-        Equal to ``J(m)ᵀ residual`` (:meth:`jacobian_adjoint`).
-        """
-        return self.jacobian_adjoint(m, shot, dt, residual, wavefield=wavefield, factor=factor)
