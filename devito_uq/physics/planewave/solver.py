@@ -124,9 +124,11 @@ class PlaneWaveSolver(Solver):
 
         Reuses the saved wavefield if ``owner`` still owns it, else recomputes it.
         """
-        self._load(m, p2, wavelet, damping)
         if owner is None or self.wavefield.owner is not owner:
+            self._load(m, p2, wavelet, damping)
             self._forward(owner)
+        # else: every solve that loads other coefficients also takes the wavefield, so
+        # while ``owner`` holds it the loaded coefficients are still ``owner``'s.
         r = np.asarray(residual).reshape(self.rows, self.nt)
         self.res.data[0] = 0.0
         self.res.data[1:] = r.T  # iteration `time` injects r^{time-1}
@@ -142,10 +144,10 @@ class PlaneWaveSolver(Solver):
         """Born traces ``J(m) δm`` ``[batch, npar, nt]`` for ``δm`` ``[batch, nz]``.
 
         ``δA = E δm`` for every ray parameter. Reuses ``owner``'s saved background
-        wavefield when it still holds it.
+        wavefield (and coefficients) when it still holds it.
         """
-        self._load(m, p2, wavelet, damping)
         if owner is None or self.wavefield.owner is not owner:
+            self._load(m, p2, wavelet, damping)
             self._forward(owner)
         if self.du is None:
             so = self.space_order
