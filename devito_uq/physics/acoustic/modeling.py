@@ -47,9 +47,11 @@ from devito_uq.validation import (
 
 __all__ = ["AcousticModeling", "BornModeling", "check_stability"]
 
-# Relative slack on the CFL check: absorbs round-off between a dt computed from a
-# velocity and the limit recomputed from m = 1/v² (the bound itself is exact).
-_CFL_SLACK = 1e-9
+# Relative slack on the CFL check: absorbs float32 round-off between a dt computed from
+# a velocity and the limit recomputed from m = 1/v² (the bound itself is exact). At
+# 1e-6 above the bound the Nyquist mode grows by at most 1.003 per step, so round-off
+# noise stays negligible over thousands of steps.
+_CFL_SLACK = 1e-6
 
 
 def _solver(model: AcousticModel, dtype: type) -> Any:
