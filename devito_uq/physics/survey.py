@@ -236,7 +236,8 @@ class Survey:
         ``nshots == 1``) and ``nreceivers`` receivers spanning the whole x range,
         shared by every shot. Depths default to two grid cells below the top
         (source) and one cell (receivers). Give ``dt`` (ms), or ``vmax`` (km/s) to
-        use the model's critical time step for that velocity.
+        use the model's critical time step for that velocity (a sharp bound: give a
+        ``vmax`` above the fastest model the survey will be evaluated at).
         """
         if model.dim != 2:
             raise _err(f"Survey.surface builds 2D surveys; the model is {model.dim}D")
