@@ -280,6 +280,17 @@ def test_born_module_reuses_background_wavefield(op):
     torch.testing.assert_close(dm.grad, g_first, rtol=0, atol=0)
 
 
+def test_born_module_cuda_input_gives_cuda_output(op):
+    dev = cuda_or_skip()
+    J = PlaneWaveBornModeling(op, _layered(1)[0])
+    dm = (0.01 * torch.randn(2, NZ, dtype=torch.float64)).to(dev).requires_grad_(True)
+    d = J(dm)
+    assert d.device == dm.device
+    d.sum().backward()
+    assert dm.grad.device == dm.device
+    torch.testing.assert_close(d.cpu(), J(dm.detach().cpu()), rtol=0, atol=0)
+
+
 def test_error_born_module_arguments(op):
     with pytest.raises(InvalidArgumentError, match="modeling must be a PlaneWaveModeling"):
         PlaneWaveBornModeling(object(), _layered(1)[0])
