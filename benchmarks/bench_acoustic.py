@@ -32,12 +32,21 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from devito import Function, Operator, SparseTimeFunction, TimeFunction  # noqa: E402
 
-from devito_uq.physics import AcousticModel, AcousticModeling, Survey, get_solver  # noqa: E402
-from devito_uq.physics.acoustic import forward_operator, gradient_operator  # noqa: E402
+from devito_uq.physics import (  # noqa: E402
+    AcousticModel,
+    AcousticModeling,
+    AcousticSolver,
+    Survey,
+    get_solver,
+)
+from devito_uq.physics.acoustic.operators import forward_operator, gradient_operator  # noqa: E402
 
 __all__ = ["main"]
 
 SHAPE, SPACING, NBL, SO, T1, F0, NREC = (201, 201), (10.0, 10.0), 40, 8, 1000.0, 10.0, 201
+# The time step of every earlier run (Devito's conservative CFL coefficient at 2.5 km/s),
+# kept fixed so that results stay comparable: the exact bound now allows 2.218 ms.
+DT = 2.0757
 
 
 def timeit(fn, reps: int, warmup: int = 1) -> float:
@@ -52,19 +61,31 @@ def timeit(fn, reps: int, warmup: int = 1) -> float:
     return statistics.median(times)
 
 
-def outside_apply(fn, reps: int) -> list[float]:
-    """Per-call wall time of ``fn`` spent outside ``devito.Operator.apply`` (s)."""
-    orig = Operator.apply
+def outside_kernel(fn, reps: int) -> list[float]:
+    """Per-call wall time of ``fn`` spent outside the compiled C kernels (s).
+
+    Wraps ``Operator.cfunction`` so that both ``op.apply`` (bare Devito: its argument
+    processing counts as outside) and devito_uq's cached calls are timed alike.
+    """
+    orig = Operator.cfunction
     inside = [0.0]
 
-    def timed(self, **kwargs):
-        t = time.perf_counter()
-        try:
-            return orig(self, **kwargs)
-        finally:
-            inside[0] += time.perf_counter() - t
+    def timed(self):
+        cfun = orig.fget(self)
 
-    Operator.apply = timed
+        def call(*args):
+            t = time.perf_counter()
+            try:
+                return cfun(*args)
+            finally:
+                inside[0] += time.perf_counter() - t
+
+        return call
+
+    Operator.cfunction = property(timed)
+    # The solver caches the C function with its argument list: rebuild them wrapped.
+    for solver in _solvers():
+        solver._calls.clear()
     try:
         out = []
         for _ in range(reps):
@@ -74,7 +95,15 @@ def outside_apply(fn, reps: int) -> list[float]:
             out.append(time.perf_counter() - t - inside[0])
         return out
     finally:
-        Operator.apply = orig
+        Operator.cfunction = orig
+        for solver in _solvers():
+            solver._calls.clear()
+
+
+def _solvers():
+    from devito_uq.physics import solver as registry
+
+    return list(registry._SOLVERS.values())
 
 
 def velocity() -> np.ndarray:
@@ -87,7 +116,9 @@ def velocity() -> np.ndarray:
 
 def bare_devito(model: AcousticModel, survey: Survey, m: np.ndarray, d_obs: np.ndarray):
     """Forward and gradient with the Devito operators applied directly (no torch)."""
-    solver = get_solver(model)  # its grid and absorbing layer; operators built fresh here
+    solver = get_solver(
+        AcousticSolver, model
+    )  # its grid and absorbing layer; operators built fresh here
     g = solver.grid
     mf = Function(name="m", grid=g)
     damp = Function(name="damp", grid=g)
@@ -169,7 +200,7 @@ def main() -> None:
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
     model = AcousticModel(SHAPE, SPACING, nbl=NBL, space_order=SO, dtype=np.float32)
-    survey = Survey.surface(model, nshots=1, nreceivers=NREC, t1=T1, f0_hz=F0, vmax=2.5)
+    survey = Survey.surface(model, nshots=1, nreceivers=NREC, t1=T1, f0_hz=F0, dt=DT)
     v = velocity()
     m_true = 1.0 / v**2
     m0 = np.full(SHAPE, 1.0 / 1.5**2, dtype=np.float32)  # homogeneous starting model
@@ -259,19 +290,20 @@ def main() -> None:
         flag = "" if met is None else ("yes" if met else "NO")
         print(f"| {name} | {val:.2f} | {fast:.2f} | {target} | {flag} |")
 
-    # Time outside Devito's op.apply (Python, copies, torch): robust to the VM's load,
-    # unlike the wall-clock ratios above, so it shows the wrapper's own overhead.
-    print("\n| time outside op.apply per call (ms, min / median) | devito_uq | bare Devito |")
+    # Time outside the compiled kernels (Python, argument processing, copies, torch):
+    # robust to the VM's load, unlike the wall-clock ratios above, so it shows the
+    # wrapper's own overhead.
+    print("\n| time outside the C kernels per call (ms, min / median) | devito_uq | bare Devito |")
     print("|---|---|---|")
     for label, (kw, kb) in {"forward": ("wf", "bf"), "gradient": ("wg", "bg")}.items():
         cells = []
         for k in (kw, kb):
-            ov = outside_apply(fns[k], r)
+            ov = outside_kernel(fns[k], r)
             cells.append(f"{1e3 * min(ov):.2f} / {1e3 * statistics.median(ov):.2f}")
         print(f"| {label} | {cells[0]} | {cells[1]} |")
 
     # Memory-saving gradient: time-subsampled storage of the forward wavefield.
-    solver = get_solver(model)
+    solver = get_solver(AcousticSolver, model)
     print("\n| wavefield storage | buffer (MB) | gradient time (s) | rel. error vs full |")
     print("|---|---|---|---|")
     g_full = g_w

@@ -29,7 +29,8 @@ import torch  # noqa: E402
 
 from devito_uq.avp import AVPConfig, build_problem, make_flow  # noqa: E402
 from devito_uq.inference import VariationalPosterior  # noqa: E402
-from devito_uq.physics import planewave  # noqa: E402
+from devito_uq.physics import PlaneWaveModeling  # noqa: E402
+from devito_uq.physics.planewave.solver import PlaneWaveSolver  # noqa: E402
 
 
 class _KernelTimer:
@@ -37,7 +38,7 @@ class _KernelTimer:
 
     def __init__(self) -> None:
         self.seconds = 0.0
-        self._orig = (planewave._Kernel.forward, planewave._Kernel.gradient)
+        self._orig = (PlaneWaveSolver.forward, PlaneWaveSolver.jacobian_adjoint)
 
     def __enter__(self):
         fwd, grad = self._orig
@@ -53,12 +54,12 @@ class _KernelTimer:
 
             return wrapper
 
-        planewave._Kernel.forward = timed(fwd)
-        planewave._Kernel.gradient = timed(grad)
+        PlaneWaveSolver.forward = timed(fwd)
+        PlaneWaveSolver.jacobian_adjoint = timed(grad)
         return self
 
     def __exit__(self, *exc):
-        planewave._Kernel.forward, planewave._Kernel.gradient = self._orig
+        PlaneWaveSolver.forward, PlaneWaveSolver.jacobian_adjoint = self._orig
 
 
 def bench_vi_step(iterations: int) -> dict[str, float]:
@@ -119,7 +120,7 @@ def bench_solves(repeats: int) -> dict[str, float]:
     batched_rate = 8 * 7 * 2 / batched
 
     singles = [
-        planewave.PlaneWaveModeling([p], nz=128, dz=op.dz, t1=cfg.t1, dt=cfg.dt)
+        PlaneWaveModeling([p], nz=128, dz=op.dz, t1=cfg.t1, dt=cfg.dt)
         for p in problem.ray_parameters
     ]
     for s in singles:

@@ -370,10 +370,9 @@ def read_shots(
     ns = traces.shape[1]
     if ns < 3:
         raise SegyError(f"{str(path)!r} has {ns} samples per trace; a survey needs at least 3")
-    # A hair below the last sample so that Survey's ceil() cannot add a sample to rounding.
-    t1 = t0 + dt * (ns - 1) - 1e-9 * dt
+    t1 = t0 + dt * (ns - 1)  # the time-axis rule absorbs round-off: nt == ns
     survey = Survey(src, rec, t1=t1, dt=dt, t0=t0, f0_hz=f0_hz, wavelet=wavelet)
-    if survey.nt != ns:  # pragma: no cover - guards the ceil() rounding above
+    if survey.nt != ns:  # pragma: no cover - guards the time-axis rule
         raise SegyError(f"{str(path)!r}: time axis of {survey.nt} samples, file has {ns}")
     return survey, data
 

@@ -1,28 +1,47 @@
-"""devito_uq.physics: acoustic models, surveys, Devito operators and their torch wrappers."""
+"""devito_uq.physics: wave-equation physics as torch modules, one template per physics.
 
-from devito_uq.physics.acoustic import AcousticSolver, clear_solvers, get_solver
-from devito_uq.physics.model import AcousticModel, squared_slowness, velocity
-from devito_uq.physics.modeling import AcousticModeling, BornModeling
-from devito_uq.physics.planewave import (
-    PlaneWaveModeling,
-    bandpass_wavelet,
-    ray_parameters_from_angles,
-)
-from devito_uq.physics.survey import Shot, Survey, ricker
+Layout (as Devito's ``examples/seismic``)::
 
-__all__ = [
-    "AcousticModel",
-    "AcousticModeling",
-    "AcousticSolver",
-    "BornModeling",
-    "PlaneWaveModeling",
-    "bandpass_wavelet",
-    "ray_parameters_from_angles",
-    "Shot",
-    "Survey",
-    "clear_solvers",
-    "get_solver",
-    "ricker",
-    "squared_slowness",
-    "velocity",
-]
+    model.py, survey.py, wavelets.py   geometry, acquisition, source wavelets
+    stencil.py                         the one CFL rule and the one time-axis rule
+    padding.py                         model extension into the absorbing layer + adjoint
+    solver.py                          compile-once solver base, wavefield owners, registry
+    acoustic/  {operators, solver, modeling}   2D/3D acoustic (shot records)
+    planewave/ {operators, solver, modeling}   1D plane-wave τ-p (AVP traces)
+
+Names resolve lazily (PEP 562): ``import devito_uq.physics`` and the geometry,
+survey and wavelet classes do not import Devito; it is imported when a solver is
+first built (the first solve).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "devito_uq.physics.model": ("AcousticModel", "squared_slowness", "velocity"),
+    "devito_uq.physics.survey": ("Survey", "Shot"),
+    "devito_uq.physics.wavelets": ("ricker", "bandpass_wavelet"),
+    "devito_uq.physics.solver": ("get_solver", "clear_solvers", "total_compiles"),
+    "devito_uq.physics.acoustic.modeling": ("AcousticModeling", "BornModeling"),
+    "devito_uq.physics.acoustic.solver": ("AcousticSolver",),
+    "devito_uq.physics.planewave.modeling": (
+        "PlaneWaveModeling",
+        "PlaneWaveBornModeling",
+        "ray_parameters_from_angles",
+    ),
+    "devito_uq.physics.planewave.solver": ("PlaneWaveSolver",),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        return getattr(importlib.import_module(_WHERE[name]), name)
+    raise AttributeError(f"module 'devito_uq.physics' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(__all__) | set(globals()))

@@ -13,24 +13,12 @@ from typing import Any
 import numpy as np
 
 from devito_uq.errors import InvalidSurveyError
-from devito_uq.physics._validate import check_positive_int
 from devito_uq.physics.model import AcousticModel
+from devito_uq.physics.stencil import time_axis_length
+from devito_uq.physics.wavelets import ricker
+from devito_uq.validation import check_positive_int
 
-__all__ = ["Survey", "Shot", "ricker"]
-
-
-def ricker(time: np.ndarray, f0_hz: float, delay: float | None = None) -> np.ndarray:
-    """Ricker wavelet with peak frequency ``f0_hz`` (Hz) on ``time`` (ms).
-
-    .. math:: w(t) = (1 - 2 r^2) e^{-r^2}, \\quad r = \\pi f_0 (t - t_d)
-
-    with ``f0`` in kHz and the delay ``t_d = 1/f0`` ms unless given (Devito's
-    ``RickerSource`` convention, amplitude 1).
-    """
-    f0 = float(f0_hz) / 1000.0
-    td = 1.0 / f0 if delay is None else float(delay)
-    r = np.pi * f0 * (np.asarray(time, dtype=np.float64) - td)
-    return (1.0 - 2.0 * r**2) * np.exp(-(r**2))
+__all__ = ["Survey", "Shot"]
 
 
 @dataclass(frozen=True)
@@ -67,8 +55,9 @@ class Survey:
     wavelet : array ``[time]`` or ``[shot, time]``, optional
         User wavelet instead of a Ricker, sampled on the survey's time axis.
 
-    The time axis follows Devito's ``TimeAxis``: ``nt = ceil((t1 - t0 + dt)/dt)``
-    samples at ``t0 + k·dt``.
+    The time axis (:func:`~devito_uq.physics.stencil.time_axis_length`) has
+    ``nt = ceil((t1 - t0)/dt - 1e-6) + 1`` samples at ``t0 + k·dt``: it covers ``t1``
+    as Devito's ``TimeAxis`` does, and is robust to round-off in ``t1``.
     """
 
     def __init__(
@@ -128,7 +117,7 @@ class Survey:
         if not (np.isfinite(t0) and np.isfinite(t1)) or t1 <= t0:
             raise _err(f"t1={t1!r} ms must be finite and after t0={t0!r} ms")
         self.t0, self.dt = t0, dt
-        self.nt = int(np.ceil((t1 - t0 + dt) / dt))
+        self.nt = time_axis_length(t0, t1, dt)
         if self.nt < 3:
             raise _err(f"time axis t0={t0}, t1={t1}, dt={dt} ms has {self.nt} samples; need 3")
         self.t1 = t0 + dt * (self.nt - 1)
@@ -247,7 +236,8 @@ class Survey:
         ``nshots == 1``) and ``nreceivers`` receivers spanning the whole x range,
         shared by every shot. Depths default to two grid cells below the top
         (source) and one cell (receivers). Give ``dt`` (ms), or ``vmax`` (km/s) to
-        use the model's critical time step for that velocity.
+        use the model's critical time step for that velocity (a sharp bound: give a
+        ``vmax`` above the fastest model the survey will be evaluated at).
         """
         if model.dim != 2:
             raise _err(f"Survey.surface builds 2D surveys; the model is {model.dim}D")

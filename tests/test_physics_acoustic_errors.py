@@ -13,15 +13,14 @@ from devito_uq.errors import (
     InvalidSurveyError,
     StabilityError,
 )
-from devito_uq.physics import AcousticModel, AcousticModeling, BornModeling, Survey
-from devito_uq.physics.acoustic import compile_count
+from devito_uq.physics import AcousticModel, AcousticModeling, BornModeling, Survey, total_compiles
 
 SHAPE = (21, 17)
 
 
 @pytest.fixture
 def parts():
-    # A geometry no other test uses: any compile would show in compile_count().
+    # A geometry no other test uses: any compile would show in total_compiles().
     model = AcousticModel(SHAPE, (7.0, 7.0), nbl=3, space_order=2, dtype=np.float64)
     survey = Survey(
         [[70.0, 14.0], [100.0, 14.0]],
@@ -31,9 +30,9 @@ def parts():
         f0_hz=20.0,
     )
     m = torch.full(SHAPE, 1 / 2.0**2, dtype=torch.float64)
-    start = compile_count()
+    start = total_compiles()
     yield model, survey, m
-    assert compile_count() == start, "an error path compiled an operator"
+    assert total_compiles() == start, "an error path compiled an operator"
 
 
 def test_error_not_a_tensor(parts):
@@ -143,7 +142,7 @@ def test_error_unequal_receiver_counts(parts):
 
 def test_error_subsampling_factor(parts):
     model, survey, _ = parts
-    with pytest.raises(InvalidArgumentError, match="subsampling factor=0 must be a positive"):
+    with pytest.raises(InvalidArgumentError, match="subsample=0 must be an integer >= 1"):
         AcousticModeling(model, survey, subsample=0)
 
 
@@ -171,7 +170,7 @@ def test_error_born_perturbation_not_finite(parts):
     model, survey, m = parts
     dm = torch.zeros(SHAPE, dtype=torch.float64)
     dm[1, 1] = float("inf")
-    with pytest.raises(InvalidArgumentError, match="dm contains NaN or infinite values"):
+    with pytest.raises(InvalidArgumentError, match=r"dm contains inf at index \(1, 1\)"):
         BornModeling(model, survey, m)(dm)
 
 

@@ -33,16 +33,32 @@ from devito_uq.errors import (
     InvalidSurveyError,
     StabilityError,
 )
-from devito_uq.physics._validate import check_dtype, check_finite_positive, check_shape
-from devito_uq.physics.acoustic import AcousticSolver, _check_factor, get_solver
 from devito_uq.physics.model import AcousticModel
+from devito_uq.physics.solver import get_solver, new_owner
 from devito_uq.physics.survey import Survey
+from devito_uq.validation import (
+    check_dtype,
+    check_finite,
+    check_finite_positive,
+    check_nonnegative_int,
+    check_positive_int,
+    check_shape,
+)
 
 __all__ = ["AcousticModeling", "BornModeling", "check_stability"]
 
-# Relative slack on the CFL check: Devito rounds its critical dt to 4 significant
-# digits (``"%.3e"``), which can exceed the exact limit by up to 0.05 %.
-_CFL_SLACK = 1e-3
+# Relative slack on the CFL check: absorbs float32 round-off between a dt computed from
+# a velocity and the limit recomputed from m = 1/v² (the bound itself is exact). At
+# 1e-6 above the bound the Nyquist mode grows by at most 1.003 per step, so round-off
+# noise stays negligible over thousands of steps.
+_CFL_SLACK = 1e-6
+
+
+def _solver(model: AcousticModel, dtype: type) -> Any:
+    """The shared acoustic solver (importing it, and Devito, on first use)."""
+    from devito_uq.physics.acoustic.solver import AcousticSolver
+
+    return get_solver(AcousticSolver, model, dtype)
 
 
 def check_stability(model: AcousticModel, survey: Survey, m: Any) -> None:
@@ -113,7 +129,7 @@ class _AcousticFunction(torch.autograd.Function):
     ) -> torch.Tensor:
         batched = m.dim() == module.model.dim + 1
         dtype = check_dtype("m.dtype", m.dtype)
-        solver = get_solver(module.model, dtype)
+        solver = _solver(module.model, dtype)
         solver.max_wavefield_bytes = module.max_wavefield_bytes
         survey = module.survey
         mb = _to_numpy(m if batched else m[None], dtype)
@@ -122,15 +138,15 @@ class _AcousticFunction(torch.autograd.Function):
         # Keep the forward wavefields of the last items that fit in the pool: backward
         # visits items in reverse, so these are used first, before being overwritten.
         keep = solver.wavefield_capacity(survey.nt, factor) if need_grad else 0
-        tag = solver.new_tag()
+        owners = [new_owner() for _ in items]  # one per (model, shot) wavefield
         nrec = _check_receivers(survey, shots)
         out = np.empty((mb.shape[0], len(shots), survey.nt, nrec), dtype=dtype)
         for k, (b, i, s) in enumerate(items):
             buf = None
             if k >= len(items) - keep:
-                buf = solver.acquire_wavefield(survey.nt, factor, tag=(tag, b, i))
+                buf = solver.acquire_wavefield(survey.nt, factor, owner=owners[k])
             out[b, i] = solver.forward(mb[b], survey.shot(s), survey.dt, buf)
-        ctx.module, ctx.shots, ctx.tag, ctx.items = module, shots, tag, items
+        ctx.module, ctx.shots, ctx.owners, ctx.items = module, shots, owners, items
         ctx.batched, ctx.dtype, ctx.device = batched, dtype, m.device
         ctx.save_for_backward(m)
         res = torch.from_numpy(out if batched else out[0])
@@ -142,18 +158,18 @@ class _AcousticFunction(torch.autograd.Function):
         (m,) = ctx.saved_tensors
         module = ctx.module
         survey = module.survey
-        solver: AcousticSolver = get_solver(module.model, ctx.dtype)
+        solver = _solver(module.model, ctx.dtype)
         mb = _to_numpy(m if ctx.batched else m[None], ctx.dtype)
         gb = _to_numpy(grad_out if ctx.batched else grad_out[None], ctx.dtype)
         grad = np.zeros_like(mb)
-        for b, i, s in reversed(ctx.items):
-            buf = solver.find_wavefield((ctx.tag, b, i))
+        for (b, i, s), owner in zip(reversed(ctx.items), reversed(ctx.owners)):
+            buf = solver.find_wavefield(owner)
             r = np.ascontiguousarray(gb[b, i])
-            grad[b] += solver.gradient(
+            grad[b] += solver.jacobian_adjoint(
                 mb[b], survey.shot(s), survey.dt, r, wavefield=buf, factor=module.subsample
             )
             if buf is not None:
-                buf.tag = None  # free for reuse
+                buf.owner = None  # free for reuse
         g = torch.from_numpy(grad if ctx.batched else grad[0]).to(ctx.device)
         return g, None, None, None  # m; module, shots, need_grad are not tensors
 
@@ -194,10 +210,8 @@ class AcousticModeling(nn.Module):
         _check_geometry(model, survey)
         self.model = model
         self.survey = survey
-        self.subsample = _check_factor(subsample)
-        if int(max_wavefield_bytes) < 0:
-            raise InvalidArgumentError(f"max_wavefield_bytes={max_wavefield_bytes!r} must be >= 0")
-        self.max_wavefield_bytes = int(max_wavefield_bytes)
+        self.subsample = check_positive_int("subsample", subsample)
+        self.max_wavefield_bytes = check_nonnegative_int("max_wavefield_bytes", max_wavefield_bytes)
 
     def forward(self, m: torch.Tensor, shots: Any = None) -> torch.Tensor:
         """Shot records for squared slowness ``m`` (s²/km²); see the class docstring."""
@@ -222,7 +236,7 @@ class _BornFunction(torch.autograd.Function):
     def forward(ctx, dm: torch.Tensor, module: BornModeling, shots: list[int]) -> torch.Tensor:
         batched = dm.dim() == module.model.dim + 1
         dtype = check_dtype("dm.dtype", dm.dtype)
-        solver = get_solver(module.model, dtype)
+        solver = _solver(module.model, dtype)
         survey = module.survey
         m0 = module.m0_numpy.astype(dtype)
         db = _to_numpy(dm if batched else dm[None], dtype)
@@ -247,16 +261,16 @@ class _BornFunction(torch.autograd.Function):
     def backward(ctx, grad_out: torch.Tensor):
         module = ctx.module
         survey = module.survey
-        solver = get_solver(module.model, ctx.dtype)
+        solver = _solver(module.model, ctx.dtype)
         m0 = module.m0_numpy.astype(ctx.dtype)
         gb = _to_numpy(grad_out if ctx.batched else grad_out[None], ctx.dtype)
         grad = np.zeros((ctx.nbatch, *module.model.shape), dtype=ctx.dtype)
         for i, s in enumerate(ctx.shots):
             # The background wavefield of m0 never changes: keep it pooled across calls.
-            tag = (module._tag, np.dtype(ctx.dtype).name, s)
-            buf = solver.find_wavefield(tag)
+            owner = module._owner(ctx.dtype, s)
+            buf = solver.find_wavefield(owner)
             if buf is None:
-                buf = solver.acquire_wavefield(survey.nt, 1, tag=tag)
+                buf = solver.acquire_wavefield(survey.nt, 1, owner=owner)
                 solver.forward(m0, survey.shot(s), survey.dt, wavefield=buf)
             for b in range(ctx.nbatch):
                 r = np.ascontiguousarray(gb[b, i])
@@ -285,13 +299,16 @@ class BornModeling(nn.Module):
         self.model = model
         self.survey = survey
         self.m0_numpy = np.array(m0n, dtype=np.float64)
-        self._tag = AcousticSolver.new_tag()
+        self._owners: dict[tuple, object] = {}
+
+    def _owner(self, dtype: type, shot: int) -> object:
+        """The owner token of the pooled background wavefield of ``m0`` for one shot."""
+        return self._owners.setdefault((np.dtype(dtype).name, shot), new_owner())
 
     def forward(self, dm: torch.Tensor, shots: Any = None) -> torch.Tensor:
         """Born data for the perturbation ``dm`` (s²/km²); see the class docstring."""
         _check_input("dm", dm, self.model)
-        if not bool(torch.isfinite(dm.detach()).all()):
-            raise InvalidArgumentError("dm contains NaN or infinite values")
+        check_finite("dm", dm.detach())
         idx = self.survey.select(shots)
         _check_receivers(self.survey, idx)
         return _BornFunction.apply(dm, self, idx)
