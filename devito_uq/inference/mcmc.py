@@ -101,6 +101,42 @@ class _Langevin:
         gen.manual_seed(seed)
         return n_chains, gen, self._initial(x0, n_chains)
 
+    def run(
+        self,
+        n_steps: int,
+        n_chains: int = 1,
+        x0: torch.Tensor | None = None,
+        burn_in: int = 0,
+        thin: int = 1,
+        seed: int | None = None,
+        progress: bool = True,
+    ) -> MCMCResult:
+        """Run ``burn_in + n_steps`` steps; keep every ``thin``-th after burn-in.
+
+        ``x0``: starting models ``[n_chains, *model_shape]`` or ``[1, *model_shape]``
+        (shared by all chains); with a parameterization also ``[*model_shape]``
+        (default: its reference). ``seed`` seeds a private generator (``None``: drawn
+        from torch's global one).
+        """
+        n_chains, gen, x = self._start(n_steps, n_chains, x0, burn_in, thin, seed)
+        kept, x, acceptance, step, evaluations = self._chain(
+            x, gen, burn_in, n_steps, thin, progress
+        )
+        self.result = MCMCResult(
+            samples=torch.stack(kept),
+            acceptance_rate=acceptance,
+            step_size=step,
+            gradient_evaluations=evaluations,
+            method=self.method,
+            last=self.target.to_model(x)[0].detach().cpu(),
+        )
+        return self.result
+
+    def _chain(self, x, gen, burn_in, n_steps, thin, progress):
+        """Run the chains from latents ``x`` ``[n_chains, ...]``; return the kept models,
+        the final latents, the acceptance rate, the final step and the gradient count."""
+        raise NotImplementedError  # pragma: no cover - MALA and SGLD implement it
+
     def _initial(self, x0: torch.Tensor | None, n_chains: int) -> torch.Tensor:
         if x0 is None:
             p = self.target.parameterization
@@ -173,24 +209,8 @@ class MALA(_Langevin):
         )
         self.adapt = check_bool("adapt", adapt)
 
-    def run(
-        self,
-        n_steps: int,
-        n_chains: int = 1,
-        x0: torch.Tensor | None = None,
-        burn_in: int = 0,
-        thin: int = 1,
-        seed: int | None = None,
-        progress: bool = True,
-    ) -> MCMCResult:
-        """Run ``burn_in + n_steps`` steps; keep every ``thin``-th after burn-in.
-
-        ``x0``: starting models ``[n_chains, *model_shape]`` or ``[1, *model_shape]``
-        (shared by all chains); with a parameterization also ``[*model_shape]``
-        (default: its reference). ``seed`` seeds a private
-        generator (``None``: drawn from torch's global one).
-        """
-        n_chains, gen, x = self._start(n_steps, n_chains, x0, burn_in, thin, seed)
+    def _chain(self, x, gen, burn_in, n_steps, thin, progress):
+        n_chains = x.shape[0]
         u, g = self.target.value_and_grad(x)
         log_h = math.log(self.step_size)
         kept, accepted, counted = [], 0.0, 0
@@ -226,15 +246,8 @@ class MALA(_Langevin):
                 bar.set_postfix(h=f"{h:.3g}", acc=f"{rate:.2f}", U=f"{float(u.mean()):.4g}")
         bar.close()
         self.step_size = math.exp(log_h)
-        self.result = MCMCResult(
-            samples=torch.stack(kept),
-            acceptance_rate=accepted / max(counted, 1),
-            step_size=self.step_size,
-            gradient_evaluations=float(n_chains * (total + 1)),
-            method=self.method,
-            last=self.target.to_model(x)[0].detach().cpu(),
-        )
-        return self.result
+        # One value-and-gradient per chain and step, plus the starting point's.
+        return kept, x, accepted / max(counted, 1), self.step_size, float(n_chains * (total + 1))
 
 
 class SGLD(_Langevin):
@@ -260,18 +273,9 @@ class SGLD(_Langevin):
         super().__init__(likelihood, prior, parameterization, step_size)
         self.decay = check_in_range("decay", decay, 0.0, 1.0)
 
-    def run(
-        self,
-        n_steps: int,
-        n_chains: int = 1,
-        x0: torch.Tensor | None = None,
-        burn_in: int = 0,
-        thin: int = 1,
-        seed: int | None = None,
-        progress: bool = True,
-    ) -> MCMCResult:
-        """As :meth:`MALA.run`; the step keeps decaying through burn-in and sampling."""
-        n_chains, gen, x = self._start(n_steps, n_chains, x0, burn_in, thin, seed)
+    def _chain(self, x, gen, burn_in, n_steps, thin, progress):
+        # The step keeps decaying through burn-in and sampling.
+        n_chains = x.shape[0]
         lik = self.target.likelihood
         fraction = 1.0
         if getattr(lik, "stochastic", False):
@@ -291,12 +295,4 @@ class SGLD(_Langevin):
             if progress and t % 20 == 0:
                 bar.set_postfix(h=f"{h:.3g}")
         bar.close()
-        self.result = MCMCResult(
-            samples=torch.stack(kept),
-            acceptance_rate=None,
-            step_size=h,
-            gradient_evaluations=float(n_chains * total * fraction),
-            method=self.method,
-            last=self.target.to_model(x)[0].detach().cpu(),
-        )
-        return self.result
+        return kept, x, None, h, float(n_chains * total * fraction)

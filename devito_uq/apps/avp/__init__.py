@@ -54,26 +54,29 @@ _REPORT = (
     "targets",
 )
 
+
+def _command(name: str, help: str, out: str, full_preset: str | None = None) -> Command:
+    return Command(
+        name=name,
+        help=help,
+        config=AVPConfig,
+        preset="short",
+        full_preset=full_preset,
+        run="devito_uq.apps.avp.run:run_avp",
+        default_out=out,
+        report_keys=_REPORT,
+    )
+
+
 #: The ``devito-uq`` sub-commands of this application.
 COMMANDS = (
-    Command(
-        name="avp",
-        help="Sleipner AVP experiment (short schedule unless --full)",
-        config=AVPConfig,
-        preset="short",
-        full_preset="full",
-        run="devito_uq.apps.avp.run:run_avp",
-        default_out="outputs/avp",
-        report_keys=_REPORT,
+    _command(
+        "avp", "Sleipner AVP experiment (short schedule unless --full)", "outputs/avp", "full"
     ),
-    Command(
-        name="demo",
-        help="Sleipner AVP experiment, short schedule (make demo, < 5 min on 2 cores)",
-        config=AVPConfig,
-        preset="short",
-        run="devito_uq.apps.avp.run:run_avp",
-        default_out="outputs/demo",
-        report_keys=_REPORT,
+    _command(
+        "demo",
+        "Sleipner AVP experiment, short schedule (make demo, < 5 min on 2 cores)",
+        "outputs/demo",
     ),
 )
 

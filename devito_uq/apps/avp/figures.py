@@ -29,29 +29,35 @@ def write_figures(out: str | os.PathLike, problem: AVPProblem, results: AVPResul
         return 1.0 / np.sqrt(m.detach().double().cpu().numpy())
 
     true, bg = problem.m_true, problem.m_background
-
-    fig, ax = plt.subplots(figsize=(4.5, 6))
-    ax.plot(vel(true), z, "k", lw=2, label="true")
-    ax.plot(vel(bg), z, "C7--", label="background")
-    ax.plot(vel(m_map), z, "C1", label="MAP")
-    ax.plot(vel(vi_sum.mean), z, "C0", label="VI posterior mean")
-    ax.plot(vel(mala_sum.mean), z, "C2:", label="MALA posterior mean")
-    ax.invert_yaxis()
-    ax.set_xlabel("velocity (km/s)")
-    ax.set_ylabel("depth (m)")
-    ax.legend(fontsize=8)
-    save_figure(fig, os.path.join(out, "models.png"))
-    plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(4.5, 6))
-    ax.plot(vi_sum.std.numpy(), z, "C0", label="VI (HINT)")
-    ax.plot(mala_sum.std.numpy(), z, "C2", label="MALA")
-    ax.invert_yaxis()
-    ax.set_xlabel("pointwise std of m (s²/km²)")
-    ax.set_ylabel("depth (m)")
-    ax.legend(fontsize=8)
-    save_figure(fig, os.path.join(out, "std.png"))
-    plt.close(fig)
+    _profiles(
+        os.path.join(out, "models.png"),
+        z,
+        "velocity (km/s)",
+        [
+            (vel(true), dict(color="k", lw=2, label="true")),
+            (vel(bg), dict(color="C7", ls="--", label="background")),
+            (vel(m_map), dict(color="C1", label="MAP")),
+            (vel(vi_sum.mean), dict(color="C0", label="VI posterior mean")),
+            (vel(mala_sum.mean), dict(color="C2", ls=":", label="MALA posterior mean")),
+        ],
+    )
+    _profiles(
+        os.path.join(out, "std.png"),
+        z,
+        "pointwise std of m (s²/km²)",
+        [
+            (vi_sum.std.numpy(), dict(color="C0", label="VI (HINT)")),
+            (mala_sum.std.numpy(), dict(color="C2", label="MALA")),
+        ],
+    )
+    draws = [(vel(s), dict(color="C0", lw=0.5, alpha=0.5)) for s in vi_samples[:30]]
+    _profiles(
+        os.path.join(out, "samples.png"),
+        z,
+        "velocity (km/s)",
+        [*draws, (vel(true), dict(color="k", lw=1.5, label="true"))],
+        title="VI posterior samples",
+    )
 
     fig, axes = plt.subplots(1, 2, figsize=(8, 6), sharey=True)
     for ax, s, name, color in ((axes[0], vi_sum, "VI", "C0"), (axes[1], mala_sum, "MALA", "C2")):
@@ -65,18 +71,6 @@ def write_figures(out: str | os.PathLike, problem: AVPProblem, results: AVPResul
     axes[0].invert_yaxis()
     axes[0].set_ylabel("depth (m)")
     save_figure(fig, os.path.join(out, "interval.png"))
-    plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(4.5, 6))
-    for s in vi_samples[:30]:
-        ax.plot(vel(s), z, color="C0", lw=0.5, alpha=0.5)
-    ax.plot(vel(true), z, "k", lw=1.5, label="true")
-    ax.invert_yaxis()
-    ax.set_xlabel("velocity (km/s)")
-    ax.set_ylabel("depth (m)")
-    ax.set_title("VI posterior samples")
-    ax.legend(fontsize=8)
-    save_figure(fig, os.path.join(out, "samples.png"))
     plt.close(fig)
 
     t = problem.operator.times.numpy()
@@ -101,4 +95,21 @@ def write_figures(out: str | os.PathLike, problem: AVPProblem, results: AVPResul
     plt.close(fig)
 
     fig = plot_loss(history, path=os.path.join(out, "loss.png"))
+    plt.close(fig)
+
+
+def _profiles(path: str, z: np.ndarray, xlabel: str, curves, title: str | None = None) -> None:
+    """One depth-profile panel (depth down) of ``(values [nz], plot kwargs)`` curves."""
+    from devito_uq.inference.plotting import plt, save_figure
+
+    fig, ax = plt.subplots(figsize=(4.5, 6))
+    for values, style in curves:
+        ax.plot(values, z, **style)
+    ax.invert_yaxis()
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("depth (m)")
+    if title is not None:
+        ax.set_title(title)
+    ax.legend(fontsize=8)
+    save_figure(fig, path)
     plt.close(fig)
