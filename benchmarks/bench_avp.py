@@ -27,7 +27,7 @@ os.environ.setdefault("DEVITO_LOGGING", "ERROR")
 
 import torch  # noqa: E402
 
-from devito_uq.avp import AVPConfig, build_problem, make_flow  # noqa: E402
+from devito_uq.apps.avp import AVPConfig, build_problem, make_flow  # noqa: E402
 from devito_uq.inference import VariationalPosterior  # noqa: E402
 from devito_uq.physics import PlaneWaveModeling  # noqa: E402
 from devito_uq.physics.planewave.solver import PlaneWaveSolver  # noqa: E402

@@ -6,7 +6,10 @@ The public API lives in three subpackages and is re-exported here::
     from devito_uq.physics import PlaneWaveModeling
     from devito_uq.flows import Glow, HINT, ConditionalHINT, Flow
     from devito_uq.inference import GaussianLikelihood, VariationalPosterior, map_estimate
-    from devito_uq.inference import MALA, SGLD
+    from devito_uq.inference import MALA, SGLD, PosteriorTarget
+
+Applications (``devito_uq.apps.avp``, …) and the ``devito-uq`` command
+(:mod:`devito_uq.cli`) sit above these and are not re-exported.
 
 Re-exports resolve lazily (PEP 562), so ``import devito_uq`` does not import Devito
 or compile anything until a physics name is first used.
@@ -37,6 +40,7 @@ _EXPORTS = {
         "SmoothnessPrior",
         "TotalVariationPrior",
         "Parameterization",
+        "PosteriorTarget",
         "VariationalPosterior",
         "MALA",
         "SGLD",

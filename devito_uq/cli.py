@@ -1,115 +1,147 @@
-"""The ``devito-uq`` command.
+"""The ``devito-uq`` command, built from the applications' config dataclasses.
 
 ``devito-uq demo --out outputs/demo`` runs the Sleipner AVP uncertainty experiment
 with the short schedule (``make demo``, a few minutes on 2 cores);
 ``devito-uq avp --full`` runs the original 32,768-iteration schedule.
+
+Every application package under :mod:`devito_uq.apps` declares its sub-commands
+(:class:`devito_uq.apps.Command`); each field of the command's config dataclass
+becomes an option (``batch_size`` → ``--batch-size``) with the field's type and
+help text. An option left out keeps the value of the command's preset schedule.
+A user error (:class:`~devito_uq.errors.DevitoUQError`) prints one line on stderr
+and exits with status 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import importlib
 import json
 import os
 import sys
+import typing
 from collections.abc import Sequence
+from typing import Any
 
-__all__ = ["main", "build_parser"]
+from devito_uq.apps import Command, commands
+from devito_uq.errors import DevitoUQError
+
+__all__ = ["main", "build_parser", "add_config_options", "config_overrides"]
 
 
-def _add_avp_options(sub: argparse.ArgumentParser, default_out: str) -> None:
-    sub.add_argument("--out", default=default_out, help="output folder (default: %(default)s)")
-    sub.add_argument("--seed", type=int, default=None, help="noise, flow and chain seed (1)")
-    sub.add_argument("--iterations", type=int, default=None, help="VI iterations")
-    sub.add_argument("--batch-size", type=int, default=None, help="flow samples per VI step")
-    sub.add_argument("--lr", type=float, default=None, help="Adam learning rate")
-    sub.add_argument("--mala-steps", type=int, default=None, help="MALA steps kept per chain")
-    sub.add_argument("--mala-burn-in", type=int, default=None, help="MALA burn-in steps")
-    sub.add_argument("--mala-chains", type=int, default=None, help="parallel MALA chains")
-    sub.add_argument("--mala-thin", type=int, default=None, help="keep every n-th MALA draw")
-    sub.add_argument("--snr-db", type=float, default=None, help="data SNR in dB (0)")
-    sub.add_argument(
-        "--prior-strength",
-        type=float,
-        default=None,
-        help="σ_p² / ‖D m_true‖² of the smoothness prior (1e-2; the original used 1e-3)",
-    )
+def _cli_fields(config: type) -> list[dataclasses.Field]:
+    return [f for f in dataclasses.fields(config) if f.metadata.get("cli", True)]
+
+
+def _option(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_config_options(
+    parser: argparse.ArgumentParser, config: type, presets: dict[str, Any]
+) -> None:
+    """One option per field of the dataclass ``config``.
+
+    ``presets`` maps a schedule name to an instance; the help text shows each
+    schedule's value. Options default to "not given" so that the chosen schedule
+    supplies every value the user leaves out.
+    """
+    hints = typing.get_type_hints(config)
+    group = parser.add_argument_group(f"{config.__name__} fields")
+    for f in _cli_fields(config):
+        kind = hints[f.name]
+        values = {name: getattr(p, f.name) for name, p in presets.items()}
+        shown = sorted(set(map(repr, values.values())))
+        if len(shown) == 1:
+            default = f"default {shown[0]}"
+        else:
+            default = ", ".join(f"{k}: {v!r}" for k, v in values.items())
+        help_text = f"{f.metadata.get('help', '')} ({default})".replace("%", "%%")
+        kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "help": help_text}
+        origin = typing.get_origin(kind)
+        if origin is tuple:
+            items = typing.get_args(kind)
+            kwargs.update(type=items[0], nargs=len(items), metavar=f.name.upper())
+        elif kind is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif kind in (int, float, str):
+            kwargs["type"] = kind
+        else:  # a field the command line cannot express must be marked cli=False
+            raise TypeError(f"{config.__name__}.{f.name}: no CLI form for type {kind}")
+        group.add_argument(_option(f.name), dest=f.name, **kwargs)
+
+
+def config_overrides(args: argparse.Namespace, config: type) -> dict[str, Any]:
+    """The config fields given on the command line (tuples for ``nargs`` fields)."""
+    out = {}
+    for f in _cli_fields(config):
+        if hasattr(args, f.name):
+            value = getattr(args, f.name)
+            out[f.name] = tuple(value) if isinstance(value, list) else value
+    return out
+
+
+def _add_command(subs, cmd: Command) -> None:
+    sub = subs.add_parser(cmd.name, help=cmd.help, description=cmd.help)
+    sub.set_defaults(_command=cmd)
+    sub.add_argument("--out", default=cmd.default_out, help="output folder (default: %(default)s)")
+    presets = {cmd.preset: getattr(cmd.config, cmd.preset)()}
+    if cmd.full_preset is not None:
+        presets[cmd.full_preset] = getattr(cmd.config, cmd.full_preset)()
+        sub.add_argument(
+            "--full",
+            action="store_true",
+            help=f"use the {cmd.full_preset!r} schedule instead of {cmd.preset!r}",
+        )
     sub.add_argument(
         "--resume",
         action="store_true",
-        help="continue VI from OUT/vi_checkpoint.pt and reuse the stored MAP/MALA",
+        help="continue from the checkpoints in OUT (same configuration) instead of afresh",
     )
     sub.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
     sub.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_config_options(sub, cmd.config, presets)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """Argument parser of ``devito-uq`` (sub-commands ``demo`` and ``avp``)."""
+    """Argument parser of ``devito-uq``: one sub-command per declared application command."""
     parser = argparse.ArgumentParser(
         prog="devito-uq",
         description="Uncertainty quantification with Devito operators and normalizing flows.",
     )
     subs = parser.add_subparsers(dest="command", required=True)
-    demo = subs.add_parser(
-        "demo", help="Sleipner AVP experiment, short schedule (make demo, < 5 min on 2 cores)"
-    )
-    _add_avp_options(demo, "outputs/demo")
-    avp = subs.add_parser("avp", help="Sleipner AVP experiment (short schedule unless --full)")
-    _add_avp_options(avp, "outputs/avp")
-    avp.add_argument(
-        "--full",
-        action="store_true",
-        help="original schedule: 32,768 VI iterations, 20,000-step MALA reference",
-    )
+    for cmd in commands():
+        _add_command(subs, cmd)
     return parser
+
+
+def _run(cmd: Command, args: argparse.Namespace) -> dict[str, Any]:
+    preset = cmd.full_preset if getattr(args, "full", False) else cmd.preset
+    config = getattr(cmd.config, preset)(**config_overrides(args, cmd.config))
+    module, _, function = cmd.run.partition(":")
+    run = getattr(importlib.import_module(module), function)
+    return run(
+        config, args.out, resume=args.resume, progress=not args.quiet, figures=not args.no_figures
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    # One OpenMP thread was fastest for these small kernels (../shared/MEASURED.md);
+    # One OpenMP thread was fastest for these small kernels (measured on 2 cores);
     # set before Devito is imported, users may override.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("DEVITO_LOGGING", "ERROR")
-    from devito_uq.avp import AVPConfig, run_avp
-    from devito_uq.errors import DevitoUQError
-
-    overrides = {
-        k: v
-        for k, v in {
-            "seed": args.seed,
-            "iterations": args.iterations,
-            "batch_size": args.batch_size,
-            "lr": args.lr,
-            "mala_steps": args.mala_steps,
-            "mala_burn_in": args.mala_burn_in,
-            "mala_chains": args.mala_chains,
-            "mala_thin": args.mala_thin,
-            "snr_db": args.snr_db,
-            "prior_strength": args.prior_strength,
-        }.items()
-        if v is not None
-    }
-    full = args.command == "avp" and args.full
-    config = AVPConfig.full(**overrides) if full else AVPConfig.short(**overrides)
+    cmd: Command = args._command
     try:
-        summary = run_avp(
-            config,
-            args.out,
-            resume=args.resume,
-            progress=not args.quiet,
-            figures=not args.no_figures,
-        )
+        summary = _run(cmd, args)
     except DevitoUQError as exc:
-        print(f"devito-uq: error: {exc}", file=sys.stderr)
+        # A user error: one line, no traceback.
+        message = " ".join(str(exc).split())
+        print(f"devito-uq: error: {message}", file=sys.stderr)
         return 2
-    keys = (
-        "relative_error",
-        "truth_inside_90pct_interval",
-        "vi_std_vs_mala_std_mean_relative_difference",
-        "wall_time_s",
-        "targets",
-    )
-    print(json.dumps({k: summary[k] for k in keys}, indent=2))
-    print(f"figures and summary.json written to {os.path.abspath(args.out)}")
+    print(json.dumps({k: summary[k] for k in cmd.report_keys if k in summary}, indent=2))
+    print(f"results written to {os.path.abspath(args.out)}")
     return 0
 
 

@@ -1,9 +1,11 @@
 """The seed talk's 2-D example: a ring of 20 Gaussians, sampled by a HINT flow and by MALA.
 
-Target: equal-weight mixture of 20 Gaussians with variance 0.025 (std 0.158)
-centred on the unit circle at angles 15°·k, k = 0…19 — taken literally, so the
-centres span 0°…285° and leave a 75° gap; neighbours are 0.26 apart (1.65 std),
-so the modes overlap into one bumpy arc.
+Target: :class:`devito_uq.inference.RingMixture`, an equal-weight mixture of 20
+Gaussians with variance 0.025 (std 0.158) centred on the unit circle at angles 15°·k,
+k = 0…19 — taken literally, so the centres span 0°…285° and leave a 75° gap;
+neighbours are 0.26 apart (1.65 std), so the modes overlap into one bumpy arc. The
+target and its metrics live in :mod:`devito_uq.inference.problems`; this script trains,
+samples and plots.
 
 A HINT flow (8 steps, hidden width 64) is trained by reverse KL
 (``VariationalPosterior`` with the target as its "prior"). Checks:
@@ -33,57 +35,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import time
 
 import torch
 
 from devito_uq.flows import HINT, Flow
-from devito_uq.inference import MALA, VariationalPosterior
-from devito_uq.inference.priors import Prior
+from devito_uq.inference import MALA, RingMixture, VariationalPosterior
+from devito_uq.inference.problems import (
+    RING_MODES,
+    ring_centres,
+    ring_kl_estimate,
+    ring_mode_fractions,
+    ring_modes_covered,
+)
 
-N_MODES = 20
-VARIANCE = 0.025
-ANGLE_STEP_DEG = 15.0
-
-
-def ring_centres(dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """``[20, 2]`` centres on the unit circle at 15°·k."""
-    ang = torch.arange(N_MODES, dtype=torch.float64) * math.radians(ANGLE_STEP_DEG)
-    return torch.stack([ang.cos(), ang.sin()], 1).to(dtype)
-
-
-class RingTarget(Prior):
-    """Normalized negative log-density of the 20-Gaussian ring, ``[batch, 2] -> [batch]``."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.register_buffer("centres", ring_centres())
-
-    def negative_log(self, m: torch.Tensor) -> torch.Tensor:
-        d2 = (m.unsqueeze(1) - self.centres.to(m.dtype)).pow(2).sum(-1)  # [batch, 20]
-        log_comp = -d2 / (2 * VARIANCE) - math.log(2 * math.pi * VARIANCE)
-        return -(torch.logsumexp(log_comp, 1) - math.log(N_MODES))
-
-
-def mode_fractions(samples: torch.Tensor) -> torch.Tensor:
-    """``[20]`` fraction of ``samples`` ``[n, 2]`` whose nearest centre is each mode."""
-    nearest = torch.cdist(samples.double(), ring_centres(torch.float64)).argmin(1)
-    return torch.bincount(nearest, minlength=N_MODES).double() / samples.shape[0]
-
-
-def modes_covered(fractions: torch.Tensor) -> bool:
-    """True when every mode holds between 0.5/20 and 1.5/20 of the samples."""
-    return bool(((fractions >= 0.5 / N_MODES) & (fractions <= 1.5 / N_MODES)).all())
-
-
-@torch.no_grad()
-def kl_estimate(flow: Flow, target: RingTarget, n: int = 20000) -> tuple[float, float]:
-    """KL(q‖p) = E_q[log q − log p] and its Monte-Carlo standard error (nats)."""
-    x, log_q = flow.rsample_and_log_prob(n)
-    diff = (log_q + target.negative_log(x)).double()
-    return float(diff.mean()), float(diff.std() / math.sqrt(n))
+N_MODES = RING_MODES
 
 
 def make_flow(steps: int, hidden: int) -> Flow:
@@ -91,7 +58,7 @@ def make_flow(steps: int, hidden: int) -> Flow:
     return Flow(HINT(2, steps=steps, hidden=hidden, memory_frugal=False), (2,))
 
 
-def train_flow(args, target: RingTarget) -> tuple[VariationalPosterior, float]:
+def train_flow(args, target: RingMixture) -> tuple[VariationalPosterior, float]:
     torch.manual_seed(args.seed)
     vi = VariationalPosterior(make_flow(args.steps, args.hidden), prior=target)
     t0 = time.perf_counter()
@@ -109,7 +76,7 @@ def train_flow(args, target: RingTarget) -> tuple[VariationalPosterior, float]:
     return vi, time.perf_counter() - t0
 
 
-def run_mala(args, target: RingTarget):
+def run_mala(args, target: RingMixture):
     gen = torch.Generator().manual_seed(args.seed)
     # Start the chains from a broad cloud covering the ring.
     x0 = 1.5 * torch.randn(args.chains, 2, generator=gen)
@@ -182,15 +149,15 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
 
-    target = RingTarget()
+    target = RingMixture()
     vi, t_vi = train_flow(args, target)
-    kl, kl_se = kl_estimate(vi.flow, target, args.samples)
+    kl, kl_se = ring_kl_estimate(vi.flow, target, args.samples)
     vi_samples = vi.sample(args.samples)
-    fr_vi = mode_fractions(vi_samples)
+    fr_vi = ring_mode_fractions(vi_samples)
 
     mala, t_mala = run_mala(args, target)
     mala_samples = mala.flat()
-    fr_mala = mode_fractions(mala_samples)
+    fr_mala = ring_mode_fractions(mala_samples)
 
     metrics = {
         "vi": {
@@ -198,7 +165,7 @@ def main(argv=None) -> dict:
             "kl_standard_error": kl_se,
             "kl_target_met": kl < 0.05,
             "mode_fraction_times_20": [round(float(f) * N_MODES, 4) for f in fr_vi],
-            "all_modes_within_0.5_1.5": modes_covered(fr_vi),
+            "all_modes_within_0.5_1.5": ring_modes_covered(fr_vi),
             "train_seconds": round(t_vi, 1),
             "iterations": args.iterations,
             "batch_size": args.batch_size,
@@ -208,7 +175,7 @@ def main(argv=None) -> dict:
         },
         "mala": {
             "mode_fraction_times_20": [round(float(f) * N_MODES, 4) for f in fr_mala],
-            "all_modes_within_0.5_1.5": modes_covered(fr_mala),
+            "all_modes_within_0.5_1.5": ring_modes_covered(fr_mala),
             "acceptance_rate": mala.acceptance_rate,
             "step_size": mala.step_size,
             "chains": args.chains,

@@ -1,24 +1,24 @@
-"""End-to-end test of the Sleipner AVP experiment on a tiny schedule, and its CLI."""
+"""The Sleipner AVP application (devito_uq.apps.avp): data, a short run against known
+answers, resume from a VI checkpoint, the MAP/MALA cache, configuration errors."""
 
 from __future__ import annotations
 
 import json
 import math
-import os
 
 import pytest
 import torch
 
-from devito_uq.avp import AVPConfig, build_problem, load_sleipner, run_avp
-from devito_uq.cli import main
-from devito_uq.errors import InvalidArgumentError
+from devito_uq.apps.avp import AVPConfig, build_problem, load_sleipner, run_avp, train_vi
+from devito_uq.errors import CheckpointError, InvalidArgumentError
 
 FIGURES = ("models.png", "std.png", "interval.png", "samples.png", "data_fit.png", "loss.png")
+N_P = 7  # ray parameters of the default configuration
 
 
 def _tiny(**kw) -> AVPConfig:
     base = dict(
-        iterations=6,
+        iterations=4,
         map_iterations=3,
         mala_steps=6,
         mala_burn_in=2,
@@ -50,61 +50,125 @@ def test_problem_noise_level_is_0db_of_scattered_data():
     assert problem.ray_parameters.max() == pytest.approx(math.sin(math.radians(32)) / 2.0)
 
 
-def test_end_to_end_writes_outputs(tmp_path):
-    out = tmp_path / "run"
-    cfg = _tiny()
-    summary = run_avp(cfg, out, progress=False)
-    for name in FIGURES:
-        assert (out / name).stat().st_size > 1000, name
-    with open(out / "summary.json") as fh:
-        loaded = json.load(fh)
-    assert loaded["relative_error"].keys() == {
-        "background",
-        "map",
-        "vi_posterior_mean",
-        "mala_posterior_mean",
-    }
-    for v in loaded["relative_error"].values():
-        assert 0 < v < 1
-    assert 0 <= loaded["truth_inside_90pct_interval"]["vi"] <= 1
-    assert loaded["vi_std_vs_mala_std_mean_relative_difference"] >= 0
-    assert loaded["wall_time_s"] > 0
-    # Each VI step is one batched forward + adjoint of batch × 7 ray parameters.
-    assert loaded["pde_solves"]["by_phase"]["vi"] == cfg.iterations * cfg.batch_size * 7 * 2
-    assert loaded["pde_solves"]["total"] == sum(loaded["pde_solves"]["by_phase"].values())
-    assert summary["vi"]["iterations_this_run"] == cfg.iterations
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory):
+    """100 VI iterations, a 30-step MALA of 4 chains: enough to beat the background."""
+    out = tmp_path_factory.mktemp("avp")
+    cfg = AVPConfig.short(
+        iterations=100,
+        map_iterations=10,
+        mala_chains=4,
+        mala_steps=20,
+        mala_burn_in=10,
+        mala_thin=1,
+        n_samples=256,
+    )
+    return cfg, out, run_avp(cfg, out, progress=False)
+
+
+def test_short_run_beats_the_background(short_run):
+    """Every estimate is closer to the truth than the starting (background) model."""
+    _, out, summary = short_run
+    err = json.loads((out / "summary.json").read_text())["relative_error"]
+    assert err == summary["relative_error"]
+    for method in ("map", "vi_posterior_mean", "mala_posterior_mean"):
+        assert err[method] < 0.7 * err["background"], method
+
+
+def test_short_run_coverage_and_samples(short_run):
+    """The summary's coverage is the fraction of depths inside the samples' 5–95 % range,
+    recomputed here from posterior_samples.pt; every sample respects the lower bound."""
+    cfg, out, summary = short_run
     samples = torch.load(out / "posterior_samples.pt")
     assert samples["vi"].shape == (cfg.n_samples, 128)
-    # The bound holds in every sample (an untrained flow may sit on it in float32).
+    assert samples["mala"].shape == (cfg.mala_chains * cfg.mala_steps, 128)
+    _, m_true, _ = load_sleipner()
+    for method in ("vi", "mala"):
+        s = samples[method].double()
+        lo, hi = torch.quantile(s, 0.05, dim=0), torch.quantile(s, 0.95, dim=0)
+        inside = ((m_true >= lo) & (m_true <= hi)).double().mean().item()
+        assert summary["truth_inside_90pct_interval"][method] == pytest.approx(inside)
     assert bool(torch.all(samples["vi"] >= cfg.lower))
+    for name in FIGURES:
+        assert (out / name).read_bytes()[:4] == b"\x89PNG", name
 
 
-def test_resume_continues_vi(tmp_path):
+def test_short_run_counts_every_pde_solve(short_run):
+    """Known solve counts: setup = d(m_true) + d(m_background); each VI step one batched
+    forward + adjoint; MALA one value-and-gradient per chain per step plus the start;
+    L-BFGS forward + adjoint per evaluation plus one final forward."""
+    cfg, _, summary = short_run
+    by_phase = summary["pde_solves"]["by_phase"]
+    assert by_phase["setup"] == 2 * N_P
+    assert by_phase["vi"] == cfg.iterations * cfg.batch_size * N_P * 2
+    steps = cfg.mala_burn_in + cfg.mala_steps + 1
+    assert by_phase["mala"] == cfg.mala_chains * steps * N_P * 2
+    assert (by_phase["map"] - N_P) % (2 * N_P) == 0 and by_phase["map"] > 2 * N_P
+    # The phases ran inside the wall-clock interval.
+    assert summary["wall_time_s"] >= sum(summary["time_s"].values())
+
+
+def test_resume_continues_from_the_checkpoint(tmp_path):
+    """A run interrupted after the checkpoint at iteration 2 resumes there and ends
+    bit-identical to an uninterrupted run; resuming a finished run recomputes nothing."""
+    cfg = _tiny(checkpoint_every=2)
+    reference = run_avp(cfg, tmp_path / "ref", progress=False, figures=False)
+
     out = tmp_path / "run"
-    run_avp(_tiny(iterations=4), out, progress=False, figures=False)
-    # The checkpoint records the total iteration count; a longer schedule is another run.
-    summary = run_avp(_tiny(iterations=4), out, resume=True, progress=False, figures=False)
-    assert summary["vi"]["iterations_this_run"] == 0
-    assert summary["pde_solves"]["by_phase"]["vi"] == 0  # nothing recomputed on resume
+    out.mkdir()
+
+    def interrupt(iteration, terms):
+        if iteration == 3:  # after the checkpoint at 2, before the one at 4
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_vi(build_problem(cfg), cfg, out / "vi_checkpoint.pt", False, callback=interrupt)
+    resumed = run_avp(cfg, out, resume=True, progress=False, figures=False)
+    assert resumed["vi"]["resumed_from"] == 2
+    assert resumed["vi"]["iterations_this_run"] == 2
+    assert resumed["pde_solves"]["by_phase"]["vi"] == 2 * cfg.batch_size * N_P * 2
+    assert resumed["vi"]["final_loss"] == reference["vi"]["final_loss"]
+    a = torch.load(tmp_path / "ref" / "posterior_samples.pt")
+    b = torch.load(out / "posterior_samples.pt")
+    assert torch.equal(a["vi"], b["vi"]) and torch.equal(a["mala"], b["mala"])
+
+    again = run_avp(cfg, out, resume=True, progress=False, figures=False)
+    assert again["vi"]["resumed_from"] == cfg.iterations
+    assert again["pde_solves"]["by_phase"]["vi"] == 0
+    # MAP and MALA come from the cache: their recorded solves are the first run's.
+    assert again["pde_solves"]["by_phase"]["mala"] == resumed["pde_solves"]["by_phase"]["mala"]
 
 
-def test_config_errors():
-    with pytest.raises(InvalidArgumentError, match=r"iterations=0 must be a positive integer"):
-        AVPConfig.short(iterations=0).validate()
-    with pytest.raises(InvalidArgumentError, match=r"lr_decay=1.5 must lie in \(0, 1\]"):
-        AVPConfig.short(lr_decay=1.5).validate()
+def test_cache_refused_for_another_configuration(tmp_path):
+    run_avp(_tiny(), tmp_path, progress=False, figures=False)
+    with pytest.raises(CheckpointError, match=r"map_mala\.pt.*mala_steps=6.*mala_steps=7"):
+        run_avp(_tiny(mala_steps=7), tmp_path, resume=True, progress=False, figures=False)
+    with pytest.raises(CheckpointError, match=r"map_mala\.pt.*snr_db=0.0.*snr_db=3.0"):
+        run_avp(_tiny(snr_db=3.0), tmp_path, resume=True, progress=False, figures=False)
+    # A VI-side field (how many samples to draw) leaves the MAP/MALA cache valid.
+    summary = run_avp(_tiny(n_samples=8), tmp_path, resume=True, progress=False, figures=False)
+    assert summary["config"]["n_samples"] == 8
+    assert summary["pde_solves"]["by_phase"]["vi"] == 0
 
 
-def test_cli_avp(tmp_path, capsys):
-    out = tmp_path / "cli"
-    argv = ["avp", "--out", str(out), "--iterations", "3", "--mala-steps", "3"]
-    argv += ["--mala-burn-in", "1", "--mala-thin", "1", "--mala-chains", "2"]
-    argv += ["--no-figures", "--quiet"]
-    assert main(argv) == 0
-    assert os.path.exists(out / "summary.json")
-    assert "relative_error" in capsys.readouterr().out
-
-
-def test_cli_reports_bad_option(tmp_path, capsys):
-    assert main(["avp", "--out", str(tmp_path), "--iterations", "-1", "--quiet"]) == 2
-    assert "iterations=-1 must be a positive integer" in capsys.readouterr().err
+@pytest.mark.parametrize(
+    "field,value,message",
+    [
+        ("iterations", 0, r"iterations=0 must be an integer >= 1"),
+        ("batch_size", 2.5, r"batch_size=2.5 must be an integer"),
+        ("mala_chains", True, r"mala_chains=True must be an integer"),
+        ("lr_decay", 1.5, r"lr_decay=1.5 must lie in \(0, 1\]"),
+        ("lr", float("nan"), r"lr=nan must be finite and positive"),
+        ("dtype", "float16", r"dtype='float16' must be one of"),
+        ("corners", (5.0, 30.0, 50.0), r"corners=.* must have 4 entries"),
+        ("angle_max", 95.0, r"angle_max=95.0 must lie in \(0, 90\)"),
+        ("mala_thin", 50, r"mala_thin=50 must not exceed mala_steps=20"),
+        ("n_samples", 1, r"n_samples=1 must be an integer >= 2"),
+    ],
+)
+def test_config_errors(field, value, message):
+    cfg = AVPConfig.short(mala_steps=20, **{field: value})
+    with pytest.raises(InvalidArgumentError, match=message):
+        cfg.validate()
+    with pytest.raises(InvalidArgumentError, match=message):
+        run_avp(cfg, "/nonexistent/never-created")  # refused before any file or solve

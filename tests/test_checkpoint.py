@@ -70,3 +70,17 @@ def test_missing_required_entry(tmp_path):
 def test_state_must_be_dict(tmp_path):
     with pytest.raises(CheckpointError, match="must be a dict, got list"):
         save_checkpoint(tmp_path / "ck.pt", [1, 2])
+
+
+def test_library_never_unpickles_code():
+    """Checkpoints and caches load with weights_only=True only: no module of the package
+    calls torch.load with weights_only=False (loading must not run code from a file)."""
+    import re
+    from pathlib import Path
+
+    import devito_uq
+
+    root = Path(devito_uq.__file__).parent
+    unsafe = re.compile(r"weights_only\s*=\s*False")
+    offenders = [str(p) for p in root.rglob("*.py") if unsafe.search(p.read_text())]
+    assert offenders == []

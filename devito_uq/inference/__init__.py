@@ -6,15 +6,17 @@ that importing the package does not load matplotlib).
 
 from devito_uq.inference.likelihood import GaussianLikelihood, sigma_from_snr
 from devito_uq.inference.map import MAPResult, map_estimate
-from devito_uq.inference.mcmc import MALA, SGLD, MCMCResult, Potential
+from devito_uq.inference.mcmc import MALA, SGLD, MCMCResult
 from devito_uq.inference.parameterization import Parameterization
 from devito_uq.inference.priors import GaussianPrior, Prior, SmoothnessPrior, TotalVariationPrior
 from devito_uq.inference.problems import (
     LinearGaussianProblem,
     MatrixOperator,
+    RingMixture,
     linear_gaussian_problem,
 )
 from devito_uq.inference.summary import PosteriorSummary, effective_sample_size, summarize
+from devito_uq.inference.target import PosteriorTarget, TargetTerms
 from devito_uq.inference.variational import VariationalPosterior
 
 __all__ = [
@@ -25,11 +27,12 @@ __all__ = [
     "SmoothnessPrior",
     "TotalVariationPrior",
     "Parameterization",
+    "PosteriorTarget",
+    "TargetTerms",
     "VariationalPosterior",
     "MALA",
     "SGLD",
     "MCMCResult",
-    "Potential",
     "map_estimate",
     "MAPResult",
     "PosteriorSummary",
@@ -38,4 +41,5 @@ __all__ = [
     "LinearGaussianProblem",
     "MatrixOperator",
     "linear_gaussian_problem",
+    "RingMixture",
 ]

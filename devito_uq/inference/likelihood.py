@@ -35,6 +35,7 @@ from devito_uq.parallel import (
     rank_and_size,
     share_gradient,
 )
+from devito_uq.validation import check_int, check_positive_scalar, check_scalar
 
 __all__ = ["GaussianLikelihood", "sigma_from_snr"]
 
@@ -48,12 +49,11 @@ def sigma_from_snr(data: torch.Tensor, snr_db: float) -> float:
     with :math:`N_d` the number of data samples, i.e. the mean data power divided
     by the power ratio: white noise of this σ has ``10·log10(‖d‖² / E‖n‖²) = snr_db``.
     """
-    if not math.isfinite(float(snr_db)):
-        raise InvalidArgumentError(f"snr_db must be a finite number of dB, got {snr_db}")
+    snr_db = check_scalar("snr_db", snr_db)
     power = float(torch.sum(data.detach().double() ** 2)) / data.numel()
     if power <= 0.0:
         raise InvalidArgumentError("cannot derive sigma from snr_db: the data are all zero")
-    return math.sqrt(power / 10.0 ** (float(snr_db) / 10.0))
+    return math.sqrt(power / 10.0 ** (snr_db / 10.0))
 
 
 def _accepts_shots(operator: Callable) -> bool:
@@ -116,19 +116,14 @@ class GaussianLikelihood(nn.Module):
                 f"give exactly one of sigma and snr_db, got sigma={sigma}, snr_db={snr_db}"
             )
         if sigma is not None:
-            if not (isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma > 0):
-                raise InvalidArgumentError(f"sigma must be a positive finite number, got {sigma}")
-            sigma = float(sigma)
+            sigma = check_positive_scalar("sigma", sigma)
         else:
             sigma = sigma_from_snr(data, snr_db)
         n_shots = int(data.shape[0])
+        seed = check_int("seed", seed)
         if shot_batch is not None:
-            if isinstance(shot_batch, bool) or not isinstance(shot_batch, int):
-                raise InvalidArgumentError(f"shot_batch must be an int, got {shot_batch!r}")
-            if not 1 <= shot_batch <= n_shots:
-                raise InvalidArgumentError(
-                    f"shot_batch={shot_batch} must lie in [1, {n_shots}] (shots in the data)"
-                )
+            # At most the number of shots in the data (its leading axis).
+            shot_batch = check_int("shot_batch", shot_batch, minimum=1, maximum=n_shots)
             if shot_batch < n_shots and not _accepts_shots(operator):
                 raise InvalidArgumentError(
                     f"shot_batch={shot_batch} needs an operator that accepts shots=, "
@@ -146,7 +141,7 @@ class GaussianLikelihood(nn.Module):
         self.sigma = sigma
         self.shot_batch = shot_batch
         self.n_shots = n_shots
-        self.generator = torch.Generator().manual_seed(int(seed))
+        self.generator = torch.Generator().manual_seed(seed)
 
     @property
     def stochastic(self) -> bool:

@@ -7,7 +7,6 @@ without the Jacobian term, so the result is the mode of the posterior density of
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -16,8 +15,15 @@ import torch
 from tqdm.auto import tqdm
 
 from devito_uq.errors import InvalidArgumentError, TrainingDivergedError
-from devito_uq.inference.mcmc import Potential
 from devito_uq.inference.parameterization import Parameterization
+from devito_uq.inference.target import PosteriorTarget, as_target
+from devito_uq.validation import (
+    check_bool,
+    check_choice,
+    check_nonnegative_scalar,
+    check_positive_int,
+    check_positive_scalar,
+)
 
 __all__ = ["map_estimate", "MAPResult"]
 
@@ -42,9 +48,9 @@ class MAPResult:
 
 
 def map_estimate(
-    likelihood: Callable[..., torch.Tensor] | None,
-    prior: Any | None,
-    x0: torch.Tensor,
+    likelihood: PosteriorTarget | Callable[..., torch.Tensor] | None,
+    prior: Any | None = None,
+    x0: torch.Tensor | None = None,
     method: str = "lbfgs",
     iterations: int = 100,
     lr: float = 1.0,
@@ -55,29 +61,32 @@ def map_estimate(
     """Minimize ``misfit(m) + prior(m)`` from the starting model ``x0`` ``[*model_shape]``.
 
     Args:
+        likelihood, prior, parameterization: the posterior's pieces, or a
+            :class:`PosteriorTarget` in the first position (``map_estimate(t, x0=m0)``).
+        x0: starting model ``m`` (not latent), inside the bounds.
         method: ``"lbfgs"`` (strong-Wolfe line search; ``lr`` is its initial step,
             1 is right for it) or ``"adam"`` (``lr`` is Adam's rate).
         iterations: iterations (L-BFGS: at most this many, with up to two objective
             evaluations each; ``history`` then holds one value per evaluation).
         tolerance: L-BFGS stops when the gradient's max-norm falls below it.
     """
-    if method not in _METHODS:
-        raise InvalidArgumentError(f"method must be one of {_METHODS}, got {method!r}")
-    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
-        raise InvalidArgumentError(f"iterations must be an integer >= 1, got {iterations!r}")
-    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-        raise InvalidArgumentError(f"lr must be a positive number, got {lr!r}")
+    target = as_target(likelihood, prior, parameterization)
+    check_choice("method", method, _METHODS)
+    iterations = check_positive_int("iterations", iterations)
+    lr = check_positive_scalar("lr", lr)
+    tolerance = check_nonnegative_scalar("tolerance", tolerance)
+    progress = check_bool("progress", progress)
     if not isinstance(x0, torch.Tensor) or not x0.is_floating_point():
         raise InvalidArgumentError(f"x0 must be a floating-point tensor, got {type(x0).__name__}")
-    potential = Potential(likelihood, prior, parameterization, jacobian=False)
-    x = potential.to_latent(x0.detach().unsqueeze(0).clone()).requires_grad_(True)
+    x = target.to_latent(x0.detach().unsqueeze(0).clone()).requires_grad_(True)
     history: list[float] = []
     evaluations = 0
 
     def objective() -> torch.Tensor:
         nonlocal evaluations
         evaluations += 1
-        value = potential(x).sum()
+        # No Jacobian term: the mode of the density of m, not of the latent x.
+        value = target.value(x, jacobian=False).sum()
         if not torch.isfinite(value):
             raise TrainingDivergedError(
                 f"MAP objective became {value.item()} after {len(history)} iterations"
@@ -118,8 +127,8 @@ def map_estimate(
             opt.step()
             history.append(float(value.detach()))
     with torch.no_grad():
-        final = float(potential(x).sum())
-        model = potential.to_model(x)[0][0].detach()
+        final = float(target.value(x, jacobian=False).sum())
+        model = target.to_model(x)[0][0].detach()
     return MAPResult(
         model=model, objective=final, history=history, gradient_evaluations=evaluations
     )

@@ -25,7 +25,6 @@ References:
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -35,7 +34,6 @@ import torch
 from tqdm.auto import tqdm
 
 from devito_uq.errors import InvalidArgumentError, InvalidShapeError
-from devito_uq.inference._checks import check_int, check_target
 from devito_uq.inference.parameterization import Parameterization
 from devito_uq.inference.summary import (
     DEFAULT_QUANTILES,
@@ -43,69 +41,10 @@ from devito_uq.inference.summary import (
     effective_sample_size,
     summarize,
 )
+from devito_uq.inference.target import PosteriorTarget, as_target
+from devito_uq.validation import check_bool, check_in_range, check_int, check_positive_scalar
 
-__all__ = ["MALA", "SGLD", "MCMCResult", "Potential"]
-
-
-class Potential:
-    """``U(x) = misfit(g(x)) + prior(g(x)) [− log|det J_g(x)|]``, batched over ``x``.
-
-    Args:
-        likelihood: callable ``m -> [batch]`` or ``None``.
-        prior: object with ``negative_log(m) -> [batch]`` or ``None``.
-        parameterization: ``m = g(x)`` (``None``: identity).
-        jacobian: include ``−log|det J_g|`` (sampling: yes; MAP of ``m``: no).
-    """
-
-    def __init__(
-        self,
-        likelihood: Callable[..., torch.Tensor] | None,
-        prior: Any | None,
-        parameterization: Parameterization | None = None,
-        jacobian: bool = True,
-    ) -> None:
-        check_target(likelihood, prior, parameterization)
-        self.likelihood = likelihood
-        self.prior = prior
-        self.parameterization = parameterization
-        self.jacobian = jacobian
-        self._takes_full = False
-        if likelihood is not None:
-            target = likelihood.forward if isinstance(likelihood, torch.nn.Module) else likelihood
-            try:
-                self._takes_full = "full" in inspect.signature(target).parameters
-            except (TypeError, ValueError):
-                self._takes_full = False
-
-    def to_model(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.parameterization is None:
-            return x, x.new_zeros(x.shape[0])
-        return self.parameterization(x)
-
-    def to_latent(self, m: torch.Tensor) -> torch.Tensor:
-        return m if self.parameterization is None else self.parameterization.inverse(m)
-
-    def __call__(self, x: torch.Tensor, full: bool = True) -> torch.Tensor:
-        m, logdet = self.to_model(x)
-        u = x.new_zeros(x.shape[0])
-        if self.likelihood is not None:
-            u = u + (self.likelihood(m, full=full) if self._takes_full else self.likelihood(m))
-        if self.prior is not None:
-            u = u + self.prior.negative_log(m)
-        if self.jacobian:
-            u = u - logdet
-        return u
-
-    def value_and_grad(
-        self, x: torch.Tensor, full: bool = True
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``U(x)`` ``[batch]`` and ``∇U(x)`` ``[batch, *shape]`` (chains are independent,
-        so the gradient of the sum is the batch of per-chain gradients)."""
-        with torch.enable_grad():
-            xg = x.detach().requires_grad_(True)
-            u = self(xg, full=full)
-            (g,) = torch.autograd.grad(u.sum(), xg)
-        return u.detach(), g.detach()
+__all__ = ["MALA", "SGLD", "MCMCResult"]
 
 
 @dataclass
@@ -141,108 +80,26 @@ class MCMCResult:
         return effective_sample_size(self.samples)
 
 
-def _check_positive(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InvalidArgumentError(f"{name} must be a positive number, got {value!r}")
-    if not (math.isfinite(value) and value > 0):
-        raise InvalidArgumentError(f"{name} must be a positive finite number, got {value}")
-    return float(value)
-
-
 class _Langevin:
     method = "Langevin"
 
     def __init__(self, likelihood, prior, parameterization, step_size: float) -> None:
-        self.potential = Potential(likelihood, prior, parameterization, jacobian=True)
-        self.step_size = _check_positive("step_size", step_size)
+        self.target = as_target(likelihood, prior, parameterization)
+        self.step_size = check_positive_scalar("step_size", step_size)
         self.result: MCMCResult | None = None
 
     def _start(self, n_steps, n_chains, x0, burn_in, thin, seed):
         """Validate :meth:`run`'s arguments; return ``(n_chains, generator, x_start)``."""
-        check_int("n_steps", n_steps, 1)
-        n_chains = check_int("n_chains", n_chains, 1)
-        check_int("burn_in", burn_in, 0)
-        check_int("thin", thin, 1)
+        n_steps = check_int("n_steps", n_steps, minimum=1)
+        n_chains = check_int("n_chains", n_chains, minimum=1)
+        check_int("burn_in", burn_in, minimum=0)
+        thin = check_int("thin", thin, minimum=1)
         if n_steps < thin:
             raise InvalidArgumentError(f"n_steps={n_steps} keeps no draw with thin={thin}")
         gen = torch.Generator()
-        gen.manual_seed(int(seed) if seed is not None else int(torch.randint(2**62, ())))
+        seed = check_int("seed", seed) if seed is not None else int(torch.randint(2**62, ()))
+        gen.manual_seed(seed)
         return n_chains, gen, self._initial(x0, n_chains)
-
-    def _initial(self, x0: torch.Tensor | None, n_chains: int) -> torch.Tensor:
-        if x0 is None:
-            p = self.potential.parameterization
-            if p is None:
-                raise InvalidArgumentError("x0 is required without a parameterization")
-            x0 = p.reference
-        if not isinstance(x0, torch.Tensor) or not x0.is_floating_point():
-            raise InvalidArgumentError(f"x0 must be a floating-point tensor, got {type(x0)}")
-        p = self.potential.parameterization
-        shape = p.model_shape if p is not None else None
-        if shape is not None and tuple(x0.shape) == shape:
-            x0 = x0.expand(n_chains, *shape)
-        elif shape is not None and tuple(x0.shape[1:]) != shape:
-            raise InvalidShapeError(
-                f"x0 must be {shape} or [n_chains, *{shape}], got {tuple(x0.shape)}"
-            )
-        if x0.shape[0] != n_chains:
-            if x0.shape[0] != 1:
-                raise InvalidShapeError(
-                    f"x0 has {x0.shape[0]} chains but n_chains={n_chains} "
-                    f"(x0 shape {tuple(x0.shape)})"
-                )
-            x0 = x0.expand(n_chains, *x0.shape[1:])
-        return self.potential.to_latent(x0.detach().clone())
-
-    def summary(self, quantiles: Sequence[float] = DEFAULT_QUANTILES) -> PosteriorSummary:
-        """Summary of the last :meth:`run`."""
-        if self.result is None:
-            raise InvalidArgumentError(f"{self.method}.summary() needs a run() first")
-        return self.result.summary(quantiles)
-
-    def sample(self, n: int) -> torch.Tensor:
-        """The last ``n`` kept draws of the last :meth:`run`, ``[n, *model_shape]``."""
-        if self.result is None:
-            raise InvalidArgumentError(f"{self.method}.sample() needs a run() first")
-        flat = self.result.flat()
-        if not 1 <= n <= flat.shape[0]:
-            raise InvalidArgumentError(f"n={n} must lie in [1, {flat.shape[0]}] kept draws")
-        return flat[-n:]
-
-
-class MALA(_Langevin):
-    """Metropolis-adjusted Langevin algorithm over a batch of independent chains.
-
-    Args:
-        likelihood: negative log-likelihood ``m -> [batch]`` (all shots are used).
-        prior: prior with ``negative_log``.
-        parameterization: ``m = g(x)``; the chain runs on ``x``.
-        step_size: initial ``h``.
-        target_acceptance: acceptance rate the burn-in adaptation aims at (0.574 is
-            optimal for MALA in high dimension).
-        adapt: adapt ``h`` during burn-in (Robbins–Monro on ``log h`` with the
-            acceptance averaged over chains); ``h`` is frozen afterwards so the
-            kept draws come from a fixed, exact kernel.
-    """
-
-    method = "MALA"
-
-    def __init__(
-        self,
-        likelihood: Callable[..., torch.Tensor] | None = None,
-        prior: Any | None = None,
-        parameterization: Parameterization | None = None,
-        step_size: float = 1e-2,
-        target_acceptance: float = 0.574,
-        adapt: bool = True,
-    ) -> None:
-        super().__init__(likelihood, prior, parameterization, step_size)
-        if not 0.0 < target_acceptance < 1.0:
-            raise InvalidArgumentError(
-                f"target_acceptance must lie in (0, 1), got {target_acceptance}"
-            )
-        self.target_acceptance = float(target_acceptance)
-        self.adapt = bool(adapt)
 
     def run(
         self,
@@ -258,11 +115,103 @@ class MALA(_Langevin):
 
         ``x0``: starting models ``[n_chains, *model_shape]`` or ``[1, *model_shape]``
         (shared by all chains); with a parameterization also ``[*model_shape]``
-        (default: its reference). ``seed`` seeds a private
-        generator (``None``: drawn from torch's global one).
+        (default: its reference). ``seed`` seeds a private generator (``None``: drawn
+        from torch's global one).
         """
         n_chains, gen, x = self._start(n_steps, n_chains, x0, burn_in, thin, seed)
-        u, g = self.potential.value_and_grad(x)
+        kept, x, acceptance, step, evaluations = self._chain(
+            x, gen, burn_in, n_steps, thin, progress
+        )
+        self.result = MCMCResult(
+            samples=torch.stack(kept),
+            acceptance_rate=acceptance,
+            step_size=step,
+            gradient_evaluations=evaluations,
+            method=self.method,
+            last=self.target.to_model(x)[0].detach().cpu(),
+        )
+        return self.result
+
+    def _chain(self, x, gen, burn_in, n_steps, thin, progress):
+        """Run the chains from latents ``x`` ``[n_chains, ...]``; return the kept models,
+        the final latents, the acceptance rate, the final step and the gradient count."""
+        raise NotImplementedError  # pragma: no cover - MALA and SGLD implement it
+
+    def _initial(self, x0: torch.Tensor | None, n_chains: int) -> torch.Tensor:
+        if x0 is None:
+            p = self.target.parameterization
+            if p is None:
+                raise InvalidArgumentError("x0 is required without a parameterization")
+            x0 = p.reference
+        if not isinstance(x0, torch.Tensor) or not x0.is_floating_point():
+            raise InvalidArgumentError(f"x0 must be a floating-point tensor, got {type(x0)}")
+        shape = self.target.model_shape
+        if shape is not None and tuple(x0.shape) == shape:
+            x0 = x0.expand(n_chains, *shape)
+        elif shape is not None and tuple(x0.shape[1:]) != shape:
+            raise InvalidShapeError(
+                f"x0 must be {shape} or [n_chains, *{shape}], got {tuple(x0.shape)}"
+            )
+        if x0.shape[0] != n_chains:
+            if x0.shape[0] != 1:
+                raise InvalidShapeError(
+                    f"x0 has {x0.shape[0]} chains but n_chains={n_chains} "
+                    f"(x0 shape {tuple(x0.shape)})"
+                )
+            x0 = x0.expand(n_chains, *x0.shape[1:])
+        return self.target.to_latent(x0.detach().clone())
+
+    def summary(self, quantiles: Sequence[float] = DEFAULT_QUANTILES) -> PosteriorSummary:
+        """Summary of the last :meth:`run`."""
+        if self.result is None:
+            raise InvalidArgumentError(f"{self.method}.summary() needs a run() first")
+        return self.result.summary(quantiles)
+
+    def sample(self, n: int) -> torch.Tensor:
+        """The last ``n`` kept draws of the last :meth:`run`, ``[n, *model_shape]``."""
+        if self.result is None:
+            raise InvalidArgumentError(f"{self.method}.sample() needs a run() first")
+        flat = self.result.flat()
+        n = check_int("n", n, minimum=1, maximum=flat.shape[0])
+        return flat[-n:]
+
+
+class MALA(_Langevin):
+    """Metropolis-adjusted Langevin algorithm over a batch of independent chains.
+
+    Args:
+        likelihood: negative log-likelihood ``m -> [batch]`` (all shots are used), or
+            a ready :class:`PosteriorTarget` (then no ``prior``/``parameterization``).
+        prior: prior with ``negative_log``.
+        parameterization: ``m = g(x)``; the chain runs on ``x``.
+        step_size: initial ``h`` (latent units²).
+        target_acceptance: acceptance rate the burn-in adaptation aims at (0.574 is
+            optimal for MALA in high dimension).
+        adapt: adapt ``h`` during burn-in (Robbins–Monro on ``log h`` with the
+            acceptance averaged over chains); ``h`` is frozen afterwards so the
+            kept draws come from a fixed, exact kernel.
+    """
+
+    method = "MALA"
+
+    def __init__(
+        self,
+        likelihood: PosteriorTarget | Callable[..., torch.Tensor] | None = None,
+        prior: Any | None = None,
+        parameterization: Parameterization | None = None,
+        step_size: float = 1e-2,
+        target_acceptance: float = 0.574,
+        adapt: bool = True,
+    ) -> None:
+        super().__init__(likelihood, prior, parameterization, step_size)
+        self.target_acceptance = check_in_range(
+            "target_acceptance", target_acceptance, 0.0, 1.0, low_open=True, high_open=True
+        )
+        self.adapt = check_bool("adapt", adapt)
+
+    def _chain(self, x, gen, burn_in, n_steps, thin, progress):
+        n_chains = x.shape[0]
+        u, g = self.target.value_and_grad(x)
         log_h = math.log(self.step_size)
         kept, accepted, counted = [], 0.0, 0
         total = burn_in + n_steps
@@ -271,7 +220,7 @@ class MALA(_Langevin):
             h = math.exp(log_h)
             noise = torch.randn(x.shape, generator=gen, dtype=x.dtype).to(x.device)
             y = x - h * g + math.sqrt(2.0 * h) * noise
-            uy, gy = self.potential.value_and_grad(y)
+            uy, gy = self.target.value_and_grad(y)
             # log q(x | y) − log q(y | x) for the Gaussian Langevin proposal.
             fwd = (y - x + h * g).flatten(1).pow(2).sum(1)
             bwd = (x - y + h * gy).flatten(1).pow(2).sum(1)
@@ -292,20 +241,13 @@ class MALA(_Langevin):
                 accepted += rate
                 counted += 1
                 if (t - burn_in) % thin == thin - 1:
-                    kept.append(self.potential.to_model(x)[0].detach().cpu())
+                    kept.append(self.target.to_model(x)[0].detach().cpu())
             if progress and t % 20 == 0:
                 bar.set_postfix(h=f"{h:.3g}", acc=f"{rate:.2f}", U=f"{float(u.mean()):.4g}")
         bar.close()
         self.step_size = math.exp(log_h)
-        self.result = MCMCResult(
-            samples=torch.stack(kept),
-            acceptance_rate=accepted / max(counted, 1),
-            step_size=self.step_size,
-            gradient_evaluations=float(n_chains * (total + 1)),
-            method=self.method,
-            last=self.potential.to_model(x)[0].detach().cpu(),
-        )
-        return self.result
+        # One value-and-gradient per chain and step, plus the starting point's.
+        return kept, x, accepted / max(counted, 1), self.step_size, float(n_chains * (total + 1))
 
 
 class SGLD(_Langevin):
@@ -315,37 +257,26 @@ class SGLD(_Langevin):
     (``shot_batch``) each step uses a fresh random subset of shots. The step
     follows ``h_t = step_size · (1 + t)^(−decay)`` (``decay=0``: constant step,
     stationary law biased by O(h); ``0 < decay ≤ 1`` removes the bias
-    asymptotically, Welling & Teh 2011).
+    asymptotically, Welling & Teh 2011). Arguments as :class:`MALA`.
     """
 
     method = "SGLD"
 
     def __init__(
         self,
-        likelihood: Callable[..., torch.Tensor] | None = None,
+        likelihood: PosteriorTarget | Callable[..., torch.Tensor] | None = None,
         prior: Any | None = None,
         parameterization: Parameterization | None = None,
         step_size: float = 1e-3,
         decay: float = 0.0,
     ) -> None:
         super().__init__(likelihood, prior, parameterization, step_size)
-        if not 0.0 <= decay <= 1.0:
-            raise InvalidArgumentError(f"decay must lie in [0, 1], got {decay}")
-        self.decay = float(decay)
+        self.decay = check_in_range("decay", decay, 0.0, 1.0)
 
-    def run(
-        self,
-        n_steps: int,
-        n_chains: int = 1,
-        x0: torch.Tensor | None = None,
-        burn_in: int = 0,
-        thin: int = 1,
-        seed: int | None = None,
-        progress: bool = True,
-    ) -> MCMCResult:
-        """As :meth:`MALA.run`; the step keeps decaying through burn-in and sampling."""
-        n_chains, gen, x = self._start(n_steps, n_chains, x0, burn_in, thin, seed)
-        lik = self.potential.likelihood
+    def _chain(self, x, gen, burn_in, n_steps, thin, progress):
+        # The step keeps decaying through burn-in and sampling.
+        n_chains = x.shape[0]
+        lik = self.target.likelihood
         fraction = 1.0
         if getattr(lik, "stochastic", False):
             fraction = lik.shot_batch / lik.n_shots
@@ -356,20 +287,12 @@ class SGLD(_Langevin):
         bar = tqdm(range(total), disable=not progress, desc="SGLD", dynamic_ncols=True)
         for t in bar:
             h = h0 * (1.0 + t) ** (-self.decay)
-            _, g = self.potential.value_and_grad(x, full=False)
+            _, g = self.target.value_and_grad(x, full=False)
             noise = torch.randn(x.shape, generator=gen, dtype=x.dtype).to(x.device)
             x = x - h * g + math.sqrt(2.0 * h) * noise
             if t >= burn_in and (t - burn_in) % thin == thin - 1:
-                kept.append(self.potential.to_model(x)[0].detach().cpu())
+                kept.append(self.target.to_model(x)[0].detach().cpu())
             if progress and t % 20 == 0:
                 bar.set_postfix(h=f"{h:.3g}")
         bar.close()
-        self.result = MCMCResult(
-            samples=torch.stack(kept),
-            acceptance_rate=None,
-            step_size=h,
-            gradient_evaluations=float(n_chains * total * fraction),
-            method=self.method,
-            last=self.potential.to_model(x)[0].detach().cpu(),
-        )
-        return self.result
+        return kept, x, None, h, float(n_chains * total * fraction)

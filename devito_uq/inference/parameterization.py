@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from devito_uq.errors import InvalidArgumentError, InvalidShapeError
+from devito_uq.validation import check_finite, check_finite_positive
 
 __all__ = ["Parameterization"]
 
@@ -43,8 +44,7 @@ def _tensor(name: str, value, like: torch.Tensor) -> torch.Tensor:
         raise InvalidShapeError(
             f"{name} of shape {tuple(t.shape)} does not broadcast to the model {tuple(like.shape)}"
         ) from None
-    if not bool(torch.all(torch.isfinite(t))):
-        raise InvalidArgumentError(f"{name} must be finite")
+    check_finite(name, t)
     return t
 
 
@@ -77,8 +77,7 @@ class Parameterization(nn.Module):
             )
         ref = _tensor("reference", reference, reference)
         s = _tensor("scale", scale, ref)
-        if not bool(torch.all(s > 0)):
-            raise InvalidArgumentError(f"scale must be positive, got min {float(s.min())}")
+        check_finite_positive("scale", s)
         self.model_shape = tuple(ref.shape)
         self.register_buffer("reference", ref)
         self.register_buffer("scale", s)

@@ -6,23 +6,15 @@ Every prior is an ``nn.Module`` with ``negative_log(m) -> [batch]`` for models
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from devito_uq.errors import InvalidArgumentError, InvalidShapeError
+from devito_uq.validation import check_finite_positive, check_int_tuple, check_positive_scalar
 
 __all__ = ["Prior", "GaussianPrior", "SmoothnessPrior", "TotalVariationPrior"]
-
-
-def _positive(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InvalidArgumentError(f"{name} must be a positive number, got {value!r}")
-    if not (math.isfinite(value) and value > 0):
-        raise InvalidArgumentError(f"{name} must be a positive finite number, got {value}")
-    return float(value)
 
 
 class Prior(nn.Module):
@@ -66,14 +58,13 @@ class GaussianPrior(Prior):
         self.model_shape = tuple(mean.shape)
         # Stored as a Cholesky factor L of the precision (P = L Lᵀ) or a diagonal.
         self.kind = "diag"
-        if not isinstance(value, torch.Tensor):
-            v = _positive(name, value)
+        if not isinstance(value, torch.Tensor) or value.ndim == 0:
+            v = check_positive_scalar(name, value)
             diag = torch.full((n,), v if name == "precision" else 1.0 / v, dtype=mean.dtype)
             self.register_buffer("factor", diag)
         elif value.ndim <= 1 and value.numel() in (1, n):
             v = value.detach().to(mean.dtype).reshape(-1).expand(n).clone()
-            if not bool(torch.all(torch.isfinite(v) & (v > 0))):
-                raise InvalidArgumentError(f"diagonal {name} must be positive and finite")
+            check_finite_positive(f"diagonal {name}", v)
             self.register_buffer("factor", v if name == "precision" else 1.0 / v)
         elif value.shape == (n, n):
             mat = value.detach().to(mean.dtype)
@@ -113,10 +104,11 @@ class GaussianPrior(Prior):
         return self.mean + x.reshape(n, *self.model_shape)
 
 
-def _check_axes(axes: Sequence[int] | int, ndim: int | None = None) -> tuple[int, ...]:
-    axes = (axes,) if isinstance(axes, int) else tuple(axes)
-    if not axes or any(isinstance(a, bool) or not isinstance(a, int) or a < 0 for a in axes):
-        raise InvalidArgumentError(f"axes must be non-negative model axes, got {axes}")
+def _check_axes(axes: Sequence[int] | int) -> tuple[int, ...]:
+    if not isinstance(axes, (Sequence, torch.Tensor)):
+        axes = (axes,)
+    # Any positive number of non-negative model axes (0 = first axis after the batch).
+    axes = check_int_tuple("axes", axes, max(len(axes), 1), minimum=0)
     if len(set(axes)) != len(axes):
         raise InvalidArgumentError(f"axes must not repeat, got {axes}")
     return axes
@@ -159,10 +151,12 @@ class SmoothnessPrior(Prior):
         reference: torch.Tensor | float = 0.0,
     ) -> None:
         super().__init__()
-        self.sigma = _positive("sigma", sigma)
+        self.sigma = check_positive_scalar("sigma", sigma)
         self.axes = _check_axes(axes)
         self.spacing = _spacing(spacing, self.axes)
-        self.sigma_norm = None if sigma_norm is None else _positive("sigma_norm", sigma_norm)
+        self.sigma_norm = (
+            None if sigma_norm is None else check_positive_scalar("sigma_norm", sigma_norm)
+        )
         self.register_buffer("reference", torch.as_tensor(reference).detach().clone())
 
     def negative_log(self, m: torch.Tensor) -> torch.Tensor:
@@ -177,10 +171,13 @@ class SmoothnessPrior(Prior):
 def _spacing(spacing, axes) -> tuple[float, ...]:
     if spacing is None:
         return (1.0,) * len(axes)
-    sp = (spacing,) * len(axes) if isinstance(spacing, (int, float)) else tuple(spacing)
-    if len(sp) != len(axes):
-        raise InvalidArgumentError(f"spacing {sp} must give one value per axis {axes}")
-    return tuple(_positive("spacing", s) for s in sp)
+    if not isinstance(spacing, (Sequence, torch.Tensor)) or (
+        isinstance(spacing, torch.Tensor) and spacing.ndim == 0
+    ):
+        spacing = (spacing,) * len(axes)
+    if len(spacing) != len(axes):
+        raise InvalidArgumentError(f"spacing={tuple(spacing)} must give one value per axis {axes}")
+    return tuple(check_positive_scalar(f"spacing[{i}]", s) for i, s in enumerate(spacing))
 
 
 class TotalVariationPrior(Prior):
@@ -206,10 +203,10 @@ class TotalVariationPrior(Prior):
         epsilon: float = 1e-3,
     ) -> None:
         super().__init__()
-        self.weight = _positive("weight", weight)
+        self.weight = check_positive_scalar("weight", weight)
         self.axes = _check_axes(axes)
         self.spacing = _spacing(spacing, self.axes)
-        self.epsilon = _positive("epsilon", epsilon)
+        self.epsilon = check_positive_scalar("epsilon", epsilon)
 
     def negative_log(self, m: torch.Tensor) -> torch.Tensor:
         diffs = _differences(m, self.axes, self.spacing)

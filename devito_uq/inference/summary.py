@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from devito_uq.errors import InvalidArgumentError, InvalidShapeError
+from devito_uq.validation import check_in_range
 
 __all__ = ["PosteriorSummary", "summarize", "effective_sample_size"]
 
@@ -47,8 +48,7 @@ class PosteriorSummary:
         ``mass=0.9`` returns the 5% and 95% quantiles; both levels must have been
         computed.
         """
-        if not 0.0 < mass < 1.0:
-            raise InvalidArgumentError(f"credible mass must lie in (0, 1), got {mass}")
+        mass = check_in_range("mass", mass, 0.0, 1.0, low_open=True, high_open=True)
         tail = (1.0 - mass) / 2.0
         return self.quantile(tail), self.quantile(1.0 - tail)
 
@@ -60,9 +60,7 @@ def summarize(
     if not isinstance(samples, torch.Tensor) or samples.ndim < 1 or samples.shape[0] < 2:
         shape = tuple(samples.shape) if isinstance(samples, torch.Tensor) else type(samples)
         raise InvalidShapeError(f"samples must be a tensor [n >= 2, *model_shape], got {shape}")
-    levels = tuple(float(q) for q in quantiles)
-    if any(not 0.0 <= q <= 1.0 for q in levels):
-        raise InvalidArgumentError(f"quantile levels must lie in [0, 1], got {levels}")
+    levels = tuple(check_in_range(f"quantiles[{i}]", q, 0.0, 1.0) for i, q in enumerate(quantiles))
     s = samples.detach()
     if not s.is_floating_point():
         s = s.double()

@@ -30,20 +30,24 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from devito_uq.errors import CheckpointError, InvalidArgumentError, TrainingDivergedError
-from devito_uq.inference._checks import check_int, check_target
 from devito_uq.inference.parameterization import Parameterization
 from devito_uq.inference.priors import Prior
 from devito_uq.inference.summary import DEFAULT_QUANTILES, PosteriorSummary, summarize
+from devito_uq.inference.target import PosteriorTarget, as_target
 from devito_uq.io.checkpoint import load_checkpoint, save_checkpoint
+from devito_uq.validation import (
+    check_bool,
+    check_choice,
+    check_in_range,
+    check_int,
+    check_positive_int,
+    check_positive_scalar,
+)
 
 __all__ = ["VariationalPosterior"]
 
 _TERMS = ("loss", "misfit", "prior", "neg_entropy")
 _SCHEDULES = ("constant", "cosine", "exponential")
-
-
-def _zero(m: torch.Tensor) -> torch.Tensor:
-    return m.new_zeros(m.shape[0])
 
 
 class VariationalPosterior:
@@ -54,20 +58,22 @@ class VariationalPosterior:
             ``rsample_and_log_prob(n)``, ``log_prob(x)`` and ``parameters()``)
             over latents ``[n, *model_shape]``.
         likelihood: callable ``m [batch, *model_shape] -> [batch]`` negative
-            log-likelihood (e.g. :class:`GaussianLikelihood`), or ``None``.
+            log-likelihood (e.g. :class:`GaussianLikelihood`), or ``None``; or a
+            ready :class:`PosteriorTarget` (then no ``prior``/``parameterization``).
         prior: a prior (``negative_log(m) -> [batch]``) or ``None``. At least one
             of ``likelihood`` and ``prior`` must be given.
         parameterization: :class:`Parameterization` ``m = g(x)`` (``None``: ``m = x``).
 
     After :meth:`fit`, ``history`` holds one list per term (``iteration``, ``loss``,
     ``misfit``, ``prior``, ``neg_entropy``, ``lr``, ``beta``), batch means per
-    iteration.
+    iteration, ``iteration`` the iterations done and ``resumed_from`` the iteration
+    the last :meth:`fit` resumed from (0: a fresh start).
     """
 
     def __init__(
         self,
         flow: nn.Module,
-        likelihood: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        likelihood: PosteriorTarget | Callable[[torch.Tensor], torch.Tensor] | None = None,
         prior: Any | None = None,
         parameterization: Parameterization | None = None,
     ) -> None:
@@ -77,21 +83,32 @@ class VariationalPosterior:
                     f"flow must provide {attr}() like devito_uq.flows.Flow; "
                     f"{type(flow).__name__} does not"
                 )
-        check_target(likelihood, prior, parameterization)
+        self.target = as_target(likelihood, prior, parameterization)
         self.flow = flow
-        self.likelihood = likelihood
-        self.prior = prior
-        self.parameterization = parameterization
         self.history: dict[str, list[float]] = {k: [] for k in ("iteration", *_TERMS, "lr", "beta")}
         self.iteration = 0
+        self.resumed_from = 0
+
+    @property
+    def likelihood(self):
+        """The target's likelihood (``None`` without one)."""
+        return self.target.likelihood
+
+    @property
+    def prior(self):
+        """The target's prior (``None`` without one)."""
+        return self.target.prior
+
+    @property
+    def parameterization(self) -> Parameterization | None:
+        """The target's parameterization (``None``: ``m = x``)."""
+        return self.target.parameterization
 
     # -- objective ---------------------------------------------------------------------------
 
     def to_model(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``m = g(x)`` and ``log|det J_g(x)|`` ``[batch]``."""
-        if self.parameterization is None:
-            return x, _zero(x)
-        return self.parameterization(x)
+        return self.target.to_model(x)
 
     def loss_terms(self, batch_size: int, beta: float = 1.0) -> dict[str, torch.Tensor]:
         """Monte-Carlo estimate of the objective and its three terms (batch means).
@@ -99,15 +116,14 @@ class VariationalPosterior:
         ``beta`` tempers the target: ``beta · (misfit + prior) + log q_m``.
         """
         x, log_qx = self.flow.rsample_and_log_prob(batch_size)
-        m, logdet = self.to_model(x)
-        misfit = self.likelihood(m) if self.likelihood is not None else _zero(m)
-        prior = self.prior.negative_log(m) if self.prior is not None else _zero(m)
-        neg_entropy = log_qx - logdet
-        loss = beta * (misfit + prior) + neg_entropy
+        # full=False: a stochastic likelihood draws its shot subset (unbiased gradient).
+        t = self.target.terms(x, full=False)
+        neg_entropy = log_qx - t.logdet
+        loss = beta * (t.misfit + t.prior) + neg_entropy
         return {
             "loss": loss.mean(),
-            "misfit": misfit.mean(),
-            "prior": prior.mean(),
+            "misfit": t.misfit.mean(),
+            "prior": t.prior.mean(),
             "neg_entropy": neg_entropy.mean(),
         }
 
@@ -153,34 +169,38 @@ class VariationalPosterior:
                 before it sharpens (it is mode-seeking otherwise).
             callback: called as ``callback(iteration, terms)`` after each step.
 
+        After the call :attr:`resumed_from` holds the iteration it resumed from (0 for
+        a fresh start), so ``iterations − resumed_from`` steps ran in this call.
+
         Raises:
             TrainingDivergedError: the loss or its gradient became NaN/inf; the
                 last checkpoint on disk is left as it was.
             CheckpointError: the checkpoint belongs to another run.
         """
-        iterations = check_int("iterations", iterations, minimum=1)
-        batch_size = check_int("batch_size", batch_size, minimum=1)
-        checkpoint_every = check_int("checkpoint_every", checkpoint_every, minimum=1)
+        iterations = check_positive_int("iterations", iterations)
+        batch_size = check_positive_int("batch_size", batch_size)
+        checkpoint_every = check_positive_int("checkpoint_every", checkpoint_every)
         temper_iterations = check_int("temper_iterations", temper_iterations, minimum=0)
-        if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-            raise InvalidArgumentError(f"lr must be a positive number, got {lr!r}")
-        if clip_grad is not None and not (
-            isinstance(clip_grad, (int, float)) and math.isfinite(clip_grad) and clip_grad > 0
-        ):
-            raise InvalidArgumentError(f"clip_grad must be a positive number, got {clip_grad!r}")
-        if not 0.0 < temper_start <= 1.0:
-            raise InvalidArgumentError(f"temper_start must lie in (0, 1], got {temper_start}")
+        lr = check_positive_scalar("lr", lr)
+        if clip_grad is not None:
+            clip_grad = check_positive_scalar("clip_grad", clip_grad)
+        temper_start = check_in_range("temper_start", temper_start, 0.0, 1.0, low_open=True)
+        lr_final = check_positive_scalar("lr_final", lr_final)
+        seed = check_int("seed", seed)
+        progress = check_bool("progress", progress)
         params = [p for p in self.flow.parameters() if p.requires_grad]
         if not params:
             raise InvalidArgumentError("the flow has no trainable parameters")
         optimizer = torch.optim.Adam(params, lr=lr)
         scheduler = _scheduler(lr_schedule, optimizer, iterations, lr_final)
-        run = {"seed": int(seed), "batch_size": batch_size, "iterations": iterations}
+        run = {"seed": seed, "batch_size": batch_size, "iterations": iterations}
 
-        start = 0
-        if checkpoint_path is not None and os.path.exists(checkpoint_path):
-            start = self._resume(checkpoint_path, optimizer, scheduler, run)
-        else:
+        resumed = checkpoint_path is not None and os.path.exists(checkpoint_path)
+        start = self._resume(checkpoint_path, optimizer, scheduler, run) if resumed else 0
+        # Callers (the applications) read where this fit started instead of opening
+        # the checkpoint themselves.
+        self.resumed_from = start
+        if not resumed:
             torch.manual_seed(seed)
             self.history = {k: [] for k in self.history}
 
@@ -314,7 +334,8 @@ class VariationalPosterior:
     @torch.no_grad()
     def sample(self, n: int, chunk: int = 1024) -> torch.Tensor:
         """``[n, *model_shape]`` posterior samples ``m = g(T(z))`` (no PDE solves)."""
-        n = check_int("n", n, minimum=1)
+        n = check_positive_int("n", n)
+        chunk = check_positive_int("chunk", chunk)
         out = []
         for i in range(0, n, chunk):
             x = self.flow.sample(min(chunk, n - i))
@@ -324,10 +345,8 @@ class VariationalPosterior:
     def log_prob(self, m: torch.Tensor) -> torch.Tensor:
         """``[batch]`` log-density of the approximate posterior over ``m`` (exact, via
         the flow's inverse; differentiable in ``m``)."""
-        if self.parameterization is None:
-            return self.flow.log_prob(m)
-        x = self.parameterization.inverse(m)
-        return self.flow.log_prob(x) - self.parameterization(x)[1]
+        x = self.target.to_latent(m)
+        return self.flow.log_prob(x) - self.target.to_model(x)[1]
 
     def as_prior(self) -> Prior:
         """The trained posterior as a prior (``negative_log = −log q``) for a related
@@ -342,21 +361,18 @@ class VariationalPosterior:
 
 
 def _scheduler(spec, optimizer, iterations: int, lr_final: float):
-    if spec is None or spec == "constant":
+    if spec is None or callable(spec):
+        return None if spec is None else spec(optimizer)
+    check_choice("lr_schedule", spec, _SCHEDULES)
+    if spec == "constant":
         return None
-    if callable(spec):
-        return spec(optimizer)
     if spec == "cosine":
         lr0 = optimizer.param_groups[0]["lr"]
         return torch.optim.lr_scheduler.CosineAnnealingLR(
             optimizer, T_max=iterations, eta_min=lr0 * lr_final
         )
-    if spec == "exponential":
-        return torch.optim.lr_scheduler.ExponentialLR(
-            optimizer, gamma=lr_final ** (1.0 / max(iterations, 1))
-        )
-    raise InvalidArgumentError(
-        f"lr_schedule must be one of {_SCHEDULES}, a callable or None, got {spec!r}"
+    return torch.optim.lr_scheduler.ExponentialLR(
+        optimizer, gamma=lr_final ** (1.0 / max(iterations, 1))
     )
 
 

@@ -1,4 +1,4 @@
-"""MALA, SGLD and MAP baselines against closed-form posteriors."""
+"""MALA and SGLD (devito_uq.inference.mcmc) against closed-form posteriors."""
 
 import pytest
 import torch
@@ -9,9 +9,10 @@ from devito_uq.inference import (
     SGLD,
     GaussianPrior,
     Parameterization,
+    RingMixture,
     linear_gaussian_problem,
-    map_estimate,
 )
+from devito_uq.inference.problems import ring_mode_fractions, ring_modes_covered
 
 
 @pytest.fixture(scope="module")
@@ -73,41 +74,16 @@ def test_mala_bounded_parameterization_samples_truncated_normal():
     assert float(r.samples.min()) > 0.0 and float(r.samples.max()) < 1.0
 
 
-@pytest.mark.parametrize("method,iterations,lr", [("lbfgs", 50, 1.0), ("adam", 3000, 0.05)])
-def test_map_is_posterior_mean_for_linear_gaussian(problem, method, iterations, lr):
-    res = map_estimate(
-        problem.likelihood(),
-        problem.prior,
-        torch.zeros(32),
-        method=method,
-        iterations=iterations,
-        lr=lr,
-    )
-    err = float(
-        (res.model.double() - problem.posterior_mean).norm() / problem.posterior_mean.norm()
-    )
-    assert err < 1e-3  # float32 round-off
-    assert res.history[-1] <= res.history[0]
-
-
-def test_map_with_bounds_is_mode_of_m():
-    """Interior mode (0.8, 0.3) in the box: the search on x must not add the Jacobian of g
-    (the mode of the latent density would be pulled towards the box centre)."""
-    prior = GaussianPrior(torch.tensor([0.8, 0.3], dtype=torch.float64), covariance=0.04)
-    g = Parameterization(torch.tensor([0.5, 0.5], dtype=torch.float64), lower=0.0, upper=1.0)
-    x0 = torch.tensor([0.5, 0.5], dtype=torch.float64)
-    res = map_estimate(None, prior, x0, parameterization=g, iterations=100)
-    torch.testing.assert_close(res.model, prior.mean, atol=1e-6, rtol=0)
-
-
 def test_mcmc_errors(problem):
     lik = problem.likelihood()
-    with pytest.raises(InvalidArgumentError, match="step_size must be a positive finite number"):
+    with pytest.raises(InvalidArgumentError, match=r"step_size=-1.0 must be finite and positive"):
         MALA(lik, problem.prior, step_size=-1.0)
-    with pytest.raises(InvalidArgumentError, match=r"target_acceptance must lie in \(0, 1\)"):
+    with pytest.raises(InvalidArgumentError, match=r"target_acceptance=1.5 must lie in \(0, 1\)"):
         MALA(lik, problem.prior, target_acceptance=1.5)
-    with pytest.raises(InvalidArgumentError, match=r"decay must lie in \[0, 1\], got 2"):
+    with pytest.raises(InvalidArgumentError, match=r"decay=2.0 must lie in \[0, 1\]"):
         SGLD(lik, problem.prior, decay=2.0)
+    with pytest.raises(InvalidArgumentError, match=r"n_chains=2.5 must be an integer"):
+        MALA(lik, problem.prior).run(10, n_chains=2.5, x0=torch.zeros(1, 32), progress=False)
     mala = MALA(lik, problem.prior)
     with pytest.raises(InvalidArgumentError, match="x0 is required without a parameterization"):
         mala.run(10, n_chains=2, progress=False)
@@ -117,5 +93,12 @@ def test_mcmc_errors(problem):
         mala.run(3, x0=torch.zeros(1, 32), thin=5, progress=False)
     with pytest.raises(InvalidArgumentError, match=r"MALA.summary\(\) needs a run\(\) first"):
         mala.summary()
-    with pytest.raises(InvalidArgumentError, match="method must be one of"):
-        map_estimate(lik, problem.prior, torch.zeros(32), method="newton")
+
+
+def test_mala_visits_every_mode_of_the_ring():
+    """Many short chains from a broad cloud: every one of the 20 ring modes gets its share."""
+    x0 = 1.5 * torch.randn(200, 2, generator=torch.Generator().manual_seed(0))
+    r = MALA(prior=RingMixture(), step_size=0.05).run(
+        400, n_chains=200, x0=x0, burn_in=100, thin=10, seed=0, progress=False
+    )
+    assert ring_modes_covered(ring_mode_fractions(r.flat()))

@@ -1,0 +1,58 @@
+"""Applications: one package per experiment, all the same shape.
+
+Each application ``devito_uq.apps.<name>`` holds
+
+* ``config.py``  — a dataclass of every knob, with ``validate()`` (through
+  :mod:`devito_uq.validation`) and the help text of each field in its metadata;
+* ``problem.py`` — data, likelihood, prior, parameterization and flow assembly;
+* ``run.py``     — orchestration: caches, metrics, ``summary.json``;
+* ``figures.py`` — the PNG figures;
+
+and declares its ``devito-uq`` sub-commands as a module-level ``COMMANDS`` tuple of
+:class:`Command`. The CLI discovers every package here and builds each command's
+options from its config dataclass, so a new application needs no edit elsewhere.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from dataclasses import dataclass
+
+__all__ = ["Command", "commands"]
+
+
+@dataclass(frozen=True)
+class Command:
+    """One ``devito-uq`` sub-command.
+
+    Attributes:
+        name: the sub-command (``devito-uq <name>``).
+        help: one line for ``devito-uq --help``.
+        config: the application's config dataclass (options come from its fields).
+        preset: name of the classmethod of ``config`` giving the default schedule.
+        run: ``"module:function"`` called as ``function(config, out, resume=,
+            progress=, figures=)``, imported only when the command runs.
+        default_out: output folder when ``--out`` is not given.
+        full_preset: classmethod selected by ``--full`` (``None``: no such flag).
+        report_keys: summary entries printed on success.
+    """
+
+    name: str
+    help: str
+    config: type
+    preset: str
+    run: str
+    default_out: str
+    full_preset: str | None = None
+    report_keys: tuple[str, ...] = ()
+
+
+def commands() -> list[Command]:
+    """Every sub-command declared by the application packages, in name order."""
+    found: list[Command] = []
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
+        if info.ispkg:
+            module = importlib.import_module(f"{__name__}.{info.name}")
+            found.extend(getattr(module, "COMMANDS", ()))
+    return sorted(found, key=lambda c: c.name)

@@ -1,0 +1,142 @@
+"""Every knob of the Sleipner AVP experiment, validated in one place.
+
+Each field carries its help text in ``metadata["help"]``: the ``devito-uq avp`` and
+``devito-uq demo`` options are generated from these fields (:mod:`devito_uq.cli`),
+so a new knob is one line here. Fields with ``metadata["cli"] = False`` are not
+offered on the command line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from devito_uq.errors import InvalidArgumentError
+from devito_uq.validation import (
+    check_choice,
+    check_in_range,
+    check_int,
+    check_nonnegative_int,
+    check_positive_int,
+    check_positive_scalar,
+    check_scalar,
+    check_tuple,
+)
+
+__all__ = ["AVPConfig"]
+
+
+def _knob(default: Any, help: str, cli: bool = True) -> Any:
+    return field(default=default, metadata={"help": help, "cli": cli})
+
+
+@dataclass
+class AVPConfig:
+    """Every knob of the experiment; :meth:`full` is the original schedule.
+
+    Units: angles in degrees, times in ms, frequencies in Hz, squared slowness in
+    s²/km². ``iterations`` are VI steps of ``batch_size`` flow samples each.
+    """
+
+    angle_min: float = _knob(12.8, "smallest incidence angle, degrees")
+    angle_max: float = _knob(32.0, "largest incidence angle, degrees")
+    n_angles: int = _knob(7, "number of incidence angles (ray parameters)")
+    t1: float = _knob(400.0, "record length, ms")
+    dt: float = _knob(0.5, "time step, ms")
+    corners: tuple[float, float, float, float] = _knob(
+        (5.0, 30.0, 50.0, 80.0), "band-pass corner frequencies f1 f2 f3 f4, Hz"
+    )
+    snr_db: float = _knob(0.0, "SNR of the noise relative to the scattered data, dB")
+    prior_strength: float = _knob(
+        1e-2, "σ_p² / ‖D m_true‖² of the smoothness prior (the original used 1e-3)"
+    )
+    scale: float = _knob(0.02, "latent scale of the parameterization, s²/km²")
+    lower: float = _knob(1.0 / 9.0, "lower bound of m, s²/km² (1/9: v ≤ 3 km/s)")
+    flow_steps: int = _knob(5, "HINT steps")
+    flow_hidden: int = _knob(64, "HINT conditioner width")
+    flow_leaf: int = _knob(32, "HINT recursion leaf size")
+    iterations: int = _knob(32768, "VI iterations")
+    batch_size: int = _knob(8, "flow samples per VI iteration")
+    lr: float = _knob(1e-3, "Adam learning rate")
+    lr_decay: float = _knob(0.9, "learning-rate factor every lr_decay_every iterations")
+    lr_decay_every: int = _knob(1024, "iterations per lr_decay factor")
+    checkpoint_every: int = _knob(
+        0, "VI checkpoint interval in iterations (0: 2% of the run, at least 100)"
+    )
+    map_iterations: int = _knob(100, "L-BFGS iterations of the MAP estimate")
+    mala_chains: int = _knob(8, "parallel MALA chains")
+    mala_steps: int = _knob(20000, "MALA steps per chain after burn-in")
+    mala_burn_in: int = _knob(2000, "MALA burn-in steps")
+    mala_thin: int = _knob(10, "keep every n-th MALA draw")
+    mala_step_size: float = _knob(0.05, "initial MALA step (latent units²)")
+    n_samples: int = _knob(1024, "VI posterior samples drawn for the summary")
+    seed: int = _knob(1, "noise, flow and chain seed")
+    dtype: str = _knob("float32", "floating-point type (float32 or float64)")
+    label: str = _knob("full", "schedule name written to summary.json", cli=False)
+    extra: dict = field(default_factory=dict, metadata={"help": "free-form notes", "cli": False})
+
+    @classmethod
+    def full(cls, **overrides: Any) -> AVPConfig:
+        """The original schedule: 32,768 VI iterations, a 20,000-step MALA reference."""
+        return cls(**overrides)
+
+    @classmethod
+    def short(cls, **overrides: Any) -> AVPConfig:
+        """``make demo``'s schedule (< 5 min on 2 cores): 2,000 VI iterations at a
+        faster-decaying 2·10⁻³ rate and 2,500 MALA steps of 8 chains."""
+        base = dict(
+            iterations=2000,
+            lr=2e-3,
+            lr_decay=0.5,
+            lr_decay_every=1000,
+            map_iterations=60,
+            mala_steps=2000,
+            mala_burn_in=500,
+            mala_thin=5,
+            label="short",
+        )
+        base.update(overrides)
+        return cls(**base)
+
+    def validate(self) -> AVPConfig:
+        """Raise :class:`InvalidArgumentError` naming the first bad value; return ``self``."""
+        for name in ("angle_min", "angle_max"):
+            check_in_range(name, getattr(self, name), 0.0, 90.0, low_open=True, high_open=True)
+        if self.angle_min > self.angle_max:
+            raise InvalidArgumentError(
+                f"angle_min={self.angle_min} must not exceed angle_max={self.angle_max}"
+            )
+        for name in (
+            "n_angles",
+            "flow_steps",
+            "flow_hidden",
+            "flow_leaf",
+            "iterations",
+            "batch_size",
+            "lr_decay_every",
+            "map_iterations",
+            "mala_chains",
+            "mala_steps",
+            "mala_thin",
+        ):
+            check_positive_int(name, getattr(self, name))
+        check_nonnegative_int("mala_burn_in", self.mala_burn_in)
+        check_nonnegative_int("checkpoint_every", self.checkpoint_every)
+        check_int("n_samples", self.n_samples, minimum=2)  # a std needs two samples
+        check_int("seed", self.seed)
+        if self.mala_steps < self.mala_thin:
+            raise InvalidArgumentError(
+                f"mala_thin={self.mala_thin} must not exceed mala_steps={self.mala_steps}"
+            )
+        for name in ("t1", "dt", "prior_strength", "scale", "lower", "lr", "mala_step_size"):
+            check_positive_scalar(name, getattr(self, name))
+        check_scalar("snr_db", self.snr_db)
+        check_in_range("lr_decay", self.lr_decay, 0.0, 1.0, low_open=True)
+        check_tuple("corners", self.corners, 4, positive=True)
+        check_choice("dtype", self.dtype, ("float32", "float64"))
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-data copy (written to ``summary.json`` and stored in the caches)."""
+        return dataclasses.asdict(self)

@@ -1,0 +1,299 @@
+"""Run the Sleipner AVP experiment: MAP, MALA and VI on one data set, then the summary.
+
+Files in the output folder:
+
+* ``vi_checkpoint.pt`` — VI's checkpoint (written by :meth:`VariationalPosterior.fit`);
+* ``map_mala.pt`` — the MAP estimate and the MALA draws, with the configuration they
+  were made with, reused by ``resume=True`` only under the same configuration;
+* ``posterior_samples.pt``, ``summary.json`` and the figures.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from devito_uq.apps.avp.config import AVPConfig
+from devito_uq.apps.avp.problem import AVPProblem, build_problem, make_flow
+from devito_uq.errors import CheckpointError
+from devito_uq.inference import (
+    MALA,
+    PosteriorSummary,
+    VariationalPosterior,
+    map_estimate,
+    summarize,
+)
+from devito_uq.io.checkpoint import load_checkpoint, save_checkpoint
+
+__all__ = ["AVPResults", "run_avp", "train_vi", "vi_checkpoint_every"]
+
+#: Fields that change only the VI run or what is written: a MAP/MALA cache made
+#: under other values of these is still valid.
+_NOT_IN_BASELINES = frozenset(
+    {
+        "flow_steps",
+        "flow_hidden",
+        "flow_leaf",
+        "iterations",
+        "batch_size",
+        "lr",
+        "lr_decay",
+        "lr_decay_every",
+        "checkpoint_every",
+        "n_samples",
+        "label",
+        "extra",
+    }
+)
+_CACHE_KEYS = ("config", "map", "mala", "info", "timings", "solves")
+
+
+@dataclass
+class AVPResults:
+    """What the three methods produced, for the summary and the figures.
+
+    ``m_map`` ``[nz]``; ``vi_samples`` / ``mala_samples`` ``[n, nz]`` (s²/km²);
+    ``d_mean`` / ``d_background`` ``[p, nt]``, the data of the VI mean and of the
+    background model.
+    """
+
+    m_map: torch.Tensor
+    vi_samples: torch.Tensor
+    mala_samples: torch.Tensor
+    vi_summary: PosteriorSummary
+    mala_summary: PosteriorSummary
+    history: dict[str, list[float]]
+    d_mean: torch.Tensor
+    d_background: torch.Tensor
+
+
+def _plain(config: dict[str, Any]) -> dict[str, Any]:
+    # Tuples and lists compare unequal; JSON gives both one spelling.
+    return json.loads(json.dumps(config))
+
+
+def _load_baselines(path: str, config: AVPConfig) -> dict[str, Any]:
+    """The cached MAP/MALA, refused (naming the key) if made under another config."""
+    state = load_checkpoint(path, required=_CACHE_KEYS)
+    saved, now = _plain(state["config"]), _plain(config.to_dict())
+    for key in sorted((saved.keys() | now.keys()) - _NOT_IN_BASELINES):
+        if saved.get(key) != now.get(key):
+            raise CheckpointError(
+                f"cache {path!r} was made with {key}={saved.get(key)!r}, this run has "
+                f"{key}={now.get(key)!r}; run without resume to recompute it"
+            )
+    return state
+
+
+def _run_baselines(problem: AVPProblem, config: AVPConfig, progress: bool) -> dict[str, Any]:
+    """MAP by L-BFGS, then MALA started at the MAP; with timings and solve counts."""
+    op = problem.operator
+    target = problem.target
+    t0, s0 = time.perf_counter(), op.n_solves
+    m_map = map_estimate(
+        target,
+        x0=problem.m_background.to(problem.data.dtype),
+        method="lbfgs",
+        iterations=config.map_iterations,
+        progress=progress,
+    ).model
+    timings = {"map": time.perf_counter() - t0}
+    solves = {"map": op.n_solves - s0}
+    t0, s0 = time.perf_counter(), op.n_solves
+    # Start every chain at the MAP: the reference then needs a short burn-in only.
+    res = MALA(target, step_size=config.mala_step_size).run(
+        config.mala_steps,
+        n_chains=config.mala_chains,
+        x0=m_map,
+        burn_in=config.mala_burn_in,
+        thin=config.mala_thin,
+        seed=config.seed,
+        progress=progress,
+    )
+    timings["mala"], solves["mala"] = time.perf_counter() - t0, op.n_solves - s0
+    mala = res.flat()
+    info = {
+        "acceptance_rate": res.acceptance_rate,
+        "step_size": res.step_size,
+        "chains": config.mala_chains,
+        "steps": config.mala_steps,
+        "burn_in": config.mala_burn_in,
+        "kept_draws": int(mala.shape[0]),
+        # Geyer's estimator needs a few draws per chain; tiny test runs have none.
+        "min_effective_sample_size": (
+            float(res.effective_sample_size().min()) if res.samples.shape[0] >= 4 else None
+        ),
+    }
+    return {"map": m_map, "mala": mala, "info": info, "timings": timings, "solves": solves}
+
+
+def vi_checkpoint_every(config: AVPConfig) -> int:
+    """VI checkpoint interval: the configured one, or 2 % of the run (at least 100)."""
+    return config.checkpoint_every or max(100, config.iterations // 50)
+
+
+def train_vi(
+    problem: AVPProblem,
+    config: AVPConfig,
+    checkpoint_path: str | os.PathLike,
+    progress: bool = True,
+    callback=None,
+) -> VariationalPosterior:
+    """Train the HINT flow by VI, resuming from ``checkpoint_path`` if it exists."""
+    torch.manual_seed(config.seed)  # the flow's initial weights
+    flow = make_flow(config, problem.m_true.numel())
+    vi = VariationalPosterior(flow, problem.target)
+    gamma = config.lr_decay ** (1.0 / config.lr_decay_every)
+
+    def schedule(opt: torch.optim.Optimizer):
+        # The original's ExpDecay: ×lr_decay every lr_decay_every steps, applied smoothly.
+        return torch.optim.lr_scheduler.ExponentialLR(opt, gamma=gamma)
+
+    vi.fit(
+        config.iterations,
+        batch_size=config.batch_size,
+        lr=config.lr,
+        lr_schedule=schedule,
+        checkpoint_path=checkpoint_path,
+        checkpoint_every=vi_checkpoint_every(config),
+        seed=config.seed,
+        progress=progress,
+        callback=callback,
+    )
+    return vi
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.linalg.norm(a.double() - b.double()) / torch.linalg.norm(b.double()))
+
+
+def _inside(summary: PosteriorSummary, truth: torch.Tensor) -> float:
+    """Fraction of depths whose true value lies in the 90 % equal-tailed interval."""
+    lo, hi = summary.credible_interval(0.9)
+    return ((truth >= lo) & (truth <= hi)).double().mean().item()
+
+
+def run_avp(
+    config: AVPConfig,
+    out: str | os.PathLike,
+    resume: bool = False,
+    progress: bool = True,
+    figures: bool = True,
+) -> dict[str, Any]:
+    """Run MAP, VI (HINT flow) and MALA on the Sleipner data; write ``out``.
+
+    Args:
+        config: the schedule (:meth:`AVPConfig.short` or :meth:`AVPConfig.full`).
+        out: output folder (created): ``summary.json``, figures, ``vi_checkpoint.pt``,
+            ``map_mala.pt``, ``posterior_samples.pt``.
+        resume: continue VI from ``out/vi_checkpoint.pt`` (same seed and schedule)
+            and reuse the MAP/MALA of ``out/map_mala.pt`` (same configuration);
+            otherwise start afresh.
+        progress: tqdm bars.
+        figures: write the PNG figures.
+
+    Returns:
+        The summary dictionary also written to ``out/summary.json``.
+
+    Raises:
+        CheckpointError: with ``resume``, a checkpoint or cache of another run.
+    """
+    config.validate()
+    out = os.fspath(out)
+    os.makedirs(out, exist_ok=True)
+    ckpt = os.path.join(out, "vi_checkpoint.pt")
+    cache = os.path.join(out, "map_mala.pt")
+    if not resume:
+        for path in (ckpt, cache):
+            if os.path.exists(path):
+                os.remove(path)
+    t_start = time.perf_counter()
+    torch.manual_seed(config.seed)
+    problem = build_problem(config)
+    op = problem.operator
+    timings: dict[str, float] = {"setup": time.perf_counter() - t_start}
+    solves: dict[str, int] = {"setup": op.n_solves}
+
+    if resume and os.path.exists(cache):
+        base = _load_baselines(cache, config)
+    else:
+        base = _run_baselines(problem, config, progress)
+        save_checkpoint(cache, {"config": config.to_dict(), **base})
+    timings.update(base["timings"])
+    solves.update(base["solves"])
+
+    t0, s0 = time.perf_counter(), op.n_solves
+    vi = train_vi(problem, config, ckpt, progress)
+    timings["vi"], solves["vi"] = time.perf_counter() - t0, op.n_solves - s0
+    vi_iters_run = config.iterations - vi.resumed_from
+    t0 = time.perf_counter()
+    vi_samples = vi.sample(config.n_samples)
+    timings["vi_sampling"] = time.perf_counter() - t0
+
+    vi_sum, mala_sum = summarize(vi_samples.double()), summarize(base["mala"].double())
+    with torch.no_grad():
+        d_mean = op(vi_sum.mean.to(problem.data.dtype))
+        d_bg = op(problem.m_background.to(problem.data.dtype))
+    results = AVPResults(
+        base["map"], vi_samples, base["mala"], vi_sum, mala_sum, vi.history, d_mean, d_bg
+    )
+    m_true, m_bg = problem.m_true, problem.m_background
+    inside = _inside(vi_sum, m_true)
+    std_rel = ((vi_sum.std - mala_sum.std).abs() / mala_sum.std).mean().item()
+    history = vi.history
+    summary = {
+        "experiment": "Sleipner AVP (Rizzuti et al., SEG 2020)",
+        "schedule": config.label,
+        "relative_error": {
+            "background": _rel(m_bg, m_true),
+            "map": _rel(base["map"], m_true),
+            "vi_posterior_mean": _rel(vi_sum.mean, m_true),
+            "mala_posterior_mean": _rel(mala_sum.mean, m_true),
+        },
+        "truth_inside_90pct_interval": {"vi": inside, "mala": _inside(mala_sum, m_true)},
+        "vi_std_vs_mala_std_mean_relative_difference": std_rel,
+        "mean_std": {"vi": float(vi_sum.std.mean()), "mala": float(mala_sum.std.mean())},
+        "data_relative_misfit_of_vi_mean": _rel(d_mean, problem.data),
+        "noise_sigma": problem.sigma,
+        "ray_parameters_s_per_km": [float(v) for v in problem.ray_parameters],
+        "vi": {
+            "iterations": config.iterations,
+            "iterations_this_run": vi_iters_run,
+            "resumed_from": vi.resumed_from,
+            "batch_size": config.batch_size,
+            "seconds_per_iteration": timings["vi"] / max(vi_iters_run, 1),
+            "final_loss": history["loss"][-1] if history["loss"] else None,
+        },
+        "mala": base["info"],
+        "wall_time_s": time.perf_counter() - t_start,
+        "time_s": timings,
+        "pde_solves": {
+            "total": sum(solves.values()),
+            "by_phase": solves,
+            "unit": "one 1D solve = one model × one ray parameter, forward or adjoint",
+        },
+        "config": config.to_dict(),
+    }
+    summary["targets"] = {
+        "posterior_mean_closer_than_background": summary["relative_error"]["vi_posterior_mean"]
+        < summary["relative_error"]["background"],
+        "truth_inside_90pct_at_least_80pct": inside >= 0.8,
+        "vi_std_within_30pct_of_mala": std_rel <= 0.3,
+        "full_run_extrapolated_minutes": 32768 * summary["vi"]["seconds_per_iteration"] / 60.0,
+    }
+    torch.save(
+        {"vi": vi_samples, "mala": base["mala"], "map": base["map"]},
+        os.path.join(out, "posterior_samples.pt"),
+    )
+    if figures:
+        from devito_uq.apps.avp.figures import write_figures
+
+        write_figures(out, problem, results)
+    with open(os.path.join(out, "summary.json"), "w") as fh:
+        json.dump(summary, fh, indent=2)
+    return summary

@@ -1,0 +1,192 @@
+r"""The posterior target: likelihood, prior and parameterization as one object.
+
+Every sampler in :mod:`devito_uq.inference` works on an unconstrained latent ``x``
+with models ``m = g(x)`` (:class:`~devito_uq.inference.Parameterization`, identity
+without one) and the negative log posterior
+
+.. math::
+    U(x) = \underbrace{\Phi(g(x))}_{\text{misfit}} + \underbrace{R(g(x))}_{\text{prior}}
+        \; [\, - \log|\det J_g(x)| \,],
+
+the bracket present when ``x`` is to be *sampled* (MALA, SGLD: the chain on ``x``
+must target :math:`p(g(x))\,|\det J_g(x)|`) and absent when the *mode of m* is
+sought (MAP). Variational inference needs the three terms apart
+(:meth:`PosteriorTarget.terms`) to log them and to temper the misfit and prior.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from devito_uq.errors import InvalidArgumentError
+from devito_uq.inference.parameterization import Parameterization
+
+__all__ = ["PosteriorTarget", "TargetTerms", "as_target"]
+
+
+@dataclass
+class TargetTerms:
+    """Per-sample pieces of :math:`U` at a batch of latents, all ``[batch]`` but ``model``.
+
+    Attributes:
+        model: ``[batch, *model_shape]`` ``m = g(x)``.
+        misfit: negative log-likelihood Φ(m) (zeros without a likelihood).
+        prior: negative log-prior R(m) (zeros without a prior).
+        logdet: ``log|det J_g(x)|`` (zeros without a parameterization).
+    """
+
+    model: torch.Tensor
+    misfit: torch.Tensor
+    prior: torch.Tensor
+    logdet: torch.Tensor
+
+
+def _takes_full(likelihood: Any) -> bool:
+    """Whether ``likelihood`` accepts ``full=`` (a stochastic :class:`GaussianLikelihood`)."""
+    fn = likelihood.forward if isinstance(likelihood, torch.nn.Module) else likelihood
+    try:
+        return "full" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # builtins without a signature
+        return False
+
+
+class PosteriorTarget:
+    """Negative log posterior over the latent ``x`` of ``m = g(x)``, batched.
+
+    Args:
+        likelihood: negative log-likelihood ``m [batch, *model_shape] -> [batch]``
+            (e.g. :class:`~devito_uq.inference.GaussianLikelihood`, any callable), or
+            ``None``.
+        prior: object with ``negative_log(m) -> [batch]`` (any
+            :class:`~devito_uq.inference.Prior`), or ``None``. At least one of the two.
+        parameterization: :class:`~devito_uq.inference.Parameterization` ``m = g(x)``
+            (``None``: ``m = x``).
+
+    The triple is validated here, once, for every sampler that uses it.
+    """
+
+    def __init__(
+        self,
+        likelihood: Callable[..., torch.Tensor] | None = None,
+        prior: Any | None = None,
+        parameterization: Parameterization | None = None,
+    ) -> None:
+        if likelihood is None and prior is None:
+            raise InvalidArgumentError("give a likelihood, a prior or both; got neither")
+        if likelihood is not None and not callable(likelihood):
+            raise InvalidArgumentError(
+                f"likelihood must be callable, got {type(likelihood).__name__}"
+            )
+        if prior is not None and not callable(getattr(prior, "negative_log", None)):
+            raise InvalidArgumentError(
+                f"prior must provide negative_log(m), got {type(prior).__name__}"
+            )
+        if parameterization is not None and not isinstance(parameterization, Parameterization):
+            raise InvalidArgumentError(
+                "parameterization must be a Parameterization, "
+                f"got {type(parameterization).__name__}"
+            )
+        self.likelihood = likelihood
+        self.prior = prior
+        self.parameterization = parameterization
+        self._full = likelihood is not None and _takes_full(likelihood)
+
+    @property
+    def model_shape(self) -> tuple[int, ...] | None:
+        """Shape of one model (known only through a parameterization)."""
+        return None if self.parameterization is None else self.parameterization.model_shape
+
+    # -- the change of variables ---------------------------------------------------------
+
+    def to_model(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``m = g(x)`` ``[batch, *model_shape]`` and ``log|det J_g(x)|`` ``[batch]``."""
+        if self.parameterization is None:
+            return x, x.new_zeros(x.shape[0])
+        return self.parameterization(x)
+
+    def to_latent(self, m: torch.Tensor) -> torch.Tensor:
+        """``x = g⁻¹(m)`` for models ``[batch, *model_shape]`` inside the bounds."""
+        return m if self.parameterization is None else self.parameterization.inverse(m)
+
+    # -- the terms ---------------------------------------------------------------------------
+
+    def misfit(self, m: torch.Tensor, full: bool = True) -> torch.Tensor:
+        """``[batch]`` Φ(m); ``full=False`` lets a likelihood use a random shot subset."""
+        if self.likelihood is None:
+            return m.new_zeros(m.shape[0])
+        return self.likelihood(m, full=full) if self._full else self.likelihood(m)
+
+    def prior_value(self, m: torch.Tensor) -> torch.Tensor:
+        """``[batch]`` R(m)."""
+        if self.prior is None:
+            return m.new_zeros(m.shape[0])
+        return self.prior.negative_log(m)
+
+    def terms(self, x: torch.Tensor, full: bool = True) -> TargetTerms:
+        """Model, misfit, prior and log-determinant at latents ``x`` ``[batch, ...]``."""
+        m, logdet = self.to_model(x)
+        return TargetTerms(m, self.misfit(m, full=full), self.prior_value(m), logdet)
+
+    # -- the potential ------------------------------------------------------------------------
+
+    def value(self, x: torch.Tensor, jacobian: bool = True, full: bool = True) -> torch.Tensor:
+        """``[batch]`` ``U(x)``.
+
+        Args:
+            jacobian: subtract ``log|det J_g|`` (sampling ``x``: yes; mode of ``m``: no).
+            full: every shot (exact value, MALA/MAP) or, ``False``, the likelihood's
+                stochastic shot subset (SGLD).
+        """
+        t = self.terms(x, full=full)
+        u = t.misfit + t.prior
+        return u - t.logdet if jacobian else u
+
+    __call__ = value
+
+    def value_and_grad(
+        self, x: torch.Tensor, jacobian: bool = True, full: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``U(x)`` ``[batch]`` and ``∇U(x)`` ``[batch, *shape]``, both detached.
+
+        Samples are independent, so the gradient of the batch sum is the batch of
+        per-sample gradients.
+        """
+        with torch.enable_grad():
+            xg = x.detach().requires_grad_(True)
+            u = self.value(xg, jacobian=jacobian, full=full)
+            (g,) = torch.autograd.grad(u.sum(), xg)
+        return u.detach(), g.detach()
+
+    def __repr__(self) -> str:
+        parts = (
+            ("likelihood", self.likelihood),
+            ("prior", self.prior),
+            ("parameterization", self.parameterization),
+        )
+        inner = ", ".join(f"{k}={type(v).__name__}" for k, v in parts if v is not None)
+        return f"PosteriorTarget({inner})"
+
+
+def as_target(
+    likelihood: PosteriorTarget | Callable[..., torch.Tensor] | None,
+    prior: Any | None,
+    parameterization: Parameterization | None,
+) -> PosteriorTarget:
+    """A :class:`PosteriorTarget` from either a target or its three pieces.
+
+    Samplers take ``(likelihood, prior, parameterization)`` or a ready target in the
+    first position; a target together with a prior or parameterization is ambiguous.
+    """
+    if isinstance(likelihood, PosteriorTarget):
+        if prior is not None or parameterization is not None:
+            raise InvalidArgumentError(
+                "give either a PosteriorTarget or (likelihood, prior, parameterization), "
+                "not a target together with a prior or parameterization"
+            )
+        return likelihood
+    return PosteriorTarget(likelihood, prior, parameterization)

@@ -1,0 +1,115 @@
+"""GaussianLikelihood and sigma_from_snr (devito_uq.inference.likelihood)."""
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+from checks import slopes, taylor_test
+
+from devito_uq.errors import InvalidArgumentError, InvalidShapeError
+from devito_uq.inference import (
+    GaussianLikelihood,
+    MatrixOperator,
+    linear_gaussian_problem,
+    sigma_from_snr,
+)
+
+
+def _problem():
+    return linear_gaussian_problem(n=6, n_shots=4, rows_per_shot=3, dtype=torch.float64)
+
+
+def test_likelihood_matches_closed_form():
+    p = _problem()
+    lik = p.likelihood()
+    m = torch.randn(5, 6, dtype=torch.float64)
+    a = p.operator.matrix.reshape(12, 6)
+    expected = 0.5 / p.sigma**2 * ((p.data.reshape(12) - m @ a.T) ** 2).sum(1)
+    torch.testing.assert_close(lik(m), expected)
+
+
+def test_likelihood_gradient_taylor():
+    p = _problem()
+    lik = p.likelihood()
+    m0 = torch.randn(1, 6, dtype=torch.float64)
+    dm = torch.randn(1, 6, dtype=torch.float64)
+    h, e1, e2 = taylor_test(lambda m: lik(m).sum(), m0, dm, h0=1e-2)
+    assert np.all(np.abs(slopes(h, e1) - 1) < 0.1)
+    assert np.all(np.abs(slopes(h, e2) - 2) < 0.1)
+
+
+def test_shot_subsets_are_scaled_and_unbiased():
+    p = _problem()
+    full = p.likelihood()
+    lik = p.likelihood(shot_batch=2, seed=3)
+    m = torch.randn(3, 6, dtype=torch.float64)
+    # Average over every 2-shot subset equals the full likelihood exactly (N/n scaling).
+    total = torch.zeros(3, dtype=torch.float64)
+    subsets = list(itertools.combinations(range(4), 2))
+    for s in subsets:
+        r = lik.residual(m, torch.tensor(s))
+        total += 2.0 * 0.5 / p.sigma**2 * r.flatten(1).pow(2).sum(1)
+    torch.testing.assert_close(total / len(subsets), full(m))
+    # The random draws use 2 distinct shots, and full=True uses all of them.
+    shots = lik.draw_shots()
+    assert shots.shape == (2,) and len(set(shots.tolist())) == 2
+    torch.testing.assert_close(lik(m, full=True), full(m))
+    mc = torch.stack([lik(m) for _ in range(3000)]).mean(0)
+    torch.testing.assert_close(mc, full(m), rtol=0.05, atol=0)
+
+
+def test_sigma_from_snr_definition():
+    torch.manual_seed(1)
+    d = torch.randn(200, 100, dtype=torch.float64)
+    sigma = sigma_from_snr(d, 10.0)
+    assert sigma == pytest.approx(math.sqrt(float((d**2).mean()) / 10.0))
+    noise = sigma * torch.randn_like(d)
+    snr = 10 * math.log10(float((d**2).sum() / (noise**2).sum()))
+    assert snr == pytest.approx(10.0, abs=0.1)
+    lik = GaussianLikelihood(MatrixOperator(torch.eye(100, dtype=torch.float64)), d[0], snr_db=10)
+    assert lik.sigma == pytest.approx(sigma_from_snr(d[0], 10.0))
+
+
+def test_likelihood_error_sigma_and_snr():
+    with pytest.raises(InvalidArgumentError, match="exactly one of sigma and snr_db"):
+        GaussianLikelihood(torch.nn.Identity(), torch.ones(3), sigma=1.0, snr_db=10.0)
+    with pytest.raises(InvalidArgumentError, match="exactly one of sigma and snr_db"):
+        GaussianLikelihood(torch.nn.Identity(), torch.ones(3))
+
+
+def test_likelihood_error_bad_sigma():
+    with pytest.raises(InvalidArgumentError, match=r"sigma=-1.0 must be finite and positive"):
+        GaussianLikelihood(torch.nn.Identity(), torch.ones(3), sigma=-1.0)
+
+
+def test_likelihood_error_zero_data_snr():
+    with pytest.raises(InvalidArgumentError, match="data are all zero"):
+        GaussianLikelihood(torch.nn.Identity(), torch.zeros(3), snr_db=10.0)
+
+
+def test_likelihood_error_data_type():
+    with pytest.raises(InvalidArgumentError, match="floating-point torch.Tensor, got ndarray"):
+        GaussianLikelihood(torch.nn.Identity(), np.ones(3), sigma=1.0)
+
+
+def test_likelihood_error_operator_not_callable():
+    with pytest.raises(InvalidArgumentError, match="operator must be callable"):
+        GaussianLikelihood(3, torch.ones(3), sigma=1.0)
+
+
+def test_likelihood_error_shot_batch_range():
+    with pytest.raises(InvalidArgumentError, match=r"shot_batch=9 must be an integer <= 4"):
+        _problem().likelihood(shot_batch=9)
+
+
+def test_likelihood_error_operator_without_shots():
+    with pytest.raises(InvalidArgumentError, match="accepts shots=, but Identity does not"):
+        GaussianLikelihood(torch.nn.Identity(), torch.ones(4, 3), sigma=1.0, shot_batch=2)
+
+
+def test_likelihood_error_output_shape():
+    lik = GaussianLikelihood(torch.nn.Identity(), torch.ones(4), sigma=1.0)
+    with pytest.raises(InvalidShapeError, match=r"operator output \(2, 5\) does not match data"):
+        lik(torch.ones(2, 5))
