@@ -143,6 +143,21 @@ def test_second_call_compiles_nothing(op, monkeypatch):
     assert op.n_solves - before == 2 * 2 * 3  # forward + adjoint, 2 models × 3 p
 
 
+def test_solve_count_is_per_module(op):
+    """Equal modules share one compiled solver; each still counts only its own solves."""
+    p = ray_parameters_from_angles([10.0, 20.0, 30.0], v_min=2.0)
+    wavelet = bandpass_wavelet(121, 0.5, half_length=15.0)
+    twin = PlaneWaveModeling(p, nz=NZ, dz=DZ, t1=60.0, dt=0.5, wavelet=wavelet, nbl=20)
+    m = _layered(2, torch.float32)
+    with torch.no_grad():
+        op(m)
+        before = op.n_solves
+        twin(m)
+        twin(m)
+    assert twin._solver(2, np.float32) is op._solver(2, np.float32)
+    assert twin.n_solves == 2 * 2 * 3 and op.n_solves == before
+
+
 def test_backward_after_interleaved_forward(op):
     """The saved wavefield buffer is shared: a forward in between must not corrupt a gradient."""
     m1, m2 = _layered(2), _layered(2) * 1.05

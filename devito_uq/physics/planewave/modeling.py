@@ -20,8 +20,9 @@ References:
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -84,7 +85,8 @@ class _PlaneWaveFunction(torch.autograd.Function):
         dtype = check_dtype("m.dtype", m.dtype)
         solver = module._solver(m.shape[0], dtype)
         owner = new_owner()
-        out = solver.forward(_to_numpy(m, dtype), *module._inputs(dtype), owner=owner)
+        with module._counting(solver):
+            out = solver.forward(_to_numpy(m, dtype), *module._inputs(dtype), owner=owner)
         ctx.module, ctx.owner, ctx.dtype = module, owner, dtype
         ctx.save_for_backward(m)
         return torch.from_numpy(out).to(device=m.device)
@@ -95,12 +97,13 @@ class _PlaneWaveFunction(torch.autograd.Function):
         (m,) = ctx.saved_tensors
         solver = ctx.module._solver(m.shape[0], ctx.dtype)
         # Recomputes the forward if another call reused the wavefield buffer since.
-        g = solver.jacobian_adjoint(
-            _to_numpy(m, ctx.dtype),
-            *ctx.module._inputs(ctx.dtype),
-            _to_numpy(grad_out, ctx.dtype),
-            owner=ctx.owner,
-        )
+        with ctx.module._counting(solver):
+            g = solver.jacobian_adjoint(
+                _to_numpy(m, ctx.dtype),
+                *ctx.module._inputs(ctx.dtype),
+                _to_numpy(grad_out, ctx.dtype),
+                owner=ctx.owner,
+            )
         return torch.from_numpy(g).to(device=m.device), None
 
 
@@ -115,7 +118,8 @@ class _PlaneWaveBornFunction(torch.autograd.Function):
         m0 = module._background(batch, dtype)
         owner = module._owner(batch, dtype)
         args = module.modeling._inputs(dtype)
-        out = solver.jacobian(m0, _to_numpy(dm, dtype), *args, owner=owner)
+        with module.modeling._counting(solver):
+            out = solver.jacobian(m0, _to_numpy(dm, dtype), *args, owner=owner)
         ctx.module, ctx.dtype, ctx.batch, ctx.device = module, dtype, batch, dm.device
         return torch.from_numpy(out).to(device=dm.device)
 
@@ -124,12 +128,13 @@ class _PlaneWaveBornFunction(torch.autograd.Function):
     def backward(ctx, grad_out: torch.Tensor):
         module = ctx.module
         solver = module.modeling._solver(ctx.batch, ctx.dtype)
-        g = solver.jacobian_adjoint(
-            module._background(ctx.batch, ctx.dtype),
-            *module.modeling._inputs(ctx.dtype),
-            _to_numpy(grad_out, ctx.dtype),
-            owner=module._owner(ctx.batch, ctx.dtype),
-        )
+        with module.modeling._counting(solver):
+            g = solver.jacobian_adjoint(
+                module._background(ctx.batch, ctx.dtype),
+                *module.modeling._inputs(ctx.dtype),
+                _to_numpy(grad_out, ctx.dtype),
+                owner=module._owner(ctx.batch, ctx.dtype),
+            )
         return torch.from_numpy(g).to(device=ctx.device), None
 
 
@@ -204,6 +209,7 @@ class PlaneWaveModeling(torch.nn.Module):
         self._damping = damping * ramp
         self._solvers: dict[tuple, Any] = {}
         self._cached_inputs: dict[type, tuple] = {}
+        self._n_solves = 0
 
     # ------------------------------------------------------------------ plumbing
     def _solver(self, batch: int, dtype: type) -> Any:
@@ -237,10 +243,20 @@ class PlaneWaveModeling(torch.nn.Module):
             )
         return self._cached_inputs[dtype]
 
+    @contextlib.contextmanager
+    def _counting(self, solver: Any) -> Iterator[None]:
+        """Add the solves ``solver`` runs inside the block to this module's count (solvers
+        are shared by equal modules, so their own counters mix several modules)."""
+        before = solver.n_solves
+        try:
+            yield
+        finally:
+            self._n_solves += solver.n_solves - before
+
     @property
     def n_solves(self) -> int:
-        """Single-(model, p) PDE solves run by this module's solvers: forward, adjoint, Born."""
-        return sum(s.n_solves for s in self._solvers.values())
+        """Single-(model, p) PDE solves run for this module: forward, adjoint, Born."""
+        return self._n_solves
 
     @property
     def nz_extended(self) -> int:
