@@ -4,7 +4,6 @@ coupling steps, for images (``ndim=2``) or 1D signals (``ndim=1``)."""
 from __future__ import annotations
 
 from devito_uq.flows.couplings import AffineCoupling
-from devito_uq.flows.invertible import check_ndim
 from devito_uq.flows.layers import ActNorm, InvertibleConv1x1, Squeeze
 from devito_uq.flows.network import FlowNetwork, multiscale_layers
 from devito_uq.validation import check_nonnegative_int, check_positive_int
@@ -35,10 +34,8 @@ class Glow(FlowNetwork):
         clamp: float = 2.0,
         memory_frugal: bool | str = "auto",
     ) -> None:
-        check_positive_int("channels", channels)
         check_positive_int("hidden", hidden)
         check_nonnegative_int("cond_channels", cond_channels)
-        check_ndim(ndim, (1, 2), "Glow")
 
         def step(active):
             return [
@@ -47,5 +44,5 @@ class Glow(FlowNetwork):
                 AffineCoupling(active, hidden, ndim, cond_channels, clamp),
             ]
 
-        layers = multiscale_layers(channels, levels, steps, ndim, Squeeze, step)
+        layers = multiscale_layers(channels, levels, steps, ndim, Squeeze, step, "Glow")
         super().__init__(layers, channels, ndim, cond_channels, 2**levels, memory_frugal)

@@ -313,8 +313,6 @@ class MultiscaleHINT(FlowNetwork):
         leaf_size: int | None = None,
         memory_frugal: bool | str = "auto",
     ) -> None:
-        check_positive_int("channels", channels)
-        check_ndim(ndim, (1, 2), "MultiscaleHINT")
         # A spatial condition would not match the squeezed shapes; a vector one would.
         check_nonnegative_int("cond_channels", cond_channels)
         layers = multiscale_layers(
@@ -324,5 +322,6 @@ class MultiscaleHINT(FlowNetwork):
             ndim,
             HaarSqueeze,
             lambda a: _step(a, hidden, ndim, cond_channels, clamp, leaf_size),
+            "MultiscaleHINT",
         )
         super().__init__(layers, channels, ndim, cond_channels, 2**levels, memory_frugal)

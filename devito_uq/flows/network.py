@@ -11,7 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from devito_uq.errors import InvalidArgumentError
-from devito_uq.flows.invertible import InvertibleModule, InvertibleSequential, check_input
+from devito_uq.flows.invertible import (
+    InvertibleModule,
+    InvertibleSequential,
+    check_input,
+    check_ndim,
+)
 from devito_uq.flows.layers import Split
 from devito_uq.validation import check_nonnegative_int, check_positive_int
 
@@ -59,6 +64,7 @@ def multiscale_layers(
     ndim: int,
     squeeze: Callable[[int], InvertibleModule],
     step_factory: Callable[[int], list[InvertibleModule]],
+    who: str = "multiscale flow",
 ) -> list[InvertibleModule]:
     """Flat layer list of a multiscale flow (Dinh et al. 2017; Glow).
 
@@ -66,8 +72,11 @@ def multiscale_layers(
     ``step_factory(active_channels)`` to the active channels and, except at the last
     level, factors out half of them. Factored-out channels travel on unchanged, so the
     latent has the input's size: ``[batch, channels·f**levels, *(spatial / 2**levels)]``
-    with ``f = 2**ndim``.
+    with ``f = 2**ndim``. Checks the arguments the multiscale networks share (``who``
+    names the network in the messages).
     """
+    check_positive_int("channels", channels)
+    check_ndim(ndim, (1, 2), who)
     check_positive_int("levels", levels)
     check_positive_int("steps", steps)
     f = 2**ndim
