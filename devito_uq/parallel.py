@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 from devito_uq.errors import InvalidArgumentError, InvalidDtypeError
-from devito_uq.validation import check_positive_int
+from devito_uq.validation import check_bool, check_positive_int
 
 __all__ = [
     "world",
@@ -262,8 +262,8 @@ class ThreadPolicy:
     process; ``interop_threads``: torch inter-op threads, or None where torch had already
     started parallel work and refused the change; ``cores``: CPUs this process may run on;
     ``local_ranks``: processes sharing them; ``source``: ``"argument"``,
-    ``"OMP_NUM_THREADS"`` (respected as the user set it) or ``"cores"``
-    (``cores // local_ranks``).
+    ``"OMP_NUM_THREADS"`` (respected as the user set it) or ``"cores"`` (the free cores
+    divided among the local ranks).
     """
 
     threads: int
@@ -306,9 +306,14 @@ def local_rank_count(comm: Any = None) -> int:
     return 1
 
 
+# The OMP_NUM_THREADS value configure_threads last wrote: a later call recomputes instead of
+# taking its own earlier choice for the user's.
+_written_omp: str | None = None
+
+
 def _user_omp_threads() -> int | None:
     value = os.environ.get("OMP_NUM_THREADS", "").strip()
-    if not value:
+    if not value or value == _written_omp:
         return None
     if not value.isdigit() or int(value) < 1:
         raise InvalidArgumentError(
@@ -317,26 +322,42 @@ def _user_omp_threads() -> int | None:
     return int(value)
 
 
-def configure_threads(comm: Any = None, threads: int | None = None) -> ThreadPolicy:
+def _busy_cores() -> float:
+    """Runnable processes averaged over the last minute (0 where the OS does not say)."""
+    try:
+        return max(0.0, os.getloadavg()[0])
+    except (AttributeError, OSError):
+        return 0.0
+
+
+def configure_threads(
+    comm: Any = None, threads: int | None = None, use_load: bool = True
+) -> ThreadPolicy:
     """Set this process's torch and OpenMP thread counts from the cores it may use.
 
     Rule: ``threads`` if given; else ``OMP_NUM_THREADS`` if the user set it (kept as is);
-    else ``max(1, cores // local_ranks)``, where ``cores`` is the size of the process's
-    CPU affinity mask and ``local_ranks`` the number of ranks on this node
-    (:func:`local_rank_count`). When the mask is already smaller than the machine (a
-    launcher bound each rank to its own cores), the mask is this rank's share and is not
-    divided again. Then ``torch.set_num_threads(threads)``, inter-op threads likewise
-    where torch still allows it, and ``OMP_NUM_THREADS=threads`` in the environment,
-    which Devito reads when an operator first runs.
+    else ``max(1, free // local_ranks)``. ``cores`` is the size of the process's CPU
+    affinity mask, ``local_ranks`` the number of ranks on this node
+    (:func:`local_rank_count`) and ``free = min(cores, round(cores − load))`` with
+    ``load`` the 1-minute load average (``use_load=False``: ``free = cores``). When the
+    mask is smaller than the machine (a launcher bound each rank to its own cores), the
+    mask is this rank's share already and is not divided again. Then
+    ``torch.set_num_threads(threads)``, inter-op threads likewise where torch still allows
+    it, and ``OMP_NUM_THREADS=threads`` in the environment, which Devito reads when an
+    operator first runs.
 
     Call once per process, after MPI is up and before torch or Devito work starts (Devito
-    caches the thread count per operator). Returns the :class:`ThreadPolicy` it applied.
+    caches the thread count per operator; the load then does not yet count this job's own
+    ranks). Returns the :class:`ThreadPolicy` it applied.
 
     Why: torch and OpenMP default to one thread per core in every process, so N ranks on
-    N cores run N² threads; on the 2-core test machine a 40-dimensional VI fit took 5 s
-    per iteration with torch's default 2 threads next to two busy processes, 0.12 s with
-    1 (benchmarks/bench_threads.py).
+    N cores run N² threads, and a thread that waits at a barrier for a core that another
+    process holds costs a time slice per operation: on the 2-core test machine a
+    40-dimensional VI fit ran 10–100× slower with 2 threads than with 1 next to two busy
+    processes (benchmarks/bench_threads.py). A thread too few costs at most the speed-up
+    of that thread; a thread too many can cost far more, so the rule errs low.
     """
+    check_bool("use_load", use_load)
     cores = _available_cores()
     ranks = local_rank_count(comm)
     if threads is not None:
@@ -345,13 +366,15 @@ def configure_threads(comm: Any = None, threads: int | None = None) -> ThreadPol
     elif (user := _user_omp_threads()) is not None:
         n, source = user, "OMP_NUM_THREADS"
     else:
+        free = min(cores, round(cores - _busy_cores())) if use_load else cores
         bound = cores < (os.cpu_count() or cores)
-        n, source = max(1, cores if bound else cores // ranks), "cores"
+        n, source = max(1, free if bound else free // ranks), "cores"
     torch.set_num_threads(n)
     try:
         torch.set_num_interop_threads(n)
         interop: int | None = n
     except RuntimeError:  # parallel work has started (or it was set before): torch refuses
         interop = None
-    os.environ["OMP_NUM_THREADS"] = str(n)
+    global _written_omp
+    os.environ["OMP_NUM_THREADS"] = _written_omp = str(n)
     return ThreadPolicy(n, interop, cores, ranks, source)

@@ -354,10 +354,12 @@ def machine(monkeypatch):
     the environment starts without thread or launcher variables; torch threads restored."""
     for var in _THREAD_VARS:
         monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(parallel, "_written_omp", None)  # nothing written by earlier tests
     before = torch.get_num_threads()
 
-    def set_machine(cpus: int, affinity: int | None = None) -> None:
+    def set_machine(cpus: int, affinity: int | None = None, load: float = 0.0) -> None:
         monkeypatch.setattr(os, "cpu_count", lambda: cpus)
+        monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
         mask = set(range(cpus if affinity is None else affinity))
         monkeypatch.setattr(os, "sched_getaffinity", lambda pid: mask)
 
@@ -399,6 +401,13 @@ def test_configure_threads_respects_user_omp_and_argument(machine, monkeypatch):
     assert torch.get_num_threads() == 1 and os.environ["OMP_NUM_THREADS"] == "1"
 
 
+@pytest.mark.parametrize("load,want", [(0.4, 4), (1.0, 3), (2.6, 1), (9.0, 1)])
+def test_configure_threads_leaves_busy_cores_alone(machine, load, want):
+    machine(4, load=load)
+    assert configure_threads().threads == want
+    assert configure_threads(use_load=False).threads == 4
+
+
 def test_configure_threads_does_not_divide_a_bound_mask(machine, monkeypatch):
     # the launcher pinned this rank to 2 of 16 CPUs: those 2 are its share already
     machine(16, affinity=2)
@@ -435,6 +444,8 @@ def test_configure_threads_errors(machine, monkeypatch):
     machine(4)
     with pytest.raises(InvalidArgumentError, match="threads=0 must be an integer >= 1"):
         configure_threads(threads=0)
+    with pytest.raises(InvalidArgumentError, match="use_load='no' must be True or False"):
+        configure_threads(use_load="no")
     monkeypatch.setenv("OMP_NUM_THREADS", "4,2")
     with pytest.raises(InvalidArgumentError, match="OMP_NUM_THREADS='4,2' must be a positive"):
         configure_threads()
