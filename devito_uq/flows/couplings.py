@@ -145,9 +145,11 @@ class CouplingBase(InvertibleModule):
         super().__init__()
         self.clamp = check_positive_scalar("clamp", clamp)
 
-    def _scale_shift(self, a, c):
+    def _scale_shift(self, a, c, sign: float = 1.0):
+        """``(sign · log s, t)``; ``sign=-1`` gives the inverse pass ``-log s`` in the same
+        multiplication, which saves two elementwise operations there."""
         raw_s, t = self._raw(a, c)
-        return self.clamp * torch.tanh(raw_s / self.clamp), t
+        return torch.tanh(raw_s / self.clamp) * (sign * self.clamp), t
 
     def _check(self, v):
         check_input(v, type(self).__name__, self.channels, self.ndim)
@@ -160,9 +162,9 @@ class CouplingBase(InvertibleModule):
 
     def _inverse(self, y, c=None):
         self._check(y)
-        log_s, t = self._scale_shift(self._cond_input(y), c)
-        b = (self._take_b(y) - t) * torch.exp(-log_s)
-        return self._put_b(y, b), -sum_but_batch(log_s)
+        neg_log_s, t = self._scale_shift(self._cond_input(y), c, -1.0)
+        b = (self._take_b(y) - t) * torch.exp(neg_log_s)
+        return self._put_b(y, b), sum_but_batch(neg_log_s)
 
     def _recompute(self, out, c, inverse):
         """Fused rebuild + recompute for memory-frugal backprop (see
@@ -171,17 +173,19 @@ class CouplingBase(InvertibleModule):
         and carries the graph for the gradients."""
         self._check(out)
         a = self._cond_input(out).detach().requires_grad_(True)
-        log_s, t = self._scale_shift(a, c)
+        sign = -1.0 if inverse else 1.0  # the recomputed pass: inverse when the chain is
+        ls, t = self._scale_shift(a, c, sign)  # ls = sign · log s
         with torch.no_grad():
             b = self._take_b(out)
-            b = b * torch.exp(log_s) + t if inverse else (b - t) * torch.exp(-log_s)
+            b = b * torch.exp(-ls) + t if inverse else (b - t) * torch.exp(-ls)
             inp = self._put_b(out, b)
         leaf = inp.detach().requires_grad_(True)
         b_in = self._take_b(leaf)
         if inverse:
-            b_out, ld = (b_in - t) * torch.exp(-log_s), -sum_but_batch(log_s)
+            b_out = (b_in - t) * torch.exp(ls)
         else:
-            b_out, ld = torch.addcmul(t, b_in, torch.exp(log_s)), sum_but_batch(log_s)
+            b_out = torch.addcmul(t, b_in, torch.exp(ls))
+        ld = sum_but_batch(ls)
 
         def assemble(grads):
             return self._add_cond_grad(grads[0], grads[1])

@@ -199,19 +199,21 @@ class InvertibleSequential(InvertibleModule):
         """Validate user input (subclasses raise DevitoUQError subclasses)."""
 
     # -- plain passes ---------------------------------------------------------------------
+    # The log-determinants are summed once at the end (one stack and one sum instead of an
+    # addition per layer: fewer autograd nodes in small-tensor, launch-bound steps).
     def _forward(self, x, c):
-        logdet = x.new_zeros(x.shape[0])
+        lds = []
         for layer in self.layers:
             x, ld = layer._forward(x, c)
-            logdet = logdet + ld
-        return x, logdet
+            lds.append(ld)
+        return x, _sum_logdets(lds)
 
     def _inverse(self, y, c):
-        logdet = y.new_zeros(y.shape[0])
+        lds = []
         for layer in reversed(self.layers):
             y, ld = layer._inverse(y, c)
-            logdet = logdet + ld
-        return y, logdet
+            lds.append(ld)
+        return y, _sum_logdets(lds)
 
     def leaves(self) -> list[InvertibleModule]:
         """The chain flattened to its non-sequential layers (the units recomputed in backward)."""
@@ -278,6 +280,10 @@ class InvertibleSequential(InvertibleModule):
             counts.append(sum(seen.values()))
         per_sample = max(counts[1] - counts[0], 0)
         return max(counts[0] - per_sample, 0), per_sample
+
+
+def _sum_logdets(lds: list[torch.Tensor]) -> torch.Tensor:
+    return lds[0] if len(lds) == 1 else torch.stack(lds).sum(0)
 
 
 def _same(t):
