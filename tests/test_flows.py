@@ -293,6 +293,18 @@ def test_state_dict_round_trip(name):
     assert all(f"({i}): {type(layer).__name__}(" in text for i, layer in enumerate(net.layers))
 
 
+def test_whole_network_pickles():
+    """torch.save of the module itself (not its state_dict) keeps working: no lambdas or
+    local functions in hooks or attributes."""
+    net, x, c = build("glow-2d")
+    buf = io.BytesIO()
+    torch.save(net, buf)
+    buf.seek(0)
+    other = torch.load(buf, weights_only=False)
+    with torch.no_grad():
+        assert torch.equal(other(x, c)[0], net(x, c)[0])
+
+
 # -- Taylor tests -------------------------------------------------------------------------------
 def _assert_taylor(h, e1, e2):
     # e2 decaying as h² is the gradient check (a wrong gradient leaves an O(h) term); e1 must

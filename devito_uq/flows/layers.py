@@ -140,7 +140,7 @@ class InvertibleConv1x1(InvertibleModule):
         self.register_buffer("perm_index", torch.empty(0, dtype=torch.long), persistent=False)
         self.register_buffer("perm_inverse", torch.empty(0, dtype=torch.long), persistent=False)
         self._sync_perm()
-        self.register_load_state_dict_post_hook(lambda module, keys: module._sync_perm())
+        self.register_load_state_dict_post_hook(_sync_perm_after_load)
 
     def _sync_perm(self) -> None:
         self.perm_index = self.perm.argmax(dim=1)
@@ -202,6 +202,10 @@ class InvertibleConv1x1(InvertibleModule):
 
     def extra_repr(self) -> str:
         return f"{self.channels}, ndim={self.ndim}"
+
+
+def _sync_perm_after_load(module: InvertibleConv1x1, incompatible_keys) -> None:
+    module._sync_perm()  # a module-level function: the module stays picklable
 
 
 class HaarSqueeze(InvertibleModule):
