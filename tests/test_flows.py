@@ -501,12 +501,28 @@ def test_conv1x1_vector_path_matches_dense_weight():
     layer = InvertibleConv1x1(7).double()
     with torch.no_grad():
         for p in layer.parameters():
-            p.add_(0.3 * torch.randn_like(p))
+            p.add_(0.3 * torch.randn_like(p))  # the unused diagonal of lu too: must not matter
     x = torch.randn(5, 7, dtype=torch.float64)
     y, _ = layer(x)
     assert torch.allclose(y, x @ layer.weight().T, atol=1e-12)
     xr, _ = layer.inverse(y)
     assert torch.allclose(xr, y @ layer.weight_inverse().T, atol=1e-12)
+
+
+def test_conv1x1_loads_state_dicts_with_separate_factors():
+    """Checkpoints written before the factors shared one ``lu`` matrix still load."""
+    torch.manual_seed(3)
+    layer = InvertibleConv1x1(5).double()
+    with torch.no_grad():
+        layer.lu.add_(0.3 * torch.randn_like(layer.lu))
+    old = {k: v for k, v in layer.state_dict().items() if k != "lu"}
+    old["lower"] = torch.tril(layer.lu, -1).detach() + 7 * torch.triu(torch.ones(5, 5))
+    old["upper"] = torch.triu(layer.lu, 1).detach() - 5 * torch.tril(torch.ones(5, 5))
+    old["lower_mask"] = torch.tril(torch.ones(5, 5), -1)
+    other = InvertibleConv1x1(5).double()
+    other.load_state_dict(old)  # strict: no missing or unexpected keys
+    x = torch.randn(4, 5, dtype=torch.float64)
+    assert torch.allclose(other(x)[0], layer(x)[0], atol=1e-12)
 
 
 def test_hint_tiled_split_matches_padded_indexing():
