@@ -525,6 +525,16 @@ def test_conv1x1_loads_state_dicts_with_separate_factors():
     assert torch.allclose(other(x)[0], layer(x)[0], atol=1e-12)
 
 
+def test_glow_loads_state_dicts_with_the_old_coupling_layout():
+    net, x, c = build("glow-1d")
+    old = {k.replace(".net.", ".map.net."): v for k, v in net.state_dict().items()}
+    assert any(".map.net." in k for k in old)
+    other, _, _ = build("glow-1d", seed=7, perturb=0.2)
+    other.load_state_dict(old)  # strict
+    with torch.no_grad():
+        assert torch.equal(other(x, c)[0], net(x, c)[0])
+
+
 def test_hint_tiled_split_matches_padded_indexing():
     """The reshape split used when halves tile the channels equals the general gather."""
     torch.manual_seed(0)

@@ -220,6 +220,13 @@ class AffineCoupling(CouplingBase):
         self.nb = channels - self.na
         self.net = Conditioner(self.na + cond_channels, 2 * self.nb, hidden, ndim)
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # state dicts written before CouplingBase kept the conditioner under ``map.net``
+        old = prefix + "map.net."
+        for key in [k for k in state_dict if k.startswith(old)]:
+            state_dict[prefix + "net." + key[len(old) :]] = state_dict.pop(key)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def _cond_input(self, v):
         return v[:, : self.na]
 
