@@ -1,23 +1,29 @@
-"""Peak memory and time of one Glow training step: memory-frugal vs plain autograd vs normflows.
+"""Flow training steps, side by side: a VI step on vectors against zuko and normflows, and
+Glow's memory-frugal step against plain autograd and normflows.
 
-Configuration (issue 3): Glow with L=3 levels, K steps per level (K = 4, 8, 16, 32), 64×64×1
-images, batch 8, hidden 64; one training step = forward, loss (½‖y‖² − logdet for devito_uq;
-normflows' own ``forward_kld`` negative log-likelihood for normflows), backward.
+Part ``vi`` (issue 11): one variational-inference step on an n-vector — draw a batch with
+its log-density (``rsample_and_log_prob``), a Gaussian likelihood, backward, Adam — for
 
-Every (implementation, K) runs in a fresh subprocess so that no allocator cache is shared:
-the model is built, ActNorm initialized, one warm-up step taken and the gradients set to
-None (as ``optimizer.zero_grad()`` does); then
+- ``hint``: ``HINT(n, steps=4, hidden=64)`` with the new defaults (leaf size from n,
+  ``memory_frugal="auto"``);
+- ``hint-old``: the old defaults on the same code (``leaf_size=4, memory_frugal=True``);
+- ``zuko-rnvp``: zuko ``RealNVP(n, transforms=4, hidden_features=(64, 64))``;
+- ``zuko-nsf``: zuko ``NSF(n, transforms=4, hidden_features=(64, 64), passes=2)`` (coupling
+  splines; the fully autoregressive default needs n sequential passes to sample);
+- ``nf-rnvp``: normflows RealNVP (``AffineCouplingBlock`` with an MLP [n/2, 64, 64, n]
+  and a swap permutation, 4 blocks);
 
-- CPU: peak memory = growth of the resident set during one step: the kernel's RSS high-water
-  mark (VmHWM) is reset through ``/proc/self/clear_refs`` before the step and read after it,
-  minus the RSS just before the step;
-- CUDA (``--device cuda``): ``torch.cuda.max_memory_allocated`` during the step minus
-  ``torch.cuda.memory_allocated`` before it.
+equal depth (4 transforms) and width (two hidden layers of 64), n ∈ {40, 128, 1024},
+batch 8 and 64, 1 torch thread. All implementations of one (n, batch) run in one process,
+round-robin, so load from other processes hits them alike; the fastest and the median of
+``--repeats`` steps are reported.
 
-Time: the fastest of ``--repeats`` steps, taken round-robin over the implementations in
-one process (so load from other processes hits them alike); medians are printed too. Usage::
+Part ``glow`` (issue 3): peak memory and time of one Glow training step, memory-frugal vs
+plain autograd vs normflows (see its functions below).
 
-    python benchmarks/bench_flows.py [--device cpu|cuda] [--repeats 3] [--ks 4 8 16 32]
+Usage::
+
+    python benchmarks/bench_flows.py [vi|glow|all] [--repeats N] [--device cpu|cuda] [--ks ...]
 """
 
 from __future__ import annotations
@@ -31,7 +37,102 @@ import subprocess
 import sys
 import time
 
-__all__ = ["main"]
+__all__ = ["main", "vi_step_times"]
+
+VI_IMPLS = ("hint", "hint-old", "zuko-rnvp", "zuko-nsf", "nf-rnvp")
+VI_SIZES = (40, 128, 1024)
+VI_BATCHES = (8, 64)
+VI_STEPS, VI_HIDDEN = 4, 64
+
+
+def _vi_flow(impl: str, n: int):
+    """(parameters, draw) of one implementation; ``draw(b)`` returns samples, log q."""
+    if impl in ("hint", "hint-old"):
+        from devito_uq.flows import HINT, Flow
+
+        kw = {"leaf_size": 4, "memory_frugal": True} if impl == "hint-old" else {}
+        q = Flow(HINT(n, steps=VI_STEPS, hidden=VI_HIDDEN, **kw), (n,))
+        return q.parameters(), q.rsample_and_log_prob
+    if impl.startswith("zuko"):
+        import zuko
+
+        hidden = (VI_HIDDEN, VI_HIDDEN)
+        if impl == "zuko-rnvp":
+            f = zuko.flows.RealNVP(n, transforms=VI_STEPS, hidden_features=hidden)
+        else:
+            f = zuko.flows.NSF(n, transforms=VI_STEPS, hidden_features=hidden, passes=2)
+        return f.parameters(), lambda b: f().rsample_and_log_prob((b,))
+    import normflows as nf
+
+    blocks = []
+    for _ in range(VI_STEPS):
+        mlp = nf.nets.MLP([n // 2, VI_HIDDEN, VI_HIDDEN, n], init_zeros=True)
+        blocks += [nf.flows.AffineCouplingBlock(mlp), nf.flows.Permute(n, mode="swap")]
+    model = nf.NormalizingFlow(nf.distributions.DiagGaussian(n), blocks)
+    return model.parameters(), model.sample
+
+
+def vi_step_times(n: int, batch: int, impls, repeats: int) -> dict[str, dict[str, float]]:
+    """Seconds per VI step (fastest and median of ``repeats``, interleaved) per impl."""
+    import torch
+
+    mean = torch.linspace(-1, 1, n)
+    steps = {}
+    for impl in impls:
+        torch.manual_seed(0)
+        params, draw = _vi_flow(impl, n)
+        opt = torch.optim.Adam(params, lr=1e-4)
+
+        def step(draw=draw, opt=opt):
+            opt.zero_grad(set_to_none=True)
+            m, log_q = draw(batch)
+            # reverse KL against N(mean, 0.5² I): likelihood + entropy term
+            loss = (2.0 * ((m - mean) ** 2).sum(1) + log_q).mean()
+            loss.backward()
+            opt.step()
+
+        for _ in range(3):  # ActNorm initialization, allocator warm-up
+            step()
+        steps[impl] = step
+    times: dict[str, list[float]] = {impl: [] for impl in impls}
+    for _ in range(repeats):
+        for impl, step in steps.items():
+            t0 = time.perf_counter()
+            step()
+            times[impl].append(time.perf_counter() - t0)
+    return {k: {"min": min(t), "median": statistics.median(t)} for k, t in times.items()}
+
+
+def vi_main(repeats: int, sizes, batches) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    load0 = os.getloadavg()
+    res = {}
+    for n in sizes:
+        for b in batches:
+            r = repeats if n < 1024 else max(3, repeats // 2)
+            res[n, b] = vi_step_times(n, b, VI_IMPLS, r)
+            cells = " ".join(f"{k} {v['min'] * 1e3:.1f}" for k, v in res[n, b].items())
+            print(f"  n={n} batch={b}: {cells} ms", flush=True)
+    load1 = os.getloadavg()
+    print()
+    print(
+        f"VI step, {VI_STEPS} transforms x {VI_HIDDEN} hidden, 1 torch thread, torch "
+        f"{torch.__version__}, {platform.machine()} {os.cpu_count()} cores; load average "
+        f"{load0[0]:.1f} at start, {load1[0]:.1f} at end"
+    )
+    print("ms per step: fastest (median) of interleaved repeats; ratio = hint / fastest peer")
+    print()
+    print("| n | batch | " + " | ".join(VI_IMPLS) + " | hint / fastest peer | old / hint |")
+    print("|---:|---:|" + "---:|" * (len(VI_IMPLS) + 2))
+    for (n, b), r in res.items():
+        cells = [f"{r[k]['min'] * 1e3:.1f} ({r[k]['median'] * 1e3:.1f})" for k in VI_IMPLS]
+        peer = min(r[k]["min"] for k in VI_IMPLS if not k.startswith("hint"))
+        ratio = r["hint"]["min"] / peer
+        old = r["hint-old"]["min"] / r["hint"]["min"]
+        print(f"| {n} | {b} | " + " | ".join(cells) + f" | {ratio:.2f}x | {old:.1f}x |")
+
 
 IMPLS = ("frugal", "plain", "normflows")
 LEVELS, HIDDEN, BATCH, SIZE = 3, 64, 8, 64
@@ -154,8 +255,11 @@ def _run(cmd: list[str], env: dict) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("part", nargs="?", default="all", choices=("vi", "glow", "all"))
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--sizes", type=int, nargs="+", default=list(VI_SIZES))
+    ap.add_argument("--batches", type=int, nargs="+", default=list(VI_BATCHES))
     ap.add_argument("--ks", type=int, nargs="+", default=[4, 8, 16, 32])
     ap.add_argument("--impls", nargs="+", default=list(IMPLS), choices=IMPLS)
     ap.add_argument("--worker", nargs=2, metavar=("IMPL", "K"), help=argparse.SUPPRESS)
@@ -168,7 +272,15 @@ def main(argv: list[str] | None = None) -> None:
         res = time_worker(args.impls, args.time_worker, args.device, args.repeats)
         print(json.dumps(res))
         return
+    if args.part in ("vi", "all"):
+        vi_main(max(args.repeats, 7), args.sizes, args.batches)
+        print()
+    if args.part in ("glow", "all"):
+        glow_main(args)
 
+
+def glow_main(args) -> None:
+    """Part ``glow``: Glow memory and time, one fresh process per memory row."""
     res = {}
     base = [sys.executable, __file__, "--device", args.device]
     for k in args.ks:

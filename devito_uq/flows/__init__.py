@@ -6,10 +6,12 @@ Networks and layers, all ``torch.nn.Module``::
 
     y, logdet = net(x, c=None)          # logdet = log|det ∂y/∂x|, shape [batch]
     x, logdet = net.inverse(y, c=None)  # logdet = log|det ∂x/∂y|, shape [batch]
-    net.memory_frugal = True / False    # networks: rebuild activations by inversion (default on)
+    net.memory_frugal = True / False / "auto"  # rebuild activations by inversion in backward;
+                                        # "auto" (default): only above 1 GiB of activations
     net.skip_data_init()                # keep ActNorm at identity instead of fitting 1st batch
 
     HINT(n, steps=4, hidden=64)                     # vectors / 1D profiles [batch, n], n ≥ 2
+    HINT(n, ..., leaf_size=None)                    # recursion leaf chosen from n
     HINT(c, steps, hidden, ndim=1)                  # signals [batch, c, n] (conv conditioners)
     ConditionalHINT(n, cond_channels, steps, hidden)  # p(m | d): net(m, c), c [batch, cond]
     MultiscaleHINT(c, levels, steps, hidden, ndim=1 or 2)
@@ -26,34 +28,38 @@ Distribution (the network maps model m to latent z; sampling runs its inverse)::
 
 Layers: ActNorm, InvertibleConv1x1, AffineCoupling, ConditionalAffineCoupling,
 HINTCoupling, ConditionalHINTCoupling, HaarSqueeze, Squeeze, Split, chained by
-InvertibleSequential. Initialization is close to the identity (zero last conditioner layer,
-rotation 1×1 mixing, data-dependent ActNorm on the first batch it sees, in either
-direction); coupling log-scales are
-bounded, ``log s = clamp·tanh(raw/clamp)``.
+InvertibleSequential. Files: invertible.py (base classes, memory-frugal backprop, the shape
+check), layers.py, couplings.py (conditioners, the one coupling skeleton), network.py
+(FlowNetwork, multiscale assembly), hint.py, glow.py, flow.py. Initialization is close to
+the identity (zero last conditioner layer, rotation 1×1 mixing, data-dependent ActNorm on
+the first batch it sees, in either direction); coupling log-scales are bounded,
+``log s = clamp·tanh(raw/clamp)``.
 """
 
+from devito_uq.flows.couplings import (
+    AffineCoupling,
+    ConditionalAffineCoupling,
+    Conditioner,
+    CouplingBase,
+    GroupedLinear,
+)
 from devito_uq.flows.flow import Flow
 from devito_uq.flows.glow import Glow
 from devito_uq.flows.hint import (
     HINT,
     ConditionalHINT,
     ConditionalHINTCoupling,
-    FlowNetwork,
     HINTCoupling,
     MultiscaleHINT,
+    default_leaf_size,
 )
-from devito_uq.flows.layers import (
-    ActNorm,
-    AffineCoupling,
-    ConditionalAffineCoupling,
-    Conditioner,
-    GroupedLinear,
-    HaarSqueeze,
-    InvertibleConv1x1,
-    Split,
-    Squeeze,
+from devito_uq.flows.invertible import (
+    FRUGAL_THRESHOLD_BYTES,
+    InvertibleModule,
+    InvertibleSequential,
 )
-from devito_uq.flows.memory import InvertibleModule, InvertibleSequential
+from devito_uq.flows.layers import ActNorm, HaarSqueeze, InvertibleConv1x1, Split, Squeeze
+from devito_uq.flows.network import FlowNetwork, multiscale_layers
 
 __all__ = [
     "Flow",
@@ -62,12 +68,15 @@ __all__ = [
     "ConditionalHINT",
     "MultiscaleHINT",
     "FlowNetwork",
+    "multiscale_layers",
+    "default_leaf_size",
     "HINTCoupling",
     "ConditionalHINTCoupling",
     "ActNorm",
     "InvertibleConv1x1",
     "Conditioner",
     "GroupedLinear",
+    "CouplingBase",
     "AffineCoupling",
     "ConditionalAffineCoupling",
     "HaarSqueeze",
@@ -75,4 +84,5 @@ __all__ = [
     "Split",
     "InvertibleModule",
     "InvertibleSequential",
+    "FRUGAL_THRESHOLD_BYTES",
 ]

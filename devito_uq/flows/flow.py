@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from devito_uq.errors import InvalidArgumentError, InvalidShapeError
-from devito_uq.flows.memory import InvertibleModule
+from devito_uq.flows.invertible import InvertibleModule
+from devito_uq.validation import check_positive_int
 
 __all__ = ["Flow"]
 
@@ -94,16 +95,12 @@ class Flow(nn.Module):
         d = math.prod(z.shape[1:])
         return -0.5 * z.reshape(z.shape[0], -1).pow(2).sum(1) - 0.5 * d * math.log(2 * math.pi)
 
-    def _check_n(self, n):
-        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-            raise InvalidArgumentError(f"number of samples must be a positive integer, got {n!r}")
-
     def rsample_and_log_prob(
         self, n: int, c: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Reparameterized samples ``m [n, *shape]`` and ``log q(m)`` ``[n]``, both
         differentiable in the network parameters (memory-frugal if the net is)."""
-        self._check_n(n)
+        n = check_positive_int("n", n)
         ref = self._ref()
         z = torch.randn(n, *self.latent_shape, dtype=ref.dtype, device=ref.device)
         m, logdet = self.net.inverse(z, self._condition(c, n))

@@ -3,15 +3,10 @@ coupling steps, for images (``ndim=2``) or 1D signals (``ndim=1``)."""
 
 from __future__ import annotations
 
-from devito_uq.errors import InvalidArgumentError
-from devito_uq.flows.hint import FlowNetwork, multiscale_layers
-from devito_uq.flows.layers import (
-    ActNorm,
-    AffineCoupling,
-    InvertibleConv1x1,
-    Squeeze,
-    _check_positive,
-)
+from devito_uq.flows.couplings import AffineCoupling
+from devito_uq.flows.layers import ActNorm, InvertibleConv1x1, Squeeze
+from devito_uq.flows.network import FlowNetwork, multiscale_layers
+from devito_uq.validation import check_nonnegative_int, check_positive_int
 
 __all__ = ["Glow"]
 
@@ -37,12 +32,10 @@ class Glow(FlowNetwork):
         ndim: int = 2,
         cond_channels: int = 0,
         clamp: float = 2.0,
-        memory_frugal: bool = True,
+        memory_frugal: bool | str = "auto",
     ) -> None:
-        _check_positive("channels", channels)
-        _check_positive("hidden", hidden)
-        if ndim not in (1, 2):
-            raise InvalidArgumentError(f"Glow needs ndim 1 or 2, got {ndim!r}")
+        check_positive_int("hidden", hidden)
+        check_nonnegative_int("cond_channels", cond_channels)
 
         def step(active):
             return [
@@ -51,5 +44,5 @@ class Glow(FlowNetwork):
                 AffineCoupling(active, hidden, ndim, cond_channels, clamp),
             ]
 
-        layers = multiscale_layers(channels, levels, steps, ndim, Squeeze, step)
+        layers = multiscale_layers(channels, levels, steps, ndim, Squeeze, step, "Glow")
         super().__init__(layers, channels, ndim, cond_channels, 2**levels, memory_frugal)

@@ -12,7 +12,8 @@ conditioned on every channel before it:
     \log|\det J| = \textstyle\sum \log s + \log|\det J_{R_a}| + \log|\det J_{R_b}|
 
 The recursion stops at blocks of at most ``leaf_size`` channels (a single coupling there;
-a block of one channel is left unchanged). For vectors ``[batch, n]`` (``ndim=0``) the whole
+a block of one channel is left unchanged); by default (:func:`default_leaf_size`) a step
+is one full-width coupling. For vectors ``[batch, n]`` (``ndim=0``) the whole
 vector is the channel axis, so the dense 1×1 mixing between HINT couplings couples every
 entry of a depth profile with every other (DESIGN.md, 1D flows).
 """
@@ -21,48 +22,50 @@ from __future__ import annotations
 
 import torch
 
-from devito_uq.errors import InvalidArgumentError, InvalidDtypeError, InvalidShapeError
-from devito_uq.flows.layers import (
-    ActNorm,
-    Conditioner,
-    HaarSqueeze,
-    InvertibleConv1x1,
-    Split,
-    _check_channels,
-    _check_ndim,
-    _check_positive,
-    _with_condition,
-)
-from devito_uq.flows.memory import InvertibleModule, InvertibleSequential
+from devito_uq.errors import InvalidShapeError
+from devito_uq.flows.couplings import Conditioner, CouplingBase, with_condition
+from devito_uq.flows.invertible import InvertibleSequential, check_input, check_ndim
+from devito_uq.flows.layers import ActNorm, HaarSqueeze, InvertibleConv1x1
+from devito_uq.flows.network import FlowNetwork, multiscale_layers
+from devito_uq.validation import check_int, check_nonnegative_int, check_positive_int
 
 __all__ = [
     "HINTCoupling",
     "ConditionalHINTCoupling",
-    "FlowNetwork",
     "HINT",
     "ConditionalHINT",
     "MultiscaleHINT",
+    "default_leaf_size",
 ]
 
 
-def _sum_but_batch(v):
-    return v.reshape(v.shape[0], -1).sum(dim=1)
+def default_leaf_size(channels: int) -> int:
+    """Leaf size of the HINT recursion chosen from the channel count (``leaf_size=None``).
+
+    Rule: ``channels`` — one full-width coupling per step, the recursion only where a user
+    asks for it with ``leaf_size``. Measured (benchmarks/bench_flows.py, one VI step, 4
+    steps × 64 hidden, 1 thread): every extra depth of the recursion costs about as much
+    as a whole step at n ≤ 128 (n = 40, batch 8: 6.7 / 13.7 / 19.8 ms for 1 / 2 / 3
+    depths) and 8–15 % at n = 1024, where the dense n×n mixing dominates; extra depths
+    are extra couplings, which the same time buys as extra steps with a fresh dense
+    mixing between them, so the default spends it on ``steps``.
+    """
+    return max(2, int(channels))
 
 
-class _LevelCoupling(InvertibleModule):
+class _LevelCoupling(CouplingBase):
     """All couplings of one depth of the HINT recursion, evaluated together.
 
     The nodes of one depth act on disjoint channel ranges ``[lo, hi)`` (first half
-    conditions the second), so they commute and run as one grouped conditioner. Ranges of
-    unequal size are padded: missing conditioning inputs read a zero channel, missing
-    outputs are dropped.
+    conditions the second), so they commute and run as one grouped conditioner. When every
+    range has two equal halves and the ranges tile the channels (the rule for power-of-two
+    sizes), the split is a reshape; otherwise ranges of unequal size are padded: missing
+    conditioning inputs read a zero channel, missing outputs are dropped.
     """
 
     def __init__(self, channels, ranges, hidden, ndim, cond_channels, clamp):
-        super().__init__()
-        if not clamp > 0:
-            raise InvalidArgumentError(f"clamp must be positive, got {clamp!r}")
-        self.channels, self.ndim, self.clamp = channels, ndim, float(clamp)
+        super().__init__(clamp)
+        self.channels, self.ndim = channels, ndim
         self.cond_channels = int(cond_channels)
         self.ranges = [tuple(r) for r in ranges]
         g = len(ranges)
@@ -70,6 +73,8 @@ class _LevelCoupling(InvertibleModule):
         na = max(m - lo for (lo, _), m in zip(ranges, mids))
         nb = max(hi - m for (_, hi), m in zip(ranges, mids))
         self.groups, self.na, self.nb = g, na, nb
+        self.tiled = na == nb and self.ranges == [(i * 2 * na, (i + 1) * 2 * na) for i in range(g)]
+        self.tiled = self.tiled and 2 * na * g == channels
         pad = channels  # index of an appended zero channel
         a_idx = [
             [lo + i if lo + i < m else pad for i in range(na)] for (lo, _), m in zip(ranges, mids)
@@ -88,56 +93,51 @@ class _LevelCoupling(InvertibleModule):
         self.register_buffer("b_pos", b_flat[b_flat < pad], persistent=False)
         self.net = Conditioner(na + self.cond_channels, 2 * nb, hidden, ndim, groups=g)
 
-    def _scale_shift(self, a, c):
-        """``a``: padded conditioning input ``[batch, groups·na, *spatial]``."""
-        n, g = a.shape[0], self.groups
-        sp = a.shape[2:]
-        if self.cond_channels:
-            cc = _with_condition(a[:, :0], c, self.cond_channels, "HINTCoupling")
-            cc = cc.unsqueeze(1).expand(n, g, *cc.shape[1:])
-            a = torch.cat([a.reshape(n, g, self.na, *sp), cc], dim=2).reshape(n, -1, *sp)
-        raw = self.net(a).reshape(n, g, 2 * self.nb, *sp)
-        s_raw = raw[:, :, : self.nb].reshape(n, g * self.nb, *sp).index_select(1, self.b_slots)
-        t = raw[:, :, self.nb :].reshape(n, g * self.nb, *sp).index_select(1, self.b_slots)
-        return self.clamp * torch.tanh(s_raw / self.clamp), t
+    def _halves(self, v):
+        """``[batch, groups, 2, half, *spatial]`` view of a tiled input."""
+        return v.view(v.shape[0], self.groups, 2, self.na, *v.shape[2:])
 
-    def _gather_a(self, v):
-        _check_channels(v, self.channels, self.ndim, "HINTCoupling")
+    def _flat(self, v, axes=2):
+        """Merge the ``axes`` axes after the batch axis into channels."""
+        return v.reshape(v.shape[0], -1, *v.shape[1 + axes :])
+
+    def _cond_input(self, v):
+        if self.tiled:
+            return self._flat(self._halves(v)[:, :, 0])
         zero = v.new_zeros(v.shape[0], 1, *v.shape[2:])
         return torch.cat([v, zero], dim=1).index_select(1, self.a_gather)
 
-    def _forward(self, x, c=None):
-        log_s, t = self._scale_shift(self._gather_a(x), c)
-        b = x.index_select(1, self.b_pos) * torch.exp(log_s) + t
-        return x.index_copy(1, self.b_pos, b), _sum_but_batch(log_s)
+    def _take_b(self, v):
+        if self.tiled:
+            return self._flat(self._halves(v)[:, :, 1])
+        return v.index_select(1, self.b_pos)
 
-    def _inverse(self, y, c=None):
-        log_s, t = self._scale_shift(self._gather_a(y), c)
-        b = (y.index_select(1, self.b_pos) - t) * torch.exp(-log_s)
-        return y.index_copy(1, self.b_pos, b), -_sum_but_batch(log_s)
+    def _put_b(self, v, b):
+        if self.tiled:
+            a = self._halves(v)[:, :, 0]
+            return self._flat(torch.stack([a, b.reshape_as(a)], dim=2), 3)
+        return v.index_copy(1, self.b_pos, b)
 
-    def _recompute(self, out, c, inverse):
-        # The conditioner runs once on a leaf copy of the (unchanged) conditioning channels:
-        # its output rebuilds the transformed channels and carries the gradient graph.
-        a = self._gather_a(out).detach().requires_grad_(True)
-        log_s, t = self._scale_shift(a, c)
-        with torch.no_grad():
-            b = out.index_select(1, self.b_pos)
-            b = b * torch.exp(log_s) + t if inverse else (b - t) * torch.exp(-log_s)
-            inp = out.index_copy(1, self.b_pos, b)
-        leaf = inp.clone().requires_grad_(True)
-        b_in = leaf.index_select(1, self.b_pos)
-        if inverse:
-            b_out, ld = (b_in - t) * torch.exp(-log_s), -_sum_but_batch(log_s)
-        else:
-            b_out, ld = b_in * torch.exp(log_s) + t, _sum_but_batch(log_s)
-        out2 = leaf.index_copy(1, self.b_pos, b_out)
+    def _add_cond_grad(self, g_v, g_a):
+        if self.tiled:
+            h = self._halves(g_v)
+            return self._flat(
+                torch.stack([h[:, :, 0] + g_a.reshape_as(h[:, :, 0]), h[:, :, 1]], 2), 3
+            )
+        return g_v.index_add(1, self.a_pos, g_a.index_select(1, self.a_slots))
 
-        def assemble(grads):
-            g_leaf, g_a = grads
-            return g_leaf.index_add(1, self.a_pos, g_a.index_select(1, self.a_slots))
-
-        return inp, [leaf, a], out2, ld, assemble
+    def _raw(self, a, c):
+        """``a``: conditioner input ``[batch, groups·na, *spatial]``."""
+        n, g, sp = a.shape[0], self.groups, a.shape[2:]
+        if self.cond_channels:
+            cc = with_condition(a[:, :0], c, self.cond_channels, "HINTCoupling")
+            cc = cc.unsqueeze(1).expand(n, g, *cc.shape[1:])
+            a = torch.cat([a.reshape(n, g, self.na, *sp), cc], dim=2).reshape(n, -1, *sp)
+        raw = self.net(a).view(n, g, 2, self.nb, *sp)
+        s_raw, t = self._flat(raw[:, :, 0]), self._flat(raw[:, :, 1])
+        if self.tiled:
+            return s_raw, t
+        return s_raw.index_select(1, self.b_slots), t.index_select(1, self.b_slots)
 
     def extra_repr(self) -> str:
         return f"{self.groups} ranges, e.g. {self.ranges[0]}"
@@ -163,8 +163,9 @@ class HINTCoupling(InvertibleSequential):
         Channels of the condition tensor (0: unconditional).
     clamp : float
         Bound of the log-scale, ``log s = clamp·tanh(raw/clamp)``.
-    leaf_size : int
-        Blocks with at most this many channels are not split further (≥ 2).
+    leaf_size : int or None
+        Blocks with at most this many channels are not split further (≥ 2); None chooses
+        it from ``channels`` (:func:`default_leaf_size`).
     """
 
     def __init__(
@@ -174,14 +175,14 @@ class HINTCoupling(InvertibleSequential):
         ndim: int = 0,
         cond_channels: int = 0,
         clamp: float = 2.0,
-        leaf_size: int = 4,
+        leaf_size: int | None = None,
     ) -> None:
-        _check_positive("channels", channels)
-        if channels < 2:
-            raise InvalidShapeError(f"a HINT coupling needs at least 2 channels, got {channels}")
-        if not isinstance(leaf_size, int) or leaf_size < 2:
-            raise InvalidArgumentError(f"leaf_size must be an integer ≥ 2, got {leaf_size!r}")
-        _check_ndim(ndim)
+        channels = _check_channels(channels)
+        ndim = check_ndim(ndim)
+        check_nonnegative_int("cond_channels", cond_channels)
+        if leaf_size is None:
+            leaf_size = default_leaf_size(channels)
+        leaf_size = check_int("leaf_size", leaf_size, minimum=2)
         # ranges of the recursion tree by depth; the two halves of a node act on disjoint
         # channels, so all nodes of one depth commute and are evaluated together
         levels: list[list[tuple[int, int]]] = []
@@ -201,12 +202,20 @@ class HINTCoupling(InvertibleSequential):
         nodes = [_LevelCoupling(channels, r, hidden, ndim, cond_channels, clamp) for r in levels]
         super().__init__(*nodes)
         self.channels, self.ndim, self.cond_channels = channels, ndim, cond_channels
+        self.leaf_size = leaf_size
 
     def _check(self, x, c, inverse):
-        _check_channels(x, self.channels, self.ndim, type(self).__name__)
+        check_input(x, type(self).__name__, self.channels, self.ndim)
 
     def extra_repr(self) -> str:
-        return f"{self.channels}, ndim={self.ndim}"
+        return f"{self.channels}, ndim={self.ndim}, leaf_size={self.leaf_size}"
+
+
+def _check_channels(channels) -> int:
+    channels = check_positive_int("channels", channels)
+    if channels < 2:
+        raise InvalidShapeError(f"HINT needs at least 2 channels, got {channels}")
+    return channels
 
 
 class ConditionalHINTCoupling(HINTCoupling):
@@ -220,52 +229,10 @@ class ConditionalHINTCoupling(HINTCoupling):
         hidden: int = 64,
         ndim: int = 0,
         clamp: float = 2.0,
-        leaf_size: int = 4,
+        leaf_size: int | None = None,
     ) -> None:
-        _check_positive("cond_channels", cond_channels)
+        check_positive_int("cond_channels", cond_channels)
         super().__init__(channels, hidden, ndim, cond_channels, clamp, leaf_size)
-
-
-class FlowNetwork(InvertibleSequential):
-    """An :class:`InvertibleSequential` that validates the shapes of its inputs.
-
-    ``channels``/``ndim`` describe the input ``[batch, channels, *spatial]``; ``factor`` is
-    the divisor every spatial size must have (2**levels for multiscale networks);
-    ``cond_channels`` > 0 makes the condition tensor mandatory.
-    """
-
-    def __init__(self, layers, channels, ndim, cond_channels=0, factor=1, memory_frugal=True):
-        super().__init__(*layers, memory_frugal=memory_frugal)
-        self.channels = channels
-        self.ndim = ndim
-        self.cond_channels = cond_channels
-        self.factor = factor
-
-    def _check(self, x, c, inverse):
-        name = type(self).__name__ + (".inverse" if inverse else "")
-        if not isinstance(x, torch.Tensor):
-            raise InvalidArgumentError(f"{name} input must be a torch.Tensor, got {type(x)}")
-        if not x.is_floating_point():
-            raise InvalidDtypeError(f"{name} input must be floating point, got {x.dtype}")
-        if x.dim() != self.ndim + 2:
-            want = "[batch, n]" if self.ndim == 0 else f"[batch, channel] + {self.ndim} sizes"
-            raise InvalidShapeError(f"{name} expects {want}, got shape {tuple(x.shape)}")
-        # The latent of a multiscale network has channels·2**(ndim·levels) channels.
-        channels = self.channels * (self.factor**self.ndim if inverse else 1)
-        if x.shape[1] != channels:
-            raise InvalidShapeError(
-                f"{name} expects {channels} channels (vector length for ndim=0), "
-                f"got shape {tuple(x.shape)}"
-            )
-        if not inverse and any(s % self.factor for s in x.shape[2:]):
-            raise InvalidShapeError(
-                f"{name}: spatial sizes must be divisible by {self.factor}, "
-                f"got {tuple(x.shape[2:])}"
-            )
-        if self.cond_channels and c is None:
-            raise InvalidArgumentError(f"{name} is conditional and needs a condition, got None")
-        if c is not None and not self.cond_channels:
-            raise InvalidArgumentError(f"{name} is not conditional, but a condition was given")
 
 
 def _step(channels, hidden, ndim, cond_channels, clamp, leaf_size):
@@ -283,7 +250,9 @@ class HINT(FlowNetwork):
     ``HINT(n)`` acts on vectors/1D profiles ``[batch, n]`` treated as n channels (dense
     mixing, the DESIGN.md choice for depth profiles); ``HINT(c, ndim=1)`` on signals
     ``[batch, c, n]`` and ``ndim=2`` on images, with convolutional conditioners.
-    ``n`` may be any integer ≥ 2 (odd included).
+    ``n`` may be any integer ≥ 2 (odd included). ``leaf_size=None`` picks the recursion
+    depth from ``n`` (:func:`default_leaf_size`); ``memory_frugal`` is True, False or
+    ``"auto"`` (default; see :class:`~devito_uq.flows.invertible.InvertibleSequential`).
     """
 
     def __init__(
@@ -294,14 +263,12 @@ class HINT(FlowNetwork):
         ndim: int = 0,
         cond_channels: int = 0,
         clamp: float = 2.0,
-        leaf_size: int = 4,
-        memory_frugal: bool = True,
+        leaf_size: int | None = None,
+        memory_frugal: bool | str = "auto",
     ) -> None:
-        _check_positive("channels", channels)
-        _check_positive("steps", steps)
-        _check_ndim(ndim)
-        if channels < 2:
-            raise InvalidShapeError(f"HINT needs at least 2 channels, got {channels}")
+        channels = _check_channels(channels)
+        check_positive_int("steps", steps)
+        check_ndim(ndim)
         layers = []
         for _ in range(steps):
             layers += _step(channels, hidden, ndim, cond_channels, clamp, leaf_size)
@@ -321,36 +288,13 @@ class ConditionalHINT(HINT):
         hidden: int = 64,
         ndim: int = 0,
         clamp: float = 2.0,
-        leaf_size: int = 4,
-        memory_frugal: bool = True,
+        leaf_size: int | None = None,
+        memory_frugal: bool | str = "auto",
     ) -> None:
-        _check_positive("cond_channels", cond_channels)
+        check_positive_int("cond_channels", cond_channels)
         super().__init__(
             channels, steps, hidden, ndim, cond_channels, clamp, leaf_size, memory_frugal
         )
-
-
-def multiscale_layers(channels, levels, steps, ndim, squeeze, step_factory):
-    """Flat layer list of a multiscale flow (Dinh et al. 2017; Glow).
-
-    Each level squeezes space into channels (``squeeze(ndim)``), applies ``steps`` steps of
-    ``step_factory(active_channels)`` to the active channels and, except at the last
-    level, factors out half of them. Factored-out channels travel on unchanged, so the
-    latent has the input's size: ``[batch, channels·f**levels, *(spatial / 2**levels)]``.
-    """
-    _check_positive("levels", levels)
-    _check_positive("steps", steps)
-    f = 2**ndim
-    active = channels
-    layers = []
-    for level in range(levels):
-        layers.append(squeeze(ndim))
-        active *= f
-        for _ in range(steps):
-            layers += [Split(layer, active) for layer in step_factory(active)]
-        if level < levels - 1:
-            active -= active // 2
-    return layers
 
 
 class MultiscaleHINT(FlowNetwork):
@@ -366,15 +310,11 @@ class MultiscaleHINT(FlowNetwork):
         ndim: int = 2,
         cond_channels: int = 0,
         clamp: float = 2.0,
-        leaf_size: int = 4,
-        memory_frugal: bool = True,
+        leaf_size: int | None = None,
+        memory_frugal: bool | str = "auto",
     ) -> None:
-        _check_positive("channels", channels)
-        if ndim not in (1, 2):
-            raise InvalidArgumentError(f"MultiscaleHINT needs ndim 1 or 2, got {ndim!r}")
-        if cond_channels:
-            # A spatial condition would not match the squeezed shapes; a vector one would.
-            _check_positive("cond_channels", cond_channels)
+        # A spatial condition would not match the squeezed shapes; a vector one would.
+        check_nonnegative_int("cond_channels", cond_channels)
         layers = multiscale_layers(
             channels,
             levels,
@@ -382,5 +322,6 @@ class MultiscaleHINT(FlowNetwork):
             ndim,
             HaarSqueeze,
             lambda a: _step(a, hidden, ndim, cond_channels, clamp, leaf_size),
+            "MultiscaleHINT",
         )
         super().__init__(layers, channels, ndim, cond_channels, 2**levels, memory_frugal)
