@@ -9,6 +9,7 @@ std × 2, a shifted mean). Seeds are fixed, so each outcome is deterministic.
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 
 import numpy as np
@@ -18,7 +19,7 @@ from scipy import stats
 
 from devito_uq.errors import CheckpointError, DevitoUQError, InvalidArgumentError, InvalidShapeError
 from devito_uq.inference import calibration_ranks
-from devito_uq.inference.calibration import run_calibration
+from devito_uq.inference.calibration import load_calibration, run_calibration
 from devito_uq.inference.calibration_metrics import (
     expected_coverage,
     expected_z_fraction,
@@ -202,9 +203,12 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(setup, tmp_path):
     again = setup.run(20, seed=3, out_dir=tmp_path / "run")  # nothing left to do
     assert again.computed == []
     _same(again, fresh)
+    _same(load_calibration(tmp_path / "run"), fresh)  # figures later, without the callables
     grown = setup.run(25, seed=3, out_dir=tmp_path / "run")  # N may grow
     assert grown.computed == list(range(20, 25))
     _same(grown, setup.run(25, seed=3))
+    with pytest.raises(CheckpointError, match="truth_000025.npz is missing: truth 25 of 30"):
+        load_calibration(tmp_path / "run", n_truths=30)
     with pytest.raises(CheckpointError, match="n_samples=100.*this run has 50"):
         setup.run(20, seed=3, out_dir=tmp_path / "run", n_samples=50)
 
@@ -413,3 +417,11 @@ def test_plots_write_pngs(exact, tmp_path):
     cp.plot_image_metrics(m, path=tmp_path / "image.png")
     for name in ("ranks", "cov", "tarp", "uce", "image"):
         assert (tmp_path / f"{name}.png").stat().st_size > 1000
+    paths = cp.save_calibration_figures(exact, tmp_path / "figs")
+    assert sorted(p.name for p in paths) == [
+        "calibration_coverage.png",
+        "calibration_ranks.png",
+        "calibration_report.json",
+        "calibration_tarp.png",
+    ]
+    assert json.loads((tmp_path / "figs" / "calibration_report.json").read_text())["sbc"]["passed"]

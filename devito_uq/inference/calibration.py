@@ -60,7 +60,7 @@ from devito_uq.io._atomic import atomic_path
 from devito_uq.parallel import ShotDistribution, allreduce_sum, rank_and_size
 from devito_uq.validation import check_bool, check_int, check_positive_int
 
-__all__ = ["CalibrationResult", "run_calibration"]
+__all__ = ["CalibrationResult", "run_calibration", "load_calibration"]
 
 _FORMAT = 1
 _METRICS = ("rmse", "rms_std", "uce", "uce_signed", "z_fraction", "seconds")
@@ -301,13 +301,8 @@ def run_calibration(
             },
         )
 
-    p = max(1, math.prod(shape))
-    ranks = np.zeros((n_truths, p), np.int32)
-    sranks = np.zeros((n_truths, len(names)), np.int32)
-    scal = np.zeros((n_truths, 2 + len(_METRICS)), np.float64)  # log_prob, tarp, metrics
-    done = np.zeros(n_truths, np.int32)
+    out = _Collector(n_truths, shape, names, n_samples, seed)
     mine = ShotDistribution(n_truths, comm).shots
-    computed: list[int] = []
     bar = mine
     if progress and mine:
         from tqdm import tqdm
@@ -316,46 +311,90 @@ def run_calibration(
     for i in bar:
         path = None if folder is None else folder / f"truth_{i:06d}.npz"
         if path is not None and path.exists():
-            rec = _load(path, i, shape, len(names))
-        else:
-            rec = _one_truth(
-                i,
-                seed,
-                prior,
-                simulator,
-                build_posterior,
-                shape,
-                n_samples,
-                summaries,
-                tarp_reference,
-                use_log_prob,
-                sample_chunk,
-            )
-            computed.append(i)
-            if path is not None:
-                with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-                    np.savez(fh, **rec)
-        ranks[i] = rec["ranks"].reshape(-1)
-        sranks[i] = rec["summary_ranks"]
-        scal[i] = [rec["log_prob_rank"], rec["tarp_rank"], *(rec[k] for k in _METRICS)]
-        done[i] = 1
-    if rank_and_size(comm)[1] > 1:
-        ranks, sranks, scal, done = (
-            allreduce_sum(torch.from_numpy(a), comm).numpy() for a in (ranks, sranks, scal, done)
+            out.put(i, _load(path, i, shape, len(names)))
+            continue
+        rec = _one_truth(
+            i,
+            seed,
+            prior,
+            simulator,
+            build_posterior,
+            shape,
+            n_samples,
+            summaries,
+            tarp_reference,
+            use_log_prob,
+            sample_chunk,
         )
-    if not (done == 1).all():  # pragma: no cover - a layout bug, not a user error
-        raise RuntimeError(f"truths computed {done.tolist()} times, expected once each")
-    return CalibrationResult(
-        ranks=ranks.reshape(n_truths, *shape),
-        summary_ranks=sranks,
-        summary_names=names,
-        log_prob_ranks=scal[:, 0].astype(np.int32),
-        tarp_ranks=scal[:, 1].astype(np.int32),
-        metrics={k: scal[:, 2 + j] for j, k in enumerate(_METRICS)},
-        n_samples=n_samples,
-        seed=seed,
-        computed=computed,
-    )
+        if path is not None:
+            with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+                np.savez(fh, **rec)
+        out.put(i, rec, computed=True)
+    return out.result(comm)
+
+
+def load_calibration(out_dir: str | os.PathLike, n_truths: int | None = None) -> CalibrationResult:
+    """The :class:`CalibrationResult` of the truths saved in ``out_dir`` (no recomputation).
+
+    ``n_truths``: use truths ``0..n_truths-1`` (all must be there); default: every
+    ``truth_*.npz`` found, which must be numbered ``0..N-1`` without gaps.
+    """
+    folder = Path(out_dir)
+    meta_path = folder / "calibration.json"
+    if not meta_path.exists():
+        raise CheckpointError(f"{meta_path} does not exist: not a calibration folder")
+    meta = json.loads(meta_path.read_text())
+    found = sorted(folder.glob("truth_*.npz"))
+    n = len(found) if n_truths is None else check_int("n_truths", n_truths, minimum=2)
+    if n < 2:
+        raise CheckpointError(f"{folder} holds {len(found)} finished truths; need at least 2")
+    shape, names = tuple(meta["shape"]), tuple(meta["summaries"])
+    out = _Collector(n, shape, names, meta["n_samples"], meta["seed"])
+    for i in range(n):
+        path = folder / f"truth_{i:06d}.npz"
+        if not path.exists():
+            raise CheckpointError(f"{path} is missing: truth {i} of {n} has not finished")
+        out.put(i, _load(path, i, shape, len(names)))
+    return out.result(None)
+
+
+class _Collector:
+    """Per-truth records gathered into ``[N, ...]`` arrays, summed over ranks at the end."""
+
+    def __init__(self, n: int, shape: tuple, names: tuple, n_samples: int, seed: int) -> None:
+        self.shape, self.names, self.n_samples, self.seed = shape, names, n_samples, seed
+        self.ranks = np.zeros((n, max(1, math.prod(shape))), np.int32)
+        self.sranks = np.zeros((n, len(names)), np.int32)
+        self.scal = np.zeros((n, 2 + len(_METRICS)), np.float64)  # log_prob, tarp, metrics
+        self.done = np.zeros(n, np.int32)
+        self.computed: list[int] = []
+
+    def put(self, i: int, rec: dict, computed: bool = False) -> None:
+        self.ranks[i] = rec["ranks"].reshape(-1)
+        self.sranks[i] = rec["summary_ranks"]
+        self.scal[i] = [rec["log_prob_rank"], rec["tarp_rank"], *(rec[k] for k in _METRICS)]
+        self.done[i] = 1
+        if computed:
+            self.computed.append(i)
+
+    def result(self, comm: Any) -> CalibrationResult:
+        arrays = (self.ranks, self.sranks, self.scal, self.done)
+        if rank_and_size(comm)[1] > 1:
+            arrays = tuple(allreduce_sum(torch.from_numpy(a), comm).numpy() for a in arrays)
+        ranks, sranks, scal, done = arrays
+        if not (done == 1).all():  # pragma: no cover - a layout bug, not a user error
+            raise RuntimeError(f"truths computed {done.tolist()} times, expected once each")
+        return CalibrationResult(
+            ranks=ranks.reshape(ranks.shape[0], *self.shape),
+            summary_ranks=sranks,
+            summary_names=self.names,
+            log_prob_ranks=scal[:, 0].astype(np.int32),
+            tarp_ranks=scal[:, 1].astype(np.int32),
+            metrics={k: scal[:, 2 + j] for j, k in enumerate(_METRICS)},
+            n_samples=self.n_samples,
+            seed=self.seed,
+            computed=self.computed,
+        )
 
 
 def _one_truth(

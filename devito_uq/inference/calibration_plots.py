@@ -7,8 +7,10 @@ atomically when ``path`` is given.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,6 +34,7 @@ __all__ = [
     "plot_tarp",
     "plot_uce",
     "plot_image_metrics",
+    "save_calibration_figures",
 ]
 
 
@@ -202,3 +205,25 @@ def plot_image_metrics(
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def save_calibration_figures(
+    result: CalibrationResult, out_dir: str | os.PathLike, prefix: str = "calibration"
+) -> list[Path]:
+    """Write a run's standard set and return the paths: ``{prefix}_report.json``
+    (:meth:`CalibrationResult.report`), rank histograms, coverage curves (central, and
+    HPD when available) and TARP."""
+    folder = Path(out_dir)
+    paths = [folder / f"{prefix}_{name}" for name in ("report.json", "ranks.png", "coverage.png")]
+    with atomic_path(paths[0]) as tmp:
+        Path(tmp).write_text(json.dumps(result.report(), indent=1))
+    plt = _plt()
+    plt.close(plot_rank_histograms(result, path=paths[1]))
+    curves = [result.coverage("central")]
+    if (result.log_prob_ranks >= 0).all():
+        curves.append(result.coverage("hpd"))
+    plt.close(plot_coverage(curves, path=paths[2]))
+    if (result.tarp_ranks >= 0).all():
+        paths.append(folder / f"{prefix}_tarp.png")
+        plt.close(plot_tarp(result.tarp(), path=paths[-1]))
+    return paths
