@@ -15,6 +15,7 @@ import multiprocessing
 import numpy as np
 import pytest
 import torch
+from conftest import cuda_or_skip
 from scipy import stats
 
 from devito_uq.errors import CheckpointError, DevitoUQError, InvalidArgumentError, InvalidShapeError
@@ -290,6 +291,21 @@ def test_streamed_statistics_equal_the_direct_ones(monkeypatch):
         np.testing.assert_allclose(st.std, draws.std(0).numpy(), rtol=1e-10)
     far = truth_statistics(truth + 1e6, draws + 1e6, 53)  # no cancellation far from 0
     np.testing.assert_allclose(far.std, draws.std(0).numpy(), rtol=1e-7)
+
+
+def test_draws_on_cuda_give_the_cpu_statistics():
+    device = cuda_or_skip()
+    g = torch.Generator().manual_seed(1)
+    draws = torch.randn(40, 12, generator=g, dtype=torch.float64)
+    truth = torch.randn(12, generator=g, dtype=torch.float64)
+    ref = torch.randn(12, generator=g, dtype=torch.float64)
+    kw = {"summaries": {"w": window_mean(slice(2, 6))}, "generator": None}
+    cpu = truth_statistics(truth, draws, 40, reference=ref, **kw)
+    gpu = truth_statistics(truth.to(device), draws.to(device), 40, reference=ref.to(device), **kw)
+    np.testing.assert_array_equal(cpu.ranks, gpu.ranks)
+    np.testing.assert_array_equal(cpu.summary_ranks, gpu.summary_ranks)
+    assert cpu.tarp_rank == gpu.tarp_rank
+    np.testing.assert_allclose(cpu.std, gpu.std, rtol=1e-12)
 
 
 def test_ties_are_broken_at_random():
