@@ -323,6 +323,10 @@ def test_bad_input_raises_errors_naming_the_value(setup):
         setup.run(5, n_samples=0)
     with pytest.raises(InvalidArgumentError, match="non-finite sample value nan"):
         setup.run(3, lambda d: torch.full((L, setup.n), float("nan"), dtype=torch.float64))
+    draws = torch.zeros(L, setup.n, dtype=torch.float64)
+    draws[57, 3] = float("inf")
+    with pytest.raises(InvalidArgumentError, match=r"value inf at index \[57, 3\]"):
+        truth_statistics(draws[0], StoredDraws(draws), L, sample_chunk=10)
     with pytest.raises(InvalidShapeError, match=r"shape \[100, 15\]; expected \[100, 16\]"):
         setup.run(3, lambda d: torch.zeros(L, setup.n - 1, dtype=torch.float64))
     with pytest.raises(

@@ -88,45 +88,45 @@ class _Counter:
         return self.less + np.floor(rng.random(self.less.shape) * (self.equal + 1)).astype(np.int64)
 
 
-def _check_chunk(x: Any, want: int, shape: tuple, where: str) -> torch.Tensor:
+def _check_block(x: Any, want: int, shape: tuple, where: str) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
         raise InvalidArgumentError(f"{where} returned {type(x).__name__}, not a torch.Tensor")
     if tuple(x.shape) != (want, *shape):
         raise InvalidShapeError(
             f"{where} returned samples of shape {list(x.shape)}; expected {[want, *shape]}"
         )
+    return x.detach()
+
+
+def _check_finite(x: torch.Tensor, offset: int, where: str) -> torch.Tensor:
+    # Checked per statistics chunk: a whole-block isfinite mask would cost L·P bytes.
     bad = ~torch.isfinite(x)
     if bool(bad.any()):
-        idx = tuple(int(i) for i in bad.nonzero()[0])
+        idx = [int(i) for i in bad.nonzero()[0]]
+        value = x[tuple(idx)].item()
+        idx[0] += offset
         raise InvalidArgumentError(
-            f"{where} returned a non-finite sample value {x[idx].item()} at index {list(idx)}"
+            f"{where} returned a non-finite sample value {value} at index {idx}"
         )
-    return x.detach()
+    return x
 
 
 def _sample_chunks(posterior: Any, n: int, shape: tuple, sample_chunk: int | None):
     """Yield ``[c, *shape]`` chunks of ``n`` draws, at most ``_ELEMENTS_PER_CHUNK`` values each."""
-    size = max(1, math.prod(shape))
-    step = max(1, _ELEMENTS_PER_CHUNK // size)
+    step = max(1, _ELEMENTS_PER_CHUNK // max(1, math.prod(shape)))
     if isinstance(posterior, torch.Tensor):
-        blocks = [_check_chunk(posterior, n, shape, "the posterior builder")]
-    elif sample_chunk is None:
-        blocks = [_check_chunk(posterior.sample(n), n, shape, "posterior.sample")]
+        where, calls = "the posterior builder", [(0, n)]
     else:
-        blocks = None
-    if blocks is not None:
-        for i in range(0, n, step):
-            yield blocks[0][i : i + step]
-        return
-    for i in range(0, n, sample_chunk):  # fresh draws per call: flows, VI, amortized
-        block = _check_chunk(
-            posterior.sample(min(sample_chunk, n - i)),
-            min(sample_chunk, n - i),
-            shape,
-            "posterior.sample",
-        )
-        for j in range(0, block.shape[0], step):
-            yield block[j : j + step]
+        where = "posterior.sample"
+        per_call = n if sample_chunk is None else sample_chunk  # fresh draws per call
+        calls = [(i, min(per_call, n - i)) for i in range(0, n, per_call)]
+    for start, count in calls:
+        if isinstance(posterior, torch.Tensor):
+            block = _check_block(posterior, n, shape, where)
+        else:
+            block = _check_block(posterior.sample(count), count, shape, where)
+        for j in range(0, count, step):
+            yield _check_finite(block[j : j + step], start + j, where)
 
 
 def _summaries_of(summaries: Mapping[str, Summary], x: torch.Tensor) -> np.ndarray:
