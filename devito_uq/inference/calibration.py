@@ -75,9 +75,12 @@ class CalibrationResult:
         summary_ranks: ``[N, k]`` int32; ``summary_names``: ``k`` names.
         log_prob_ranks, tarp_ranks: ``[N]`` int32, −1 where not computed.
         metrics: name → ``[N]`` float64: ``rmse``, ``rms_std`` (model units), ``uce``,
-            ``uce_signed`` (model units, 10 quantile bins), ``z_fraction``, ``seconds``
-            (wall time of the truth: prior draw, simulation, posterior, statistics).
+            ``uce_signed`` (model units; quantile bins of >= 100 pixels, at most 10),
+            ``z_fraction``, ``seconds`` (wall time of the truth: prior draw,
+            simulation, posterior, statistics).
         n_samples: ``L``; ``seed``: the run's seed (also seeds the PIT jitter).
+        computed: truths this process computed in this call (not loaded from
+            ``out_dir``; on this rank only).
     """
 
     ranks: np.ndarray
@@ -94,7 +97,8 @@ class CalibrationResult:
     def n_truths(self) -> int:
         return int(self.ranks.shape[0])
 
-    def _quantities(self, coordinates: bool) -> tuple[np.ndarray, list[str]]:
+    def quantity_ranks(self, coordinates: bool = True) -> tuple[np.ndarray, list[str]]:
+        """``([N, m] ranks, names)``: coordinates ``x[i]`` (flattened), summaries, log_prob."""
         blocks, names = [self.summary_ranks], list(self.summary_names)
         if coordinates:
             blocks.insert(0, self.ranks.reshape(self.n_truths, -1))
@@ -109,7 +113,7 @@ class CalibrationResult:
     ) -> SBCTest:
         """:func:`sbc_test` over coordinates (unless ``coordinates=False``), summaries and
         ``log_prob``, Holm-corrected over all of them."""
-        r, names = self._quantities(coordinates)
+        r, names = self.quantity_ranks(coordinates)
         return sbc_test(r, self.n_samples, names, bins=bins, alpha=alpha, seed=self.seed)
 
     def pit(self) -> np.ndarray:

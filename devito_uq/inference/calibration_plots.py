@@ -76,7 +76,7 @@ def plot_rank_histograms(
     max_panels = check_int("max_panels", max_panels, minimum=1)
     if isinstance(result, CalibrationResult):
         test = result.sbc(bins=bins)
-        r, all_names = result._quantities(coordinates=True)
+        r, all_names = result.quantity_ranks()
         n_coords = r.shape[1] - len(result.summary_names) - int(all_names[-1] == "log_prob")
         order = list(range(n_coords, r.shape[1]))
         order += [int(i) for i in np.argsort(test.adjusted_pvalue[:n_coords], kind="stable")]
