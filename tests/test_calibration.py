@@ -308,6 +308,26 @@ def test_draws_on_cuda_give_the_cpu_statistics():
     np.testing.assert_allclose(cpu.std, gpu.std, rtol=1e-12)
 
 
+def test_tarp_scale_makes_the_distance_unit_free():
+    """Coordinates in m/s and g/cc: dividing by the scale gives the unit-free TARP ranks."""
+    g = torch.Generator().manual_seed(4)
+    scale = torch.tensor([1000.0, 1.0, 0.001, 1.0], dtype=torch.float64)
+    changed = 0
+    for _ in range(30):
+        draws, truth, ref = (
+            torch.randn(*s, generator=g, dtype=torch.float64) for s in ((50, 4), (4,), (4,))
+        )
+        plain = truth_statistics(truth, draws, 50, reference=ref).tarp_rank
+        args = (truth * scale, draws * scale, 50)
+        scaled = truth_statistics(*args, reference=ref * scale, reference_scale=scale)
+        raw = truth_statistics(*args, reference=ref * scale).tarp_rank
+        assert scaled.tarp_rank == plain
+        changed += raw != plain
+    assert changed > 5  # without the scale the m/s coordinate decides alone
+    with pytest.raises(InvalidArgumentError, match="reference_scale"):
+        truth_statistics(truth, draws, 50, reference=ref, reference_scale=0 * scale)
+
+
 def test_ties_are_broken_at_random():
     truth = torch.zeros(2000)
     st = truth_statistics(truth, torch.zeros(9, 2000), 9)  # every draw equals the truth

@@ -230,6 +230,7 @@ def run_calibration(
     *,
     summaries: Mapping[str, Summary] | None = None,
     tarp_reference: str | Callable[[], torch.Tensor] | None = "prior",
+    tarp_scale: torch.Tensor | None = None,
     use_log_prob: bool = True,
     seed: int = 0,
     out_dir: str | os.PathLike | None = None,
@@ -255,8 +256,9 @@ def run_calibration(
         tarp_reference: TARP reference point per truth: ``"prior"`` (default: an
             independent prior draw, its own seed), a callable ``() -> [*shape]``
             (drawn under the same seed), or ``None`` to skip TARP. Distances are
-            Euclidean over all coordinates: rescale the model first when its
-            coordinates have different units.
+            Euclidean over all coordinates, divided by ``tarp_scale``.
+        tarp_scale: ``[*shape]`` positive per-coordinate scale of the TARP distance (e.g.
+            the prior std, when coordinates have different units); ``None``: 1.
         use_log_prob: rank ``log q(truth)`` (HPD coverage) when the posterior has it.
         seed: seeds everything per truth (see the module docstring).
         out_dir: folder for ``calibration.json`` and ``truth_%06d.npz``; finished truths
@@ -275,7 +277,8 @@ def run_calibration(
             raise InvalidArgumentError(f"{name} must be callable, got {type(fn).__name__}")
     if not (callable(prior) or callable(getattr(prior, "sample", None))):
         raise InvalidArgumentError(f"prior must be callable or have sample(n), got {prior!r}")
-    if not (tarp_reference in (None, "prior") or callable(tarp_reference)):
+    is_prior = isinstance(tarp_reference, str) and tarp_reference == "prior"
+    if not (tarp_reference is None or is_prior or callable(tarp_reference)):
         raise InvalidArgumentError(
             f"tarp_reference={tarp_reference!r} must be 'prior', a callable or None"
         )
@@ -287,11 +290,7 @@ def run_calibration(
         shape = tuple(_draw(prior).shape)  # every rank learns the shape, even with no truths
     folder = None if out_dir is None else Path(out_dir)
     if folder is not None:
-        ref_kind = (
-            "none"
-            if tarp_reference is None
-            else ("prior" if tarp_reference == "prior" else "custom")
-        )
+        ref_kind = "none" if tarp_reference is None else ("prior" if is_prior else "custom")
         _check_meta(
             folder,
             {
@@ -301,6 +300,7 @@ def run_calibration(
                 "shape": list(shape),
                 "summaries": list(names),
                 "tarp_reference": ref_kind,
+                "tarp_scale": None if tarp_scale is None else "custom",
                 "use_log_prob": use_log_prob,
             },
         )
@@ -327,6 +327,7 @@ def run_calibration(
             n_samples,
             summaries,
             tarp_reference,
+            tarp_scale,
             use_log_prob,
             sample_chunk,
         )
@@ -411,6 +412,7 @@ def _one_truth(
     n_samples,
     summaries,
     tarp_reference,
+    tarp_scale,
     use_log_prob,
     sample_chunk,
 ) -> dict:
@@ -420,7 +422,7 @@ def _one_truth(
     reference = None
     if tarp_reference is not None:
         with _seeded(ref_seed):
-            reference = _draw(prior) if tarp_reference == "prior" else tarp_reference().detach()
+            reference = tarp_reference().detach() if callable(tarp_reference) else _draw(prior)
     with _seeded(user):
         truth = _draw(prior)
         if tuple(truth.shape) != shape:
@@ -435,6 +437,7 @@ def _one_truth(
             n_samples,
             summaries=summaries,
             reference=reference,
+            reference_scale=tarp_scale,
             use_log_prob=use_log_prob,
             sample_chunk=sample_chunk,
             generator=rng,

@@ -26,7 +26,7 @@ from devito_uq.inference.calibration_metrics import (
     uncertainty_calibration_error,
     z_fraction,
 )
-from devito_uq.validation import check_in_range, check_positive_int
+from devito_uq.validation import check_finite_positive, check_in_range, check_positive_int
 
 __all__ = [
     "Summary",
@@ -159,6 +159,7 @@ def truth_statistics(
     *,
     summaries: Mapping[str, Summary] | None = None,
     reference: torch.Tensor | None = None,
+    reference_scale: torch.Tensor | None = None,
     use_log_prob: bool = True,
     sample_chunk: int | None = None,
     generator: np.random.Generator | None = None,
@@ -172,6 +173,9 @@ def truth_statistics(
         n_samples: ``L >= 1``.
         summaries: name → function ``[c, *shape] -> [c]`` of draws, ranked like coordinates.
         reference: ``[*shape]`` TARP reference point, or ``None``.
+        reference_scale: ``[*shape]`` positive scale dividing each coordinate in the TARP
+            distance ``‖(x − reference) / scale‖₂`` (e.g. the prior std when coordinates
+            have different units); ``None``: 1.
         use_log_prob: rank ``log q(truth)`` when ``posterior`` has ``log_prob``.
         sample_chunk: ``None`` calls ``sample(L)`` once (right for any sampler, including
             MCMC objects that return stored draws); ``k`` calls ``sample(k)`` repeatedly,
@@ -201,6 +205,14 @@ def truth_statistics(
     ref = None if reference is None else reference.detach().double().cpu().reshape(1, -1).numpy()
     if ref is not None and ref.shape != t.shape:
         raise InvalidShapeError(f"reference has shape {list(reference.shape)}; expected {shape}")
+    scale = 1.0
+    if reference_scale is not None:
+        scale = reference_scale.detach().double().cpu().reshape(1, -1).numpy()
+        if scale.shape != t.shape:
+            raise InvalidShapeError(
+                f"reference_scale has shape {list(reference_scale.shape)}; expected {shape}"
+            )
+        check_finite_positive("reference_scale", scale)
 
     coords, counts_sum = _Counter(t.shape[1]), _Counter(len(summaries))
     counts_lp, counts_tarp = _Counter(1), _Counter(1)
@@ -228,8 +240,8 @@ def truth_statistics(
             counts_lp.add(_log_prob(posterior, x), lp_truth)
         if ref is not None:
             if d_truth is None:
-                d_truth = np.sqrt(((t - ref) ** 2).sum(1, keepdims=True))
-            counts_tarp.add(np.sqrt(((xf - ref) ** 2).sum(1, keepdims=True)), d_truth)
+                d_truth = np.sqrt((((t - ref) / scale) ** 2).sum(1, keepdims=True))
+            counts_tarp.add(np.sqrt((((xf - ref) / scale) ** 2).sum(1, keepdims=True)), d_truth)
     std = np.sqrt(m2 / (n - 1)) if n > 1 else np.zeros_like(m2)
     return TruthStatistics(
         ranks=coords.ranks(rng).reshape(shape),
