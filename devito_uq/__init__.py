@@ -30,6 +30,7 @@ _EXPORTS = {
         "AcousticModeling",
         "BornModeling",
         "PlaneWaveModeling",
+        "PlaneWaveBornModeling",
         "squared_slowness",
         "velocity",
     ),

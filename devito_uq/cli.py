@@ -101,6 +101,13 @@ def _add_command(subs, cmd: Command) -> None:
     )
     sub.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
     sub.add_argument("--quiet", action="store_true", help="no progress bars")
+    sub.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch and OpenMP threads per process (default: this process's share of the "
+        "free cores, or OMP_NUM_THREADS if set; see devito_uq.parallel.configure_threads)",
+    )
     add_config_options(sub, cmd.config, presets)
 
 
@@ -126,19 +133,34 @@ def _run(cmd: Command, args: argparse.Namespace) -> dict[str, Any]:
     )
 
 
+def _mpi_launch_size() -> int:
+    """Number of ranks when started by an MPI launcher (1 otherwise), from its environment,
+    so that a serial run never loads MPI."""
+    for var in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS", "PMIX_SIZE"):
+        value = os.environ.get(var, "")
+        if value.isdigit():
+            return int(value)
+    return 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    # One OpenMP thread was fastest for these small kernels (measured on 2 cores);
-    # set before Devito is imported, users may override.
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    # Devito prints one INFO line per operator call by default: not for a CLI user.
     os.environ.setdefault("DEVITO_LOGGING", "ERROR")
+    from devito_uq.parallel import abort, configure_threads, world
+
+    comm = world() if _mpi_launch_size() > 1 else None  # failures then end every rank
     cmd: Command = args._command
     try:
+        # Before any torch or Devito work: each process gets its share of the cores.
+        configure_threads(comm, threads=args.threads)
         summary = _run(cmd, args)
     except DevitoUQError as exc:
         # A user error: one line, no traceback.
         message = " ".join(str(exc).split())
         print(f"devito-uq: error: {message}", file=sys.stderr)
+        if comm is not None and comm.Get_size() > 1:
+            abort(2, "user error; aborting every rank")
         return 2
     print(json.dumps({k: summary[k] for k in cmd.report_keys if k in summary}, indent=2))
     print(f"results written to {os.path.abspath(args.out)}")
@@ -146,4 +168,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

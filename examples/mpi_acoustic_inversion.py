@@ -39,7 +39,7 @@ from devito_uq.inference import (  # noqa: E402
     VariationalPosterior,
 )
 from devito_uq.io import read_shots, write_image, write_shots  # noqa: E402
-from devito_uq.parallel import allreduce_sum, my_shots, world  # noqa: E402
+from devito_uq.parallel import allreduce_sum, configure_threads, my_shots, world  # noqa: E402
 from devito_uq.physics import AcousticModel, AcousticModeling, Survey  # noqa: E402
 
 
@@ -89,6 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--nshots", type=int, default=4)
     args = parser.parse_args(argv)
     comm = world()
+    configure_threads(comm)  # each rank its share of the node's cores, before any work
     rank, size = comm.Get_rank(), comm.Get_size()
     t_start = time.perf_counter()
 

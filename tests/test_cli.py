@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 
@@ -79,3 +80,23 @@ def test_cli_rejects_a_malformed_option(capsys):
         main(["demo", "--iterations", "many"])
     assert exc.value.code == 2
     assert "--iterations: invalid int value: 'many'" in capsys.readouterr().err
+
+
+def test_cli_sets_the_thread_policy(tmp_path, capsys, monkeypatch):
+    """--threads goes through configure_threads before any work; a bad count is a user error."""
+    import torch
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert main(["avp", "--out", str(tmp_path / "a"), "--threads", "0", "--quiet"]) == 2
+    assert "threads=0 must be an integer >= 1" in capsys.readouterr().err
+    before = torch.get_num_threads()
+    try:
+        argv = ["avp", "--out", str(tmp_path / "b"), "--threads", "2", "--iterations", "1"]
+        argv += ["--mala-steps", "1", "--mala-burn-in", "0", "--mala-thin", "1"]
+        argv += ["--mala-chains", "2", "--n-samples", "2", "--map-iterations", "1"]
+        assert main(argv + ["--no-figures", "--quiet"]) == 0
+        assert torch.get_num_threads() == 2
+        assert os.environ["OMP_NUM_THREADS"] == "2"
+    finally:
+        torch.set_num_threads(before)
+        os.environ["OMP_NUM_THREADS"] = "1"

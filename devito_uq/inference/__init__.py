@@ -1,9 +1,13 @@
 """devito_uq.inference: likelihoods, priors, variational inference and Langevin/MAP baselines.
 
-Plot helpers live in :mod:`devito_uq.inference.plotting` (not imported here, so
-that importing the package does not load matplotlib).
+Plot helpers live in :mod:`devito_uq.inference.plotting` and
+:mod:`devito_uq.inference.calibration_plots` (not imported here, so that importing the
+package does not load matplotlib). Calibration diagnostics (SBC, expected coverage,
+TARP, UCE) are in :mod:`devito_uq.inference.calibration` and its companions.
 """
 
+from devito_uq.inference.calibration import CalibrationResult, load_calibration, run_calibration
+from devito_uq.inference.calibration_ranks import image_metrics, truth_statistics, window_mean
 from devito_uq.inference.likelihood import GaussianLikelihood, sigma_from_snr
 from devito_uq.inference.map import MAPResult, map_estimate
 from devito_uq.inference.mcmc import MALA, SGLD, MCMCResult
@@ -42,4 +46,10 @@ __all__ = [
     "MatrixOperator",
     "linear_gaussian_problem",
     "RingMixture",
+    "run_calibration",
+    "load_calibration",
+    "CalibrationResult",
+    "truth_statistics",
+    "image_metrics",
+    "window_mean",
 ]
