@@ -11,6 +11,7 @@ import torch
 
 from devito_uq.apps.avp import AVPConfig, build_problem, load_sleipner, run_avp, train_vi
 from devito_uq.errors import CheckpointError, InvalidArgumentError
+from devito_uq.io import load_checkpoint
 
 FIGURES = ("models.png", "std.png", "interval.png", "samples.png", "data_fit.png", "loss.png")
 N_P = 7  # ray parameters of the default configuration
@@ -79,7 +80,7 @@ def test_short_run_coverage_and_samples(short_run):
     """The summary's coverage is the fraction of depths inside the samples' 5–95 % range,
     recomputed here from posterior_samples.pt; every sample respects the lower bound."""
     cfg, out, summary = short_run
-    samples = torch.load(out / "posterior_samples.pt")
+    samples = load_checkpoint(out / "posterior_samples.pt")
     assert samples["vi"].shape == (cfg.n_samples, 128)
     assert samples["mala"].shape == (cfg.mala_chains * cfg.mala_steps, 128)
     _, m_true, _ = load_sleipner()
@@ -128,8 +129,8 @@ def test_resume_continues_from_the_checkpoint(tmp_path):
     assert resumed["vi"]["iterations_this_run"] == 2
     assert resumed["pde_solves"]["by_phase"]["vi"] == 2 * cfg.batch_size * N_P * 2
     assert resumed["vi"]["final_loss"] == reference["vi"]["final_loss"]
-    a = torch.load(tmp_path / "ref" / "posterior_samples.pt")
-    b = torch.load(out / "posterior_samples.pt")
+    a = load_checkpoint(tmp_path / "ref" / "posterior_samples.pt")
+    b = load_checkpoint(out / "posterior_samples.pt")
     assert torch.equal(a["vi"], b["vi"]) and torch.equal(a["mala"], b["mala"])
 
     again = run_avp(cfg, out, resume=True, progress=False, figures=False)

@@ -35,7 +35,7 @@ from devito_uq.parallel import (
     rank_and_size,
     share_gradient,
 )
-from devito_uq.validation import check_int, check_positive_scalar, check_scalar
+from devito_uq.validation import check_finite, check_int, check_positive_scalar, check_scalar
 
 __all__ = ["GaussianLikelihood", "sigma_from_snr"]
 
@@ -111,6 +111,8 @@ class GaussianLikelihood(nn.Module):
             )
         if data.ndim == 0:
             raise InvalidShapeError("data must have at least one axis, got a scalar")
+        # NaN data would make every misfit NaN: VI would diverge, MALA reject everything.
+        check_finite("data", data)
         if (sigma is None) == (snr_db is None):
             raise InvalidArgumentError(
                 f"give exactly one of sigma and snr_db, got sigma={sigma}, snr_db={snr_db}"

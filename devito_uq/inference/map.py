@@ -20,6 +20,7 @@ from devito_uq.inference.target import PosteriorTarget, as_target
 from devito_uq.validation import (
     check_bool,
     check_choice,
+    check_finite,
     check_nonnegative_scalar,
     check_positive_int,
     check_positive_scalar,
@@ -78,6 +79,7 @@ def map_estimate(
     progress = check_bool("progress", progress)
     if not isinstance(x0, torch.Tensor) or not x0.is_floating_point():
         raise InvalidArgumentError(f"x0 must be a floating-point tensor, got {type(x0).__name__}")
+    check_finite("x0", x0)
     x = target.to_latent(x0.detach().unsqueeze(0).clone()).requires_grad_(True)
     history: list[float] = []
     evaluations = 0

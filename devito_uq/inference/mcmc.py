@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from devito_uq.errors import InvalidArgumentError, InvalidShapeError
+from devito_uq.errors import InvalidArgumentError, InvalidShapeError, TrainingDivergedError
 from devito_uq.inference.parameterization import Parameterization
 from devito_uq.inference.summary import (
     DEFAULT_QUANTILES,
@@ -42,7 +42,13 @@ from devito_uq.inference.summary import (
     summarize,
 )
 from devito_uq.inference.target import PosteriorTarget, as_target
-from devito_uq.validation import check_bool, check_in_range, check_int, check_positive_scalar
+from devito_uq.validation import (
+    check_bool,
+    check_finite,
+    check_in_range,
+    check_int,
+    check_positive_scalar,
+)
 
 __all__ = ["MALA", "SGLD", "MCMCResult"]
 
@@ -145,6 +151,8 @@ class _Langevin:
             x0 = p.reference
         if not isinstance(x0, torch.Tensor) or not x0.is_floating_point():
             raise InvalidArgumentError(f"x0 must be a floating-point tensor, got {type(x0)}")
+        # A NaN start would give NaN draws (SGLD) or a chain that never moves (MALA).
+        check_finite("x0", x0)
         shape = self.target.model_shape
         if shape is not None and tuple(x0.shape) == shape:
             x0 = x0.expand(n_chains, *shape)
@@ -212,6 +220,14 @@ class MALA(_Langevin):
     def _chain(self, x, gen, burn_in, n_steps, thin, progress):
         n_chains = x.shape[0]
         u, g = self.target.value_and_grad(x)
+        bad = ~(torch.isfinite(u) & torch.isfinite(g).flatten(1).all(1))
+        if bool(bad.any()):
+            # Every proposal from there would be rejected: the chain would never move.
+            chain = int(torch.nonzero(bad)[0])
+            raise InvalidArgumentError(
+                f"the potential or its gradient at the start x0 of chain {chain} is "
+                f"{float(u[chain])}; start every chain where the posterior is finite"
+            )
         log_h = math.log(self.step_size)
         kept, accepted, counted = [], 0.0, 0
         total = burn_in + n_steps
@@ -290,6 +306,13 @@ class SGLD(_Langevin):
             _, g = self.target.value_and_grad(x, full=False)
             noise = torch.randn(x.shape, generator=gen, dtype=x.dtype).to(x.device)
             x = x - h * g + math.sqrt(2.0 * h) * noise
+            finite = torch.isfinite(x).flatten(1).all(1)
+            if not bool(finite.all()):
+                chains = torch.nonzero(~finite).flatten().tolist()
+                raise TrainingDivergedError(
+                    f"SGLD diverged at step {t + 1}: chains {chains[:8]} became non-finite "
+                    f"(step {h:.3g}; reduce step_size={h0})"
+                )
             if t >= burn_in and (t - burn_in) % thin == thin - 1:
                 kept.append(self.target.to_model(x)[0].detach().cpu())
             if progress and t % 20 == 0:

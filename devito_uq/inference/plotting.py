@@ -20,15 +20,27 @@ import torch  # noqa: E402
 
 from devito_uq.errors import InvalidArgumentError, InvalidShapeError  # noqa: E402
 from devito_uq.inference.summary import PosteriorSummary  # noqa: E402
+from devito_uq.io._atomic import atomic_path  # noqa: E402
 
 __all__ = ["plot_profiles", "plot_images", "plot_loss", "save_figure"]
 
 
 def save_figure(fig, path: str | os.PathLike | None, dpi: int = 120):
-    """Write ``fig`` as PNG (folders created) and return it."""
+    """Write ``fig`` atomically (folders created) and return it.
+
+    The format follows the suffix of ``path`` (PNG without one). The figure is drawn into
+    a temporary file beside ``path`` and moved over it, so a reader never sees half an
+    image and a symbolic link planted at ``path`` is replaced, never written through.
+    """
     if path is not None:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        fig.savefig(path, dpi=dpi, bbox_inches="tight")
+        fmt = os.path.splitext(os.fspath(path))[1][1:].lower() or "png"
+        if fmt not in fig.canvas.get_supported_filetypes():
+            raise InvalidArgumentError(
+                f"path={os.fspath(path)!r}: matplotlib cannot write the format {fmt!r}"
+            )
+        with atomic_path(path) as tmp:
+            # The temporary name ends in .tmp: the format must be given explicitly.
+            fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=fmt)
     return fig
 
 

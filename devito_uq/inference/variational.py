@@ -30,11 +30,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from devito_uq.errors import CheckpointError, InvalidArgumentError, TrainingDivergedError
+from devito_uq.flows.flow import check_sample_memory
 from devito_uq.inference.parameterization import Parameterization
 from devito_uq.inference.priors import Prior
 from devito_uq.inference.summary import DEFAULT_QUANTILES, PosteriorSummary, summarize
 from devito_uq.inference.target import PosteriorTarget, as_target
-from devito_uq.io.checkpoint import load_checkpoint, save_checkpoint
+from devito_uq.io.checkpoint import check_identity, load_checkpoint, save_checkpoint
+from devito_uq.parallel import allreduce_sum, rank_and_size
 from devito_uq.validation import (
     check_bool,
     check_choice,
@@ -144,6 +146,7 @@ class VariationalPosterior:
         temper_start: float = 0.1,
         callback: Callable[[int, dict[str, float]], None] | None = None,
         lr_final: float = 0.01,
+        identity: dict[str, Any] | None = None,
     ) -> dict[str, list[float]]:
         """Minimize the reverse-KL objective with Adam; return :attr:`history`.
 
@@ -158,8 +161,14 @@ class VariationalPosterior:
             checkpoint_path: if given, write a checkpoint every ``checkpoint_every``
                 iterations and at the end; if the file exists when ``fit`` starts,
                 training resumes from it and reproduces the uninterrupted run bit
-                for bit (same ``seed``, ``batch_size`` and schedule). Without a
-                schedule, a larger ``iterations`` extends a finished run.
+                for bit. The checkpoint stores the run's identity (``seed``,
+                ``batch_size``, ``lr``, the schedule and its ``lr_final``, ``clip_grad``,
+                tempering, ``identity``) and a resume under another one is refused.
+                Without a schedule, a larger ``iterations`` extends a finished run.
+                With an MPI likelihood (``likelihood.comm``) every rank computes the
+                same state, rank 0 alone writes the file and every rank reads it, so
+                a run stopped on N ranks resumes on any number of ranks (the folder
+                must be shared by the ranks).
             seed: seeds torch's global generator at a fresh start (the flow draws
                 its latents from it).
             progress: show a tqdm bar with the loss and its three terms.
@@ -168,6 +177,11 @@ class VariationalPosterior:
                 target early on lets reverse KL spread over separated modes
                 before it sharpens (it is mode-seeking otherwise).
             callback: called as ``callback(iteration, terms)`` after each step.
+            lr_final: the learning rate at the end of a named schedule as a fraction of
+                ``lr``, in ``(0, 1]``.
+            identity: JSON-able ``dict`` of whatever else the run depends on (an
+                application's configuration), stored in the checkpoint and compared
+                on resume.
 
         After the call :attr:`resumed_from` holds the iteration it resumed from (0 for
         a fresh start), so ``iterations − resumed_from`` steps ran in this call.
@@ -175,7 +189,8 @@ class VariationalPosterior:
         Raises:
             TrainingDivergedError: the loss or its gradient became NaN/inf; the
                 last checkpoint on disk is left as it was.
-            CheckpointError: the checkpoint belongs to another run.
+            CheckpointError: the checkpoint is corrupt, belongs to another run, or is
+                seen by only some of the MPI ranks; the file is left as it was.
         """
         iterations = check_positive_int("iterations", iterations)
         batch_size = check_positive_int("batch_size", batch_size)
@@ -185,17 +200,39 @@ class VariationalPosterior:
         if clip_grad is not None:
             clip_grad = check_positive_scalar("clip_grad", clip_grad)
         temper_start = check_in_range("temper_start", temper_start, 0.0, 1.0, low_open=True)
-        lr_final = check_positive_scalar("lr_final", lr_final)
+        lr_final = check_in_range("lr_final", lr_final, 0.0, 1.0, low_open=True)
+        if not lr * lr_final > 0.0:  # underflow: the schedule would end at a zero rate
+            raise InvalidArgumentError(
+                f"the final learning rate lr*lr_final={lr}*{lr_final} underflows to 0"
+            )
         seed = check_int("seed", seed)
         progress = check_bool("progress", progress)
+        if identity is not None and not isinstance(identity, dict):
+            raise InvalidArgumentError(
+                f"identity must be a dict or None, got {type(identity).__name__}"
+            )
         params = [p for p in self.flow.parameters() if p.requires_grad]
         if not params:
             raise InvalidArgumentError("the flow has no trainable parameters")
         optimizer = torch.optim.Adam(params, lr=lr)
         scheduler = _scheduler(lr_schedule, optimizer, iterations, lr_final)
-        run = {"seed": seed, "batch_size": batch_size, "iterations": iterations}
+        run = {
+            "seed": seed,
+            "batch_size": batch_size,
+            "iterations": iterations,
+            "lr": lr,
+            "lr_schedule": _schedule_name(lr_schedule),
+            "lr_final": lr_final,
+            "clip_grad": clip_grad,
+            "temper_iterations": temper_iterations,
+            "temper_start": temper_start,
+            "identity": identity,
+        }
+        # One writer: with an MPI likelihood every rank holds the same state.
+        comm = getattr(self.likelihood, "comm", None)
+        writer = rank_and_size(comm)[0] == 0
 
-        resumed = checkpoint_path is not None and os.path.exists(checkpoint_path)
+        resumed = checkpoint_path is not None and _checkpoint_exists(checkpoint_path, comm)
         start = self._resume(checkpoint_path, optimizer, scheduler, run) if resumed else 0
         # Callers (the applications) read where this fit started instead of opening
         # the checkpoint themselves.
@@ -253,8 +290,10 @@ class VariationalPosterior:
                     },
                     refresh=False,
                 )
-            if checkpoint_path is not None and (
-                (it + 1) % checkpoint_every == 0 or it + 1 == iterations
+            if (
+                writer
+                and checkpoint_path is not None
+                and ((it + 1) % checkpoint_every == 0 or it + 1 == iterations)
             ):
                 self._save(checkpoint_path, optimizer, scheduler, run)
             if callback is not None:
@@ -294,16 +333,19 @@ class VariationalPosterior:
         state = load_checkpoint(
             path, required=("iteration", "run", "flow", "optimizer", "torch_rng", "history")
         )
+        keys = ["seed", "batch_size", "lr", "lr_schedule", "clip_grad", "temper_iterations"]
+        keys.append("temper_start")
+        if scheduler is not None:
+            # A schedule depends on the total iteration count; without one, a finished
+            # run may be extended by asking for more iterations.
+            keys.append("iterations")
+            if run["lr_schedule"] in _SCHEDULES:  # a named schedule ends at lr·lr_final
+                keys.append("lr_final")
         saved = state["run"]
-        # A schedule depends on the total iteration count; without one, a finished
-        # run may be extended by asking for more iterations.
-        keys = ("seed", "batch_size") + (("iterations",) if scheduler is not None else ())
-        for key in keys:
-            if saved.get(key) != run[key]:
-                raise CheckpointError(
-                    f"checkpoint {str(path)!r} belongs to another run: it has {key}="
-                    f"{saved.get(key)}, this fit has {key}={run[key]}"
-                )
+        check_identity(path, saved, run, keys)
+        if run["identity"] is not None or saved.get("identity") is not None:
+            # Key by key, so that the message names the field that differs.
+            check_identity(path, saved.get("identity") or {}, run["identity"] or {})
         try:
             self.flow.load_state_dict(state["flow"])
             optimizer.load_state_dict(state["optimizer"])
@@ -336,6 +378,15 @@ class VariationalPosterior:
         """``[n, *model_shape]`` posterior samples ``m = g(T(z))`` (no PDE solves)."""
         n = check_positive_int("n", n)
         chunk = check_positive_int("chunk", chunk)
+        shape = getattr(self.flow, "shape", None)
+        ref = next(iter(self.flow.parameters()), None)
+        if shape is not None and ref is not None:
+            # The chunks and their concatenation, refused before the first chunk.
+            check_sample_memory(
+                f"drawing n={n} posterior samples of shape {tuple(shape)}",
+                2 * n * math.prod(shape) * ref.element_size(),
+                ref.device,
+            )
         out = []
         for i in range(0, n, chunk):
             x = self.flow.sample(min(chunk, n - i))
@@ -358,6 +409,34 @@ class VariationalPosterior:
     ) -> PosteriorSummary:
         """:class:`PosteriorSummary` of ``n`` fresh samples."""
         return summarize(self.sample(n), quantiles)
+
+
+def _schedule_name(spec) -> str:
+    """The schedule as stored in a checkpoint (a callable cannot be compared)."""
+    if spec is None:
+        return "constant"
+    return "callable" if callable(spec) else str(spec)
+
+
+def _checkpoint_exists(path, comm) -> bool:
+    """Whether to resume from ``path``; with an MPI ``comm`` all ranks agree or all raise.
+
+    The first reduction doubles as a barrier: rank 0's write of a previous :meth:`fit`
+    is complete before any rank looks. A checkpoint seen by some ranks only (a folder
+    local to each node) would make the ranks diverge silently.
+    """
+    _, size = rank_and_size(comm)
+    if size > 1:
+        allreduce_sum(torch.zeros(1, dtype=torch.float64), comm)
+    exists = os.path.exists(path)
+    if size > 1:
+        seen = int(allreduce_sum(torch.tensor([float(exists)], dtype=torch.float64), comm))
+        if 0 < seen < size:
+            raise CheckpointError(
+                f"checkpoint {str(path)!r} is visible on {seen} of {size} MPI ranks; "
+                "put it in a folder every rank shares"
+            )
+    return exists
 
 
 def _scheduler(spec, optimizer, iterations: int, lr_final: float):

@@ -133,8 +133,49 @@ class AVPConfig:
             check_positive_scalar(name, getattr(self, name))
         check_scalar("snr_db", self.snr_db)
         check_in_range("lr_decay", self.lr_decay, 0.0, 1.0, low_open=True)
-        check_tuple("corners", self.corners, 4, positive=True)
+        corners = check_tuple("corners", self.corners, 4, positive=True)
         check_choice("dtype", self.dtype, ("float32", "float64"))
+        # Combinations, all before any solve: a run must not fail after MAP, MALA or VI.
+        if self.dt >= self.t1:
+            raise InvalidArgumentError(f"dt={self.dt} ms must be smaller than t1={self.t1} ms")
+        nyquist = 500.0 / self.dt  # Hz, dt in ms
+        if any(b <= a for a, b in zip(corners, corners[1:])) or corners[3] >= nyquist:
+            raise InvalidArgumentError(
+                f"corners={self.corners} must increase strictly and stay below the Nyquist "
+                f"frequency {nyquist:g} Hz of dt={self.dt} ms"
+            )
+        kept = self.mala_chains * (self.mala_steps // self.mala_thin)
+        if kept < 2:  # the MALA reference's standard deviation needs two draws
+            raise InvalidArgumentError(
+                f"mala_chains={self.mala_chains} x (mala_steps={self.mala_steps} // "
+                f"mala_thin={self.mala_thin}) keeps {kept} MALA draw(s); at least 2 are needed"
+            )
+        gamma = self.lr_decay ** (1.0 / self.lr_decay_every)
+        final_lr = self.lr * gamma**self.iterations
+        if not final_lr > 0.0:
+            raise InvalidArgumentError(
+                f"the final learning rate lr*lr_decay**(iterations/lr_decay_every) = "
+                f"{self.lr}*{self.lr_decay}**({self.iterations}/{self.lr_decay_every}) "
+                f"underflows to {final_lr}; raise lr_decay or lr_decay_every"
+            )
+        if not isinstance(self.label, str):
+            raise InvalidArgumentError(f"label={self.label!r} must be a string")
+        if not isinstance(self.extra, dict):
+            raise InvalidArgumentError(f"extra={self.extra!r} must be a dict")
+        import json
+
+        from devito_uq.flows.flow import check_sample_memory
+
+        try:  # stored in summary.json and in the caches: plain data only
+            json.dumps(self.extra, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise InvalidArgumentError(
+                f"extra={self.extra!r} is not plain JSON data: {exc}"
+            ) from None
+        # Memory of the sample sets, refused before the solves that would precede them.
+        nz, itemsize = 128, 4 if self.dtype == "float32" else 8  # the Sleipner profile
+        check_sample_memory(f"n_samples={self.n_samples}", 2 * self.n_samples * nz * itemsize)
+        check_sample_memory(f"{kept} kept MALA draws", 2 * kept * nz * itemsize)
         return self
 
     def to_dict(self) -> dict[str, Any]:

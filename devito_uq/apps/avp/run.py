@@ -2,10 +2,17 @@
 
 Files in the output folder:
 
-* ``vi_checkpoint.pt`` — VI's checkpoint (written by :meth:`VariationalPosterior.fit`);
+* ``vi_checkpoint.pt`` — VI's checkpoint (written by :meth:`VariationalPosterior.fit`),
+  with the configuration fields VI depends on;
 * ``map_mala.pt`` — the MAP estimate and the MALA draws, with the configuration they
   were made with, reused by ``resume=True`` only under the same configuration;
-* ``posterior_samples.pt``, ``summary.json`` and the figures.
+* ``posterior_samples.pt`` (``vi``, ``mala``, ``map``; read it with
+  :func:`devito_uq.io.load_checkpoint`), ``summary.json`` and the figures.
+
+Every file is written atomically (a temporary file moved over the target: never half
+written, a planted symbolic link replaced rather than followed) and the ``.pt`` files
+carry a SHA-256 checked on load (:mod:`devito_uq.io.checkpoint`). With ``resume`` both
+checkpoints are verified and compared with the configuration before any solve.
 """
 
 from __future__ import annotations
@@ -19,8 +26,8 @@ from typing import Any
 import torch
 
 from devito_uq.apps.avp.config import AVPConfig
-from devito_uq.apps.avp.problem import AVPProblem, build_problem, make_flow
-from devito_uq.errors import CheckpointError
+from devito_uq.apps.avp.problem import AVPProblem, build_problem, load_sleipner, make_flow
+from devito_uq.errors import CheckpointError, InvalidArgumentError
 from devito_uq.inference import (
     MALA,
     PosteriorSummary,
@@ -28,7 +35,8 @@ from devito_uq.inference import (
     map_estimate,
     summarize,
 )
-from devito_uq.io.checkpoint import load_checkpoint, save_checkpoint
+from devito_uq.io._atomic import atomic_path
+from devito_uq.io.checkpoint import check_identity, load_checkpoint, save_checkpoint
 
 __all__ = ["AVPResults", "run_avp", "train_vi", "vi_checkpoint_every"]
 
@@ -50,7 +58,24 @@ _NOT_IN_BASELINES = frozenset(
         "extra",
     }
 )
+#: Fields that change only MAP/MALA or what is written: a VI checkpoint made under
+#: other values of these is still valid.
+_NOT_IN_VI = frozenset(
+    {
+        "map_iterations",
+        "mala_chains",
+        "mala_steps",
+        "mala_burn_in",
+        "mala_thin",
+        "mala_step_size",
+        "checkpoint_every",
+        "n_samples",
+        "label",
+        "extra",
+    }
+)
 _CACHE_KEYS = ("config", "map", "mala", "info", "timings", "solves")
+_AFRESH = "; run without resume to start afresh"
 
 
 @dataclass
@@ -72,22 +97,52 @@ class AVPResults:
     d_background: torch.Tensor
 
 
-def _plain(config: dict[str, Any]) -> dict[str, Any]:
-    # Tuples and lists compare unequal; JSON gives both one spelling.
-    return json.loads(json.dumps(config))
+def _vi_identity(config: AVPConfig) -> dict[str, Any]:
+    """The configuration fields a VI checkpoint depends on (stored in it, compared)."""
+    return {k: v for k, v in config.to_dict().items() if k not in _NOT_IN_VI}
 
 
 def _load_baselines(path: str, config: AVPConfig) -> dict[str, Any]:
     """The cached MAP/MALA, refused (naming the key) if made under another config."""
     state = load_checkpoint(path, required=_CACHE_KEYS)
-    saved, now = _plain(state["config"]), _plain(config.to_dict())
-    for key in sorted((saved.keys() | now.keys()) - _NOT_IN_BASELINES):
-        if saved.get(key) != now.get(key):
-            raise CheckpointError(
-                f"cache {path!r} was made with {key}={saved.get(key)!r}, this run has "
-                f"{key}={now.get(key)!r}; run without resume to recompute it"
-            )
+    saved, now = state["config"], config.to_dict()
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"cache {path!r} holds no configuration{_AFRESH}")
+    keys = sorted((saved.keys() | now.keys()) - _NOT_IN_BASELINES)
+    check_identity(path, saved, now, keys, hint=_AFRESH)
     return state
+
+
+def _check_vi_checkpoint(path: str, config: AVPConfig) -> None:
+    """Refuse (naming the key) a VI checkpoint made under another configuration."""
+    run = load_checkpoint(path, required=("run",))["run"]
+    saved = run.get("identity") if isinstance(run, dict) else None
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"checkpoint {path!r} holds no AVP configuration{_AFRESH}")
+    check_identity(path, saved, _vi_identity(config), hint=_AFRESH)
+
+
+def _prepare_output(out: str, resume: bool, config: AVPConfig) -> dict[str, Any] | None:
+    """Check (or clear) the output folder before any solve; return the cached MAP/MALA.
+
+    With ``resume`` both checkpoints are verified and compared with ``config`` here, so
+    a run under another configuration is refused before it costs anything.
+    """
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise InvalidArgumentError(f"out={out!r} exists and is not a folder")
+    os.makedirs(out, exist_ok=True)
+    ckpt, cache = os.path.join(out, "vi_checkpoint.pt"), os.path.join(out, "map_mala.pt")
+    if not resume:
+        for path in (ckpt, cache):
+            if os.path.isdir(path) and not os.path.islink(path):
+                raise CheckpointError(f"checkpoint {path!r} is a folder, not a file")
+            if os.path.lexists(path):
+                os.remove(path)  # a symbolic link is removed, never its target
+        return None
+    base = _load_baselines(cache, config) if os.path.lexists(cache) else None
+    if os.path.lexists(ckpt):
+        _check_vi_checkpoint(ckpt, config)
+    return base
 
 
 def _run_baselines(problem: AVPProblem, config: AVPConfig, progress: bool) -> dict[str, Any]:
@@ -164,6 +219,7 @@ def train_vi(
         seed=config.seed,
         progress=progress,
         callback=callback,
+        identity=_vi_identity(config),
     )
     return vi
 
@@ -201,17 +257,18 @@ def run_avp(
         The summary dictionary also written to ``out/summary.json``.
 
     Raises:
-        CheckpointError: with ``resume``, a checkpoint or cache of another run.
+        InvalidArgumentError: a bad configuration value or combination (before any
+            file is touched).
+        CheckpointError: with ``resume``, a corrupt checkpoint or cache, or one of
+            another configuration (before any solve; the files are left as they are).
     """
     config.validate()
+    # The flow's fields too, before MAP and MALA run (it is built only for VI).
+    make_flow(config, load_sleipner()[1].numel())
     out = os.fspath(out)
-    os.makedirs(out, exist_ok=True)
     ckpt = os.path.join(out, "vi_checkpoint.pt")
     cache = os.path.join(out, "map_mala.pt")
-    if not resume:
-        for path in (ckpt, cache):
-            if os.path.exists(path):
-                os.remove(path)
+    cached = _prepare_output(out, resume, config)
     t_start = time.perf_counter()
     torch.manual_seed(config.seed)
     problem = build_problem(config)
@@ -219,8 +276,8 @@ def run_avp(
     timings: dict[str, float] = {"setup": time.perf_counter() - t_start}
     solves: dict[str, int] = {"setup": op.n_solves}
 
-    if resume and os.path.exists(cache):
-        base = _load_baselines(cache, config)
+    if cached is not None:
+        base = cached
     else:
         base = _run_baselines(problem, config, progress)
         save_checkpoint(cache, {"config": config.to_dict(), **base})
@@ -286,14 +343,14 @@ def run_avp(
         "vi_std_within_30pct_of_mala": std_rel <= 0.3,
         "full_run_extrapolated_minutes": 32768 * summary["vi"]["seconds_per_iteration"] / 60.0,
     }
-    torch.save(
-        {"vi": vi_samples, "mala": base["mala"], "map": base["map"]},
+    save_checkpoint(
         os.path.join(out, "posterior_samples.pt"),
+        {"vi": vi_samples, "mala": base["mala"], "map": base["map"]},
     )
     if figures:
         from devito_uq.apps.avp.figures import write_figures
 
         write_figures(out, problem, results)
-    with open(os.path.join(out, "summary.json"), "w") as fh:
+    with atomic_path(os.path.join(out, "summary.json")) as tmp, open(tmp, "w") as fh:
         json.dump(summary, fh, indent=2)
     return summary
