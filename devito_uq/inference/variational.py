@@ -35,8 +35,13 @@ from devito_uq.inference.parameterization import Parameterization
 from devito_uq.inference.priors import Prior
 from devito_uq.inference.summary import DEFAULT_QUANTILES, PosteriorSummary, summarize
 from devito_uq.inference.target import PosteriorTarget, as_target
-from devito_uq.io.checkpoint import check_identity, load_checkpoint, save_checkpoint
-from devito_uq.parallel import allreduce_sum, rank_and_size
+from devito_uq.io.checkpoint import (
+    check_identity,
+    checkpoint_exists,
+    load_checkpoint,
+    save_checkpoint,
+)
+from devito_uq.parallel import rank_and_size
 from devito_uq.validation import (
     check_bool,
     check_choice,
@@ -232,7 +237,7 @@ class VariationalPosterior:
         comm = getattr(self.likelihood, "comm", None)
         writer = rank_and_size(comm)[0] == 0
 
-        resumed = checkpoint_path is not None and _checkpoint_exists(checkpoint_path, comm)
+        resumed = checkpoint_path is not None and checkpoint_exists(checkpoint_path, comm)
         start = self._resume(checkpoint_path, optimizer, scheduler, run) if resumed else 0
         # Callers (the applications) read where this fit started instead of opening
         # the checkpoint themselves.
@@ -416,27 +421,6 @@ def _schedule_name(spec) -> str:
     if spec is None:
         return "constant"
     return "callable" if callable(spec) else str(spec)
-
-
-def _checkpoint_exists(path, comm) -> bool:
-    """Whether to resume from ``path``; with an MPI ``comm`` all ranks agree or all raise.
-
-    The first reduction doubles as a barrier: rank 0's write of a previous :meth:`fit`
-    is complete before any rank looks. A checkpoint seen by some ranks only (a folder
-    local to each node) would make the ranks diverge silently.
-    """
-    _, size = rank_and_size(comm)
-    if size > 1:
-        allreduce_sum(torch.zeros(1, dtype=torch.float64), comm)
-    exists = os.path.exists(path)
-    if size > 1:
-        seen = int(allreduce_sum(torch.tensor([float(exists)], dtype=torch.float64), comm))
-        if 0 < seen < size:
-            raise CheckpointError(
-                f"checkpoint {str(path)!r} is visible on {seen} of {size} MPI ranks; "
-                "put it in a folder every rank shares"
-            )
-    return exists
 
 
 def _scheduler(spec, optimizer, iterations: int, lr_final: float):

@@ -1,4 +1,4 @@
-"""devito_uq.io: SEG-Y shot records and images, training checkpoints.
+"""devito_uq.io: SEG-Y shot records and images, verified training checkpoints.
 
 Names resolve lazily (PEP 562): ``import devito_uq.io.checkpoint`` loads neither
 Devito nor segyio; ``from devito_uq.io import read_shots`` loads the SEG-Y module
@@ -16,6 +16,8 @@ _WHERE = {
     "read_image": "devito_uq.io.segy",
     "save_checkpoint": "devito_uq.io.checkpoint",
     "load_checkpoint": "devito_uq.io.checkpoint",
+    "check_identity": "devito_uq.io.checkpoint",
+    "checkpoint_exists": "devito_uq.io.checkpoint",
 }
 
 __all__ = list(_WHERE)

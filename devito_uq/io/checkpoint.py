@@ -43,7 +43,13 @@ from devito_uq.errors import CheckpointError
 from devito_uq.io._atomic import atomic_path
 from devito_uq.io._files import check_input_file
 
-__all__ = ["save_checkpoint", "load_checkpoint", "check_identity", "CHECKPOINT_FORMAT"]
+__all__ = [
+    "save_checkpoint",
+    "load_checkpoint",
+    "check_identity",
+    "checkpoint_exists",
+    "CHECKPOINT_FORMAT",
+]
 
 #: Format tag, stored in the JSON and returned as the ``"format"`` entry of a loaded state.
 CHECKPOINT_FORMAT = "devito_uq-checkpoint-v2"
@@ -265,6 +271,31 @@ def load_checkpoint(path: str | os.PathLike, required: Iterable[str] = ()) -> di
         raise CheckpointError(f"{where} lacks the entries {missing}")
     state["format"] = CHECKPOINT_FORMAT
     return state
+
+
+def checkpoint_exists(path: str | os.PathLike, comm: Any = None) -> bool:
+    """Whether ``path`` exists, agreed by every rank of the MPI communicator ``comm``.
+
+    Call it on every rank (it is collective when ``comm`` has more than one rank). The
+    first reduction doubles as a barrier: a write by rank 0 before the call is complete
+    before any rank looks. A file seen by some ranks only (a folder local to each node)
+    would make the ranks' states diverge silently: it raises :class:`CheckpointError`
+    on every rank instead.
+    """
+    from devito_uq.parallel import allreduce_sum, rank_and_size
+
+    _, size = rank_and_size(comm)
+    if size > 1:
+        allreduce_sum(torch.zeros(1, dtype=torch.float64), comm)
+    exists = os.path.exists(path)
+    if size > 1:
+        seen = int(allreduce_sum(torch.tensor([float(exists)], dtype=torch.float64), comm))
+        if 0 < seen < size:
+            raise CheckpointError(
+                f"checkpoint {str(os.fspath(path))!r} is visible on {seen} of {size} MPI "
+                "ranks; put it in a folder every rank shares"
+            )
+    return exists
 
 
 def _plain(value: Any) -> Any:
