@@ -230,3 +230,44 @@ def test_library_never_unpickles():
                 if not safe:
                     offenders.append(f"{where} np.load without allow_pickle=False")
     assert offenders == []
+
+
+def test_valid_hash_but_foreign_layout_is_refused(tmp_path):
+    """A file with a correct SHA-256 that devito_uq did not write (JSON of another shape, a
+    dtype outside the allow-list, a tensor table pointing past the end) is refused."""
+    import hashlib
+    import json
+    import struct
+
+    from devito_uq.io import checkpoint as ck
+
+    def write(meta: dict, blob: bytes = b"") -> Path:
+        text = json.dumps(meta).encode()
+        payload = struct.pack("<Q", len(text)) + text + blob
+        digest = hashlib.sha256(payload).hexdigest().encode()
+        path = tmp_path / "forged.pt"
+        path.write_bytes(ck._MAGIC + b"sha256 " + digest + b"\n" + payload)
+        return path
+
+    base = {"format": CHECKPOINT_FORMAT, "byteorder": "little", "tensors": [], "state": {}}
+    cases = [
+        ({**base, "format": "v0"}, b"", r"has format 'v0'"),
+        ({**base, "byteorder": "big"}, b"", r"written on a big-endian machine"),
+        ({**base, "state": [1]}, b"", r"unreadable: ValueError"),
+        (
+            {**base, "tensors": [{"dtype": "object", "shape": [1], "offset": 0, "nbytes": 8}]},
+            b"\0" * 8,
+            r"unreadable: KeyError: 'object'",
+        ),
+        (
+            {**base, "tensors": [{"dtype": "float64", "shape": [4], "offset": 0, "nbytes": 32}]},
+            b"\0" * 8,
+            r"unreadable: ValueError: tensor entry .* does not fit the file",
+        ),
+        ({**base, "state": {"x": {"__tensor__": 3}}}, b"", r"unreadable: IndexError"),
+    ]
+    for meta, blob, message in cases:
+        with pytest.raises(CheckpointError, match=rf"forged\.pt.*{message}"):
+            load_checkpoint(write(meta, blob))
+    # The same forger writing a well-formed file gets exactly its data back.
+    assert load_checkpoint(write({**base, "state": {"a": [1, 2]}}))["a"] == [1, 2]
