@@ -90,7 +90,7 @@ def run(nranks: int, reps: int, folder: Path) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [str(mpiexec), "-n", str(nranks), sys.executable, __file__, "--worker", str(out)]
     subprocess.run(cmd + ["--reps", str(reps)], check=True, env=env, timeout=600)
-    return dict(np.load(out))
+    return dict(np.load(out, allow_pickle=False))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -26,6 +26,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from scipy.ndimage import gaussian_filter  # noqa: E402
 
+from devito_uq.inference.plotting import save_figure  # noqa: E402
 from devito_uq.physics import AcousticModel, AcousticModeling, Survey, squared_slowness  # noqa: E402
 
 
@@ -95,7 +96,7 @@ def main(argv: list[str] | None = None) -> Path:
         a.set_ylabel("depth (m)")
     fig.tight_layout()
     path = args.out / "acoustic_gradient.png"
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)  # atomic: never half an image, never through a link
     print(f"wrote {path}")
     return path
 

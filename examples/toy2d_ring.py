@@ -49,6 +49,7 @@ from devito_uq.inference.problems import (
     ring_mode_fractions,
     ring_modes_covered,
 )
+from devito_uq.io._atomic import atomic_path
 
 N_MODES = RING_MODES
 
@@ -192,7 +193,7 @@ def main(argv=None) -> dict:
         fr_vi,
         fr_mala,
     )
-    with open(os.path.join(args.out, "ring_metrics.json"), "w") as f:
+    with atomic_path(os.path.join(args.out, "ring_metrics.json")) as tmp, open(tmp, "w") as f:
         json.dump(metrics, f, indent=2)
     print(
         f"HINT: KL(q||p) = {kl:.4f} ± {kl_se:.4f} nats (target < 0.05); "

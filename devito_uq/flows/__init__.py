@@ -24,7 +24,8 @@ Distribution (the network maps model m to latent z; sampling runs its inverse)::
     m, log_q = q.rsample_and_log_prob(n) # [n, *shape], [n]; differentiable in net parameters
     log_q = q.log_prob(m)                # [batch]
     q.sample(n, c); q.log_prob(m, c)     # conditional nets: c [n or 1, cond_channels]
-    torch.save(q.state_dict(), path); q2.load_state_dict(torch.load(path))
+    save_checkpoint(path, {"flow": q.state_dict()})      # devito_uq.io: hashed, no pickle
+    q2.load_state_dict(load_checkpoint(path)["flow"])
 
 Layers: ActNorm, InvertibleConv1x1, AffineCoupling, ConditionalAffineCoupling,
 HINTCoupling, ConditionalHINTCoupling, HaarSqueeze, Squeeze, Split, chained by
