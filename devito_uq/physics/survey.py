@@ -181,7 +181,7 @@ class Survey:
         # Size check before any time array exists: a huge t1 would allocate wavelets
         # [shot, nt] here and traces and saved wavefields of nt steps in the solver.
         check_allocation(
-            f"a time axis of {steps:.6g} steps (t0={t0}, t1={t1}, dt={dt} ms)",
+            f"a time axis of {steps:.6g} steps (t0={t0:g}, t1={t1:g}, dt={dt:g} ms)",
             int(min(steps, 2.0**62) + 2) * 8 * (self.nshots + 2),
         )
         self.t0, self.dt = t0, dt
@@ -320,7 +320,10 @@ class Survey:
             raise _err(f"shots={shots!r} must be a shot index or a list of shot indices")
         try:
             # check_int refuses True, 0.9 and 1.0: a selection is never truncated.
-            idx = [check_int(f"shots[{i}]", s) for i, s in enumerate(np.asarray(shots).reshape(-1))]
+            items = shots if isinstance(shots, (list, tuple)) else np.asarray(shots).reshape(-1)
+            if isinstance(items, np.ndarray) and items.dtype == bool:
+                raise _err(f"shots={shots!r} is a boolean array; give shot indices")
+            idx = [check_int(f"shots[{i}]", s) for i, s in enumerate(items)]
         except (TypeError, ValueError, InvalidArgumentError) as exc:
             raise _err(f"shots={shots!r} must be shot indices (integers): {exc}") from exc
         if len(idx) == 0:

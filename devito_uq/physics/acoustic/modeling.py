@@ -357,6 +357,7 @@ class BornModeling(nn.Module):
         super().__init__()
         _check_geometry(model, survey)
         self.max_wavefield_bytes = check_nonnegative_int("max_wavefield_bytes", max_wavefield_bytes)
+        _check_solver_memory(model, survey, model.dtype)  # before m0 is validated or copied
         m0n = m0.detach().cpu().numpy() if isinstance(m0, torch.Tensor) else np.asarray(m0)
         check_shape("m0", m0n.shape, model.shape)
         check_finite_positive("background squared slowness m0", m0n)
@@ -364,7 +365,6 @@ class BornModeling(nn.Module):
         self.model = model
         self.survey = survey
         self.m0_numpy = np.array(m0n, dtype=np.float64)
-        _check_solver_memory(model, survey, model.dtype)
         self._owners: dict[tuple, object] = {}
         # Release this module's pinned background wavefields when it is collected (the
         # finalizer holds the token dict, not the module, so it does not keep it alive).
