@@ -16,9 +16,9 @@ from devito_uq.physics import (
     BornModeling,
     PlaneWaveModeling,
     Survey,
+    jitcache,
     total_compiles,
 )
-from devito_uq.physics import jitcache
 from devito_uq.physics.memory import InsufficientMemoryError, check_allocation
 from devito_uq.physics.planewave.modeling import MAX_BATCH_SOLVERS
 from devito_uq.physics.planewave.solver import PlaneWaveSolver
