@@ -49,6 +49,8 @@ __all__ = ["Survey", "Shot", "pad_traces"]
 
 # A Ricker of peak f0 is below 1e-3 of its peak beyond 1/f0 from its centre.
 _RICKER_HALF_SPAN = 1.0
+# ... and below 1e-2 of its peak beyond 0.853/f0.
+_RICKER_CUT = 0.853
 
 
 @dataclass(frozen=True)
@@ -214,11 +216,14 @@ class Survey:
             td = 1000.0 / f0 if delay is None else float(delay)
             if not np.isfinite(td):
                 raise _err(f"delay={delay!r} ms must be finite")
+            # Refuse a Ricker cut where it is still above 1 % of its peak (|r| < 2.68,
+            # t − td > −0.853/f0); Devito's own t0 = 0, td = 1/f0 cuts at 1e-3.
             start = td - _RICKER_HALF_SPAN * 1000.0 / f0
-            if start < self.t0 - 1e-6 * self.dt:
+            if td - self.t0 < _RICKER_CUT * 1000.0 / f0:
                 raise _err(
-                    f"the Ricker centred at delay={td:g} ms starts at {start:g} ms, before the "
-                    f"solve's t0={self.t0:g} ms; use t0 <= {start:g} (Survey.for_data does)"
+                    f"the Ricker centred at delay={td:g} ms is cut off by the solve's "
+                    f"t0={self.t0:g} ms (above 1% of its peak there); use t0 <= {start:g} ms "
+                    "(Survey.for_data does)"
                 )
             self.delay: float | None = td
             w = ricker(self.time, f0, td)
