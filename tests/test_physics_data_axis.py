@@ -68,7 +68,8 @@ def test_2ms_data_with_100ms_delay_match_a_fine_model(model):
 def test_negative_time_shift_and_wavelet_files(model, tmp_path):
     src, rec = geometry()
     data_axis = TimeAxis(0.0, 2.0, 76)
-    with pytest.raises(InvalidSurveyError, match=r"delay=0 ms is cut off by the solve's t0=0 ms .* use t0 <= -66.6667"):
+    cut = r"delay=0 ms is cut off by the solve's t0=0 ms .* use t0 <= -66.6667"
+    with pytest.raises(InvalidSurveyError, match=cut):
         Survey(src, rec, t1=150.0, dt=0.5, f0_hz=15.0, delay=0.0)
     s = Survey.for_data(model, src, rec, data_axis, vmax=2.5, f0_hz=15.0, delay=0.0)
     assert s.t0 <= -1000.0 / 15.0
