@@ -435,3 +435,18 @@ def test_data_axis_from_file_with_a_model(tmp_path):
     assert survey.dt <= model.critical_dt(2.5) and survey.t0 <= 0.0
     with pytest.raises(SegyError, match="give both model and vmax"):
         read_shots(path, f0_hz=10.0, convention="judi", model=model)
+
+
+def test_write_shots_uses_the_data_axis(tmp_path):
+    from devito_uq.physics import AcousticModel
+    from devito_uq.physics.resample import TimeAxis
+
+    model = AcousticModel((61, 41), (5.0, 5.0), nbl=5, space_order=4)
+    src, rec = [[100.0, 10.0]], [[50.0, 5.0], [150.0, 5.0]]
+    survey = Survey.for_data(model, src, rec, TimeAxis(100.0, 2.0, 51), vmax=2.5, f0_hz=10.0)
+    assert survey.nt != 51
+    data = np.ones((1, 51, 2))
+    path = write_shots(tmp_path / "d.segy", survey, data)
+    back, d = read_shots(path, f0_hz=10.0, model=model, vmax=2.5)
+    assert (back.data_axis.t0, back.data_axis.dt, back.data_axis.nt) == (100.0, 2.0, 51)
+    assert back.dt == survey.dt and back.t0 == survey.t0 and d.shape == (1, 51, 2)

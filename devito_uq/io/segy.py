@@ -137,7 +137,8 @@ def write_shots(path: str | os.PathLike, survey: Survey, data: Any) -> Path:
     One float32 trace per (shot, receiver), shot-major, with the headers of the
     module docstring. ``data`` is a numpy array or torch tensor (any float dtype,
     stored as float32). Every shot must have ``data.shape[2]`` receivers.
-    ``survey.dt`` must be a whole number of µs and ``survey.t0`` a whole number of ms.
+    The time axis written is ``survey.data_axis`` (the solver axis unless the survey has
+    its own data axis): its ``dt`` must be a whole number of µs and ``t0`` of ms.
 
     Raises :class:`SegyError` / :class:`InvalidShapeError` before anything is
     written; an existing file at ``path`` is replaced only by a complete new one.
@@ -147,7 +148,8 @@ def write_shots(path: str | os.PathLike, survey: Survey, data: Any) -> Path:
     if not isinstance(survey, Survey):
         raise SegyError(f"survey must be a devito_uq Survey, got {type(survey).__name__}")
     d = _as_numpy("data", data)
-    want = (survey.nshots, survey.nt, survey.nreceivers[0])
+    axis = survey.data_axis  # the solver axis unless the survey has its own data axis
+    want = (survey.nshots, axis.nt, survey.nreceivers[0])
     if d.shape != want or not survey.shared_receivers:
         raise InvalidShapeError(
             f"data has shape {list(d.shape)}; expected [shot, time, receiver] = {list(want)}"
@@ -162,10 +164,10 @@ def write_shots(path: str | os.PathLike, survey: Survey, data: Any) -> Path:
         )
     if np.max(np.abs(d)) > np.finfo(np.float32).max:
         raise SegyError(f"data exceeds the float32 range of SEG-Y samples; cannot write {path}")
-    dt_us = _whole(survey.dt, 1000.0, "dt", 1, 65535, path)
-    t0_ms = _whole(survey.t0, 1.0, "t0", -32768, 32767, path)
-    if survey.nt > 65535:
-        raise SegyError(f"nt={survey.nt} samples exceeds SEG-Y's 65535 per trace ({path})")
+    dt_us = _whole(axis.dt, 1000.0, "dt", 1, 65535, path)
+    t0_ms = _whole(axis.t0, 1.0, "t0", -32768, 32767, path)
+    if axis.nt > 65535:
+        raise SegyError(f"nt={axis.nt} samples exceeds SEG-Y's 65535 per trace ({path})")
 
     dim = survey.dim
     nshot, nt, nrec = want
