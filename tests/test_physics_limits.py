@@ -153,3 +153,14 @@ def test_jit_dir_foreign_owner_refused(tmp_path):
     os.chown(d, 4242, -1)
     with pytest.raises(jitcache.JitCacheError, match="owned by uid 4242, not by you"):
         jitcache.secure_jit_dir(d)
+
+
+def test_huge_saved_wavefield_and_planewave_t1_refused(small):
+    model, _, _ = small
+    solver = get_solver(AcousticSolver, model)
+    before = dict(solver._pool)
+    with pytest.raises(InsufficientMemoryError, match=r"saved wavefield of 1000000000 time"):
+        solver.acquire_wavefield(10**9)
+    assert solver._pool == before
+    with pytest.raises(InsufficientMemoryError, match=r"a time axis of 2e\+14 steps \(t1=1e\+14"):
+        PlaneWaveModeling([0.0, 0.1], nz=20, dz=5.0, t1=1e14, dt=0.5)

@@ -313,7 +313,9 @@ def read_shots(
     shots: Any = None,
     model: Any = None,
     vmax: float | None = None,
-    **survey_kwargs: Any,
+    delay: float | None = None,
+    wavelet_dt: float | None = None,
+    wavelet_t0: float = 0.0,
 ) -> tuple[Survey, np.ndarray]:
     """Read shot records written by :func:`write_shots` or in another header convention.
 
@@ -337,7 +339,8 @@ def read_shots(
         the survey then keeps the file's time axis as its *data* axis and picks a
         stable solver step (:meth:`Survey.for_data`). Without them the solver steps at
         the file's interval (which must then satisfy the CFL rule).
-    survey_kwargs : passed on to :class:`Survey` (``delay``, ``wavelet_dt``, ``wavelet_t0``).
+    delay, wavelet_dt, wavelet_t0 : passed on to :class:`Survey` (Ricker centre time, or
+        the sampling of a user wavelet), ms.
 
     Returns
     -------
@@ -410,7 +413,14 @@ def read_shots(
     if ns < 3:
         raise SegyError(f"{str(path)!r} has {ns} samples per trace; a survey needs at least 3")
     axis = TimeAxis(float(delays[0]), interval / 1000.0, ns)
-    kw = dict(f0_hz=f0_hz, wavelet=wavelet, trace_mask=live, **survey_kwargs)
+    kw = dict(
+        f0_hz=f0_hz,
+        wavelet=wavelet,
+        trace_mask=live,
+        delay=delay,
+        wavelet_dt=wavelet_dt,
+        wavelet_t0=wavelet_t0,
+    )
     if model is not None:
         survey = Survey.for_data(model, np.stack(src), rec, axis, vmax, **kw)
     else:  # the file's axis is the solver's (the time-axis rule absorbs round-off)

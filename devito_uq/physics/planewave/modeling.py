@@ -196,6 +196,11 @@ class PlaneWaveModeling(torch.nn.Module):
             raise InvalidArgumentError(f"t1={t1} ms must span at least two steps of dt={dt} ms")
         self.nt = stencil.time_axis_length(0.0, t1, self.dt)
         self.nbl = check_nonnegative_int("nbl", nbl)
+        # Before the wavelet [nt] and the solver's [batch·p, nt+1, nz] wavefield exist.
+        check_allocation(
+            f"a time axis of {t1 / self.dt:.6g} steps (t1={t1:g}, dt={self.dt:g} ms)",
+            int(min(t1 / self.dt, 2.0**62) + 2) * 8 * (3 + p.size * (self.nz + 2 * self.nbl)),
+        )
         self.space_order = stencil.check_space_order(space_order)
         damping = check_nonnegative_scalar("damping", damping)
         if wavelet is None:
