@@ -126,18 +126,17 @@ def test_error_shot_out_of_range(parts):
         AcousticModeling(model, survey)(m, shots=[2])
 
 
-def test_error_unequal_receiver_counts(parts):
+def test_error_trace_mask_shape(parts):
     model, survey, m = parts
-    s = Survey(
-        survey.src_positions,
-        [survey.rec_positions[0], survey.rec_positions[0][:2]],
-        t1=50.0,
-        dt=survey.dt,
-        f0_hz=20.0,
-    )
-    F = AcousticModeling(model, s)
-    with pytest.raises(InvalidSurveyError, match=r"different receiver counts \[2, 3\]"):
-        F(m)
+    with pytest.raises(InvalidSurveyError, match=r"trace_mask has shape \[2, 2\]"):
+        Survey(
+            survey.src_positions,
+            [survey.rec_positions[0], survey.rec_positions[0][:2]],
+            t1=50.0,
+            dt=survey.dt,
+            f0_hz=20.0,
+            trace_mask=np.ones((2, 2), dtype=bool),
+        )
 
 
 def test_error_subsampling_factor(parts):

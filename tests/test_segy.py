@@ -93,9 +93,12 @@ def test_shots_round_trip_3d_field_record(tmp_path):
     same_geometry(back, survey)
     np.testing.assert_array_equal(d, data.astype(np.float32))
     np.testing.assert_array_equal(back.wavelet[2], wavelet)
-    # Grouping by source position merges the two shots fired at one spot (documented).
-    with pytest.raises(SegyError, match=r"counts \[4, 8\].*try group_by='field_record'"):
-        read_shots(path, wavelet=wavelet, dim=3)
+    # Grouping by source position merges the two shots fired at one spot (documented):
+    # shots of 8 and 4 receivers, zero-padded, the padding masked out.
+    merged, dm = read_shots(path, wavelet=wavelet[None].repeat(2, 0), dim=3)
+    assert dm.shape == (2, survey.nt, 8) and merged.nreceivers == [8, 4]
+    np.testing.assert_array_equal(merged.mask(), [[True] * 8, [True] * 4 + [False] * 4])
+    assert not dm[1, :, 4:].any()
 
 
 def test_write_replaces_atomically(tmp_path):
@@ -196,15 +199,18 @@ def test_inconsistent_receiver_counts(written):
     path = written[0]
     with segyio.open(path, "r+", ignore_geometry=True) as f:
         f.header[f.tracecount - 1] = {TraceField.SourceX: 99}  # a lone trace of a 4th shot
-    with pytest.raises(SegyError, match=r"different receiver counts \[1, 10, 11\]"):
-        read_shots(path, f0_hz=10.0)
+    back, d = read_shots(path, f0_hz=10.0)  # a lone trace of a 4th shot: padded, masked
+    assert back.nreceivers == [11, 11, 10, 1] and d.shape[2] == 11
+    assert back.mask().sum(axis=1).tolist() == [11, 11, 10, 1]
 
 
 def test_line_not_along_x(written):
     path = written[0]
     with segyio.open(path, "r+", ignore_geometry=True) as f:
-        f.header[3] = {TraceField.GroupY: 500}
-    with pytest.raises(SegyError, match="GroupY varies .* give dim=3"):
+        f.header[3] = {TraceField.GroupY: 500000}  # 5 km off the line (scalar -100)
+    with pytest.raises(
+        SegyError, match=r"not straight: the .* of trace \d+ lies .* m off the best-fit line"
+    ):
         read_shots(path, f0_hz=10.0)
 
 
@@ -273,3 +279,174 @@ def test_image_errors(tmp_path):
     with pytest.raises(SegyError, match="image contains NaN"):
         write_image(path, np.full((3, 4), np.nan), (10.0, 10.0))
     assert not path.exists()
+
+
+# ------------------------------------------------------------- header conventions
+def write_raw(path, src, recs, nt=101, dt_us=2000, binary_interval=None, z="judi", delay=0):
+    """A shot-record SEG-Y written directly with segyio: ``src [shot, 3]`` (x, y, z down) and
+    ``recs [shot][rec, 3]`` in m; depths stored in the ``z`` convention; scalar -100."""
+    ntr = sum(len(r) for r in recs)
+    spec = segyio.spec()
+    spec.format, spec.samples, spec.tracecount = 5, np.arange(nt, dtype=float), ntr
+    rng = np.random.default_rng(0)
+    data = rng.standard_normal((ntr, nt)).astype(np.float32)
+    with segyio.create(str(path), spec) as f:
+        f.bin.update({BinField.Interval: dt_us if binary_interval is None else binary_interval})
+        k = 0
+        for s, rec in zip(src, recs):
+            for r in rec:
+                h = {
+                    TraceField.FieldRecord: 1,
+                    TraceField.SourceX: int(round(100 * s[0])),
+                    TraceField.SourceY: int(round(100 * s[1])),
+                    TraceField.GroupX: int(round(100 * r[0])),
+                    TraceField.GroupY: int(round(100 * r[1])),
+                    TraceField.SourceGroupScalar: -100,
+                    TraceField.TRACE_SAMPLE_INTERVAL: dt_us,
+                    TraceField.TRACE_SAMPLE_COUNT: nt,
+                    TraceField.DelayRecordingTime: delay,
+                }
+                if z == "judi":  # depths in the elevation fields, coordinate scalar
+                    h[TraceField.SourceSurfaceElevation] = int(round(100 * s[2]))
+                    h[TraceField.ReceiverGroupElevation] = int(round(100 * r[2]))
+                    h[TraceField.SourceDepth] = 0
+                else:  # land: elevations positive up (m), scalar 1
+                    h[TraceField.SourceDepth] = int(round(s[2]))
+                    h[TraceField.ReceiverGroupElevation] = int(round(r[2]))
+                    h[TraceField.ElevationScalar] = 1
+                f.header[k] = h
+                f.trace[k] = data[k]
+                k += 1
+    return data
+
+
+def line(nshots=3, nrec=6, azimuth=0.0, jitter=0.0):
+    """Sources and receivers along a line at ``azimuth`` degrees (clockwise from +y)."""
+    u = np.array([np.sin(np.radians(azimuth)), np.cos(np.radians(azimuth))])
+    n = np.array([-u[1], u[0]])
+    origin = np.array([1000.0, 2000.0])
+    s_along = 50.0 + 40.0 * np.arange(nshots)
+    r_along = 10.0 * np.arange(nrec) * 2
+    # Cross-line jitter of alternating sign (a slightly crooked line).
+    src = np.array(
+        [[*(origin + a * u + (-1) ** i * jitter * n), 12.5] for i, a in enumerate(s_along)]
+    )
+    recs = [
+        np.array([[*(origin + a * u - (-1) ** i * jitter * n), 5.0] for i, a in enumerate(r_along)])
+    ] * nshots
+    return src, recs, s_along, r_along
+
+
+def test_judi_preset_zero_binary_interval(tmp_path):
+    src, recs, _, r_along = line()
+    path = tmp_path / "judi.segy"
+    write_raw(path, src, recs, binary_interval=0)
+    survey, d = read_shots(path, f0_hz=10.0, convention="judi", dim=3)
+    assert survey.dt == 2.0 and d.shape == (3, 101, 6)
+    np.testing.assert_allclose(survey.src_positions[:, 2], 12.5)
+    np.testing.assert_allclose(survey.rec_positions[0][:, 2], 5.0)
+    # Read with the default convention the receivers land 5 m above the model: refused.
+    with pytest.raises(SegyError, match=r"receiver of trace \d+ \(shot 0\) is at depth -500 m"):
+        read_shots(path, f0_hz=10.0, dim=3)
+
+
+def test_land_elevations_need_an_explicit_datum(tmp_path):
+    src, recs, _, _ = line()
+    src[:, 2] = 295.0  # elevations (m, up) of a land line; SourceDepth used as-is below
+    recs = [r.copy() for r in recs]
+    for r in recs:
+        r[:, 2] = 300.0
+    path = tmp_path / "land.segy"
+    write_raw(path, src, recs, z="land")
+    with pytest.raises(
+        SegyError, match=r"receiver of trace \d+ \(shot 0\) is at depth -300 m.*datum"
+    ):
+        read_shots(path, f0_hz=10.0, dim=3)
+    survey, _ = read_shots(path, f0_hz=10.0, dim=3, datum=305.0)
+    np.testing.assert_allclose(survey.rec_positions[0][:, 2], 5.0)
+    assert survey.segy_report["datum_m"] == 305.0
+    # A mapping names other fields: receiver depth from ReceiverDatumElevation (0 here).
+    mapped, _ = read_shots(path, f0_hz=10.0, dim=3, convention={"rec_z": "ReceiverDatumElevation"})
+    np.testing.assert_allclose(mapped.rec_positions[0][:, 2], 0.0)
+    with pytest.raises(SegyError, match="convention key 'depth' is not one of"):
+        read_shots(path, f0_hz=10.0, convention={"depth": "SourceDepth"})
+    with pytest.raises(SegyError, match="'Nope' is not a SEG-Y trace field"):
+        read_shots(path, f0_hz=10.0, convention={"rec_z": "-Nope"})
+    with pytest.raises(SegyError, match="convention='segyio' is not one of"):
+        read_shots(path, f0_hz=10.0, convention="segyio")
+
+
+@pytest.mark.parametrize("azimuth", [0.0, 30.0, 135.0])
+def test_2d_line_at_any_azimuth_is_projected(tmp_path, azimuth):
+    src, recs, s_along, r_along = line(azimuth=azimuth, jitter=2.0)
+    path = tmp_path / "az.segy"
+    write_raw(path, src, recs)
+    survey, _ = read_shots(path, f0_hz=10.0, convention="judi")
+    rep = survey.segy_report
+    # The least-squares line of a crooked line tilts slightly (0.6° here).
+    assert rep["projected"] and abs((rep["azimuth_deg"] - azimuth + 180) % 360 - 180) < 1.0
+    assert 1.5 < rep["max_offline_m"] < 3.0
+    # Distances along the line (0 at its first point), to the jitter's tilt.
+    np.testing.assert_allclose(survey.src_positions[:, 0], s_along, atol=0.5)
+    np.testing.assert_allclose(survey.rec_positions[0][:, 0], r_along, atol=0.5)
+    with pytest.raises(SegyError, match=r"lies [\d.]+ m off the best-fit line .*tolerance=1 m"):
+        read_shots(path, f0_hz=10.0, convention="judi", line_tolerance=1.0)
+
+
+def test_read_only_the_selected_shots(tmp_path):
+    src, recs, _, _ = line(nshots=3, nrec=4)
+    path = tmp_path / "sel.segy"
+    data = write_raw(path, src, recs)
+    with segyio.open(str(path), "r+", ignore_geometry=True) as f:
+        f.trace[0] = np.full(101, np.nan, dtype=np.float32)  # shot 0 is unreadable
+    with pytest.raises(SegyError, match="trace 0 contains NaN"):
+        read_shots(path, f0_hz=10.0, convention="judi")
+    survey, d = read_shots(path, f0_hz=10.0, convention="judi", shots=[2, 1])
+    assert survey.nshots == 2 and survey.segy_report["shots"] == [2, 1]
+    np.testing.assert_array_equal(d[0], data[8:12].T)
+    np.testing.assert_array_equal(d[1], data[4:8].T)
+    for bad in (True, [0.9], [1.0], 3, [-1]):
+        with pytest.raises(SegyError, match="shots="):
+            read_shots(path, f0_hz=10.0, convention="judi", shots=bad)
+
+
+def test_dead_traces_are_masked(tmp_path):
+    src, recs, _, _ = line(nshots=2, nrec=4)
+    path = tmp_path / "dead.segy"
+    write_raw(path, src, recs)
+    with segyio.open(str(path), "r+", ignore_geometry=True) as f:
+        f.header[1] = {TraceField.TraceIdentificationCode: 2}  # dead by header
+        f.trace[6] = np.zeros(101, dtype=np.float32)  # a zero trace is not data
+    survey, _ = read_shots(path, f0_hz=10.0, convention="judi")
+    np.testing.assert_array_equal(survey.mask(), [[1, 0, 1, 1], [1, 1, 0, 1]])
+    assert survey.segy_report["dead_traces"] == 2
+
+
+def test_data_axis_from_file_with_a_model(tmp_path):
+    from devito_uq.physics import AcousticModel
+
+    src, recs, _, _ = line(nshots=1, nrec=4)
+    path = tmp_path / "axis.segy"
+    write_raw(path, src, recs, delay=100)
+    model = AcousticModel((61, 41), (5.0, 5.0), origin=(0.0, 0.0), nbl=5, space_order=4)
+    survey, d = read_shots(path, f0_hz=10.0, convention="judi", model=model, vmax=2.5)
+    ax = survey.data_axis
+    assert (ax.t0, ax.dt, ax.nt) == (100.0, 2.0, 101) and d.shape[1] == 101
+    assert survey.dt <= model.critical_dt(2.5) and survey.t0 <= 0.0
+    with pytest.raises(SegyError, match="give both model and vmax"):
+        read_shots(path, f0_hz=10.0, convention="judi", model=model)
+
+
+def test_write_shots_uses_the_data_axis(tmp_path):
+    from devito_uq.physics import AcousticModel
+    from devito_uq.physics.resample import TimeAxis
+
+    model = AcousticModel((61, 41), (5.0, 5.0), nbl=5, space_order=4)
+    src, rec = [[100.0, 10.0]], [[50.0, 5.0], [150.0, 5.0]]
+    survey = Survey.for_data(model, src, rec, TimeAxis(100.0, 2.0, 51), vmax=2.5, f0_hz=10.0)
+    assert survey.nt != 51
+    data = np.ones((1, 51, 2))
+    path = write_shots(tmp_path / "d.segy", survey, data)
+    back, d = read_shots(path, f0_hz=10.0, model=model, vmax=2.5)
+    assert (back.data_axis.t0, back.data_axis.dt, back.data_axis.nt) == (100.0, 2.0, 51)
+    assert back.dt == survey.dt and back.t0 == survey.t0 and d.shape == (1, 51, 2)

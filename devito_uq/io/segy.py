@@ -33,7 +33,7 @@ never leaves a half-written file nor touches an existing one.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +42,10 @@ import segyio
 from segyio import BinField, TraceField
 
 from devito_uq.errors import InvalidShapeError, SegyError
+from devito_uq.io import segy_geometry as geo
 from devito_uq.io._atomic import atomic_path
 from devito_uq.io._files import check_input_file
+from devito_uq.physics.resample import TimeAxis
 from devito_uq.physics.survey import Survey
 
 __all__ = ["read_shots", "write_shots", "write_image", "read_image"]
@@ -135,7 +137,8 @@ def write_shots(path: str | os.PathLike, survey: Survey, data: Any) -> Path:
     One float32 trace per (shot, receiver), shot-major, with the headers of the
     module docstring. ``data`` is a numpy array or torch tensor (any float dtype,
     stored as float32). Every shot must have ``data.shape[2]`` receivers.
-    ``survey.dt`` must be a whole number of µs and ``survey.t0`` a whole number of ms.
+    The time axis written is ``survey.data_axis`` (the solver axis unless the survey has
+    its own data axis): its ``dt`` must be a whole number of µs and ``t0`` of ms.
 
     Raises :class:`SegyError` / :class:`InvalidShapeError` before anything is
     written; an existing file at ``path`` is replaced only by a complete new one.
@@ -145,7 +148,8 @@ def write_shots(path: str | os.PathLike, survey: Survey, data: Any) -> Path:
     if not isinstance(survey, Survey):
         raise SegyError(f"survey must be a devito_uq Survey, got {type(survey).__name__}")
     d = _as_numpy("data", data)
-    want = (survey.nshots, survey.nt, survey.nreceivers[0])
+    axis = survey.data_axis  # the solver axis unless the survey has its own data axis
+    want = (survey.nshots, axis.nt, survey.nreceivers[0])
     if d.shape != want or not survey.shared_receivers:
         raise InvalidShapeError(
             f"data has shape {list(d.shape)}; expected [shot, time, receiver] = {list(want)}"
@@ -160,10 +164,10 @@ def write_shots(path: str | os.PathLike, survey: Survey, data: Any) -> Path:
         )
     if np.max(np.abs(d)) > np.finfo(np.float32).max:
         raise SegyError(f"data exceeds the float32 range of SEG-Y samples; cannot write {path}")
-    dt_us = _whole(survey.dt, 1000.0, "dt", 1, 65535, path)
-    t0_ms = _whole(survey.t0, 1.0, "t0", -32768, 32767, path)
-    if survey.nt > 65535:
-        raise SegyError(f"nt={survey.nt} samples exceeds SEG-Y's 65535 per trace ({path})")
+    dt_us = _whole(axis.dt, 1000.0, "dt", 1, 65535, path)
+    t0_ms = _whole(axis.t0, 1.0, "t0", -32768, 32767, path)
+    if axis.nt > 65535:
+        raise SegyError(f"nt={axis.nt} samples exceeds SEG-Y's 65535 per trace ({path})")
 
     dim = survey.dim
     nshot, nt, nrec = want
@@ -236,30 +240,28 @@ def _open(path: Path) -> Any:
         raise SegyError(f"{str(path)!r} is not a readable SEG-Y file (truncated?): {exc}") from exc
 
 
-def _read_all(path: Path, fields: Sequence[int]) -> tuple[dict[int, np.ndarray], np.ndarray, int]:
-    """Header columns, traces ``[trace, sample]`` float32 and the sample interval (µs)."""
-    with _open(path) as f:
-        try:
-            ntr = f.tracecount
-            if ntr == 0:
-                raise SegyError(f"SEG-Y file {str(path)!r} holds no traces")
-            ns = len(f.samples)
-            cols = {k: np.asarray(f.attributes(k)[:], dtype=np.int64) for k in fields}
-            counts = np.asarray(f.attributes(_T.TRACE_SAMPLE_COUNT)[:])
-            intervals = np.asarray(f.attributes(_T.TRACE_SAMPLE_INTERVAL)[:])
-            interval = int(f.bin[BinField.Interval])
-            traces = np.asarray(f.trace.raw[:], dtype=np.float32).reshape(ntr, ns)
-        except SegyError:
-            raise
-        except Exception as exc:
-            raise SegyError(f"cannot read the traces of {str(path)!r} (truncated?): {exc}") from exc
+def _read_headers(f: Any, path: Path, fields: Sequence[int]) -> tuple[dict[int, np.ndarray], int]:
+    """Header columns of an open file and its sample interval (µs), checked; no samples read."""
+    try:
+        ntr = f.tracecount
+        if ntr == 0:
+            raise SegyError(f"SEG-Y file {str(path)!r} holds no traces")
+        ns = len(f.samples)
+        cols = {k: np.asarray(f.attributes(k)[:], dtype=np.int64) for k in fields}
+        counts = np.asarray(f.attributes(_T.TRACE_SAMPLE_COUNT)[:])
+        intervals = np.asarray(f.attributes(_T.TRACE_SAMPLE_INTERVAL)[:])
+        interval = int(f.bin[BinField.Interval])
+    except SegyError:
+        raise
+    except Exception as exc:
+        raise SegyError(f"cannot read the headers of {str(path)!r} (truncated?): {exc}") from exc
     odd = np.flatnonzero((counts != 0) & (counts != ns))
     if odd.size:
         raise SegyError(
             f"{str(path)!r}: trace {odd[0]} has {counts[odd[0]]} samples but the file has {ns} "
             "per trace (inconsistent trace lengths)"
         )
-    if interval <= 0:
+    if interval <= 0:  # JUDI/SegyIO.jl may leave the binary interval 0
         interval = int(intervals[0])
     if interval <= 0:
         raise SegyError(f"{str(path)!r} has a zero sample interval (binary and trace headers)")
@@ -269,9 +271,33 @@ def _read_all(path: Path, fields: Sequence[int]) -> tuple[dict[int, np.ndarray],
             f"{str(path)!r}: trace {odd[0]} has sample interval {intervals[odd[0]]} µs, "
             f"the file {interval} µs"
         )
+    return cols, interval
+
+
+def _read_traces(f: Any, path: Path, index: np.ndarray | None = None) -> np.ndarray:
+    """Samples ``[trace, sample]`` float32 of the traces ``index`` (all when None)."""
+    try:
+        ns = len(f.samples)
+        if index is None:
+            traces = np.asarray(f.trace.raw[:], dtype=np.float32).reshape(-1, ns)
+            index = np.arange(traces.shape[0])
+        else:
+            traces = np.empty((len(index), ns), dtype=np.float32)
+            for j, k in enumerate(index):
+                traces[j] = f.trace.raw[int(k)]
+    except Exception as exc:
+        raise SegyError(f"cannot read the traces of {str(path)!r} (truncated?): {exc}") from exc
     bad = np.flatnonzero(~np.isfinite(traces).all(axis=1))
     if bad.size:
-        raise SegyError(f"{str(path)!r}: trace {bad[0]} contains NaN or infinite samples")
+        raise SegyError(f"{str(path)!r}: trace {index[bad[0]]} contains NaN or infinite samples")
+    return traces
+
+
+def _read_all(path: Path, fields: Sequence[int]) -> tuple[dict[int, np.ndarray], np.ndarray, int]:
+    """Header columns, traces ``[trace, sample]`` float32 and the sample interval (µs)."""
+    with _open(path) as f:
+        cols, interval = _read_headers(f, path, fields)
+        traces = _read_traces(f, path)
     return cols, traces, interval
 
 
@@ -281,66 +307,136 @@ def read_shots(
     wavelet: Any = None,
     dim: int = 2,
     group_by: str = "source",
+    convention: str | Mapping[str, str] = "devito_uq",
+    datum: float = 0.0,
+    line_tolerance: float = 10.0,
+    shots: Any = None,
+    model: Any = None,
+    vmax: float | None = None,
+    delay: float | None = None,
+    wavelet_dt: float | None = None,
+    wavelet_t0: float = 0.0,
 ) -> tuple[Survey, np.ndarray]:
-    """Read shot records written by :func:`write_shots` (or any SEG-Y in that convention).
+    """Read shot records written by :func:`write_shots` or in another header convention.
 
     Parameters
     ----------
     path : SEG-Y file.
     f0_hz, wavelet : the source wavelet (not stored in SEG-Y), passed to :class:`Survey`:
-        a Ricker peak frequency (Hz) or samples ``[time]`` / ``[shot, time]``.
-    dim : 2 (x, z: ``SourceY``/``GroupY`` must then be constant) or 3 (x, y, z).
+        a Ricker peak frequency (Hz) or samples (see ``survey_kwargs``).
+    dim : 2 (x, z: a line, projected onto its best-fit direction when y varies) or 3.
     group_by : ``"source"`` (traces with equal source x, y, z form a shot; repeated
         shots at one position merge into one) or ``"field_record"`` (equal ``FieldRecord``).
         Shots are ordered by first appearance; receivers keep the file order.
+    convention : ``"devito_uq"``, ``"judi"`` or a mapping of quantities to header
+        fields (:mod:`devito_uq.io.segy_geometry`).
+    datum : metres added to every depth (z down); a depth above 0 after it is refused.
+    line_tolerance : largest off-line distance (m) accepted when projecting a 2D line.
+    shots : shot indices to read (default all): headers are read first, then only the
+        samples of these shots (each MPI rank reads its own). Geometry (projection,
+        shot numbering) is computed from all headers, so every rank agrees.
+    model, vmax : an :class:`AcousticModel` and the largest velocity (km/s) to model:
+        the survey then keeps the file's time axis as its *data* axis and picks a
+        stable solver step (:meth:`Survey.for_data`). Without them the solver steps at
+        the file's interval (which must then satisfy the CFL rule).
+    delay, wavelet_dt, wavelet_t0 : passed on to :class:`Survey` (Ricker centre time, or
+        the sampling of a user wavelet), ms.
 
     Returns
     -------
-    survey : Survey with per-shot receiver positions, ``dt`` in ms from the µs interval.
-    data : float32 ``[shot, time, receiver]``; every shot needs the same receiver count.
+    survey : Survey of the selected shots (per-shot receivers, ``trace_mask`` False for
+        dead traces: ``TraceIdentificationCode`` 2 or all-zero samples); ``survey.segy_report``
+        holds the convention, datum, line azimuth and off-line distance, shots read.
+    data : float32 ``[shot, time, max_receivers]``, zero-padded (see ``survey.mask()``).
     """
     path = Path(path)
-    if dim not in (2, 3):
+    if dim not in (2, 3) or isinstance(dim, bool):
         raise SegyError(f"dim={dim!r} must be 2 or 3")
     if group_by not in ("source", "field_record"):
         raise SegyError(f"group_by={group_by!r} must be 'source' or 'field_record'")
-    fields = (
-        _T.SourceX,
-        _T.SourceY,
-        _T.GroupX,
-        _T.GroupY,
-        _T.SourceGroupScalar,
-        _T.SourceDepth,
-        _T.ReceiverGroupElevation,
-        _T.ElevationScalar,
+    conv = geo.resolve_convention(convention)
+    try:
+        datum = float(datum)
+        line_tolerance = float(line_tolerance)
+    except (TypeError, ValueError) as exc:
+        raise SegyError(f"datum={datum!r} and line_tolerance must be numbers (m)") from exc
+    if not np.isfinite(datum) or not (np.isfinite(line_tolerance) and line_tolerance >= 0):
+        raise SegyError(f"datum={datum!r} must be finite, line_tolerance={line_tolerance!r} >= 0")
+    if (model is None) != (vmax is None):
+        raise SegyError("give both model and vmax (to pick the solver's time step) or neither")
+    fields = geo.header_fields(conv) | {
         _T.FieldRecord,
         _T.DelayRecordingTime,
-    )
-    h, traces, interval = _read_all(path, fields)
-    sxy = _apply_scalar(
-        np.stack([h[_T.SourceX], h[_T.SourceY]], 1), h[_T.SourceGroupScalar][:, None]
-    )
-    rxy = _apply_scalar(np.stack([h[_T.GroupX], h[_T.GroupY]], 1), h[_T.SourceGroupScalar][:, None])
-    sz = _apply_scalar(h[_T.SourceDepth], h[_T.ElevationScalar])
-    rz = -_apply_scalar(h[_T.ReceiverGroupElevation], h[_T.ElevationScalar])
-    if dim == 2:
-        for what, y in (("SourceY", sxy[:, 1]), ("GroupY", rxy[:, 1])):
-            if np.ptp(y) > 0:
-                raise SegyError(
-                    f"{str(path)!r}: {what} varies ({y.min():.6g} … {y.max():.6g} m) but dim=2 "
-                    "reads a line along x; give dim=3 or project the coordinates first"
-                )
-        src_all = np.stack([sxy[:, 0], sz], 1)
-        rec_all = np.stack([rxy[:, 0], rz], 1)
-    else:
-        src_all = np.concatenate([sxy, sz[:, None]], 1)
-        rec_all = np.concatenate([rxy, rz[:, None]], 1)
+        _T.TraceIdentificationCode,
+    }
+    with _open(path) as f:
+        h, interval = _read_headers(f, path, sorted(fields))
+        xyz = geo.coordinates(h, conv, datum)
+        shot_of_trace, groups = _group(h, conv, group_by)
+        selected = _select(shots, len(groups))
+        index = np.concatenate([groups[s] for s in selected])
+        traces = _read_traces(f, path, index)  # only the selected shots' samples
+    ns = traces.shape[1]
     delays = h[_T.DelayRecordingTime]
     if np.ptp(delays) > 0:
         raise SegyError(f"{str(path)!r}: traces have different delays {np.unique(delays)[:5]} ms")
+    geo.check_depths(xyz["src_z"][index], "source", conv, shot_of_trace[index], datum)
+    geo.check_depths(xyz["rec_z"][index], "receiver", conv, shot_of_trace[index], datum)
+    report: dict[str, Any] = {"convention": convention, "datum_m": datum}
+    if dim == 2:
+        sx, rx, line = geo.project_line(
+            xyz["src_x"], xyz["src_y"], xyz["rec_x"], xyz["rec_y"], line_tolerance
+        )
+        report.update(line)
+        src_all = np.stack([sx, xyz["src_z"]], 1)
+        rec_all = np.stack([rx, xyz["rec_z"]], 1)
+    else:
+        src_all = np.stack([xyz["src_x"], xyz["src_y"], xyz["src_z"]], 1)
+        rec_all = np.stack([xyz["rec_x"], xyz["rec_y"], xyz["rec_z"]], 1)
+    src, rec, blocks = [], [], []
+    pos = 0
+    for s in selected:
+        g = groups[s]
+        if np.ptp(src_all[g], axis=0).max() > 0:
+            raise SegyError(f"{str(path)!r}: shot {s} (FieldRecord) has several source positions")
+        src.append(src_all[g[0]])
+        rec.append(rec_all[g])
+        blocks.append(traces[pos : pos + len(g)])
+        pos += len(g)
+    nmax = max(len(b) for b in blocks)
+    data = np.zeros((len(selected), ns, nmax), dtype=np.float32)
+    live = np.zeros((len(selected), nmax), dtype=bool)
+    for i, (s, b) in enumerate(zip(selected, blocks)):
+        data[i, :, : len(b)] = b.T
+        dead = (h[_T.TraceIdentificationCode][groups[s]] == 2) | ~np.any(b != 0, axis=1)
+        live[i, : len(b)] = ~dead
+    if ns < 3:
+        raise SegyError(f"{str(path)!r} has {ns} samples per trace; a survey needs at least 3")
+    axis = TimeAxis(float(delays[0]), interval / 1000.0, ns)
+    kw = dict(
+        f0_hz=f0_hz,
+        wavelet=wavelet,
+        trace_mask=live,
+        delay=delay,
+        wavelet_dt=wavelet_dt,
+        wavelet_t0=wavelet_t0,
+    )
+    if model is not None:
+        survey = Survey.for_data(model, np.stack(src), rec, axis, vmax, **kw)
+    else:  # the file's axis is the solver's (the time-axis rule absorbs round-off)
+        survey = Survey(np.stack(src), rec, t1=axis.t1, dt=axis.dt, t0=axis.t0, **kw)
+        if survey.nt != ns:  # pragma: no cover - guards the time-axis rule
+            raise SegyError(f"{str(path)!r}: time axis of {survey.nt} samples, file has {ns}")
+    report.update(shots=selected, nshots_in_file=len(groups), dead_traces=int((~live).sum()))
+    report["dead_traces"] -= int(sum(nmax - len(b) for b in blocks))  # padding is not dead
+    survey.segy_report = report
+    return survey, data
 
+
+def _group(h: dict, conv: dict, group_by: str) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Shot number of every trace and the trace indices of each shot (file order)."""
     if group_by == "source":
-        keys = np.stack([h[_T.SourceX], h[_T.SourceY], h[_T.SourceDepth]], 1)
+        keys = np.stack([h[conv[k][0]] for k in ("src_x", "src_y", "src_z")], 1)
     else:
         keys = h[_T.FieldRecord][:, None]
     _, first, inverse = np.unique(keys, axis=0, return_index=True, return_inverse=True)
@@ -350,31 +446,24 @@ def read_shots(
     shot_of_key[np.argsort(first)] = np.arange(len(first))
     shot_of_trace = shot_of_key[inverse.ravel()]
     by_shot = np.argsort(shot_of_trace, kind="stable")
-    groups = np.split(by_shot, np.cumsum(np.bincount(shot_of_trace))[:-1])
-    counts = sorted({len(g) for g in groups})
-    if len(counts) != 1:
-        hint = "; or shots fired at one position: try group_by='field_record'"
-        hint = hint if group_by == "source" else ""
-        raise SegyError(
-            f"{str(path)!r}: shots have different receiver counts {counts}; the data array "
-            f"[shot, time, receiver] needs one count (file truncated or a varying spread{hint})"
-        )
-    src = np.stack([src_all[g[0]] for g in groups])
-    for i, g in enumerate(groups):
-        if np.ptp(src_all[g], axis=0).max() > 0:
-            raise SegyError(f"{str(path)!r}: shot {i} (FieldRecord) has several source positions")
-    rec = [rec_all[g] for g in groups]
-    data = np.ascontiguousarray(np.stack([traces[g].T for g in groups]))
-    dt = interval / 1000.0
-    t0 = float(delays[0])
-    ns = traces.shape[1]
-    if ns < 3:
-        raise SegyError(f"{str(path)!r} has {ns} samples per trace; a survey needs at least 3")
-    t1 = t0 + dt * (ns - 1)  # the time-axis rule absorbs round-off: nt == ns
-    survey = Survey(src, rec, t1=t1, dt=dt, t0=t0, f0_hz=f0_hz, wavelet=wavelet)
-    if survey.nt != ns:  # pragma: no cover - guards the time-axis rule
-        raise SegyError(f"{str(path)!r}: time axis of {survey.nt} samples, file has {ns}")
-    return survey, data
+    return shot_of_trace, np.split(by_shot, np.cumsum(np.bincount(shot_of_trace))[:-1])
+
+
+def _select(shots: Any, nshots: int) -> list[int]:
+    """Validated shot indices (``None``: all) among ``nshots``; integers only."""
+    if shots is None:
+        return list(range(nshots))
+    items = [shots] if not isinstance(shots, (list, tuple, np.ndarray)) else list(shots)
+    out = []
+    for s in items:
+        if isinstance(s, (bool, np.bool_)) or not isinstance(s, (int, np.integer)):
+            raise SegyError(f"shots={shots!r}: {s!r} is not a shot index (an integer)")
+        if not 0 <= int(s) < nshots:
+            raise SegyError(f"shots={shots!r}: index {int(s)} is out of range for {nshots} shots")
+        out.append(int(s))
+    if not out:
+        raise SegyError("shots=[] selects no shot; give at least one index")
+    return out
 
 
 # ----------------------------------------------------------------------------- image

@@ -17,14 +17,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from devito_uq.errors import InvalidArgumentError, InvalidShapeError
+from devito_uq.errors import InvalidShapeError
 from devito_uq.physics import padding, stencil
 from devito_uq.validation import (
     check_dtype,
     check_finite_positive,
+    check_int_tuple,
     check_nonnegative_int,
     check_tuple,
 )
+
+# Padded-grid arrays an AcousticSolver allocates: m, damp, dm, grad (1 level each) and
+# u, du, v (3 time levels each), plus the float64 damping profile built once.
+_SOLVER_ARRAYS = 13
+
 
 __all__ = ["AcousticModel", "squared_slowness", "velocity"]
 
@@ -83,14 +89,8 @@ class AcousticModel:
         space_order: int = 8,
         dtype: Any = np.float32,
     ) -> None:
-        try:
-            shape_t = tuple(int(s) for s in shape)
-        except (TypeError, ValueError) as exc:
-            raise InvalidArgumentError(f"shape={shape!r} must be a tuple of integers") from exc
-        if len(shape_t) not in (2, 3) or any(s < 3 for s in shape_t):
-            raise InvalidArgumentError(
-                f"shape={shape!r} must have 2 or 3 entries, each at least 3 points"
-            )
+        # Integers only: a float shape such as (41.7, 41) is refused, never truncated.
+        shape_t = check_int_tuple("shape", shape, (2, 3), minimum=3)
         self.shape = shape_t
         self.dim = len(shape_t)
         self.spacing = check_tuple("spacing", spacing, self.dim, positive=True)
@@ -131,6 +131,13 @@ class AcousticModel:
     def key(self) -> tuple:
         """Hashable description of everything that changes generated code."""
         return (self.shape, self.spacing, self.origin, self.nbl, self.space_order)
+
+    def solver_nbytes(self, dtype: Any = None) -> int:
+        """Bytes an acoustic solver allocates for this geometry (before saved wavefields)."""
+        itemsize = np.dtype(self.dtype if dtype is None else dtype).itemsize
+        halo = self.space_order  # space_order // 2 on each side
+        npts = int(np.prod([n + halo for n in self.padded_shape], dtype=np.float64))
+        return npts * (_SOLVER_ARRAYS * itemsize + 8)
 
     def grid_coordinates(self) -> list[np.ndarray]:
         """1D coordinate vectors (m) of the physical grid, one per dimension."""

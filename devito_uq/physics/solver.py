@@ -8,7 +8,12 @@
   token compared by identity: a backward pass uses the buffer only if it still holds
   *its* forward's wavefield (``wavefield.owner is token``), otherwise it recomputes.
 * :func:`get_solver` / :func:`clear_solvers` — the one registry of shared solvers,
-  keyed by everything that changes generated code (``cls.cache_key``).
+  keyed by everything that changes generated code (``cls.cache_key``). The registry
+  is bounded: at most ``cls.max_cached`` solvers of one class are kept (least
+  recently used evicted first; :data:`MAX_CACHED_SOLVERS` by default), so a loop over
+  ever-new geometries or batch sizes does not keep every kernel and buffer alive.
+  Before the first solver is built, Devito's JIT cache is pointed at a private
+  per-user directory (:mod:`devito_uq.physics.jitcache`).
 
 Calling compiled operators: ``Operator.apply`` re-derives every argument from the
 symbols on each call (about 1 ms of Python per gradient on the acoustic benchmark,
@@ -24,10 +29,23 @@ from __future__ import annotations
 
 import sys
 import weakref
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable
 
-__all__ = ["Solver", "Wavefield", "get_solver", "clear_solvers", "total_compiles", "new_owner"]
+__all__ = [
+    "Solver",
+    "Wavefield",
+    "get_solver",
+    "clear_solvers",
+    "total_compiles",
+    "new_owner",
+    "cached_solvers",
+    "MAX_CACHED_SOLVERS",
+]
+
+#: Default cap on the solvers of one class kept by the registry (LRU eviction).
+MAX_CACHED_SOLVERS = 8
 
 # Operators built by every solver since import (the "no recompilation" tests read it).
 _TOTAL = {"compiles": 0}
@@ -71,7 +89,10 @@ class Solver:
 
     Subclasses define ``cache_key(*args)`` (a classmethod: the registry key of the
     arguments their ``__init__`` takes) and call :meth:`run` for every solve.
+    ``max_cached`` caps how many solvers of the class the registry keeps.
     """
+
+    max_cached: int = MAX_CACHED_SOLVERS
 
     def __init__(self) -> None:
         self._ops: dict[Any, Any] = {}
@@ -125,21 +146,36 @@ class Solver:
 
 
 # ------------------------------------------------------------------- registry
-_SOLVERS: dict[tuple, Solver] = {}
+_SOLVERS: OrderedDict[tuple, Solver] = OrderedDict()
 
 
 def get_solver(cls: type, *args: Any, **kwargs: Any) -> Any:
     """The shared ``cls(*args, **kwargs)`` solver, one per ``cls.cache_key(*args, **kwargs)``.
 
     Two equal geometries (same shape, spacing, order, dtype, …) share compiled
-    operators and buffers.
+    operators and buffers. When more than ``cls.max_cached`` solvers of ``cls``
+    exist, the least recently used one is dropped from the registry (its memory is
+    freed once no module holds it).
     """
     key = (cls, *cls.cache_key(*args, **kwargs))
     solver = _SOLVERS.get(key)
     if solver is None:
+        from devito_uq.physics import jitcache
+
+        jitcache.install()  # before anything compiles
         solver = cls(*args, **kwargs)
         _SOLVERS[key] = solver
+        same = [k for k in _SOLVERS if k[0] is cls]
+        for old in same[: max(0, len(same) - int(cls.max_cached))]:
+            del _SOLVERS[old]
+    else:
+        _SOLVERS.move_to_end(key)
     return solver
+
+
+def cached_solvers(cls: type | None = None) -> list[Solver]:
+    """The solvers the registry holds now (of ``cls`` only, when given), oldest first."""
+    return [s for k, s in _SOLVERS.items() if cls is None or k[0] is cls]
 
 
 def clear_solvers() -> None:

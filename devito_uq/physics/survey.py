@@ -1,24 +1,56 @@
-"""Acquisition geometry: shots, receivers, time axis and source wavelet.
+"""Acquisition geometry: shots, receivers, the solver's and the data's time axes, wavelet.
 
 Units: coordinates in m, times in ms, peak frequency in Hz (converted to kHz
 internally, as Devito's formulas use ms).
+
+Two time axes
+-------------
+The *solver axis* (``t0``, ``dt``, ``nt``) is where the wave equation steps: ``dt``
+must satisfy the CFL rule. The *data axis* (:attr:`Survey.data_axis`, a
+:class:`~devito_uq.physics.resample.TimeAxis`) is where the observed traces live —
+e.g. a SEG-Y interval of 2–4 ms and a recording delay. By default both are the same
+(no resampling, bit-identical to before). When they differ the modelling operators
+resample their traces onto the data axis with
+:func:`~devito_uq.physics.resample.resampling_matrix` (and apply its transpose in
+backward). :meth:`Survey.for_data` builds a survey for a given data axis and picks the
+solver axis itself: a stable ``dt`` that divides the data interval, starting early
+enough for the wavelet (a negative time shift) and for the data's first sample.
+
+Dead and missing traces
+-----------------------
+Shots may have different receiver counts. Data of a shot selection is then the
+dense array ``[shot, time, max_receivers]`` padded with zeros, and
+:meth:`Survey.mask` gives the per-trace mask ``[shot, receiver]`` (True: a live
+trace that is data). ``trace_mask`` marks dead traces of existing receivers (e.g.
+SEG-Y ``TraceIdentificationCode`` 2). Masked traces are not data: the operators
+return zeros there and send no residual back from them, and a likelihood must count
+only ``mask.sum() · nt_data`` observations (:func:`pad_traces` turns a list of
+per-shot arrays into the padded array and its mask).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from devito_uq.errors import InvalidSurveyError
+from devito_uq.errors import InvalidArgumentError, InvalidSurveyError
+from devito_uq.physics.memory import check_allocation
 from devito_uq.physics.model import AcousticModel
+from devito_uq.physics.resample import TimeAxis, check_band, resampling_matrix
 from devito_uq.physics.stencil import time_axis_length
-from devito_uq.physics.wavelets import ricker
-from devito_uq.validation import check_positive_int
+from devito_uq.physics.wavelets import resample_wavelet, ricker
+from devito_uq.validation import check_int, check_positive_int, check_positive_scalar
 
-__all__ = ["Survey", "Shot"]
+__all__ = ["Survey", "Shot", "pad_traces"]
+
+# A Ricker of peak f0 is below 1e-3 of its peak beyond 1/f0 from its centre.
+_RICKER_HALF_SPAN = 1.0
+# ... and below 1e-2 of its peak beyond 0.853/f0.
+_RICKER_CUT = 0.853
 
 
 @dataclass(frozen=True)
@@ -34,8 +66,24 @@ def _err(msg: str) -> InvalidSurveyError:
     return InvalidSurveyError(msg)
 
 
+def pad_traces(traces: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-shot arrays ``[time, receiver_s]`` → ``(data [shot, time, max_rec], mask [shot,
+    max_rec])``: zero-padded data and True where a receiver exists."""
+    arrs = [np.asarray(t, dtype=np.float64) for t in traces]
+    if not arrs or any(a.ndim != 2 for a in arrs) or len({a.shape[0] for a in arrs}) != 1:
+        shapes = [list(a.shape) for a in arrs]
+        raise _err(f"traces have shapes {shapes}; expected one [time, receiver] array per shot")
+    nmax = max(a.shape[1] for a in arrs)
+    data = np.zeros((len(arrs), arrs[0].shape[0], nmax))
+    mask = np.zeros((len(arrs), nmax), dtype=bool)
+    for i, a in enumerate(arrs):
+        data[i, :, : a.shape[1]] = a
+        mask[i, : a.shape[1]] = True
+    return data, mask
+
+
 class Survey:
-    """Source and receiver positions per shot, a time axis and the source wavelet.
+    """Source and receiver positions per shot, time axes and the source wavelet.
 
     Parameters
     ----------
@@ -44,18 +92,28 @@ class Survey:
     rec_positions : array ``[receiver, dim]`` or sequence of such arrays
         Receivers shared by every shot, or one array per shot (counts may differ).
     t1 : float
-        Last recording time (ms).
+        Last time (ms) of the solve.
     dt : float
-        Time step (ms) of both the recording and the wave-equation solve; must not
-        exceed :meth:`AcousticModel.critical_dt` of the velocities modelled.
+        Time step (ms) of the wave-equation solve; must not exceed
+        :meth:`AcousticModel.critical_dt` of the velocities modelled.
     t0 : float
-        First time (ms), default 0.
+        First time (ms) of the solve, default 0 (may be negative: the source fires at 0).
     f0_hz : float, optional
-        Peak frequency (Hz) of a Ricker wavelet (Devito's convention, delay 1/f0).
+        Peak frequency (Hz) of a Ricker wavelet; must lie below the Nyquist frequency
+        of ``dt`` and of the data axis.
+    delay : float, optional
+        Centre time (ms) of the Ricker (default ``1/f0``, Devito's convention); ``0``
+        or negative shifts the wavelet before the shot time (needs ``t0`` early enough).
     wavelet : array ``[time]`` or ``[shot, time]``, optional
-        User wavelet instead of a Ricker, sampled on the survey's time axis.
+        User wavelet instead of a Ricker: on the solver axis, or on its own axis
+        ``wavelet_t0 + k·wavelet_dt`` (ms) when ``wavelet_dt`` is given (then resampled
+        onto the solver axis; see :func:`~devito_uq.physics.wavelets.load_wavelet`).
+    data_axis : TimeAxis, optional
+        Time axis of the observed data (default: the solver axis).
+    trace_mask : bool array ``[shot, max_receivers]``, optional
+        False marks dead traces (see the module docstring).
 
-    The time axis (:func:`~devito_uq.physics.stencil.time_axis_length`) has
+    The solver axis (:func:`~devito_uq.physics.stencil.time_axis_length`) has
     ``nt = ceil((t1 - t0)/dt - 1e-6) + 1`` samples at ``t0 + k·dt``: it covers ``t1``
     as Devito's ``TimeAxis`` does, and is robust to round-off in ``t1``.
     """
@@ -69,6 +127,11 @@ class Survey:
         t0: float = 0.0,
         f0_hz: float | None = None,
         wavelet: Any = None,
+        delay: float | None = None,
+        wavelet_dt: float | None = None,
+        wavelet_t0: float = 0.0,
+        data_axis: TimeAxis | None = None,
+        trace_mask: Any = None,
     ) -> None:
         src = np.asarray(src_positions, dtype=np.float64)
         if src.ndim == 1:
@@ -116,40 +179,116 @@ class Survey:
             raise _err(f"dt={dt!r} ms must be finite and positive")
         if not (np.isfinite(t0) and np.isfinite(t1)) or t1 <= t0:
             raise _err(f"t1={t1!r} ms must be finite and after t0={t0!r} ms")
+        steps = (t1 - t0) / dt
+        # Size check before any time array exists: a huge t1 would allocate wavelets
+        # [shot, nt] here and traces and saved wavefields of nt steps in the solver.
+        check_allocation(
+            f"a time axis of {steps:.6g} steps (t0={t0:g}, t1={t1:g}, dt={dt:g} ms)",
+            int(min(steps, 2.0**62) + 2) * 8 * (self.nshots + 2),
+        )
         self.t0, self.dt = t0, dt
         self.nt = time_axis_length(t0, t1, dt)
         if self.nt < 3:
             raise _err(f"time axis t0={t0}, t1={t1}, dt={dt} ms has {self.nt} samples; need 3")
         self.t1 = t0 + dt * (self.nt - 1)
+        if data_axis is not None and not isinstance(data_axis, TimeAxis):
+            raise _err(f"data_axis must be a TimeAxis; got {type(data_axis).__name__}")
+        self.data_axis = self.solver_axis if data_axis is None else data_axis
+        same = self.data_axis.same_as(self.solver_axis)
+        # None when the axes coincide: the operators then skip resampling entirely.
+        self._resampling = None if same else resampling_matrix(self.solver_axis, self.data_axis)
+        self.wavelet = self._make_wavelet(f0_hz, wavelet, delay, wavelet_dt, wavelet_t0)
+        self.trace_mask = self._make_mask(trace_mask)
 
+    def _make_wavelet(self, f0_hz, wavelet, delay, wavelet_dt, wavelet_t0) -> np.ndarray:
         if (f0_hz is None) == (wavelet is None):
             raise _err("give exactly one of f0_hz (Ricker peak frequency, Hz) and wavelet")
         if wavelet is None:
-            f0 = float(f0_hz)
+            try:
+                f0 = float(f0_hz)
+            except (TypeError, ValueError) as exc:
+                raise _err(f"f0_hz={f0_hz!r} must be a number") from exc
             if not (np.isfinite(f0) and f0 > 0):
                 raise _err(f"f0_hz={f0_hz!r} must be finite and positive")
+            check_band(f0, self.solver_axis, f"Ricker peak f0_hz={f0:g}: the")
+            check_band(f0, self.data_axis, f"Ricker peak f0_hz={f0:g} (data axis): the")
             self.f0_hz: float | None = f0
-            w = np.broadcast_to(ricker(self.time, f0), (self.nshots, self.nt))
-        else:
-            self.f0_hz = None
-            w = np.asarray(wavelet, dtype=np.float64)
-            if w.ndim == 1:
-                w = w[None, :]
-            if w.ndim != 2 or w.shape[1] != self.nt or w.shape[0] not in (1, self.nshots):
+            td = 1000.0 / f0 if delay is None else float(delay)
+            if not np.isfinite(td):
+                raise _err(f"delay={delay!r} ms must be finite")
+            # Refuse a Ricker cut where it is still above 1 % of its peak (|r| < 2.68,
+            # t − td > −0.853/f0); Devito's own t0 = 0, td = 1/f0 cuts at 1e-3.
+            start = td - _RICKER_HALF_SPAN * 1000.0 / f0
+            if td - self.t0 < _RICKER_CUT * 1000.0 / f0:
                 raise _err(
-                    f"wavelet has shape {list(np.shape(wavelet))}; expected [{self.nt}] "
-                    f"or [{self.nshots}, {self.nt}] (time samples of the survey)"
+                    f"the Ricker centred at delay={td:g} ms is cut off by the solve's "
+                    f"t0={self.t0:g} ms (above 1% of its peak there); use t0 <= {start:g} ms "
+                    "(Survey.for_data does)"
+                )
+            self.delay: float | None = td
+            w = ricker(self.time, f0, td)
+            return np.ascontiguousarray(np.broadcast_to(w, (self.nshots, self.nt)))
+        self.f0_hz, self.delay = None, None
+        w = np.asarray(wavelet, dtype=np.float64)
+        if w.ndim == 1:
+            w = w[None, :]
+        if wavelet_dt is not None:
+            if w.ndim != 2 or w.shape[0] not in (1, self.nshots) or w.shape[1] < 2:
+                raise _err(
+                    f"wavelet has shape {list(np.shape(wavelet))}; expected [time] or "
+                    f"[{self.nshots}, time] samples at wavelet_dt"
                 )
             if not np.all(np.isfinite(w)):
                 raise _err("wavelet contains NaN or infinite values")
-            w = np.broadcast_to(w, (self.nshots, self.nt))
-        self.wavelet = np.ascontiguousarray(w)
+            w = resample_wavelet(w, wavelet_t0, wavelet_dt, self.solver_axis)
+        elif w.ndim != 2 or w.shape[1] != self.nt or w.shape[0] not in (1, self.nshots):
+            raise _err(
+                f"wavelet has shape {list(np.shape(wavelet))}; expected [{self.nt}] "
+                f"or [{self.nshots}, {self.nt}] (time samples of the survey)"
+            )
+        if not np.all(np.isfinite(w)):
+            raise _err("wavelet contains NaN or infinite values")
+        return np.ascontiguousarray(np.broadcast_to(w, (self.nshots, self.nt)))
+
+    def _make_mask(self, trace_mask: Any) -> np.ndarray:
+        nmax = max(self.nreceivers)
+        exists = np.arange(nmax)[None, :] < np.array(self.nreceivers)[:, None]
+        if trace_mask is None:
+            return exists
+        tm = np.asarray(trace_mask)
+        if tm.dtype != bool or tm.shape != (self.nshots, nmax):
+            raise _err(
+                f"trace_mask has shape {list(tm.shape)} and dtype {tm.dtype}; expected bool "
+                f"[{self.nshots}, {nmax}] (shot, receiver)"
+            )
+        return tm & exists
 
     # ---------------------------------------------------------------- accessors
     @property
     def time(self) -> np.ndarray:
-        """Time samples (ms), ``[time]``."""
+        """Time samples (ms) of the solver axis, ``[time]``."""
         return self.t0 + self.dt * np.arange(self.nt)
+
+    @property
+    def solver_axis(self) -> TimeAxis:
+        """The solver's time axis (``t0``, ``dt``, ``nt``)."""
+        return TimeAxis(self.t0, self.dt, self.nt)
+
+    @property
+    def nt_data(self) -> int:
+        """Samples per trace of the data (``data_axis.nt``)."""
+        return self.data_axis.nt
+
+    def resampling(self) -> np.ndarray | None:
+        """``[nt_data, nt]`` solver→data resampling matrix (float64), ``None`` if the axes
+        coincide."""
+        return self._resampling
+
+    def mask(self, shots: Any = None) -> np.ndarray:
+        """Per-trace mask ``[shot, max_receivers]`` of the selected shots (True: live data)."""
+        idx = self.select(shots)
+        m = self.trace_mask[idx]
+        return m[:, : max(self.nreceivers[s] for s in idx)]
 
     @property
     def nreceivers(self) -> list[int]:
@@ -182,10 +321,16 @@ class Survey:
             return list(range(self.nshots))
         if isinstance(shots, (int, np.integer)) and not isinstance(shots, bool):
             shots = [int(shots)]
+        if isinstance(shots, (bool, np.bool_, str, bytes, float)):
+            raise _err(f"shots={shots!r} must be a shot index or a list of shot indices")
         try:
-            idx = [int(s) for s in np.asarray(shots).reshape(-1)]
-        except (TypeError, ValueError) as exc:
-            raise _err(f"shots={shots!r} must be shot indices") from exc
+            # check_int refuses True, 0.9 and 1.0: a selection is never truncated.
+            items = shots if isinstance(shots, (list, tuple)) else np.asarray(shots).reshape(-1)
+            if isinstance(items, np.ndarray) and items.dtype == bool:
+                raise _err(f"shots={shots!r} is a boolean array; give shot indices")
+            idx = [check_int(f"shots[{i}]", s) for i, s in enumerate(items)]
+        except (TypeError, ValueError, InvalidArgumentError) as exc:
+            raise _err(f"shots={shots!r} must be shot indices (integers): {exc}") from exc
         if len(idx) == 0:
             raise _err("shots=[] selects no shot; give at least one index")
         for s in idx:
@@ -216,6 +361,60 @@ class Survey:
                 )
 
     # ------------------------------------------------------------------ helpers
+    @classmethod
+    def for_data(
+        cls,
+        model: AcousticModel,
+        src_positions: Any,
+        rec_positions: Any,
+        data_axis: TimeAxis,
+        vmax: float,
+        f0_hz: float | None = None,
+        delay: float | None = None,
+        wavelet: Any = None,
+        wavelet_dt: float | None = None,
+        wavelet_t0: float = 0.0,
+        trace_mask: Any = None,
+    ) -> Survey:
+        """A survey whose data live on ``data_axis``; the solver axis is chosen here.
+
+        The solver step is the largest ``data_axis.dt / n`` (``n`` a whole number) not
+        above :meth:`AcousticModel.critical_dt` for ``vmax`` (km/s, the fastest
+        velocity the survey will be evaluated at); the solver starts on the data's
+        sample grid at or before the first data sample, the shot time 0 and the start
+        of the wavelet (a Ricker's ``delay − 1/f0``, or ``wavelet_t0``), and ends at
+        the last data sample. Data samples then fall on solver samples.
+        """
+        if not isinstance(data_axis, TimeAxis):
+            raise _err(f"data_axis must be a TimeAxis; got {type(data_axis).__name__}")
+        if not isinstance(model, AcousticModel):
+            raise _err(f"model must be an AcousticModel; got {type(model).__name__}")
+        vmax = check_positive_scalar("vmax", vmax)
+        dtc = model.critical_dt(vmax)
+        dt = data_axis.dt / math.ceil(data_axis.dt / dtc - 1e-9)
+        if f0_hz is not None:
+            f0 = check_positive_scalar("f0_hz", f0_hz)
+            centre = 1000.0 / f0 if delay is None else float(delay)
+            start = centre - _RICKER_HALF_SPAN * 1000.0 / f0
+        else:
+            start = float(wavelet_t0)
+        first = min(data_axis.t0, start, 0.0)
+        k = math.ceil((data_axis.t0 - first) / dt - 1e-9)
+        return cls(
+            src_positions,
+            rec_positions,
+            t1=data_axis.t1,
+            dt=dt,
+            t0=data_axis.t0 - k * dt,
+            f0_hz=f0_hz,
+            wavelet=wavelet,
+            delay=delay,
+            wavelet_dt=wavelet_dt,
+            wavelet_t0=wavelet_t0,
+            data_axis=data_axis,
+            trace_mask=trace_mask,
+        )
+
     @classmethod
     def surface(
         cls,

@@ -5,14 +5,22 @@ Units: time in ms, frequencies in Hz (converted to kHz where Devito's formulas u
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from devito_uq.errors import InvalidArgumentError
-from devito_uq.validation import check_positive_int, check_positive_scalar, check_tuple
+from devito_uq.errors import InvalidArgumentError, InvalidSurveyError
+from devito_uq.validation import (
+    check_positive_int,
+    check_positive_scalar,
+    check_scalar,
+    check_tuple,
+)
 
-__all__ = ["ricker", "bandpass_wavelet"]
+__all__ = ["ricker", "bandpass_wavelet", "load_wavelet", "resample_wavelet"]
 
 
 def ricker(time: np.ndarray, f0_hz: float, delay: float | None = None) -> np.ndarray:
@@ -72,3 +80,74 @@ def bandpass_wavelet(
     out = np.zeros(nt)
     out[:n] = filt
     return out
+
+
+def resample_wavelet(w: np.ndarray, t0: float, dt: float, axis: Any) -> np.ndarray:
+    """Wavelets ``w [k, nw]`` sampled at ``t0 + j·dt`` (ms) → ``[k, axis.nt]`` on ``axis``.
+
+    Windowed-sinc interpolation (:func:`~devito_uq.physics.resample.resampling_matrix`);
+    the wavelet is zero outside its samples. A wavelet that starts before ``axis.t0``
+    is refused (its beginning would be cut off): start the solve earlier.
+    """
+    from devito_uq.physics.resample import TimeAxis, resampling_matrix
+
+    t0 = check_scalar("wavelet_t0", t0)
+    dt = check_positive_scalar("wavelet_dt", dt)
+    if t0 < axis.t0 - 1e-6 * axis.dt:
+        raise InvalidSurveyError(
+            f"wavelet_t0={t0:g} ms is before the solve's first time {axis.t0:g} ms; "
+            f"start the solve at t0 <= {t0:g} ms (Survey.for_data does)"
+        )
+    # Pad with zeros so that the source axis covers the whole target axis.
+    extra = max(0, int(np.ceil((axis.t1 - (t0 + dt * (w.shape[1] - 1))) / dt)) + 1)
+    wp = np.concatenate([w, np.zeros((w.shape[0], extra))], axis=1)
+    mat = resampling_matrix(TimeAxis(t0, dt, wp.shape[1]), axis)
+    return wp @ mat.T
+
+
+def load_wavelet(
+    path: str | os.PathLike, dt: float | None = None
+) -> tuple[np.ndarray, float, float]:
+    """Read a wavelet file → ``(samples [nw], dt ms, t0 ms)`` for ``Survey(wavelet_dt=…)``.
+
+    * ``.npy``: a 1D array of samples; ``dt`` (ms) must be given, ``t0 = 0``.
+    * text (whitespace or comma separated, ``#`` comments): one column of samples
+      (``dt`` required, ``t0 = 0``) or two columns ``time_ms amplitude`` (regular
+      times; ``dt`` and ``t0`` from the first column, a ``dt`` given must agree).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidArgumentError(f"wavelet file {str(path)!r} is not a readable file")
+    try:
+        if path.suffix == ".npy":
+            arr = np.load(path, allow_pickle=False)
+        else:
+            text = path.read_text().replace(",", " ")
+            rows = [ln.split("#")[0].split() for ln in text.splitlines()]
+            arr = np.array([[float(x) for x in r] for r in rows if r], dtype=np.float64)
+    except (OSError, ValueError) as exc:
+        raise InvalidArgumentError(f"cannot read wavelet file {str(path)!r}: {exc}") from exc
+    arr = np.asarray(arr, dtype=np.float64)
+    t0 = 0.0
+    if arr.ndim == 2 and arr.shape[1] == 1:
+        arr = arr[:, 0]
+    if arr.ndim == 2 and arr.shape[1] == 2 and arr.shape[0] >= 2:
+        times, arr = arr[:, 0], arr[:, 1]
+        steps = np.diff(times)
+        if steps[0] <= 0 or np.ptp(steps) > 1e-6 * steps[0]:
+            raise InvalidArgumentError(f"wavelet file {str(path)!r}: times are not regular")
+        if dt is not None and abs(check_positive_scalar("dt", dt) - steps[0]) > 1e-6 * steps[0]:
+            raise InvalidArgumentError(
+                f"dt={dt} ms disagrees with the file's time step {steps[0]:g} ms ({str(path)!r})"
+            )
+        t0, dt = float(times[0]), float(steps[0])
+    if arr.ndim != 1 or arr.size < 2:
+        raise InvalidArgumentError(
+            f"wavelet file {str(path)!r} holds shape {list(arr.shape)}; expected samples [time] "
+            "or two columns (time ms, amplitude)"
+        )
+    if dt is None:
+        raise InvalidArgumentError(f"wavelet file {str(path)!r} has no times: give dt (ms)")
+    if not np.all(np.isfinite(arr)):
+        raise InvalidArgumentError(f"wavelet file {str(path)!r} contains NaN or infinite values")
+    return arr, check_positive_scalar("dt", dt), t0

@@ -12,7 +12,13 @@ receivers. ``BornModeling(model, survey, m0)`` is the linear map ``δm ↦ J(m0)
 its backward is ``J(m0)ᵀ``.
 
 Shapes: ``m`` ``[nx, nz]`` → data ``[shot, time, receiver]``; ``m``
-``[batch, nx, nz]`` → ``[batch, shot, time, receiver]``.
+``[batch, nx, nz]`` → ``[batch, shot, time, receiver]``. ``time`` is the survey's
+*data* axis (``survey.nt_data`` samples): when it differs from the solver axis the
+traces are resampled, ``d = R d_solver`` with ``R = survey.resampling()``, and backward
+applies ``Rᵀ`` to the residual before injecting it (exact adjoint). When the axes
+coincide nothing is resampled. ``receiver`` is the largest receiver count of the
+selected shots; missing receivers and dead traces (``survey.mask(shots)`` False) are
+zero in the output and receive no residual (see :mod:`devito_uq.physics.survey`).
 
 The solves run on the CPU (Devito's C backend). A CUDA tensor is copied to the
 host for the solve and the result (and its gradient) copied back to its device.
@@ -20,6 +26,8 @@ host for the solve and the result (and its gradient) copied back to its device.
 
 from __future__ import annotations
 
+import sys
+import weakref
 from typing import Any
 
 import numpy as np
@@ -30,9 +38,9 @@ from torch.autograd.function import once_differentiable
 from devito_uq.errors import (
     InvalidArgumentError,
     InvalidShapeError,
-    InvalidSurveyError,
     StabilityError,
 )
+from devito_uq.physics.memory import check_allocation
 from devito_uq.physics.model import AcousticModel
 from devito_uq.physics.solver import get_solver, new_owner
 from devito_uq.physics.survey import Survey
@@ -59,6 +67,27 @@ def _solver(model: AcousticModel, dtype: type) -> Any:
     from devito_uq.physics.acoustic.solver import AcousticSolver
 
     return get_solver(AcousticSolver, model, dtype)
+
+
+def _release_owners(owners: dict) -> None:
+    """Drop the pooled wavefields of ``owners`` (a garbage-collected module's tokens)."""
+    mod = sys.modules.get("devito_uq.physics.acoustic.solver")
+    if mod is None or not owners:  # no solver was ever built: nothing pooled
+        return
+    from devito_uq.physics.solver import cached_solvers
+
+    tokens = list(owners.values())
+    for solver in cached_solvers(mod.AcousticSolver):
+        solver.release_owners(tokens)
+
+
+def _check_solver_memory(model: AcousticModel, survey: Survey, dtype: Any) -> None:
+    """Refuse, before anything is built, a geometry whose solver cannot fit in memory."""
+    check_allocation(
+        f"an acoustic solver for the padded grid {list(model.padded_shape)} "
+        f"(model shape {list(model.shape)}, nbl={model.nbl}) with {survey.nt} time steps",
+        model.solver_nbytes(dtype) + 16 * survey.nt * (1 + max(survey.nreceivers)),
+    )
 
 
 def check_stability(model: AcousticModel, survey: Survey, m: Any) -> None:
@@ -98,13 +127,36 @@ def _check_input(name: str, x: Any, model: AcousticModel) -> tuple[bool, type]:
 
 
 def _check_receivers(survey: Survey, shots: list[int]) -> int:
-    counts = {survey.rec_positions[s].shape[0] for s in shots}
-    if len(counts) != 1:
-        raise InvalidSurveyError(
-            f"shots {shots} have different receiver counts {sorted(counts)}; the data tensor "
-            "[shot, time, receiver] needs one count: select shots with equal counts"
-        )
-    return counts.pop()
+    """Receiver axis length of the data of ``shots``: the largest count (others padded)."""
+    return max(survey.nreceivers[s] for s in shots)
+
+
+class _DataAxis:
+    """Solver → data traces of one call: resampling ``R`` and the per-trace mask."""
+
+    def __init__(self, survey: Survey, shots: list[int], dtype: type) -> None:
+        r = survey.resampling()
+        self.matrix = None if r is None else r.astype(dtype)
+        mask = survey.mask(shots)
+        self.mask = None if mask.all() else mask  # None: nothing to zero
+        self.nrec = [survey.nreceivers[s] for s in shots]
+        self.nt = survey.nt_data
+
+    def to_data(self, traces: np.ndarray, i: int) -> np.ndarray:
+        """Solver traces ``[nt, nrec_i]`` of the i-th selected shot → data ``[nt_data, nrec_i]``."""
+        out = traces if self.matrix is None else self.matrix @ traces
+        if self.mask is not None:
+            out = out * self.mask[i, : out.shape[1]]
+        return out
+
+    def to_solver(self, grad: np.ndarray, i: int) -> np.ndarray:
+        """Adjoint of :meth:`to_data`: data residual ``[nt_data, max_rec]`` → ``[nt, nrec_i]``."""
+        g = grad[:, : self.nrec[i]]
+        if self.mask is not None:
+            g = g * self.mask[i, : self.nrec[i]]
+        if self.matrix is not None:
+            g = self.matrix.T @ g
+        return np.ascontiguousarray(g)
 
 
 def _check_geometry(model: Any, survey: Any) -> None:
@@ -140,12 +192,15 @@ class _AcousticFunction(torch.autograd.Function):
         keep = solver.wavefield_capacity(survey.nt, factor) if need_grad else 0
         owners = [new_owner() for _ in items]  # one per (model, shot) wavefield
         nrec = _check_receivers(survey, shots)
-        out = np.empty((mb.shape[0], len(shots), survey.nt, nrec), dtype=dtype)
+        axis = _DataAxis(survey, shots, dtype)
+        out = np.zeros((mb.shape[0], len(shots), axis.nt, nrec), dtype=dtype)
         for k, (b, i, s) in enumerate(items):
             buf = None
             if k >= len(items) - keep:
                 buf = solver.acquire_wavefield(survey.nt, factor, owner=owners[k])
-            out[b, i] = solver.forward(mb[b], survey.shot(s), survey.dt, buf)
+            tr = solver.forward(mb[b], survey.shot(s), survey.dt, buf)
+            out[b, i, :, : tr.shape[1]] = axis.to_data(tr, i)
+        ctx.axis = axis
         ctx.module, ctx.shots, ctx.owners, ctx.items = module, shots, owners, items
         ctx.batched, ctx.dtype, ctx.device = batched, dtype, m.device
         ctx.save_for_backward(m)
@@ -164,7 +219,7 @@ class _AcousticFunction(torch.autograd.Function):
         grad = np.zeros_like(mb)
         for (b, i, s), owner in zip(reversed(ctx.items), reversed(ctx.owners)):
             buf = solver.find_wavefield(owner)
-            r = np.ascontiguousarray(gb[b, i])
+            r = ctx.axis.to_solver(gb[b, i], i)
             grad[b] += solver.jacobian_adjoint(
                 mb[b], survey.shot(s), survey.dt, r, wavefield=buf, factor=module.subsample
             )
@@ -212,6 +267,7 @@ class AcousticModeling(nn.Module):
         self.survey = survey
         self.subsample = check_positive_int("subsample", subsample)
         self.max_wavefield_bytes = check_nonnegative_int("max_wavefield_bytes", max_wavefield_bytes)
+        _check_solver_memory(model, survey, model.dtype)
 
     def forward(self, m: torch.Tensor, shots: Any = None) -> torch.Tensor:
         """Shot records for squared slowness ``m`` (s²/km²); see the class docstring."""
@@ -241,10 +297,13 @@ class _BornFunction(torch.autograd.Function):
         m0 = module.m0_numpy.astype(dtype)
         db = _to_numpy(dm if batched else dm[None], dtype)
         nrec = _check_receivers(survey, shots)
-        out = np.empty((db.shape[0], len(shots), survey.nt, nrec), dtype=dtype)
+        axis = _DataAxis(survey, shots, dtype)
+        out = np.zeros((db.shape[0], len(shots), axis.nt, nrec), dtype=dtype)
         for b in range(db.shape[0]):
             for i, s in enumerate(shots):
-                out[b, i] = solver.jacobian(m0, db[b], survey.shot(s), survey.dt)
+                tr = solver.jacobian(m0, db[b], survey.shot(s), survey.dt)
+                out[b, i, :, : tr.shape[1]] = axis.to_data(tr, i)
+        ctx.axis = axis
         ctx.module, ctx.shots, ctx.batched, ctx.dtype, ctx.device = (
             module,
             shots,
@@ -262,6 +321,7 @@ class _BornFunction(torch.autograd.Function):
         module = ctx.module
         survey = module.survey
         solver = _solver(module.model, ctx.dtype)
+        solver.max_wavefield_bytes = module.max_wavefield_bytes
         m0 = module.m0_numpy.astype(ctx.dtype)
         gb = _to_numpy(grad_out if ctx.batched else grad_out[None], ctx.dtype)
         grad = np.zeros((ctx.nbatch, *module.model.shape), dtype=ctx.dtype)
@@ -273,7 +333,7 @@ class _BornFunction(torch.autograd.Function):
                 buf = solver.acquire_wavefield(survey.nt, 1, owner=owner)
                 solver.forward(m0, survey.shot(s), survey.dt, wavefield=buf)
             for b in range(ctx.nbatch):
-                r = np.ascontiguousarray(gb[b, i])
+                r = ctx.axis.to_solver(gb[b, i], i)
                 grad[b] += solver.jacobian_adjoint(m0, survey.shot(s), survey.dt, r, wavefield=buf)
         g = torch.from_numpy(grad if ctx.batched else grad[0]).to(ctx.device)
         return g, None, None  # dm, module (not a tensor), shots (not a tensor)
@@ -286,12 +346,18 @@ class BornModeling(nn.Module):
     slowness, validated once here. Call ``J(dm, shots=None)``: ``dm`` ``[nx, nz]`` →
     ``[shot, time, receiver]`` (batched ``[batch, nx, nz]`` → ``[batch, shot, time,
     receiver]``). Backward applies ``J(m0)ᵀ`` (exact discrete adjoint), reusing the
-    background wavefields of ``m0`` across calls while they fit in the pool.
+    background wavefields of ``m0`` across calls while they fit in the pool
+    (``max_wavefield_bytes``, least recently used evicted first). The pooled
+    wavefields are released when the module is garbage-collected.
     """
 
-    def __init__(self, model: AcousticModel, survey: Survey, m0: Any) -> None:
+    def __init__(
+        self, model: AcousticModel, survey: Survey, m0: Any, max_wavefield_bytes: int = 2**30
+    ) -> None:
         super().__init__()
         _check_geometry(model, survey)
+        self.max_wavefield_bytes = check_nonnegative_int("max_wavefield_bytes", max_wavefield_bytes)
+        _check_solver_memory(model, survey, model.dtype)  # before m0 is validated or copied
         m0n = m0.detach().cpu().numpy() if isinstance(m0, torch.Tensor) else np.asarray(m0)
         check_shape("m0", m0n.shape, model.shape)
         check_finite_positive("background squared slowness m0", m0n)
@@ -300,6 +366,9 @@ class BornModeling(nn.Module):
         self.survey = survey
         self.m0_numpy = np.array(m0n, dtype=np.float64)
         self._owners: dict[tuple, object] = {}
+        # Release this module's pinned background wavefields when it is collected (the
+        # finalizer holds the token dict, not the module, so it does not keep it alive).
+        weakref.finalize(self, _release_owners, self._owners)
 
     def _owner(self, dtype: type, shot: int) -> object:
         """The owner token of the pooled background wavefield of ``m0`` for one shot."""

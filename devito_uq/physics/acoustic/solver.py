@@ -29,6 +29,7 @@ import numpy as np
 from devito import ConditionalDimension, Function, Grid, SparseTimeFunction, TimeFunction
 
 from devito_uq.physics.acoustic import operators as ops
+from devito_uq.physics.memory import check_allocation
 from devito_uq.physics.model import AcousticModel
 from devito_uq.physics.solver import Solver, Wavefield
 from devito_uq.physics.survey import Shot
@@ -63,6 +64,10 @@ class AcousticSolver(Solver):
         self.dtype = check_dtype("dtype", model.dtype if dtype is None else dtype)
         so = model.space_order
         padded = model.padded_shape
+        check_allocation(
+            f"an acoustic solver for the padded grid {list(padded)} ({self.dtype.__name__})",
+            model.solver_nbytes(self.dtype),
+        )
         extent = tuple(h * (n - 1) for h, n in zip(model.spacing, padded))
         self.grid = Grid(shape=padded, extent=extent, origin=model.padded_origin, dtype=self.dtype)
         g = self.grid
@@ -128,6 +133,11 @@ class AcousticSolver(Solver):
 
     def _new_buffer(self, nt: int, factor: int) -> Wavefield:
         so = self.model.space_order
+        check_allocation(
+            f"a saved wavefield of {nt} time steps on the padded grid "
+            f"{list(self.model.padded_shape)} (subsample {factor})",
+            self.wavefield_nbytes(nt, factor),
+        )
         if factor == 1:
             fn = TimeFunction(name="u", grid=self.grid, time_order=2, space_order=so, save=nt + 1)
         else:
@@ -175,6 +185,18 @@ class AcousticSolver(Solver):
     def wavefield_capacity(self, nt: int, factor: int = 1) -> int:
         """How many saved wavefields of this size fit in ``max_wavefield_bytes`` (≥ 1)."""
         return max(1, self.max_wavefield_bytes // self.wavefield_nbytes(nt, factor))
+
+    def release_owners(self, owners: Any) -> int:
+        """Drop the pooled buffers held by any of ``owners`` (identity); return how many.
+
+        Called when a module that pins wavefields across calls (``BornModeling``) is
+        garbage-collected, so its buffers do not stay in the pool forever.
+        """
+        ids = {id(o) for o in owners}
+        gone = [k for k, b in self._pool.items() if b.owner is not None and id(b.owner) in ids]
+        for k in gone:
+            del self._pool[k]
+        return len(gone)
 
     def release_wavefields(self) -> None:
         """Drop every pooled wavefield buffer (they are reallocated on demand)."""

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -36,6 +37,7 @@ from devito_uq.errors import (
     StabilityError,
 )
 from devito_uq.physics import stencil
+from devito_uq.physics.memory import check_allocation
 from devito_uq.physics.solver import get_solver, new_owner
 from devito_uq.physics.wavelets import bandpass_wavelet
 from devito_uq.validation import (
@@ -56,6 +58,8 @@ __all__ = ["PlaneWaveModeling", "PlaneWaveBornModeling", "ray_parameters_from_an
 DEFAULT_SPACE_ORDER = 4
 DEFAULT_NBL = 50
 DEFAULT_DAMPING = 0.1
+#: Batch sizes whose solver (kernel + full wavefield) a module keeps (LRU eviction).
+MAX_BATCH_SOLVERS = 4
 
 
 def ray_parameters_from_angles(angles_deg: Sequence[float], v_min: float) -> np.ndarray:
@@ -144,7 +148,11 @@ class PlaneWaveModeling(torch.nn.Module):
     ``d[b, i, n]`` is the pressure trace of ray parameter ``ray_parameters[i]`` at
     time ``n·dt`` ms. An unbatched ``m [nz]`` gives ``d [p, nt]``. A batch of models ×
     all ray parameters is one Devito kernel call, compiled once per (batch size,
-    dtype, geometry) and shared by equal modules (``get_solver``).
+    dtype, geometry) and shared by equal modules (``get_solver``). Each solver holds
+    a kernel and a full wavefield ``[batch·p, nt+1, nz+2·nbl]``, so at most
+    :data:`MAX_BATCH_SOLVERS` batch sizes are kept per module (and per geometry in the
+    registry, ``PlaneWaveSolver.max_cached``); the least recently used is evicted and
+    recompiled if needed again (Devito's on-disk JIT cache makes that cheap).
 
     Args:
         ray_parameters: ``[p]`` ray parameters in s/km (≥ 0).
@@ -188,6 +196,11 @@ class PlaneWaveModeling(torch.nn.Module):
             raise InvalidArgumentError(f"t1={t1} ms must span at least two steps of dt={dt} ms")
         self.nt = stencil.time_axis_length(0.0, t1, self.dt)
         self.nbl = check_nonnegative_int("nbl", nbl)
+        # Before the wavelet [nt] and the solver's [batch·p, nt+1, nz] wavefield exist.
+        check_allocation(
+            f"a time axis of {t1 / self.dt:.6g} steps (t1={t1:g}, dt={self.dt:g} ms)",
+            int(min(t1 / self.dt, 2.0**62) + 2) * 8 * (3 + p.size * (self.nz + 2 * self.nbl)),
+        )
         self.space_order = stencil.check_space_order(space_order)
         damping = check_nonnegative_scalar("damping", damping)
         if wavelet is None:
@@ -207,7 +220,7 @@ class PlaneWaveModeling(torch.nn.Module):
             ramp[: self.nbl] = x[::-1] ** 2
             ramp[self.nz + self.nbl :] = x**2
         self._damping = damping * ramp
-        self._solvers: dict[tuple, Any] = {}
+        self._solvers: OrderedDict[tuple, Any] = OrderedDict()
         self._cached_inputs: dict[type, tuple] = {}
         self._n_solves = 0
 
@@ -215,8 +228,14 @@ class PlaneWaveModeling(torch.nn.Module):
     def _solver(self, batch: int, dtype: type) -> Any:
         """The shared solver for ``batch`` models in ``dtype`` (Devito loads on first use)."""
         key = (batch, np.dtype(dtype).name)
-        if key not in self._solvers:
+        if key in self._solvers:
+            self._solvers.move_to_end(key)
+        else:
             from devito_uq.physics.planewave.solver import PlaneWaveSolver
+
+            self._check_memory(batch, dtype)
+            while len(self._solvers) >= MAX_BATCH_SOLVERS:
+                self._solvers.popitem(last=False)
 
             self._solvers[key] = get_solver(
                 PlaneWaveSolver,
@@ -242,6 +261,17 @@ class PlaneWaveModeling(torch.nn.Module):
                 self._damping,
             )
         return self._cached_inputs[dtype]
+
+    def _check_memory(self, batch: int, dtype: type) -> None:
+        """Refuse a batch whose solver (saved wavefield and traces) cannot fit in memory."""
+        rows = batch * self.ray_parameters.numel()
+        levels = (self.nt + 1) + 3 + 6  # saved u, adjoint v, model/damping/gradient rows
+        nbytes = rows * (levels * (self.nz_extended + self.space_order) + 2 * self.nt)
+        check_allocation(
+            f"a plane-wave solver for batch={batch} × {self.ray_parameters.numel()} ray "
+            f"parameters × {self.nt} steps × {self.nz_extended} depths",
+            nbytes * np.dtype(dtype).itemsize,
+        )
 
     @contextlib.contextmanager
     def _counting(self, solver: Any) -> Iterator[None]:

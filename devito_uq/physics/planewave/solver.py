@@ -29,7 +29,10 @@ class PlaneWaveSolver(Solver):
     (s²/km²), wavelet ``[nt]``, damping ``[nz + 2·nbl]`` (ms/m²), traces
     ``[batch, npar, nt]``. Source and receiver sit at the surface (the first
     physical sample, index ``nbl``). Inputs are assumed valid (the torch modules check).
+    The registry keeps at most ``max_cached`` of them (each holds a full wavefield).
     """
+
+    max_cached = 4
 
     @classmethod
     def cache_key(cls, batch, npar, nz, nbl, nt, dt, dz, space_order, dtype) -> tuple:

@@ -1,0 +1,171 @@
+r"""Where shot-record SEG-Y files keep their geometry: header conventions, datum, 2D lines.
+
+:func:`devito_uq.io.read_shots` reads positions and depths from the trace-header fields
+of a *convention*: a preset name or a mapping of the eight quantities below to
+``segyio.TraceField`` names (a leading ``-`` negates the field, e.g. an elevation
+positive up read as a depth positive down). Scalars follow SEG-Y (positive
+multiplies, negative divides, 0 means 1).
+
+=================  ===========================  ===========================
+ quantity           ``"devito_uq"`` (default)    ``"judi"`` (SegyIO.jl/JUDI)
+=================  ===========================  ===========================
+ ``src_x/src_y``    SourceX / SourceY            SourceX / SourceY
+ ``rec_x/rec_y``    GroupX / GroupY              GroupX / GroupY
+ ``xy_scalar``      SourceGroupScalar            SourceGroupScalar
+ ``src_z`` (down)   SourceDepth                  SourceSurfaceElevation
+ ``rec_z`` (down)   −ReceiverGroupElevation      ReceiverGroupElevation
+ ``z_scalar``       ElevationScalar              SourceGroupScalar
+=================  ===========================  ===========================
+
+JUDI writes source and receiver *depths* (positive down) into the elevation fields,
+leaves SourceDepth = 0 and applies the coordinate scalar to them; its binary-header
+interval may be 0 (the interval is then read from the trace headers). A custom
+mapping may name any subset; the rest comes from the default convention.
+
+Datum: every depth is shifted by ``datum`` m (z = value + datum), e.g. the elevation of
+the model's top when the elevation fields hold land elevations (positive up) read as
+negative depths. A source or receiver that lands above z = 0 after the shift is refused
+with an error naming it and its depth — never silently placed above the model.
+
+2D lines at any azimuth: the sources' and receivers' (x, y) are projected onto the
+straight line that fits them best (principal direction); the distance along it becomes
+x (0 at the first point of the line, increasing in the direction the shots advance).
+The read reports the azimuth (degrees clockwise from +y, i.e. north) and the largest
+off-line distance; beyond ``line_tolerance`` m the read is refused. A line with constant
+y keeps its x coordinates unchanged (no projection).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from segyio import TraceField
+
+from devito_uq.errors import SegyError
+
+__all__ = ["CONVENTIONS", "resolve_convention", "header_fields", "coordinates", "project_line"]
+
+_KEYS = ("src_x", "src_y", "rec_x", "rec_y", "xy_scalar", "src_z", "rec_z", "z_scalar")
+
+CONVENTIONS: dict[str, dict[str, str]] = {
+    "devito_uq": {
+        "src_x": "SourceX",
+        "src_y": "SourceY",
+        "rec_x": "GroupX",
+        "rec_y": "GroupY",
+        "xy_scalar": "SourceGroupScalar",
+        "src_z": "SourceDepth",
+        "rec_z": "-ReceiverGroupElevation",
+        "z_scalar": "ElevationScalar",
+    },
+    "judi": {
+        "src_x": "SourceX",
+        "src_y": "SourceY",
+        "rec_x": "GroupX",
+        "rec_y": "GroupY",
+        "xy_scalar": "SourceGroupScalar",
+        "src_z": "SourceSurfaceElevation",
+        "rec_z": "ReceiverGroupElevation",
+        "z_scalar": "SourceGroupScalar",
+    },
+}
+
+
+def resolve_convention(convention: Any) -> dict[str, tuple[int, float, str]]:
+    """``{quantity: (TraceField value, sign, field name)}`` for a preset name or a mapping."""
+    if isinstance(convention, str):
+        if convention not in CONVENTIONS:
+            raise SegyError(
+                f"convention={convention!r} is not one of {sorted(CONVENTIONS)}; "
+                "or give a mapping such as {'rec_z': 'ReceiverGroupElevation'}"
+            )
+        names = CONVENTIONS[convention]
+    elif isinstance(convention, Mapping):
+        unknown = sorted(set(convention) - set(_KEYS))
+        if unknown:
+            raise SegyError(f"convention key {unknown[0]!r} is not one of {list(_KEYS)}")
+        names = {**CONVENTIONS["devito_uq"], **dict(convention)}
+    else:
+        raise SegyError(f"convention={convention!r} must be a preset name or a mapping")
+    out = {}
+    for key in _KEYS:
+        name = names[key]
+        if not isinstance(name, str):
+            raise SegyError(f"convention[{key!r}]={name!r} must be a TraceField name")
+        sign = -1.0 if name.startswith("-") else 1.0
+        field = name.lstrip("-")
+        if not hasattr(TraceField, field):
+            raise SegyError(f"convention[{key!r}]={name!r}: {field!r} is not a SEG-Y trace field")
+        out[key] = (int(getattr(TraceField, field)), sign, field)
+    return out
+
+
+def header_fields(conv: Mapping[str, tuple[int, float, str]]) -> set[int]:
+    """The trace-header fields a convention reads."""
+    return {f for f, _, _ in conv.values()}
+
+
+def _scaled(raw: np.ndarray, scalar: np.ndarray) -> np.ndarray:
+    s = np.asarray(scalar, dtype=np.float64)
+    s = np.where(s == 0, 1.0, s)
+    return np.where(s > 0, raw * s, raw / np.abs(s))
+
+
+def coordinates(h: Mapping[int, np.ndarray], conv, datum: float = 0.0) -> dict[str, np.ndarray]:
+    """Per-trace source/receiver x, y and depth z (m, down, shifted by ``datum``)."""
+
+    def get(key: str, scalar: str) -> np.ndarray:
+        field, sign, _ = conv[key]
+        return sign * _scaled(h[field].astype(np.float64), h[conv[scalar][0]])
+
+    out = {k: get(k, "xy_scalar") for k in ("src_x", "src_y", "rec_x", "rec_y")}
+    out["src_z"] = get("src_z", "z_scalar") + datum
+    out["rec_z"] = get("rec_z", "z_scalar") + datum
+    return out
+
+
+def check_depths(z: np.ndarray, what: str, conv, shot_of_trace: np.ndarray, datum: float) -> None:
+    """Refuse a depth above z = 0 (after the datum shift), naming the trace and its depth."""
+    bad = np.flatnonzero(z < 0)
+    if bad.size:
+        k = int(bad[np.argmin(z[bad])])
+        _, sign, name = conv["rec_z" if what == "receiver" else "src_z"]
+        raise SegyError(
+            f"{what} of trace {k} (shot {int(shot_of_trace[k])}) is at depth {z[k]:.6g} m, above "
+            f"the datum z = 0 ({'-' if sign < 0 else ''}{name} read as depth, datum={datum:g} m); "
+            f"{bad.size} traces are above it. Give datum= (m, added to every depth) or the "
+            "convention the file was written with (e.g. convention='judi')"
+        )
+
+
+def project_line(
+    sx: np.ndarray, sy: np.ndarray, rx: np.ndarray, ry: np.ndarray, tolerance: float
+) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+    """Distances along the best-fit line of all (x, y) points → ``(src_x, rec_x, report)``."""
+    pts = np.concatenate([np.stack([sx, sy], 1), np.stack([rx, ry], 1)])
+    if np.ptp(pts[:, 1]) == 0:
+        return sx, rx, {"azimuth_deg": 90.0, "max_offline_m": 0.0, "projected": False}
+    centre = pts.mean(axis=0)
+    _, _, vt = np.linalg.svd(pts - centre, full_matrices=False)
+    u = vt[0]
+    if np.dot(np.array([sx[-1] - sx[0], sy[-1] - sy[0]]), u) < 0:
+        u = -u  # x increases in the direction the shots advance
+    along = (pts - centre) @ u
+    off = np.abs((pts - centre) @ np.array([-u[1], u[0]]))
+    report = {
+        "azimuth_deg": float(np.degrees(np.arctan2(u[0], u[1])) % 360.0),
+        "max_offline_m": float(off.max()),
+        "projected": True,
+    }
+    if off.max() > tolerance:
+        k = int(np.argmax(off))
+        who = f"source of trace {k}" if k < len(sx) else f"receiver of trace {k - len(sx)}"
+        raise SegyError(
+            f"the line is not straight: the {who} lies {off.max():.6g} m off the best-fit line "
+            f"(azimuth {report['azimuth_deg']:.2f}°), more than line_tolerance={tolerance:g} m; "
+            "raise line_tolerance or read it with dim=3"
+        )
+    along = along - along.min()
+    return along[: len(sx)], along[len(sx) :], report
