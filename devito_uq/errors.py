@@ -19,6 +19,8 @@ __all__ = [
     "SegyError",
     "CheckpointError",
     "TrainingDivergedError",
+    "InsufficientMemoryError",
+    "JitCacheError",
 ]
 
 
@@ -60,3 +62,11 @@ class CheckpointError(DevitoUQError, ValueError):
 
 class TrainingDivergedError(DevitoUQError, RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class InsufficientMemoryError(InvalidArgumentError, MemoryError):
+    """An input asks for more memory than the machine has available (nothing allocated)."""
+
+
+class JitCacheError(DevitoUQError, PermissionError):
+    """Devito's JIT cache folder is unsafe (a link, foreign-owned, group/world-writable)."""

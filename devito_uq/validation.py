@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -27,6 +28,7 @@ import numpy as np
 import torch
 
 from devito_uq.errors import (
+    InsufficientMemoryError,
     InvalidArgumentError,
     InvalidDtypeError,
     InvalidModelError,
@@ -51,6 +53,9 @@ __all__ = [
     "check_finite_positive",
     "as_float_array",
     "first_bad_index",
+    "available_memory",
+    "check_allocation",
+    "format_bytes",
 ]
 
 _TORCH_TO_NUMPY = {torch.float32: np.float32, torch.float64: np.float64}
@@ -307,3 +312,63 @@ def as_float_array(name: str, value: Any, ndim: int | None = None) -> np.ndarray
         raise InvalidShapeError(f"{name} has shape {list(arr.shape)}; expected {ndim} dimensions")
     check_finite(name, arr)
     return arr
+
+
+# --------------------------------------------------------------------------- memory
+def available_memory(device: torch.device | str = "cpu") -> int | None:
+    """Bytes that can still be allocated on ``device`` now (``None`` if unknown).
+
+    CPU: ``MemAvailable`` of ``/proc/meminfo`` (free memory plus reclaimable caches),
+    else free physical pages; CUDA: the free memory the driver reports.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    if device.type != "cpu":
+        return None
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024  # the field is in kB
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def format_bytes(n: float) -> str:
+    """``n`` bytes as a short human-readable string (``'1.5 GiB'``)."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024:
+            return f"{int(n)} B" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024.0
+    return f"{n:.1f} PiB"
+
+
+def check_allocation(
+    what: str,
+    nbytes: int,
+    device: torch.device | str = "cpu",
+    available: int | None = None,
+    minimum: int = 0,
+) -> None:
+    """:class:`InsufficientMemoryError` if ``nbytes`` exceed the memory available on ``device``.
+
+    Called before every allocation that scales with user input (solver grids, saved
+    wavefields, time axes, flow samples): a 100000×100000 model is refused at once,
+    naming ``what`` and the size, instead of dying minutes later in an allocator or
+    the OOM killer. ``available`` overrides the measured value (tests); requests below
+    ``minimum`` bytes are not checked (no system call on a training loop's every step).
+    It never refuses what it cannot measure.
+    """
+    if nbytes < minimum:
+        return
+    avail = available_memory(device) if available is None else int(available)
+    if avail is not None and nbytes > avail:
+        raise InsufficientMemoryError(
+            f"{what} needs {format_bytes(nbytes)} ({nbytes} bytes) but only "
+            f"{format_bytes(avail)} are available on {torch.device(device)}; reduce the size"
+        )

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from devito_uq.errors import InvalidArgumentError, InvalidSurveyError
+from devito_uq.errors import InsufficientMemoryError, InvalidArgumentError, InvalidSurveyError
 from devito_uq.physics import (
     AcousticModel,
     AcousticModeling,
@@ -19,10 +19,10 @@ from devito_uq.physics import (
     jitcache,
     total_compiles,
 )
-from devito_uq.physics.memory import InsufficientMemoryError, check_allocation
 from devito_uq.physics.planewave.modeling import MAX_BATCH_SOLVERS
 from devito_uq.physics.planewave.solver import PlaneWaveSolver
 from devito_uq.physics.solver import cached_solvers, get_solver
+from devito_uq.validation import check_allocation
 
 
 @pytest.fixture(scope="module")

@@ -248,3 +248,16 @@ def test_first_bad_index():
     bad[1, 0] = bad[1, 2] = True
     assert first_bad_index(bad) == (1, 0)
     assert first_bad_index(torch.from_numpy(bad)) == (1, 0)
+
+
+def test_check_allocation_names_what_and_the_size():
+    from devito_uq.errors import InsufficientMemoryError
+    from devito_uq.validation import available_memory, check_allocation, format_bytes
+
+    check_allocation("grid", 10, available=100)
+    check_allocation("tiny", 2**20, available=10, minimum=2**26)  # below the floor: unchecked
+    with pytest.raises(InsufficientMemoryError, match=r"grid needs 1.0 KiB \(1024 bytes\)"):
+        check_allocation("grid", 1024, available=100)
+    assert issubclass(InsufficientMemoryError, MemoryError)
+    assert available_memory() is None or available_memory() > 0
+    assert format_bytes(3 * 2**30) == "3.0 GiB" and format_bytes(12) == "12 B"

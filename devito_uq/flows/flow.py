@@ -13,7 +13,6 @@ the change of variables:
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 
 import torch
@@ -21,48 +20,9 @@ from torch import nn
 
 from devito_uq.errors import InvalidArgumentError, InvalidShapeError
 from devito_uq.flows.invertible import InvertibleModule
-from devito_uq.validation import check_positive_int
+from devito_uq.validation import check_allocation, check_positive_int
 
-__all__ = ["Flow", "available_memory", "check_sample_memory"]
-
-
-def available_memory(device: torch.device | str = "cpu") -> int | None:
-    """Bytes that can still be allocated on ``device`` (``None`` if unknown).
-
-    CPU: ``MemAvailable`` of ``/proc/meminfo`` (free memory plus reclaimable caches),
-    else free physical pages; CUDA: the free memory the driver reports.
-    """
-    device = torch.device(device)
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
-    if device.type != "cpu":
-        return None
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-def check_sample_memory(what: str, nbytes: int, device: torch.device | str = "cpu") -> None:
-    """:class:`InvalidArgumentError` naming ``what`` and the size if ``nbytes`` exceed the
-    memory available on ``device``: refused before the allocation, not after minutes of
-    swapping or a ``MemoryError`` deep inside torch. Requests under 64 MiB are not checked
-    (no system call in a training loop's every step)."""
-    if nbytes < 2**26:
-        return
-    available = available_memory(device)
-    if available is not None and nbytes > available:
-        raise InvalidArgumentError(
-            f"{what} needs at least {nbytes / 2**30:.3g} GiB ({nbytes} bytes) but only "
-            f"{available / 2**30:.3g} GiB are available on {torch.device(device)}"
-        )
+__all__ = ["Flow"]
 
 
 class Flow(nn.Module):
@@ -144,10 +104,11 @@ class Flow(nn.Module):
         ref = self._ref()
         # z and m, both [n, *shape]: the least the call allocates.
         itemsize = ref.element_size() if ref.numel() else torch.get_default_dtype().itemsize
-        check_sample_memory(
+        check_allocation(
             f"sampling n={n} models of shape {self.shape}",
             2 * n * math.prod(self.latent_shape) * itemsize,
             ref.device,
+            minimum=2**26,  # no /proc read on every training step
         )
         z = torch.randn(n, *self.latent_shape, dtype=ref.dtype, device=ref.device)
         m, logdet = self.net.inverse(z, self._condition(c, n))

@@ -30,7 +30,6 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from devito_uq.errors import CheckpointError, InvalidArgumentError, TrainingDivergedError
-from devito_uq.flows.flow import check_sample_memory
 from devito_uq.inference.parameterization import Parameterization
 from devito_uq.inference.priors import Prior
 from devito_uq.inference.summary import DEFAULT_QUANTILES, PosteriorSummary, summarize
@@ -43,6 +42,7 @@ from devito_uq.io.checkpoint import (
 )
 from devito_uq.parallel import rank_and_size
 from devito_uq.validation import (
+    check_allocation,
     check_bool,
     check_choice,
     check_in_range,
@@ -387,10 +387,11 @@ class VariationalPosterior:
         ref = next(iter(self.flow.parameters()), None)
         if shape is not None and ref is not None:
             # The chunks and their concatenation, refused before the first chunk.
-            check_sample_memory(
+            check_allocation(
                 f"drawing n={n} posterior samples of shape {tuple(shape)}",
                 2 * n * math.prod(shape) * ref.element_size(),
                 ref.device,
+                minimum=2**26,
             )
         out = []
         for i in range(0, n, chunk):

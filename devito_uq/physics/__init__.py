@@ -23,7 +23,6 @@ _EXPORTS = {
     "devito_uq.physics.survey": ("Survey", "Shot", "pad_traces"),
     "devito_uq.physics.wavelets": ("ricker", "bandpass_wavelet", "load_wavelet"),
     "devito_uq.physics.resample": ("TimeAxis",),
-    "devito_uq.physics.memory": ("InsufficientMemoryError",),
     "devito_uq.physics.solver": ("get_solver", "clear_solvers", "total_compiles"),
     "devito_uq.physics.acoustic.modeling": ("AcousticModeling", "BornModeling"),
     "devito_uq.physics.acoustic.solver": ("AcousticSolver",),

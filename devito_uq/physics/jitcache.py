@@ -26,15 +26,11 @@ import os
 import stat
 from pathlib import Path
 
-from devito_uq.errors import DevitoUQError
+from devito_uq.errors import JitCacheError
 
 __all__ = ["JitCacheError", "jit_dir", "secure_jit_dir", "install"]
 
 _STATE = {"installed": False}
-
-
-class JitCacheError(DevitoUQError, PermissionError):
-    """The JIT cache directory is not private to the current user."""
 
 
 def jit_dir() -> Path:

@@ -38,12 +38,16 @@ from typing import Any
 import numpy as np
 
 from devito_uq.errors import InvalidArgumentError, InvalidSurveyError
-from devito_uq.physics.memory import check_allocation
 from devito_uq.physics.model import AcousticModel
 from devito_uq.physics.resample import TimeAxis, check_band, resampling_matrix
 from devito_uq.physics.stencil import time_axis_length
 from devito_uq.physics.wavelets import resample_wavelet, ricker
-from devito_uq.validation import check_int, check_positive_int, check_positive_scalar
+from devito_uq.validation import (
+    check_allocation,
+    check_int,
+    check_positive_int,
+    check_positive_scalar,
+)
 
 __all__ = ["Survey", "Shot", "pad_traces"]
 

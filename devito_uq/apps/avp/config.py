@@ -14,6 +14,7 @@ from typing import Any
 
 from devito_uq.errors import InvalidArgumentError
 from devito_uq.validation import (
+    check_allocation,
     check_choice,
     check_in_range,
     check_int,
@@ -164,8 +165,6 @@ class AVPConfig:
             raise InvalidArgumentError(f"extra={self.extra!r} must be a dict")
         import json
 
-        from devito_uq.flows.flow import check_sample_memory
-
         try:  # stored in summary.json and in the caches: plain data only
             json.dumps(self.extra, allow_nan=False)
         except (TypeError, ValueError) as exc:
@@ -174,8 +173,8 @@ class AVPConfig:
             ) from None
         # Memory of the sample sets, refused before the solves that would precede them.
         nz, itemsize = 128, 4 if self.dtype == "float32" else 8  # the Sleipner profile
-        check_sample_memory(f"n_samples={self.n_samples}", 2 * self.n_samples * nz * itemsize)
-        check_sample_memory(f"{kept} kept MALA draws", 2 * kept * nz * itemsize)
+        check_allocation(f"n_samples={self.n_samples}", 2 * self.n_samples * nz * itemsize)
+        check_allocation(f"{kept} kept MALA draws", 2 * kept * nz * itemsize)
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -40,11 +40,11 @@ from devito_uq.errors import (
     InvalidShapeError,
     StabilityError,
 )
-from devito_uq.physics.memory import check_allocation
 from devito_uq.physics.model import AcousticModel
 from devito_uq.physics.solver import get_solver, new_owner
 from devito_uq.physics.survey import Survey
 from devito_uq.validation import (
+    check_allocation,
     check_dtype,
     check_finite,
     check_finite_positive,

@@ -29,11 +29,10 @@ import numpy as np
 from devito import ConditionalDimension, Function, Grid, SparseTimeFunction, TimeFunction
 
 from devito_uq.physics.acoustic import operators as ops
-from devito_uq.physics.memory import check_allocation
 from devito_uq.physics.model import AcousticModel
 from devito_uq.physics.solver import Solver, Wavefield
 from devito_uq.physics.survey import Shot
-from devito_uq.validation import check_dtype
+from devito_uq.validation import check_allocation, check_dtype
 
 __all__ = ["AcousticSolver"]
 

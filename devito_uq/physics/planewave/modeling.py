@@ -37,11 +37,11 @@ from devito_uq.errors import (
     StabilityError,
 )
 from devito_uq.physics import stencil
-from devito_uq.physics.memory import check_allocation
 from devito_uq.physics.solver import get_solver, new_owner
 from devito_uq.physics.wavelets import bandpass_wavelet
 from devito_uq.validation import (
     as_float_array,
+    check_allocation,
     check_dtype,
     check_finite,
     check_finite_positive,
