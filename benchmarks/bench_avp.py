@@ -230,7 +230,9 @@ def main() -> None:
         f"\nOne MALA step, 8 chains (`MALA.run`): {_ms(m['total'])} ms "
         f"(solver {_ms(m['physics'])} ms); unchanged by the flow settings.\n"
     )
-    print("| full schedule, extrapolated | VI (32,768 its) | MALA (22,000 steps) | sum |")
+    print(
+        "| full schedule, extrapolated at this load | VI (32,768 its) | MALA (22,000 steps) | sum |"
+    )
     print("|---|---:|---:|---:|")
     mala_min = _FULL_MALA * m["total"] / 60
     for name in names:
