@@ -1,13 +1,23 @@
-"""Benchmark of the Sleipner AVP experiment's VI step and of batched plane-wave solves.
+"""Benchmark of the Sleipner AVP experiment: VI iteration, MALA step, batched solves.
 
-Prints, from one run on this machine:
+Prints, from one run on this machine (the two flow settings interleaved so that both
+see the same load; medians of per-iteration times):
 
-1. the time of one VI iteration (HINT flow, batch 8, 7 ray parameters, 801 steps)
-   split into physics (time inside the Devito kernels: forward + adjoint), flow
+1. the time of one VI iteration (the loop body of ``VariationalPosterior.fit``: sample,
+   likelihood, prior, backward, gradient norm, Adam; batch 8, 7 ray parameters, 801
+   steps) split into physics (inside the plane-wave solver: forward + adjoint), flow
    (the same flow's sample / log-density / backward / Adam step, timed alone) and
-   overhead (the rest: torch glue, likelihood, prior, parameterization), with the
-   extrapolated time of the original 32,768-iteration schedule;
-2. 1D PDE solves per second (one solve = one model × one ray parameter, forward or
+   other (the rest: torch glue, likelihood, prior, parameterization), for
+
+   * **before** — the former app setting: HINT ``leaf_size=32``, plain autograd, and
+     Adam's per-parameter loop (torch's CPU default);
+   * **after** — :func:`devito_uq.apps.avp.make_flow` (one full-width coupling per
+     step, ``memory_frugal="auto"``) and the fused Adam ``fit`` now uses;
+
+2. the time of one MALA step of 8 chains (``MALA.run``, the full run's reference:
+   22,001 value-and-gradient evaluations), and the full schedule extrapolated from
+   both: 32,768 VI iterations + 22,000 MALA steps;
+3. 1D PDE solves per second (one solve = one model × one ray parameter, forward or
    adjoint) when a batch of 8 models × 7 ray parameters is one kernel call, against
    the baseline of one solve per kernel call.
 
@@ -17,6 +27,7 @@ Usage: ``python benchmarks/bench_avp.py [--iterations N]``.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import statistics
@@ -28,13 +39,19 @@ os.environ.setdefault("DEVITO_LOGGING", "ERROR")
 import torch  # noqa: E402
 
 from devito_uq.apps.avp import AVPConfig, build_problem, make_flow  # noqa: E402
-from devito_uq.inference import VariationalPosterior  # noqa: E402
+from devito_uq.flows import HINT, Flow  # noqa: E402
+from devito_uq.inference import MALA, VariationalPosterior  # noqa: E402
 from devito_uq.physics import PlaneWaveModeling  # noqa: E402
 from devito_uq.physics.planewave.solver import PlaneWaveSolver  # noqa: E402
 
+#: The full schedule's sizes (AVPConfig.full()).
+_FULL = AVPConfig.full()
+_FULL_VI = _FULL.iterations
+_FULL_MALA = _FULL.mala_burn_in + _FULL.mala_steps
+
 
 class _KernelTimer:
-    """Accumulates wall time spent inside the compiled kernels (forward, adjoint)."""
+    """Accumulates wall time spent inside the plane-wave solver (forward, adjoint)."""
 
     def __init__(self) -> None:
         self.seconds = 0.0
@@ -62,43 +79,77 @@ class _KernelTimer:
         PlaneWaveSolver.forward, PlaneWaveSolver.jacobian_adjoint = self._orig
 
 
-def bench_vi_step(iterations: int) -> dict[str, float]:
+def _variants(cfg: AVPConfig, n: int) -> dict[str, tuple[Flow, bool]]:
+    """``name -> (flow, fused Adam)``, the same seed for both flows."""
+    torch.manual_seed(cfg.seed)
+    before = HINT(
+        n, steps=cfg.flow_steps, hidden=cfg.flow_hidden, leaf_size=32, memory_frugal=False
+    )
+    before = Flow(before, (n,)).float()
+    torch.manual_seed(cfg.seed)
+    return {
+        "before (leaf 32, plain, Adam loop)": (before, False),
+        "after": (make_flow(cfg, n), True),
+    }
+
+
+def bench_vi_step(iterations: int) -> dict[str, dict[str, float]]:
     cfg = AVPConfig.short()
     problem = build_problem(cfg)
-    flow = make_flow(cfg, problem.m_true.numel())
-    vi = VariationalPosterior(flow, problem.likelihood, problem.prior, problem.parameterization)
-    opt = torch.optim.Adam(flow.parameters(), lr=cfg.lr)
+    steps = {}
+    for name, (flow, fused) in _variants(cfg, problem.m_true.numel()).items():
+        vi = VariationalPosterior(flow, problem.target)
+        params = list(flow.parameters())
+        opt = torch.optim.Adam(params, lr=cfg.lr, fused=fused)
 
-    def vi_step():
-        opt.zero_grad(set_to_none=True)
-        vi.loss_terms(cfg.batch_size)["loss"].backward()
-        opt.step()
+        def vi_step(vi=vi, opt=opt, params=params):
+            # The body of VariationalPosterior.fit's loop.
+            opt.zero_grad(set_to_none=True)
+            terms = vi.loss_terms(cfg.batch_size)
+            terms["loss"].backward()
+            torch.nn.utils.clip_grad_norm_(params, math.inf)
+            opt.step()
+            return {k: float(v.detach()) for k, v in terms.items()}
 
-    def flow_step():
-        opt.zero_grad(set_to_none=True)
-        x, log_q = flow.rsample_and_log_prob(cfg.batch_size)
-        (x.pow(2).sum(1) + log_q).mean().backward()
-        opt.step()
+        def flow_step(flow=flow, opt=opt):
+            opt.zero_grad(set_to_none=True)
+            x, log_q = flow.rsample_and_log_prob(cfg.batch_size)
+            (x.pow(2).sum(1) + log_q).mean().backward()
+            opt.step()
 
-    for _ in range(5):  # compile, ActNorm initialization, allocator warm-up
-        vi_step()
-        flow_step()
-    # The machine is shared: interleave the two loops so both see the same load, and
-    # take medians of per-iteration times.
-    totals, physics, flows = [], [], []
+        for _ in range(5):  # compile, ActNorm initialization, allocator warm-up
+            vi_step()
+            flow_step()
+        steps[name] = (vi_step, flow_step)
+    times = {name: {"total": [], "physics": [], "flow": []} for name in steps}
     with _KernelTimer() as kt:
         for _ in range(iterations):
-            k0, t0 = kt.seconds, time.perf_counter()
-            vi_step()
-            totals.append(time.perf_counter() - t0)
-            physics.append(kt.seconds - k0)
-            t0 = time.perf_counter()
-            flow_step()
-            flows.append(time.perf_counter() - t0)
-    total = statistics.median(totals)
-    physics = statistics.median(physics)
-    flow_t = statistics.median(flows)
-    return {"total": total, "physics": physics, "flow": flow_t}
+            for name, (vi_step, flow_step) in steps.items():
+                k0, t0 = kt.seconds, time.perf_counter()
+                vi_step()
+                times[name]["total"].append(time.perf_counter() - t0)
+                times[name]["physics"].append(kt.seconds - k0)
+                t0 = time.perf_counter()
+                flow_step()
+                times[name]["flow"].append(time.perf_counter() - t0)
+    return {
+        name: {part: statistics.median(v) for part, v in parts.items()}
+        for name, parts in times.items()
+    }
+
+
+def bench_mala_step(steps: int) -> dict[str, float]:
+    """Seconds per MALA step of 8 chains, and of it inside the solver."""
+    cfg = AVPConfig.short()
+    problem = build_problem(cfg)
+    sampler = MALA(problem.target, step_size=cfg.mala_step_size)
+    x0 = problem.m_background.float()
+    sampler.run(5, n_chains=cfg.mala_chains, x0=x0, burn_in=0, thin=1, progress=False)
+    with _KernelTimer() as kt:
+        t0 = time.perf_counter()
+        sampler.run(steps, n_chains=cfg.mala_chains, x0=x0, burn_in=0, thin=1, progress=False)
+        total = time.perf_counter() - t0
+    return {"total": total / (steps + 1), "physics": kt.seconds / (steps + 1)}
 
 
 def bench_solves(repeats: int) -> dict[str, float]:
@@ -141,39 +192,66 @@ def bench_solves(repeats: int) -> dict[str, float]:
     }
 
 
+def _ms(v: float) -> str:
+    return f"{1e3 * v:.1f}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--iterations", type=int, default=100)
+    parser.add_argument("--mala-steps", type=int, default=100)
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
     threads = os.environ["OMP_NUM_THREADS"]
     print(f"# bench_avp — {machine}, OMP_NUM_THREADS={threads}, torch threads {threads}\n")
+    load0 = os.getloadavg()[0]
 
     r = bench_vi_step(args.iterations)
-    overhead = r["total"] - r["physics"] - r["flow"]
     print("## One VI iteration (HINT 5 steps × 64 hidden, batch 8, 7 p × 801 steps, float32)\n")
-    print("| part | ms / iteration | share |")
-    print("|---|---:|---:|")
-    for name, v in (("physics (Devito fwd + adjoint)", r["physics"]), ("flow", r["flow"])):
-        print(f"| {name} | {1e3 * v:.1f} | {v / r['total']:.0%} |")
-    print(f"| overhead | {1e3 * overhead:.1f} | {overhead / r['total']:.0%} |")
-    print(f"| **total** | **{1e3 * r['total']:.1f}** | 100% |")
-    full = 32768 * r["total"] / 60
-    print(f"\n32,768 iterations (original schedule): {full:.1f} min (target < 30 min).\n")
+    names = list(r)
+    print("| part, ms / iteration | " + " | ".join(names) + " | after / before |")
+    print("|---|" + "---:|" * (len(names) + 1))
+    rows = {}
+    for name, v in r.items():
+        rows[name] = {
+            "physics (solver: fwd + adjoint)": v["physics"],
+            "flow (step alone)": v["flow"],
+            "other": v["total"] - v["physics"] - v["flow"],
+            "**total**": v["total"],
+        }
+    b, a = names
+    for part in rows[b]:
+        vb, va = rows[b][part], rows[a][part]
+        print(f"| {part} | {_ms(vb)} | {_ms(va)} | {va / vb:.2f}× |")
+
+    m = bench_mala_step(args.mala_steps)
+    print(
+        f"\nOne MALA step, 8 chains (`MALA.run`): {_ms(m['total'])} ms "
+        f"(solver {_ms(m['physics'])} ms); unchanged by the flow settings.\n"
+    )
+    print(
+        "| full schedule, extrapolated at this load | VI (32,768 its) | MALA (22,000 steps) | sum |"
+    )
+    print("|---|---:|---:|---:|")
+    mala_min = _FULL_MALA * m["total"] / 60
+    for name in names:
+        vi_min = _FULL_VI * r[name]["total"] / 60
+        print(f"| {name} | {vi_min:.1f} min | {mala_min:.1f} min | {vi_min + mala_min:.1f} min |")
 
     s = bench_solves(max(10, args.iterations // 2))
-    print("## 1D PDE solves per second (forward + adjoint, 8 models × 7 ray parameters)\n")
+    print("\n## 1D PDE solves per second (forward + adjoint, 8 models × 7 ray parameters)\n")
     print("| kernel calls | ms for 112 solves | solves / s | speed-up |")
     print("|---|---:|---:|---:|")
     print(
-        f"| one solve per call (baseline) | {1e3 * s['single_loop']:.1f} | "
+        f"| one solve per call (baseline) | {_ms(s['single_loop'])} | "
         f"{s['single_rate']:.0f} | 1.0× |"
     )
     print(
-        f"| one batched call (56 rows) | {1e3 * s['batched_call']:.1f} | "
+        f"| one batched call (56 rows) | {_ms(s['batched_call'])} | "
         f"{s['batched_rate']:.0f} | {s['batched_rate'] / s['single_rate']:.1f}× |"
     )
+    print(f"\nload average (1 min) at start {load0:.1f}, at end {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

@@ -53,10 +53,13 @@ def test_problem_noise_level_is_0db_of_scattered_data():
 
 @pytest.fixture(scope="module")
 def short_run(tmp_path_factory):
-    """100 VI iterations, a 30-step MALA of 4 chains: enough to beat the background."""
+    """200 VI iterations, a 30-step MALA of 4 chains: enough to beat the background.
+
+    (The default one-coupling-per-step flow is at 0.74–0.85× the background's error
+    after 100 iterations, 0.41–0.44× after 200; seeds 1 and 2.)"""
     out = tmp_path_factory.mktemp("avp")
     cfg = AVPConfig.short(
-        iterations=100,
+        iterations=200,
         map_iterations=10,
         mala_chains=4,
         mala_steps=20,

@@ -56,7 +56,10 @@ class AVPConfig:
     lower: float = _knob(1.0 / 9.0, "lower bound of m, s²/km² (1/9: v ≤ 3 km/s)")
     flow_steps: int = _knob(5, "HINT steps")
     flow_hidden: int = _knob(64, "HINT conditioner width")
-    flow_leaf: int = _knob(32, "HINT recursion leaf size")
+    flow_leaf: int = _knob(
+        128,
+        "HINT recursion leaf size (≥ 128, the profile length: one full-width coupling per step)",
+    )
     iterations: int = _knob(32768, "VI iterations")
     batch_size: int = _knob(8, "flow samples per VI iteration")
     lr: float = _knob(1e-3, "Adam learning rate")

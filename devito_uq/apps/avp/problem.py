@@ -113,14 +113,20 @@ def build_problem(config: AVPConfig) -> AVPProblem:
 
 
 def make_flow(config: AVPConfig, n: int) -> Flow:
-    """HINT over the whole profile of ``n`` depths (dense mixing of all depths)."""
-    # memory_frugal rebuilds activations by inversion to save memory; a 128-vector
-    # batch of 8 needs none of that, and it costs ~30% of the flow's step time.
+    """HINT over the whole profile of ``n`` depths (dense mixing of all depths).
+
+    ``config.flow_leaf`` ≥ ``n`` (the default, 128) gives one full-width coupling per
+    step, as :class:`HINT`'s own default: measured in ``benchmarks/bench_avp.py`` it
+    halves the flow's share of a VI iteration against the former ``leaf_size=32``
+    recursion at an unchanged posterior (see ``benchmarks/results/bench_avp.md``).
+    ``memory_frugal="auto"`` keeps plain autograd: a batch of 8 profiles stores far
+    less than the threshold where recomputation pays.
+    """
     net = HINT(
         n,
         steps=config.flow_steps,
         hidden=config.flow_hidden,
-        leaf_size=config.flow_leaf,
-        memory_frugal=False,
+        leaf_size=min(config.flow_leaf, n),
+        memory_frugal="auto",
     )
     return Flow(net, (n,)).to(_torch_dtype(config))
