@@ -1,4 +1,4 @@
-"""A VI iteration with and without the thread policy (``devito_uq.parallel.configure_threads``).
+"""A VI iteration with and without the thread policy (``devito_uq.threads.configure_threads``).
 
 Workload: ``VariationalPosterior.fit`` on a 40-dimensional linear-Gaussian problem
 (``linear_gaussian_problem(n=40)``), ``HINT(40, steps=4, hidden=64)``, batch 64; the time of
@@ -57,7 +57,7 @@ def worker(mode: str, iterations: int, budget: float) -> dict:
     """One run in this (fresh) process: ms per VI iteration and the threads it used."""
     policy = None
     if mode == "policy":
-        from devito_uq.parallel import configure_threads
+        from devito_uq.threads import configure_threads
 
         policy = configure_threads()
     import torch

@@ -106,7 +106,7 @@ def _add_command(subs, cmd: Command) -> None:
         type=int,
         default=None,
         help="torch and OpenMP threads per process (default: this process's share of the "
-        "free cores, or OMP_NUM_THREADS if set; see devito_uq.parallel.configure_threads)",
+        "free cores, or OMP_NUM_THREADS if set; see devito_uq.threads.configure_threads)",
     )
     add_config_options(sub, cmd.config, presets)
 
@@ -147,7 +147,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # Devito prints one INFO line per operator call by default: not for a CLI user.
     os.environ.setdefault("DEVITO_LOGGING", "ERROR")
-    from devito_uq.parallel import abort, configure_threads, world
+    from devito_uq.parallel import abort, world
+    from devito_uq.threads import configure_threads
 
     comm = world() if _mpi_launch_size() > 1 else None  # failures then end every rank
     cmd: Command = args._command

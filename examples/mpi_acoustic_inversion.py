@@ -39,8 +39,9 @@ from devito_uq.inference import (  # noqa: E402
     VariationalPosterior,
 )
 from devito_uq.io import read_shots, write_image, write_shots  # noqa: E402
-from devito_uq.parallel import allreduce_sum, configure_threads, my_shots, world  # noqa: E402
+from devito_uq.parallel import allreduce_sum, my_shots, world  # noqa: E402
 from devito_uq.physics import AcousticModel, AcousticModeling, Survey  # noqa: E402
+from devito_uq.threads import configure_threads  # noqa: E402
 
 
 class DiagonalGaussian(nn.Module):
