@@ -12,8 +12,8 @@ import importlib
 _WHERE = {
     "read_shots": "devito_uq.io.segy",
     "write_shots": "devito_uq.io.segy",
-    "write_image": "devito_uq.io.segy",
-    "read_image": "devito_uq.io.segy",
+    "write_image": "devito_uq.io.segy_image",
+    "read_image": "devito_uq.io.segy_image",
     "save_checkpoint": "devito_uq.io.checkpoint",
     "load_checkpoint": "devito_uq.io.checkpoint",
     "check_identity": "devito_uq.io.checkpoint",
