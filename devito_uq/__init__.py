@@ -17,9 +17,8 @@ or compile anything until a physics name is first used.
 
 from __future__ import annotations
 
-import importlib
-
-from devito_uq.errors import DevitoUQError
+from devito_uq._lazy import lazy_exports
+from devito_uq.errors import DevitoUQError as DevitoUQError
 
 __version__ = "0.1.0"
 
@@ -50,14 +49,4 @@ _EXPORTS = {
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 
-__all__ = ["DevitoUQError", "__version__", *_WHERE]
-
-
-def __getattr__(name: str):
-    if name in _WHERE:
-        return getattr(importlib.import_module(_WHERE[name]), name)
-    raise AttributeError(f"module 'devito_uq' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(__all__)
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _WHERE, ("DevitoUQError", "__version__"))

@@ -7,7 +7,7 @@ Devito nor segyio; ``from devito_uq.io import read_shots`` loads the SEG-Y modul
 
 from __future__ import annotations
 
-import importlib
+from devito_uq._lazy import lazy_exports
 
 _WHERE = {
     "read_shots": "devito_uq.io.segy",
@@ -20,14 +20,4 @@ _WHERE = {
     "checkpoint_exists": "devito_uq.io.checkpoint",
 }
 
-__all__ = list(_WHERE)
-
-
-def __getattr__(name: str):
-    if name in _WHERE:
-        return getattr(importlib.import_module(_WHERE[name]), name)
-    raise AttributeError(f"module 'devito_uq.io' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(__all__)
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _WHERE)

@@ -16,7 +16,7 @@ first built (the first solve).
 
 from __future__ import annotations
 
-import importlib
+from devito_uq._lazy import lazy_exports
 
 _EXPORTS = {
     "devito_uq.physics.model": ("AcousticModel", "squared_slowness", "velocity"),
@@ -35,14 +35,4 @@ _EXPORTS = {
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str):
-    if name in _WHERE:
-        return getattr(importlib.import_module(_WHERE[name]), name)
-    raise AttributeError(f"module 'devito_uq.physics' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(__all__) | set(globals()))
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _WHERE)
