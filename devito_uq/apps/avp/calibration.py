@@ -66,6 +66,7 @@ from devito_uq.parallel import allreduce_sum, rank_and_size
 
 __all__ = [
     "TruncatedGaussianPrior",
+    "FlowDraws",
     "CalibrationSetting",
     "smoothness_precision",
     "build_setting",
@@ -118,6 +119,38 @@ class TruncatedGaussianPrior:
         )
 
 
+class FlowDraws:
+    """A trained VI posterior whose draws carry their exact log-density.
+
+    ``sample(n)`` keeps each draw's ``log q(m) = log q_x(x) − log|det J_g(x)|`` from the
+    latent ``x`` it came from; ``log_prob`` of those same draws (in order, as
+    :func:`~devito_uq.inference.truth_statistics` asks for them) returns it. A draw that
+    float32 rounding puts exactly on the lower bound, where ``g⁻¹`` is undefined, thus
+    still has its density; any other model (the truth) goes through ``g⁻¹``.
+    """
+
+    def __init__(self, vi: VariationalPosterior) -> None:
+        self.vi = vi
+        self._m: torch.Tensor | None = None
+        self._lp: torch.Tensor | None = None
+        self._cursor = 0
+
+    @torch.no_grad()
+    def sample(self, n: int) -> torch.Tensor:
+        x, log_qx = self.vi.flow.rsample_and_log_prob(n)
+        m, logdet = self.vi.to_model(x)
+        self._m, self._lp, self._cursor = m, log_qx - logdet, 0
+        return m
+
+    @torch.no_grad()
+    def log_prob(self, m: torch.Tensor) -> torch.Tensor:
+        c, k = self._cursor, m.shape[0]
+        if self._m is not None and c + k <= len(self._m) and torch.equal(m, self._m[c : c + k]):
+            self._cursor += k
+            return self._lp[c : c + k]
+        return self.vi.log_prob(m)
+
+
 @dataclass
 class CalibrationSetting:
     """What every truth shares: the Sleipner problem (operator, σ, parameterization),
@@ -144,7 +177,7 @@ class CalibrationSetting:
         lik = GaussianLikelihood(self.problem.operator, data, sigma=self.problem.sigma)
         return PosteriorTarget(lik, self.prior, self.problem.parameterization)
 
-    def vi(self, data: torch.Tensor) -> VariationalPosterior:
+    def vi(self, data: torch.Tensor) -> FlowDraws:
         """A fresh HINT flow trained by VI on ``data`` (``vi_iterations · batch_size``
         likelihood gradients)."""
         c = self.config
@@ -160,7 +193,7 @@ class CalibrationSetting:
             seed=seed,
             progress=False,
         )
-        return vi
+        return FlowDraws(vi)
 
     def mala(self, data: torch.Tensor) -> torch.Tensor:
         """``[n_samples, nz]`` MALA draws on ``data`` at VI's gradient budget, the
