@@ -332,7 +332,8 @@ def _figures(out: Path, setting: CalibrationSetting, results: dict[str, Calibrat
     ax.invert_yaxis()
     ax.set_xlabel("velocity (km/s)")
     ax.set_ylabel("depth (m)")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="lower left", framealpha=0.9)
+    ax.set_title("truths: draws of the prior", fontsize=9)
     fig.tight_layout()
     with atomic_path(out / "calibration_prior.png") as tmp:
         fig.savefig(tmp, dpi=110, format="png")
