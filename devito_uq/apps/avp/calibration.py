@@ -284,6 +284,10 @@ def _method_report(name: str, result: CalibrationResult) -> dict[str, Any]:
     rep["miscalibrated"] = bool(miscalibrated)
     rep["mean_pit_offset"] = bias
     rep["expected_z_fraction"] = expected_z_fraction(result.n_samples)
+    # Spread-skill ratio: RMS predicted std / RMS error over all truths and depths;
+    # √(L/(L + 1)) ≈ 1 for a calibrated posterior (the mean of L draws adds σ²/L).
+    met = result.metrics
+    rep["std_over_error"] = float(np.sqrt(np.mean(met["rms_std"] ** 2) / np.mean(met["rmse"] ** 2)))
     rep["seconds_per_truth"] = {
         "mean": float(sec.mean()),
         "median": float(np.median(sec)),
@@ -314,7 +318,7 @@ def _figures(out: Path, setting: CalibrationSetting, results: dict[str, Calibrat
         labels.append("VI HPD (log q)")
     n = next(iter(results.values())).n_truths
     for items, names, kind in ((curves, labels, "coverage"), (tarps, tlabels, "tarp")):
-        title = f"AVP {kind}, {n} truths"
+        title = f"AVP {'TARP' if kind == 'tarp' else kind}, {n} truths"
         plt.close(plot_coverage(items, names, title=title, path=out / f"calibration_{kind}.png"))
     # A few truths: what the prior looks like next to the Sleipner profile.
     with torch.random.fork_rng(devices=[]):
