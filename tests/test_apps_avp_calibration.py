@@ -166,3 +166,34 @@ def test_flow_draws_carry_their_exact_log_density():
     assert torch.isfinite(post.log_prob(post._m[:1].clone())).all()
     with pytest.raises(InvalidArgumentError, match="lower bound"):
         vi.log_prob(post._m[:1])
+
+
+@pytest.mark.mpi
+@pytest.mark.timeout(300)
+def test_calibrate_under_mpiexec_matches_the_serial_run(tmp_path):
+    """2 ranks share the truths; one report (rank 0); ranks equal the serial run's."""
+    import os
+    import subprocess
+    import sys
+
+    exe = Path(sys.executable).parent / "mpiexec"
+    if not exe.exists():
+        pytest.skip(f"no mpiexec next to {sys.executable} (install the 'mpich' package)")
+    cfg = _tiny_toml(tmp_path / "tiny.toml")
+    out = tmp_path / "mpi"
+    cmd = [str(exe), "-n", "2", sys.executable, "-m", "devito_uq.cli", "calibrate", str(cfg)]
+    cmd += ["--out", str(out), "--quiet", "--no-figures", "--threads", "1"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", DEVITO_LOGGING="ERROR")
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=280, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count("results written to") == 1  # printed by rank 0 only
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["costs"]["ranks"] == 2 and rep["costs"]["truths_computed_this_run"] == 6
+    serial = AVPCalibrationConfig.standard(**load_config_file(cfg, AVPCalibrationConfig))
+    run_avp_calibration(serial, tmp_path / "serial", progress=False, figures=False)
+    for name in ("vi", "mala"):
+        for i in range(3):
+            a = np.load(out / name / f"truth_{i:06d}.npz")
+            b = np.load(tmp_path / "serial" / name / f"truth_{i:06d}.npz")
+            for key in ("ranks", "summary_ranks", "tarp_rank", "log_prob_rank"):
+                np.testing.assert_array_equal(a[key], b[key], err_msg=f"{name} {i} {key}")
