@@ -11,7 +11,7 @@ export OMP_NUM_THREADS ?= 1
 export DEVITO_LANGUAGE ?= C
 export DEVITO_LOGGING ?= WARNING
 
-.PHONY: install demo test lint format bench bench-deps clean
+.PHONY: install demo calibrate test lint format bench bench-deps clean
 
 install: $(STAMP)
 
@@ -31,6 +31,11 @@ $(BENCH_STAMP): $(STAMP)
 
 demo: install
 	$(PY) -m devito_uq.cli demo --out outputs/demo
+
+# SBC, coverage and TARP of VI and MALA over 100 prior truths (README "Calibration").
+# Rerunning continues where it stopped; 2 ranks: $(VENV)/bin/mpiexec -n 2 in front of $(PY).
+calibrate: install
+	$(PY) -m devito_uq.cli calibrate examples/avp_calibrate.toml --out outputs/calibrate --resume
 
 test: install
 	$(PY) -m pytest -q

@@ -2,14 +2,19 @@
 
 ``devito-uq demo --out outputs/demo`` runs the Sleipner AVP uncertainty experiment
 with the short schedule (``make demo``, a few minutes on 2 cores);
-``devito-uq avp --full`` runs the original 32,768-iteration schedule.
+``devito-uq avp --full`` runs the original 32,768-iteration schedule;
+``devito-uq calibrate devito_uq/apps/avp/calibrate.toml`` runs the AVP calibration.
 
 Every application package under :mod:`devito_uq.apps` declares its sub-commands
 (:class:`devito_uq.apps.Command`); each field of the command's config dataclass
 becomes an option (``batch_size`` → ``--batch-size``) with the field's type and
-help text. An option left out keeps the value of the command's preset schedule.
-A user error (:class:`~devito_uq.errors.DevitoUQError`) prints one line on stderr
-and exits with status 2.
+help text. Every command also takes an optional positional ``CONFIG``: a TOML file
+whose top-level keys are field names (``batch_size = 8``). Values come from, in
+increasing precedence: the command's preset schedule, the file, the options given
+on the command line. An unknown key or a value of the wrong type in the file is a
+user error naming the key and the file. A user error
+(:class:`~devito_uq.errors.DevitoUQError`) prints one line on stderr and exits
+with status 2.
 """
 
 from __future__ import annotations
@@ -25,9 +30,16 @@ from collections.abc import Sequence
 from typing import Any
 
 from devito_uq.apps import Command, commands
-from devito_uq.errors import DevitoUQError
+from devito_uq.errors import DevitoUQError, InvalidArgumentError
 
-__all__ = ["main", "build_parser", "add_config_options", "config_overrides"]
+__all__ = [
+    "main",
+    "build_parser",
+    "add_config_options",
+    "config_overrides",
+    "load_config_file",
+    "resolve_config",
+]
 
 
 def _cli_fields(config: type) -> list[dataclasses.Field]:
@@ -82,9 +94,93 @@ def config_overrides(args: argparse.Namespace, config: type) -> dict[str, Any]:
     return out
 
 
+def _toml_value(kind: Any, value: Any) -> tuple[bool, Any]:
+    """``(ok, value)``: whether a TOML value fits a field of type ``kind``, converted."""
+    if kind is bool:
+        return isinstance(value, bool), value
+    if isinstance(value, bool):  # bool is an int subclass: never a number here
+        return False, value
+    if kind is int:
+        return isinstance(value, int), value
+    if kind is float:  # a TOML integer (1) is a fine float (1.0)
+        ok = isinstance(value, (int, float))
+        return ok, float(value) if ok else value
+    if kind is str:
+        return isinstance(value, str), value
+    if typing.get_origin(kind) is tuple:
+        items = typing.get_args(kind)
+        if not isinstance(value, list) or len(value) != len(items):
+            return False, value
+        pairs = [_toml_value(k, v) for k, v in zip(items, value)]
+        return all(ok for ok, _ in pairs), tuple(v for _, v in pairs)
+    return False, value
+
+
+def _type_name(kind: Any) -> str:
+    if typing.get_origin(kind) is tuple:
+        items = typing.get_args(kind)
+        return f"an array of {len(items)} {items[0].__name__}s"
+    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
+    return names.get(kind, str(kind))
+
+
+def load_config_file(path: str | os.PathLike, config: type) -> dict[str, Any]:
+    """Field values of the dataclass ``config`` read from the TOML file ``path``.
+
+    Top-level keys are field names (those offered on the command line); floats
+    accept TOML integers, tuples TOML arrays of the right length.
+
+    Raises:
+        InvalidArgumentError: the file is missing or not TOML, or a key is not a field
+            of ``config`` or holds a value of another type (the message names the key
+            and the file).
+    """
+    path = os.fspath(path)
+    try:
+        import tomllib  # Python >= 3.11
+    except ImportError:  # pragma: no cover - Python 3.10
+        try:
+            import tomli as tomllib
+        except ImportError:
+            raise InvalidArgumentError(
+                f"reading the config file {path!r} needs Python >= 3.11 or the tomli package"
+            ) from None
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except OSError as exc:
+        raise InvalidArgumentError(f"cannot read config file {path!r}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidArgumentError(f"config file {path!r} is not valid TOML: {exc}") from None
+    hints = typing.get_type_hints(config)
+    fields = {f.name for f in _cli_fields(config)}
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in fields:
+            raise InvalidArgumentError(
+                f"unknown key {key!r} in config file {path!r}; {config.__name__} has "
+                f"{', '.join(sorted(fields))}"
+            )
+        ok, converted = _toml_value(hints[key], value)
+        if not ok:
+            raise InvalidArgumentError(
+                f"{key}={value!r} in config file {path!r} must be {_type_name(hints[key])}"
+            )
+        out[key] = converted
+    return out
+
+
 def _add_command(subs, cmd: Command) -> None:
     sub = subs.add_parser(cmd.name, help=cmd.help, description=cmd.help)
     sub.set_defaults(_command=cmd)
+    sub.add_argument(
+        "config_file",
+        nargs="?",
+        default=None,
+        metavar="CONFIG",
+        help=f"TOML file of {cmd.config.__name__} fields (key = value); options given on "
+        "the command line override it",
+    )
     sub.add_argument("--out", default=cmd.default_out, help="output folder (default: %(default)s)")
     presets = {cmd.preset: getattr(cmd.config, cmd.preset)()}
     if cmd.full_preset is not None:
@@ -123,13 +219,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run(cmd: Command, args: argparse.Namespace) -> dict[str, Any]:
+def resolve_config(cmd: Command, args: argparse.Namespace) -> Any:
+    """The command's config: its preset, updated by the CONFIG file, then by the options."""
     preset = cmd.full_preset if getattr(args, "full", False) else cmd.preset
-    config = getattr(cmd.config, preset)(**config_overrides(args, cmd.config))
+    values = {}
+    if getattr(args, "config_file", None) is not None:
+        values = load_config_file(args.config_file, cmd.config)
+    values.update(config_overrides(args, cmd.config))
+    return getattr(cmd.config, preset)(**values)
+
+
+def _run(cmd: Command, args: argparse.Namespace, comm: Any) -> dict[str, Any]:
+    config = resolve_config(cmd, args)
     module, _, function = cmd.run.partition(":")
     run = getattr(importlib.import_module(module), function)
+    extra = {"comm": comm} if cmd.mpi else {}
     return run(
-        config, args.out, resume=args.resume, progress=not args.quiet, figures=not args.no_figures
+        config,
+        args.out,
+        resume=args.resume,
+        progress=not args.quiet,
+        figures=not args.no_figures,
+        **extra,
     )
 
 
@@ -155,7 +266,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         # Before any torch or Devito work: each process gets its share of the cores.
         configure_threads(comm, threads=args.threads)
-        summary = _run(cmd, args)
+        summary = _run(cmd, args, comm)
     except DevitoUQError as exc:
         # A user error: one line, no traceback.
         message = " ".join(str(exc).split())
@@ -163,8 +274,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if comm is not None and comm.Get_size() > 1:
             abort(2, "user error; aborting every rank")
         return 2
-    print(json.dumps({k: summary[k] for k in cmd.report_keys if k in summary}, indent=2))
-    print(f"results written to {os.path.abspath(args.out)}")
+    if comm is None or comm.Get_rank() == 0:  # one report, not one per rank
+        print(json.dumps({k: summary[k] for k in cmd.report_keys if k in summary}, indent=2))
+        print(f"results written to {os.path.abspath(args.out)}")
     return 0
 
 

@@ -11,14 +11,15 @@ import sys
 import pytest
 
 from devito_uq.apps import commands
-from devito_uq.apps.avp import AVPConfig
-from devito_uq.cli import build_parser, config_overrides, main
+from devito_uq.apps.avp import AVPCalibrationConfig, AVPConfig
+from devito_uq.cli import build_parser, config_overrides, load_config_file, main, resolve_config
+from devito_uq.errors import InvalidArgumentError
 
 
 def test_every_app_command_is_registered():
     names = [c.name for c in commands()]
-    assert names == ["avp", "demo"]
-    assert {c.config for c in commands()} == {AVPConfig}
+    assert names == ["avp", "calibrate", "demo"]
+    assert {c.config for c in commands()} == {AVPConfig, AVPCalibrationConfig}
 
 
 def test_options_are_generated_from_the_config_fields():
@@ -100,3 +101,73 @@ def test_cli_sets_the_thread_policy(tmp_path, capsys, monkeypatch):
     finally:
         torch.set_num_threads(before)
         os.environ["OMP_NUM_THREADS"] = "1"
+
+
+# -- CONFIG files (TOML) -----------------------------------------------------------------------
+
+
+def _resolve(argv):
+    args = build_parser().parse_args(argv)
+    return resolve_config(args._command, args)
+
+
+def test_config_file_sets_fields_and_options_override_it(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text(
+        "# a comment\niterations = 30\nlr = 1  # an integer is a fine float\n"
+        "corners = [4, 20, 40.5, 60]\nsnr_db = -3.0\ndtype = 'float64'\n"
+    )
+    cfg = _resolve(["avp", str(path), "--iterations", "12", "--mala-steps", "7"])
+    assert cfg.iterations == 12  # the option wins over the file
+    assert cfg.mala_steps == 7
+    assert cfg.lr == 1.0 and isinstance(cfg.lr, float)
+    assert cfg.corners == (4.0, 20.0, 40.5, 60.0) and isinstance(cfg.corners, tuple)
+    assert cfg.snr_db == -3.0 and cfg.dtype == "float64"
+    # Fields in neither keep the preset's value; --full picks the other preset.
+    assert cfg.lr_decay == AVPConfig.short().lr_decay
+    assert _resolve(["avp", str(path), "--full"]).lr_decay_every == AVPConfig.full().lr_decay_every
+    assert _resolve(["avp", str(path), "--full"]).iterations == 30
+    # Without a file, nothing changes: today's commands keep working.
+    assert _resolve(["demo"]) == AVPConfig.short()
+    assert _resolve(["avp", "--full"]) == AVPConfig.full()
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("iterations = 3\nlearning_rate = 0.1\n", "unknown key 'learning_rate'"),
+        ("label = 'x'\n", "unknown key 'label'"),  # not a CLI field
+        ("[flow]\nsteps = 3\n", "unknown key 'flow'"),
+        ("iterations = 'many'\n", "iterations='many' .* must be an integer"),
+        ("iterations = 2.5\n", "iterations=2.5 .* must be an integer"),
+        ("n_angles = true\n", "n_angles=True .* must be an integer"),
+        ("lr = true\n", "lr=True .* must be a number"),
+        ("dtype = 32\n", "dtype=32 .* must be a string"),
+        ("corners = [5, 30, 50]\n", "corners=.* must be an array of 4 floats"),
+        ("corners = [5, 30, 50, 'x']\n", "corners=.* must be an array of 4 floats"),
+        ("iterations = \n", "is not valid TOML"),
+    ],
+)
+def test_config_file_errors_name_the_key_and_the_file(tmp_path, text, match):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(InvalidArgumentError, match=match) as exc:
+        load_config_file(path, AVPConfig)
+    assert str(path) in str(exc.value)
+
+
+def test_config_file_errors_through_the_cli(tmp_path, capsys):
+    """A bad file is a one-line user error (status 2) before anything runs or is written."""
+    path = tmp_path / "bad.toml"
+    path.write_text("n_truths = 3\nn_truth = 4\n")
+    out = tmp_path / "out"
+    assert main(["calibrate", str(path), "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown key 'n_truth'" in err[0] and str(path) in err[0]
+    assert main(["calibrate", str(tmp_path / "missing.toml"), "--out", str(out)]) == 2
+    assert "cannot read config file" in capsys.readouterr().err
+    # A valid file with an invalid value is refused by the config's own validation.
+    path.write_text("n_truths = 1\n")
+    assert main(["calibrate", str(path), "--out", str(out), "--quiet"]) == 2
+    assert "n_truths=1 must be an integer >= 2" in capsys.readouterr().err
+    assert not out.exists()

@@ -7,6 +7,7 @@ Each application ``devito_uq.apps.<name>`` holds
 * ``problem.py`` — data, likelihood, prior, parameterization and flow assembly;
 * ``run.py``     — orchestration: caches, metrics, ``summary.json``;
 * ``figures.py`` — the PNG figures;
+* optionally more commands with their own config (``avp`` has ``calibration.py``);
 
 and declares its ``devito-uq`` sub-commands as a module-level ``COMMANDS`` tuple of
 :class:`Command`. The CLI discovers every package here and builds each command's
@@ -36,6 +37,8 @@ class Command:
         default_out: output folder when ``--out`` is not given.
         full_preset: classmethod selected by ``--full`` (``None``: no such flag).
         report_keys: summary entries printed on success.
+        mpi: the run function also takes ``comm=`` (the MPI communicator when the CLI
+            was started under ``mpiexec`` with several ranks, else ``None``).
     """
 
     name: str
@@ -46,6 +49,7 @@ class Command:
     default_out: str
     full_preset: str | None = None
     report_keys: tuple[str, ...] = ()
+    mpi: bool = False
 
 
 def commands() -> list[Command]:

@@ -7,7 +7,10 @@ method under test), MALA (the MCMC reference) and the MAP point estimate.
 * :mod:`~devito_uq.apps.avp.config` — :class:`AVPConfig`, every knob, validated;
 * :mod:`~devito_uq.apps.avp.problem` — data, likelihood, prior, parameterization, flow;
 * :mod:`~devito_uq.apps.avp.run` — :func:`run_avp`: caches, metrics, ``summary.json``;
-* :mod:`~devito_uq.apps.avp.figures` — the PNG figures.
+* :mod:`~devito_uq.apps.avp.figures` — the PNG figures;
+* :mod:`~devito_uq.apps.avp.calibration` — :func:`run_avp_calibration`
+  (``devito-uq calibrate``): SBC, coverage and TARP of VI and MALA over prior truths,
+  configured by :class:`~devito_uq.apps.avp.calibration_config.AVPCalibrationConfig`.
 
 Defaults follow the original scripts (slimgroup/Software.SEG2020,
 rizzuti2020SEGuqavp): angles 12.8°…32° (7, linspace), 0.4 s at 0.5 ms, a
@@ -31,6 +34,7 @@ from __future__ import annotations
 import importlib
 
 from devito_uq.apps import Command
+from devito_uq.apps.avp.calibration_config import AVPCalibrationConfig
 from devito_uq.apps.avp.config import AVPConfig
 
 _LAZY = {
@@ -42,9 +46,10 @@ _LAZY = {
     "run_avp": "devito_uq.apps.avp.run",
     "train_vi": "devito_uq.apps.avp.run",
     "write_figures": "devito_uq.apps.avp.figures",
+    "run_avp_calibration": "devito_uq.apps.avp.calibration",
 }
 
-__all__ = ["AVPConfig", "COMMANDS", *_LAZY]
+__all__ = ["AVPConfig", "AVPCalibrationConfig", "COMMANDS", *_LAZY]
 
 _REPORT = (
     "relative_error",
@@ -77,6 +82,16 @@ COMMANDS = (
         "demo",
         "Sleipner AVP experiment, short schedule (make demo, < 5 min on 2 cores)",
         "outputs/demo",
+    ),
+    Command(
+        name="calibrate",
+        help="SBC, coverage and TARP of VI and MALA over prior truths (Sleipner AVP)",
+        config=AVPCalibrationConfig,
+        preset="standard",
+        run="devito_uq.apps.avp.calibration:run_avp_calibration",
+        default_out="outputs/calibrate",
+        report_keys=("verdict", "costs"),
+        mpi=True,
     ),
 )
 

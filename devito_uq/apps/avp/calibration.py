@@ -1,0 +1,444 @@
+r"""Simulation-based calibration of VI and MALA in the Sleipner AVP setting.
+
+``devito-uq calibrate [CONFIG]`` (:func:`run_avp_calibration`) draws ``N`` synthetic
+truths from a proper prior, simulates plane-wave data with noise for each, and
+computes per truth a VI posterior (a fresh HINT flow, short schedule) and a MALA
+reference at the same budget of likelihood gradients; then SBC ranks, expected
+coverage (central and, for the flow, highest-density) and TARP for both
+(:func:`devito_uq.inference.run_calibration`).
+
+The setting, fixed once from the shipped Sleipner profile exactly as the AVP
+experiment builds it (:func:`~devito_uq.apps.avp.problem.build_problem`): the
+operator and ray parameters, the noise σ (the app's SNR rule applied to the
+Sleipner scattered data, then held fixed so that the likelihood every posterior
+uses is the exact data model of every truth), the parameterization and the flow.
+
+The prior, from which truths are drawn and which every posterior uses:
+
+.. math::
+    p(m) \propto \exp\Big(-\frac{\|D(m - m_b)\|^2}{2\sigma_p^2}
+        - \frac{\|m - m_b\|^2}{2\sigma_0^2}\Big)\,\mathbf 1\{m > m_{\min}\}
+
+the app's first-difference smoothness prior (``σ_p² = prior_strength ·
+‖D m_Sleipner‖²``), centred on the background ``m_b`` and made proper by the norm
+term (``σ₀ = prior_norm_std``; 0.05 s²/km² gives a marginal std of 0.019 s²/km²
+inside the profile, the RMS deviation of the Sleipner truth from its background),
+truncated at the lower bound (``m ≥ 1/9`` s²/km²) by rejection — exactly the
+support the parameterization gives every posterior. TARP distances are scaled by
+the untruncated prior's marginal std.
+
+Files in the output folder: ``vi/`` and ``mala/`` (``calibration.json`` and one
+``truth_000123.npz`` per finished truth), ``calibration_config.json``,
+``report.json`` (tests, verdict, costs) and the figures ``calibration_*.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from devito_uq.apps.avp.calibration_config import AVPCalibrationConfig
+from devito_uq.apps.avp.problem import SLEIPNER_DZ, AVPProblem, build_problem, make_flow
+from devito_uq.errors import CheckpointError, InvalidArgumentError
+from devito_uq.inference import (
+    MALA,
+    CalibrationResult,
+    GaussianLikelihood,
+    GaussianPrior,
+    PosteriorTarget,
+    SmoothnessPrior,
+    VariationalPosterior,
+    run_calibration,
+    window_mean,
+)
+from devito_uq.inference.calibration_metrics import expected_z_fraction
+from devito_uq.io._atomic import atomic_path
+from devito_uq.parallel import allreduce_sum, rank_and_size
+
+__all__ = [
+    "TruncatedGaussianPrior",
+    "FlowDraws",
+    "CalibrationSetting",
+    "smoothness_precision",
+    "build_setting",
+    "run_avp_calibration",
+]
+
+#: Fields that do not change any truth's result: a folder made under other values
+#: of these is resumed (n_truths may grow, methods may be added).
+_NOT_IN_RESULTS = frozenset({"n_truths", "methods", "label"})
+
+
+def smoothness_precision(n: int, dz: float, sigma_p: float, sigma_0: float) -> torch.Tensor:
+    """``[n, n]`` float64 precision ``DᵀD/σ_p² + I/σ₀²`` of :class:`SmoothnessPrior`
+    with ``sigma=σ_p``, ``spacing=dz``, ``sigma_norm=σ₀`` (``D``: forward difference / dz)."""
+    eye = torch.eye(n, dtype=torch.float64)
+    d = (eye[1:] - eye[:-1]) / dz
+    return d.T @ d / sigma_p**2 + eye / sigma_0**2
+
+
+class TruncatedGaussianPrior:
+    """``N(mean, precision⁻¹)`` restricted to ``m > lower`` everywhere, by rejection.
+
+    Draws use torch's global generator (seeded per truth by the calibration), so a
+    truth depends only on its seed. ``std`` is the untruncated marginal std ``[n]``.
+    """
+
+    def __init__(self, mean: torch.Tensor, precision: torch.Tensor, lower: float) -> None:
+        self.gaussian = GaussianPrior(mean.double(), precision=precision)
+        self.lower = float(lower)
+        if not bool((mean > self.lower).all()):
+            raise InvalidArgumentError(f"the prior mean must lie above lower={lower}")
+        self.std = torch.linalg.inv(precision).diagonal().sqrt()
+        self.drawn = 0  # Gaussian draws made, for the acceptance rate
+        self.accepted = 0
+
+    def sample(self, n: int, max_rounds: int = 1000) -> torch.Tensor:
+        """``[n, *shape]`` float64 draws above ``lower``."""
+        out: list[torch.Tensor] = []
+        for _ in range(max_rounds):
+            x = self.gaussian.sample(max(n, 4))
+            keep = x[(x > self.lower).flatten(1).all(1)]
+            self.drawn += x.shape[0]
+            self.accepted += keep.shape[0]
+            out.append(keep)
+            if sum(len(o) for o in out) >= n:
+                return torch.cat(out)[:n]
+        raise InvalidArgumentError(
+            f"fewer than {n} prior draws above lower={self.lower} in {max_rounds} rounds: "
+            "the bound is too tight for this prior"
+        )
+
+
+class FlowDraws:
+    """A trained VI posterior whose draws carry their exact log-density.
+
+    ``sample(n)`` keeps each draw's ``log q(m) = log q_x(x) − log|det J_g(x)|`` from the
+    latent ``x`` it came from; ``log_prob`` of those same draws (in order, as
+    :func:`~devito_uq.inference.truth_statistics` asks for them) returns it. A draw that
+    float32 rounding puts exactly on the lower bound, where ``g⁻¹`` is undefined, thus
+    still has its density; any other model (the truth) goes through ``g⁻¹``.
+    """
+
+    def __init__(self, vi: VariationalPosterior) -> None:
+        self.vi = vi
+        self._m: torch.Tensor | None = None
+        self._lp: torch.Tensor | None = None
+        self._cursor = 0
+
+    @torch.no_grad()
+    def sample(self, n: int) -> torch.Tensor:
+        x, log_qx = self.vi.flow.rsample_and_log_prob(n)
+        m, logdet = self.vi.to_model(x)
+        self._m, self._lp, self._cursor = m, log_qx - logdet, 0
+        return m
+
+    @torch.no_grad()
+    def log_prob(self, m: torch.Tensor) -> torch.Tensor:
+        c, k = self._cursor, m.shape[0]
+        if self._m is not None and c + k <= len(self._m) and torch.equal(m, self._m[c : c + k]):
+            self._cursor += k
+            return self._lp[c : c + k]
+        return self.vi.log_prob(m)
+
+
+@dataclass
+class CalibrationSetting:
+    """What every truth shares: the Sleipner problem (operator, σ, parameterization),
+    the posterior's prior, the truth prior and the summaries."""
+
+    config: AVPCalibrationConfig
+    problem: AVPProblem
+    prior: SmoothnessPrior
+    truth_prior: TruncatedGaussianPrior
+    summaries: dict[str, Any]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.problem.data.dtype
+
+    def simulate(self, truth: torch.Tensor) -> torch.Tensor:
+        """``[p, nt]`` noisy plane-wave data of ``truth`` ``[nz]`` (global generator)."""
+        with torch.no_grad():
+            clean = self.problem.operator(truth.to(self.dtype))
+        noise = torch.randn(clean.shape, dtype=torch.float64).to(self.dtype)
+        return clean + self.problem.sigma * noise
+
+    def target(self, data: torch.Tensor) -> PosteriorTarget:
+        lik = GaussianLikelihood(self.problem.operator, data, sigma=self.problem.sigma)
+        return PosteriorTarget(lik, self.prior, self.problem.parameterization)
+
+    def vi(self, data: torch.Tensor) -> FlowDraws:
+        """A fresh HINT flow trained by VI on ``data`` (``vi_iterations · batch_size``
+        likelihood gradients)."""
+        c = self.config
+        seed = int(torch.randint(0, 2**31 - 1, ()))
+        flow = make_flow(c.avp_config(), self.problem.m_background.numel())
+        vi = VariationalPosterior(flow, self.target(data))
+        vi.fit(
+            c.vi_iterations,
+            batch_size=c.batch_size,
+            lr=c.lr,
+            lr_schedule="exponential",
+            lr_final=c.lr_final,
+            seed=seed,
+            progress=False,
+        )
+        return FlowDraws(vi)
+
+    def mala(self, data: torch.Tensor) -> torch.Tensor:
+        """``[n_samples, nz]`` MALA draws on ``data`` at VI's gradient budget, the
+        chains started at the background (the prior's centre)."""
+        c = self.config
+        s = c.mala_schedule()
+        seed = int(torch.randint(0, 2**31 - 1, ()))
+        res = MALA(self.target(data), step_size=c.mala_step_size).run(
+            s["steps"],
+            n_chains=c.mala_chains,
+            burn_in=s["burn_in"],
+            thin=s["thin"],
+            seed=seed,
+            progress=False,
+        )
+        return res.flat()[-c.n_samples :]
+
+
+def build_setting(config: AVPCalibrationConfig) -> CalibrationSetting:
+    """The Sleipner problem and the proper prior (see the module docstring)."""
+    config.validate()
+    problem = build_problem(config.avp_config())
+    m_b = problem.m_background
+    n = m_b.numel()
+    sigma_p = float(problem.prior.sigma)
+    prior = SmoothnessPrior(
+        sigma_p,
+        axes=(0,),
+        spacing=SLEIPNER_DZ,
+        sigma_norm=config.prior_norm_std,
+        reference=m_b.to(problem.data.dtype),
+    )
+    precision = smoothness_precision(n, SLEIPNER_DZ, sigma_p, config.prior_norm_std)
+    truth_prior = TruncatedGaussianPrior(m_b, precision, config.lower)
+    edges = np.linspace(0, n, config.n_windows + 1).round().astype(int)
+    summaries = {
+        f"mean {a * SLEIPNER_DZ:.0f}-{b * SLEIPNER_DZ:.0f} m": window_mean(slice(a, b))
+        for a, b in zip(edges[:-1], edges[1:])
+    }
+    return CalibrationSetting(config, problem, prior, truth_prior, summaries)
+
+
+def _barrier(comm: Any) -> None:
+    if rank_and_size(comm)[1] > 1:
+        comm.Barrier()
+
+
+def _prepare(out: Path, config: AVPCalibrationConfig, resume: bool, comm: Any) -> None:
+    """Rank 0 clears (no resume) or checks (resume) the folder; every rank then waits."""
+    if rank_and_size(comm)[0] == 0:
+        path = out / "calibration_config.json"
+        if not resume:
+            for sub in ("vi", "mala"):
+                shutil.rmtree(out / sub, ignore_errors=True)
+        elif path.exists():
+            saved, now = json.loads(path.read_text()), json.loads(json.dumps(config.to_dict()))
+            for key in sorted((saved.keys() | now.keys()) - _NOT_IN_RESULTS):
+                if saved.get(key) != now.get(key):
+                    raise CheckpointError(
+                        f"{path} was made with {key}={saved.get(key)!r}, this run has "
+                        f"{key}={now.get(key)!r}; run without --resume to start afresh"
+                    )
+        out.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            Path(tmp).write_text(json.dumps(config.to_dict(), indent=1))
+    _barrier(comm)
+
+
+def _method_report(name: str, result: CalibrationResult) -> dict[str, Any]:
+    """``result.report()`` plus the verdict and the costs of one method."""
+    rep = result.report()
+    cov = result.coverage("central")
+    tarp = result.tarp()
+    sbc = result.sbc()
+    bias = float(np.mean(sbc.pit_offset[: result.ranks[0].size]))
+    miscalibrated = (not sbc.passed) or cov.verdict() != "calibrated" or tarp.ks_pvalue < 0.05
+    state = cov.verdict() if cov.verdict() != "calibrated" else "no coverage bias"
+    sec = result.metrics["seconds"]
+    rep["verdict"] = (
+        f"{name}: {'mis-calibrated' if miscalibrated else 'calibrated'}, {state} — "
+        f"central-interval coverage area {cov.area:+.3f} (90 % intervals hold the truth "
+        f"{cov.at(0.9):.1%}); TARP ATC {tarp.atc:+.3f}, KS p {tarp.ks_pvalue:.2g}; SBC "
+        f"{'passes' if sbc.passed else 'fails'} (Holm family p {sbc.family_pvalue:.2g}, "
+        f"{len(sbc.failed())} of {len(sbc.names)} quantities rejected); mean PIT − 1/2 "
+        f"{bias:+.3f}; |z| > 2 at {np.mean(result.metrics['z_fraction']):.1%} of depths "
+        f"(calibrated: {expected_z_fraction(result.n_samples):.1%})"
+    )
+    rep["miscalibrated"] = bool(miscalibrated)
+    rep["mean_pit_offset"] = bias
+    rep["expected_z_fraction"] = expected_z_fraction(result.n_samples)
+    # Spread-skill ratio: RMS predicted std / RMS error over all truths and depths;
+    # √(L/(L + 1)) ≈ 1 for a calibrated posterior (the mean of L draws adds σ²/L).
+    met = result.metrics
+    rep["std_over_error"] = float(np.sqrt(np.mean(met["rms_std"] ** 2) / np.mean(met["rmse"] ** 2)))
+    rep["seconds_per_truth"] = {
+        "mean": float(sec.mean()),
+        "median": float(np.median(sec)),
+        "max": float(sec.max()),
+        "sum": float(sec.sum()),
+    }
+    return rep
+
+
+def _figures(out: Path, setting: CalibrationSetting, results: dict[str, CalibrationResult]):
+    from devito_uq.inference.calibration_plots import (
+        _plt,
+        plot_coverage,
+        save_calibration_figures,
+    )
+
+    plt = _plt()
+    curves, labels, tarps, tlabels = [], [], [], []
+    for name, res in results.items():
+        save_calibration_figures(res, out, prefix=f"calibration_{name}")
+        curves.append(res.coverage("central"))
+        labels.append(f"{name.upper()} central")
+        t = res.tarp()
+        tarps.append(t.curve)
+        tlabels.append(f"{name.upper()} TARP, ATC {t.atc:+.3f}")
+    if "vi" in results:
+        curves.append(results["vi"].coverage("hpd"))
+        labels.append("VI HPD (log q)")
+    n = next(iter(results.values())).n_truths
+    for items, names, kind in ((curves, labels, "coverage"), (tarps, tlabels, "tarp")):
+        title = f"AVP {'TARP' if kind == 'tarp' else kind}, {n} truths"
+        plt.close(plot_coverage(items, names, title=title, path=out / f"calibration_{kind}.png"))
+    # A few truths: what the prior looks like next to the Sleipner profile.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(setting.config.seed)
+        draws = setting.truth_prior.sample(5)
+    p = setting.problem
+    z = p.depth.numpy()
+    fig, ax = plt.subplots(figsize=(3.6, 5.0))
+    for k, d in enumerate(draws):
+        label = "prior draws" if k == 0 else None
+        ax.plot(1 / np.sqrt(d.numpy()), z, lw=0.8, color="0.6", label=label)
+    ax.plot(1 / np.sqrt(p.m_true.numpy()), z, "k", lw=1.2, label="Sleipner")
+    ax.plot(1 / np.sqrt(p.m_background.numpy()), z, "C1--", label="background (prior mean)")
+    ax.axvline(1 / math.sqrt(setting.config.lower), color="C3", lw=0.8, label="bound")
+    ax.invert_yaxis()
+    ax.set_xlabel("velocity (km/s)")
+    ax.set_ylabel("depth (m)")
+    ax.legend(fontsize=7, loc="lower left", framealpha=0.9)
+    ax.set_title("truths: draws of the prior", fontsize=9)
+    fig.tight_layout()
+    with atomic_path(out / "calibration_prior.png") as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+
+
+def run_avp_calibration(
+    config: AVPCalibrationConfig,
+    out: str | os.PathLike,
+    resume: bool = False,
+    progress: bool = True,
+    figures: bool = True,
+    comm: Any = None,
+) -> dict[str, Any]:
+    """Calibrate VI and MALA over ``config.n_truths`` prior truths; write ``out``.
+
+    Args:
+        config: the schedule (:meth:`AVPCalibrationConfig.standard`).
+        out: output folder (created; see the module docstring).
+        resume: keep the finished truths in ``out`` (made under the same settings,
+            except ``n_truths`` and ``methods``) and compute only the others;
+            otherwise start afresh.
+        progress: a bar over each rank's truths.
+        figures: write the PNG figures (``report.json`` is always written).
+        comm: MPI communicator: truths dealt over ranks; rank 0 writes the report.
+
+    Returns:
+        The report, also written to ``out/report.json``.
+    """
+    config.validate()
+    t_start = time.perf_counter()
+    load_start = os.getloadavg()[0]
+    out = Path(out)
+    _prepare(out, config, resume, comm)
+    setting = build_setting(config)
+    setup_s = time.perf_counter() - t_start
+    build = {"vi": setting.vi, "mala": setting.mala}
+    methods = ("vi", "mala") if config.methods == "both" else (config.methods,)
+    results: dict[str, CalibrationResult] = {}
+    wall: dict[str, float] = {}
+    computed = 0
+    for name in methods:
+        t0 = time.perf_counter()
+        results[name] = run_calibration(
+            setting.truth_prior,
+            setting.simulate,
+            build[name],
+            config.n_truths,
+            config.n_samples,
+            summaries=setting.summaries,
+            tarp_reference="prior",
+            tarp_scale=setting.truth_prior.std,
+            seed=config.seed,
+            out_dir=out / name,
+            comm=comm,
+            progress=progress,
+        )
+        wall[name] = time.perf_counter() - t0
+        computed += len(results[name].computed)
+    rank, size = rank_and_size(comm)
+    if size > 1:
+        computed = int(allreduce_sum(torch.tensor([computed], dtype=torch.float64), comm)[0])
+    s = config.mala_schedule()
+    report: dict[str, Any] = {
+        "experiment": "Sleipner AVP calibration (SBC, coverage, TARP)",
+        "schedule": config.label,
+        "setting": {
+            "noise_sigma": setting.problem.sigma,
+            "prior_sigma_p": setting.prior.sigma,
+            "prior_sigma_0": config.prior_norm_std,
+            "prior_std_range": [
+                float(setting.truth_prior.std.min()),
+                float(setting.truth_prior.std.max()),
+            ],
+            "summaries": list(setting.summaries),
+            "likelihood_gradients_per_truth": {
+                "vi": config.vi_iterations * config.batch_size,
+                "mala": config.mala_chains * (s["burn_in"] + s["steps"] + 1),
+            },
+            "mala_schedule": {"chains": config.mala_chains, **s},
+        },
+        **{name: _method_report(name.upper(), res) for name, res in results.items()},
+    }
+    report["verdict"] = {name: report[name]["verdict"] for name in results}
+    report["costs"] = {
+        "ranks": size,
+        "threads_per_rank": torch.get_num_threads(),
+        "truths_computed_this_run": computed,
+        "wall_time_s": time.perf_counter() - t_start,
+        "setup_s": setup_s,
+        "wall_time_s_by_method": wall,
+        "seconds_per_truth_mean": {n: report[n]["seconds_per_truth"]["mean"] for n in results},
+        "load_average_1min": [load_start, os.getloadavg()[0]],
+        "note": "seconds per truth are one rank's wall time for one truth (prior draw, "
+        "simulation, posterior, statistics), measured as it ran",
+    }
+    report["config"] = config.to_dict()
+    if rank == 0:
+        if figures:
+            _figures(out, setting, results)
+        with atomic_path(out / "report.json") as tmp:
+            Path(tmp).write_text(json.dumps(report, indent=1))
+    _barrier(comm)
+    return report
