@@ -31,8 +31,7 @@ Importing this package loads only the config; the problem, run and figures modul
 
 from __future__ import annotations
 
-import importlib
-
+from devito_uq._lazy import lazy_exports
 from devito_uq.apps import Command
 from devito_uq.apps.avp.calibration_config import AVPCalibrationConfig
 from devito_uq.apps.avp.config import AVPConfig
@@ -49,7 +48,9 @@ _LAZY = {
     "run_avp_calibration": "devito_uq.apps.avp.calibration",
 }
 
-__all__ = ["AVPConfig", "AVPCalibrationConfig", "COMMANDS", *_LAZY]
+__all__, __getattr__, __dir__ = lazy_exports(
+    __name__, _LAZY, ("AVPConfig", "AVPCalibrationConfig", "COMMANDS")
+)
 
 _REPORT = (
     "relative_error",
@@ -94,13 +95,3 @@ COMMANDS = (
         mpi=True,
     ),
 )
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'devito_uq.apps.avp' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(__all__)
