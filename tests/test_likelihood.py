@@ -113,3 +113,45 @@ def test_likelihood_error_output_shape():
     lik = GaussianLikelihood(torch.nn.Identity(), torch.ones(4), sigma=1.0)
     with pytest.raises(InvalidShapeError, match=r"operator output \(2, 5\) does not match data"):
         lik(torch.ones(2, 5))
+
+
+def test_trace_mask_drops_dead_samples_from_misfit_gradient_and_snr():
+    """Masked samples count nowhere: the misfit equals the closed form over live rows only,
+    their garbage data cannot move the gradient, and snr_db uses live power only."""
+    p = _problem()
+    mask = torch.ones(4, 3, dtype=torch.bool)
+    mask[1, 2] = mask[3, 0] = False  # two dead "traces"
+    data = p.data.clone()
+    data[~mask] = 1e3  # garbage where nothing was recorded
+    lik = GaussianLikelihood(p.operator, data, sigma=p.sigma, mask=mask)
+    m = torch.randn(5, 6, dtype=torch.float64, requires_grad=True)
+    a = p.operator.matrix.reshape(12, 6)[mask.reshape(12)]
+    expected = 0.5 / p.sigma**2 * ((p.data[mask] - m @ a.T) ** 2).sum(1)
+    torch.testing.assert_close(lik(m), expected)
+    (g,) = torch.autograd.grad(lik(m).sum(), m)
+    (g_ref,) = torch.autograd.grad(expected.sum(), m)
+    torch.testing.assert_close(g, g_ref)
+    # Shot subsets take their rows of the mask; snr over live samples only.
+    sub = GaussianLikelihood(p.operator, data, sigma=p.sigma, mask=mask, shot_batch=2)
+    r = sub.residual(m.detach(), torch.tensor([1, 3]))
+    assert r[:, 0, 2].abs().max() == 0 and r[:, 1, 0].abs().max() == 0
+    power = float((p.data[mask].double() ** 2).mean())
+    assert math.isclose(sigma_from_snr(data, 0.0, mask), math.sqrt(power), rel_tol=1e-12)
+    # A data-shaped mask broadcast over a [shot, time, receiver]-like middle axis works too.
+    lik3 = GaussianLikelihood(
+        torch.nn.Identity(),
+        torch.ones(2, 4, 3),
+        sigma=1.0,
+        mask=torch.tensor([[True, False, True]] * 2)[:, None, :],
+    )
+    assert float(lik3(torch.zeros(1, 2, 4, 3))) == 0.5 * 2 * 4 * 2
+
+
+def test_trace_mask_errors():
+    p = _problem()
+    with pytest.raises(InvalidArgumentError, match="mask must be a bool torch.Tensor.*float32"):
+        GaussianLikelihood(p.operator, p.data, sigma=1.0, mask=torch.ones(4, 3))
+    with pytest.raises(InvalidShapeError, match=r"mask of shape \[5, 3\] does not broadcast"):
+        GaussianLikelihood(p.operator, p.data, sigma=1.0, mask=torch.ones(5, 3, dtype=torch.bool))
+    with pytest.raises(InvalidArgumentError, match="marks every sample dead"):
+        GaussianLikelihood(p.operator, p.data, sigma=1.0, mask=torch.zeros(4, 3, dtype=torch.bool))

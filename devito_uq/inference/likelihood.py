@@ -40,7 +40,7 @@ from devito_uq.validation import check_finite, check_int, check_positive_scalar,
 __all__ = ["GaussianLikelihood", "sigma_from_snr"]
 
 
-def sigma_from_snr(data: torch.Tensor, snr_db: float) -> float:
+def sigma_from_snr(data: torch.Tensor, snr_db: float, mask: torch.Tensor | None = None) -> float:
     r"""Noise standard deviation for a target signal-to-noise ratio in dB.
 
     .. math::
@@ -48,12 +48,40 @@ def sigma_from_snr(data: torch.Tensor, snr_db: float) -> float:
 
     with :math:`N_d` the number of data samples, i.e. the mean data power divided
     by the power ratio: white noise of this σ has ``10·log10(‖d‖² / E‖n‖²) = snr_db``.
+    With a ``mask`` (broadcastable to ``data``, True where data were recorded) only the
+    live samples count.
     """
     snr_db = check_scalar("snr_db", snr_db)
-    power = float(torch.sum(data.detach().double() ** 2)) / data.numel()
+    d = data.detach().double()
+    if mask is None:
+        power = float(torch.sum(d**2)) / d.numel()
+    else:
+        live = torch.broadcast_to(mask, d.shape)
+        power = float(torch.sum(d[live] ** 2)) / max(int(live.sum()), 1)
     if power <= 0.0:
         raise InvalidArgumentError("cannot derive sigma from snr_db: the data are all zero")
     return math.sqrt(power / 10.0 ** (snr_db / 10.0))
+
+
+def _check_mask(mask: Any, data: torch.Tensor) -> torch.Tensor:
+    """``mask`` as a bool tensor broadcastable to ``data`` with at least one live sample."""
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+        kind = str(mask.dtype) if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise InvalidArgumentError(
+            f"mask must be a bool torch.Tensor (True = recorded), got {kind}"
+        )
+    try:
+        if torch.broadcast_shapes(mask.shape, data.shape) != data.shape:
+            raise RuntimeError
+    except RuntimeError:
+        raise InvalidShapeError(
+            f"mask of shape {list(mask.shape)} does not broadcast to data {list(data.shape)}"
+        ) from None
+    if mask.ndim == data.ndim and mask.shape[0] not in (1, data.shape[0]):
+        raise InvalidShapeError(f"mask has {mask.shape[0]} shots, data {data.shape[0]}")
+    if not bool(mask.any()):
+        raise InvalidArgumentError("mask marks every sample dead: there is no data to fit")
+    return mask.detach().clone()
 
 
 def _accepts_shots(operator: Callable) -> bool:
@@ -84,6 +112,10 @@ class GaussianLikelihood(nn.Module):
         comm: mpi4py communicator to spread the shots over (``None``: serial).
             With more than one rank, ``operator`` must accept ``shots=``; every
             rank must call the likelihood (and ``backward``) in the same order.
+        mask: optional bool tensor broadcastable to ``data`` (shots leading), True
+            where a sample was recorded: dead or missing traces (padding of shots with
+            fewer receivers) do not count in the misfit nor in ``snr_db``'s power. For
+            shot records ``[shot, time, receiver]`` pass ``survey.mask()[:, None, :]``.
 
     Calling the module returns the ``[batch]`` negative log-likelihood (additive
     constant dropped). ``full=True`` forces all shots (MALA needs exact values).
@@ -98,6 +130,7 @@ class GaussianLikelihood(nn.Module):
         shot_batch: int | None = None,
         seed: int = 0,
         comm: Any = None,
+        mask: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
         if not callable(operator):
@@ -113,6 +146,8 @@ class GaussianLikelihood(nn.Module):
             raise InvalidShapeError("data must have at least one axis, got a scalar")
         # NaN data would make every misfit NaN: VI would diverge, MALA reject everything.
         check_finite("data", data)
+        if mask is not None:
+            mask = _check_mask(mask, data)
         if (sigma is None) == (snr_db is None):
             raise InvalidArgumentError(
                 f"give exactly one of sigma and snr_db, got sigma={sigma}, snr_db={snr_db}"
@@ -120,7 +155,7 @@ class GaussianLikelihood(nn.Module):
         if sigma is not None:
             sigma = check_positive_scalar("sigma", sigma)
         else:
-            sigma = sigma_from_snr(data, snr_db)
+            sigma = sigma_from_snr(data, snr_db, mask)
         n_shots = int(data.shape[0])
         seed = check_int("seed", seed)
         if shot_batch is not None:
@@ -140,6 +175,7 @@ class GaussianLikelihood(nn.Module):
         self.comm = comm if size > 1 else None
         self.operator = operator
         self.register_buffer("data", data.detach().clone())
+        self.register_buffer("mask", mask)
         self.sigma = sigma
         self.shot_batch = shot_batch
         self.n_shots = n_shots
@@ -152,16 +188,20 @@ class GaussianLikelihood(nn.Module):
 
     def residual(self, m: torch.Tensor, shots: torch.Tensor | None = None) -> torch.Tensor:
         """``d − F(m)`` shaped ``[batch, *data_shape]`` (or ``[batch, len(shots), ...]``)."""
+        mask = self.mask
         if shots is None:
             pred, data = self.operator(m), self.data
         else:
             pred, data = self.operator(m, shots=shots), self.data[shots.to(self.data.device)]
+            if mask is not None and mask.shape[0] == self.n_shots:
+                mask = mask[shots.to(mask.device)]
         if pred.shape[1:] != data.shape:
             raise InvalidShapeError(
                 f"operator output {tuple(pred.shape)} does not match data {tuple(data.shape)} "
                 "with a leading batch axis"
             )
-        return data.to(pred.device, pred.dtype) - pred
+        res = data.to(pred.device, pred.dtype) - pred
+        return res if mask is None else res * mask.to(res.device, res.dtype)
 
     def draw_shots(self) -> torch.Tensor:
         """A sorted random subset of ``shot_batch`` shot indices."""
