@@ -74,6 +74,7 @@ def test_stale_temporaries_of_dead_writers_are_swept(tmp_path):
     other = tmp_path / f".other.pt.{dead_pid}.deadbeef.tmp"  # another target's temporary
     for p in (stale, live, other):
         p.write_text("partial")
-    assert sweep_stale_temporaries(target) == [stale]
-    _write(target, "complete")
+    _write(target, "complete")  # the next write to the target sweeps
     assert not stale.exists() and live.exists() and other.exists()
+    stale.write_text("partial")
+    assert sweep_stale_temporaries(target) == [stale]
