@@ -173,14 +173,23 @@ def load_config_file(path: str | os.PathLike, config: type) -> dict[str, Any]:
 def _add_command(subs, cmd: Command) -> None:
     sub = subs.add_parser(cmd.name, help=cmd.help, description=cmd.help)
     sub.set_defaults(_command=cmd)
-    sub.add_argument(
-        "config_file",
-        nargs="?",
-        default=None,
-        metavar="CONFIG",
-        help=f"TOML file of {cmd.config.__name__} fields (key = value); options given on "
-        "the command line override it",
-    )
+    if cmd.positional is None:
+        sub.add_argument(
+            "config_file",
+            nargs="?",
+            default=None,
+            metavar="CONFIG",
+            help=f"TOML file of {cmd.config.__name__} fields (key = value); options given on "
+            "the command line override it",
+        )
+    else:
+        sub.add_argument(
+            "_positional",
+            nargs="?",
+            default=None,
+            metavar=cmd.positional.upper(),
+            help=f"the {cmd.positional} field (same as --{cmd.positional.replace('_', '-')})",
+        )
     sub.add_argument("--out", default=cmd.default_out, help="output folder (default: %(default)s)")
     presets = {cmd.preset: getattr(cmd.config, cmd.preset)()}
     if cmd.full_preset is not None:
@@ -226,6 +235,8 @@ def resolve_config(cmd: Command, args: argparse.Namespace) -> Any:
     if getattr(args, "config_file", None) is not None:
         values = load_config_file(args.config_file, cmd.config)
     values.update(config_overrides(args, cmd.config))
+    if cmd.positional is not None and getattr(args, "_positional", None) is not None:
+        values[cmd.positional] = args._positional
     return getattr(cmd.config, preset)(**values)
 
 
@@ -274,6 +285,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if comm is not None and comm.Get_size() > 1:
             abort(2, "user error; aborting every rank")
         return 2
+    if not cmd.writes:
+        return 0
     if comm is None or comm.Get_rank() == 0:  # one report, not one per rank
         print(json.dumps({k: summary[k] for k in cmd.report_keys if k in summary}, indent=2))
         print(f"results written to {os.path.abspath(args.out)}")

@@ -39,6 +39,9 @@ class Command:
         report_keys: summary entries printed on success.
         mpi: the run function also takes ``comm=`` (the MPI communicator when the CLI
             was started under ``mpiexec`` with several ranks, else ``None``).
+        positional: a config field that the command's positional argument fills (e.g.
+            ``devito-uq info FILE.sgy``) instead of a TOML config file.
+        writes: the command writes results to ``--out`` (``False``: it only reports).
     """
 
     name: str
@@ -50,6 +53,8 @@ class Command:
     full_preset: str | None = None
     report_keys: tuple[str, ...] = ()
     mpi: bool = False
+    positional: str | None = None
+    writes: bool = True
 
 
 def commands() -> list[Command]:

@@ -1,0 +1,298 @@
+"""Every knob of the 2D imaging application, validated in one place.
+
+Three config dataclasses, one per ``devito-uq`` command:
+
+* :class:`SimulateConfig` (``devito-uq simulate``): a true model (a window of Marmousi-II
+  or a SEG-Y velocity image) and a surface acquisition → ``shots.sgy`` and its sidecar
+  ``acquisition.json``, ``true_model.sgy``, ``background.sgy``;
+* :class:`InvertConfig` (``devito-uq invert``): SEG-Y shots + a background / starting
+  velocity → posterior of the Born image (``problem = "born"``) or of the velocity
+  (``problem = "fwi"``);
+* :class:`ImagingConfig` (``devito-uq imaging``): both, one after the other, in one folder —
+  the default Marmousi case (:meth:`ImagingConfig.short`, ``make imaging``) and the full one.
+
+Each field's help text lives in its ``metadata["help"]``; the command-line options and the
+TOML keys are the field names. Units: metres, ms, Hz, km/s, squared slowness s²/km².
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from devito_uq.errors import InvalidArgumentError
+from devito_uq.validation import (
+    check_choice,
+    check_in_range,
+    check_int,
+    check_nonnegative_int,
+    check_positive_int,
+    check_positive_scalar,
+    check_scalar,
+)
+
+__all__ = ["SimulateConfig", "InvertConfig", "ImagingConfig", "SummarizeConfig", "InfoConfig"]
+
+
+def _knob(default: Any, help: str, cli: bool = True) -> Any:
+    return field(default=default, metadata={"help": help, "cli": cli})
+
+
+def _fields_dict(obj: Any) -> dict[str, Any]:
+    return dataclasses.asdict(obj)
+
+
+@dataclass
+class SimulateConfig:
+    """Model and acquisition of a synthetic survey (``devito-uq simulate``)."""
+
+    model: str = _knob(
+        "marmousi",
+        "true velocity: 'marmousi' (the shipped Marmousi-II model) or a SEG-Y image (km/s) "
+        "written by devito_uq.io.write_image",
+    )
+    x_start: float = _knob(4500.0, "left edge of the window cut from the model, m")
+    width: float = _knob(3000.0, "window width, m (0: the whole model)")
+    depth: float = _knob(1500.0, "window depth from the top, m (0: the whole model)")
+    spacing: float = _knob(30.0, "grid spacing of the inversion grid, m (the model is resampled)")
+    smoothing: float = _knob(
+        150.0, "Gaussian smoothing length of the slowness that makes the background model, m"
+    )
+    nshots: int = _knob(8, "number of sources, evenly spread along the line")
+    nreceivers: int = _knob(101, "receivers per shot, spanning the line")
+    t1: float = _knob(1600.0, "record length, ms")
+    f0: float = _knob(8.0, "Ricker peak frequency, Hz")
+    data_dt: float = _knob(4.0, "SEG-Y sample interval of the recorded data, ms")
+    snr_db: float = _knob(
+        20.0, "signal-to-noise ratio of the scattered data (shots minus background shots), dB"
+    )
+    vmax: float = _knob(
+        4.8, "largest velocity the solver must step stably for, km/s (≥ the fastest model)"
+    )
+    vmin: float = _knob(1.3, "smallest velocity a model may take, km/s (FWI lower bound)")
+    nbl: int = _knob(20, "absorbing boundary width, grid cells")
+    space_order: int = _knob(8, "finite-difference order in space")
+    seed: int = _knob(1, "noise seed")
+
+    @classmethod
+    def short(cls, **overrides: Any) -> SimulateConfig:
+        return cls(**overrides)
+
+    def validate(self) -> SimulateConfig:
+        """Raise :class:`InvalidArgumentError` naming the first bad value; return ``self``."""
+        if not isinstance(self.model, str) or not self.model:
+            raise InvalidArgumentError(f"model={self.model!r} must be 'marmousi' or a file path")
+        check_scalar("x_start", self.x_start)
+        for name in ("width", "depth"):
+            check_in_range(name, getattr(self, name), 0.0, float("inf"))
+        for name in ("spacing", "smoothing", "t1", "f0", "data_dt", "vmax", "vmin"):
+            check_positive_scalar(name, getattr(self, name))
+        check_scalar("snr_db", self.snr_db)
+        check_positive_int("nshots", self.nshots)
+        check_int("nreceivers", self.nreceivers, minimum=2)
+        check_nonnegative_int("nbl", self.nbl)
+        check_choice("space_order", self.space_order, (2, 4, 6, 8, 10, 12, 16))
+        check_int("seed", self.seed)
+        if self.vmin >= self.vmax:
+            raise InvalidArgumentError(f"vmin={self.vmin} km/s must be below vmax={self.vmax}")
+        if self.data_dt >= self.t1:
+            raise InvalidArgumentError(f"data_dt={self.data_dt} ms must be below t1={self.t1}")
+        nyquist = 500.0 / self.data_dt
+        if 3.0 * self.f0 >= nyquist:  # the Ricker spectrum reaches ~3 f0
+            raise InvalidArgumentError(
+                f"data_dt={self.data_dt} ms has Nyquist {nyquist:g} Hz, below 3·f0 = "
+                f"{3 * self.f0:g} Hz where the Ricker wavelet still has energy; lower data_dt"
+            )
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return _fields_dict(self)
+
+
+@dataclass
+class InvertConfig:
+    """The posterior of a 2D survey (``devito-uq invert``)."""
+
+    shots: str = _knob("shots.sgy", "SEG-Y shot records (relative paths: inside --out)")
+    background: str = _knob(
+        "background.sgy",
+        "SEG-Y velocity image (km/s) of the background (born) or starting model (fwi); "
+        "it sets the grid",
+    )
+    truth: str = _knob("true_model.sgy", "SEG-Y true velocity for the metrics ('': none)")
+    problem: str = _knob("born", "'born' (linearized image δm around the background) or 'fwi'")
+    f0: float = _knob(8.0, "Ricker peak frequency of the source, Hz")
+    sigma: float = _knob(
+        0.0, "noise standard deviation of the data (0: from acquisition.json beside the shots)"
+    )
+    vmax: float = _knob(4.8, "largest velocity the solver steps stably for, km/s")
+    vmin: float = _knob(1.3, "smallest velocity (FWI lower bound), km/s")
+    nbl: int = _knob(20, "absorbing boundary width, grid cells")
+    space_order: int = _knob(8, "finite-difference order in space")
+    prior: str = _knob("gaussian", "'gaussian' (correlated, exponential kernel) or 'tv'")
+    prior_std: float = _knob(0.03, "prior standard deviation of squared slowness, s²/km²")
+    correlation_length: float = _knob(60.0, "prior correlation length, m")
+    tv_weight: float = _knob(1.0, "TV prior weight λ in λ·Σ|∇m|·area (tv only), km²/s²/m")
+    flow: str = _knob("hint", "2D flow: 'hint' (multiscale HINT) or 'glow'")
+    flow_levels: int = _knob(2, "multiscale levels (the grid is padded to a multiple of 2^L)")
+    flow_steps: int = _knob(2, "flow steps per level")
+    flow_hidden: int = _knob(32, "conditioner channels")
+    map_iterations: int = _knob(40, "L-BFGS iterations of the MAP estimate (the flow's centre)")
+    probes: int = _knob(4, "random probes of the Gauss-Newton diagonal (curvature scaling)")
+    iterations: int = _knob(300, "VI iterations")
+    batch_size: int = _knob(2, "flow samples per VI iteration")
+    lr: float = _knob(2e-3, "Adam learning rate (cosine decay to 1 % over the run)")
+    checkpoint_every: int = _knob(50, "VI checkpoint interval, iterations")
+    n_samples: int = _knob(256, "posterior samples drawn for the summary")
+    device: str = _knob("cpu", "where the flow trains: 'cpu', 'cuda' or 'auto' (Devito: CPU)")
+    seed: int = _knob(1, "flow and sampling seed")
+    label: str = _knob("short", "schedule name written to summary.json", cli=False)
+
+    @classmethod
+    def short(cls, **overrides: Any) -> InvertConfig:
+        return cls(**overrides)
+
+    def validate(self) -> InvertConfig:
+        """Raise :class:`InvalidArgumentError` naming the first bad value; return ``self``."""
+        for name in ("shots", "background"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise InvalidArgumentError(f"{name}={getattr(self, name)!r} must be a file path")
+        if not isinstance(self.truth, str):
+            raise InvalidArgumentError(f"truth={self.truth!r} must be a path or ''")
+        check_choice("problem", self.problem, ("born", "fwi"))
+        check_choice("prior", self.prior, ("gaussian", "tv"))
+        check_choice("flow", self.flow, ("hint", "glow"))
+        check_choice("device", self.device, ("cpu", "cuda", "auto"))
+        for name in ("f0", "vmax", "vmin", "prior_std", "correlation_length", "tv_weight", "lr"):
+            check_positive_scalar(name, getattr(self, name))
+        check_in_range("sigma", self.sigma, 0.0, float("inf"))
+        if self.vmin >= self.vmax:
+            raise InvalidArgumentError(f"vmin={self.vmin} km/s must be below vmax={self.vmax}")
+        check_nonnegative_int("nbl", self.nbl)
+        check_choice("space_order", self.space_order, (2, 4, 6, 8, 10, 12, 16))
+        for name in (
+            "flow_levels",
+            "flow_steps",
+            "flow_hidden",
+            "probes",
+            "iterations",
+            "batch_size",
+            "checkpoint_every",
+        ):
+            check_positive_int(name, getattr(self, name))
+        check_nonnegative_int("map_iterations", self.map_iterations)
+        check_int("n_samples", self.n_samples, minimum=2)  # a std needs two samples
+        check_int("seed", self.seed)
+        if not isinstance(self.label, str):
+            raise InvalidArgumentError(f"label={self.label!r} must be a string")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return _fields_dict(self)
+
+
+#: InvertConfig fields that do not change the posterior a VI checkpoint holds.
+NOT_IN_VI = frozenset({"checkpoint_every", "n_samples", "label", "truth", "device"})
+
+
+@dataclass
+class ImagingConfig(InvertConfig, SimulateConfig):
+    """``devito-uq imaging``: simulate the survey, then invert it, in one output folder.
+
+    :meth:`short` (the default, ``make imaging``) is the Marmousi case sized for a few
+    minutes on 2 cores; :meth:`full` is a larger window, finer grid and longer schedule
+    meant for ``mpiexec`` on many cores. The invert fields' file names refer to the files
+    the simulation writes into the output folder.
+    """
+
+    @classmethod
+    def short(cls, **overrides: Any) -> ImagingConfig:
+        return cls(**overrides)
+
+    @classmethod
+    def full(cls, **overrides: Any) -> ImagingConfig:
+        """6 km × 3 km of Marmousi at 15 m, 32 shots, 4,000 VI iterations of batch 8."""
+        base = dict(
+            x_start=3000.0,
+            width=6000.0,
+            depth=3000.0,
+            spacing=15.0,
+            smoothing=200.0,
+            nshots=32,
+            nreceivers=401,
+            t1=3000.0,
+            f0=12.0,
+            data_dt=2.0,
+            correlation_length=45.0,
+            flow_levels=3,
+            flow_steps=4,
+            flow_hidden=64,
+            map_iterations=60,
+            probes=8,
+            iterations=4000,
+            batch_size=8,
+            lr=1e-3,
+            checkpoint_every=100,
+            n_samples=512,
+            label="full",
+        )
+        base.update(overrides)
+        return cls(**base)
+
+    def validate(self) -> ImagingConfig:
+        SimulateConfig.validate(self)
+        InvertConfig.validate(self)
+        return self
+
+    def simulate_config(self) -> SimulateConfig:
+        names = {f.name for f in dataclasses.fields(SimulateConfig)}
+        return SimulateConfig(**{k: v for k, v in self.to_dict().items() if k in names})
+
+    def invert_config(self) -> InvertConfig:
+        names = {f.name for f in dataclasses.fields(InvertConfig)}
+        return InvertConfig(**{k: v for k, v in self.to_dict().items() if k in names})
+
+
+@dataclass
+class SummarizeConfig:
+    """``devito-uq summarize``: more samples and the outputs of a finished posterior."""
+
+    posterior: str = _knob("posterior.pt", "posterior file of an invert run (relative: in --out)")
+    n_samples: int = _knob(256, "posterior samples to draw")
+    seed: int = _knob(0, "sampling seed")
+
+    @classmethod
+    def short(cls, **overrides: Any) -> SummarizeConfig:
+        return cls(**overrides)
+
+    def validate(self) -> SummarizeConfig:
+        if not isinstance(self.posterior, str) or not self.posterior:
+            raise InvalidArgumentError(f"posterior={self.posterior!r} must be a file path")
+        check_int("n_samples", self.n_samples, minimum=2)
+        check_int("seed", self.seed)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return _fields_dict(self)
+
+
+@dataclass
+class InfoConfig:
+    """``devito-uq info SEGY``: what a SEG-Y shot file holds."""
+
+    segy: str = _knob("", "SEG-Y file to describe")
+    convention: str = _knob("devito_uq", "header convention to check: 'devito_uq' or 'judi'")
+
+    @classmethod
+    def short(cls, **overrides: Any) -> InfoConfig:
+        return cls(**overrides)
+
+    def validate(self) -> InfoConfig:
+        if not isinstance(self.segy, str) or not self.segy:
+            raise InvalidArgumentError("give the SEG-Y file: devito-uq info FILE.sgy")
+        check_choice("convention", self.convention, ("devito_uq", "judi"))
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return _fields_dict(self)

@@ -1,0 +1,279 @@
+"""``devito-uq invert`` and ``devito-uq imaging``: the posterior of a 2D survey.
+
+Steps (each rank solving its own shots; rank 0 writes):
+
+1. read the background/starting velocity (it sets the grid) and this rank's shots;
+2. the Gauss–Newton diagonal ``diag(JᵀJ)/σ²`` by random probes, plus the prior precision's
+   diagonal: the curvature that scales the flow's latent, and the illumination proxy;
+3. the MAP by L-BFGS in the curvature-scaled latent (cached in ``map.pt``);
+4. VI: a 2D flow (:class:`~devito_uq.flows.ImageFlow`) over ``x`` with
+   ``m = MAP + s ⊙ x`` (``s = diag^{-1/2}``; bounded for FWI), so it starts at the MAP with a
+   Laplace-like spread; ``vi_checkpoint.pt`` every ``checkpoint_every`` iterations;
+5. ``posterior.pt`` (the flow and its parameterization: everything ``devito-uq summarize``
+   needs to draw more samples without a solve), then the outputs of
+   :func:`devito_uq.apps.imaging.outputs.write_outputs`.
+
+``resume=True`` continues VI from its checkpoint and reuses ``map.pt`` when both were made
+under the same configuration (compared key by key before any solve).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import torch
+
+from devito_uq.apps.imaging.config import NOT_IN_VI, ImagingConfig, InvertConfig
+from devito_uq.apps.imaging.problem import (
+    build_problem,
+    gauss_newton_diagonal,
+    make_flow,
+    make_prior,
+    prior_precision_diagonal,
+)
+from devito_uq.errors import CheckpointError, InvalidArgumentError
+from devito_uq.parallel import rank_and_size
+
+__all__ = ["run_invert", "run_imaging", "resolve_device"]
+
+#: Fields that change only VI or what is written: a MAP cache made under other values holds.
+_NOT_IN_MAP = NOT_IN_VI | {
+    "flow",
+    "flow_levels",
+    "flow_steps",
+    "flow_hidden",
+    "iterations",
+    "batch_size",
+    "lr",
+}
+_AFRESH = "; run without --resume to start afresh"
+
+
+def resolve_device(device: str) -> torch.device:
+    """``"auto"`` → CUDA when available, else CPU; ``"cuda"`` without a GPU is an error."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise InvalidArgumentError("device='cuda' but torch sees no GPU; use 'cpu' or 'auto'")
+    return torch.device(device)
+
+
+def _invert_fields(config: InvertConfig) -> dict[str, Any]:
+    names = set(InvertConfig.__dataclass_fields__)
+    return {k: v for k, v in config.to_dict().items() if k in names}
+
+
+def _identity(config: InvertConfig, exclude: frozenset) -> dict[str, Any]:
+    return {k: v for k, v in _invert_fields(config).items() if k not in exclude}
+
+
+def _prepare(out: str, resume: bool, config: InvertConfig, writer: bool) -> dict | None:
+    """Check or clear the checkpoints before any solve; return a valid MAP cache."""
+    from devito_uq.io.checkpoint import check_identity, load_checkpoint
+
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise InvalidArgumentError(f"out={out!r} exists and is not a folder")
+    os.makedirs(out, exist_ok=True)
+    ckpt, cache = os.path.join(out, "vi_checkpoint.pt"), os.path.join(out, "map.pt")
+    if not resume:
+        if writer:
+            for path in (ckpt, cache):
+                if os.path.isdir(path) and not os.path.islink(path):
+                    raise CheckpointError(f"checkpoint {path!r} is a folder, not a file")
+                if os.path.lexists(path):
+                    os.remove(path)  # a symbolic link is removed, never its target
+        return None
+    base = None
+    if os.path.lexists(cache):
+        base = load_checkpoint(cache, required=("identity", "map", "curvature", "illumination"))
+        check_identity(cache, base["identity"], _identity(config, _NOT_IN_MAP), hint=_AFRESH)
+    if os.path.lexists(ckpt):
+        run = load_checkpoint(ckpt, required=("run",))["run"]
+        saved = run.get("identity") if isinstance(run, dict) else None
+        if not isinstance(saved, dict):
+            raise CheckpointError(f"checkpoint {ckpt!r} holds no imaging configuration{_AFRESH}")
+        check_identity(ckpt, saved, _identity(config, NOT_IN_VI), hint=_AFRESH)
+    return base
+
+
+def _parameterization(problem, reference: torch.Tensor, scale: torch.Tensor):
+    from devito_uq.inference import Parameterization
+
+    if problem.bounds is None:
+        return Parameterization(reference, scale=scale)
+    lo, hi = problem.bounds
+    # The MAP may sit on a bound to round-off; the reference must be strictly inside.
+    gap = 1e-4 * (hi - lo)
+    return Parameterization(reference.clamp(lo + gap, hi - gap), scale=scale, lower=lo, upper=hi)
+
+
+def _baselines(problem, prior, config: InvertConfig, progress: bool) -> dict[str, Any]:
+    """Curvature (Gauss–Newton diagonal + prior), then the MAP in the scaled latent."""
+    from devito_uq.inference import map_estimate
+
+    t0, solves = time.perf_counter(), _solves(problem)
+    illum = gauss_newton_diagonal(problem, problem.m0, config.probes, config.seed)
+    curvature = illum + prior_precision_diagonal(prior, illum).double()
+    scale = curvature.rsqrt().float()
+    t_curv, s_curv = time.perf_counter() - t0, _solves(problem) - solves
+    start = torch.zeros_like(problem.m0) if problem.kind == "born" else problem.m0
+    t0, solves = time.perf_counter(), _solves(problem)
+    if config.map_iterations:
+        res = map_estimate(
+            problem.likelihood,
+            prior,
+            x0=start,
+            parameterization=_parameterization(problem, start, scale),
+            iterations=config.map_iterations,
+            progress=progress,
+        )
+        m_map = res.model.detach()
+    else:
+        m_map = start.clone()
+    return {
+        "map": m_map,
+        "curvature": curvature,
+        "illumination": illum,
+        "time_s": {"curvature": t_curv, "map": time.perf_counter() - t0},
+        "pde_solves": {"curvature": s_curv, "map": _solves(problem) - solves},
+    }
+
+
+def _solves(problem) -> int:
+    op = problem.operator
+    return 0 if op is None else int(getattr(op, "n_solves", 0))
+
+
+def run_invert(
+    config: InvertConfig,
+    out: str | os.PathLike,
+    resume: bool = False,
+    progress: bool = True,
+    figures: bool = True,
+    comm: Any = None,
+) -> dict[str, Any]:
+    """Posterior of the survey of ``config`` written to ``out``; returns the summary.
+
+    Raises :class:`InvalidArgumentError` (bad value, file or grid) or
+    :class:`CheckpointError` (``resume`` with a checkpoint of another configuration)
+    before any solve.
+    """
+    from devito_uq.apps.imaging.outputs import save_posterior, write_outputs
+    from devito_uq.inference import VariationalPosterior
+    from devito_uq.io.checkpoint import save_checkpoint
+
+    config.validate()
+    device = resolve_device(config.device)
+    out = os.fspath(out)
+    rank, _ = rank_and_size(comm)
+    t_start = time.perf_counter()
+    cached = _prepare(out, resume, config, rank == 0)
+    problem = build_problem(config, out, comm)
+    make_flow(config, problem.shape)  # the flow's fields, before any solve
+    prior = make_prior(config, problem)
+    timings: dict[str, float] = {"setup": time.perf_counter() - t_start}
+    solves: dict[str, int] = {"setup": _solves(problem)}
+    if cached is None:
+        base = _baselines(problem, prior, config, progress)
+        if rank == 0:
+            save_checkpoint(
+                os.path.join(out, "map.pt"),
+                {"identity": _identity(config, _NOT_IN_MAP), **base},
+            )
+    else:
+        base = cached
+    timings.update(base["time_s"])
+    solves.update(base["pde_solves"])
+
+    scale = base["curvature"].rsqrt().float()
+    g = _parameterization(problem, base["map"], scale)
+    torch.manual_seed(config.seed)  # the flow's initial weights, identical on every rank
+    flow = make_flow(config, problem.shape)
+    vi = VariationalPosterior(flow.to(device), problem.likelihood, prior.to(device), g.to(device))
+    t0, s0 = time.perf_counter(), _solves(problem)
+    vi.fit(
+        config.iterations,
+        batch_size=config.batch_size,
+        lr=config.lr,
+        lr_schedule="cosine",
+        checkpoint_path=os.path.join(out, "vi_checkpoint.pt"),
+        checkpoint_every=config.checkpoint_every,
+        seed=config.seed,
+        progress=progress and rank == 0,
+        identity=_identity(config, NOT_IN_VI),
+    )
+    timings["vi"], solves["vi"] = time.perf_counter() - t0, _solves(problem) - s0
+    iters = config.iterations - vi.resumed_from
+    posterior = save_posterior(out, vi, problem, base, config, write=rank == 0)
+    summary = write_outputs(
+        out, posterior, config.n_samples, config.seed, figures=figures, comm=comm
+    )
+    summary["vi"] = {
+        "iterations": config.iterations,
+        "iterations_this_run": iters,
+        "resumed_from": vi.resumed_from,
+        "batch_size": config.batch_size,
+        "seconds_per_iteration": timings["vi"] / max(iters, 1),
+        "final_loss": vi.history["loss"][-1] if vi.history["loss"] else None,
+        "device": str(device),
+    }
+    summary["time_s"] = {**timings, "total": time.perf_counter() - t_start}
+    summary["pde_solves"] = {
+        "total": sum(solves.values()),
+        "by_phase": solves,
+        "unit": "per rank: one 2D solve = one shot, forward, Born or adjoint",
+    }
+    summary["problem"] = problem.report
+    summary["config"] = config.to_dict()
+    if problem.truth is not None and problem.kind == "born":
+        summary["linearization_error"] = linearization_error(problem)
+    if rank == 0:
+        from devito_uq.apps.imaging.outputs import write_history, write_summary
+
+        write_history(out, vi.history)
+        write_summary(out, summary)
+    return summary
+
+
+def linearization_error(problem) -> float:
+    """``‖(F(m_true) − F(m0)) − J δm_true‖ / ‖F(m_true) − F(m0)‖`` over all shots."""
+    from devito_uq.parallel import allreduce_sum
+    from devito_uq.physics import AcousticModeling
+
+    num = den = torch.zeros((), dtype=torch.float64)
+    if problem.survey is not None:
+        F = AcousticModeling(problem.model, problem.survey)
+        with torch.no_grad():
+            scattered = F(problem.m0 + problem.truth) - F(problem.m0)
+            born = problem.operator(problem.truth)
+        mask = torch.from_numpy(problem.survey.mask())[:, None, :]
+        num = ((scattered - born) * mask).double().pow(2).sum()
+        den = (scattered * mask).double().pow(2).sum()
+    pair = allreduce_sum(torch.stack([num, den]), problem.comm)
+    return float((pair[0] / pair[1]).sqrt())
+
+
+def run_imaging(
+    config: ImagingConfig,
+    out: str | os.PathLike,
+    resume: bool = False,
+    progress: bool = True,
+    figures: bool = True,
+    comm: Any = None,
+) -> dict[str, Any]:
+    """Simulate the survey of ``config`` into ``out``, then invert it there."""
+    from devito_uq.apps.imaging.simulate import run_simulate
+
+    config.validate()
+    sim = config.simulate_config()
+    inv = config.invert_config()
+    acquisition = run_simulate(sim, out, progress=progress, figures=figures, comm=comm)
+    summary = run_invert(inv, out, resume=resume, progress=progress, figures=figures, comm=comm)
+    summary["acquisition"] = {k: v for k, v in acquisition.items() if k != "config"}
+    if rank_and_size(comm)[0] == 0:
+        from devito_uq.apps.imaging.outputs import write_summary
+
+        write_summary(out, summary)
+    return summary
