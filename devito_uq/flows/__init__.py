@@ -24,6 +24,12 @@ Distribution (the network maps model m to latent z; sampling runs its inverse)::
     m, log_q = q.rsample_and_log_prob(n) # [n, *shape], [n]; differentiable in net parameters
     log_q = q.log_prob(m)                # [batch]
     q.sample(n, c); q.log_prob(m, c)     # conditional nets: c [n or 1, cond_channels]
+
+    q = ImageFlow((nx, nz), kind="hint" or "glow", levels=2, steps=4, hidden=32)
+    m = q.sample(n)                      # [n, nx, nz] on ANY grid: the network runs on
+    q.padded_shape                       # the grid padded to multiples of 2**levels;
+    m, log_q = q.rsample_and_log_prob(n) # log q(m, ε) − log r(ε), ε the padding, r = N(0, I)
+    log_q = q.log_prob(m, n_pad=16)      # importance-sampled over ε (exact if nothing padded)
     save_checkpoint(path, {"flow": q.state_dict()})      # devito_uq.io: hashed, no pickle
     q2.load_state_dict(load_checkpoint(path)["flow"])
 
@@ -31,7 +37,8 @@ Layers: ActNorm, InvertibleConv1x1, AffineCoupling, ConditionalAffineCoupling,
 HINTCoupling, ConditionalHINTCoupling, HaarSqueeze, Squeeze, Split, chained by
 InvertibleSequential. Files: invertible.py (base classes, memory-frugal backprop, the shape
 check), layers.py, couplings.py (conditioners, the one coupling skeleton), network.py
-(FlowNetwork, multiscale assembly), hint.py, glow.py, flow.py. Initialization is close to
+(FlowNetwork, multiscale assembly), hint.py, glow.py, flow.py,
+image.py (ImageFlow: any grid, by augmentation). Initialization is close to
 the identity (zero last conditioner layer, rotation 1×1 mixing, data-dependent ActNorm on
 the first batch it sees, in either direction); coupling log-scales are bounded,
 ``log s = clamp·tanh(raw/clamp)``.
@@ -54,6 +61,7 @@ from devito_uq.flows.hint import (
     MultiscaleHINT,
     default_leaf_size,
 )
+from devito_uq.flows.image import ImageFlow
 from devito_uq.flows.invertible import (
     FRUGAL_THRESHOLD_BYTES,
     InvertibleModule,
@@ -64,6 +72,7 @@ from devito_uq.flows.network import FlowNetwork, multiscale_layers
 
 __all__ = [
     "Flow",
+    "ImageFlow",
     "Glow",
     "HINT",
     "ConditionalHINT",

@@ -92,10 +92,22 @@ def check_input(
             f"got shape {tuple(x.shape)}"
         )
     if factor > 1 and any(s % factor for s in x.shape[2:]):
-        raise InvalidShapeError(
-            f"{who}: spatial sizes must be divisible by {factor}, got {tuple(x.shape[2:])}"
-        )
+        raise InvalidShapeError(_divisibility_message(who, tuple(x.shape[2:]), factor))
     return x
+
+
+def _divisibility_message(who: str, spatial: tuple[int, ...], factor: int) -> str:
+    """The error for spatial sizes a multiscale network cannot squeeze, with the fix."""
+    down = tuple(s // factor * factor for s in spatial)
+    up = tuple(-(-s // factor) * factor for s in spatial)
+    fix = f"pad it to {up}" if min(down) == 0 else f"crop the input to {down} or pad it to {up}"
+    if len(spatial) == 2:
+        fix += (
+            ", or use devito_uq.flows.ImageFlow, which pads any 2D grid automatically and "
+            "samples [n, nx, nz]"
+        )
+    # multiscale networks halve every spatial size once per level: factor = 2**levels
+    return f"{who}: spatial sizes must be divisible by {factor}, got {spatial}; {fix}"
 
 
 class InvertibleModule(nn.Module):
