@@ -44,6 +44,7 @@ __all__ = [
     "make_prior",
     "resample_window",
     "smooth_background",
+    "water_mask",
 ]
 
 MARMOUSI_SHAPE, MARMOUSI_SPACING = (1601, 401), 7.5
@@ -101,12 +102,41 @@ def resample_window(
     return (1.0 / out).astype(np.float32), (float(x_start), float(z0))
 
 
-def smooth_background(v: np.ndarray, spacing: float, length: float) -> np.ndarray:
-    """Background velocity: the slowness smoothed by a Gaussian of ``length`` m (km/s)."""
+def water_mask(v: np.ndarray, tolerance: float = 1e-3, vmax_water: float = 1.55) -> np.ndarray:
+    """``[nx, nz]`` bool: the rows of each column from the top down to the water bottom.
+
+    Water is the leading run of samples equal (within ``tolerance`` km/s) to the top
+    sample, when that is at most ``vmax_water`` km/s (a land model has none).
+    """
+    v = np.asarray(v)
+    top = v[:, :1]
+    same = (np.abs(v - top) <= tolerance) & (top <= vmax_water)
+    return np.cumprod(same, axis=1).astype(bool)
+
+
+def smooth_background(
+    v: np.ndarray, spacing: float, length: float, keep_water: bool = True
+) -> np.ndarray:
+    """Background velocity (km/s): the slowness smoothed by a Gaussian of ``length`` m.
+
+    With ``keep_water`` the water layer (:func:`water_mask`) stays exact, as it is known
+    in practice, and the sediments are smoothed without mixing water into them (the
+    water is first filled with the sediment velocity beneath it): the background then
+    carries the water bottom and the direct wave exactly.
+    """
     from scipy.ndimage import gaussian_filter
 
-    s = gaussian_filter(1.0 / np.asarray(v, np.float64), length / spacing, mode="nearest")
-    return (1.0 / s).astype(np.float32)
+    v = np.asarray(v, np.float64)
+    water = water_mask(v) if keep_water else np.zeros(v.shape, bool)
+    filled = v.copy()
+    for ix in np.flatnonzero(water.any(1)):
+        nw = int(water[ix].sum())
+        if nw < v.shape[1]:
+            filled[ix, :nw] = v[ix, nw]
+    s = gaussian_filter(1.0 / filled, length / spacing, mode="nearest")
+    out = 1.0 / s
+    out[water] = v[water]
+    return out.astype(np.float32)
 
 
 class RankSumLikelihood(nn.Module):
@@ -198,8 +228,8 @@ def build_problem(config: Any, base: str | os.PathLike, comm: Any = None) -> Ima
 
     shots_path = _resolve(config.shots, base)
     bg_path = _resolve(config.background, base)
-    for p in (shots_path, bg_path):
-        check_input_file(p)
+    check_input_file(shots_path, "shots file", InvalidArgumentError)
+    check_input_file(bg_path, "background model", InvalidArgumentError)
     v0, spacing, origin = read_image(bg_path)
     if not (np.all(np.isfinite(v0)) and v0.min() > 0):
         raise InvalidArgumentError(f"background {str(bg_path)!r} holds non-positive velocities")
@@ -210,7 +240,10 @@ def build_problem(config: Any, base: str | os.PathLike, comm: Any = None) -> Ima
         )
     v_true = truth = None
     if config.truth:
-        vt, sp_t, _ = read_image(_resolve(config.truth, base))
+        truth_path = check_input_file(
+            _resolve(config.truth, base), "true model", InvalidArgumentError
+        )
+        vt, sp_t, _ = read_image(truth_path)
         if vt.shape != v0.shape or not np.allclose(sp_t, spacing):
             raise InvalidArgumentError(
                 f"truth {config.truth!r} has grid {vt.shape} at {sp_t} m; the background has "
@@ -284,10 +317,12 @@ def build_problem(config: Any, base: str | os.PathLike, comm: Any = None) -> Ima
 
 def make_prior(config: Any, problem: ImagingProblem) -> nn.Module:
     """Correlated Gaussian (exponential kernel) or TV prior over the unknown."""
-    from devito_uq.inference import CorrelatedGaussianPrior, TotalVariationPrior
+    from devito_uq.inference import TotalVariationPrior
 
     mean = torch.zeros_like(problem.m0) if problem.kind == "born" else problem.m0
     if config.prior == "gaussian":
+        from devito_uq.inference import CorrelatedGaussianPrior
+
         return CorrelatedGaussianPrior(
             mean, config.prior_std, config.correlation_length, spacing=problem.spacing
         )

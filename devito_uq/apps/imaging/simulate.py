@@ -2,7 +2,9 @@
 
 Files written to the output folder (atomically):
 
-* ``shots.sgy`` — noisy shot records on the data axis (``data_dt``), one trace per
+* ``shots.sgy`` — noisy shot records (``data = "nonlinear"``: the wave equation's; ``"born"``:
+  the background's plus the Born data of the true perturbation, for which the linearized
+  posterior is exact) on the data axis (``data_dt``), one trace per
   (shot, receiver), positions in the standard headers (:func:`devito_uq.io.write_shots`);
 * ``acquisition.json`` — what SEG-Y cannot hold: the noise σ, the wavelet, the seed and the
   configuration (``devito-uq invert`` reads σ from it);
@@ -37,10 +39,11 @@ def true_velocity(config: SimulateConfig) -> tuple[np.ndarray, tuple[float, floa
     if config.model == "marmousi":
         v, spacing, origin = load_marmousi(), (7.5, 7.5), (0.0, 0.0)
     else:
+        from devito_uq.errors import InvalidArgumentError
         from devito_uq.io import read_image
         from devito_uq.io._files import check_input_file
 
-        check_input_file(config.model)
+        check_input_file(config.model, "model", InvalidArgumentError)
         v, spacing, origin = read_image(config.model)
     return resample_window(
         v, spacing, origin, config.x_start, config.width, config.depth, config.spacing
@@ -72,7 +75,7 @@ def run_simulate(
     """
     from devito_uq.inference import sigma_from_snr
     from devito_uq.io import write_image, write_shots
-    from devito_uq.physics import AcousticModel, AcousticModeling, Survey
+    from devito_uq.physics import AcousticModel, AcousticModeling, BornModeling, Survey
     from devito_uq.physics.model import squared_slowness
     from devito_uq.physics.resample import TimeAxis
 
@@ -103,10 +106,15 @@ def run_simulate(
     F = AcousticModeling(model, survey)
     shape = (survey.nshots, survey.nt_data, survey.nreceivers[0])
     d, d0 = torch.zeros(shape), torch.zeros(shape)
+    m_true, m0 = (torch.from_numpy(squared_slowness(v)) for v in (v_true, v0))
     with torch.no_grad():
         if mine:
-            d[mine] = F(torch.from_numpy(squared_slowness(v_true)), shots=mine)
-            d0[mine] = F(torch.from_numpy(squared_slowness(v0)), shots=mine)
+            d0[mine] = F(m0, shots=mine)
+            if config.data == "born":  # the linearized problem is then exact
+                J = BornModeling(model, survey, m0)
+                d[mine] = d0[mine] + J(m_true - m0, shots=mine)
+            else:
+                d[mine] = F(m_true, shots=mine)
     d, d0 = allreduce_sum(d, comm), allreduce_sum(d0, comm)
     sigma = sigma_from_snr(d - d0, config.snr_db)
     gen = torch.Generator().manual_seed(config.seed)

@@ -21,13 +21,14 @@ def run_summarize(
     """Draw ``n_samples`` from ``out/posterior.pt`` (or the given file) and rewrite the
     images, figures and a ``summary_samples.json``; no PDE solve."""
     from devito_uq.apps.imaging.outputs import load_posterior, write_outputs
+    from devito_uq.errors import InvalidArgumentError
     from devito_uq.io._atomic import atomic_path
     from devito_uq.io._files import check_input_file
 
     config.validate()
     path = Path(config.posterior).expanduser()
     path = path if path.is_absolute() else Path(out) / path
-    check_input_file(path)
+    check_input_file(path, "posterior", InvalidArgumentError)
     post = load_posterior(path)
     os.makedirs(out, exist_ok=True)
     summary = write_outputs(os.fspath(out), post, config.n_samples, config.seed, figures)
