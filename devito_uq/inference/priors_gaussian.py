@@ -167,20 +167,24 @@ class CorrelatedGaussianPrior(Prior):
     def _axis_precision_diagonal(self, k: int) -> torch.Tensor:
         n = self.model_shape[self.axes[k]]
         rho, q = self.rho[k], self.one_minus_rho2[k]
-        d = torch.full((n,), (1 + rho**2) / q, dtype=self.mean.dtype)
+        d = torch.full((n,), (1 + rho**2) / q, dtype=self.mean.dtype, device=self.mean.device)
         if n == 1:
-            return torch.ones(1, dtype=self.mean.dtype)
+            return torch.ones_like(d)
         d[0] = d[-1] = 1 / q
         return d
 
+    def _index(self, k: int) -> torch.Tensor:
+        n = self.model_shape[self.axes[k]]
+        return torch.arange(n, dtype=self.mean.dtype, device=self.mean.device)
+
     def _axis_correlation(self, k: int) -> torch.Tensor:
         """Dense ``C_k`` ``[n_k, n_k]``."""
-        i = torch.arange(self.model_shape[self.axes[k]], dtype=self.mean.dtype)
+        i = self._index(k)
         return self.rho[k] ** (i[:, None] - i[None, :]).abs()
 
     def _axis_cholesky(self, k: int) -> torch.Tensor:
         """Dense lower Cholesky factor ``L_k`` of ``C_k`` (module docstring)."""
-        i = torch.arange(self.model_shape[self.axes[k]], dtype=self.mean.dtype)
+        i = self._index(k)
         lag = i[:, None] - i[None, :]
         factor = torch.full_like(lag, math.sqrt(self.one_minus_rho2[k]))
         factor[:, 0] = 1.0
@@ -214,7 +218,13 @@ class CorrelatedGaussianPrior(Prior):
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """``[n, *model_shape]`` exact draws ``μ + D (⊗ L_k) z``, ``z ~ N(0, I)``."""
         n = check_positive_int("n", n)
-        x = torch.randn(n, *self.model_shape, generator=generator, dtype=self.mean.dtype)
+        x = torch.randn(
+            n,
+            *self.model_shape,
+            generator=generator,
+            dtype=self.mean.dtype,
+            device=self.mean.device,
+        )
         for k, a in enumerate(self.axes):
             x = _along(x, a + 1, self._axis_cholesky(k))
         return self.mean + self.std * x
@@ -229,11 +239,12 @@ class CorrelatedGaussianPrior(Prior):
                 f"a dense [N, N] matrix is refused above N={MAX_DENSE}; use precision_matvec "
                 "or precision_diagonal instead"
             )
-        c = torch.ones(1, 1, dtype=self.mean.dtype)
+        like = {"dtype": self.mean.dtype, "device": self.mean.device}
+        c = torch.ones(1, 1, **like)
         for a, n in enumerate(self.model_shape):  # row-major: the last axis varies fastest
             if a in self.axes:
                 c = torch.kron(c, self._axis_correlation(self.axes.index(a)))
             else:
-                c = torch.kron(c, torch.eye(n, dtype=self.mean.dtype))
+                c = torch.kron(c, torch.eye(n, **like))
         s = self.std.reshape(-1)
         return s[:, None] * c * s[None, :]
