@@ -12,7 +12,14 @@ from devito_uq.inference.likelihood import GaussianLikelihood, sigma_from_snr
 from devito_uq.inference.map import MAPResult, map_estimate
 from devito_uq.inference.mcmc import MALA, SGLD, MCMCResult
 from devito_uq.inference.parameterization import Parameterization
-from devito_uq.inference.priors import GaussianPrior, Prior, SmoothnessPrior, TotalVariationPrior
+from devito_uq.inference.priors import (
+    FlowPrior,
+    GaussianPrior,
+    Prior,
+    SmoothnessPrior,
+    TotalVariationPrior,
+)
+from devito_uq.inference.priors_gaussian import CorrelatedGaussianPrior
 from devito_uq.inference.problems import (
     LinearGaussianProblem,
     MatrixOperator,
@@ -30,6 +37,8 @@ __all__ = [
     "GaussianPrior",
     "SmoothnessPrior",
     "TotalVariationPrior",
+    "CorrelatedGaussianPrior",
+    "FlowPrior",
     "Parameterization",
     "PosteriorTarget",
     "TargetTerms",

@@ -2,6 +2,9 @@ r"""Priors :math:`R(m) = -\log p(m)` (up to an additive constant), batched.
 
 Every prior is an ``nn.Module`` with ``negative_log(m) -> [batch]`` for models
 ``m`` shaped ``[batch, *model_shape]``; calling the module does the same.
+:class:`FlowPrior` makes a trained flow a prior; the Gaussian prior with a correlation
+length on a grid, :class:`~devito_uq.inference.CorrelatedGaussianPrior`, lives in
+:mod:`devito_uq.inference.priors_gaussian`.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from torch import nn
 from devito_uq.errors import InvalidArgumentError, InvalidShapeError
 from devito_uq.validation import check_finite_positive, check_int_tuple, check_positive_scalar
 
-__all__ = ["Prior", "GaussianPrior", "SmoothnessPrior", "TotalVariationPrior"]
+__all__ = ["Prior", "GaussianPrior", "SmoothnessPrior", "TotalVariationPrior", "FlowPrior"]
 
 
 class Prior(nn.Module):
@@ -214,3 +217,38 @@ class TotalVariationPrior(Prior):
         common = [min(d.shape[k] for d in diffs) for k in range(m.ndim)]
         sq = sum(d[tuple(slice(0, c) for c in common)].pow(2) for d in diffs)
         return self.weight * torch.sqrt(sq + self.epsilon**2).flatten(1).sum(1)
+
+
+class FlowPrior(Prior):
+    r"""A trained flow as prior: :math:`R(m) = -\log q(m)`.
+
+    Args:
+        flow: a :class:`devito_uq.flows.Flow` (e.g. :class:`~devito_uq.flows.ImageFlow`,
+            or the ``flow`` of a trained :class:`~devito_uq.inference.VariationalPosterior`).
+            Its parameters are frozen here (``requires_grad_(False)``, on the flow itself:
+            call ``flow.requires_grad_(True)`` to train it again); gradients still flow to
+            ``m``.
+        **log_prob_kwargs: passed to ``flow.log_prob`` on every call, e.g. ``n_pad=64``
+            for an :class:`~devito_uq.flows.ImageFlow` on a padded grid, whose
+            ``log_prob`` is then a Monte-Carlo estimate (a fresh one each call).
+
+    ``negative_log(m)`` takes ``m`` in the flow's shape ``[batch, *flow.shape]``.
+    """
+
+    def __init__(self, flow: nn.Module, **log_prob_kwargs) -> None:
+        super().__init__()
+        # inference sits above flows (DESIGN.md): importing it here is allowed, and
+        # deferring it keeps `import devito_uq.inference.priors` light
+        from devito_uq.flows.flow import Flow
+
+        if not isinstance(flow, Flow):
+            raise InvalidArgumentError(
+                f"FlowPrior needs a devito_uq.flows.Flow (e.g. Flow(net, shape) or ImageFlow), "
+                f"got {type(flow).__name__}"
+            )
+        self.flow = flow.requires_grad_(False)
+        self.log_prob_kwargs = dict(log_prob_kwargs)
+
+    def negative_log(self, m: torch.Tensor) -> torch.Tensor:
+        """``[batch]`` −log q(m) for ``m`` ``[batch, *flow.shape]``."""
+        return -self.flow.log_prob(m, **self.log_prob_kwargs)
