@@ -152,8 +152,8 @@ def segy_info(
     ``depth_fields`` (non-zero depth/elevation fields, raw), ``conventions`` (each
     preset's depths and whether it fits), ``convention``, ``convention_suggested``,
     ``line`` (2D: azimuth, largest off-line distance, projected extents), ``dead_traces``,
-    ``max_abs_amplitude``, ``text_header`` and ``warnings`` (what read_shots would refuse
-    or what needs a look).
+    ``max_abs_amplitude``, ``text_header``, ``warnings`` (what read_shots would refuse
+    or misread) and ``notes`` (ambiguities, e.g. JUDI depths vs land elevations).
 
     Raises :class:`SegyError` naming the file when it is missing, not a file, not SEG-Y
     or truncated (as :func:`read_shots` does), and :class:`InvalidArgumentError` for a bad
@@ -210,6 +210,14 @@ def segy_info(
             + (f"convention={suggested!r}" if suggested else "the convention it was written in")
         )
 
+    notes: list[str] = []
+    if suggested == "judi" and not table["devito_uq"]["fits"]:
+        need = table["devito_uq"]["datum_needed_m"]
+        notes.append(
+            "the elevation fields hold values read as depths (down) by the JUDI preset; if "
+            "they are land elevations (up) instead, read with convention='devito_uq' and "
+            f"datum >= {need:.6g} m (the elevation of the model's top)"
+        )
     xyz = geo.coordinates(h, conv, datum)
     _, by_source = _group(h, conv, "source")
     _, by_record = _group(h, conv, "field_record")
@@ -332,6 +340,7 @@ def segy_info(
         "max_abs_amplitude": None if scan is None else scan["peak"],
         "text_header": [s.strip() for s in _lines(text) if s.strip()][:4],
         "warnings": warnings,
+        "notes": notes,
     }
 
 
@@ -400,5 +409,6 @@ def format_segy_info(info: Mapping[str, Any]) -> str:
     )
     if info["max_abs_amplitude"] is not None:
         out.append(f"  amplitude   max |sample| {info['max_abs_amplitude']:.6g}")
+    out += [f"  note        {w}" for w in info["notes"]]
     out += [f"  warning     {w}" for w in info["warnings"]]
     return "\n".join(out)
