@@ -57,6 +57,9 @@ def test_info_of_a_written_file(written):
     for part in ("15, 0 dead", "3 … 7 per shot", "201 samples of 1.5 ms", "delay 4 ms"):
         assert part in text
     assert "x 12.25 … 212.25 m" in text and "convention='devito_uq'" in text
+    assert info["text_header"][0].endswith(
+        "devito_uq shot records: one trace per shot and receiver, shot-major"
+    )
 
 
 def judi_file(path, azimuth=90.0, jitter=0.0, binary_interval=0, nrec=4):
@@ -99,7 +102,7 @@ def test_judi_convention_found(tmp_path):
     path = judi_file(tmp_path / "judi.segy")
     info = segy_info(path)
     assert info["sample_interval_ms"] == 2.0
-    assert info["sample_interval_source"] == "trace headers (binary header Interval is 0)"
+    assert info["sample_interval_source"] == "trace headers (the binary header's is 0)"
     assert set(info["depth_fields"]) == {"SourceSurfaceElevation", "ReceiverGroupElevation"}
     assert info["depth_fields"]["ReceiverGroupElevation"] == {
         "nonzero_traces": 12,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -194,14 +195,12 @@ def segy_info(
     warnings: list[str] = []
     table = {name: _convention_depths(h, c, datum) for name, c in presets.items()}
     suggested = _suggest(table)
-    if user_conv is not None:
-        label = convention if isinstance(convention, str) else dict(convention)
-        used = _convention_depths(h, user_conv, datum) if not isinstance(convention, str) else None
-        table_used = used or table[convention]
-        conv = user_conv
+    if user_conv is None:
+        label, conv = suggested or "devito_uq", presets[suggested or "devito_uq"]
     else:
-        label = suggested or "devito_uq"
-        table_used, conv = table[label], presets[label]
+        label = convention if isinstance(convention, str) else dict(convention)
+        conv = user_conv
+    table_used = _convention_depths(h, conv, datum)
     if not table_used["fits"]:
         warnings.append(
             f"read_shots(convention={label!r}, datum={datum:g}) would refuse the file: a "
@@ -307,7 +306,7 @@ def segy_info(
         "sample_interval_ms": dt_ms,
         "sample_interval_source": "binary header"
         if binary_us > 0
-        else "trace headers (binary header Interval is 0)",
+        else "trace headers (the binary header's is 0)",
         "delay_ms": float(delays[0]),
         "record_length_ms": (ns - 1) * dt_ms,
         "shots": len(groups),
@@ -338,14 +337,16 @@ def segy_info(
         "line": line,
         "dead_traces": dead,
         "max_abs_amplitude": None if scan is None else scan["peak"],
-        "text_header": [s.strip() for s in _lines(text) if s.strip()][:4],
+        "text_header": _text_lines(text)[:4],
         "warnings": warnings,
         "notes": notes,
     }
 
 
-def _lines(text: str) -> list[str]:
-    return [text[i : i + 80] for i in range(0, len(text), 80)]
+def _text_lines(text: str) -> list[str]:
+    """The non-blank 80-character lines of a textual header, without blank ``C nn`` cards."""
+    lines = [text[i : i + 80].strip() for i in range(0, len(text), 80)]
+    return [s for s in lines if s and not re.fullmatch(r"C\s*\d*", s)]
 
 
 def _r(r: list[float]) -> str:
@@ -367,7 +368,7 @@ def format_segy_info(info: Mapping[str, Any]) -> str:
         f"{info['field_records']} FieldRecords)",
         f"  receivers   {_r(nr)} per shot",
         f"  time        {info['samples_per_trace']} samples of {info['sample_interval_ms']:g} ms "
-        f"({info['sample_interval_source']}), delay {info['delay_ms']:g} ms, "
+        f"(interval from the {info['sample_interval_source']}), delay {info['delay_ms']:g} ms, "
         f"record length {info['record_length_ms']:g} ms",
     ]
     for who in ("source", "receiver"):
