@@ -450,3 +450,35 @@ def test_write_shots_uses_the_data_axis(tmp_path):
     back, d = read_shots(path, f0_hz=10.0, model=model, vmax=2.5)
     assert (back.data_axis.t0, back.data_axis.dt, back.data_axis.nt) == (100.0, 2.0, 51)
     assert back.dt == survey.dt and back.t0 == survey.t0 and d.shape == (1, 51, 2)
+
+
+def test_varying_receiver_counts_round_trip(tmp_path):
+    """Shots of 5, 3 and 7 receivers (one dead trace): only each shot's own traces are
+    written, and read_shots gives back the positions, counts, data and mask exactly."""
+    from devito_uq.physics import pad_traces
+
+    rng = np.random.default_rng(4)
+    counts = [5, 3, 7]
+    src = np.stack([12.25 + 100.0 * np.arange(3), np.full(3, 20.0)], 1)
+    recs = [
+        np.stack([np.arange(n) * 12.5 + 3.25 * i, np.full(n, 7.5 + i)], 1)
+        for i, n in enumerate(counts)
+    ]
+    data, exists = pad_traces([rng.standard_normal((201, n)) for n in counts])
+    mask = exists.copy()
+    mask[1, 1] = False  # a dead trace of an existing receiver, nonzero samples kept
+    survey = Survey(src, recs, t1=300.0, dt=1.5, f0_hz=10.0, trace_mask=mask)
+    path = write_shots(tmp_path / "vary.sgy", survey, data)
+    with segyio.open(path, ignore_geometry=True) as f:
+        assert f.tracecount == sum(counts)  # no padding traces
+        assert f.attributes(TraceField.FieldRecord)[:].tolist() == [1] * 5 + [2] * 3 + [3] * 7
+        assert f.header[6][TraceField.TraceIdentificationCode] == 2
+    back, d = read_shots(path, f0_hz=10.0)
+    same_geometry(back, survey)
+    assert back.nreceivers == counts
+    np.testing.assert_array_equal(d, data.astype(np.float32))
+    np.testing.assert_array_equal(back.mask(), mask)
+    assert back.segy_report["dead_traces"] == 1
+    # Padded data of the wrong width is refused, naming the counts.
+    with pytest.raises(InvalidShapeError, match=r"expected .*7\] \(receiver counts \[5, 3, 7\]"):
+        write_shots(tmp_path / "bad.sgy", survey, data[..., :5])

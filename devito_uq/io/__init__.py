@@ -12,6 +12,8 @@ from devito_uq._lazy import lazy_exports
 _WHERE = {
     "read_shots": "devito_uq.io.segy",
     "write_shots": "devito_uq.io.segy",
+    "segy_info": "devito_uq.io.segy_inspect",
+    "format_segy_info": "devito_uq.io.segy_inspect",
     "write_image": "devito_uq.io.segy_image",
     "read_image": "devito_uq.io.segy_image",
     "save_checkpoint": "devito_uq.io.checkpoint",
