@@ -8,6 +8,7 @@ TARP, UCE) are in :mod:`devito_uq.inference.calibration` and its companions.
 
 from devito_uq.inference.calibration import CalibrationResult, load_calibration, run_calibration
 from devito_uq.inference.calibration_ranks import image_metrics, truth_statistics, window_mean
+from devito_uq.inference.laplace import DiagonalSqrt, LaplaceParameterization, low_rank_eigh
 from devito_uq.inference.likelihood import GaussianLikelihood, sigma_from_snr
 from devito_uq.inference.map import MAPResult, map_estimate
 from devito_uq.inference.mcmc import MALA, SGLD, MCMCResult
@@ -40,6 +41,9 @@ __all__ = [
     "CorrelatedGaussianPrior",
     "FlowPrior",
     "Parameterization",
+    "LaplaceParameterization",
+    "DiagonalSqrt",
+    "low_rank_eigh",
     "PosteriorTarget",
     "TargetTerms",
     "VariationalPosterior",

@@ -229,6 +229,14 @@ class CorrelatedGaussianPrior(Prior):
             x = _along(x, a + 1, self._axis_cholesky(k))
         return self.mean + self.std * x
 
+    def sqrt(self) -> _KroneckerSqrt:
+        """The square root ``L = D (⊗ L_k)`` of Σ (``Σ = L Lᵀ``) as an operator on
+        ``[batch, *model_shape]`` tensors: ``matvec``, ``rmatvec`` (``Lᵀ``), ``solve``
+        (``L⁻¹``), ``logdet`` — the whitening of :mod:`devito_uq.inference.laplace`."""
+        return _KroneckerSqrt(
+            self.std, [(a, self._axis_cholesky(k)) for k, a in enumerate(self.axes)]
+        )
+
     def covariance_matrix(self) -> torch.Tensor:
         """Dense Σ ``[N, N]`` (``N = prod(model_shape)``, row-major order of the model);
         refused above :data:`MAX_DENSE` values."""
@@ -248,3 +256,43 @@ class CorrelatedGaussianPrior(Prior):
                 c = torch.kron(c, torch.eye(n, **like))
         s = self.std.reshape(-1)
         return s[:, None] * c * s[None, :]
+
+
+class _KroneckerSqrt:
+    """``L = D (⊗_k L_k)``: ``D`` the std (broadcast), ``L_k`` lower-triangular per axis."""
+
+    def __init__(self, std: torch.Tensor, factors: list[tuple[int, torch.Tensor]]) -> None:
+        self.std = std.detach().clone()
+        self.factors = factors
+
+    def matvec(self, x: torch.Tensor) -> torch.Tensor:
+        for a, lk in self.factors:
+            x = _along(x, a + 1, lk.to(x))
+        return self.std.to(x) * x
+
+    def rmatvec(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.std.to(x) * x
+        for a, lk in self.factors:
+            x = _along(x, a + 1, lk.T.to(x))
+        return x
+
+    def solve(self, u: torch.Tensor) -> torch.Tensor:
+        x = u / self.std.to(u)
+        for a, lk in self.factors:
+            moved = torch.movedim(x, a + 1, 0)
+            flat = moved.reshape(moved.shape[0], -1)
+            sol = torch.linalg.solve_triangular(lk.to(flat), flat, upper=False)
+            x = torch.movedim(sol.reshape(moved.shape), 0, a + 1)
+        return x
+
+    def state(self) -> dict:
+        """Plain tensors for a checkpoint (:func:`~devito_uq.inference.laplace.sqrt_from_state`)."""
+        return {"std": self.std, "factors": {str(a): lk for a, lk in self.factors}}
+
+    def logdet(self) -> float:
+        shape = self.std.shape
+        n = math.prod(shape)
+        total = float(torch.log(self.std).sum())
+        for a, lk in self.factors:
+            total += (n / shape[a]) * float(torch.log(lk.diagonal()).sum())
+        return total

@@ -145,7 +145,11 @@ class InvertConfig:
     flow_steps: int = _knob(2, "flow steps per level")
     flow_hidden: int = _knob(32, "conditioner channels")
     map_iterations: int = _knob(40, "L-BFGS iterations of the MAP estimate (the flow's centre)")
-    probes: int = _knob(4, "random probes of the Gauss-Newton diagonal (curvature scaling)")
+    probes: int = _knob(4, "random probes of the illumination diag(JᵀJ)/σ²")
+    rank: int = _knob(
+        200, "rank of the Laplace approximation the flow starts from (2·(rank+10) GN products)"
+    )
+    oversample: int = _knob(10, "extra random vectors of the randomized eigensolver")
     iterations: int = _knob(300, "VI iterations")
     batch_size: int = _knob(2, "flow samples per VI iteration")
     lr: float = _knob(2e-3, "Adam learning rate (cosine decay to 1 % over the run)")
@@ -182,12 +186,14 @@ class InvertConfig:
             "flow_steps",
             "flow_hidden",
             "probes",
+            "rank",
             "iterations",
             "batch_size",
             "checkpoint_every",
         ):
             check_positive_int(name, getattr(self, name))
         check_nonnegative_int("map_iterations", self.map_iterations)
+        check_nonnegative_int("oversample", self.oversample)
         check_int("n_samples", self.n_samples, minimum=2)  # a std needs two samples
         check_int("seed", self.seed)
         if not isinstance(self.label, str):
@@ -294,7 +300,9 @@ class InfoConfig:
     """``devito-uq info SEGY``: what a SEG-Y shot file holds."""
 
     segy: str = _knob("", "SEG-Y file to describe")
-    convention: str = _knob("devito_uq", "header convention to check: 'devito_uq' or 'judi'")
+    convention: str = _knob(
+        "", "header convention to read with: 'devito_uq', 'judi' or '' (the one that fits)"
+    )
 
     @classmethod
     def short(cls, **overrides: Any) -> InfoConfig:
@@ -303,7 +311,7 @@ class InfoConfig:
     def validate(self) -> InfoConfig:
         if not isinstance(self.segy, str) or not self.segy:
             raise InvalidArgumentError("give the SEG-Y file: devito-uq info FILE.sgy")
-        check_choice("convention", self.convention, ("devito_uq", "judi"))
+        check_choice("convention", self.convention, ("", "devito_uq", "judi"))
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """What an imaging run leaves behind, and ``devito-uq summarize``.
 
-``posterior.pt`` holds the trained flow and its parameterization ``m = ref + s ⊙ x``
+``posterior.pt`` holds the trained flow and its parameterization ``m = g(MAP + A x)``
 (bounded for FWI) with the background, the truth when known and the illumination, so that
 :func:`load_posterior` rebuilds the posterior and draws new samples with no PDE solve.
 :func:`write_outputs` draws ``n`` samples and writes, in the output folder:
@@ -38,7 +38,8 @@ __all__ = [
     "write_summary",
 ]
 
-_KEYS = ("flow", "flow_config", "reference", "scale", "bounds", "kind", "grid", "m0")
+_KEYS = ("flow", "flow_config", "reference", "sqrt", "eigenvalues", "eigenvectors", "bounds")
+_KEYS += ("kind", "grid", "m0", "illumination", "map")
 
 
 @dataclass
@@ -88,8 +89,10 @@ def save_posterior(out: str, vi, problem, base: dict, config, write: bool = True
             "flow_steps": config.flow_steps,
             "flow_hidden": config.flow_hidden,
         },
-        "reference": g.reference.cpu(),
-        "scale": g.scale.cpu(),
+        "reference": base["map"],
+        "sqrt": base["sqrt"],
+        "eigenvalues": base["eigenvalues"],
+        "eigenvectors": base["eigenvectors"],
         "bounds": list(problem.bounds) if problem.bounds else None,
         "kind": problem.kind,
         "grid": {"spacing": list(problem.spacing), "origin": list(problem.origin)},
@@ -118,15 +121,15 @@ def load_posterior(path: str | os.PathLike) -> ImagingPosterior:
     from types import SimpleNamespace
 
     from devito_uq.apps.imaging.problem import make_flow
-    from devito_uq.inference import Parameterization
+    from devito_uq.apps.imaging.run import laplace_parameterization
     from devito_uq.io.checkpoint import load_checkpoint
 
     s = load_checkpoint(path, required=_KEYS)
     try:
         flow = make_flow(SimpleNamespace(**s["flow_config"]), tuple(s["m0"].shape))
         flow.load_state_dict(s["flow"])
-        lo, hi = s["bounds"] if s["bounds"] else (None, None)
-        g = Parameterization(s["reference"], scale=s["scale"], lower=lo, upper=hi)
+        bounds = tuple(s["bounds"]) if s["bounds"] else None
+        g = laplace_parameterization(SimpleNamespace(bounds=bounds), s["reference"], s)
         grid = s["grid"]
         return ImagingPosterior(
             flow, g, s["kind"], s["m0"], s.get("truth"), s["illumination"], s["map"],

@@ -3,12 +3,12 @@
 Steps (each rank solving its own shots; rank 0 writes):
 
 1. read the background/starting velocity (it sets the grid) and this rank's shots;
-2. the Gauss–Newton diagonal ``diag(JᵀJ)/σ²`` by random probes, plus the prior precision's
-   diagonal: the curvature that scales the flow's latent, and the illumination proxy;
-3. the MAP by L-BFGS in the curvature-scaled latent (cached in ``map.pt``);
-4. VI: a 2D flow (:class:`~devito_uq.flows.ImageFlow`) over ``x`` with
-   ``m = MAP + s ⊙ x`` (``s = diag^{-1/2}``; bounded for FWI), so it starts at the MAP with a
-   Laplace-like spread; ``vi_checkpoint.pt`` every ``checkpoint_every`` iterations;
+2. the illumination ``diag(JᵀJ)/σ²`` by random probes, and the top ``rank`` eigenpairs of the
+   prior-whitened Gauss–Newton Hessian at ``m0`` (:mod:`devito_uq.inference.laplace`);
+3. the MAP by L-BFGS in the Laplace-whitened latent (all three cached in ``map.pt``);
+4. VI: a 2D flow (:class:`~devito_uq.flows.ImageFlow`) over ``x`` with ``m = g(MAP + A x)``
+   (``A`` the low-rank Laplace factor, ``g`` the FWI bounds), so it starts at the Laplace
+   approximation; ``vi_checkpoint.pt`` every ``checkpoint_every`` iterations;
 5. ``posterior.pt`` (the flow and its parameterization: everything ``devito-uq summarize``
    needs to draw more samples without a solve), then the outputs of
    :func:`devito_uq.apps.imaging.outputs.write_outputs`.
@@ -31,12 +31,11 @@ from devito_uq.apps.imaging.problem import (
     gauss_newton_diagonal,
     make_flow,
     make_prior,
-    prior_precision_diagonal,
 )
 from devito_uq.errors import CheckpointError, InvalidArgumentError
 from devito_uq.parallel import rank_and_size
 
-__all__ = ["run_invert", "run_imaging", "resolve_device"]
+__all__ = ["run_invert", "run_imaging", "resolve_device", "laplace_parameterization"]
 
 #: Fields that change only VI or what is written: a MAP cache made under other values holds.
 _NOT_IN_MAP = NOT_IN_VI | {
@@ -49,6 +48,7 @@ _NOT_IN_MAP = NOT_IN_VI | {
     "lr",
 }
 _AFRESH = "; run without --resume to start afresh"
+_CACHE_KEYS = ("identity", "map", "illumination", "sqrt", "eigenvalues", "eigenvectors")
 
 
 def resolve_device(device: str) -> torch.device:
@@ -87,7 +87,7 @@ def _prepare(out: str, resume: bool, config: InvertConfig, writer: bool) -> dict
         return None
     base = None
     if os.path.lexists(cache):
-        base = load_checkpoint(cache, required=("identity", "map", "curvature", "illumination"))
+        base = load_checkpoint(cache, required=_CACHE_KEYS)
         check_identity(cache, base["identity"], _identity(config, _NOT_IN_MAP), hint=_AFRESH)
     if os.path.lexists(ckpt):
         run = load_checkpoint(ckpt, required=("run",))["run"]
@@ -98,47 +98,96 @@ def _prepare(out: str, resume: bool, config: InvertConfig, writer: bool) -> dict
     return base
 
 
-def _parameterization(problem, reference: torch.Tensor, scale: torch.Tensor):
-    from devito_uq.inference import Parameterization
+def laplace_parameterization(problem, reference: torch.Tensor, base: dict[str, Any]):
+    """``m = g(reference + A x)``: the low-rank Laplace factor ``A`` of ``base`` around
+    ``reference`` (clamped strictly inside the FWI bounds)."""
+    from devito_uq.inference import LaplaceParameterization
+    from devito_uq.inference.laplace import sqrt_from_state
 
+    sqrt = sqrt_from_state(base["sqrt"])
+    lam, vec = base["eigenvalues"], base["eigenvectors"]
     if problem.bounds is None:
-        return Parameterization(reference, scale=scale)
+        return LaplaceParameterization(reference, sqrt, lam, vec)
     lo, hi = problem.bounds
-    # The MAP may sit on a bound to round-off; the reference must be strictly inside.
-    gap = 1e-4 * (hi - lo)
-    return Parameterization(reference.clamp(lo + gap, hi - gap), scale=scale, lower=lo, upper=hi)
+    gap = 1e-4 * (hi - lo)  # the MAP may sit on a bound to round-off
+    ref = reference.clamp(lo + gap, hi - gap)
+    return LaplaceParameterization(ref, sqrt, lam, vec, lower=lo, upper=hi)
 
 
 def _baselines(problem, prior, config: InvertConfig, progress: bool) -> dict[str, Any]:
-    """Curvature (Gauss–Newton diagonal + prior), then the MAP in the scaled latent."""
-    from devito_uq.inference import map_estimate
+    """Illumination, the MAP and the low-rank Laplace factor at the MAP.
 
-    t0, solves = time.perf_counter(), _solves(problem)
-    illum = gauss_newton_diagonal(problem, problem.m0, config.probes, config.seed)
-    curvature = illum + prior_precision_diagonal(prior, illum).double()
-    scale = curvature.rsqrt().float()
-    t_curv, s_curv = time.perf_counter() - t0, _solves(problem) - solves
-    start = torch.zeros_like(problem.m0) if problem.kind == "born" else problem.m0
-    t0, solves = time.perf_counter(), _solves(problem)
-    if config.map_iterations:
-        res = map_estimate(
+    Born: the Gauss–Newton Hessian does not depend on the model, so the Laplace factor
+    comes first and the MAP is found in its whitened latent (a quadratic there close to
+    ``½‖x‖²``: L-BFGS converges in a few steps). FWI: the MAP comes first, by L-BFGS in
+    the latent scaled by the Jacobi curvature ``(diag(JᵀJ)/σ² + diag(prior precision))^-½``
+    (small, local steps: a whitened latent lets the first steps jump to a cycle-skipped
+    model), then the Laplace factor at the MAP.
+    """
+    from devito_uq.apps.imaging.problem import gauss_newton_operator, prior_sqrt
+    from devito_uq.inference import Parameterization, low_rank_eigh, map_estimate
+
+    times: dict[str, float] = {}
+    counts: dict[str, int] = {}
+
+    def phase(name, fn):
+        t0, s0 = time.perf_counter(), _solves(problem)
+        result = fn()
+        times[name] = times.get(name, 0.0) + time.perf_counter() - t0
+        counts[name] = counts.get(name, 0) + _solves(problem) - s0
+        return result
+
+    gn0 = gauss_newton_operator(problem, problem.m0)
+    illum = phase(
+        "illumination",
+        lambda: gauss_newton_diagonal(gn0, problem.shape, config.probes, config.seed),
+    )
+    sqrt = prior_sqrt(config, prior, problem.m0)
+    base: dict[str, Any] = {"illumination": illum, "sqrt": sqrt.state()}
+
+    def laplace(gn):
+        def whitened(v: torch.Tensor) -> torch.Tensor:  # Lᵀ H_d L v
+            return sqrt.rmatvec(gn(sqrt.matvec(v)))
+
+        rank = min(config.rank, problem.m0.numel())
+        lam, vec = low_rank_eigh(whitened, problem.shape, rank, config.oversample, config.seed)
+        base.update(eigenvalues=lam.float(), eigenvectors=vec.float())
+
+    def map_from(start, g):
+        if not config.map_iterations:
+            return start.clone()
+        return map_estimate(
             problem.likelihood,
             prior,
             x0=start,
-            parameterization=_parameterization(problem, start, scale),
+            parameterization=g,
             iterations=config.map_iterations,
             progress=progress,
-        )
-        m_map = res.model.detach()
+        ).model.detach()
+
+    if problem.kind == "born":
+        phase("laplace", lambda: laplace(gn0))
+        start = torch.zeros_like(problem.m0)
+        g = laplace_parameterization(problem, start, base)
+        base["map"] = phase("map", lambda: map_from(start, g))
     else:
-        m_map = start.clone()
-    return {
-        "map": m_map,
-        "curvature": curvature,
-        "illumination": illum,
-        "time_s": {"curvature": t_curv, "map": time.perf_counter() - t0},
-        "pde_solves": {"curvature": s_curv, "map": _solves(problem) - solves},
-    }
+        precision = illum + _prior_precision_diagonal(prior, illum)
+        lo, hi = problem.bounds
+        g = Parameterization(problem.m0, precision.rsqrt().float(), lower=lo, upper=hi)
+        base["map"] = phase("map", lambda: map_from(problem.m0, g))
+        phase("laplace", lambda: laplace(gauss_newton_operator(problem, base["map"])))
+    base.update(
+        time_s=times,
+        pde_solves=counts,
+        eigenvalues_above_1=int((base["eigenvalues"] > 1).sum()),
+    )
+    return base
+
+
+def _prior_precision_diagonal(prior, like: torch.Tensor) -> torch.Tensor:
+    """``diag`` of the prior's precision where it has one (Gaussian), else zeros."""
+    diag = getattr(prior, "precision_diagonal", None)
+    return diag().to(like) if callable(diag) else torch.zeros_like(like)
 
 
 def _solves(problem) -> int:
@@ -187,8 +236,7 @@ def run_invert(
     timings.update(base["time_s"])
     solves.update(base["pde_solves"])
 
-    scale = base["curvature"].rsqrt().float()
-    g = _parameterization(problem, base["map"], scale)
+    g = laplace_parameterization(problem, base["map"], base)
     torch.manual_seed(config.seed)  # the flow's initial weights, identical on every rank
     flow = make_flow(config, problem.shape)
     vi = VariationalPosterior(flow.to(device), problem.likelihood, prior.to(device), g.to(device))
@@ -228,13 +276,29 @@ def run_invert(
     summary["problem"] = problem.report
     summary["config"] = config.to_dict()
     if problem.truth is not None and problem.kind == "born":
+        # How far the wave equation's data of the truth are from its Born data: the model
+        # error a Born posterior ignores (0 when the shots were simulated as Born data).
         summary["linearization_error"] = linearization_error(problem)
+        summary["data_simulated_as"] = _simulated_as(config, out)
     if rank == 0:
         from devito_uq.apps.imaging.outputs import write_history, write_summary
 
         write_history(out, vi.history)
         write_summary(out, summary)
     return summary
+
+
+def _simulated_as(config: InvertConfig, out: str) -> str:
+    """``"born"``/``"nonlinear"`` from ``acquisition.json`` beside the shots, or ``"unknown"``."""
+    import json
+
+    from devito_uq.apps.imaging.problem import _resolve
+
+    try:
+        with open(_resolve(config.shots, out).parent / "acquisition.json") as fh:
+            return str(json.load(fh)["config"]["data"])
+    except (OSError, KeyError, TypeError, ValueError):
+        return "unknown"
 
 
 def linearization_error(problem) -> float:

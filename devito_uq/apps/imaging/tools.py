@@ -51,6 +51,6 @@ def run_info(
     from devito_uq.io import format_segy_info, segy_info
 
     config.validate()
-    info = segy_info(config.segy)
+    info = segy_info(config.segy, convention=config.convention or None)
     print(format_segy_info(info))
     return info

@@ -1,0 +1,154 @@
+r"""Low-rank Laplace preconditioning for ill-conditioned (imaging) posteriors.
+
+A seismic imaging posterior is badly conditioned: the data pin down some directions of the
+model to ~1 % of the prior spread and leave others at the prior (on a small Born problem the
+posterior precision's condition number was ~3·10⁴). A flow that starts from a diagonal
+scaling must learn all those correlations by stochastic gradients, and does not in a
+practical budget (there: std 0.3× the exact one after 1,000 steps). This module gives the
+flow the Laplace approximation as its starting point instead, at the price of a few dozen
+Gauss–Newton products (Bui-Thanh, Ghattas, Martin & Stadler 2013, SIAM J. Sci. Comput. 35;
+randomized eigensolver: Halko, Martinsson & Tropp 2011, Alg. 5.3).
+
+With the prior square root ``L`` (``Σ_prior = L Lᵀ``) and the misfit's Gauss–Newton Hessian
+``H_d = JᵀJ/σ²``, the prior-whitened Hessian ``H̃ = Lᵀ H_d L ≈ V Λ Vᵀ`` (rank ``r``) gives
+
+.. math::
+    \Sigma_{\rm post} \approx A A^\top, \qquad
+    A = L\,\bigl(I + V\,\mathrm{diag}((1+\lambda)^{-1/2} - 1)\,V^\top\bigr),
+
+exact for a linear problem when ``r`` covers every eigenvalue above ~1. The latent ``x`` of
+``m = g(MAP + A x)`` (:class:`LaplaceParameterization`; ``g`` the elementwise bounds of
+:class:`Parameterization`) then has about unit covariance and the flow learns the rest:
+the directions beyond rank ``r``, non-Gaussianity, the bounds.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+
+from devito_uq.errors import InvalidArgumentError
+from devito_uq.inference.parameterization import Parameterization
+from devito_uq.validation import check_nonnegative_int, check_positive_int
+
+__all__ = ["DiagonalSqrt", "LaplaceParameterization", "low_rank_eigh", "sqrt_from_state"]
+
+
+class DiagonalSqrt:
+    """``L = diag(s)``: the prior square root of an independent (or proxy) prior."""
+
+    def __init__(self, std: torch.Tensor) -> None:
+        self.std = std.detach().clone()
+
+    def matvec(self, x: torch.Tensor) -> torch.Tensor:
+        return self.std.to(x) * x
+
+    def rmatvec(self, x: torch.Tensor) -> torch.Tensor:
+        return self.std.to(x) * x
+
+    def solve(self, u: torch.Tensor) -> torch.Tensor:
+        return u / self.std.to(u)
+
+    def logdet(self) -> float:
+        return float(torch.log(self.std).sum())
+
+    def state(self) -> dict:
+        return {"std": self.std, "factors": {}}
+
+
+def sqrt_from_state(state: dict):
+    """Rebuild a prior square root from its ``state()`` (stored in checkpoints)."""
+    if not state.get("factors"):
+        return DiagonalSqrt(state["std"])
+    from devito_uq.inference.priors_gaussian import _KroneckerSqrt
+
+    return _KroneckerSqrt(state["std"], [(int(a), f) for a, f in state["factors"].items()])
+
+
+def low_rank_eigh(
+    matvec: Callable[[torch.Tensor], torch.Tensor],
+    shape: tuple[int, ...],
+    rank: int,
+    oversample: int = 10,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float64,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top ``rank`` eigenpairs of a symmetric PSD operator by a two-pass randomized method.
+
+    ``matvec(v)`` applies the operator to a batch ``[k, *shape]``. Costs two batches of
+    ``rank + oversample`` products. Returns ``(λ [r], V [N, r])`` (descending, ``λ ≥ 0``,
+    orthonormal columns), ``r = min(rank, N)``.
+    """
+    rank = check_positive_int("rank", rank)
+    oversample = check_nonnegative_int("oversample", oversample)
+    n = math.prod(shape)
+    k = min(rank + oversample, n)
+    g = torch.Generator().manual_seed(seed)
+    omega = torch.randn(k, n, generator=g, dtype=dtype)
+    y = matvec(omega.reshape(k, *shape)).reshape(k, n).to(dtype)
+    q, _ = torch.linalg.qr(y.T)  # [n, k]
+    hq = matvec(q.T.reshape(k, *shape)).reshape(k, n).to(dtype)  # (H Q)ᵀ
+    b = q.T @ hq.T
+    lam, u = torch.linalg.eigh(0.5 * (b + b.T))
+    order = torch.argsort(lam, descending=True)[: min(rank, n)]
+    return lam[order].clamp_min(0.0), q @ u[:, order]
+
+
+class LaplaceParameterization(Parameterization):
+    """``m = g(MAP + A x)`` with the low-rank Laplace factor ``A`` (module docstring).
+
+    Args:
+        reference: ``[*model_shape]`` MAP (the centre; strictly inside any bounds).
+        sqrt: the prior square root ``L`` — an object with ``matvec``, ``solve`` and
+            ``logdet`` on ``[batch, *model_shape]`` tensors (:class:`DiagonalSqrt`, or
+            :meth:`CorrelatedGaussianPrior.sqrt`).
+        eigenvalues: ``[r]`` eigenvalues of the prior-whitened misfit Hessian.
+        eigenvectors: ``[N, r]`` orthonormal eigenvectors.
+        lower, upper: hard bounds as in :class:`Parameterization` (slope 1 at the MAP).
+    """
+
+    def __init__(
+        self,
+        reference: torch.Tensor,
+        sqrt,
+        eigenvalues: torch.Tensor,
+        eigenvectors: torch.Tensor,
+        lower=None,
+        upper=None,
+    ) -> None:
+        super().__init__(reference, scale=1.0, lower=lower, upper=upper)
+        n = reference.numel()
+        if eigenvectors.ndim != 2 or eigenvectors.shape[0] != n:
+            raise InvalidArgumentError(
+                f"eigenvectors must be [{n}, r] for a model of {n} values, "
+                f"got {tuple(eigenvectors.shape)}"
+            )
+        if eigenvalues.shape != (eigenvectors.shape[1],) or bool((eigenvalues < 0).any()):
+            raise InvalidArgumentError(
+                f"eigenvalues must be [{eigenvectors.shape[1]}] and non-negative"
+            )
+        self.sqrt = sqrt
+        lam = eigenvalues.detach().to(reference.dtype)
+        self.register_buffer("vectors", eigenvectors.detach().to(reference.dtype))
+        self.register_buffer("shrink", (1.0 + lam).rsqrt() - 1.0)  # A's coefficients
+        self.register_buffer("grow", (1.0 + lam).sqrt() - 1.0)  # A⁻¹'s coefficients
+        self.log_det_a = sqrt.logdet() - 0.5 * float(torch.log1p(lam).sum())
+
+    def _low_rank(self, x: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
+        flat = x.flatten(1)
+        v = self.vectors.to(flat)
+        return (flat + ((flat @ v) * coef.to(flat)) @ v.T).reshape(x.shape)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``m = g(MAP + A x)`` and ``log|det ∂m/∂x|`` ``[batch]``."""
+        self._check(x, "latent x")
+        u = self.sqrt.matvec(self._low_rank(x, self.shrink))
+        m, logdet = super().forward(u)
+        return m, logdet + self.log_det_a
+
+    def inverse(self, m: torch.Tensor) -> torch.Tensor:
+        """``x = A⁻¹ (g⁻¹(m) − MAP)`` for models strictly inside the bounds."""
+        u = super().inverse(m)
+        return self._low_rank(self.sqrt.solve(u), self.grow)
