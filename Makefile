@@ -11,7 +11,7 @@ export OMP_NUM_THREADS ?= 1
 export DEVITO_LANGUAGE ?= C
 export DEVITO_LOGGING ?= WARNING
 
-.PHONY: install demo calibrate test lint format bench bench-deps clean
+.PHONY: install demo imaging avp-demo calibrate test lint format bench bench-deps clean
 
 install: $(STAMP)
 
@@ -29,8 +29,15 @@ $(BENCH_STAMP): $(STAMP)
 	$(PY) -m pip install -q -e '.[bench]' torch==2.13.0
 	touch $@
 
-demo: install
+# The main job: 2D imaging UQ on Marmousi-II (simulate, then invert; outputs/imaging/),
+# after the Sleipner AVP experiment of the seed talk (outputs/demo/).
+demo: avp-demo imaging
+
+avp-demo: install
 	$(PY) -m devito_uq.cli demo --out outputs/demo
+
+imaging: install
+	$(PY) -m devito_uq.cli imaging --out outputs/imaging
 
 # SBC, coverage and TARP of VI and MALA over 100 prior truths (README "Calibration").
 # Rerunning continues where it stopped; 2 ranks: $(VENV)/bin/mpiexec -n 2 in front of $(PY).
@@ -54,6 +61,7 @@ bench: bench-deps
 	$(PY) benchmarks/bench_inference.py
 	$(PY) benchmarks/bench_avp.py
 	$(PY) benchmarks/bench_parallel.py
+	$(PY) benchmarks/bench_imaging.py
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache .ruff_cache *.egg-info

@@ -109,8 +109,8 @@ def test_simulate_writes_a_readable_survey(survey_dir):
     assert np.abs(v0 - v).max() > 0.05  # the rest is smoothed
 
 
-def _exact_posterior(out: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and std of the exact Gaussian posterior of the tiny Born problem (float64)."""
+def _exact_posterior(out: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mean, std and precision of the exact Gaussian posterior of the tiny Born problem."""
     from devito_uq.apps.imaging.problem import build_problem, make_prior
     from devito_uq.physics import BornModeling
 
@@ -129,12 +129,12 @@ def _exact_posterior(out: Path) -> tuple[torch.Tensor, torch.Tensor]:
     precision = jac.T @ jac / s2 + torch.linalg.inv(prior.covariance_matrix().double())
     cov = torch.linalg.inv(precision)
     mean = cov @ (jac.T @ d) / s2
-    return mean.reshape(NX, NZ), cov.diagonal().sqrt().reshape(NX, NZ)
+    return mean.reshape(NX, NZ), cov.diagonal().sqrt().reshape(NX, NZ), precision
 
 
 def test_born_vi_matches_the_exact_gaussian_posterior(born_run):
     out, summary = born_run
-    mean, std = _exact_posterior(out)
+    mean, std, _ = _exact_posterior(out)
     samples = load_checkpoint(out / "posterior_samples.pt")["samples"].double()
     vi_mean, vi_std = samples.mean(0), samples.std(0)
     mean_err = float((vi_mean - mean).norm() / mean.norm())
@@ -295,3 +295,31 @@ def test_two_ranks_give_the_one_rank_posterior(born_run, tmp_path):
     s1 = json.loads((tmp_path / "one" / "summary.json").read_text())
     s2 = json.loads((tmp_path / "two" / "summary.json").read_text())
     assert s2["problem"]["ranks"] == 2 and s1["problem"]["ranks"] == 1
+
+
+def test_a_trained_posterior_serves_as_the_prior(born_run, tmp_path):
+    """``prior = "flow"``: −log q of the Born posterior tracks the exact posterior's
+    quadratic form (it is nearly Gaussian), and a run with it as the prior works."""
+    from devito_uq.apps.imaging.outputs import load_posterior
+    from devito_uq.apps.imaging.run import run_invert
+    from devito_uq.inference import FlowPrior
+
+    out, _ = born_run
+    mean, _, precision = _exact_posterior(out)
+    post = load_posterior(out / "posterior.pt")
+    prior = FlowPrior(post.flow, post.parameterization, n_pad=64)
+    m = post.sample(64, seed=5).double()
+    with torch.no_grad():
+        neg_log_q = prior.negative_log(m.float()).double()
+    r = (m - mean).flatten(1)
+    z = 0.5 * ((r @ precision) * r).sum(1)  # the exact −log p up to a constant
+    corr = float(torch.corrcoef(torch.stack([neg_log_q, z]))[0, 1])
+    assert corr > 0.8, corr
+    for name in ("shots.sgy", "acquisition.json", "background.sgy", "true_model.sgy"):
+        os.symlink(out / name, tmp_path / name)
+    cfg = dict(INV, prior="flow", prior_file=str(out / "posterior.pt"), iterations=3)
+    cfg.update(rank=20, map_iterations=3, n_samples=16)
+    summary = run_invert(InvertConfig(**cfg), tmp_path, progress=False, figures=False)
+    assert summary["vi"]["iterations_this_run"] == 3
+    with pytest.raises(InvalidArgumentError, match="prior_file"):
+        run_invert(InvertConfig(**dict(cfg, prior_file="")), tmp_path, progress=False)

@@ -17,9 +17,44 @@ from devito_uq.errors import InvalidArgumentError
 
 
 def test_every_app_command_is_registered():
+    from devito_uq.apps.imaging import (
+        ImagingConfig,
+        InfoConfig,
+        InvertConfig,
+        SimulateConfig,
+        SummarizeConfig,
+    )
+
     names = [c.name for c in commands()]
-    assert names == ["avp", "calibrate", "demo"]
-    assert {c.config for c in commands()} == {AVPConfig, AVPCalibrationConfig}
+    assert names == [
+        "avp", "calibrate", "demo", "imaging", "info", "invert", "simulate", "summarize"
+    ]  # fmt: skip
+    assert {c.config for c in commands()} == {
+        AVPConfig,
+        AVPCalibrationConfig,
+        ImagingConfig,
+        InfoConfig,
+        InvertConfig,
+        SimulateConfig,
+        SummarizeConfig,
+    }
+
+
+def test_imaging_options_and_positional_file(tmp_path):
+    """Every imaging command has an option per field; ``info FILE`` fills its field; an
+    unknown TOML key is an error naming it."""
+    from devito_uq.apps.imaging import ImagingConfig
+
+    cfg = _resolve(["imaging", "--rank", "17", "--problem", "fwi"])
+    assert cfg.rank == 17 and cfg.problem == "fwi" and cfg.data == "born"
+    assert _resolve(["imaging", "--full"]).spacing == ImagingConfig.full().spacing
+    assert _resolve(["info", "shots.sgy"]).segy == "shots.sgy"
+    path = tmp_path / "c.toml"
+    path.write_text('problem = "fwi"\nflow_levels = 3\nbogus = 1\n')
+    with pytest.raises(InvalidArgumentError, match="unknown key 'bogus'"):
+        _resolve(["invert", str(path)])
+    path.write_text('problem = "fwi"\nflow_levels = 3\n')
+    assert _resolve(["invert", str(path), "--flow-levels", "2"]).flow_levels == 2
 
 
 def test_options_are_generated_from_the_config_fields():

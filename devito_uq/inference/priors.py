@@ -232,10 +232,15 @@ class FlowPrior(Prior):
             for an :class:`~devito_uq.flows.ImageFlow` on a padded grid, whose
             ``log_prob`` is then a Monte-Carlo estimate (a fresh one each call).
 
-    ``negative_log(m)`` takes ``m`` in the flow's shape ``[batch, *flow.shape]``.
+    ``negative_log(m)`` takes ``m`` in the flow's shape ``[batch, *flow.shape]``. With a
+    ``parameterization`` ``m = g(x)`` (the flow models the latent ``x``, as in a trained
+    posterior of :class:`~devito_uq.inference.VariationalPosterior`), the density is that of
+    ``m``: ``log q(m) = log q_x(g⁻¹(m)) − log|det ∂g/∂x|``.
     """
 
-    def __init__(self, flow: nn.Module, **log_prob_kwargs) -> None:
+    def __init__(
+        self, flow: nn.Module, parameterization: nn.Module | None = None, **log_prob_kwargs
+    ) -> None:
         super().__init__()
         # inference sits above flows (DESIGN.md): importing it here is allowed, and
         # deferring it keeps `import devito_uq.inference.priors` light
@@ -247,8 +252,13 @@ class FlowPrior(Prior):
                 f"got {type(flow).__name__}"
             )
         self.flow = flow.requires_grad_(False)
+        self.parameterization = parameterization
         self.log_prob_kwargs = dict(log_prob_kwargs)
 
     def negative_log(self, m: torch.Tensor) -> torch.Tensor:
         """``[batch]`` −log q(m) for ``m`` ``[batch, *flow.shape]``."""
-        return -self.flow.log_prob(m, **self.log_prob_kwargs)
+        if self.parameterization is None:
+            return -self.flow.log_prob(m, **self.log_prob_kwargs)
+        x = self.parameterization.inverse(m)
+        log_det = self.parameterization(x)[1]
+        return log_det - self.flow.log_prob(x, **self.log_prob_kwargs)

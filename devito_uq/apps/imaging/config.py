@@ -136,10 +136,16 @@ class InvertConfig:
     vmin: float = _knob(1.3, "smallest velocity (FWI lower bound), km/s")
     nbl: int = _knob(20, "absorbing boundary width, grid cells")
     space_order: int = _knob(8, "finite-difference order in space")
-    prior: str = _knob("gaussian", "'gaussian' (correlated, exponential kernel) or 'tv'")
+    prior: str = _knob(
+        "gaussian",
+        "'gaussian' (correlated, exponential kernel), 'tv', or 'flow' (a trained posterior)",
+    )
+    prior_file: str = _knob("", "posterior.pt of an earlier run, the prior when prior='flow'")
     prior_std: float = _knob(0.03, "prior standard deviation of squared slowness, s²/km²")
     correlation_length: float = _knob(60.0, "prior correlation length, m")
-    tv_weight: float = _knob(1.0, "TV prior weight λ in λ·Σ|∇m|·area (tv only), km²/s²/m")
+    tv_weight: float = _knob(
+        3000.0, "TV prior weight λ of λ·Σ_pixels |∇m| (tv only), per (s²/km² per m)"
+    )
     flow: str = _knob("hint", "2D flow: 'hint' (multiscale HINT) or 'glow'")
     flow_levels: int = _knob(2, "multiscale levels (the grid is padded to a multiple of 2^L)")
     flow_steps: int = _knob(2, "flow steps per level")
@@ -171,7 +177,9 @@ class InvertConfig:
         if not isinstance(self.truth, str):
             raise InvalidArgumentError(f"truth={self.truth!r} must be a path or ''")
         check_choice("problem", self.problem, ("born", "fwi"))
-        check_choice("prior", self.prior, ("gaussian", "tv"))
+        check_choice("prior", self.prior, ("gaussian", "tv", "flow"))
+        if not isinstance(self.prior_file, str):
+            raise InvalidArgumentError(f"prior_file={self.prior_file!r} must be a path or ''")
         check_choice("flow", self.flow, ("hint", "glow"))
         check_choice("device", self.device, ("cpu", "cuda", "auto"))
         for name in ("f0", "vmax", "vmin", "prior_std", "correlation_length", "tv_weight", "lr"):

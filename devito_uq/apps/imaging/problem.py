@@ -317,9 +317,11 @@ def build_problem(config: Any, base: str | os.PathLike, comm: Any = None) -> Ima
     )
 
 
-def make_prior(config: Any, problem: ImagingProblem) -> nn.Module:
-    """Correlated Gaussian (exponential kernel) or TV prior over the unknown."""
-    from devito_uq.inference import TotalVariationPrior
+def make_prior(config: Any, problem: ImagingProblem, base: str | os.PathLike = ".") -> nn.Module:
+    """The prior over the unknown: a correlated Gaussian (exponential kernel), TV, or a
+    trained posterior (``prior = "flow"``: ``prior_file``, the ``posterior.pt`` of an
+    earlier run of the same kind on the same grid, e.g. a baseline survey)."""
+    from devito_uq.inference import FlowPrior, TotalVariationPrior
 
     mean = torch.zeros_like(problem.m0) if problem.kind == "born" else problem.m0
     if config.prior == "gaussian":
@@ -328,7 +330,21 @@ def make_prior(config: Any, problem: ImagingProblem) -> nn.Module:
         return CorrelatedGaussianPrior(
             mean, config.prior_std, config.correlation_length, spacing=problem.spacing
         )
-    return TotalVariationPrior(config.tv_weight, axes=(0, 1), spacing=problem.spacing)
+    if config.prior == "tv":
+        return TotalVariationPrior(config.tv_weight, axes=(0, 1), spacing=problem.spacing)
+    from devito_uq.apps.imaging.outputs import load_posterior
+    from devito_uq.io._files import check_input_file
+
+    if not config.prior_file:
+        raise InvalidArgumentError("prior='flow' needs prior_file (a posterior.pt)")
+    path = check_input_file(_resolve(config.prior_file, base), "prior_file", InvalidArgumentError)
+    post = load_posterior(path)
+    if post.kind != problem.kind or tuple(post.m0.shape) != problem.shape:
+        raise InvalidArgumentError(
+            f"prior_file {str(path)!r} is a {post.kind} posterior on {tuple(post.m0.shape)}; "
+            f"this run is {problem.kind} on {problem.shape}"
+        )
+    return FlowPrior(post.flow, post.parameterization)
 
 
 def prior_sqrt(config: Any, prior: nn.Module, like: torch.Tensor):

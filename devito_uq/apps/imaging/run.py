@@ -221,7 +221,7 @@ def run_invert(
     cached = _prepare(out, resume, config, rank == 0)
     problem = build_problem(config, out, comm)
     make_flow(config, problem.shape)  # the flow's fields, before any solve
-    prior = make_prior(config, problem)
+    prior = make_prior(config, problem, out)
     timings: dict[str, float] = {"setup": time.perf_counter() - t_start}
     solves: dict[str, int] = {"setup": _solves(problem)}
     if cached is None:
