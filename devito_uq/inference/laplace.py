@@ -33,7 +33,13 @@ from devito_uq.errors import InvalidArgumentError
 from devito_uq.inference.parameterization import Parameterization
 from devito_uq.validation import check_nonnegative_int, check_positive_int
 
-__all__ = ["DiagonalSqrt", "LaplaceParameterization", "low_rank_eigh", "sqrt_from_state"]
+__all__ = [
+    "DiagonalSqrt",
+    "LaplaceParameterization",
+    "low_rank_eigh",
+    "residual_shrink",
+    "sqrt_from_state",
+]
 
 
 class DiagonalSqrt:
@@ -96,6 +102,29 @@ def low_rank_eigh(
     return lam[order].clamp_min(0.0), q @ u[:, order]
 
 
+def residual_shrink(eigenvalues: torch.Tensor, n: int) -> float:
+    """Factor ``s_⊥`` for the ``n − r`` directions a rank-``r`` eigensolve did not reach.
+
+    Their eigenvalues lie below ``λ_r`` but are unknown; leaving them at the prior (``1``)
+    makes the start far too wide when ``λ_r ≫ 1`` (on the Marmousi default ``λ_200`` ≈ 3·10⁴).
+    The spectrum's tail is extrapolated by a power law fitted to the upper half of the
+    computed ones (``log λ_i`` against ``log i``, ``i ∈ (r/2, r]``), and ``s_⊥² `` is the mean
+    of ``1/(1 + λ̂_i)`` over ``i = r+1 … n`` — the average marginal-variance factor of those
+    directions. ``1`` when ``r = n`` or ``λ_r ≤ 1``. The flow corrects what the guess misses.
+    """
+    lam = eigenvalues.detach().double().clamp_min(1e-30)
+    r = lam.numel()
+    if r >= n or r < 4 or float(lam[-1]) <= 1.0:
+        return 1.0
+    i = torch.arange(1, r + 1, dtype=torch.float64)
+    sel = slice(r // 2, r)
+    x, y = torch.log(i[sel]), torch.log(lam[sel])
+    slope = float(((x - x.mean()) * (y - y.mean())).sum() / ((x - x.mean()) ** 2).sum())
+    slope = min(slope, 0.0)  # a tail never rises
+    tail = lam[-1] * (torch.arange(r + 1, n + 1, dtype=torch.float64) / r) ** slope
+    return float(torch.mean(1.0 / (1.0 + tail)).sqrt())
+
+
 class LaplaceParameterization(Parameterization):
     """``m = g(MAP + A x)`` with the low-rank Laplace factor ``A`` (module docstring).
 
@@ -107,6 +136,9 @@ class LaplaceParameterization(Parameterization):
         eigenvalues: ``[r]`` eigenvalues of the prior-whitened misfit Hessian.
         eigenvectors: ``[N, r]`` orthonormal eigenvectors.
         lower, upper: hard bounds as in :class:`Parameterization` (slope 1 at the MAP).
+        residual: the factor ``s_⊥`` applied to the directions beyond rank ``r`` (1: leave
+            them at the prior; see :func:`residual_shrink`), so that
+            ``A = L (s_⊥ I + V diag((1+λ)^{-1/2} − s_⊥) Vᵀ)``.
     """
 
     def __init__(
@@ -117,8 +149,11 @@ class LaplaceParameterization(Parameterization):
         eigenvectors: torch.Tensor,
         lower=None,
         upper=None,
+        residual: float = 1.0,
     ) -> None:
         super().__init__(reference, scale=1.0, lower=lower, upper=upper)
+        if not (0.0 < float(residual) <= 1.0):
+            raise InvalidArgumentError(f"residual={residual!r} must lie in (0, 1]")
         n = reference.numel()
         if eigenvectors.ndim != 2 or eigenvectors.shape[0] != n:
             raise InvalidArgumentError(
@@ -132,23 +167,29 @@ class LaplaceParameterization(Parameterization):
         self.sqrt = sqrt
         lam = eigenvalues.detach().to(reference.dtype)
         self.register_buffer("vectors", eigenvectors.detach().to(reference.dtype))
-        self.register_buffer("shrink", (1.0 + lam).rsqrt() - 1.0)  # A's coefficients
-        self.register_buffer("grow", (1.0 + lam).sqrt() - 1.0)  # A⁻¹'s coefficients
-        self.log_det_a = sqrt.logdet() - 0.5 * float(torch.log1p(lam).sum())
+        r = float(residual)
+        self.residual = r
+        self.register_buffer("shrink", (1.0 + lam).rsqrt() - r)  # A's coefficients
+        self.register_buffer("grow", (1.0 + lam).sqrt() - 1.0 / r)  # A⁻¹'s coefficients
+        self.log_det_a = (
+            sqrt.logdet()
+            + (n - lam.numel()) * math.log(r)
+            - 0.5 * float(torch.log1p(lam).sum())
+        )
 
-    def _low_rank(self, x: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
+    def _low_rank(self, x: torch.Tensor, coef: torch.Tensor, diag: float) -> torch.Tensor:
         flat = x.flatten(1)
         v = self.vectors.to(flat)
-        return (flat + ((flat @ v) * coef.to(flat)) @ v.T).reshape(x.shape)
+        return (diag * flat + ((flat @ v) * coef.to(flat)) @ v.T).reshape(x.shape)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``m = g(MAP + A x)`` and ``log|det ∂m/∂x|`` ``[batch]``."""
         self._check(x, "latent x")
-        u = self.sqrt.matvec(self._low_rank(x, self.shrink))
+        u = self.sqrt.matvec(self._low_rank(x, self.shrink, self.residual))
         m, logdet = super().forward(u)
         return m, logdet + self.log_det_a
 
     def inverse(self, m: torch.Tensor) -> torch.Tensor:
         """``x = A⁻¹ (g⁻¹(m) − MAP)`` for models strictly inside the bounds."""
         u = super().inverse(m)
-        return self._low_rank(self.sqrt.solve(u), self.grow)
+        return self._low_rank(self.sqrt.solve(u), self.grow, 1.0 / self.residual)

@@ -93,6 +93,7 @@ def save_posterior(out: str, vi, problem, base: dict, config, write: bool = True
         "sqrt": base["sqrt"],
         "eigenvalues": base["eigenvalues"],
         "eigenvectors": base["eigenvectors"],
+        "residual": base.get("residual", 1.0),
         "bounds": list(problem.bounds) if problem.bounds else None,
         "kind": problem.kind,
         "grid": {"spacing": list(problem.spacing), "origin": list(problem.origin)},

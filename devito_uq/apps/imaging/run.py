@@ -106,12 +106,13 @@ def laplace_parameterization(problem, reference: torch.Tensor, base: dict[str, A
 
     sqrt = sqrt_from_state(base["sqrt"])
     lam, vec = base["eigenvalues"], base["eigenvectors"]
+    res = float(base.get("residual", 1.0))
     if problem.bounds is None:
-        return LaplaceParameterization(reference, sqrt, lam, vec)
+        return LaplaceParameterization(reference, sqrt, lam, vec, residual=res)
     lo, hi = problem.bounds
     gap = 1e-4 * (hi - lo)  # the MAP may sit on a bound to round-off
     ref = reference.clamp(lo + gap, hi - gap)
-    return LaplaceParameterization(ref, sqrt, lam, vec, lower=lo, upper=hi)
+    return LaplaceParameterization(ref, sqrt, lam, vec, lower=lo, upper=hi, residual=res)
 
 
 def _baselines(problem, prior, config: InvertConfig, progress: bool) -> dict[str, Any]:
@@ -126,6 +127,7 @@ def _baselines(problem, prior, config: InvertConfig, progress: bool) -> dict[str
     """
     from devito_uq.apps.imaging.problem import gauss_newton_operator, prior_sqrt
     from devito_uq.inference import Parameterization, low_rank_eigh, map_estimate
+    from devito_uq.inference.laplace import residual_shrink
 
     times: dict[str, float] = {}
     counts: dict[str, int] = {}
@@ -151,7 +153,11 @@ def _baselines(problem, prior, config: InvertConfig, progress: bool) -> dict[str
 
         rank = min(config.rank, problem.m0.numel())
         lam, vec = low_rank_eigh(whitened, problem.shape, rank, config.oversample, config.seed)
-        base.update(eigenvalues=lam.float(), eigenvectors=vec.float())
+        base.update(
+            eigenvalues=lam.float(),
+            eigenvectors=vec.float(),
+            residual=residual_shrink(lam, problem.m0.numel()),
+        )
 
     def map_from(start, g):
         if not config.map_iterations:
@@ -191,8 +197,10 @@ def _prior_precision_diagonal(prior, like: torch.Tensor) -> torch.Tensor:
 
 
 def _solves(problem) -> int:
-    op = problem.operator
-    return 0 if op is None else int(getattr(op, "n_solves", 0))
+    """PDE solves run so far by this process (every cached acoustic solver)."""
+    from devito_uq.physics.solver import cached_solvers
+
+    return sum(s.n_solves for s in cached_solvers())
 
 
 def run_invert(
@@ -274,6 +282,15 @@ def run_invert(
         "unit": "per rank: one 2D solve = one shot, forward, Born or adjoint",
     }
     summary["problem"] = problem.report
+    lam = base["eigenvalues"]
+    summary["laplace"] = {
+        "rank": int(lam.numel()),
+        "largest_eigenvalue": float(lam[0]),
+        "smallest_computed_eigenvalue": float(lam[-1]),
+        "eigenvalues_above_1": int((lam > 1).sum()),
+        "residual_shrink": float(base.get("residual", 1.0)),
+        "unknowns": int(problem.m0.numel()),
+    }
     summary["config"] = config.to_dict()
     if problem.truth is not None and problem.kind == "born":
         # How far the wave equation's data of the truth are from its Born data: the model
