@@ -482,3 +482,12 @@ def test_varying_receiver_counts_round_trip(tmp_path):
     # Padded data of the wrong width is refused, naming the counts.
     with pytest.raises(InvalidShapeError, match=r"expected .*7\] \(receiver counts \[5, 3, 7\]"):
         write_shots(tmp_path / "bad.sgy", survey, data[..., :5])
+
+
+def test_image_spacing_beyond_the_16_bit_interval_field_is_refused(tmp_path):
+    """The interval fields are signed 16-bit: 50 m (50,000 mm) would read back as 0."""
+    from devito_uq.io import write_image
+
+    with pytest.raises(SegyError, match="32767"):
+        write_image(tmp_path / "a.sgy", np.ones((4, 3)), (50.0, 50.0))
+    assert not (tmp_path / "a.sgy").exists()

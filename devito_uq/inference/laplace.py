@@ -172,9 +172,7 @@ class LaplaceParameterization(Parameterization):
         self.register_buffer("shrink", (1.0 + lam).rsqrt() - r)  # A's coefficients
         self.register_buffer("grow", (1.0 + lam).sqrt() - 1.0 / r)  # A⁻¹'s coefficients
         self.log_det_a = (
-            sqrt.logdet()
-            + (n - lam.numel()) * math.log(r)
-            - 0.5 * float(torch.log1p(lam).sum())
+            sqrt.logdet() + (n - lam.numel()) * math.log(r) - 0.5 * float(torch.log1p(lam).sum())
         )
 
     def _low_rank(self, x: torch.Tensor, coef: torch.Tensor, diag: float) -> torch.Tensor:

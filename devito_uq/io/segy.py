@@ -105,11 +105,11 @@ def _whole(value: float, factor: float, what: str, lo: int, hi: int, path: Path)
 
 
 _WHOLE_HINT = {
-    "dt": "the sample interval is a whole number of µs in 1…65535; use e.g. "
-    "dt = floor(1000·dt)/1000 ms",
+    "dt": "the sample interval is a whole number of µs in 1…32767 (a signed 16-bit header "
+    "field); use e.g. dt = floor(1000·dt)/1000 ms",
     "t0": "the delay is a whole number of ms in -32768…32767",
     "z spacing": "the depth interval is written where µs go, in mm: a whole number "
-    "of mm in 1…65535",
+    "of mm in 1…32767 (a signed 16-bit field: at most 32.767 m)",
     "z origin": "the first depth is written as the delay: a whole number of m in -32768…32767",
 }
 
@@ -171,7 +171,7 @@ def write_shots(path: str | os.PathLike, survey: Survey, data: Any) -> Path:
         )
     if np.max(np.abs(traces)) > np.finfo(np.float32).max:
         raise SegyError(f"data exceeds the float32 range of SEG-Y samples; cannot write {path}")
-    dt_us = _whole(axis.dt, 1000.0, "dt", 1, 65535, path)
+    dt_us = _whole(axis.dt, 1000.0, "dt", 1, 32767, path)
     t0_ms = _whole(axis.t0, 1.0, "t0", -32768, 32767, path)
     if axis.nt > 65535:
         raise SegyError(f"nt={axis.nt} samples exceeds SEG-Y's 65535 per trace ({path})")

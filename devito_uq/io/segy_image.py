@@ -59,7 +59,7 @@ def write_image(
         raise SegyError(f"spacing={spacing!r} and origin={origin!r} must be (x, z) pairs") from exc
     if not (np.isfinite(dx) and dx > 0):
         raise SegyError(f"x spacing={dx!r} m must be finite and positive")
-    dz_mm = _whole(dz, 1000.0, "z spacing", 1, 65535, path)
+    dz_mm = _whole(dz, 1000.0, "z spacing", 1, 32767, path)  # a signed 16-bit field
     z0_m = _whole(z0, 1.0, "z origin", -32768, 32767, path)
     nx, nz = img.shape
     x = x0 + dx * np.arange(nx)
