@@ -358,10 +358,15 @@ def prior_sqrt(config: Any, prior: nn.Module, like: torch.Tensor):
     return DiagonalSqrt(torch.full_like(like, config.prior_std))
 
 
-def gauss_newton_operator(problem: ImagingProblem, m: torch.Tensor, chunk: int = 16):
+def gauss_newton_operator(
+    problem: ImagingProblem, m: torch.Tensor, chunk: int = 16, progress: bool = False
+):
     """``v ↦ JᵀMJv/σ²`` (the misfit's Gauss–Newton Hessian at ``m``, ``J`` the Born operator,
     ``M`` the trace mask) on batches ``[k, nx, nz]``, summed over ranks; float64 in and out.
-    One Born and one adjoint solve per shot and vector; ``chunk`` vectors per call."""
+    One Born and one adjoint solve per shot and vector; ``chunk`` vectors per call; a
+    progress bar per batch with ``progress``."""
+    from tqdm.auto import tqdm
+
     from devito_uq.physics import BornModeling
 
     J = mask = None
@@ -376,7 +381,14 @@ def gauss_newton_operator(problem: ImagingProblem, m: torch.Tensor, chunk: int =
     def apply(v: torch.Tensor) -> torch.Tensor:
         local = torch.zeros(v.shape, dtype=torch.float64)
         if J is not None:
-            for k in range(0, v.shape[0], chunk):
+            starts = range(0, v.shape[0], chunk)
+            bar = tqdm(
+                starts,
+                desc=f"Gauss-Newton products ({v.shape[0]})",
+                disable=not progress or v.shape[0] <= chunk,
+                leave=False,
+            )
+            for k in bar:
                 u = v[k : k + chunk].to(problem.m0.dtype).requires_grad_(True)
                 w = J(u) * mask
                 (0.5 * w.pow(2).sum() / problem.sigma**2).backward()

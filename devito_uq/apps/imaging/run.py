@@ -139,7 +139,8 @@ def _baselines(problem, prior, config: InvertConfig, progress: bool) -> dict[str
         counts[name] = counts.get(name, 0) + _solves(problem) - s0
         return result
 
-    gn0 = gauss_newton_operator(problem, problem.m0)
+    show = progress and rank_and_size(problem.comm)[0] == 0
+    gn0 = gauss_newton_operator(problem, problem.m0, progress=show)
     illum = phase(
         "illumination",
         lambda: gauss_newton_diagonal(gn0, problem.shape, config.probes, config.seed),
@@ -181,7 +182,8 @@ def _baselines(problem, prior, config: InvertConfig, progress: bool) -> dict[str
         lo, hi = problem.bounds
         g = Parameterization(problem.m0, precision.rsqrt().float(), lower=lo, upper=hi)
         base["map"] = phase("map", lambda: map_from(problem.m0, g))
-        phase("laplace", lambda: laplace(gauss_newton_operator(problem, base["map"])))
+        gn = gauss_newton_operator(problem, base["map"], progress=show)
+        phase("laplace", lambda: laplace(gn))
     base.update(
         time_s=times,
         pde_solves=counts,
