@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -49,6 +50,9 @@ def test_imaging_options_and_positional_file(tmp_path):
     assert cfg.rank == 17 and cfg.problem == "fwi" and cfg.data == "born"
     assert _resolve(["imaging", "--full"]).spacing == ImagingConfig.full().spacing
     assert _resolve(["info", "shots.sgy"]).segy == "shots.sgy"
+    # The documented example holds every key, at the default schedule's values.
+    example = Path(__file__).parent.parent / "examples" / "imaging_marmousi.toml"
+    assert _resolve(["imaging", str(example)]) == ImagingConfig.short()
     path = tmp_path / "c.toml"
     path.write_text('problem = "fwi"\nflow_levels = 3\nbogus = 1\n')
     with pytest.raises(InvalidArgumentError, match="unknown key 'bogus'"):

@@ -157,7 +157,9 @@ def _baselines(problem, prior, config: InvertConfig, progress: bool) -> dict[str
         base.update(
             eigenvalues=lam.float(),
             eigenvectors=vec.float(),
-            residual=residual_shrink(lam, problem.m0.numel()),
+            residual=(
+                residual_shrink(lam, problem.m0.numel()) if config.residual == "tail" else 1.0
+            ),
         )
 
     def map_from(start, g):
