@@ -84,13 +84,20 @@ def low_rank_eigh(
     """Top ``rank`` eigenpairs of a symmetric PSD operator by a two-pass randomized method.
 
     ``matvec(v)`` applies the operator to a batch ``[k, *shape]``. Costs two batches of
-    ``rank + oversample`` products. Returns ``(λ [r], V [N, r])`` (descending, ``λ ≥ 0``,
+    ``rank + oversample`` products, or one of ``N`` when ``rank + oversample ≥ N`` (then
+    the operator is assembled on the identity and the result is exact). Returns ``(λ [r], V [N, r])`` (descending, ``λ ≥ 0``,
     orthonormal columns), ``r = min(rank, N)``.
     """
     rank = check_positive_int("rank", rank)
     oversample = check_nonnegative_int("oversample", oversample)
     n = math.prod(shape)
     k = min(rank + oversample, n)
+    if k == n:  # the sketch would span everything: one pass on the identity is exact
+        eye = torch.eye(n, dtype=dtype)
+        h = matvec(eye.reshape(n, *shape)).reshape(n, n).to(dtype)
+        lam, u = torch.linalg.eigh(0.5 * (h + h.T))
+        order = torch.argsort(lam, descending=True)[: min(rank, n)]
+        return lam[order].clamp_min(0.0), u[:, order]
     g = torch.Generator().manual_seed(seed)
     omega = torch.randn(k, n, generator=g, dtype=dtype)
     y = matvec(omega.reshape(k, *shape)).reshape(k, n).to(dtype)
