@@ -85,8 +85,8 @@ def low_rank_eigh(
 
     ``matvec(v)`` applies the operator to a batch ``[k, *shape]``. Costs two batches of
     ``rank + oversample`` products, or one of ``N`` when ``rank + oversample ≥ N`` (then
-    the operator is assembled on the identity and the result is exact). Returns ``(λ [r], V [N, r])`` (descending, ``λ ≥ 0``,
-    orthonormal columns), ``r = min(rank, N)``.
+    the operator is assembled on the identity and the result is exact). Returns
+    ``(λ [r], V [N, r])`` (descending, ``λ ≥ 0``, orthonormal columns), ``r = min(rank, N)``.
     """
     rank = check_positive_int("rank", rank)
     oversample = check_nonnegative_int("oversample", oversample)

@@ -155,7 +155,8 @@ class InvertConfig:
     rank: int = _knob(
         1000,
         "rank of the Laplace approximation the flow starts from (2·(rank+10) Gauss-Newton "
-        "products, or N when rank ≥ N unknowns: exact; at least the number of unknowns with eigenvalues > 1 for a calibrated start)",
+        "products, or N when rank ≥ N unknowns: exact; at least the number of unknowns with "
+        "eigenvalues > 1 for a calibrated start)",
     )
     oversample: int = _knob(10, "extra random vectors of the randomized eigensolver")
     residual: str = _knob(
