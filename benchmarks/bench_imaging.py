@@ -389,14 +389,16 @@ def split_worker(out: Path, reps: int) -> dict:
     }
 
 
-def run_child(cmd: list[str], log: Path, env: dict) -> tuple[int, float, float]:
-    """Run ``cmd``; return (exit code, wall s, peak RSS MB of its largest process)."""
+def run_child(cmd: list[str], log: Path, env: dict) -> tuple[int, float, float, float]:
+    """Run ``cmd``; return (exit code, wall s, peak RSS MB of its largest process, CPU s of
+    all its processes)."""
     t0 = time.perf_counter()
     with open(log, "w") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
         _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, time.perf_counter() - t0, usage.ru_maxrss / 1024
+    cpu = usage.ru_utime + usage.ru_stime
+    return proc.returncode, time.perf_counter() - t0, usage.ru_maxrss / 1024, cpu
 
 
 def bench_split(root: Path, reps: int) -> dict:
@@ -404,7 +406,7 @@ def bench_split(root: Path, reps: int) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     log = root / "split.log"
     cmd = [sys.executable, __file__, "--split-worker", str(out), "--reps", str(reps)]
-    rc, wall, rss = run_child(cmd, log, dict(os.environ))
+    rc, wall, rss, _ = run_child(cmd, log, dict(os.environ))
     text = log.read_text()
     if rc != 0:
         raise RuntimeError(f"split worker failed ({rc}):\n{text[-3000:]}")
@@ -442,7 +444,7 @@ def bench_mpi(root: Path, nx: int, nz: int, iterations: int, repeats: int) -> di
             out = root / f"mpi_n{n}_{k}"
             cmd = [str(exe), "-n", str(n), sys.executable, "-m", "devito_uq.cli", "invert"]
             cmd += ["--out", str(out), "--quiet", "--no-figures", *args]
-            rc, wall, rss = run_child(cmd, root / f"mpi_n{n}_{k}.log", env)
+            rc, wall, rss, cpu = run_child(cmd, root / f"mpi_n{n}_{k}.log", env)
             if rc != 0:
                 text = (root / f"mpi_n{n}_{k}.log").read_text()
                 raise RuntimeError(f"mpiexec -n {n} failed ({rc}):\n{text[-3000:]}")
@@ -454,11 +456,13 @@ def bench_mpi(root: Path, nx: int, nz: int, iterations: int, repeats: int) -> di
                     "total": s["time_s"]["total"],
                     "phases": s["time_s"],
                     "rss": rss,
+                    "cpu": cpu,
+                    "map": load_checkpoint(out / "map.pt")["map"].double(),
                     "mean": read_image(out / "posterior_mean.sgy")[0],
                 }
             )
     med = {
-        n: {k: statistics.median(r[k] for r in rs) for k in ("wall", "vi", "total", "rss")}
+        n: {k: statistics.median(r[k] for r in rs) for k in ("wall", "vi", "total", "rss", "cpu")}
         for n, rs in runs.items()
     }
     phases = {
@@ -466,16 +470,21 @@ def bench_mpi(root: Path, nx: int, nz: int, iterations: int, repeats: int) -> di
         for n, rs in runs.items()
     }
     one, two = runs[1][0]["mean"], runs[2][0]["mean"]
+    map1, map2 = runs[1][0]["map"], runs[2][0]["map"]
     return {
         "grid": (nx, nz),
         "iterations": iterations,
         "repeats": repeats,
         "runs": {
-            n: [{k: v for k, v in r.items() if k != "mean"} for r in rs] for n, rs in runs.items()
+            n: [{k: v for k, v in r.items() if k not in ("mean", "phases", "map")} for r in rs]
+            for n, rs in runs.items()
         },
         "median": med,
         "phases": phases,
         "mean_diff": float(np.abs(one - two).max() / np.abs(one).max()),
+        "map_diff": float((map1 - map2).abs().max() / map1.abs().max()),
+        "rank": opts["rank"],
+        "map_iterations": opts["map_iterations"],
     }
 
 
@@ -596,12 +605,21 @@ def report(results: dict, args, loads: list, wall: float) -> str:
             f"## 4. `mpiexec -n 1` vs `-n 2` `devito-uq invert` ({nx}×{nz}, 8 shots, "
             f"{r['iterations']} VI iterations, batch 2; alternately, {r['repeats']} runs each)\n"
         )
-        p("| ranks | VI phase s | total s (summary) | wall s (mpiexec) | peak RSS / rank MB |")
-        p("|---|---:|---:|---:|---:|")
+        p(
+            "| ranks | VI phase s | total s (summary) | wall s (mpiexec) | CPU s, all ranks "
+            "| peak RSS / rank MB |"
+        )
+        p("|---|---:|---:|---:|---:|---:|")
         for n, m in ((1, m1), (2, m2)):
-            p(f"| {n} | {m['vi']:.1f} | {m['total']:.1f} | {m['wall']:.1f} | {m['rss']:.0f} |")
+            p(
+                f"| {n} | {m['vi']:.1f} | {m['total']:.1f} | {m['wall']:.1f} | {m['cpu']:.1f} "
+                f"| {m['rss']:.0f} |"
+            )
         up = {k: m1[k] / m2[k] for k in ("vi", "total", "wall")}
-        p(f"| **speed-up 1→2** | **{up['vi']:.2f}×** | {up['total']:.2f}× | {up['wall']:.2f}× | |")
+        p(
+            f"| **speed-up 1→2** | **{up['vi']:.2f}×** | {up['total']:.2f}× | {up['wall']:.2f}× "
+            f"| 2 ranks / 1: {m2['cpu'] / m1['cpu']:.2f}× | |"
+        )
         ph1, ph2 = r["phases"][1], r["phases"][2]
         p(
             "\nBy phase (summary.json `time_s`, medians, s, 1 rank / 2 ranks = speed-up): "
@@ -612,7 +630,8 @@ def report(results: dict, args, loads: list, wall: float) -> str:
         )
         p(
             f"\nTarget ≥ 1.8× (VI phase). Posterior means, 1 vs 2 ranks: max |diff| / max |mean| "
-            f"= {r['mean_diff']:.1e}. Single runs (s, VI/total): "
+            f"= {r['mean_diff']:.1e}; their MAPs (L-BFGS, {r['map_iterations']} iterations in the "
+            f"rank-{r['rank']} Laplace latent): {r['map_diff']:.1e}. Single runs (s, VI/total): "
             + "; ".join(
                 f"n={n}: " + ", ".join(f"{x['vi']:.1f}/{x['total']:.1f}" for x in rs)
                 for n, rs in r["runs"].items()
