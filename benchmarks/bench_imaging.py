@@ -30,7 +30,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -385,20 +384,42 @@ def split_worker(out: Path, reps: int) -> dict:
         "t_simulate": t_sim,
         "flow_kind": inv.flow,
         "rank": inv.rank,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": _vm_hwm_mb(),
     }
+
+
+#: Runs ``argv[2:]`` and writes the peak RSS (kB) of its largest process to ``argv[1]``. A
+#: process forked from this (large) one starts with its peak RSS (Linux keeps it across
+#: exec); this small wrapper's children do not, so their peak is theirs.
+_WRAP = (
+    "import resource, subprocess, sys; rc = subprocess.call(sys.argv[2:]); "
+    "open(sys.argv[1], 'w').write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)); "
+    "sys.exit(rc)"
+)
+
+
+def _vm_hwm_mb() -> float:
+    """This process's peak RSS since its exec (``VmHWM``), MB."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return float(line.split()[1]) / 1024
+    return float("nan")
 
 
 def run_child(cmd: list[str], log: Path, env: dict) -> tuple[int, float, float, float]:
     """Run ``cmd``; return (exit code, wall s, peak RSS MB of its largest process, CPU s of
     all its processes)."""
+    rss_file = log.with_suffix(".rss")
     t0 = time.perf_counter()
     with open(log, "w") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
+        wrapped = [sys.executable, "-c", _WRAP, str(rss_file), *cmd]
+        proc = subprocess.Popen(wrapped, stdout=fh, stderr=subprocess.STDOUT, env=env)
         _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     cpu = usage.ru_utime + usage.ru_stime
-    return proc.returncode, time.perf_counter() - t0, usage.ru_maxrss / 1024, cpu
+    rss = float(rss_file.read_text()) / 1024 if rss_file.exists() else float("nan")
+    return proc.returncode, time.perf_counter() - t0, rss, cpu
 
 
 def bench_split(root: Path, reps: int) -> dict:
@@ -648,7 +669,9 @@ def main() -> None:
     parser.add_argument("--split-worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--reps", type=int, default=5, help=argparse.SUPPRESS)
     parser.add_argument("--no-write", action="store_true", help="do not write the md file")
-    parser.add_argument("--keep", default=None, help="work in this folder and keep it")
+    parser.add_argument(
+        "--keep", default=None, help="work in this folder and keep it (with results.json)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.split_worker:
@@ -668,7 +691,7 @@ def main() -> None:
             print(f"[1] done at {time.perf_counter() - t0:.0f} s", file=sys.stderr)
         if 2 in sections:
             nx, nz = (16, 8) if q else (32, 16)
-            its, steps, burn = (40, 60, 50) if q else (300, 1500, 200)
+            its, steps, burn = (40, 60, 50) if q else (300, 1500, 400)
             results["fwi"] = bench_fwi(root, nx, nz, 2 if q else 4, its, steps, 4 if q else 8, burn)
             loads.append(os.getloadavg()[0])
             print(f"[2] done at {time.perf_counter() - t0:.0f} s", file=sys.stderr)
@@ -679,6 +702,7 @@ def main() -> None:
         if 4 in sections:
             results["mpi"] = bench_mpi(root, 60, 30, 10 if q else 30, 1 if q else 2)
             loads.append(os.getloadavg()[0])
+        (root / "results.json").write_text(json.dumps(results, indent=1, default=str))
     text = report(results, args, loads, time.perf_counter() - t0)
     print(text)
     if not args.no_write:
