@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from typing import Any
 
 import torch
@@ -295,6 +296,17 @@ def run_invert(
         "residual_shrink": float(base.get("residual", 1.0)),
         "unknowns": int(problem.m0.numel()),
     }
+    if lam.numel() < problem.m0.numel() and float(lam[-1]) > 1.0:
+        # The directions beyond the rank still carry information the start ignores: the MAP
+        # is not converged there and VI over-contracts (README, "where it stops being
+        # calibrated"); say so where the user looks.
+        message = (
+            f"Laplace rank {lam.numel()} of {problem.m0.numel()} unknowns stops at eigenvalue "
+            f"{float(lam[-1]):.3g} > 1: the posterior is not calibrated; raise rank"
+        )
+        summary["laplace"]["warning"] = message
+        if rank == 0:
+            warnings.warn(message, stacklevel=2)
     summary["config"] = config.to_dict()
     if problem.truth is not None and problem.kind == "born":
         # How far the wave equation's data of the truth are from its Born data: the model
