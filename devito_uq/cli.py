@@ -3,7 +3,9 @@
 ``devito-uq demo --out outputs/demo`` runs the Sleipner AVP uncertainty experiment
 with the short schedule (``make demo``, a few minutes on 2 cores);
 ``devito-uq avp --full`` runs the original 32,768-iteration schedule;
-``devito-uq calibrate devito_uq/apps/avp/calibrate.toml`` runs the AVP calibration.
+``devito-uq calibrate examples/avp_calibrate.toml`` runs the AVP calibration;
+``devito-uq imaging`` runs 2D imaging UQ on Marmousi-II (``simulate``, ``invert``,
+``summarize`` and ``info FILE.sgy`` are its steps).
 
 Every application package under :mod:`devito_uq.apps` declares its sub-commands
 (:class:`devito_uq.apps.Command`); each field of the command's config dataclass
