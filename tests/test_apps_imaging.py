@@ -196,6 +196,12 @@ def test_resume_continues_the_same_run(born_run, tmp_path, monkeypatch):
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
     with pytest.raises(CheckpointError, match="prior_std"):
         run_invert(InvertConfig(**dict(INV, prior_std=0.1)), part, resume=True, progress=False)
+    # Other data under the same name: refused on resume (the inputs' SHA-256 is compared).
+    (part / "shots.sgy").unlink()
+    data = (out / "shots.sgy").read_bytes()
+    (part / "shots.sgy").write_bytes(data[:-4] + bytes(4))  # the last sample changed
+    with pytest.raises(CheckpointError, match="input_sha256"):
+        run_invert(InvertConfig(**INV), part, resume=True, progress=False)
 
 
 def test_summarize_redraws_without_solves(born_run, tmp_path):

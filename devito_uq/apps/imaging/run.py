@@ -66,11 +66,37 @@ def _invert_fields(config: InvertConfig) -> dict[str, Any]:
     return {k: v for k, v in config.to_dict().items() if k in names}
 
 
-def _identity(config: InvertConfig, exclude: frozenset) -> dict[str, Any]:
-    return {k: v for k, v in _invert_fields(config).items() if k not in exclude}
+def input_digests(config: InvertConfig, out: str) -> dict[str, str]:
+    """SHA-256 of the input files (shots, background, a prior posterior): part of a run's
+    identity, so that ``--resume`` after the data changed is refused, not silently mixed."""
+    import hashlib
+
+    from devito_uq.apps.imaging.problem import _resolve
+    from devito_uq.io._files import check_input_file
+
+    keys = ("shots", "background") + (("prior_file",) if config.prior == "flow" else ())
+    what = {"shots": "shots file", "background": "background model", "prior_file": "prior_file"}
+    digests = {}
+    for key in keys:
+        path = check_input_file(
+            _resolve(getattr(config, key), out), what[key], InvalidArgumentError
+        )
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        digests[key] = h.hexdigest()
+    return digests
 
 
-def _prepare(out: str, resume: bool, config: InvertConfig, writer: bool) -> dict | None:
+def _identity(config: InvertConfig, exclude: frozenset, digests: dict) -> dict[str, Any]:
+    fields = {k: v for k, v in _invert_fields(config).items() if k not in exclude}
+    return {**fields, "input_sha256": digests}
+
+
+def _prepare(
+    out: str, resume: bool, config: InvertConfig, writer: bool, digests: dict
+) -> dict | None:
     """Check or clear the checkpoints before any solve; return a valid MAP cache."""
     from devito_uq.io.checkpoint import check_identity, load_checkpoint
 
@@ -89,13 +115,14 @@ def _prepare(out: str, resume: bool, config: InvertConfig, writer: bool) -> dict
     base = None
     if os.path.lexists(cache):
         base = load_checkpoint(cache, required=_CACHE_KEYS)
-        check_identity(cache, base["identity"], _identity(config, _NOT_IN_MAP), hint=_AFRESH)
+        now = _identity(config, _NOT_IN_MAP, digests)
+        check_identity(cache, base["identity"], now, hint=_AFRESH)
     if os.path.lexists(ckpt):
         run = load_checkpoint(ckpt, required=("run",))["run"]
         saved = run.get("identity") if isinstance(run, dict) else None
         if not isinstance(saved, dict):
             raise CheckpointError(f"checkpoint {ckpt!r} holds no imaging configuration{_AFRESH}")
-        check_identity(ckpt, saved, _identity(config, NOT_IN_VI), hint=_AFRESH)
+        check_identity(ckpt, saved, _identity(config, NOT_IN_VI, digests), hint=_AFRESH)
     return base
 
 
@@ -231,7 +258,10 @@ def run_invert(
     out = os.fspath(out)
     rank, _ = rank_and_size(comm)
     t_start = time.perf_counter()
-    cached = _prepare(out, resume, config, rank == 0)
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise InvalidArgumentError(f"out={out!r} exists and is not a folder")
+    digests = input_digests(config, out)
+    cached = _prepare(out, resume, config, rank == 0, digests)
     problem = build_problem(config, out, comm)
     make_flow(config, problem.shape)  # the flow's fields, before any solve
     prior = make_prior(config, problem, out)
@@ -242,7 +272,7 @@ def run_invert(
         if rank == 0:
             save_checkpoint(
                 os.path.join(out, "map.pt"),
-                {"identity": _identity(config, _NOT_IN_MAP), **base},
+                {"identity": _identity(config, _NOT_IN_MAP, digests), **base},
             )
     else:
         base = cached
@@ -263,7 +293,7 @@ def run_invert(
         checkpoint_every=config.checkpoint_every,
         seed=config.seed,
         progress=progress and rank == 0,
-        identity=_identity(config, NOT_IN_VI),
+        identity=_identity(config, NOT_IN_VI, digests),
     )
     timings["vi"], solves["vi"] = time.perf_counter() - t0, _solves(problem) - s0
     iters = config.iterations - vi.resumed_from
