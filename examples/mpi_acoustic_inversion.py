@@ -8,7 +8,9 @@
 3. A mean-field Gaussian posterior over the squared slowness is trained by
    reverse KL with a smoothness prior (swap in a ``devito_uq.flows.Flow`` for a
    richer posterior; nothing else changes). Rank 0 writes the posterior mean and
-   standard deviation of the velocity (km/s) with ``write_image``.
+   standard deviation of the velocity (km/s) with ``write_image``. The full application
+   with a 2D flow, a Laplace start, SEG-Y outputs and resume is
+   ``mpiexec -n 2 devito-uq imaging`` / ``devito-uq invert`` (``devito_uq.apps.imaging``).
 
     mpiexec -n 2 .venv/bin/python examples/mpi_acoustic_inversion.py --out outputs/mpi
 
