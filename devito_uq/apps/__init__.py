@@ -17,10 +17,40 @@ options from its config dataclass, so a new application needs no edit elsewhere.
 from __future__ import annotations
 
 import importlib
+import os
 import pkgutil
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
-__all__ = ["Command", "commands"]
+__all__ = ["Command", "commands", "knob", "prepare_output"]
+
+
+def knob(default: Any, help: str, cli: bool = True) -> Any:
+    """A config dataclass field with its help text (``cli=False``: not a command-line option)."""
+    return field(default=default, metadata={"help": help, "cli": cli})
+
+
+def prepare_output(out: str, checkpoints: Sequence[str], resume: bool, writer: bool = True) -> None:
+    """Make the output folder ``out``; without ``resume`` remove the ``checkpoints`` in it
+    (``writer`` only: rank 0 under MPI), a symbolic link itself, never its target.
+
+    Raises :class:`~devito_uq.errors.InvalidArgumentError` when ``out`` is a file and
+    :class:`~devito_uq.errors.CheckpointError` when a checkpoint path is a folder.
+    """
+    from devito_uq.errors import CheckpointError, InvalidArgumentError
+
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise InvalidArgumentError(f"out={out!r} exists and is not a folder")
+    os.makedirs(out, exist_ok=True)
+    if resume or not writer:
+        return
+    for name in checkpoints:
+        path = os.path.join(out, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            raise CheckpointError(f"checkpoint {path!r} is a folder, not a file")
+        if os.path.lexists(path):
+            os.remove(path)
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from devito_uq.apps import knob as _knob
 from devito_uq.apps.avp.config import AVPConfig
 from devito_uq.errors import InvalidArgumentError
 from devito_uq.validation import (
@@ -27,10 +28,6 @@ from devito_uq.validation import (
 __all__ = ["AVPCalibrationConfig"]
 
 _METHODS = ("both", "vi", "mala")
-
-
-def _knob(default: Any, help: str, cli: bool = True) -> Any:
-    return field(default=default, metadata={"help": help, "cli": cli})
 
 
 @dataclass

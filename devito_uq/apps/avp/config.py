@@ -12,6 +12,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from devito_uq.apps import knob as _knob
 from devito_uq.errors import InvalidArgumentError
 from devito_uq.validation import (
     check_allocation,
@@ -26,10 +27,6 @@ from devito_uq.validation import (
 )
 
 __all__ = ["AVPConfig"]
-
-
-def _knob(default: Any, help: str, cli: bool = True) -> Any:
-    return field(default=default, metadata={"help": help, "cli": cli})
 
 
 @dataclass

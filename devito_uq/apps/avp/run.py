@@ -25,9 +25,10 @@ from typing import Any
 
 import torch
 
+from devito_uq.apps import prepare_output
 from devito_uq.apps.avp.config import AVPConfig
 from devito_uq.apps.avp.problem import AVPProblem, build_problem, load_sleipner, make_flow
-from devito_uq.errors import CheckpointError, InvalidArgumentError
+from devito_uq.errors import CheckpointError
 from devito_uq.inference import (
     MALA,
     PosteriorSummary,
@@ -128,16 +129,9 @@ def _prepare_output(out: str, resume: bool, config: AVPConfig) -> dict[str, Any]
     With ``resume`` both checkpoints are verified and compared with ``config`` here, so
     a run under another configuration is refused before it costs anything.
     """
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise InvalidArgumentError(f"out={out!r} exists and is not a folder")
-    os.makedirs(out, exist_ok=True)
+    prepare_output(out, ("vi_checkpoint.pt", "map_mala.pt"), resume)
     ckpt, cache = os.path.join(out, "vi_checkpoint.pt"), os.path.join(out, "map_mala.pt")
     if not resume:
-        for path in (ckpt, cache):
-            if os.path.isdir(path) and not os.path.islink(path):
-                raise CheckpointError(f"checkpoint {path!r} is a folder, not a file")
-            if os.path.lexists(path):
-                os.remove(path)  # a symbolic link is removed, never its target
         return None
     base = _load_baselines(cache, config) if os.path.lexists(cache) else None
     if os.path.lexists(ckpt):

@@ -18,9 +18,10 @@ TOML keys are the field names. Units: metres, ms, Hz, km/s, squared slowness s²
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from devito_uq.apps import knob as _knob
 from devito_uq.errors import InvalidArgumentError
 from devito_uq.validation import (
     check_choice,
@@ -33,10 +34,6 @@ from devito_uq.validation import (
 )
 
 __all__ = ["SimulateConfig", "InvertConfig", "ImagingConfig", "SummarizeConfig", "InfoConfig"]
-
-
-def _knob(default: Any, help: str, cli: bool = True) -> Any:
-    return field(default=default, metadata={"help": help, "cli": cli})
 
 
 def _fields_dict(obj: Any) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from devito_uq.apps import prepare_output
 from devito_uq.apps.imaging.config import NOT_IN_VI, ImagingConfig, InvertConfig
 from devito_uq.apps.imaging.problem import (
     build_problem,
@@ -100,17 +101,9 @@ def _prepare(
     """Check or clear the checkpoints before any solve; return a valid MAP cache."""
     from devito_uq.io.checkpoint import check_identity, load_checkpoint
 
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise InvalidArgumentError(f"out={out!r} exists and is not a folder")
-    os.makedirs(out, exist_ok=True)
+    prepare_output(out, ("vi_checkpoint.pt", "map.pt"), resume, writer)
     ckpt, cache = os.path.join(out, "vi_checkpoint.pt"), os.path.join(out, "map.pt")
     if not resume:
-        if writer:
-            for path in (ckpt, cache):
-                if os.path.isdir(path) and not os.path.islink(path):
-                    raise CheckpointError(f"checkpoint {path!r} is a folder, not a file")
-                if os.path.lexists(path):
-                    os.remove(path)  # a symbolic link is removed, never its target
         return None
     base = None
     if os.path.lexists(cache):
