@@ -14,7 +14,7 @@ from segyio import BinField, TraceField
 
 from devito_uq.errors import InvalidShapeError, SegyError
 from devito_uq.io import read_image, read_shots, write_image, write_shots
-from devito_uq.io import segy as segy_module
+from devito_uq.io import segy_write as segy_write_module
 from devito_uq.physics import Survey, ricker
 
 
@@ -260,7 +260,7 @@ def test_failure_mid_write_leaves_file(written, monkeypatch):
     def broken(lines):
         raise OSError("disk full")
 
-    monkeypatch.setattr(segy_module, "_text_header", broken)
+    monkeypatch.setattr(segy_write_module, "_text_header", broken)
     with pytest.raises(OSError, match="disk full"):
         write_shots(path, survey, data * 2)
     _unchanged(path, before)

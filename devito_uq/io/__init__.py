@@ -11,7 +11,7 @@ from devito_uq._lazy import lazy_exports
 
 _WHERE = {
     "read_shots": "devito_uq.io.segy",
-    "write_shots": "devito_uq.io.segy",
+    "write_shots": "devito_uq.io.segy_write",
     "segy_info": "devito_uq.io.segy_inspect",
     "format_segy_info": "devito_uq.io.segy_inspect",
     "write_image": "devito_uq.io.segy_image",
