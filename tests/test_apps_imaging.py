@@ -251,6 +251,24 @@ def test_bad_input_is_refused_before_any_solve(survey_dir, tmp_path):
         true_velocity(ImagingConfig(x_start=11000.0, width=3000.0))
     with pytest.raises(InvalidArgumentError, match="velocities"):
         run_invert(InvertConfig(**dict(INV, vmax=2.0)), survey_dir, progress=False)
+    from devito_uq.apps.imaging.config import InfoConfig, SummarizeConfig
+
+    for bad, match in [
+        (dict(problem="rtm"), "problem='rtm'"),
+        (dict(residual="guess"), "residual='guess'"),
+        (dict(prior="laplace"), "prior='laplace'"),
+        (dict(rank=0), "rank=0"),
+        (dict(device="tpu"), "device='tpu'"),
+        (dict(prior_std=-0.1), "prior_std"),
+    ]:
+        with pytest.raises(InvalidArgumentError, match=match):
+            InvertConfig(**dict(INV, **bad)).validate()
+    with pytest.raises(InvalidArgumentError, match="data='wave'"):
+        SimulateConfig(**dict(SIM, data="wave")).validate()
+    with pytest.raises(InvalidArgumentError, match="n_samples=1"):
+        SummarizeConfig(n_samples=1).validate()
+    with pytest.raises(InvalidArgumentError, match="give the SEG-Y file"):
+        InfoConfig().validate()
 
 
 def test_cli_info_and_user_errors(survey_dir):

@@ -41,6 +41,7 @@ __all__ = [
     "gauss_newton_diagonal",
     "gauss_newton_operator",
     "prior_sqrt",
+    "resolve_path",
     "load_marmousi",
     "make_flow",
     "make_prior",
@@ -172,7 +173,8 @@ class ImagingProblem:
     ``m0`` ``[nx, nz]`` background squared slowness (s²/km²); ``truth`` the true unknown
     (``δm`` for born, ``m`` for fwi) when a true model was given; ``bounds`` the hard
     bounds of the unknown (fwi) or ``None``; ``operator`` this rank's Born or nonlinear
-    modelling of its shots; ``shots`` this rank's shot indices in the file.
+    modelling of its shots; ``shots`` this rank's shot indices in the file;
+    ``d_background`` (born) ``F(m0)`` of those shots, ``[shot, time, receiver]``.
     """
 
     kind: str
@@ -192,13 +194,15 @@ class ImagingProblem:
     nshots: int
     comm: Any
     report: dict[str, Any]
+    d_background: torch.Tensor | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
         return tuple(self.m0.shape)
 
 
-def _resolve(path: str, base: str | os.PathLike) -> Path:
+def resolve_path(path: str, base: str | os.PathLike) -> Path:
+    """``path`` itself if absolute (``~`` expanded), else ``base / path``."""
     p = Path(path).expanduser()
     return p if p.is_absolute() else Path(base) / p
 
@@ -228,8 +232,8 @@ def build_problem(config: Any, base: str | os.PathLike, comm: Any = None) -> Ima
     from devito_uq.physics import AcousticModel, AcousticModeling, BornModeling
     from devito_uq.physics.model import squared_slowness
 
-    shots_path = _resolve(config.shots, base)
-    bg_path = _resolve(config.background, base)
+    shots_path = resolve_path(config.shots, base)
+    bg_path = resolve_path(config.background, base)
     check_input_file(shots_path, "shots file", InvalidArgumentError)
     check_input_file(bg_path, "background model", InvalidArgumentError)
     v0, spacing, origin = read_image(bg_path)
@@ -243,7 +247,7 @@ def build_problem(config: Any, base: str | os.PathLike, comm: Any = None) -> Ima
     v_true = truth = None
     if config.truth:
         truth_path = check_input_file(
-            _resolve(config.truth, base), "true model", InvalidArgumentError
+            resolve_path(config.truth, base), "true model", InvalidArgumentError
         )
         vt, sp_t, _ = read_image(truth_path)
         if vt.shape != v0.shape or not np.allclose(sp_t, spacing):
@@ -259,7 +263,7 @@ def build_problem(config: Any, base: str | os.PathLike, comm: Any = None) -> Ima
     nshots = int(probe.segy_report["nshots_in_file"])
     mine = ShotDistribution(nshots, comm).shots
     m0 = torch.from_numpy(squared_slowness(v0.astype(np.float64))).float()
-    local = survey = None
+    local = survey = d_background = None
     data = torch.zeros(0)
     op: nn.Module | None = None
     if mine:
@@ -314,6 +318,7 @@ def build_problem(config: Any, base: str | os.PathLike, comm: Any = None) -> Ima
         nshots,
         comm,
         report,
+        d_background,
     )
 
 
@@ -337,7 +342,9 @@ def make_prior(config: Any, problem: ImagingProblem, base: str | os.PathLike = "
 
     if not config.prior_file:
         raise InvalidArgumentError("prior='flow' needs prior_file (a posterior.pt)")
-    path = check_input_file(_resolve(config.prior_file, base), "prior_file", InvalidArgumentError)
+    path = check_input_file(
+        resolve_path(config.prior_file, base), "prior_file", InvalidArgumentError
+    )
     post = load_posterior(path)
     if post.kind != problem.kind or tuple(post.m0.shape) != problem.shape:
         raise InvalidArgumentError(

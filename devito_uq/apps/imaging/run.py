@@ -72,7 +72,7 @@ def input_digests(config: InvertConfig, out: str) -> dict[str, str]:
     identity, so that ``--resume`` after the data changed is refused, not silently mixed."""
     import hashlib
 
-    from devito_uq.apps.imaging.problem import _resolve
+    from devito_uq.apps.imaging.problem import resolve_path
     from devito_uq.io._files import check_input_file
 
     keys = ("shots", "background") + (("prior_file",) if config.prior == "flow" else ())
@@ -80,7 +80,7 @@ def input_digests(config: InvertConfig, out: str) -> dict[str, str]:
     digests = {}
     for key in keys:
         path = check_input_file(
-            _resolve(getattr(config, key), out), what[key], InvalidArgumentError
+            resolve_path(getattr(config, key), out), what[key], InvalidArgumentError
         )
         h = hashlib.sha256()
         with open(path, "rb") as fh:
@@ -348,10 +348,10 @@ def _simulated_as(config: InvertConfig, out: str) -> str:
     """``"born"``/``"nonlinear"`` from ``acquisition.json`` beside the shots, or ``"unknown"``."""
     import json
 
-    from devito_uq.apps.imaging.problem import _resolve
+    from devito_uq.apps.imaging.problem import resolve_path
 
     try:
-        with open(_resolve(config.shots, out).parent / "acquisition.json") as fh:
+        with open(resolve_path(config.shots, out).parent / "acquisition.json") as fh:
             return str(json.load(fh)["config"]["data"])
     except (OSError, KeyError, TypeError, ValueError):
         return "unknown"
@@ -365,8 +365,8 @@ def linearization_error(problem) -> float:
     num = den = torch.zeros((), dtype=torch.float64)
     if problem.survey is not None:
         F = AcousticModeling(problem.model, problem.survey)
-        with torch.no_grad():
-            scattered = F(problem.m0 + problem.truth) - F(problem.m0)
+        with torch.no_grad():  # F(m0) was computed when the data were read
+            scattered = F(problem.m0 + problem.truth) - problem.d_background
             born = problem.operator(problem.truth)
         mask = torch.from_numpy(problem.survey.mask())[:, None, :]
         num = ((scattered - born) * mask).double().pow(2).sum()
