@@ -1,6 +1,8 @@
 """Gaussian, correlated Gaussian, smoothness, total-variation and flow priors
 (devito_uq.inference.priors, priors_gaussian)."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -213,6 +215,27 @@ def test_flow_prior_is_minus_flow_log_prob_with_gradient_in_m():
     torch.testing.assert_close(FlowPrior(img, n_pad=3)(x), -img.log_prob(x))
     with pytest.raises(InvalidArgumentError, match="n_pad=0 must be an integer"):
         FlowPrior(img, n_pad=0)(x)
+
+
+def test_flow_prior_with_a_parameterization_is_the_density_of_m():
+    """``q(m) = q_x(g⁻¹(m)) / |det ∂g/∂x|``: checked with a flow at its initial weights
+    (q_x = N(0, I): the mixing is orthogonal, the couplings the identity) and the
+    Jacobian of a bounded ``g`` taken by autograd."""
+    from devito_uq.inference import Parameterization
+
+    torch.manual_seed(3)
+    flow = Flow(HINT(4, steps=2, hidden=8, memory_frugal=False), (4,)).double()
+    flow.net.skip_data_init()
+    g = Parameterization(
+        torch.full((4,), 0.5, dtype=torch.float64), scale=0.3, lower=0.1, upper=0.9
+    )
+    prior = FlowPrior(flow, g)
+    x = torch.randn(2, 4, dtype=torch.float64)
+    m = g(x)[0].detach()
+    for k in range(2):
+        jac = torch.autograd.functional.jacobian(lambda u: g(u[None])[0][0], x[k])
+        log_q = -0.5 * x[k].pow(2).sum() - 2 * math.log(2 * math.pi) - torch.linalg.slogdet(jac)[1]
+        torch.testing.assert_close(prior(m[k : k + 1])[0], -log_q)
 
 
 def test_flow_prior_refuses_a_non_flow():
