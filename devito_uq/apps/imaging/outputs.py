@@ -62,10 +62,11 @@ class ImagingPosterior:
     origin: tuple[float, float]
 
     def sample(self, n: int, seed: int = 0) -> torch.Tensor:
-        """``[n, nx, nz]`` samples of the unknown (CPU), drawn from a fixed seed."""
-        torch.manual_seed(seed)
+        """``[n, nx, nz]`` samples of the unknown (CPU), drawn from a fixed seed (the
+        caller's random state is left as it was)."""
         out = []
-        with torch.no_grad():
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            torch.manual_seed(seed)
             for k in range(0, n, 64):
                 x = self.flow.sample(min(64, n - k))
                 out.append(self.parameterization(x)[0].cpu())
