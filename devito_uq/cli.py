@@ -172,8 +172,8 @@ def load_config_file(path: str | os.PathLike, config: type) -> dict[str, Any]:
     return out
 
 
-def _add_command(subs, cmd: Command) -> None:
-    sub = subs.add_parser(cmd.name, help=cmd.help, description=cmd.help)
+def _add_command(subs, cmd: Command, name: str | None = None) -> None:
+    sub = subs.add_parser(name or cmd.name, help=cmd.help, description=cmd.help)
     sub.set_defaults(_command=cmd)
     if cmd.positional is None:
         sub.add_argument(
@@ -225,8 +225,17 @@ def build_parser() -> argparse.ArgumentParser:
         description="Uncertainty quantification with Devito operators and normalizing flows.",
     )
     subs = parser.add_subparsers(dest="command", required=True)
+    groups: dict[str, Any] = {}
     for cmd in commands():
-        _add_command(subs, cmd)
+        group, _, step = cmd.name.partition(" ")
+        if not step:
+            _add_command(subs, cmd)
+            continue
+        # "amortize simulate": a command group with its own sub-commands.
+        if group not in groups:
+            parent = subs.add_parser(group, help=f"{group} simulate|train|... (see --help)")
+            groups[group] = parent.add_subparsers(dest=f"{group}_step", required=True)
+        _add_command(groups[group], cmd, name=step)
     return parser
 
 

@@ -28,9 +28,13 @@ def test_every_app_command_is_registered():
 
     names = [c.name for c in commands()]
     assert names == [
+        "amortize all", "amortize simulate", "amortize study", "amortize train",
         "avp", "calibrate", "demo", "imaging", "info", "invert", "simulate", "summarize"
     ]  # fmt: skip
+    from devito_uq.apps.amortize import AmortizeConfig
+
     assert {c.config for c in commands()} == {
+        AmortizeConfig,
         AVPConfig,
         AVPCalibrationConfig,
         ImagingConfig,

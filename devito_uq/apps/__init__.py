@@ -58,7 +58,8 @@ class Command:
     """One ``devito-uq`` sub-command.
 
     Attributes:
-        name: the sub-command (``devito-uq <name>``).
+        name: the sub-command (``devito-uq <name>``); two words (``"amortize train"``)
+            make a command group (``devito-uq amortize train``).
         help: one line for ``devito-uq --help``.
         config: the application's config dataclass (options come from its fields).
         preset: name of the classmethod of ``config`` giving the default schedule.
