@@ -167,6 +167,16 @@ class InvertConfig:
     checkpoint_every: int = _knob(50, "VI checkpoint interval, iterations")
     n_samples: int = _knob(256, "posterior samples drawn for the summary")
     device: str = _knob("cpu", "where the flow trains: 'cpu', 'cuda' or 'auto' (Devito: CPU)")
+    amortized: str = _knob(
+        "",
+        "amortized.pt of 'devito-uq amortize train' (imaging): sample its posterior for this "
+        "survey instead of MAP + VI ('': off)",
+    )
+    correct: bool = _knob(
+        False,
+        "with amortized: fit its latent correction to this survey (reverse KL with the "
+        "physics, `iterations` steps of `batch_size`)",
+    )
     seed: int = _knob(1, "flow and sampling seed")
     label: str = _knob("short", "schedule name written to summary.json", cli=False)
 
@@ -212,6 +222,12 @@ class InvertConfig:
         check_int("seed", self.seed)
         if not isinstance(self.label, str):
             raise InvalidArgumentError(f"label={self.label!r} must be a string")
+        if not isinstance(self.amortized, str):
+            raise InvalidArgumentError(f"amortized={self.amortized!r} must be a path or ''")
+        if not isinstance(self.correct, bool):
+            raise InvalidArgumentError(f"correct={self.correct!r} must be true or false")
+        if self.correct and not self.amortized:
+            raise InvalidArgumentError("correct=True needs amortized=PATH (a trained posterior)")
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -247,6 +247,11 @@ def run_invert(
     from devito_uq.io.checkpoint import save_checkpoint
 
     config.validate()
+    if config.amortized:
+        # A trained amortized posterior instead of MAP + VI (devito_uq.apps.amortize).
+        from devito_uq.apps.amortize.imaging import invert_amortized
+
+        return invert_amortized(config, out, resume, progress, figures, comm)
     device = resolve_device(config.device)
     out = os.fspath(out)
     rank, _ = rank_and_size(comm)
