@@ -99,6 +99,36 @@ class AmortizeConfig:
     f0: float = _knob(8.0, "Ricker peak frequency, Hz (imaging)")
     prior_std: float = _knob(0.03, "std of the per-survey VI's Gaussian prior, s²/km² (imaging)")
     correlation_length: float = _knob(60.0, "its correlation length, m (imaging)")
+    data_dt: float = _knob(4.0, "sample interval of the recorded data, ms (imaging)")
+    vmax: float = _knob(4.8, "largest velocity the solver steps stably for, km/s (imaging)")
+    nbl: int = _knob(20, "absorbing boundary width, grid cells (imaging)")
+    space_order: int = _knob(8, "finite-difference order in space (imaging)")
+    condition: str = _knob(
+        "normal",
+        "how Jᵀd is simulated (imaging): 'normal' (assemble JᵀMJ once, nx·nz Born + adjoint "
+        "solves per shot, then no solve per pair) or 'explicit' (J and Jᵀ per pair)",
+    )
+    augment_flip: bool = _knob(True, "mirror half of the training crops in x (imaging)")
+    augment_amplitude: float = _knob(
+        0.2, "training δm scaled by a factor in [1/(1+a), 1+a], log-uniform (imaging; 0: off)"
+    )
+    augment_warp: float = _knob(
+        30.0, "largest smooth random displacement of a training crop, m (imaging; 0: off)"
+    )
+
+    def _validate_imaging(self) -> None:
+        from devito_uq.validation import check_bool, check_nonnegative_scalar
+
+        check_choice("condition", self.condition, ("normal", "explicit"))
+        check_positive_scalar("data_dt", self.data_dt)
+        check_positive_scalar("vmax", self.vmax)
+        check_nonnegative_int("nbl", self.nbl)
+        check_choice("space_order", self.space_order, (2, 4, 6, 8, 10, 12, 16))
+        check_bool("augment_flip", self.augment_flip)
+        check_nonnegative_scalar("augment_amplitude", self.augment_amplitude)
+        check_nonnegative_scalar("augment_warp", self.augment_warp)
+        if self.data_dt >= self.t1:
+            raise InvalidArgumentError(f"data_dt={self.data_dt} ms must be below t1={self.t1}")
 
     @classmethod
     def short(cls, **overrides: Any) -> AmortizeConfig:
@@ -158,6 +188,7 @@ class AmortizeConfig:
         check_scalar("snr_db", self.snr_db)
         check_scalar("x_start", self.x_start)
         check_int("seed", self.seed, minimum=0)
+        self._validate_imaging()
         if self.n_train % self.shard_size or self.n_validation % self.shard_size:
             raise InvalidArgumentError(
                 f"n_train={self.n_train} and n_validation={self.n_validation} must be multiples "

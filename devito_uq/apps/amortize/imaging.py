@@ -1,0 +1,391 @@
+r"""The 2D amortized problem: linearized (Born) imaging of Marmousi-derived sections.
+
+One fixed acquisition and one fixed smooth background ``m0`` ``[nx, nz]`` (s²/km²): those of
+the held-out Marmousi-II window (``x_start``/``width``/``depth``/``spacing``/``smoothing``,
+built exactly as :mod:`devito_uq.apps.imaging.simulate` builds them, water kept). The
+unknown is the image ``δm`` around ``m0``; the data are Born data ``d = J δm + σ ε``
+(``J`` the Born operator at ``m0``, ``M`` the live-trace mask) and the condition of the
+amortized posterior is the migrated image
+
+.. math::
+    y = J^\top M d = H\,\delta m + \sigma J^\top M \varepsilon, \qquad H = J^\top M J,
+
+on the model grid, ``[1, nx, nz]``. ``σ`` is set once from ``snr_db`` against the held-out
+section's Born data (as ``devito-uq simulate`` does) and is the same for every pair.
+
+Training models are the residuals ``δm = m(v) − m(smooth(v))`` of random crops ``v`` of
+Marmousi-II of the window's size, cut at x positions whose crops (with their warp and a
+margin of two cells) never overlap the held-out window, then augmented: mirrored in x, a
+smooth random displacement of at most ``augment_warp`` m, and an amplitude factor
+log-uniform in ``[1/(1+a), 1+a]``. ``smooth`` keeps the water exact (δm = 0 there), as
+for the held-out truth ``δm_true = m_true − m0``.
+
+Conditions (``condition``):
+
+* ``"normal"`` (default): ``H`` is assembled once, one column per grid point (one Born and
+  one adjoint solve per shot and column, each shot's ``H_s`` kept so that shot subsets are
+  exact too); then ``y = H δm + σ H^{1/2} ξ`` with ``ξ ~ N(0, I)``: ``σ J^\top M ε`` is
+  Gaussian with covariance ``σ² H``, so the pairs have exactly the distribution of the
+  explicit simulation and cost no solve (41×21, 8 shots: 13,776 solves once, against 16
+  per pair: cheaper from 861 pairs on).
+* ``"explicit"``: ``J`` and ``Jᵀ`` per pair (2 solves per shot and pair).
+
+The flow works in the latent ``x = δm / prior_std`` (:class:`~devito_uq.inference.
+Parameterization` around 0 with scale ``prior_std``): the scale of the per-survey VI's
+Gaussian prior, so both flows live on comparable numbers; no Laplace whitening (it
+depends on the survey, the amortized flow must not).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from devito_uq.apps.amortize.config import AmortizeConfig
+from devito_uq.errors import InvalidArgumentError
+
+__all__ = [
+    "ImagingSetting",
+    "NormalLikelihood",
+    "build_setting",
+    "crop_velocity",
+    "invert_amortized",
+]
+
+_MARMOUSI_DX = 7.5
+#: Cells of the grid between a training crop (warp included) and the held-out window: the
+#: anti-alias filter and the linear interpolation reach about 1.5 cells.
+_MARGIN_CELLS = 2
+#: The fields of AmortizeConfig the training set depends on (besides n_train, seed...).
+_IDENTITY = (
+    "x_start", "width", "depth", "spacing", "smoothing", "nshots", "nreceivers", "t1", "f0",
+    "data_dt", "vmax", "nbl", "space_order", "snr_db", "condition", "augment_flip",
+    "augment_amplitude", "augment_warp",
+)  # fmt: skip
+# Assembled normal operators, one per acquisition: simulate, train and study of one
+# process (``amortize all``) assemble it once.
+_NORMAL_CACHE: dict[str, torch.Tensor] = {}
+
+
+@functools.lru_cache(maxsize=4)
+def _filtered_slowness(spacing: float) -> np.ndarray:
+    """Marmousi-II slowness ``[1601, 401]`` (s/km) anti-aliased for ``spacing`` m, exactly
+    as :func:`devito_uq.apps.imaging.problem.resample_window` filters it."""
+    from scipy.ndimage import gaussian_filter
+
+    from devito_uq.apps.imaging.problem import load_marmousi
+
+    s = 1.0 / np.asarray(load_marmousi(), np.float64)
+    sig = max(0.0, 0.5 * spacing / _MARMOUSI_DX - 0.5)
+    return gaussian_filter(s, [sig, sig], mode="nearest") if sig > 0 else s
+
+
+def crop_velocity(
+    x_start: float,
+    shape: tuple[int, int],
+    spacing: float,
+    flip: bool = False,
+    ux: np.ndarray | None = None,
+    uz: np.ndarray | None = None,
+) -> np.ndarray:
+    """A Marmousi-II crop ``[nx, nz]`` (km/s) at ``x_start`` m, resampled to ``spacing``
+    (identical to ``resample_window`` without ``flip``/``ux``/``uz``), its sample points
+    displaced by ``ux``/``uz`` ``[nx, nz]`` (m), then mirrored in x with ``flip``."""
+    from scipy.ndimage import map_coordinates
+
+    nx, nz = shape
+    xi = (x_start + spacing * np.arange(nx))[:, None] + (0.0 if ux is None else ux)
+    zi = (spacing * np.arange(nz))[None, :] + (0.0 if uz is None else uz)
+    xi, zi = np.broadcast_arrays(xi / _MARMOUSI_DX, zi / _MARMOUSI_DX)
+    s = map_coordinates(_filtered_slowness(float(spacing)), [xi, zi], order=1, mode="nearest")
+    v = (1.0 / s).astype(np.float32)
+    return np.ascontiguousarray(v[::-1]) if flip else v
+
+
+def _image(v: np.ndarray, config: AmortizeConfig) -> np.ndarray:
+    """``δm = m(v) − m(smooth(v))`` float64 ``[nx, nz]`` (s²/km²), water kept exact."""
+    from devito_uq.apps.imaging.problem import smooth_background
+
+    v0 = smooth_background(v, config.spacing, config.smoothing)
+    return 1.0 / v.astype(np.float64) ** 2 - 1.0 / v0.astype(np.float64) ** 2
+
+
+class NormalLikelihood(nn.Module):
+    r"""The Born Gaussian negative log-likelihood through the assembled normal operator:
+
+    .. math::
+        \tfrac{1}{2\sigma^2}\|M(d - J\delta m)\|^2
+        = \tfrac{1}{2\sigma^2}\big(\delta m^\top H \delta m - 2\,\delta m^\top y
+          + d^\top M d\big),
+
+    ``H = JᵀMJ`` ``[n, n]``, ``y = JᵀMd`` ``[nx, nz]``, ``constant`` = ``dᵀMd/(2σ²)`` when
+    known (else 0: gradients are unchanged). No PDE solve: ``m [batch, nx, nz] → [batch]``.
+    """
+
+    def __init__(self, H: torch.Tensor, y: torch.Tensor, sigma: float, constant: float = 0.0):
+        super().__init__()
+        self.register_buffer("H", H.double())
+        self.register_buffer("y", y.double().reshape(-1))
+        self.sigma, self.constant = float(sigma), float(constant)
+
+    def forward(self, m: torch.Tensor) -> torch.Tensor:
+        x = m.double().reshape(m.shape[0], -1)
+        quad = ((x @ self.H) * x).sum(1) - 2.0 * (x @ self.y)
+        return (0.5 * quad / self.sigma**2 + self.constant).to(m.dtype)
+
+
+class ImagingSetting:
+    """The amortized imaging problem of one configuration (the protocol of
+    :mod:`devito_uq.apps.amortize.run`); PDE work is done lazily, on first need."""
+
+    def __init__(self, config: AmortizeConfig, comm: Any = None) -> None:
+        self.config = config
+        self.comm = comm
+        nx = int(np.floor(config.width / config.spacing + 1e-9)) + 1
+        nz = int(np.floor(config.depth / config.spacing + 1e-9)) + 1
+        self.shape = (nx, nz)
+        self.intervals = self._crop_intervals()
+        if comm is not None and comm.Get_size() > 1 and config.condition == "normal":
+            self.normal_matrices()  # collective: every rank builds the setting together
+
+    # -- protocol -----------------------------------------------------------------------------
+
+    def identity(self) -> dict[str, Any]:
+        c = self.config
+        return {"problem": "imaging", "format": 1, **{k: getattr(c, k) for k in _IDENTITY}}
+
+    def simulate_shard(self, index: int, count: int, generator: torch.Generator) -> dict:
+        """``count`` pairs ``{"model": δm [count, nx, nz], "condition": Jᵀd [count, 1, nx,
+        nz]}`` (float32), every random number from ``generator``."""
+        dm, _ = self.draw_models(count, generator)
+        return {"model": dm.float(), "condition": self.conditions(dm, generator).float()}
+
+    def make_posterior(self):
+        """The untrained :class:`AmortizedPosterior`: an :class:`ImageSummary` CNN of the
+        standardized ``Jᵀd`` feeding a :class:`ConditionalImageFlow` over ``δm/prior_std``;
+        weights from ``config.seed`` (the caller's random state is left alone)."""
+        from devito_uq.flows import ConditionalImageFlow, ImageSummary
+        from devito_uq.inference import Parameterization
+        from devito_uq.inference.amortized import AmortizedPosterior
+
+        c = self.config
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(c.seed)
+            summary = ImageSummary(1, c.summary_features, hidden=c.summary_hidden)
+            flow = ConditionalImageFlow(
+                self.shape,
+                c.summary_features,
+                kind=c.flow_kind,
+                levels=c.flow_levels,
+                steps=c.flow_steps,
+                hidden=c.flow_hidden,
+            )
+        g = Parameterization(torch.zeros(self.shape), c.prior_std)
+        return AmortizedPosterior(flow, summary, g, condition_shape=(1, *self.shape))
+
+    def study(self, posterior, out: str, progress: bool = True, figures: bool = True, comm=None):
+        from devito_uq.apps.amortize.imaging_study import run_study
+
+        return run_study(self, posterior, out, progress=progress, figures=figures)
+
+    # -- acquisition ----------------------------------------------------------------------------
+
+    @functools.cached_property
+    def acquisition(self) -> dict[str, Any]:
+        """``model``, ``survey`` (as ``devito-uq simulate`` builds it), ``mask`` ``[shot, 1,
+        receiver]``, ``v_true``/``v0`` (km/s), ``m0``/``dm_true`` ``[nx, nz]`` (s²/km²),
+        ``origin``/``spacing`` (m). No solve."""
+        from devito_uq.apps.imaging.problem import (
+            load_marmousi,
+            resample_window,
+            smooth_background,
+        )
+        from devito_uq.physics import AcousticModel, Survey
+        from devito_uq.physics.resample import TimeAxis
+
+        c = self.config
+        dx = (_MARMOUSI_DX, _MARMOUSI_DX)
+        v, origin = resample_window(
+            load_marmousi(), dx, (0.0, 0.0), c.x_start, c.width, c.depth, c.spacing
+        )
+        v0 = smooth_background(v, c.spacing, c.smoothing)
+        spacing = (c.spacing, c.spacing)
+        model = AcousticModel(v.shape, spacing, origin, nbl=c.nbl, space_order=c.space_order)
+        line = Survey.surface(model, c.nshots, c.nreceivers, t1=c.t1, f0_hz=c.f0, vmax=c.vmax)
+        nt = int(np.floor(c.t1 / c.data_dt + 1e-9)) + 1
+        axis = TimeAxis(0.0, c.data_dt, nt)
+        survey = Survey.for_data(
+            model, line.src_positions, line.rec_positions, axis, c.vmax, f0_hz=c.f0
+        )
+        m_true = torch.from_numpy(1.0 / v.astype(np.float64) ** 2)
+        m0 = torch.from_numpy(1.0 / v0.astype(np.float64) ** 2)
+        return {
+            "model": model,
+            "survey": survey,
+            "mask": torch.from_numpy(survey.mask())[:, None, :],
+            "v_true": v,
+            "v0": v0,
+            "m0": m0.float(),
+            "dm_true": (m_true - m0).float(),
+            "origin": tuple(origin),
+            "spacing": spacing,
+        }
+
+    @functools.cached_property
+    def born(self):
+        """``J``: the Born operator at ``m0`` over every shot (:class:`BornModeling`)."""
+        from devito_uq.physics import BornModeling
+
+        a = self.acquisition
+        return BornModeling(a["model"], a["survey"], a["m0"])
+
+    @functools.cached_property
+    def sigma(self) -> float:
+        """Noise σ from ``snr_db`` against the held-out Born data ``J δm_true`` (all traces,
+        as ``devito-uq simulate``): ``nshots`` Born solves, once."""
+        from devito_uq.inference import sigma_from_snr
+
+        with torch.no_grad():
+            d = self.born(self.acquisition["dm_true"])
+        return sigma_from_snr(d, self.config.snr_db)
+
+    # -- training models --------------------------------------------------------------------------
+
+    def _crop_intervals(self) -> list[tuple[float, float]]:
+        """Allowed crop starts (m): crops, warp and margin included, inside Marmousi-II and
+        clear of the held-out window ``[x_start, x_start + width]``."""
+        c = self.config
+        extent = _MARMOUSI_DX * 1600
+        width = (self.shape[0] - 1) * c.spacing
+        reach = c.augment_warp + _MARGIN_CELLS * c.spacing
+        out = []
+        lo, hi = c.augment_warp, min(c.x_start - width - reach, extent - width - c.augment_warp)
+        if hi > lo:
+            out.append((lo, hi))
+        lo, hi = max(c.x_start + width + reach, c.augment_warp), extent - width - c.augment_warp
+        if hi > lo:
+            out.append((lo, hi))
+        if not out:
+            raise InvalidArgumentError(
+                f"no training crop of width={c.width} m fits in Marmousi-II (0..{extent:g} m) "
+                f"clear of the held-out window at x_start={c.x_start} m; move or shrink it"
+            )
+        return out
+
+    def draw_models(self, count: int, generator: torch.Generator):
+        """``count`` training images ``δm`` ``[count, nx, nz]`` float64 (s²/km²) and the crop
+        starts (m), every random number drawn from ``generator``."""
+        c = self.config
+        nx, nz = self.shape
+        lengths = [hi - lo for lo, hi in self.intervals]
+        X = c.spacing * np.arange(nx)[:, None] / max(c.width, c.spacing)
+        Z = c.spacing * np.arange(nz)[None, :] / max(c.depth, c.spacing)
+        out, starts = np.zeros((count, nx, nz)), []
+        for k in range(count):
+            u = torch.rand(10, generator=generator, dtype=torch.float64).numpy()
+            pos = u[0] * sum(lengths)
+            start = self.intervals[0][0] + pos
+            if len(lengths) > 1 and pos >= lengths[0]:
+                start = self.intervals[1][0] + pos - lengths[0]
+            disp = []
+            for j in (2, 6):  # a smooth plane-wave displacement in x, then in z
+                amp, kx, kz, phase = u[j], u[j + 1], u[j + 2], 2 * math.pi * u[j + 3]
+                disp.append(c.augment_warp * amp * np.sin(2 * math.pi * (kx * X + kz * Z) + phase))
+            flip = bool(c.augment_flip and u[1] < 0.5)
+            v = crop_velocity(start, self.shape, c.spacing, flip, disp[0], disp[1])
+            gain = torch.rand((), generator=generator, dtype=torch.float64).item()
+            scale = math.exp((2 * gain - 1) * math.log1p(c.augment_amplitude))
+            out[k] = scale * _image(v, c)
+            starts.append(float(start))
+        return torch.from_numpy(out), starts
+
+    # -- conditions -------------------------------------------------------------------------------
+
+    def shot_subset(self, fraction: float) -> list[int]:
+        """``round(fraction·nshots)`` (≥ 1) shots spread evenly over the line."""
+        n = self.config.nshots
+        k = max(1, int(round(fraction * n)))
+        return sorted({int(round(i)) for i in np.linspace(0, n - 1, k)})
+
+    def normal_matrices(self, progress: bool = False) -> torch.Tensor:
+        """``H_s = J_sᵀ M_s J_s`` ``[nshots, n, n]`` float64 (n = nx·nz), symmetrized: one
+        Born and one adjoint solve per shot and grid point (shots spread over the ranks),
+        cached per acquisition in this process."""
+        from tqdm.auto import tqdm
+
+        from devito_uq.parallel import ShotDistribution, allreduce_sum
+
+        key = json.dumps(self.identity(), sort_keys=True)
+        if key in _NORMAL_CACHE:
+            return _NORMAL_CACHE[key]
+        n, nshots = math.prod(self.shape), self.config.nshots
+        mask = self.acquisition["mask"].float()
+        H = torch.zeros(nshots, n, n, dtype=torch.float64)
+        chunk = 64
+        mine = ShotDistribution(nshots, self.comm).shots
+        bar = tqdm(total=len(mine) * n, desc="assembling JᵀMJ", disable=not progress, leave=False)
+        for s in mine:
+            for j in range(0, n, chunk):
+                k = min(chunk, n - j)
+                e = torch.zeros(k, n)
+                e[torch.arange(k), torch.arange(j, j + k)] = 1.0
+                u = e.reshape(k, *self.shape).requires_grad_(True)
+                w = self.born(u, shots=[s]) * mask[s : s + 1]
+                (g,) = torch.autograd.grad(0.5 * w.pow(2).sum(), u)
+                H[s, :, j : j + k] = g.reshape(k, n).T.double()
+                bar.update(k)
+        bar.close()
+        H = allreduce_sum(H, self.comm)
+        H = 0.5 * (H + H.transpose(1, 2))
+        _NORMAL_CACHE[key] = H
+        return H
+
+    @functools.lru_cache(maxsize=8)  # noqa: B019 (one setting per process and config)
+    def noise_factor(self, shots: tuple[int, ...]) -> torch.Tensor:
+        """``L`` ``[n, n]`` with ``L Lᵀ = H`` over ``shots`` (eigenvalues clipped at 0)."""
+        lam, vec = torch.linalg.eigh(self.normal_matrices()[list(shots)].sum(0))
+        return vec * lam.clamp_min(0).sqrt()
+
+    def conditions(
+        self,
+        dm: torch.Tensor,
+        generator: torch.Generator,
+        sigma: float | None = None,
+        shots: list[int] | None = None,
+    ) -> torch.Tensor:
+        """Migrated images ``Jᵀ M (J δm + σ ε)`` ``[k, 1, nx, nz]`` float64 of ``dm [k, nx,
+        nz]`` over ``shots`` (default all) at noise ``sigma`` (default :attr:`sigma`)."""
+        sigma = self.sigma if sigma is None else float(sigma)
+        shots = list(range(self.config.nshots)) if shots is None else list(shots)
+        k, n = dm.shape[0], math.prod(self.shape)
+        if self.config.condition == "normal":
+            H = self.normal_matrices()[shots].sum(0)
+            xi = torch.randn(n, k, generator=generator, dtype=torch.float64)
+            y = H @ dm.double().reshape(k, n).T + sigma * self.noise_factor(tuple(shots)) @ xi
+            return y.T.reshape(k, 1, *self.shape)
+        mask = self.acquisition["mask"][shots].float()
+        u = dm.float().requires_grad_(True)
+        d = self.born(u, shots=shots)
+        eps = torch.randn(d.shape, generator=generator, dtype=torch.float64).float()
+        r = (d.detach() + sigma * eps) * mask
+        (y,) = torch.autograd.grad(d, u, grad_outputs=r)
+        return y.double()[:, None]
+
+
+def build_setting(config: AmortizeConfig, comm: Any = None) -> ImagingSetting:
+    """The protocol object of :mod:`devito_uq.apps.amortize.run` for ``problem="imaging"``."""
+    return ImagingSetting(config.validate(), comm)
+
+
+def invert_amortized(config, out, resume=False, progress=True, figures=True, comm=None):
+    """``devito-uq invert --amortized PATH [--correct]`` (see
+    :func:`devito_uq.apps.amortize.imaging_study.invert_amortized`)."""
+    from devito_uq.apps.amortize.imaging_study import invert_amortized as run
+
+    return run(config, out, resume=resume, progress=progress, figures=figures, comm=comm)
