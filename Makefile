@@ -11,7 +11,7 @@ export OMP_NUM_THREADS ?= 1
 export DEVITO_LANGUAGE ?= C
 export DEVITO_LOGGING ?= WARNING
 
-.PHONY: install demo imaging avp-demo calibrate test lint format bench bench-deps clean
+.PHONY: install demo imaging avp-demo calibrate amortize test lint format bench bench-deps clean
 
 install: $(STAMP)
 
@@ -43,6 +43,12 @@ imaging: install
 # Rerunning continues where it stopped; 2 ranks: $(VENV)/bin/mpiexec -n 2 in front of $(PY).
 calibrate: install
 	$(PY) -m devito_uq.cli calibrate examples/avp_calibrate.toml --out outputs/calibrate --resume
+
+# Amortized posteriors (README "Amortized posteriors"): simulate the AVP training set,
+# train the conditional flow, then study it on the Sleipner survey and shifted ones.
+# Rerunning continues where it stopped (dataset shards, training checkpoint).
+amortize: install
+	$(PY) -m devito_uq.cli amortize all --out outputs/amortize --resume
 
 test: install
 	$(PY) -m pytest -q
