@@ -41,6 +41,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import time
 from typing import Any
 
 import numpy as np
@@ -70,7 +71,14 @@ _IDENTITY = (
 )  # fmt: skip
 # Assembled normal operators, one per acquisition: simulate, train and study of one
 # process (``amortize all``) assemble it once.
-_NORMAL_CACHE: dict[str, torch.Tensor] = {}
+_NORMAL_CACHE: dict[str, tuple[torch.Tensor, dict]] = {}
+
+
+def _solves() -> int:
+    """PDE solves run so far by this process (every cached acoustic solver)."""
+    from devito_uq.physics.solver import cached_solvers
+
+    return sum(s.n_solves for s in cached_solvers())
 
 
 @functools.lru_cache(maxsize=4)
@@ -151,8 +159,6 @@ class ImagingSetting:
         nz = int(np.floor(config.depth / config.spacing + 1e-9)) + 1
         self.shape = (nx, nz)
         self.intervals = self._crop_intervals()
-        if comm is not None and comm.Get_size() > 1 and config.condition == "normal":
-            self.normal_matrices()  # collective: every rank builds the setting together
 
     # -- protocol -----------------------------------------------------------------------------
 
@@ -315,20 +321,20 @@ class ImagingSetting:
 
     def normal_matrices(self, progress: bool = False) -> torch.Tensor:
         """``H_s = J_sᵀ M_s J_s`` ``[nshots, n, n]`` float64 (n = nx·nz), symmetrized: one
-        Born and one adjoint solve per shot and grid point (shots spread over the ranks),
-        cached per acquisition in this process."""
+        Born and one adjoint solve per shot and grid point, cached per acquisition in this
+        process. Under MPI every rank assembles it alone when it first needs it (ranks
+        without shards never do; no collective call, hence no deadlock)."""
         from tqdm.auto import tqdm
-
-        from devito_uq.parallel import ShotDistribution, allreduce_sum
 
         key = json.dumps(self.identity(), sort_keys=True)
         if key in _NORMAL_CACHE:
-            return _NORMAL_CACHE[key]
+            return _NORMAL_CACHE[key][0]
+        s0, t0 = _solves(), time.perf_counter()
         n, nshots = math.prod(self.shape), self.config.nshots
         mask = self.acquisition["mask"].float()
         H = torch.zeros(nshots, n, n, dtype=torch.float64)
         chunk = 64
-        mine = ShotDistribution(nshots, self.comm).shots
+        mine = range(nshots)
         bar = tqdm(total=len(mine) * n, desc="assembling JᵀMJ", disable=not progress, leave=False)
         for s in mine:
             for j in range(0, n, chunk):
@@ -341,10 +347,15 @@ class ImagingSetting:
                 H[s, :, j : j + k] = g.reshape(k, n).T.double()
                 bar.update(k)
         bar.close()
-        H = allreduce_sum(H, self.comm)
         H = 0.5 * (H + H.transpose(1, 2))
-        _NORMAL_CACHE[key] = H
+        cost = {"seconds": time.perf_counter() - t0, "pde_solves": _solves() - s0}
+        _NORMAL_CACHE[key] = (H, cost)
         return H
+
+    def normal_cost(self) -> dict[str, float]:
+        """Wall time and PDE solves of the assembly of :meth:`normal_matrices`."""
+        self.normal_matrices()
+        return dict(_NORMAL_CACHE[json.dumps(self.identity(), sort_keys=True)][1])
 
     @functools.lru_cache(maxsize=8)  # noqa: B019 (one setting per process and config)
     def noise_factor(self, shots: tuple[int, ...]) -> torch.Tensor:
@@ -369,6 +380,19 @@ class ImagingSetting:
             xi = torch.randn(n, k, generator=generator, dtype=torch.float64)
             y = H @ dm.double().reshape(k, n).T + sigma * self.noise_factor(tuple(shots)) @ xi
             return y.T.reshape(k, 1, *self.shape)
+        return self.migrate(dm, generator, sigma, shots)
+
+    def migrate(
+        self,
+        dm: torch.Tensor,
+        generator: torch.Generator,
+        sigma: float | None = None,
+        shots: list[int] | None = None,
+    ) -> torch.Tensor:
+        """:meth:`conditions` by explicit calls: ``d = J δm + σ ε`` (``ε`` from ``generator``),
+        then ``Jᵀ M d``: one Born and one adjoint solve per shot and image."""
+        sigma = self.sigma if sigma is None else float(sigma)
+        shots = list(range(self.config.nshots)) if shots is None else list(shots)
         mask = self.acquisition["mask"][shots].float()
         u = dm.float().requires_grad_(True)
         d = self.born(u, shots=shots)
@@ -385,7 +409,7 @@ def build_setting(config: AmortizeConfig, comm: Any = None) -> ImagingSetting:
 
 def invert_amortized(config, out, resume=False, progress=True, figures=True, comm=None):
     """``devito-uq invert --amortized PATH [--correct]`` (see
-    :func:`devito_uq.apps.amortize.imaging_study.invert_amortized`)."""
-    from devito_uq.apps.amortize.imaging_study import invert_amortized as run
+    :func:`devito_uq.apps.amortize.imaging_invert.invert_amortized`)."""
+    from devito_uq.apps.amortize.imaging_invert import invert_amortized as run
 
     return run(config, out, resume=resume, progress=progress, figures=figures, comm=comm)

@@ -1,0 +1,206 @@
+"""``devito-uq invert --amortized PATH [--correct]``: a trained 2D amortized posterior
+applied to a survey on disk.
+
+Reads the survey and its background as ``devito-uq invert`` does
+(:func:`devito_uq.apps.imaging.problem.build_problem`, ``problem = "born"``), checks that
+grid, background and acquisition are the ones the posterior was trained for (a mismatch is
+refused, naming it, before any solve), migrates the scattered data (``y = JᵀM(d − F(m0))``:
+one Born and one adjoint solve per shot), draws ``n_samples`` from ``q(δm | y)`` — with
+``correct``, after the latent correction (Siahkoohi et al. 2023) against this survey's Born
+likelihood and the correlated Gaussian prior (``prior_std``, ``correlation_length``),
+``iterations`` steps of ``batch_size`` samples at ``lr``, checkpointed in
+``correct_checkpoint.pt`` — and writes the outputs of ``devito-uq invert``
+(:func:`devito_uq.apps.imaging.outputs.write_outputs`: SEG-Y mean/std/quantiles, figures,
+``summary.json``) with the timings and PDE-solve counts.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from devito_uq.errors import InvalidArgumentError
+
+__all__ = ["invert_amortized", "check_survey"]
+
+_CKPT = "correct_checkpoint.pt"
+
+
+def _solves() -> int:
+    from devito_uq.physics.solver import cached_solvers
+
+    return sum(s.n_solves for s in cached_solvers())
+
+
+def _refuse(path, what: str, got: Any, want: Any) -> None:
+    raise InvalidArgumentError(
+        f"the survey's {what} is {got}, but {os.fspath(path)!r} was trained for {want}; "
+        "train an amortized posterior for this survey (devito-uq amortize) or invert it "
+        "without --amortized"
+    )
+
+
+def check_survey(config, out: str, setting, trained, path) -> None:
+    """Refuse a survey whose grid, background or acquisition differ from the training's
+    (reads the background image and the shot headers only: no solve)."""
+    from devito_uq.apps.imaging.problem import resolve_path
+    from devito_uq.io import read_image, read_shots
+    from devito_uq.io._files import check_input_file
+    from devito_uq.physics import AcousticModel
+
+    a = setting.acquisition
+    for name, got, want in (
+        ("nbl", config.nbl, trained.nbl),
+        ("space_order", config.space_order, trained.space_order),
+        ("Ricker peak frequency f0 (Hz)", config.f0, trained.f0),
+    ):
+        if got != want:
+            _refuse(path, name, got, want)
+    bg = check_input_file(
+        resolve_path(config.background, out), "background model", InvalidArgumentError
+    )
+    v0, spacing, origin = read_image(bg)
+    if tuple(v0.shape) != tuple(setting.shape):
+        _refuse(path, "grid (nx, nz)", tuple(v0.shape), tuple(setting.shape))
+    if not np.allclose(spacing, a["spacing"]):
+        _refuse(path, "grid spacing (m)", tuple(spacing), a["spacing"])
+    m0 = 1.0 / np.asarray(v0, np.float64) ** 2
+    gap = float(np.abs(m0 - a["m0"].double().numpy()).max() / np.abs(m0).max())
+    if gap > 1e-4:
+        _refuse(path, "background model", f"{gap:.2g} (relative) away from", "another one")
+    shots = check_input_file(resolve_path(config.shots, out), "shots file", InvalidArgumentError)
+    model = AcousticModel(v0.shape, spacing, origin, nbl=config.nbl, space_order=config.space_order)
+    survey, _ = read_shots(shots, f0_hz=config.f0, model=model, vmax=config.vmax)
+    ref = a["survey"]
+    if survey.nshots != ref.nshots:
+        _refuse(path, "number of shots", survey.nshots, ref.nshots)
+    o_got, o_ref = np.asarray(origin), np.asarray(a["origin"])
+    for what, got, want in (
+        ("source positions (m, from the origin)", survey.src_positions, ref.src_positions),
+        ("receiver positions (m, from the origin)", survey.rec_positions, ref.rec_positions),
+    ):
+        g = [np.asarray(p) - o_got for p in got]
+        w = [np.asarray(p) - o_ref for p in want]
+        if any(x.shape != y.shape or not np.allclose(x, y, atol=1e-3) for x, y in zip(g, w)):
+            _refuse(
+                path,
+                what,
+                [p.tolist() for p in g[:2]] + ["..."],
+                [p.tolist() for p in w[:2]] + ["..."],
+            )
+    ga, ra = survey.data_axis, ref.data_axis
+    if ga.nt != ra.nt or not np.isclose(ga.dt, ra.dt) or not np.isclose(ga.t0, ra.t0):
+        _refuse(
+            path, "data time axis (t0, dt ms, nt)", (ga.t0, ga.dt, ga.nt), (ra.t0, ra.dt, ra.nt)
+        )
+
+
+def invert_amortized(
+    config,
+    out: str | os.PathLike,
+    resume: bool = False,
+    progress: bool = True,
+    figures: bool = True,
+    comm: Any = None,
+) -> dict[str, Any]:
+    """The module docstring; returns the summary written to ``summary.json``."""
+    from devito_uq.apps import prepare_output
+    from devito_uq.apps.amortize.imaging_study import survey_condition
+    from devito_uq.apps.amortize.run import load_amortized
+    from devito_uq.apps.imaging.outputs import ImagingPosterior, write_outputs, write_summary
+    from devito_uq.apps.imaging.problem import (
+        build_problem,
+        gauss_newton_diagonal,
+        gauss_newton_operator,
+        resolve_path,
+    )
+    from devito_uq.io._files import check_input_file
+    from devito_uq.parallel import rank_and_size
+
+    config.validate()
+    t_start = time.perf_counter()
+    out = os.fspath(out)
+    rank, _ = rank_and_size(comm)
+    if config.problem != "born":
+        raise InvalidArgumentError(
+            f"problem={config.problem!r}: an amortized posterior is a Born image posterior; "
+            "use problem='born'"
+        )
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise InvalidArgumentError(f"out={out!r} exists and is not a folder")
+    path = check_input_file(
+        resolve_path(config.amortized, out), "amortized posterior", InvalidArgumentError
+    )
+    posterior, trained, setting = load_amortized(os.fspath(path), comm=comm)
+    if trained.problem != "imaging":
+        raise InvalidArgumentError(
+            f"{os.fspath(path)!r} is an amortized posterior of problem={trained.problem!r}; "
+            "invert needs one trained with problem='imaging'"
+        )
+    check_survey(config, out, setting, trained, path)
+    prepare_output(out, (_CKPT,), resume, writer=rank == 0)
+    problem = build_problem(config, out, comm)
+    times = {"setup": time.perf_counter() - t_start}
+    solves = {"setup": _solves()}
+
+    t0, s0 = time.perf_counter(), _solves()
+    y = survey_condition(problem).float()
+    times["migration"], solves["migration"] = time.perf_counter() - t0, _solves() - s0
+    t0, s0 = time.perf_counter(), _solves()
+    gn = gauss_newton_operator(problem, problem.m0)
+    illum = gauss_newton_diagonal(gn, problem.shape, config.probes, config.seed)
+    times["illumination"], solves["illumination"] = time.perf_counter() - t0, _solves() - s0
+    posterior = posterior.cpu().eval()
+    flow = posterior.conditioned(y)
+    report: dict[str, Any] = {
+        "checkpoint": os.fspath(path),
+        "corrected": bool(config.correct),
+        "noise_sigma_survey": problem.sigma,
+        "training": {k: getattr(trained, k) for k in ("n_train", "snr_db", "seed")},
+    }
+    if config.correct:
+        from devito_uq.inference import CorrelatedGaussianPrior, PosteriorTarget
+
+        prior = CorrelatedGaussianPrior(
+            torch.zeros(problem.shape), config.prior_std, config.correlation_length,
+            spacing=problem.spacing,
+        )  # fmt: skip
+        target = PosteriorTarget(problem.likelihood, prior, posterior.parameterization)
+        t0, s0 = time.perf_counter(), _solves()
+        vi = posterior.correct(
+            target, y, config.iterations, batch_size=config.batch_size, lr=config.lr,
+            seed=config.seed, checkpoint_path=os.path.join(out, _CKPT),
+            checkpoint_every=config.checkpoint_every, progress=progress and rank == 0,
+        )  # fmt: skip
+        times["correction"], solves["correction"] = time.perf_counter() - t0, _solves() - s0
+        flow = vi.flow
+        report["correction"] = {
+            "iterations": config.iterations,
+            "batch_size": config.batch_size,
+            "lr": config.lr,
+            "resumed_from": getattr(vi, "resumed_from", 0),
+            "final_loss": vi.history["loss"][-1] if vi.history.get("loss") else None,
+        }
+    post = ImagingPosterior(
+        flow, posterior.parameterization, "born", problem.m0, problem.truth, illum,
+        torch.zeros(problem.shape), tuple(problem.spacing), tuple(problem.origin),
+    )  # fmt: skip
+    t0 = time.perf_counter()
+    summary = write_outputs(out, post, config.n_samples, config.seed, figures=figures, comm=comm)
+    times["sampling_and_outputs"] = time.perf_counter() - t0
+    summary["amortized"] = report
+    summary["time_s"] = {**times, "total": time.perf_counter() - t_start}
+    summary["pde_solves"] = {
+        "total": sum(solves.values()),
+        "by_phase": solves,
+        "unit": "per rank: one 2D solve = one shot, forward, Born or adjoint",
+    }
+    summary["problem"] = problem.report
+    summary["config"] = config.to_dict()
+    if rank == 0:
+        write_summary(out, summary)
+    return summary

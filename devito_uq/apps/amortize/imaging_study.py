@@ -1,0 +1,325 @@
+r"""The 2D amortized study and ``devito-uq invert --amortized``.
+
+:func:`run_study` (``devito-uq amortize study`` with ``problem = "imaging"``) puts the
+amortized posterior of the held-out Marmousi section beside per-survey answers:
+
+* ``heldout``: the held-out section's survey, simulated by ``devito-uq simulate``
+  (Born data, ``snr_db``) into ``OUT/survey`` and read back from SEG-Y like a user's survey;
+  the per-survey VI is ``devito-uq invert`` itself on those files (MAP + Laplace + VI,
+  ``vi_iterations``, the correlated Gaussian prior ``prior_std``/``correlation_length``) in
+  ``OUT/vi``; ``invert --amortized`` writes the amortized outputs in ``OUT/amortized``;
+* ``half_shots`` (``shift_fraction`` of the shots) and ``double_noise`` (``noise_factor``
+  × σ): the shifted surveys, simulated in memory by explicit ``J``/``Jᵀ`` calls.
+
+For each survey: the amortized posterior (uncorrected), its latent correction
+(:meth:`AmortizedPosterior.correct`, ``correct_iterations`` of ``correct_batch_size``,
+against the Born likelihood evaluated through the assembled ``JᵀMJ``
+(:class:`~devito_uq.apps.amortize.imaging.NormalLikelihood`: the same function up to a
+constant, no solve; the equivalent solve count is reported) and the correlated Gaussian
+prior of the per-survey VI), and the exact posterior under that Gaussian prior (closed form
+from ``JᵀMJ``: what per-survey VI converges to). Metrics against the truth: relative L2 and
+SSIM of the mean (image δm and velocity), 90 % band coverage, mean std, and the correlation
+of each std map with the reference's. Then a calibration (SBC, coverage curve) over
+``n_truths`` prior draws with :func:`devito_uq.inference.run_calibration`.
+
+The amortized posterior is trained under the crop prior (Marmousi-II residuals), the
+baselines under a Gaussian prior: they answer different priors by design, so the
+comparison measures what the learned prior buys (or costs) against the per-survey answer.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from devito_uq.apps.imaging import metrics
+
+__all__ = ["run_study", "survey_condition", "gaussian_posterior"]
+
+_SBC_SAMPLES = 99  # draws per truth of the calibration: ranks in 0..99
+
+
+def _solves() -> int:
+    from devito_uq.physics.solver import cached_solvers
+
+    return sum(s.n_solves for s in cached_solvers())
+
+
+def survey_condition(problem) -> torch.Tensor:
+    """``Jᵀ M (d − F(m0))`` ``[1, nx, nz]`` float64 of an imaging problem (born), summed over
+    ranks: one Born and one adjoint solve per shot of this rank."""
+    from devito_uq.parallel import allreduce_sum
+
+    y = torch.zeros(problem.shape, dtype=torch.float64)
+    if problem.survey is not None:
+        u = torch.zeros(problem.shape, requires_grad=True)
+        d = problem.operator(u)
+        mask = torch.from_numpy(problem.survey.mask())[:, None, :].to(d.dtype)
+        (g,) = torch.autograd.grad(d, u, grad_outputs=problem.data.to(d.dtype) * mask)
+        y = g.double()
+    return allreduce_sum(y, problem.comm)[None]
+
+
+def gaussian_posterior(H, y, sigma, prior) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Mean and std ``[nx, nz]`` of the exact posterior under the Gaussian ``prior`` (mean 0)
+    for ``y = JᵀMd``: in whitened coordinates ``δm = L w``, ``A = I + LᵀHL/σ²``, mean
+    ``L A⁻¹ Lᵀ y/σ²``, covariance ``L A⁻¹ Lᵀ``."""
+    shape = tuple(y.shape[-2:])
+    n = int(np.prod(shape))
+    sqrt = prior.sqrt()
+    L = sqrt.matvec(torch.eye(n, dtype=torch.float64).reshape(n, *shape)).reshape(n, n).T
+    A = torch.eye(n, dtype=torch.float64) + L.T @ H @ L / sigma**2
+    cov = L @ torch.linalg.solve(A, L.T)
+    mean = cov @ y.reshape(-1).double() / sigma**2
+    return mean.reshape(shape), cov.diagonal().clamp_min(0).sqrt().reshape(shape)
+
+
+def _stats(samples: torch.Tensor) -> dict[str, np.ndarray]:
+    s = samples.double()
+    q = torch.quantile(s, torch.tensor([0.05, 0.95], dtype=s.dtype), dim=0)
+    return {
+        "mean": s.mean(0).numpy(),
+        "std": s.std(0).numpy(),
+        "lo": q[0].numpy(),
+        "hi": q[1].numpy(),
+    }
+
+
+def _scores(stats: dict, truth: np.ndarray, m0: np.ndarray, refs: dict) -> dict[str, float]:
+    """Metrics of one posterior against the truth ``δm`` and the reference std maps."""
+
+    def vel(dm):
+        return 1.0 / np.sqrt(np.clip(m0 + dm, 1e-6, None))
+
+    out = {
+        "image_relative_l2": metrics.relative_l2(stats["mean"], truth),
+        "image_ssim": metrics.ssim(stats["mean"], truth),
+        "velocity_relative_l2": metrics.relative_l2(vel(stats["mean"]), vel(truth)),
+        "velocity_ssim": metrics.ssim(vel(stats["mean"]), vel(truth)),
+        "truth_inside_90pct_band": metrics.coverage(stats["lo"], stats["hi"], truth),
+        "mean_std": float(np.mean(stats["std"])),
+    }
+    for name, std in refs.items():
+        out[f"std_correlation_with_{name}"] = metrics.correlation(stats["std"], std)
+    return out
+
+
+def _draw(sampler, n: int, seed: int) -> tuple[torch.Tensor, float]:
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(seed)
+        t0 = time.perf_counter()
+        s = sampler(n)
+        return s.detach().cpu().float(), time.perf_counter() - t0
+
+
+def _gaussian_prior(setting):
+    from devito_uq.inference import CorrelatedGaussianPrior
+
+    c = setting.config
+    zero = torch.zeros(setting.shape)
+    return CorrelatedGaussianPrior(zero, c.prior_std, c.correlation_length, spacing=c.spacing)
+
+
+def _correct(setting, posterior, H, y, sigma, progress: bool):
+    """The latent correction against the normal-equations Born likelihood and the Gaussian
+    prior; returns ``(VariationalPosterior, seconds)``."""
+    from devito_uq.apps.amortize.imaging import NormalLikelihood
+    from devito_uq.inference import PosteriorTarget
+
+    c = setting.config
+    target = PosteriorTarget(
+        NormalLikelihood(H, y, sigma), _gaussian_prior(setting), posterior.parameterization
+    )
+    t0 = time.perf_counter()
+    vi = posterior.correct(
+        target,
+        y.float(),
+        c.correct_iterations,
+        batch_size=c.correct_batch_size,
+        lr=c.correct_lr,
+        seed=c.seed,
+        progress=progress,
+    )
+    return vi, time.perf_counter() - t0
+
+
+def _heldout_survey(setting, out: str, progress: bool, figures: bool) -> dict[str, Any]:
+    """Simulate the held-out survey to SEG-Y (``OUT/survey``), run ``devito-uq invert`` on
+    it (``OUT/vi``); return the survey's condition, σ, VI statistics and costs."""
+    from devito_uq.apps.imaging.config import InvertConfig, SimulateConfig
+    from devito_uq.apps.imaging.outputs import load_posterior
+    from devito_uq.apps.imaging.problem import build_problem
+    from devito_uq.apps.imaging.run import run_invert
+    from devito_uq.apps.imaging.simulate import run_simulate
+
+    c = setting.config
+    folder = os.path.join(out, "survey")
+    common = dict(nbl=c.nbl, space_order=c.space_order, vmax=c.vmax, f0=c.f0)
+    sim = SimulateConfig(
+        x_start=c.x_start, width=c.width, depth=c.depth, spacing=c.spacing,
+        smoothing=c.smoothing, nshots=c.nshots, nreceivers=c.nreceivers, t1=c.t1,
+        data_dt=c.data_dt, data="born", snr_db=c.snr_db, seed=c.seed + 1, **common,
+    )  # fmt: skip
+    run_simulate(sim, folder, progress=progress, figures=figures)
+    files = {k: os.path.join(os.path.abspath(folder), f"{k}.sgy") for k in ("background",)}
+    inv = InvertConfig(
+        shots=os.path.join(os.path.abspath(folder), "shots.sgy"),
+        background=files["background"],
+        truth=os.path.join(os.path.abspath(folder), "true_model.sgy"),
+        problem="born", prior_std=c.prior_std, correlation_length=c.correlation_length,
+        iterations=c.vi_iterations, n_samples=max(c.n_samples, 2), seed=c.seed,
+        checkpoint_every=max(c.vi_iterations, 1), **common,
+    )  # fmt: skip
+    problem = build_problem(inv, folder)
+    s0 = _solves()
+    y = survey_condition(problem)
+    t0, s1 = time.perf_counter(), _solves()
+    vi_summary = run_invert(inv, os.path.join(out, "vi"), progress=progress, figures=figures)
+    vi_seconds, vi_solves = time.perf_counter() - t0, _solves() - s1
+    post = load_posterior(os.path.join(out, "vi", "posterior.pt"))
+    vi_samples = post.sample(max(c.n_samples, 2), c.seed)
+    return {
+        "condition": y,
+        "sigma": problem.sigma,
+        "vi_samples": vi_samples,
+        "vi": {
+            "seconds": vi_seconds,
+            "pde_solves": vi_solves,
+            "iterations": c.vi_iterations,
+            "metrics": vi_summary.get("metrics", {}),
+        },
+        "migration_solves": s1 - s0,
+        "config": inv,
+    }
+
+
+def run_study(setting, posterior, out: str, progress: bool = True, figures: bool = True):
+    """The study of the module docstring; returns the summary (``run.py`` writes it)."""
+    c = setting.config
+    a = setting.acquisition
+    truth, m0 = a["dm_true"].double().numpy(), a["m0"].double().numpy()
+    posterior = posterior.cpu().eval()
+    H_shots = setting.normal_matrices(progress=progress)
+    cost = {f"normal_operator_{k}": v for k, v in setting.normal_cost().items()}
+    sigma = setting.sigma
+    prior = _gaussian_prior(setting)
+    held = _heldout_survey(setting, out, progress, figures)
+    g = torch.Generator().manual_seed(c.seed + 7)
+    half = setting.shot_subset(c.shift_fraction)
+    surveys = {
+        "heldout": (held["condition"], held["sigma"], list(range(c.nshots))),
+        "half_shots": (None, sigma, half),
+        "double_noise": (None, c.noise_factor * sigma, list(range(c.nshots))),
+    }
+    results: dict[str, Any] = {}
+    panels: dict[str, dict] = {}
+    for name, (y, sig, shots) in surveys.items():
+        if y is None:  # explicit J, Jᵀ calls: what a survey of this kind would record
+            y = setting.migrate(a["dm_true"][None], g, sigma=sig, shots=shots)[0]
+        H = H_shots[shots].sum(0)
+        gm, gs = gaussian_posterior(H, y, sig, prior)
+        gauss = {"mean": gm.numpy(), "std": gs.numpy()}
+        gauss["lo"], gauss["hi"] = (
+            gauss["mean"] - 1.645 * gauss["std"],
+            gauss["mean"] + 1.645 * gauss["std"],
+        )
+        refs = {"exact_gaussian": gauss["std"]}
+        if name == "heldout":
+            refs["vi"] = _stats(held["vi_samples"])["std"]
+        amortized, sample_s = _draw(
+            lambda n, y=y: posterior.sample(n, y.float()), c.n_samples, c.seed
+        )
+        entry: dict[str, Any] = {
+            "shots": shots,
+            "noise_sigma": sig,
+            "amortized": _scores(_stats(amortized), truth, m0, refs),
+            "exact_gaussian": _scores(gauss, truth, m0, refs),
+            "amortized_sample_seconds": sample_s,
+        }
+        panels[name] = {"amortized": _stats(amortized), "exact Gaussian": gauss}
+        if name == "heldout":
+            vi_stats = _stats(held["vi_samples"])
+            entry["vi"] = {**_scores(vi_stats, truth, m0, refs), **held["vi"]}
+            panels[name]["per-survey VI"] = vi_stats
+        if c.correct_iterations:
+            vi, secs = _correct(setting, posterior, H, y, sig, progress)
+            corrected, _ = _draw(vi.sample, c.n_samples, c.seed)
+            entry["corrected"] = {
+                **_scores(_stats(corrected), truth, m0, refs),
+                "seconds": secs,
+                "iterations": c.correct_iterations,
+                "equivalent_pde_solves": c.correct_iterations
+                * c.correct_batch_size
+                * 2
+                * len(shots),
+            }
+            panels[name]["corrected"] = _stats(corrected)
+        results[name] = entry
+    summary: dict[str, Any] = {
+        "problem": "imaging",
+        "grid": list(setting.shape),
+        "nshots": c.nshots,
+        "noise_sigma": sigma,
+        "surveys": results,
+        "cost": {
+            **cost,
+            "condition": c.condition,
+            "explicit_solves_per_pair": 2 * c.nshots,
+            "training_set_solves": (
+                c.nshots * (2 * int(np.prod(setting.shape)) + 1)
+                if c.condition == "normal"
+                else (c.n_train + c.n_validation) * 2 * c.nshots + c.nshots
+            ),
+            "heldout_migration_solves": held["migration_solves"],
+        },
+    }
+    if c.n_truths:
+        summary["calibration"] = _calibration(setting, posterior, out, progress)
+    if figures:
+        from devito_uq.apps.amortize.imaging_figures import write_figures
+
+        summary["figures"] = write_figures(out, setting, panels, summary.get("calibration"))
+    return summary
+
+
+def _calibration(setting, posterior, out: str, progress: bool) -> dict[str, Any]:
+    """SBC and coverage over ``n_truths`` crop-prior draws (free per truth with the
+    assembled normal operator; 2 solves per shot and truth otherwise)."""
+    from devito_uq.inference import run_calibration
+
+    c = setting.config
+
+    def prior():
+        seed = int(torch.randint(0, 2**62, ()))
+        return setting.draw_models(1, torch.Generator().manual_seed(seed))[0][0].float()
+
+    def simulate(truth):
+        seed = int(torch.randint(0, 2**62, ()))
+        return setting.conditions(truth[None], torch.Generator().manual_seed(seed))[0].float()
+
+    class _Fixed:
+        def __init__(self, y):
+            self.y = y
+
+        def sample(self, n):
+            return posterior.sample(n, self.y)
+
+    s0, t0 = _solves(), time.perf_counter()
+    result = run_calibration(
+        prior, simulate, _Fixed, c.n_truths, _SBC_SAMPLES, use_log_prob=False,
+        tarp_scale=torch.full(setting.shape, c.prior_std), seed=c.seed,
+        out_dir=os.path.join(out, "calibration"), progress=progress,
+    )  # fmt: skip
+    report = result.report()
+    curve = result.coverage("central", levels=np.linspace(0.0, 1.0, 11))
+    report["coverage_curve"] = {
+        "levels": curve.levels.tolist(),
+        "coverage": curve.coverage.tolist(),
+    }
+    report["seconds"] = time.perf_counter() - t0
+    report["pde_solves"] = _solves() - s0
+    return report

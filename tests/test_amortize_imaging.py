@@ -1,0 +1,162 @@
+"""The 2D amortized workflow (devito_uq.apps.amortize.imaging) at a tiny size.
+
+16×10 grid at 30 m (450 m × 270 m of Marmousi-II), 2 shots of 16 receivers, 600 ms: the
+normal operator JᵀMJ is 160 columns × 2 shots, the training set 64 + 32 pairs.
+"""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from devito_uq.apps.amortize.config import AmortizeConfig
+from devito_uq.apps.amortize.imaging import build_setting, crop_velocity
+from devito_uq.errors import InvalidArgumentError
+
+TINY = dict(
+    problem="imaging", width=450.0, depth=270.0, nshots=2, nreceivers=16, t1=600.0,
+    snr_db=20.0, n_train=64, n_validation=32, shard_size=32, iterations=12, batch_size=16,
+    flow_levels=2, flow_steps=1, flow_hidden=8, summary_features=2, summary_hidden=4,
+    n_samples=32, correct_iterations=2, correct_batch_size=2, vi_iterations=2, n_truths=4,
+    validate_every=6, checkpoint_every=6,
+)  # fmt: skip
+
+
+def _solves() -> int:
+    from devito_uq.physics.solver import cached_solvers
+
+    return sum(s.n_solves for s in cached_solvers())
+
+
+@pytest.fixture(scope="module")
+def setting():
+    return build_setting(AmortizeConfig(**TINY))
+
+
+def test_crops_never_overlap_the_held_out_window(setting):
+    c = setting.config
+    _, starts = setting.draw_models(300, torch.Generator().manual_seed(3))
+    width = (setting.shape[0] - 1) * c.spacing
+    lo, hi = np.array(starts) - c.augment_warp, np.array(starts) + width + c.augment_warp
+    assert np.all((hi < c.x_start) | (lo > c.x_start + width))
+    # both sides of the window are used, and nothing leaves the model
+    assert (hi < c.x_start).any() and (lo > c.x_start + width).any()
+    assert lo.min() >= 0 and hi.max() <= 12000.0
+    # the crop is the imaging app's window when not augmented
+    from devito_uq.apps.imaging.problem import load_marmousi, resample_window
+
+    v, _ = resample_window(load_marmousi(), (7.5, 7.5), (0, 0), 5400.0, 450.0, 270.0, 30.0)
+    assert np.array_equal(crop_velocity(5400.0, setting.shape, 30.0), v)
+    with pytest.raises(InvalidArgumentError, match="x_start"):
+        build_setting(AmortizeConfig(**{**TINY, "x_start": 0.0, "width": 11000.0}))
+
+
+def test_simulate_shard_deterministic_and_leaves_global_rng(setting):
+    state = torch.get_rng_state()
+    a = setting.simulate_shard(2, 3, torch.Generator().manual_seed(11))
+    b = setting.simulate_shard(2, 3, torch.Generator().manual_seed(11))
+    other = setting.simulate_shard(2, 3, torch.Generator().manual_seed(12))
+    assert torch.equal(torch.get_rng_state(), state)
+    assert a["model"].shape == (3, 16, 10) and a["condition"].shape == (3, 1, 16, 10)
+    assert a["model"].dtype == a["condition"].dtype == torch.float32
+    for k in a:
+        assert torch.equal(a[k], b[k])
+        assert not torch.equal(a[k], other[k])
+    # water is known: the training images are zero there (7 cells of 30 m ≈ 200 m)
+    flat = setting.simulate_shard(0, 8, torch.Generator().manual_seed(1))["model"]
+    assert float(flat[:, 3:-3, :5].abs().max()) == 0.0
+
+
+def test_condition_is_adjoint_born_of_noisy_born_data(setting):
+    """y = Jᵀ M (J δm + σ ε): dot test against explicit J calls (no autograd), the same ε;
+    and the normal operator reproduces Jᵀ M J δm and the noise covariance σ² H."""
+    dm, _ = setting.draw_models(2, torch.Generator().manual_seed(4))
+    sigma, J = setting.sigma, setting.born
+    mask = setting.acquisition["mask"].float()
+    y = setting.migrate(dm, torch.Generator().manual_seed(9), sigma=sigma)
+    with torch.no_grad():
+        d = J(dm.float())
+        eps = torch.randn(d.shape, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+        r = ((d + sigma * eps.float()) * mask).double()
+        v = torch.randn(2, *setting.shape, generator=torch.Generator().manual_seed(1))
+        Jv = J(v).double()
+    for b in range(2):  # <Jᵀ r, v> = <r, J v>
+        lhs, rhs = float((y[b, 0] * v[b]).sum()), float((r[b] * Jv[b]).sum())
+        assert lhs == pytest.approx(rhs, rel=1e-4)
+    noise_free = setting.migrate(dm, torch.Generator(), sigma=0.0)
+    H = setting.normal_matrices().sum(0)
+    Hdm = (H @ dm.reshape(2, -1).T).T.reshape(noise_free.shape)
+    assert float((Hdm - noise_free).norm() / noise_free.norm()) < 1e-4
+    L = setting.noise_factor((0, 1))
+    assert float((L @ L.T - H).norm() / H.norm()) < 1e-8
+
+
+@pytest.fixture(scope="module")
+def workflow(tmp_path_factory):
+    pytest.importorskip("devito_uq.inference.amortized")
+    from devito_uq.apps.amortize.run import run_all
+
+    out = str(tmp_path_factory.mktemp("amortize2d"))
+    return out, run_all(AmortizeConfig(**TINY), out, progress=False)
+
+
+def test_workflow_writes_summary_and_figures(workflow):
+    out, summary = workflow
+    with open(os.path.join(out, "summary.json")) as fh:
+        saved = json.load(fh)
+    for name in ("heldout", "half_shots", "double_noise"):
+        entry = saved["surveys"][name]
+        for kind in ("amortized", "corrected", "exact_gaussian"):
+            assert np.isfinite(entry[kind]["image_relative_l2"])
+            assert 0.0 <= entry[kind]["truth_inside_90pct_band"] <= 1.0
+        assert os.path.getsize(os.path.join(out, f"amortized_{name}.png")) > 1000
+    held = saved["surveys"]["heldout"]
+    # per-survey VI starts at the exact (full-rank Laplace) Gaussian posterior
+    assert held["vi"]["image_relative_l2"] == pytest.approx(
+        held["exact_gaussian"]["image_relative_l2"], abs=0.05
+    )
+    assert held["exact_gaussian"]["image_relative_l2"] < 0.6  # the data inform the image
+    assert held["exact_gaussian"]["std_correlation_with_vi"] > 0.9
+    assert saved["surveys"]["half_shots"]["shots"] == [0]
+    assert saved["cost"]["training_set_solves"] == 2 * (2 * 160 + 1)
+    assert saved["calibration"]["n_truths"] == 4
+    assert os.path.exists(os.path.join(out, "calibration.png"))
+
+
+def test_invert_amortized_writes_segy_and_refuses_other_grid(workflow, tmp_path):
+    from devito_uq.apps.imaging.config import InvertConfig, SimulateConfig
+    from devito_uq.apps.imaging.run import run_invert
+    from devito_uq.apps.imaging.simulate import run_simulate
+    from devito_uq.io import read_image
+
+    out, _ = workflow
+    survey = os.path.join(out, "survey")
+    files = dict(
+        shots=f"{survey}/shots.sgy",
+        background=f"{survey}/background.sgy",
+        truth=f"{survey}/true_model.sgy",
+    )
+    ckpt = os.path.join(out, "amortized.pt")
+    cfg = InvertConfig(**files, amortized=ckpt, correct=True, iterations=2, batch_size=2)
+    summary = run_invert(cfg, str(tmp_path / "inv"), progress=False, figures=False)
+    mean, spacing, origin = read_image(tmp_path / "inv" / "posterior_mean.sgy")
+    assert mean.shape == (16, 10) and np.all(np.isfinite(mean))
+    assert origin == pytest.approx((5400.0, 0.0))
+    assert summary["amortized"]["corrected"] and summary["pde_solves"]["by_phase"]["correction"]
+    assert os.path.exists(tmp_path / "inv" / "summary.json")
+
+    other = tmp_path / "other"
+    run_simulate(
+        SimulateConfig(width=480.0, depth=270.0, nshots=2, nreceivers=16, t1=600.0, data="born"),
+        other, progress=False, figures=False,
+    )  # fmt: skip
+    bad = InvertConfig(
+        shots=str(other / "shots.sgy"), background=str(other / "background.sgy"), truth="",
+        amortized=ckpt,
+    )  # fmt: skip
+    before = _solves()
+    with pytest.raises(InvalidArgumentError, match=r"grid \(nx, nz\) is \(17, 10\)"):
+        run_invert(bad, str(tmp_path / "bad"), progress=False, figures=False)
+    assert _solves() == before  # refused before any solve
