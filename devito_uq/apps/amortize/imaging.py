@@ -148,6 +148,20 @@ class NormalLikelihood(nn.Module):
         return (0.5 * quad / self.sigma**2 + self.constant).to(m.dtype)
 
 
+@functools.lru_cache(maxsize=1)
+def _one_padding_flow(base: type) -> type:
+    """``base`` (:class:`ConditionalImageFlow`) whose ``log_prob`` draws one padding by
+    default: on a padded grid (41×21 → 44×24 at two levels) that is the augmented flow's
+    lower bound maximum likelihood trains on, at 1/16 of the cost of the default 16-draw
+    estimate (which made one training step 16× slower for no better gradient)."""
+
+    class OnePaddingImageFlow(base):
+        def log_prob(self, m, c=None, n_pad: int = 1):
+            return super().log_prob(m, c, n_pad)
+
+    return OnePaddingImageFlow
+
+
 class ImagingSetting:
     """The amortized imaging problem of one configuration (the protocol of
     :mod:`devito_uq.apps.amortize.run`); PDE work is done lazily, on first need."""
@@ -184,7 +198,7 @@ class ImagingSetting:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(c.seed)
             summary = ImageSummary(1, c.summary_features, hidden=c.summary_hidden)
-            flow = ConditionalImageFlow(
+            flow = _one_padding_flow(ConditionalImageFlow)(
                 self.shape,
                 c.summary_features,
                 kind=c.flow_kind,
