@@ -160,3 +160,17 @@ def test_invert_amortized_writes_segy_and_refuses_other_grid(workflow, tmp_path)
     with pytest.raises(InvalidArgumentError, match=r"grid \(nx, nz\) is \(17, 10\)"):
         run_invert(bad, str(tmp_path / "bad"), progress=False, figures=False)
     assert _solves() == before  # refused before any solve
+
+
+def test_example_file_sets_every_key_of_the_2d_case():
+    import dataclasses
+    from pathlib import Path
+
+    from devito_uq.cli import load_config_file
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "amortize_marmousi.toml"
+    values = load_config_file(path, AmortizeConfig)
+    keys = {f.name for f in dataclasses.fields(AmortizeConfig) if f.metadata.get("cli", True)}
+    assert keys - set(values) == set()
+    config = AmortizeConfig(**values).validate()
+    assert config.problem == "imaging" and build_setting(config).shape == (41, 21)
