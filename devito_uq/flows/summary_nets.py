@@ -23,9 +23,11 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from devito_uq.errors import InvalidArgumentError, InvalidShapeError
 from devito_uq.validation import (
+    check_bool,
     check_int,
     check_int_tuple,
     check_nonnegative_int,
@@ -47,6 +49,10 @@ def _check_batch(x: object, who: str, want: tuple[int, ...]) -> torch.Tensor:
     return x
 
 
+def _block(spatial: nn.Module, pointwise: nn.Module, h: torch.Tensor) -> torch.Tensor:
+    return pointwise(F.silu(spatial(h)))
+
+
 class ImageSummary(nn.Module):
     """Residual CNN: image ``[b, in_channels, h, w]`` → features ``[b, out_channels, h, w]``.
 
@@ -63,6 +69,10 @@ class ImageSummary(nn.Module):
         Channel counts and number of residual blocks (``depth >= 0``).
     dilations : sequence of int, optional
         One dilation per block (default ``2**(i % 4)``).
+    memory_frugal : bool
+        Recompute each block in backward instead of keeping its activations
+        (``torch.utils.checkpoint``; same gradients, one extra forward): the summary's
+        activations otherwise dominate a memory-frugal flow's training step.
     """
 
     def __init__(
@@ -72,8 +82,10 @@ class ImageSummary(nn.Module):
         hidden: int = 32,
         depth: int = 4,
         dilations: Sequence[int] | None = None,
+        memory_frugal: bool = False,
     ) -> None:
         super().__init__()
+        self.memory_frugal = check_bool("memory_frugal", memory_frugal)
         self.in_channels = check_positive_int("in_channels", in_channels)
         self.out_channels = check_positive_int("out_channels", out_channels)
         hidden = check_positive_int("hidden", hidden)
@@ -97,8 +109,12 @@ class ImageSummary(nn.Module):
         """Features ``[b, out_channels, h, w]`` of ``x [b, in_channels, h, w]``."""
         x = _check_batch(x, "ImageSummary", (self.in_channels, None, None))
         h = F.silu(self.inp(x))
+        frugal = self.memory_frugal and torch.is_grad_enabled()
         for spatial, pointwise in zip(self.spatial, self.pointwise):
-            h = h + pointwise(F.silu(spatial(h)))
+            if frugal:
+                h = h + checkpoint(_block, spatial, pointwise, h, use_reentrant=False)
+            else:
+                h = h + _block(spatial, pointwise, h)
         return self.out(F.silu(h)) + self.skip(x)
 
     def receptive_field(self) -> int:
@@ -106,7 +122,8 @@ class ImageSummary(nn.Module):
         return 3 + 2 * sum(self.dilations)
 
     def extra_repr(self) -> str:
-        return f"{self.in_channels} → {self.out_channels}, dilations={self.dilations}"
+        frugal = ", memory_frugal=True" if self.memory_frugal else ""
+        return f"{self.in_channels} → {self.out_channels}, dilations={self.dilations}{frugal}"
 
 
 class TraceSummary(nn.Module):
