@@ -238,8 +238,10 @@ class ConditionalImageFlow(ImageFlow):
                 raise InvalidArgumentError(
                     f"summary must be a torch.nn.Module, got {type(summary).__name__}"
                 )
+            ref = next(summary.parameters(), torch.empty(0))
+            probe = torch.zeros(1, cond_channels, nx, nz, dtype=ref.dtype, device=ref.device)
             with torch.no_grad():
-                out = summary(torch.zeros(1, cond_channels, nx, nz))
+                out = summary(probe)
             if not isinstance(out, torch.Tensor) or out.dim() != 4 or out.shape[2:] != (nx, nz):
                 got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
                 raise InvalidShapeError(
