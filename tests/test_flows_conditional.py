@@ -189,7 +189,7 @@ def test_learns_a_conditional_gaussian():
     −log q(m, ε | c) + log r(ε), one padding draw) must make the conditional mean follow
     c and the spread match 0.3, for conditions not seen in training."""
     torch.manual_seed(0)
-    q = ConditionalImageFlow((5, 3), 1, "hint", levels=1, steps=2, hidden=16)
+    q = ConditionalImageFlow((5, 3), 1, "hint", levels=2, steps=2, hidden=16)  # 17 padded
     opt = torch.optim.Adam(q.parameters(), lr=1e-2)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, 400, eta_min=1e-3)
     for _ in range(400):
