@@ -44,6 +44,7 @@ Amortized posteriors q(m | c) (conditional.py, summary_nets.py)::
                                          # E_r[log q(m, ε | c) − log r(ε)], exact if unpadded)
     m, log_det = q.from_latent(z, c)     # latent corrections of a trained flow
     ImageSummary(in_channels, out_channels, hidden=32, depth=4)  # [b, C, h, w] → [b, F, h, w]
+    ImageSummary(..., memory_frugal=True)  # blocks recomputed in backward (checkpoint)
     TraceSummary(n_traces, n_time, features, hidden=32)  # [b, p, nt] → [b, features] for
                                                          # ConditionalHINT(n, features)
 
