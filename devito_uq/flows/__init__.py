@@ -32,18 +32,42 @@ Distribution (the network maps model m to latent z; sampling runs its inverse)::
     log_q = q.log_prob(m, n_pad=16)      # importance-sampled over ε (exact if nothing padded)
     save_checkpoint(path, {"flow": q.state_dict()})      # devito_uq.io: hashed, no pickle
     q2.load_state_dict(load_checkpoint(path)["flow"])
+    m, log_det = q.from_latent(z)        # z [n, *latent_shape]: log q̃(m) = log p_Z(z) − log_det
+
+Amortized posteriors q(m | c) (conditional.py, summary_nets.py)::
+
+    q = ConditionalImageFlow((nx, nz), cond_channels, kind="hint" or "glow", levels=2,
+                             steps=4, hidden=32, summary=None)
+    m = q.sample(n, c)                   # c [1 or n, cond_channels, nx, nz] (e.g. Jᵀd)
+    m, log_q = q.rsample_and_log_prob(n, c)  # [n, nx, nz], [n]; grads reach c and summary
+    log_q = q.log_prob(m, c, n_pad=1)    # ML training loss −log_prob (n_pad=1: the bound
+                                         # E_r[log q(m, ε | c) − log r(ε)], exact if unpadded)
+    m, log_det = q.from_latent(z, c)     # latent corrections of a trained flow
+    ImageSummary(in_channels, out_channels, hidden=32, depth=4)  # [b, C, h, w] → [b, F, h, w]
+    ImageSummary(..., memory_frugal=True)  # blocks recomputed in backward (checkpoint)
+    TraceSummary(n_traces, n_time, features, hidden=32)  # [b, p, nt] → [b, features] for
+                                                         # ConditionalHINT(n, features)
+
+The conditional image flow feeds every coupling its own level of a condition pyramid (the
+padded condition squeezed like the model, ConditionalMultiscaleNetwork, LevelCondition).
 
 Layers: ActNorm, InvertibleConv1x1, AffineCoupling, ConditionalAffineCoupling,
 HINTCoupling, ConditionalHINTCoupling, HaarSqueeze, Squeeze, Split, chained by
 InvertibleSequential. Files: invertible.py (base classes, memory-frugal backprop, the shape
 check), layers.py, couplings.py (conditioners, the one coupling skeleton), network.py
 (FlowNetwork, multiscale assembly), hint.py, glow.py, flow.py,
-image.py (ImageFlow: any grid, by augmentation). Initialization is close to
+image.py (ImageFlow: any grid, by augmentation), conditional.py (ConditionalImageFlow),
+summary_nets.py (ImageSummary, TraceSummary). Initialization is close to
 the identity (zero last conditioner layer, rotation 1×1 mixing, data-dependent ActNorm on
 the first batch it sees, in either direction); coupling log-scales are bounded,
 ``log s = clamp·tanh(raw/clamp)``.
 """
 
+from devito_uq.flows.conditional import (
+    ConditionalImageFlow,
+    ConditionalMultiscaleNetwork,
+    LevelCondition,
+)
 from devito_uq.flows.couplings import (
     AffineCoupling,
     ConditionalAffineCoupling,
@@ -69,10 +93,16 @@ from devito_uq.flows.invertible import (
 )
 from devito_uq.flows.layers import ActNorm, HaarSqueeze, InvertibleConv1x1, Split, Squeeze
 from devito_uq.flows.network import FlowNetwork, multiscale_layers
+from devito_uq.flows.summary_nets import ImageSummary, TraceSummary
 
 __all__ = [
     "Flow",
     "ImageFlow",
+    "ConditionalImageFlow",
+    "ConditionalMultiscaleNetwork",
+    "LevelCondition",
+    "ImageSummary",
+    "TraceSummary",
     "Glow",
     "HINT",
     "ConditionalHINT",

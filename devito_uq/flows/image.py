@@ -58,7 +58,7 @@ from devito_uq.validation import (
     check_positive_int,
 )
 
-__all__ = ["ImageFlow"]
+__all__ = ["ImageFlow", "check_grid", "padded_size"]
 
 _KINDS = ("hint", "glow")
 
@@ -67,6 +67,21 @@ def padded_size(n: int, levels: int) -> int:
     """Smallest multiple of ``2**levels`` that is ``>= n``."""
     f = 2**levels
     return -(-n // f) * f
+
+
+def check_grid(shape: object, levels: object, who: str = "ImageFlow") -> tuple[int, ...]:
+    """``(nx, nz, px, pz)``: the model grid and the grid padded to multiples of
+    ``2**levels``, after checking that padding never exceeds the model along an axis."""
+    nx, nz = check_int_tuple("shape", shape, 2, minimum=1)
+    levels = check_positive_int("levels", levels)
+    if 2**levels > 2 * min(nx, nz):
+        most = int(math.floor(math.log2(2 * min(nx, nz))))
+        raise InvalidArgumentError(
+            f"{who}: levels={levels} would pad the grid {(nx, nz)} to "
+            f"{(padded_size(nx, levels), padded_size(nz, levels))}, more than twice the "
+            f"model along an axis; use levels <= {most} (2**levels <= 2·min(nx, nz))"
+        )
+    return nx, nz, padded_size(nx, levels), padded_size(nz, levels)
 
 
 class ImageFlow(Flow):
@@ -102,16 +117,9 @@ class ImageFlow(Flow):
         memory_frugal: bool | str = "auto",
         leaf_size: int | None = None,
     ) -> None:
-        nx, nz = check_int_tuple("shape", shape, 2, minimum=1)
-        kind = check_choice("kind", kind, _KINDS)
+        nx, nz, px, pz = check_grid(shape, levels)
         levels = check_positive_int("levels", levels)
-        if 2**levels > 2 * min(nx, nz):
-            most = int(math.floor(math.log2(2 * min(nx, nz))))
-            raise InvalidArgumentError(
-                f"ImageFlow: levels={levels} would pad the grid {(nx, nz)} to "
-                f"{(padded_size(nx, levels), padded_size(nz, levels))}, more than twice the "
-                f"model along an axis; use levels <= {most} (2**levels <= 2·min(nx, nz))"
-            )
+        kind = check_choice("kind", kind, _KINDS)
         if kind == "glow":
             if leaf_size is not None:
                 raise InvalidArgumentError(
@@ -129,8 +137,12 @@ class ImageFlow(Flow):
                 leaf_size=leaf_size,
                 memory_frugal=memory_frugal,
             )
-        px, pz = padded_size(nx, levels), padded_size(nz, levels)
         super().__init__(net, (1, px, pz))
+        self._set_grid((nx, nz), (px, pz), kind, levels)
+
+    def _set_grid(self, shape, padded_shape, kind, levels) -> None:
+        """Grid attributes and the padding mask (shared with the conditional flow)."""
+        (nx, nz), (px, pz) = shape, padded_shape
         self.shape = (nx, nz)
         self.padded_shape = (px, pz)
         self.kind, self.levels = kind, levels
@@ -192,11 +204,28 @@ class ImageFlow(Flow):
             minimum=2**26,
         )
         z = torch.randn(n, *self.latent_shape, dtype=ref.dtype, device=ref.device)
-        u, logdet = self.net.inverse(z, self._condition(c, n))
-        log_q = self.base_log_prob(z) - logdet
+        m, log_det = self._decode(z, c)
+        return m, self.base_log_prob(z) - log_det
+
+    def from_latent(
+        self, z: torch.Tensor, c: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Models ``m [n, nx, nz]`` from latents ``z [n, *latent_shape]`` and ``log_det``
+        ``[n]`` such that ``log q̃(m) = log p_Z(z) − log_det`` for whatever base density
+        ``p_Z`` drew ``z`` (``log_det = log|det ∂u/∂z| + log r(ε)``, u the padded image):
+        the hook for latent-space corrections of a trained flow."""
+        if not isinstance(z, torch.Tensor) or tuple(z.shape[1:]) != self.latent_shape:
+            got = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
+            raise InvalidShapeError(
+                f"{type(self).__name__}.from_latent expects [n, *{self.latent_shape}], got {got}"
+            )
+        return self._decode(z, c)
+
+    def _decode(self, z, c):
+        u, logdet = self.net.inverse(z, self._condition(c, z.shape[0]))
         if self.n_padded:
-            log_q = log_q - self.reference_log_prob(u)
-        return self.crop(u), log_q
+            logdet = logdet + self.reference_log_prob(u)
+        return self.crop(u), logdet
 
     def log_prob(
         self, m: torch.Tensor, c: torch.Tensor | None = None, n_pad: int = 16
