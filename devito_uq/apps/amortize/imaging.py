@@ -26,9 +26,12 @@ Conditions (``condition``):
   one adjoint solve per shot and column, each shot's ``H_s`` kept so that shot subsets are
   exact too); then ``y = H δm + σ H^{1/2} ξ`` with ``ξ ~ N(0, I)``: ``σ J^\top M ε`` is
   Gaussian with covariance ``σ² H``, so the pairs have exactly the distribution of the
-  explicit simulation and cost no solve (41×21, 8 shots: 13,776 solves once, against 16
-  per pair: cheaper from 861 pairs on).
-* ``"explicit"``: ``J`` and ``Jᵀ`` per pair (2 solves per shot and pair).
+  explicit simulation and cost no solve (41×21, 8 shots: 20,672 solves once, against 24
+  per pair: cheaper from 862 pairs on).
+* ``"explicit"``: ``J`` and ``Jᵀ`` per pair (3 solves per shot and pair).
+
+Solves are counted as the solver counts them: a Born solve is 2 (the background and the
+scattered wavefield in one time loop), an adjoint 1, a forward 1.
 
 The flow works in the latent ``x = δm / prior_std`` (:class:`~devito_uq.inference.
 Parameterization` around 0 with scale ``prior_std``): the scale of the per-survey VI's
@@ -210,8 +213,13 @@ class ImagingSetting:
         return AmortizedPosterior(flow, summary, g, condition_shape=(1, *self.shape))
 
     def study(self, posterior, out: str, progress: bool = True, figures: bool = True, comm=None):
+        """:func:`~devito_uq.apps.amortize.imaging_study.run_study` on rank 0 (the study's
+        solves are few; other ranks return ``{}`` rather than write the same files)."""
         from devito_uq.apps.amortize.imaging_study import run_study
+        from devito_uq.parallel import rank_and_size
 
+        if rank_and_size(comm)[0] != 0:
+            return {}
         return run_study(self, posterior, out, progress=progress, figures=figures)
 
     # -- acquisition ----------------------------------------------------------------------------

@@ -44,6 +44,22 @@ def _refuse(path, what: str, got: Any, want: Any) -> None:
     )
 
 
+def _identity(config, out: str, path) -> dict[str, Any]:
+    """What a correction checkpoint depends on: the inputs' SHA-256 (the amortized posterior
+    included) and the correction's knobs; ``--resume`` under another is refused."""
+    import hashlib
+
+    from devito_uq.apps.imaging.run import input_digests
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    keys = ("prior_std", "correlation_length", "batch_size", "lr", "seed")
+    knobs = {k: getattr(config, k) for k in keys}
+    return {"input_sha256": {**input_digests(config, out), "amortized": h.hexdigest()}, **knobs}
+
+
 def check_survey(config, out: str, setting, trained, path) -> None:
     """Refuse a survey whose grid, background or acquisition differ from the training's
     (reads the background image and the shot headers only: no solve)."""
@@ -175,6 +191,7 @@ def invert_amortized(
             target, y, config.iterations, batch_size=config.batch_size, lr=config.lr,
             seed=config.seed, checkpoint_path=os.path.join(out, _CKPT),
             checkpoint_every=config.checkpoint_every, progress=progress and rank == 0,
+            identity=_identity(config, out, path),
         )  # fmt: skip
         times["correction"], solves["correction"] = time.perf_counter() - t0, _solves() - s0
         flow = vi.flow

@@ -268,11 +268,12 @@ def run_study(setting, posterior, out: str, progress: bool = True, figures: bool
         "cost": {
             **cost,
             "condition": c.condition,
-            "explicit_solves_per_pair": 2 * c.nshots,
-            "training_set_solves": (
-                c.nshots * (2 * int(np.prod(setting.shape)) + 1)
+            "explicit_solves_per_pair": 3 * c.nshots,
+            "training_set_solves": 2 * c.nshots  # σ: J δm_true
+            + (
+                cost["normal_operator_pde_solves"]
                 if c.condition == "normal"
-                else (c.n_train + c.n_validation) * 2 * c.nshots + c.nshots
+                else (c.n_train + c.n_validation) * 3 * c.nshots
             ),
             "heldout_migration_solves": held["migration_solves"],
         },
@@ -288,7 +289,7 @@ def run_study(setting, posterior, out: str, progress: bool = True, figures: bool
 
 def _calibration(setting, posterior, out: str, progress: bool) -> dict[str, Any]:
     """SBC and coverage over ``n_truths`` crop-prior draws (free per truth with the
-    assembled normal operator; 2 solves per shot and truth otherwise)."""
+    assembled normal operator; 3 solves per shot and truth otherwise)."""
     from devito_uq.inference import run_calibration
 
     c = setting.config
