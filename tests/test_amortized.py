@@ -370,3 +370,80 @@ def test_correction_moves_a_shifted_posterior_toward_the_exact_one(trained):
     wrong = Parameterization(torch.zeros(N_MODEL + 1), scale=0.5)
     with pytest.raises(InvalidShapeError, match=r"target's models have shape \(5,\)"):
         post.correct(PosteriorTarget(lik, prior, wrong), y, 1, progress=False)
+
+
+def test_correction_of_a_memory_frugal_flow_has_the_same_gradients():
+    """The correction layer sits in front of the flow's network: with memory-frugal
+    backpropagation (activations rebuilt by inversion) μ and log s get the same gradients."""
+    post = _small(dropout=False)
+    post.fit(_small_data(64, 0), 5, batch_size=16, progress=False)
+    y = _small_data(1, 2)["condition"][0]
+    grads = []
+    for frugal in (False, True):
+        lc = LatentCorrection(post.conditioned(y))
+        lc.flow.net.memory_frugal = frugal
+        assert lc.flow.net.net.memory_frugal is frugal
+        with torch.no_grad():
+            lc.mu.copy_(torch.tensor([0.3, -0.2, 0.1]))
+            lc.log_scale.fill_(0.2)
+        torch.manual_seed(1)
+        x, lq = lc.rsample_and_log_prob(8)
+        (x.pow(2).sum() + lq.sum()).backward()
+        grads.append(torch.cat([lc.mu.grad, lc.log_scale.grad]))
+    assert float(grads[0].abs().max()) > 0.1
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-5, rtol=1e-5)
+    # The conditioned flow itself is a VI flow too (a per-survey fine-tuning of all weights).
+    from devito_uq.inference import VariationalPosterior
+
+    before = [p.detach().clone() for p in post.flow.parameters()]
+    vi = VariationalPosterior(post.conditioned(y), prior=GaussianPrior(torch.zeros(3), 1.0))
+    vi.fit(3, batch_size=4, progress=False)
+    assert any(not torch.equal(a, b) for a, b in zip(before, post.flow.parameters()))
+
+
+def test_fit_and_resume_on_gpu(tmp_path):
+    """Training on CUDA from CPU data: samples on the GPU, resume bit for bit there."""
+    from conftest import cuda_or_skip
+
+    dev = cuda_or_skip()
+    ref = _small()
+    ref.fit(**_fit_kw(tmp_path / "a.pt", device="cuda"))
+    assert ref.cond_mean.device.type == "cuda"
+    y = _small_data(1, 3)["condition"][0]
+    assert ref.sample(5, y).device == dev
+
+    def interrupt(iteration, values):
+        if iteration == 17:
+            raise KeyboardInterrupt
+
+    first = _small()
+    with pytest.raises(KeyboardInterrupt):
+        first.fit(**_fit_kw(tmp_path / "b.pt", device="cuda"), callback=interrupt)
+    resumed = _small(seed=99)
+    resumed.fit(**_fit_kw(tmp_path / "b.pt", device=dev))
+    for (k, v), (_, w) in zip(ref.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(v, w), k
+    assert resumed.history == ref.history
+
+
+def test_fit_reads_a_sharded_dataset(tmp_path):
+    """A ShardedDataset trains exactly like the dict of its pairs; split gives validation."""
+    from devito_uq.io import simulate_dataset
+
+    a = torch.linspace(-1, 1, 12, dtype=torch.float64).reshape(4, 3)
+
+    def shard(index, count, g):
+        m = torch.randn(count, 3, generator=g, dtype=torch.float64)
+        d = m @ a.T + 0.3 * torch.randn(count, 4, generator=g, dtype=torch.float64)
+        return {"model": m.float(), "condition": d.float(), "clean": (m @ a.T).float()}
+
+    ds = simulate_dataset(tmp_path / "d", 100, shard, shard_size=25, progress=False)
+    train, val = ds.split(0.25)
+    kw = dict(iterations=6, batch_size=16, validate_every=3, progress=False, validation=val)
+    one, two = _small(dropout=False), _small(dropout=False)
+    one.fit(ds.load(), **kw)
+    two.fit(ds, **kw)
+    assert one.history == two.history
+    three = _small(dropout=False)
+    three.fit(train, fields=("model", "clean"), **{**kw, "validation": None})
+    assert three.history["train_nll"] != one.history["train_nll"]
