@@ -447,3 +447,33 @@ def test_fit_reads_a_sharded_dataset(tmp_path):
     three = _small(dropout=False)
     three.fit(train, fields=("model", "clean"), **{**kw, "validation": None})
     assert three.history["train_nll"] != one.history["train_nll"]
+
+
+def test_image_flow_on_a_padded_grid():
+    """The 2D path through the Flow API only: an ImageFlow on a 5×6 grid (padded to 6×6;
+    this stand-in ignores its condition) trains with ``log_prob_kwargs={"n_pad": 1}``,
+    samples [n, 5, 6], and its latent correction (over the padded latent) starts at it."""
+    from devito_uq.flows import ImageFlow
+
+    class Unconditioned(ImageFlow):
+        def _condition(self, c, n):
+            return None
+
+    torch.manual_seed(0)
+    post = AmortizedPosterior(Unconditioned((5, 6), levels=1, steps=1, hidden=8))
+    data = {"model": torch.randn(40, 5, 6), "condition": torch.randn(40, 2, 5, 6)}
+    post.fit(data, 4, batch_size=8, validation=data, validate_every=2, progress=False,
+             log_prob_kwargs={"n_pad": 1})  # fmt: skip
+    assert len(post.history["val_nll"]) == 2 and post.condition_shape == (2, 5, 6)
+    y = data["condition"][0]
+    assert post.sample(3, y).shape == (3, 5, 6)
+    cf = post.conditioned(y)
+    lc = LatentCorrection(cf)
+    assert lc.mu.shape == post.flow.latent_shape == (4, 3, 3)
+    torch.manual_seed(3)
+    xa, la = cf.rsample_and_log_prob(4)
+    torch.manual_seed(3)
+    xb, lb = lc.rsample_and_log_prob(4)
+    assert xa.shape == (4, 5, 6) and torch.equal(xa, xb) and torch.equal(la, lb)
+    with pytest.raises(InvalidArgumentError, match=r"log_prob_kwargs=\[1\] must be a dict"):
+        post.fit(data, 1, log_prob_kwargs=[1])

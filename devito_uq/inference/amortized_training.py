@@ -172,14 +172,14 @@ def _cpu_state(post) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def _validation_nll(post, pairs: _Pairs, chunk: int, dev: torch.device) -> float:
+def _validation_nll(post, pairs: _Pairs, chunk: int, dev: torch.device, lp_kw: dict) -> float:
     """Mean ``−log q(m | y)`` per model dimension over every validation pair."""
     was = post.training
     post.eval()
     total = 0.0
     for i in range(0, len(pairs), chunk):
         x = pairs.x[i : i + chunk].to(dev)
-        log_q = post.flow.log_prob(x, post.features(pairs.c[i : i + chunk].to(dev)))
+        log_q = post.flow.log_prob(x, post.features(pairs.c[i : i + chunk].to(dev)), **lp_kw)
         total += float((pairs.logdet[i : i + chunk].to(dev) - log_q.double()).sum())
     post.train(was)
     return total / len(pairs) / math.prod(post.model_shape)
@@ -199,6 +199,9 @@ def fit_amortized(post, train, **kw) -> dict[str, list[float]]:
     if clip_grad is not None:
         clip_grad = check_positive_scalar("clip_grad", clip_grad)
     identity, fields, callback = kw["identity"], kw["fields"], kw["callback"]
+    lp_kw = kw["log_prob_kwargs"] or {}
+    if not isinstance(lp_kw, dict) or not all(isinstance(k, str) for k in lp_kw):
+        raise InvalidArgumentError(f"log_prob_kwargs={lp_kw!r} must be a dict of keyword arguments")
     if identity is not None and not isinstance(identity, dict):
         raise InvalidArgumentError(
             f"identity must be a dict or None, got {type(identity).__name__}"
@@ -247,6 +250,7 @@ def fit_amortized(post, train, **kw) -> dict[str, list[float]]:
         "n_validation": 0 if va is None else len(va),
         "train_fingerprint": tr.fingerprint,
         "validation_fingerprint": None if va is None else va.fingerprint,
+        "log_prob_kwargs": lp_kw,
         "identity": identity,
     }
     batches = _Batches(len(tr), batch_size, seed)
@@ -280,7 +284,7 @@ def fit_amortized(post, train, **kw) -> dict[str, list[float]]:
             idx = batches(it)
             x, c = tr.x[idx].to(dev), tr.c[idx].to(dev)
             optimizer.zero_grad(set_to_none=True)
-            loss = -post.flow.log_prob(x, post.features(c)).mean()
+            loss = -post.flow.log_prob(x, post.features(c), **lp_kw).mean()
             if not torch.isfinite(loss):
                 _diverged(it, f"loss is {loss.item()}", path)
             loss.backward()
@@ -298,7 +302,7 @@ def fit_amortized(post, train, **kw) -> dict[str, list[float]]:
             h["train_nll"].append(nll)
             h["lr"].append(current_lr)
             if va is not None and ((it + 1) % validate_every == 0 or it + 1 == iterations):
-                v = _validation_nll(post, va, chunk, dev)
+                v = _validation_nll(post, va, chunk, dev, lp_kw)
                 h["val_iteration"].append(it + 1)
                 h["val_nll"].append(v)
                 if best["val_nll"] is None or v < best["val_nll"]:
