@@ -238,8 +238,9 @@ def test_mpi_ranks_write_the_serial_dataset(tmp_path):
 
     folder = tmp_path / "mpi"
     killed = run(str(folder), "3")
-    # The abort handler ends both ranks (it may cut the traceback short).
-    assert killed.returncode != 0 and "Traceback" in killed.stderr
+    # The abort handler ends both ranks; it may end them before the traceback is printed,
+    # so only the exit status is reliable.
+    assert killed.returncode != 0, killed.stdout + killed.stderr
     assert not ShardedDataset(folder).complete
     proc = run(str(folder))
     assert proc.returncode == 0, proc.stdout + proc.stderr
