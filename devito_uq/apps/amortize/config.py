@@ -115,6 +115,11 @@ class AmortizeConfig:
     augment_warp: float = _knob(
         30.0, "largest smooth random displacement of a training crop, m (imaging; 0: off)"
     )
+    deconvolve: bool = _knob(
+        True,
+        "the summary network sees the least-squares image (H/σ² + C⁻¹)⁻¹Jᵀd/σ² (a fixed "
+        "linear map of Jᵀd, C the Gaussian prior) instead of the standardized Jᵀd (imaging)",
+    )
 
     def _validate_imaging(self) -> None:
         from devito_uq.validation import check_bool, check_nonnegative_scalar
@@ -125,6 +130,7 @@ class AmortizeConfig:
         check_nonnegative_int("nbl", self.nbl)
         check_choice("space_order", self.space_order, (2, 4, 6, 8, 10, 12, 16))
         check_bool("augment_flip", self.augment_flip)
+        check_bool("deconvolve", self.deconvolve)
         check_nonnegative_scalar("augment_amplitude", self.augment_amplitude)
         check_nonnegative_scalar("augment_warp", self.augment_warp)
         if self.data_dt >= self.t1:
