@@ -175,3 +175,21 @@ def test_example_file_sets_every_key_of_the_2d_case():
     assert keys - set(values) == set()
     config = AmortizeConfig(**values).validate()
     assert config.problem == "imaging" and build_setting(config).shape == (41, 21)
+
+
+def test_normal_likelihood_is_the_born_gaussian_likelihood(setting):
+    from devito_uq.apps.amortize.imaging_posterior import NormalLikelihood
+    from devito_uq.inference import GaussianLikelihood
+
+    dm, _ = setting.draw_models(3, torch.Generator().manual_seed(6))
+    mask = setting.acquisition["mask"]
+    with torch.no_grad():
+        d = setting.born(dm[0].float()) + 0.05 * torch.randn(2, 151, 16)
+    u = torch.zeros(setting.shape, requires_grad=True)
+    (y,) = torch.autograd.grad(setting.born(u), u, grad_outputs=d * mask)
+    constant = float((d * mask).double().pow(2).sum()) / (2 * 0.05**2)
+    H = setting.normal_matrices().sum(0)
+    normal = NormalLikelihood(H, y, 0.05, constant)
+    exact = GaussianLikelihood(setting.born, d, sigma=0.05, mask=mask)
+    m = dm[1:].float()
+    assert torch.allclose(normal(m).double(), exact(m).double(), rtol=1e-4)

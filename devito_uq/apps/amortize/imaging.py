@@ -49,14 +49,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from devito_uq.apps.amortize.config import AmortizeConfig
 from devito_uq.errors import InvalidArgumentError
 
 __all__ = [
     "ImagingSetting",
-    "NormalLikelihood",
     "build_setting",
     "crop_velocity",
     "invert_amortized",
@@ -127,95 +125,6 @@ def _image(v: np.ndarray, config: AmortizeConfig) -> np.ndarray:
     return 1.0 / v.astype(np.float64) ** 2 - 1.0 / v0.astype(np.float64) ** 2
 
 
-class NormalLikelihood(nn.Module):
-    r"""The Born Gaussian negative log-likelihood through the assembled normal operator:
-
-    .. math::
-        \tfrac{1}{2\sigma^2}\|M(d - J\delta m)\|^2
-        = \tfrac{1}{2\sigma^2}\big(\delta m^\top H \delta m - 2\,\delta m^\top y
-          + d^\top M d\big),
-
-    ``H = JᵀMJ`` ``[n, n]``, ``y = JᵀMd`` ``[nx, nz]``, ``constant`` = ``dᵀMd/(2σ²)`` when
-    known (else 0: gradients are unchanged). No PDE solve: ``m [batch, nx, nz] → [batch]``.
-    """
-
-    def __init__(self, H: torch.Tensor, y: torch.Tensor, sigma: float, constant: float = 0.0):
-        super().__init__()
-        self.register_buffer("H", H.double())
-        self.register_buffer("y", y.double().reshape(-1))
-        self.sigma, self.constant = float(sigma), float(constant)
-
-    def forward(self, m: torch.Tensor) -> torch.Tensor:
-        x = m.double().reshape(m.shape[0], -1)
-        quad = ((x @ self.H) * x).sum(1) - 2.0 * (x @ self.y)
-        return (0.5 * quad / self.sigma**2 + self.constant).to(m.dtype)
-
-
-@functools.lru_cache(maxsize=1)
-def _one_padding_flow(base: type) -> type:
-    """``base`` (:class:`ConditionalImageFlow`) whose ``log_prob`` draws one padding by
-    default: on a padded grid (41×21 → 44×24 at two levels) that is the augmented flow's
-    lower bound maximum likelihood trains on, at 1/16 of the cost of the default 16-draw
-    estimate (which made one training step 16× slower for no better gradient)."""
-
-    class OnePaddingImageFlow(base):
-        def log_prob(self, m, c=None, n_pad: int = 1):
-            return super().log_prob(m, c, n_pad)
-
-        def prepare_condition(self, c, batch):
-            # LatentCorrection wraps .net in a layer without .pyramid (which the base class
-            # calls); hand the base class the wrapped network for this call only.
-            net = inner = self.net
-            while not hasattr(inner, "pyramid") and hasattr(inner, "net"):
-                inner = inner.net
-            if inner is net:
-                return super().prepare_condition(c, batch)
-            self._modules["net"] = inner
-            try:
-                return super().prepare_condition(c, batch)
-            finally:
-                self._modules["net"] = net
-
-    return OnePaddingImageFlow
-
-
-@functools.lru_cache(maxsize=1)
-def _deconvolving(base: type) -> type:
-    """``base`` (:class:`AmortizedPosterior`) whose summary network sees the least-squares
-    image ``P y / prior_std`` of the raw migrated image ``y`` (``P`` of
-    :meth:`ImagingSetting.least_squares_operator`, a buffer saved with the posterior) in
-    place of the per-pixel standardized ``y`` (``cond_mean``/``cond_scale`` then go unused).
-
-    ``P`` is a fixed invertible linear map of ``y``: nothing is lost, but the deconvolution
-    of the migrated image — the part a small CNN learns worst (41×21: relative error 0.45 of
-    the amortized mean on training-distribution truths against 0.16 for ``P y`` itself) —
-    is done by the physics, and the flow learns only how the crop prior departs from the
-    Gaussian one.
-    """
-
-    class DeconvolvingPosterior(base):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            n = math.prod(self.model_shape)
-            self.register_buffer("ls_operator", torch.zeros(n, n))
-            self.register_buffer("ls_ready", torch.zeros((), dtype=torch.bool))
-            self.setting = None
-
-        def features(self, condition: torch.Tensor) -> torch.Tensor:
-            if not bool(self.ls_ready):
-                if self.setting is None:
-                    raise InvalidArgumentError("the least-squares operator is not set")
-                self.ls_operator.copy_(self.setting.least_squares_operator().float())
-                self.ls_ready.fill_(True)
-            ref = self._ref()
-            y = condition.to(device=ref.device, dtype=ref.dtype)
-            scale = float(self.parameterization.scale.flatten()[0])
-            z = (y.flatten(1) @ self.ls_operator.T).view_as(y) / scale
-            return self.summary(z)
-
-    return DeconvolvingPosterior
-
-
 class ImagingSetting:
     """The amortized imaging problem of one configuration (the protocol of
     :mod:`devito_uq.apps.amortize.run`); PDE work is done lazily, on first need."""
@@ -244,7 +153,8 @@ class ImagingSetting:
         """The untrained :class:`AmortizedPosterior`: an :class:`ImageSummary` CNN of the
         condition feeding a :class:`ConditionalImageFlow` over ``δm/prior_std``; weights
         from ``config.seed`` (the caller's random state is left alone). With
-        ``deconvolve`` the CNN sees the least-squares image (:func:`_deconvolving`)."""
+        ``deconvolve`` the CNN sees the least-squares image (``imaging_posterior.deconvolving``)."""
+        from devito_uq.apps.amortize.imaging_posterior import deconvolving, one_padding_flow
         from devito_uq.flows import ConditionalImageFlow, ImageSummary
         from devito_uq.inference import Parameterization
         from devito_uq.inference.amortized import AmortizedPosterior
@@ -253,7 +163,7 @@ class ImagingSetting:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(c.seed)
             summary = ImageSummary(1, c.summary_features, hidden=c.summary_hidden)
-            flow = _one_padding_flow(ConditionalImageFlow)(
+            flow = one_padding_flow(ConditionalImageFlow)(
                 self.shape,
                 c.summary_features,
                 kind=c.flow_kind,
@@ -262,7 +172,7 @@ class ImagingSetting:
                 hidden=c.flow_hidden,
             )
         g = Parameterization(torch.zeros(self.shape), c.prior_std)
-        cls = _deconvolving(AmortizedPosterior) if c.deconvolve else AmortizedPosterior
+        cls = deconvolving(AmortizedPosterior) if c.deconvolve else AmortizedPosterior
         post = cls(flow, summary, g, condition_shape=(1, *self.shape))
         if c.deconvolve:
             post.setting = self  # fills the operator on first use (training)

@@ -127,7 +127,7 @@ def _gaussian_prior(setting):
 def _correct(setting, posterior, H, y, sigma, progress: bool):
     """The latent correction against the normal-equations Born likelihood and the Gaussian
     prior; returns ``(VariationalPosterior, seconds)``."""
-    from devito_uq.apps.amortize.imaging import NormalLikelihood
+    from devito_uq.apps.amortize.imaging_posterior import NormalLikelihood
     from devito_uq.inference import PosteriorTarget
 
     c = setting.config
