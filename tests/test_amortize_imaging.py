@@ -120,6 +120,9 @@ def test_workflow_writes_summary_and_figures(workflow):
     assert held["exact_gaussian"]["image_relative_l2"] < 0.6  # the data inform the image
     assert held["exact_gaussian"]["std_correlation_with_vi"] > 0.9
     assert saved["surveys"]["half_shots"]["shots"] == [0]
+    for name in ("half_shots", "double_noise"):
+        assert {"amortized_adapted", "corrected_adapted"} <= set(saved["surveys"][name])
+    assert "amortized_adapted" not in held
     # 160 columns × 2 shots × (Born 2 + adjoint 1), the pooled background, σ's Born data
     assert 3 * 160 * 2 + 4 <= saved["cost"]["training_set_solves"] <= 3 * 160 * 2 + 2 + 4
     assert saved["calibration"]["n_truths"] == 4
@@ -193,3 +196,15 @@ def test_normal_likelihood_is_the_born_gaussian_likelihood(setting):
     exact = GaussianLikelihood(setting.born, d, sigma=0.05, mask=mask)
     m = dm[1:].float()
     assert torch.allclose(normal(m).double(), exact(m).double(), rtol=1e-4)
+
+
+def test_adapted_condition_is_identity_on_the_training_survey(setting):
+    """(H + σ²C⁻¹)(H/σ² + C⁻¹)⁻¹ y/σ² = y; another shot set or σ changes it."""
+    from devito_uq.apps.amortize.imaging_study import adapted_condition
+
+    dm, _ = setting.draw_models(1, torch.Generator().manual_seed(2))
+    y = setting.conditions(dm, torch.Generator().manual_seed(3))[0]
+    same = adapted_condition(setting, y, [0, 1], setting.sigma)
+    assert float((same - y).norm() / y.norm()) < 1e-6
+    other = adapted_condition(setting, y, [0], setting.sigma)
+    assert float((other - y).norm() / y.norm()) > 0.1
