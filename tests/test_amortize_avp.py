@@ -164,3 +164,22 @@ def test_tiny_workflow_writes_summary_and_figures(tmp_path):
         "calibration_amortized_ranks.png",
     ):
         assert (out / name).stat().st_size > 1000, name
+
+
+def test_conditional_affine_inverts_and_its_logdet_is_the_jacobian():
+    from devito_uq.apps.amortize.avp import ConditionalAffine
+
+    torch.manual_seed(0)
+    layer = ConditionalAffine(3, 5).double()
+    with torch.no_grad():  # away from the identity it starts at
+        for p in layer.parameters():
+            p.normal_(0.0, 0.7)
+    x, c = torch.randn(4, 5, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)
+    z, logdet = layer(x, c)
+    back, logdet_inv = layer.inverse(z, c)
+    assert torch.allclose(back, x, atol=1e-12)
+    assert torch.allclose(logdet, -logdet_inv, atol=1e-12)
+    for i in range(4):
+        ci = c[i : i + 1]
+        jac = torch.autograd.functional.jacobian(lambda v, ci=ci: layer(v[None], ci)[0][0], x[i])
+        assert float(torch.linalg.slogdet(jac)[1]) == pytest.approx(float(logdet[i]), abs=1e-10)
