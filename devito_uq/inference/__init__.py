@@ -6,6 +6,8 @@ package does not load matplotlib). Calibration diagnostics (SBC, expected covera
 TARP, UCE) are in :mod:`devito_uq.inference.calibration` and its companions.
 """
 
+from devito_uq.inference.amortized import AmortizedPosterior
+from devito_uq.inference.amortized_correction import ConditionedFlow, LatentCorrection
 from devito_uq.inference.calibration import CalibrationResult, load_calibration, run_calibration
 from devito_uq.inference.calibration_ranks import image_metrics, truth_statistics, window_mean
 from devito_uq.inference.laplace import DiagonalSqrt, LaplaceParameterization, low_rank_eigh
@@ -47,6 +49,9 @@ __all__ = [
     "PosteriorTarget",
     "TargetTerms",
     "VariationalPosterior",
+    "AmortizedPosterior",
+    "ConditionedFlow",
+    "LatentCorrection",
     "MALA",
     "SGLD",
     "MCMCResult",

@@ -20,6 +20,8 @@ _WHERE = {
     "load_checkpoint": "devito_uq.io.checkpoint",
     "check_identity": "devito_uq.io.checkpoint",
     "checkpoint_exists": "devito_uq.io.checkpoint",
+    "simulate_dataset": "devito_uq.io.dataset",
+    "ShardedDataset": "devito_uq.io.dataset",
 }
 
 __all__, __getattr__, __dir__ = lazy_exports(__name__, _WHERE)

@@ -1,0 +1,409 @@
+r"""Amortized posteriors: a conditional flow trained once on simulated (model, data) pairs.
+
+Given pairs :math:`(m_i, y_i)` with :math:`m_i \sim p(m)` and :math:`y_i` simulated from
+:math:`m_i` (:func:`devito_uq.io.simulate_dataset`), maximum likelihood
+
+.. math::
+    \min_\theta \; E_{(m, y)}\big[-\log q_\theta(m \mid y)\big]
+    = \mathrm{const} + E_y\,\mathrm{KL}\big(p(m\mid y) \,\|\, q_\theta(m\mid y)\big)
+
+trains a conditional flow whose :math:`q_\theta(\cdot\mid y)` approximates the posterior
+for *every* ``y`` of the training distribution; a new survey then costs one pass of the
+flow (Siahkoohi, Rizzuti, Witte & Herrmann 2020, "Faster uncertainty quantification for
+inverse problems with conditional normalizing flows"; Orozco et al. 2024, WISE).
+
+The flow lives where variational inference's flow lives, on the latent
+:math:`x = g^{-1}(m)` of a :class:`~devito_uq.inference.Parameterization`:
+
+.. math::
+    \log q(m \mid y) = \log q_x(x \mid y) - \log|\det J_g(x)|, \qquad x = g^{-1}(m).
+
+Raw conditions are standardized per feature with the training set's mean and standard
+deviation (buffers ``cond_mean``, ``cond_scale``), then mapped by an optional ``summary``
+network (trained jointly) to what the flow's ``c`` takes. For a survey outside the
+training distribution, :meth:`AmortizedPosterior.correct` fits a latent correction with
+the physics (:mod:`devito_uq.inference.amortized_correction`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from devito_uq.errors import CheckpointError, InvalidArgumentError, InvalidShapeError
+from devito_uq.inference.amortized_correction import (
+    ConditionedFlow,
+    LatentCorrection,
+    check_same_parameterization,
+)
+from devito_uq.inference.amortized_training import fit_amortized
+from devito_uq.inference.parameterization import Parameterization
+from devito_uq.io.checkpoint import load_checkpoint, save_checkpoint
+from devito_uq.validation import check_finite, check_positive_int
+
+__all__ = ["AmortizedPosterior"]
+
+
+class AmortizedPosterior(nn.Module):
+    """Conditional flow ``q(m | y)`` over models ``m`` given raw conditions ``y``.
+
+    Args:
+        flow: conditional flow with ``log_prob(x, c)``, ``rsample_and_log_prob(n, c)``,
+            ``sample(n, c)`` and ``shape`` (the model shape): ``Flow(ConditionalHINT(n,
+            features), (n,))`` for vectors, or a 2D ``ConditionalImageFlow``.
+        summary: ``nn.Module`` mapping standardized raw conditions ``[b, *condition_shape]``
+            to the flow's ``c`` (e.g. ``[b, features]``); ``None``: the standardized
+            condition itself. Trained jointly with the flow.
+        parameterization: ``m = g(x)`` the flow is trained in (``None``: ``m = x``); its
+            ``model_shape`` must equal ``flow.shape``.
+        condition_shape: shape of one raw condition; known after :meth:`fit`, needed
+            before only to load a state dict into a fresh object (loading also resizes).
+
+    Tensors stay on the module's device (``.to(device)``, or ``fit(device=...)``):
+    samples and log-densities are returned there.
+    """
+
+    def __init__(
+        self,
+        flow: nn.Module,
+        summary: nn.Module | None = None,
+        parameterization: Parameterization | None = None,
+        condition_shape: Sequence[int] | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(flow, nn.Module):
+            raise InvalidArgumentError(f"flow must be an nn.Module, got {type(flow).__name__}")
+        for attr in ("log_prob", "rsample_and_log_prob", "sample"):
+            if not callable(getattr(flow, attr, None)):
+                raise InvalidArgumentError(
+                    f"flow must provide {attr}(…, c) like devito_uq.flows.Flow; "
+                    f"{type(flow).__name__} does not"
+                )
+        if summary is not None and not isinstance(summary, nn.Module):
+            raise InvalidArgumentError(
+                f"summary must be an nn.Module or None, got {type(summary).__name__}"
+            )
+        if parameterization is not None and not isinstance(parameterization, Parameterization):
+            raise InvalidArgumentError(
+                "parameterization must be a Parameterization or None, "
+                f"got {type(parameterization).__name__}"
+            )
+        shape = getattr(flow, "shape", None)
+        if shape is None:
+            raise InvalidArgumentError(f"flow {type(flow).__name__} has no .shape (model shape)")
+        self.model_shape = tuple(int(s) for s in shape)
+        if parameterization is not None and parameterization.model_shape != self.model_shape:
+            raise InvalidShapeError(
+                f"parameterization models have shape {parameterization.model_shape}; "
+                f"the flow's have {self.model_shape}"
+            )
+        self.flow = flow
+        self.summary = summary
+        self.parameterization = parameterization
+        cond = () if condition_shape is None else tuple(int(s) for s in condition_shape)
+        ref = next(flow.parameters(), torch.empty(0))
+        self.register_buffer("cond_mean", torch.zeros(cond, dtype=ref.dtype))
+        self.register_buffer("cond_scale", torch.ones(cond, dtype=ref.dtype))
+        self._has_condition_shape = condition_shape is not None
+        self.history: dict[str, list[float]] = {}
+        self.iteration = 0
+        self.resumed_from = 0
+        self.best_iteration: int | None = None
+        self.best_val_nll: float | None = None
+
+    # -- shapes, standardization ------------------------------------------------------------
+
+    @property
+    def condition_shape(self) -> tuple[int, ...] | None:
+        """Shape of one raw condition (``None`` before :meth:`fit` or a load)."""
+        return tuple(self.cond_mean.shape) if self._has_condition_shape else None
+
+    def _ref(self) -> torch.Tensor:
+        return next(self.flow.parameters(), self.cond_mean)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Standardization buffers take the stored condition shape (a fresh object has none).
+        for name in ("cond_mean", "cond_scale"):
+            t = state_dict.get(prefix + name)
+            if isinstance(t, torch.Tensor) and t.shape != getattr(self, name).shape:
+                old = getattr(self, name)
+                setattr(self, name, torch.empty(t.shape, dtype=old.dtype, device=old.device))
+                self._has_condition_shape = True
+            elif isinstance(t, torch.Tensor):
+                self._has_condition_shape = True
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def set_standardization(self, mean: torch.Tensor, scale: torch.Tensor) -> None:
+        """Set ``cond_mean``/``cond_scale`` (``[*condition_shape]``; scale > 0)."""
+        ref = self._ref()
+        self.cond_mean = mean.detach().to(device=ref.device, dtype=ref.dtype).clone()
+        self.cond_scale = scale.detach().to(device=ref.device, dtype=ref.dtype).clone()
+        self._has_condition_shape = True
+
+    def features(self, condition: torch.Tensor) -> torch.Tensor:
+        """What the flow's ``c`` takes for raw conditions ``[b, *condition_shape]``:
+        ``summary((y − cond_mean) / cond_scale)``; differentiable."""
+        ref = self._ref()
+        y = condition.to(device=ref.device, dtype=ref.dtype)
+        y = (y - self.cond_mean) / self.cond_scale
+        return y if self.summary is None else self.summary(y)
+
+    def _conditions(self, condition: Any, who: str) -> tuple[torch.Tensor, bool]:
+        """``condition`` as ``[b, *condition_shape]`` and whether it was one condition."""
+        cs = self.condition_shape
+        if cs is None:
+            raise InvalidArgumentError(
+                f"{who}: the condition shape is unknown; fit() or load a trained state first"
+            )
+        if not isinstance(condition, torch.Tensor):
+            raise InvalidArgumentError(
+                f"{who}: condition must be a torch.Tensor, got {type(condition).__name__}"
+            )
+        if tuple(condition.shape) == cs:
+            one = True
+            condition = condition.unsqueeze(0)
+        elif condition.dim() == len(cs) + 1 and tuple(condition.shape[1:]) == cs:
+            one = False
+        else:
+            raise InvalidShapeError(
+                f"{who}: condition has shape {tuple(condition.shape)}; expected {list(cs)} "
+                f"or [batch, *{list(cs)}]"
+            )
+        check_finite(f"{who}: condition", condition)
+        return condition, one
+
+    # -- the model <-> latent map -------------------------------------------------------------
+
+    def to_model(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``m = g(x)`` and ``log|det J_g(x)|`` ``[batch]``."""
+        if self.parameterization is None:
+            return x, x.new_zeros(x.shape[0])
+        return self.parameterization(x)
+
+    def to_latent(self, m: torch.Tensor) -> torch.Tensor:
+        """``x = g⁻¹(m)`` for models ``[batch, *model_shape]``."""
+        return m if self.parameterization is None else self.parameterization.inverse(m)
+
+    # -- training ---------------------------------------------------------------------------
+
+    def fit(
+        self,
+        train: Any,
+        iterations: int,
+        batch_size: int = 64,
+        lr: float = 1e-3,
+        lr_final: float = 0.01,
+        validation: Any = None,
+        validate_every: int = 100,
+        checkpoint_path: str | os.PathLike | None = None,
+        checkpoint_every: int = 500,
+        seed: int = 0,
+        device: str | torch.device | None = None,
+        clip_grad: float | None = None,
+        progress: bool = True,
+        identity: dict[str, Any] | None = None,
+        fields: tuple[str, str] = ("model", "condition"),
+        callback: Callable[[int, dict[str, float]], None] | None = None,
+        log_prob_kwargs: dict[str, Any] | None = None,
+    ) -> dict[str, list[float]]:
+        """Maximum-likelihood training on pairs; return :attr:`history`.
+
+        Args:
+            train: ``{"model": [N, *model_shape], "condition": [N, *condition_shape]}``
+                (CPU tensors are fine: each minibatch moves to ``device``) or a
+                :class:`~devito_uq.io.ShardedDataset` (loaded whole).
+            iterations: total Adam steps (including resumed ones).
+            batch_size: pairs per step; minibatches walk through one random permutation
+                of the training set per epoch, drawn from a generator seeded by
+                ``(seed, epoch)``, so a batch is a function of the iteration alone.
+            lr, lr_final: Adam rate, cosine-annealed to ``lr·lr_final`` at the end.
+            validation: pairs like ``train`` (or ``None``): the validation NLL is
+                evaluated every ``validate_every`` steps and at the end, and the weights
+                with the lowest one are loaded when ``fit`` returns.
+            checkpoint_path: written every ``checkpoint_every`` steps and at the end; if it
+                exists at the start, training resumes from it bit for bit (weights,
+                optimizer, schedule, RNG, history, best state). Another run's file
+                (seed, batch size, lr, data sizes and fingerprint, ``identity``, ...) is
+                refused with :class:`CheckpointError` naming the key.
+            seed: seeds the minibatch order and, at a fresh start, torch's generator
+                inside ``fit`` (the caller's random state is left as it was).
+            device: ``"cpu"``, ``"cuda"``, a ``torch.device``, or ``None`` (where the
+                module is). The module moves there and stays there.
+            clip_grad: clip the global gradient norm (``None``: off).
+            progress: tqdm bar with the train/validation NLL.
+            identity: JSON-able dict stored in the checkpoint and compared on resume.
+            fields: names of the model and condition entries of ``train``/``validation``.
+            callback: ``callback(iteration, {"train_nll": ..., "lr": ...})`` after a step.
+            log_prob_kwargs: extra keyword arguments of the flow's ``log_prob`` in training
+                and validation, e.g. ``{"n_pad": 1}`` for an image flow on a padded grid
+                (one padding draw per pair: the augmented flow's bound on ``log q``,
+                ``n_pad`` times cheaper than the default estimate); stored in the run
+                identity.
+
+        History (lists): ``iteration``, ``train_nll``, ``lr`` per step; ``val_iteration``,
+        ``val_nll`` per validation. NLLs are ``−log q(m | y)`` of models (the Jacobian of
+        ``g`` included) in nats **per model dimension** (divided by ``prod(model_shape)``),
+        batch means for training, full-set means for validation. After the call
+        ``best_iteration``/``best_val_nll`` name the weights kept (``None`` without
+        validation: the final weights) and ``resumed_from`` the iteration resumed from.
+
+        Raises:
+            InvalidArgumentError/InvalidShapeError: bad arguments or data (shapes, NaN,
+                models outside the parameterization's bounds), before any step.
+            TrainingDivergedError: the loss or gradient became NaN/inf; the last
+                checkpoint on disk is kept.
+            CheckpointError: the checkpoint is corrupt or belongs to another run.
+        """
+        return fit_amortized(
+            self,
+            train,
+            iterations=iterations,
+            batch_size=batch_size,
+            lr=lr,
+            lr_final=lr_final,
+            validation=validation,
+            validate_every=validate_every,
+            checkpoint_path=checkpoint_path,
+            checkpoint_every=checkpoint_every,
+            seed=seed,
+            device=device,
+            clip_grad=clip_grad,
+            progress=progress,
+            identity=identity,
+            fields=fields,
+            callback=callback,
+            log_prob_kwargs=log_prob_kwargs,
+        )
+
+    # -- after training -----------------------------------------------------------------------
+
+    @torch.no_grad()
+    def sample(self, n: int, condition: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+        """Posterior samples of models: ``[n, *model_shape]`` for one raw condition
+        ``[*condition_shape]``, or ``[b, n, *model_shape]`` for ``[b, *condition_shape]``.
+
+        Draws from torch's global generator; on the module's device.
+        """
+        n = check_positive_int("n", n)
+        chunk = check_positive_int("chunk", chunk)
+        conds, one = self._conditions(condition, "sample")
+        was = self.training
+        self.eval()
+        try:
+            c = self.features(conds)
+            out = []
+            for i in range(c.shape[0]):
+                ci = c[i : i + 1]
+                parts = [self.flow.sample(min(chunk, n - j), ci) for j in range(0, n, chunk)]
+                out.append(self.to_model(torch.cat(parts))[0])
+        finally:
+            self.train(was)
+        return out[0] if one else torch.stack(out)
+
+    def log_prob(self, m: torch.Tensor, condition: torch.Tensor, **kwargs) -> torch.Tensor:
+        """``log q(m | y)`` ``[batch]`` of models ``m [batch, *model_shape]`` given one raw
+        condition ``[*condition_shape]`` or one per model ``[batch, *condition_shape]``;
+        differentiable in ``m``. ``kwargs`` go to the flow's ``log_prob``."""
+        if not isinstance(m, torch.Tensor) or tuple(m.shape[1:]) != self.model_shape:
+            got = tuple(m.shape) if isinstance(m, torch.Tensor) else type(m).__name__
+            raise InvalidShapeError(f"log_prob: m must be [batch, *{self.model_shape}], got {got}")
+        conds, one = self._conditions(condition, "log_prob")
+        if not one and conds.shape[0] != m.shape[0]:
+            raise InvalidShapeError(
+                f"log_prob: {conds.shape[0]} conditions for {m.shape[0]} models; give one "
+                "condition or one per model"
+            )
+        ref = self._ref()
+        x = self.to_latent(m.to(device=ref.device, dtype=ref.dtype))
+        return self.flow.log_prob(x, self.features(conds), **kwargs) - self.to_model(x)[1]
+
+    @torch.no_grad()
+    def conditioned(self, condition: torch.Tensor) -> ConditionedFlow:
+        """The flow at one raw condition ``[*condition_shape]``: a
+        :class:`ConditionedFlow` over latents ``x`` (``sample``, ``rsample_and_log_prob``,
+        ``log_prob``, ``parameters``) for :class:`~devito_uq.inference.VariationalPosterior`.
+        It shares the flow's weights (see :class:`ConditionedFlow`)."""
+        conds, one = self._conditions(condition, "conditioned")
+        if not one:
+            raise InvalidShapeError(
+                f"conditioned: give one condition {list(self.condition_shape)}, "
+                f"got {tuple(condition.shape)}"
+            )
+        was = self.training
+        self.eval()
+        try:
+            c = self.features(conds)
+        finally:
+            self.train(was)
+        return ConditionedFlow(self.flow, c)
+
+    def correct(
+        self,
+        target: Any,
+        condition: torch.Tensor,
+        iterations: int,
+        batch_size: int = 8,
+        lr: float = 2e-2,
+        lr_schedule: str | None = "cosine",
+        checkpoint_path: str | os.PathLike | None = None,
+        seed: int = 0,
+        progress: bool = True,
+        **fit_kwargs: Any,
+    ):
+        """Physics-based latent correction for one survey; return the fitted
+        :class:`~devito_uq.inference.VariationalPosterior`.
+
+        A :class:`LatentCorrection` of :meth:`conditioned` (``μ``, ``log s`` zero at the
+        start: the uncorrected posterior) is trained by reverse KL against ``target``
+        (a :class:`~devito_uq.inference.PosteriorTarget` with the survey's likelihood
+        and the prior) through :meth:`VariationalPosterior.fit
+        <devito_uq.inference.VariationalPosterior.fit>` (``fit_kwargs``: its other
+        arguments, e.g. ``checkpoint_every``, ``clip_grad``, ``identity``). The result's
+        ``sample(n)`` gives models through the target's parameterization, which must be
+        the one this posterior was trained in (checked: shapes, bounds, reference and
+        scale). The target must live on this module's device.
+        """
+        from devito_uq.inference.target import PosteriorTarget
+        from devito_uq.inference.variational import VariationalPosterior
+
+        if not isinstance(target, PosteriorTarget):
+            raise InvalidArgumentError(
+                f"target must be a PosteriorTarget, got {type(target).__name__}"
+            )
+        check_same_parameterization(
+            self.parameterization, target.parameterization, self.model_shape
+        )
+        vi = VariationalPosterior(LatentCorrection(self.conditioned(condition)), target)
+        vi.fit(
+            iterations,
+            batch_size=batch_size,
+            lr=lr,
+            lr_schedule=lr_schedule,
+            checkpoint_path=checkpoint_path,
+            seed=seed,
+            progress=progress,
+            **fit_kwargs,
+        )
+        return vi
+
+    # -- files ----------------------------------------------------------------------------------
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the weights and standardization (a hashed devito_uq checkpoint)."""
+        save_checkpoint(path, {"module": self.state_dict(), "best": None})
+
+    def load(self, path: str | os.PathLike) -> AmortizedPosterior:
+        """Load :meth:`save`'s file or :meth:`fit`'s checkpoint (its best-validation
+        weights when it has them, else the last ones); return ``self``."""
+        state = load_checkpoint(path, required=("module",))
+        try:
+            self.load_state_dict(state["best"] if state.get("best") else state["module"])
+        except (RuntimeError, KeyError) as exc:
+            raise CheckpointError(
+                f"checkpoint {str(path)!r} does not fit this flow: {exc}"
+            ) from None
+        return self

@@ -1,0 +1,244 @@
+r"""A conditional flow fixed at one condition, and its physics-based latent correction.
+
+:class:`ConditionedFlow` is a trained conditional flow :math:`T(\cdot\,; y)` with its
+condition ``y`` frozen: a flow over the latent ``x`` of one survey, with the methods
+:class:`~devito_uq.inference.VariationalPosterior` uses (``sample``,
+``rsample_and_log_prob``, ``log_prob``, ``parameters``).
+
+:class:`LatentCorrection` (Siahkoohi, Rizzuti, Orozco & Herrmann 2023, "Reliable amortized
+variational inference with physics-based latent distribution correction") keeps the
+trained flow fixed and learns a diagonal affine map of its base distribution,
+
+.. math::
+    \varepsilon \sim N(0, I), \quad z = \mu + s \odot \varepsilon, \quad
+    x = T^{-1}(z; y), \qquad s = e^{\log s},
+
+so the corrected density of ``x`` is (change of variables through both maps)
+
+.. math::
+    \log q_{\mu,s}(x) = \log N(\varepsilon; 0, I) - \textstyle\sum_i \log s_i
+        + \log\Big|\det \frac{\partial T(x; y)}{\partial x}\Big|,
+    \qquad \varepsilon = (T(x; y) - \mu) \oslash s .
+
+It is implemented as one invertible layer in front of the flow's network
+(``ε ↦ μ + s⊙ε`` on the generative side, log-determinant ``Σ log s``), so the flow's own
+``rsample_and_log_prob``/``log_prob`` — padding of an image flow, memory-frugal
+backpropagation — run unchanged. ``μ = 0``, ``log s = 0`` (the initialization) give the
+uncorrected amortized posterior exactly. Only ``μ`` and ``log s`` are trained: reverse KL
+against the physics :class:`~devito_uq.inference.PosteriorTarget`, by
+:meth:`VariationalPosterior.fit <devito_uq.inference.VariationalPosterior.fit>`.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from devito_uq.errors import InvalidArgumentError, InvalidShapeError
+from devito_uq.flows.invertible import InvertibleModule
+from devito_uq.inference.parameterization import Parameterization
+
+__all__ = ["ConditionedFlow", "LatentCorrection", "check_same_parameterization"]
+
+
+class ConditionedFlow(nn.Module):
+    """A conditional flow at one fixed condition: a distribution over latents ``x``.
+
+    Args:
+        flow: conditional flow with ``sample(n, c)``, ``rsample_and_log_prob(n, c)``,
+            ``log_prob(x, c)`` and ``shape`` (e.g. ``Flow(ConditionalHINT(...))``).
+        condition: what the flow's ``c`` takes for one survey, ``[1, ...]`` (the output of
+            the amortized posterior's summary; stored as a buffer, detached).
+
+    It shares ``flow``'s weights: training it (``VariationalPosterior(cf, target).fit``,
+    a per-survey fine-tuning) changes the amortized flow too; ``copy.deepcopy`` first to
+    keep it.
+    """
+
+    def __init__(self, flow: nn.Module, condition: torch.Tensor) -> None:
+        super().__init__()
+        if (
+            not isinstance(condition, torch.Tensor)
+            or condition.dim() < 2
+            or condition.shape[0] != 1
+        ):
+            got = tuple(condition.shape) if isinstance(condition, torch.Tensor) else condition
+            raise InvalidShapeError(f"condition must be a tensor [1, ...], got {got}")
+        self.flow = flow
+        self.register_buffer("condition", condition.detach().clone())
+        self.shape = tuple(flow.shape)
+
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        """Shape of the flow's base variable (the flow's ``latent_shape``)."""
+        return tuple(getattr(self.flow, "latent_shape", self.shape))
+
+    def sample(self, n: int) -> torch.Tensor:
+        """``[n, *shape]`` latents ``x``, no gradient."""
+        return self.flow.sample(n, self.condition)
+
+    def rsample_and_log_prob(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x [n, *shape]`` and ``log q(x | y)`` ``[n]``, differentiable."""
+        return self.flow.rsample_and_log_prob(n, self.condition)
+
+    def rsample(self, n: int) -> torch.Tensor:
+        """``[n, *shape]`` reparameterized latents."""
+        return self.rsample_and_log_prob(n)[0]
+
+    def log_prob(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
+        """``log q(x | y)`` ``[batch]`` of latents ``x [batch, *shape]``."""
+        return self.flow.log_prob(x, self.condition, **kwargs)
+
+
+class _ShiftedLatent(InvertibleModule):
+    """``ε ↦ z = μ + s⊙ε`` in front of ``net`` (generative side): ``inverse(ε) =
+    net.inverse(μ + s⊙ε)`` with log-determinant ``+Σ log s``; ``forward(x)`` maps back."""
+
+    def __init__(self, net: InvertibleModule, latent_shape: tuple[int, ...], ref: torch.Tensor):
+        super().__init__()
+        # First, so that a Flow's reference parameter (dtype, device) is μ.
+        self.mu = nn.Parameter(torch.zeros(latent_shape, dtype=ref.dtype, device=ref.device))
+        self.log_scale = nn.Parameter(torch.zeros_like(self.mu))
+        self.net = net
+
+    @property
+    def memory_frugal(self):
+        return getattr(self.net, "memory_frugal", False)
+
+    @memory_frugal.setter
+    def memory_frugal(self, value) -> None:
+        self.net.memory_frugal = value
+
+    def _forward(self, x, c):
+        z, logdet = self.net(x, c)
+        eps = (z - self.mu) * torch.exp(-self.log_scale)
+        return eps, logdet - self.log_scale.sum()
+
+    def _inverse(self, eps, c):
+        z = self.mu + torch.exp(self.log_scale) * eps
+        x, logdet = self.net.inverse(z, c)
+        return x, logdet + self.log_scale.sum()
+
+
+class LatentCorrection(nn.Module):
+    """Trainable mean and diagonal scale of a fixed conditioned flow's latent (module doc).
+
+    Args:
+        conditioned: a :class:`ConditionedFlow` whose flow has an invertible ``net`` and a
+            ``latent_shape`` (``devito_uq.flows.Flow`` and its image subclasses).
+
+    The flow is deep-copied, set to ``eval`` and frozen (``requires_grad=False``): the
+    amortized posterior it came from is untouched. :meth:`parameters` yields ``mu`` and
+    ``log_scale`` only, both of the latent shape and zero at construction.
+    ``VariationalPosterior(LatentCorrection(cf), target).fit(...)`` trains them; its
+    samples are then latents ``x`` and ``.sample`` of the VI object gives models.
+    """
+
+    def __init__(self, conditioned: ConditionedFlow) -> None:
+        super().__init__()
+        if not isinstance(conditioned, ConditionedFlow):
+            raise InvalidArgumentError(
+                f"LatentCorrection needs a ConditionedFlow (AmortizedPosterior.conditioned), "
+                f"got {type(conditioned).__name__}"
+            )
+        flow = copy.deepcopy(conditioned.flow)
+        net = getattr(flow, "net", None)
+        if not isinstance(net, InvertibleModule) or not hasattr(flow, "latent_shape"):
+            raise InvalidArgumentError(
+                f"LatentCorrection needs a flow with an invertible .net and .latent_shape "
+                f"(devito_uq.flows.Flow); {type(flow).__name__} has not"
+            )
+        ref = next(net.parameters(), None)
+        if ref is None:
+            raise InvalidArgumentError("the conditioned flow has no parameters")
+        for p in flow.parameters():
+            p.requires_grad_(False)
+        flow.net = _ShiftedLatent(net, tuple(flow.latent_shape), ref)
+        self.flow = flow
+        self.register_buffer("condition", conditioned.condition.detach().clone())
+        self.shape = tuple(conditioned.shape)
+        self.latent_shape = tuple(flow.latent_shape)
+        self.train(False)
+
+    @property
+    def mu(self) -> nn.Parameter:
+        """``[*latent_shape]`` latent shift μ."""
+        return self.flow.net.mu
+
+    @property
+    def log_scale(self) -> nn.Parameter:
+        """``[*latent_shape]`` latent log-scale ``log s``."""
+        return self.flow.net.log_scale
+
+    def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]:
+        """The trainable ``mu`` and ``log_scale`` (the fixed flow's weights are not listed)."""
+        yield self.mu
+        yield self.log_scale
+
+    def train(self, mode: bool = True) -> LatentCorrection:
+        """Set the mode of this module; the fixed flow stays in ``eval`` (dropout, batch
+        statistics of a summary or conditioner remain those of the trained flow)."""
+        super().train(mode)
+        self.flow.net.net.eval()
+        return self
+
+    def sample(self, n: int) -> torch.Tensor:
+        """``[n, *shape]`` corrected latents, no gradient."""
+        return self.flow.sample(n, self.condition)
+
+    def rsample_and_log_prob(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x [n, *shape]`` and ``log q_{μ,s}(x)`` ``[n]``, differentiable in μ, log s."""
+        return self.flow.rsample_and_log_prob(n, self.condition)
+
+    def rsample(self, n: int) -> torch.Tensor:
+        """``[n, *shape]`` reparameterized corrected latents."""
+        return self.rsample_and_log_prob(n)[0]
+
+    def log_prob(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
+        """``log q_{μ,s}(x)`` ``[batch]`` of latents ``x [batch, *shape]`` (exact for a
+        plain flow; an image flow's padding estimate otherwise)."""
+        return self.flow.log_prob(x, self.condition, **kwargs)
+
+
+def _buffers(p: Parameterization) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu() for k, v in p.named_buffers()}
+
+
+def check_same_parameterization(
+    trained: Parameterization | None, target: Parameterization | None, model_shape
+) -> None:
+    """Refuse a target whose ``m = g(x)`` differs from the one the flow was trained in.
+
+    The corrected flow's samples are latents of the amortized posterior's
+    parameterization; the target maps latents to models with its own. Both absent,
+    or the same shapes, bounds, reference and scale, or :class:`InvalidArgumentError`
+    (:class:`InvalidShapeError` for shapes) naming what differs.
+    """
+    if (trained is None) != (target is None):
+        which = "the amortized posterior" if target is None else "the target"
+        raise InvalidArgumentError(
+            f"only {which} has a parameterization; the correction needs the target in "
+            "the parameterization the amortized flow was trained in"
+        )
+    if target is not None and tuple(target.model_shape) != tuple(model_shape):
+        raise InvalidShapeError(
+            f"the target's models have shape {tuple(target.model_shape)}; the amortized "
+            f"posterior's have {tuple(model_shape)}"
+        )
+    if trained is None:
+        return
+    if (trained.has_lower, trained.has_upper) != (target.has_lower, target.has_upper):
+        raise InvalidArgumentError(
+            "the target's parameterization has other bounds than the amortized posterior's"
+        )
+    a, b = _buffers(trained), _buffers(target)
+    for name in sorted(set(a) | set(b)):
+        same = name in a and name in b and a[name].shape == b[name].shape
+        if not same or not torch.allclose(a[name].double(), b[name].double(), rtol=1e-6, atol=0):
+            raise InvalidArgumentError(
+                f"the target's parameterization differs from the amortized posterior's in "
+                f"{name!r}; use the parameterization the flow was trained in"
+            )
