@@ -34,7 +34,7 @@ TINY = dict(
     correct_iterations=3,
     vi_iterations=4,
     n_truths=4,
-    mala_steps=8,
+    mala_steps=40,
     mala_chains=2,
     label="test",
 )

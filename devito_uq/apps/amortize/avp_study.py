@@ -89,8 +89,9 @@ def posterior_stats(
     }
     if reference_std is not None:
         ref = reference_std.double()
-        out["std_relative_difference"] = float(((s.std - ref).abs() / ref).mean())
-        out["std_ratio"] = float((s.std / ref).mean())
+        ok = bool((ref > 0).all())  # a chain that never moved has no std: no comparison
+        out["std_relative_difference"] = float(((s.std - ref).abs() / ref).mean()) if ok else None
+        out["std_ratio"] = float((s.std / ref).mean()) if ok else None
     return out
 
 
@@ -278,6 +279,7 @@ def study(setting, posterior, out, progress=True, figures=True, comm=None) -> di
                 **st,
                 "costs": co,
                 "sigma": sv.sigma,
+                "std_reference": "per-survey VI",
                 "kept_ray_parameters": [float(setting.operator.ray_parameters[i]) for i in sv.kept],
             }
             shift_draws[name] = dr
@@ -305,14 +307,18 @@ def study(setting, posterior, out, progress=True, figures=True, comm=None) -> di
         "calibration": calib,
     }
     a, k = stats["amortized"], stats["corrected"]
+
+    def within(value, bound):
+        return value is not None and value <= bound
+
     summary["targets"] = {
-        "amortized_std_within_30pct_of_mala": a["std_relative_difference"] <= 0.3,
+        "amortized_std_within_30pct_of_mala": within(a["std_relative_difference"], 0.3),
         "amortized_truth_in_90pct_band_at_least_80pct": a["truth_in_90pct_band"] >= 0.8,
         "sample_1000_under_1s": sample_1000 < 1.0,
         "correction_at_most_10pct_of_full_vi": corr["iterations"] <= 0.1 * FULL_VI_ITERATIONS,
         "correction_at_most_10pct_of_per_survey_vi": corr["iterations"] <= 0.1 * vi["iterations"],
         "correction_improves_elbo": k["elbo"] > a["elbo"],
-        "corrected_std_within_30pct_of_mala": k["std_relative_difference"] <= 0.3,
+        "corrected_std_within_30pct_of_mala": within(k["std_relative_difference"], 0.3),
     }
     times["study_total"] = time.perf_counter() - t_start
     summary["time_s"] = times
