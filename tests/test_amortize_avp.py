@@ -110,13 +110,14 @@ def test_noisy_survey_has_the_larger_sigma(setting):
 
 def test_born_projection_summary_reads_the_born_response(setting):
     basis = setting.born_basis()
-    s = BornProjectionSummary(basis, 4, 8)
+    s = BornProjectionSummary(basis, 4, 8, trace_hidden=4)
     assert torch.allclose(s.basis.norm(dim=1), torch.ones(128), atol=1e-5)
     # The projection of the Born data of a spike at depth i peaks near depth i.
     h = basis[60:61].reshape(1, -1) @ s.basis.T
     assert abs(int(h.argmax()) - 60) <= 2
     assert s(torch.zeros(3, 7, 801)).shape == (3, 4)
     assert "basis" not in s.state_dict()  # rebuilt from the setting, not stored
+    assert s.traces is not None and BornProjectionSummary(basis, 4, 8, 0).traces is None
 
 
 @pytest.mark.parametrize(

@@ -18,10 +18,14 @@ linear in the features) followed by a :class:`~devito_uq.flows.ConditionalHINT`,
 latent ``x = g⁻¹(m)`` (where VI's flow lives), reading the features of
 :class:`BornProjectionSummary`: the standardized data projected on the Born (linearized)
 response of each depth sample at the background, ``J(m_b)ᵀ``-like (a fixed physics
-summary of 128 numbers, as WISE conditions on ``Jᵀd``), then a trained MLP. Measured on
-this problem (scratch study, 1,500 iterations of 128 pairs) it reaches a validation
-NLL 22 nats lower than the strided-convolution :class:`~devito_uq.flows.TraceSummary`
-at 80 % of its cost per step.
+summary of 128 numbers, as WISE conditions on ``Jᵀd``) then a trained MLP, plus the
+strided-convolution :class:`~devito_uq.flows.TraceSummary` of the raw traces for what
+the linearization misses. Measured in a scratch study (1,500 iterations of 128 pairs,
+validation NLL per profile; amortized std on the Sleipner survey over MALA's): TraceSummary
+alone (64 features, 20,000 pairs) 97.7 nats, 1.78×; with 128 features and 76,000 pairs the
+Born projection alone 62.0, 1.50×; with :class:`ConditionalAffine` 54.6, 1.52×; both paths
+52.6, 1.28× — the projection
+alone loses what the linearization misses.
 
 The study (:mod:`devito_uq.apps.amortize.avp_study`) compares the amortized posterior
 with the physics-corrected one, a per-survey VI fit and a long MALA reference on the
@@ -66,19 +70,31 @@ _FORMAT = 1  # version of what a training pair is (stored in the dataset's ident
 class BornProjectionSummary(nn.Module):
     """Standardized data ``[b, p, nt]`` → features ``[b, features]``.
 
-    ``h = B y`` with ``B [k, p·nt]`` a fixed basis (rows of unit norm; here the Born
-    response of each depth sample at the background, so ``h`` is a normalized
-    ``J(m_b)ᵀ y``), then ``MLP(h) + W h`` (two SiLU layers of ``hidden`` and a linear
-    skip). The basis is a non-persistent buffer, rebuilt by the setting, so a saved
-    posterior holds only the trained weights.
+    Two paths, summed:
+
+    * physics: ``h = B y`` with ``B [k, p·nt]`` a fixed basis (rows of unit norm; here
+      the Born response of each depth sample at the background, so ``h`` is a
+      normalized ``J(m_b)ᵀ y``), then ``MLP(h) + W h`` (two SiLU layers of ``hidden``
+      and a linear skip) — what the data say about each depth to first order;
+    * learned: :class:`~devito_uq.flows.TraceSummary` over the raw traces (strided
+      convolutions over time, ``trace_hidden`` channels) — what the linearization at
+      the background misses (moved events, amplitudes of large contrasts).
+
+    The basis is a non-persistent buffer, rebuilt by the setting, so a saved posterior
+    holds only the trained weights. ``trace_hidden=0`` drops the learned path.
     """
 
-    def __init__(self, basis: torch.Tensor, features: int, hidden: int) -> None:
+    def __init__(
+        self, basis: torch.Tensor, features: int, hidden: int, trace_hidden: int = 32
+    ) -> None:
         super().__init__()
-        if not isinstance(basis, torch.Tensor) or basis.dim() < 2:
-            raise InvalidShapeError("basis must be a tensor [k, *condition_shape]")
+        from devito_uq.flows import TraceSummary
+
+        if not isinstance(basis, torch.Tensor) or basis.dim() != 3:
+            raise InvalidShapeError("basis must be a tensor [k, n_traces, n_time]")
         features = check_positive_int("features", features)
         hidden = check_positive_int("hidden", hidden)
+        trace_hidden = check_nonnegative_int("trace_hidden", trace_hidden)
         self.condition_shape = tuple(basis.shape[1:])
         rows = basis.reshape(basis.shape[0], -1)
         rows = rows / rows.norm(dim=1, keepdim=True).clamp_min(torch.finfo(rows.dtype).tiny)
@@ -89,6 +105,11 @@ class BornProjectionSummary(nn.Module):
         )
         self.out = nn.Linear(hidden, features)
         self.skip = nn.Linear(k, features)
+        self.traces = (
+            TraceSummary(*self.condition_shape, features, hidden=trace_hidden, stride=8)
+            if trace_hidden
+            else None
+        )
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         if tuple(y.shape[1:]) != self.condition_shape:
@@ -96,7 +117,8 @@ class BornProjectionSummary(nn.Module):
                 f"BornProjectionSummary expects [b, *{self.condition_shape}], got {tuple(y.shape)}"
             )
         h = y.reshape(y.shape[0], -1) @ self.basis.T
-        return self.out(self.mlp(h)) + self.skip(h)
+        out = self.out(self.mlp(h)) + self.skip(h)
+        return out if self.traces is None else out + self.traces(y)
 
 
 class ConditionalAffine(InvertibleModule):
@@ -281,7 +303,12 @@ class AVPAmortizedSetting:
 
         c = self.config
         n = self.problem.m_background.numel()
-        summary = BornProjectionSummary(self.born_basis(), c.summary_features, c.summary_hidden)
+        summary = BornProjectionSummary(
+            self.born_basis(),
+            c.summary_features,
+            c.summary_hidden,
+            trace_hidden=max(8, c.summary_hidden // 8),
+        )
         hint = ConditionalHINT(
             n, c.summary_features, steps=c.flow_steps, hidden=c.flow_hidden, leaf_size=n
         )
