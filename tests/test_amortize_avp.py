@@ -100,6 +100,15 @@ def test_half_ray_survey_condition_and_likelihood(setting):
     assert torch.equal(sv.condition[sv.kept], setting.problem.data[sv.kept])
 
 
+def test_half_ray_survey_filled_from_the_training_mean(setting):
+    fill = torch.randn(7, 801)
+    sv = setting.partial_survey(0.5, fill=fill)
+    assert sv.name == "half_rays_mean_filled"
+    assert torch.equal(sv.condition[[1, 3, 5]], fill[[1, 3, 5]])
+    assert torch.equal(sv.condition[sv.kept], setting.problem.data[sv.kept])
+    assert torch.equal(sv.operator.ray_parameters, setting.operator.ray_parameters[sv.kept])
+
+
 def test_noisy_survey_has_the_larger_sigma(setting):
     sv = setting.noisy_survey(2.0, torch.Generator().manual_seed(0))
     assert sv.sigma == pytest.approx(2.0 * setting.sigma)
@@ -147,7 +156,7 @@ def test_tiny_workflow_writes_summary_and_figures(tmp_path):
         st = on_disk["sleipner"][method]
         for k in ("relative_mean_error", "truth_in_90pct_band", "std_relative_difference"):
             assert math.isfinite(st[k]), (method, k)
-    for name in ("noise", "half_rays"):
+    for name in ("noise", "half_rays", "half_rays_mean_filled"):
         for method in ("amortized", "corrected", "vi"):
             assert 0.0 <= on_disk["shift"][name][method]["truth_in_90pct_band"] <= 1.0
     assert on_disk["shift"]["half_rays"]["kept_ray_parameters"] == pytest.approx(

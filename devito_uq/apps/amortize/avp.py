@@ -347,10 +347,11 @@ class AVPAmortizedSetting:
         kept = list(range(self.condition_shape[0]))
         return Survey("noise", data, self.target(data, sigma), p.m_true, sigma, kept)
 
-    def partial_survey(self, fraction: float) -> Survey:
+    def partial_survey(self, fraction: float, fill: torch.Tensor | None = None) -> Survey:
         """The Sleipner survey with only ``fraction`` of its ray parameters: the condition
-        keeps its shape with the missing traces zero; the likelihood's operator models the
-        kept ray parameters only."""
+        keeps its shape with the missing traces zero (or taken from ``fill`` ``[p, nt]``,
+        e.g. the training data's mean); the likelihood's operator models the kept ray
+        parameters only."""
         p, op = self.problem, self.operator
         kept = kept_ray_indices(op.ray_parameters.numel(), fraction)
         cfg = self.calibration.config.avp_config()
@@ -364,10 +365,14 @@ class AVPAmortizedSetting:
             nbl=op.nbl,
             space_order=op.space_order,
         )
-        condition = torch.zeros_like(p.data)
+        if fill is None:
+            condition = torch.zeros_like(p.data)
+        else:
+            condition = fill.detach().to(p.data.dtype).reshape(p.data.shape).clone()
         condition[kept] = p.data[kept]
         target = self.target(p.data[kept].clone(), self.sigma, sub)
-        return Survey("half_rays", condition, target, p.m_true, self.sigma, kept)
+        name = "half_rays" if fill is None else "half_rays_mean_filled"
+        return Survey(name, condition, target, p.m_true, self.sigma, kept)
 
     # -- the study ----------------------------------------------------------------------------
     def study(self, posterior, out, progress: bool = True, figures: bool = True, comm=None):

@@ -85,16 +85,21 @@ def write_figures(out, setting, surveys, draws, mala_draws, shift_draws) -> list
     fig, axes = plt.subplots(
         len(names), 2, squeeze=False, figsize=(8.0, 4.8 * len(names)), sharey=True
     )
+    rays = f"{len(surveys['half_rays'].kept)} of {setting.condition_shape[0]} ray parameters"
     titles = {
         "noise": f"noise × {setting.config.noise_factor:g}",
-        "half_rays": f"{len(surveys['half_rays'].kept)} of "
-        f"{setting.condition_shape[0]} ray parameters",
+        "half_rays": f"{rays} (others zero)",
+        "half_rays_mean_filled": f"{rays} (others: training mean)",
     }
     for row, name in enumerate(names):
         d = dict(shift_draws[name])
         ref = d.pop("vi")
         a0, a1 = axes[row]
         _panel(a0, a1, z, p.m_true, p.m_background, d, ref, "per-survey VI")
+        # A posterior far off (the zero-filled half-ray survey) must not hide the others.
+        vt = _velocity(p.m_true)
+        a0.set_xlim(vt.min() - 0.3, vt.max() + 0.4)
+        a1.set_xlim(0.0, 3.0 * float(ref.double().std(0).max()))
         a0.set_title(f"{titles.get(name, name)}: posteriors", fontsize=9)
         a1.set_title("posterior std", fontsize=9)
         if row == 0:

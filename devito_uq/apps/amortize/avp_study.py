@@ -12,7 +12,9 @@
    iterations, PDE solves and seconds;
 2. distribution shift: ``noise_factor``·σ of noise, and ``shift_fraction`` of the ray
    parameters (missing traces zero in the condition; the likelihood models the kept
-   ones only): uncorrected vs corrected vs per-survey VI;
+   ones only): uncorrected vs corrected vs per-survey VI; the half-ray survey also with
+   its missing traces filled by the training data's mean (``cond_mean``), the same
+   likelihood and VI fit;
 3. SBC / coverage / TARP of the amortized posterior over ``n_truths`` prior truths
    (:func:`devito_uq.inference.run_calibration`, HPD ranks from the flow's ``log q``).
 """
@@ -210,13 +212,16 @@ def _run_mala(setting, survey, progress: bool, seed: int):
     return res.flat(), m_map, info
 
 
-def _compare(setting, posterior, survey, progress, seed, reference_std=None, vi_std_ref=False):
-    """Amortized, corrected and per-survey VI on one survey: stats, ELBO, costs, draws."""
+def _compare(
+    setting, posterior, survey, progress, seed, reference_std=None, vi_std_ref=False, vi=None
+):
+    """Amortized, corrected and per-survey VI on one survey: stats, ELBO, costs, draws,
+    and the VI fit ``(vi, cost)`` (``vi``: one made for the same target, reused)."""
     c = setting.config
     n = c.n_samples
     amortized = posterior.sample(n, survey.condition)
     corrected, corr_cost = _run_correction(setting, posterior, survey, progress, seed)
-    vi, vi_cost = _run_vi(setting, survey, progress, seed + 1)
+    vi, vi_cost = vi if vi is not None else _run_vi(setting, survey, progress, seed + 1)
     draws = {
         "amortized": amortized,
         "corrected": corrected.sample(n) if corrected is not None else amortized,
@@ -237,7 +242,7 @@ def _compare(setting, posterior, survey, progress, seed, reference_std=None, vi_
     if flows["corrected"] is None:
         stats["corrected"].update({x: stats["amortized"][x] for x in ("elbo", "elbo_stderr")})
     costs = {"correction": corr_cost, "vi": vi_cost}
-    return stats, costs, draws
+    return stats, costs, draws, (vi, vi_cost)
 
 
 def study(setting, posterior, out, progress=True, figures=True, comm=None) -> dict[str, Any]:
@@ -265,16 +270,30 @@ def study(setting, posterior, out, progress=True, figures=True, comm=None) -> di
         mala_std = summarize(mala_draws.double()).std
         sample_1000 = _time_sampling(posterior, sl.condition)
         t0 = time.perf_counter()
-        stats, costs, draws = _compare(setting, posterior, sl, progress, c.seed, mala_std)
+        stats, costs, draws, _ = _compare(setting, posterior, sl, progress, c.seed, mala_std)
         times["sleipner"] = time.perf_counter() - t0
         stats["mala"] = posterior_stats(mala_draws, sl.truth, mala_std)
         stats["mala"].update(mala_info)
         shift: dict[str, Any] = {}
         shift_draws: dict[str, Any] = {}
         t0 = time.perf_counter()
-        for name in ("noise", "half_rays"):
+        # The half-ray survey twice: missing traces zero (the shift as specified), and
+        # filled with the training data's mean (what the flow saw most; same likelihood).
+        surveys["half_rays_mean_filled"] = setting.partial_survey(
+            c.shift_fraction, fill=posterior.cond_mean
+        )
+        fits: dict[str, Any] = {}
+        for name in ("noise", "half_rays", "half_rays_mean_filled"):
             sv = surveys[name]
-            st, co, dr = _compare(setting, posterior, sv, progress, c.seed + 10, vi_std_ref=True)
+            st, co, dr, fits[name] = _compare(
+                setting,
+                posterior,
+                sv,
+                progress,
+                c.seed + 10,
+                vi_std_ref=True,
+                vi=fits.get("half_rays") if name == "half_rays_mean_filled" else None,
+            )
             shift[name] = {
                 **st,
                 "costs": co,

@@ -84,7 +84,10 @@ class AmortizeConfig:
         0.05, "σ₀ of the prior's norm term around the Sleipner background, s²/km² (AVP)"
     )
     prior_strength: float = _knob(1e-2, "σ_p² / ‖D m_Sleipner‖² of the smoothness prior (AVP)")
-    mala_steps: int = _knob(6000, "MALA reference steps per chain after burn-in (AVP)")
+    mala_steps: int = _knob(
+        6000,
+        "MALA reference steps per chain after a burn-in of a quarter of them, from the MAP (AVP)",
+    )
     mala_chains: int = _knob(8, "MALA reference chains (AVP)")
 
     # -- imaging only -------------------------------------------------------------------------
