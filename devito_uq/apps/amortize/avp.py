@@ -127,7 +127,7 @@ class ConditionalAffine(InvertibleModule):
 
     Placed before the conditional HINT on the model side it gives the conditional mean
     and scale a direct linear path from the summary: measured in the scratch study it
-    lowered the validation NLL by ~8 nats at 1,500 iterations at no measurable cost.
+    lowered the validation NLL by 7 nats (62.0 → 54.6) at 1,500 iterations.
     """
 
     def __init__(self, features: int, n: int) -> None:
