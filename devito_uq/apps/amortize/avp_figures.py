@@ -53,9 +53,12 @@ def _panel(ax_mean, ax_std, z, truth, background, draws, reference=None, ref_lab
         ax_mean.plot(lo, z, color=color, lw=0.6, ls="--")
         ax_mean.plot(hi, z, color=color, lw=0.6, ls="--")
         ax_std.plot(samples.double().std(0).numpy(), z, color=color, lw=1.0, label=label)
-    for ax in (ax_mean, ax_std):
-        ax.invert_yaxis()
-        ax.set_ylabel("depth (m)")
+    # The panels share their depth axis: inverting it twice would undo it.
+    if not ax_mean.yaxis_inverted():
+        ax_mean.invert_yaxis()
+    if not ax_std.yaxis_inverted():
+        ax_std.invert_yaxis()
+    ax_mean.set_ylabel("depth (m)")
     ax_mean.set_xlabel("velocity (km/s)")
     ax_std.set_xlabel("std of m (s²/km²)")
 
