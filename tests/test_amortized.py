@@ -477,3 +477,26 @@ def test_image_flow_on_a_padded_grid():
     assert xa.shape == (4, 5, 6) and torch.equal(xa, xb) and torch.equal(la, lb)
     with pytest.raises(InvalidArgumentError, match=r"log_prob_kwargs=\[1\] must be a dict"):
         post.fit(data, 1, log_prob_kwargs=[1])
+
+
+def test_latent_correction_of_a_conditional_image_flow():
+    """The correction wraps the network; what ConditionalImageFlow asks of it (the condition
+    pyramid) still reaches the trained network, and at μ = 0, s = 1 the density is the
+    uncorrected one."""
+    from devito_uq.flows import ConditionalImageFlow
+    from devito_uq.inference.amortized_correction import ConditionedFlow
+
+    torch.manual_seed(0)
+    flow = ConditionalImageFlow((5, 3), 1, kind="hint", levels=1, steps=1, hidden=8)
+    flow.net.skip_data_init()  # ActNorm fixed: both copies then hold the same weights
+    c = torch.randn(1, 1, 5, 3)
+    conditioned = ConditionedFlow(flow, c)
+    correction = LatentCorrection(conditioned)
+    x, log_q = correction.rsample_and_log_prob(4)
+    assert x.shape == (4, 5, 3) and log_q.shape == (4,)
+    z = torch.randn(3, *flow.latent_shape)
+    with torch.no_grad():
+        a, la = flow.from_latent(z, c.expand(3, -1, -1, -1))
+        b, lb = correction.flow.from_latent(z, c.expand(3, -1, -1, -1))
+    torch.testing.assert_close(a, b)
+    torch.testing.assert_close(la, lb)

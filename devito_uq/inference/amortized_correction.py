@@ -112,6 +112,16 @@ class _ShiftedLatent(InvertibleModule):
     def memory_frugal(self, value) -> None:
         self.net.memory_frugal = value
 
+    def __getattr__(self, name: str):
+        # Whatever else the flow asks of its network (ConditionalImageFlow's
+        # ``net.pyramid``, ``cond_size``, ``factor``) is the wrapped network's.
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "net":
+                raise
+            return getattr(super().__getattr__("net"), name)
+
     def _forward(self, x, c):
         z, logdet = self.net(x, c)
         eps = (z - self.mu) * torch.exp(-self.log_scale)

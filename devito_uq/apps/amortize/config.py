@@ -43,7 +43,7 @@ class AmortizeConfig:
     problem: str = _knob("avp", "'avp' (Sleipner plane-wave profiles) or 'imaging' (2D Born)")
     dataset: str = _knob("", "folder of the training set ('': OUT/dataset)")
     checkpoint: str = _knob("", "trained amortized posterior file ('': OUT/amortized.pt)")
-    n_train: int = _knob(20000, "training pairs (model, data) simulated from the prior")
+    n_train: int = _knob(50000, "training pairs (model, data) simulated from the prior")
     n_validation: int = _knob(2000, "validation pairs (whole shards after the training ones)")
     shard_size: int = _knob(1000, "pairs per on-disk shard (the unit of resume and of MPI work)")
     flow_steps: int = _knob(6, "conditional flow steps (per level for imaging)")
@@ -51,12 +51,12 @@ class AmortizeConfig:
     flow_levels: int = _knob(2, "multiscale levels of the 2D conditional flow (imaging)")
     flow_kind: str = _knob("hint", "2D conditional flow: 'hint' or 'glow' (imaging)")
     summary_features: int = _knob(
-        64, "summary network output: features (AVP data) or channels (imaging Jᵀd)"
+        128, "summary network output: features (AVP data) or channels (imaging Jᵀd)"
     )
-    summary_hidden: int = _knob(64, "summary network width")
-    iterations: int = _knob(6000, "maximum-likelihood training iterations")
+    summary_hidden: int = _knob(256, "summary network width")
+    iterations: int = _knob(5000, "maximum-likelihood training iterations")
     batch_size: int = _knob(128, "training pairs per iteration")
-    lr: float = _knob(1e-3, "Adam learning rate (cosine decay to lr·lr_final)")
+    lr: float = _knob(2e-3, "Adam learning rate (cosine decay to lr·lr_final)")
     lr_final: float = _knob(0.01, "final learning rate as a fraction of lr")
     validate_every: int = _knob(250, "iterations between validation losses")
     checkpoint_every: int = _knob(500, "iterations between training checkpoints")
@@ -84,7 +84,10 @@ class AmortizeConfig:
         0.05, "σ₀ of the prior's norm term around the Sleipner background, s²/km² (AVP)"
     )
     prior_strength: float = _knob(1e-2, "σ_p² / ‖D m_Sleipner‖² of the smoothness prior (AVP)")
-    mala_steps: int = _knob(6000, "MALA reference steps per chain after burn-in (AVP)")
+    mala_steps: int = _knob(
+        6000,
+        "MALA reference steps per chain after a burn-in of a quarter of them, from the MAP (AVP)",
+    )
     mala_chains: int = _knob(8, "MALA reference chains (AVP)")
 
     # -- imaging only -------------------------------------------------------------------------
