@@ -54,20 +54,6 @@ def one_padding_flow(base: type) -> type:
         def log_prob(self, m, c=None, n_pad: int = 1):
             return super().log_prob(m, c, n_pad)
 
-        def prepare_condition(self, c, batch):
-            # LatentCorrection wraps .net in a layer without .pyramid (which the base class
-            # calls); hand the base class the wrapped network for this call only.
-            net = inner = self.net
-            while not hasattr(inner, "pyramid") and hasattr(inner, "net"):
-                inner = inner.net
-            if inner is net:
-                return super().prepare_condition(c, batch)
-            self._modules["net"] = inner
-            try:
-                return super().prepare_condition(c, batch)
-            finally:
-                self._modules["net"] = net
-
     return OnePaddingImageFlow
 
 
