@@ -11,7 +11,7 @@ export OMP_NUM_THREADS ?= 1
 export DEVITO_LANGUAGE ?= C
 export DEVITO_LOGGING ?= WARNING
 
-.PHONY: install demo imaging avp-demo calibrate amortize test lint format bench bench-deps clean
+.PHONY: install demo imaging avp-demo calibrate amortize amortize-2d test lint format bench bench-deps clean
 
 install: $(STAMP)
 
@@ -49,6 +49,10 @@ calibrate: install
 # Rerunning continues where it stopped (dataset shards, training checkpoint).
 amortize: install
 	$(PY) -m devito_uq.cli amortize all --out outputs/amortize --resume
+
+# The 2D Marmousi-derived linearized case (examples/amortize_marmousi.toml).
+amortize-2d: install
+	$(PY) -m devito_uq.cli amortize all examples/amortize_marmousi.toml --out outputs/amortize2d --resume
 
 test: install
 	$(PY) -m pytest -q
