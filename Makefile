@@ -72,6 +72,9 @@ bench: bench-deps
 	$(PY) benchmarks/bench_avp.py
 	$(PY) benchmarks/bench_parallel.py
 	$(PY) benchmarks/bench_imaging.py
+	$(PY) benchmarks/bench_conditional.py
+	@if [ -f outputs/amortize/amortized.pt ]; then $(PY) benchmarks/bench_amortized.py; \
+	else echo 'bench_amortized: skipped, run make amortize first'; fi
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache .ruff_cache *.egg-info
