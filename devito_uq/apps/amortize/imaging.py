@@ -20,8 +20,8 @@ smooth random displacement of at most ``augment_warp`` m, and an amplitude facto
 log-uniform in ``[1/(1+a), 1+a]``. With ``augment_depth`` the crops' tops are drawn
 uniformly in ``[0, augment_depth]`` m (deeper Marmousi-II structure: the distribution of
 ``max|δm|`` over all windows of the model, not only the surface ones) and ``δm`` is zeroed
-in the survey's water, which the fixed background gives (known, as for the held-out truth). ``smooth`` keeps the water exact (δm = 0 there), as
-for the held-out truth ``δm_true = m_true − m0``.
+in the survey's water, which the fixed background gives. ``smooth`` keeps the water exact
+(δm = 0 there), as for the held-out truth ``δm_true = m_true − m0``.
 
 Conditions (``condition``):
 
