@@ -208,3 +208,18 @@ def test_adapted_condition_is_identity_on_the_training_survey(setting):
     assert float((same - y).norm() / y.norm()) < 1e-6
     other = adapted_condition(setting, y, [0], setting.sigma)
     assert float((other - y).norm() / y.norm()) > 0.1
+
+
+def test_depth_augmentation_crops_deeper_and_keeps_the_survey_water(setting):
+    """A crop starting k cells down is rows k: of a k cells taller crop; deep training
+    images are zero in the survey's (known) water and nonzero beneath it; too deep fails."""
+    nx, nz = setting.shape
+    tall = crop_velocity(900.0, (nx, nz + 4), 30.0)
+    assert np.array_equal(crop_velocity(900.0, (nx, nz), 30.0, z_start=120.0), tall[:, 4:])
+    deep = build_setting(AmortizeConfig(**{**TINY, "augment_depth": 2000.0}))
+    dm, _ = deep.draw_models(16, torch.Generator().manual_seed(5))
+    assert deep.water.any()
+    assert float(dm[:, torch.from_numpy(deep.water)].abs().max()) == 0.0
+    assert float(dm[:, torch.from_numpy(~deep.water)].abs().max()) > 0.0
+    with pytest.raises(InvalidArgumentError, match="augment_depth=2800"):
+        build_setting(AmortizeConfig(**{**TINY, "augment_depth": 2800.0}))

@@ -118,6 +118,11 @@ class AmortizeConfig:
     augment_warp: float = _knob(
         30.0, "largest smooth random displacement of a training crop, m (imaging; 0: off)"
     )
+    augment_depth: float = _knob(
+        0.0,
+        "crops start at a depth uniform in [0, augment_depth] m, δm zeroed in the survey's "
+        "known water (imaging; 0: surface crops only)",
+    )
     deconvolve: bool = _knob(
         True,
         "the summary network sees the least-squares image (H/σ² + C⁻¹)⁻¹Jᵀd/σ² (a fixed "
@@ -136,6 +141,7 @@ class AmortizeConfig:
         check_bool("deconvolve", self.deconvolve)
         check_nonnegative_scalar("augment_amplitude", self.augment_amplitude)
         check_nonnegative_scalar("augment_warp", self.augment_warp)
+        check_nonnegative_scalar("augment_depth", self.augment_depth)
         if self.data_dt >= self.t1:
             raise InvalidArgumentError(f"data_dt={self.data_dt} ms must be below t1={self.t1}")
 

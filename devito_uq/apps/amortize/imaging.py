@@ -17,8 +17,11 @@ Training models are the residuals ``δm = m(v) − m(smooth(v))`` of random crop
 Marmousi-II of the window's size, cut at x positions whose crops (with their warp and a
 margin of two cells) never overlap the held-out window, then augmented: mirrored in x, a
 smooth random displacement of at most ``augment_warp`` m, and an amplitude factor
-log-uniform in ``[1/(1+a), 1+a]``. ``smooth`` keeps the water exact (δm = 0 there), as
-for the held-out truth ``δm_true = m_true − m0``.
+log-uniform in ``[1/(1+a), 1+a]``. With ``augment_depth`` the crops' tops are drawn
+uniformly in ``[0, augment_depth]`` m (deeper Marmousi-II structure: the distribution of
+``max|δm|`` over all windows of the model, not only the surface ones) and ``δm`` is zeroed
+in the survey's water, which the fixed background gives. ``smooth`` keeps the water exact
+(δm = 0 there), as for the held-out truth ``δm_true = m_true − m0``.
 
 Conditions (``condition``):
 
@@ -68,7 +71,7 @@ _MARGIN_CELLS = 2
 _IDENTITY = (
     "x_start", "width", "depth", "spacing", "smoothing", "nshots", "nreceivers", "t1", "f0",
     "data_dt", "vmax", "nbl", "space_order", "snr_db", "condition", "augment_flip",
-    "augment_amplitude", "augment_warp",
+    "augment_amplitude", "augment_warp", "augment_depth",
 )  # fmt: skip
 # Assembled normal operators, one per acquisition: simulate, train and study of one
 # process (``amortize all``) assemble it once.
@@ -102,15 +105,17 @@ def crop_velocity(
     flip: bool = False,
     ux: np.ndarray | None = None,
     uz: np.ndarray | None = None,
+    z_start: float = 0.0,
 ) -> np.ndarray:
-    """A Marmousi-II crop ``[nx, nz]`` (km/s) at ``x_start`` m, resampled to ``spacing``
-    (identical to ``resample_window`` without ``flip``/``ux``/``uz``), its sample points
-    displaced by ``ux``/``uz`` ``[nx, nz]`` (m), then mirrored in x with ``flip``."""
+    """A Marmousi-II crop ``[nx, nz]`` (km/s) at ``x_start`` m (top at ``z_start`` m),
+    resampled to ``spacing`` (identical to ``resample_window`` without ``flip``/``ux``/``uz``
+    and ``z_start = 0``), its sample points displaced by ``ux``/``uz`` ``[nx, nz]`` (m), then
+    mirrored in x with ``flip``."""
     from scipy.ndimage import map_coordinates
 
     nx, nz = shape
     xi = (x_start + spacing * np.arange(nx))[:, None] + (0.0 if ux is None else ux)
-    zi = (spacing * np.arange(nz))[None, :] + (0.0 if uz is None else uz)
+    zi = (z_start + spacing * np.arange(nz))[None, :] + (0.0 if uz is None else uz)
     xi, zi = np.broadcast_arrays(xi / _MARMOUSI_DX, zi / _MARMOUSI_DX)
     s = map_coordinates(_filtered_slowness(float(spacing)), [xi, zi], order=1, mode="nearest")
     v = (1.0 / s).astype(np.float32)
@@ -262,6 +267,13 @@ class ImagingSetting:
             d = self.born(self.acquisition["dm_true"])
         return sigma_from_snr(d, self.config.snr_db)
 
+    @functools.cached_property
+    def water(self) -> np.ndarray:
+        """``[nx, nz]`` bool: the water of the fixed background (known, δm = 0 there)."""
+        from devito_uq.apps.imaging.problem import water_mask
+
+        return water_mask(self.acquisition["v0"])
+
     # -- training models --------------------------------------------------------------------------
 
     def _crop_intervals(self) -> list[tuple[float, float]]:
@@ -278,6 +290,12 @@ class ImagingSetting:
         lo, hi = max(c.x_start + width + reach, c.augment_warp), extent - width - c.augment_warp
         if hi > lo:
             out.append((lo, hi))
+        bottom = _MARMOUSI_DX * 400 - (self.shape[1] - 1) * c.spacing - c.augment_warp
+        if c.augment_depth > bottom:
+            raise InvalidArgumentError(
+                f"augment_depth={c.augment_depth} m takes crops of depth={c.depth} m below "
+                f"Marmousi-II (3000 m, warp included); at most {bottom:g} m"
+            )
         if not out:
             raise InvalidArgumentError(
                 f"no training crop of width={c.width} m fits in Marmousi-II (0..{extent:g} m) "
@@ -305,10 +323,15 @@ class ImagingSetting:
                 amp, kx, kz, phase = u[j], u[j + 1], u[j + 2], 2 * math.pi * u[j + 3]
                 disp.append(c.augment_warp * amp * np.sin(2 * math.pi * (kx * X + kz * Z) + phase))
             flip = bool(c.augment_flip and u[1] < 0.5)
-            v = crop_velocity(start, self.shape, c.spacing, flip, disp[0], disp[1])
             gain = torch.rand((), generator=generator, dtype=torch.float64).item()
+            z_start = 0.0
+            if c.augment_depth > 0:  # drawn only then: depth 0 keeps the former stream
+                z_start = c.augment_depth * torch.rand((), generator=generator).item()
+            v = crop_velocity(start, self.shape, c.spacing, flip, disp[0], disp[1], z_start)
             scale = math.exp((2 * gain - 1) * math.log1p(c.augment_amplitude))
             out[k] = scale * _image(v, c)
+            if z_start > 0:  # the survey's water (known, δm = 0 there) stays water
+                out[k][self.water] = 0.0
             starts.append(float(start))
         return torch.from_numpy(out), starts
 
