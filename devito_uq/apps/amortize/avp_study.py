@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from devito_uq.apps.avp.calibration import CachedDraws
 from devito_uq.apps.avp.problem import make_flow
 from devito_uq.inference import (
     MALA,
@@ -45,35 +46,18 @@ __all__ = ["study", "AmortizedDraws", "posterior_stats", "elbo"]
 FULL_VI_ITERATIONS = 32768
 
 
-class AmortizedDraws:
-    """The amortized posterior at one condition, for :func:`run_calibration`:
-    ``sample(n)`` keeps each draw's ``log q(m | y)`` from the latent it came from, which
-    ``log_prob`` returns for those same draws (the truth goes through ``g⁻¹``)."""
+class AmortizedDraws(CachedDraws):
+    """The amortized posterior at one condition, for :func:`run_calibration`: its draws
+    keep their ``log q(m | y)`` (:class:`~devito_uq.apps.avp.calibration.CachedDraws`); the
+    truth goes through ``g⁻¹``."""
 
     def __init__(self, posterior, condition: torch.Tensor) -> None:
-        self.posterior = posterior
-        self.condition = condition
-        self.flow = posterior.conditioned(condition)
-        self._m: torch.Tensor | None = None
-        self._lp: torch.Tensor | None = None
-        self._cursor = 0
-
-    @torch.no_grad()
-    def sample(self, n: int) -> torch.Tensor:
-        x, log_qx = self.flow.rsample_and_log_prob(n)
-        m, logdet = self.posterior.to_model(x)
-        self._m, self._lp, self._cursor = m, log_qx - logdet, 0
-        return m
-
-    @torch.no_grad()
-    def log_prob(self, m: torch.Tensor) -> torch.Tensor:
-        c, k = self._cursor, m.shape[0]
-        if self._m is not None and c + k <= len(self._m) and torch.equal(m, self._m[c : c + k]):
-            self._cursor += k
-            return self._lp[c : c + k]
-        return self.posterior.log_prob(
-            m.to(self._m.dtype if self._m is not None else m.dtype), self.condition
+        super().__init__(
+            posterior.conditioned(condition),
+            posterior.to_model,
+            lambda m: posterior.log_prob(m, condition),
         )
+        self.posterior, self.condition = posterior, condition
 
 
 def posterior_stats(

@@ -66,6 +66,7 @@ from devito_uq.parallel import allreduce_sum, rank_and_size
 
 __all__ = [
     "TruncatedGaussianPrior",
+    "CachedDraws",
     "FlowDraws",
     "CalibrationSetting",
     "smoothness_precision",
@@ -119,26 +120,27 @@ class TruncatedGaussianPrior:
         )
 
 
-class FlowDraws:
-    """A trained VI posterior whose draws carry their exact log-density.
+class CachedDraws:
+    """Posterior draws that carry their exact log-density, for :func:`run_calibration`.
 
-    ``sample(n)`` keeps each draw's ``log q(m) = log q_x(x) − log|det J_g(x)|`` from the
-    latent ``x`` it came from; ``log_prob`` of those same draws (in order, as
+    ``sample(n)`` draws latents from ``flow`` (``rsample_and_log_prob``), maps them by
+    ``to_model`` (``x -> (m, log|det J_g(x)|)``) and keeps each draw's ``log q(m) = log q_x(x)
+    − log|det J_g(x)|``; ``log_prob`` of those same draws (in order, as
     :func:`~devito_uq.inference.truth_statistics` asks for them) returns it. A draw that
-    float32 rounding puts exactly on the lower bound, where ``g⁻¹`` is undefined, thus
-    still has its density; any other model (the truth) goes through ``g⁻¹``.
+    float32 rounding puts exactly on the lower bound, where ``g⁻¹`` is undefined, thus still
+    has its density; any other model (the truth) goes to ``log_prob_of`` (through ``g⁻¹``).
     """
 
-    def __init__(self, vi: VariationalPosterior) -> None:
-        self.vi = vi
+    def __init__(self, flow, to_model, log_prob_of) -> None:
+        self.flow, self.to_model, self.log_prob_of = flow, to_model, log_prob_of
         self._m: torch.Tensor | None = None
         self._lp: torch.Tensor | None = None
         self._cursor = 0
 
     @torch.no_grad()
     def sample(self, n: int) -> torch.Tensor:
-        x, log_qx = self.vi.flow.rsample_and_log_prob(n)
-        m, logdet = self.vi.to_model(x)
+        x, log_qx = self.flow.rsample_and_log_prob(n)
+        m, logdet = self.to_model(x)
         self._m, self._lp, self._cursor = m, log_qx - logdet, 0
         return m
 
@@ -148,7 +150,15 @@ class FlowDraws:
         if self._m is not None and c + k <= len(self._m) and torch.equal(m, self._m[c : c + k]):
             self._cursor += k
             return self._lp[c : c + k]
-        return self.vi.log_prob(m)
+        return self.log_prob_of(m.to(self._m.dtype) if self._m is not None else m)
+
+
+class FlowDraws(CachedDraws):
+    """A trained VI posterior's draws with their exact log-density (:class:`CachedDraws`)."""
+
+    def __init__(self, vi: VariationalPosterior) -> None:
+        super().__init__(vi.flow, vi.to_model, vi.log_prob)
+        self.vi = vi
 
 
 @dataclass
