@@ -9,7 +9,12 @@ TARP, UCE) are in :mod:`devito_uq.inference.calibration` and its companions.
 from devito_uq.inference.amortized import AmortizedPosterior
 from devito_uq.inference.amortized_correction import ConditionedFlow, LatentCorrection
 from devito_uq.inference.calibration import CalibrationResult, load_calibration, run_calibration
-from devito_uq.inference.calibration_ranks import image_metrics, truth_statistics, window_mean
+from devito_uq.inference.calibration_ranks import (
+    CachedDraws,
+    image_metrics,
+    truth_statistics,
+    window_mean,
+)
 from devito_uq.inference.laplace import DiagonalSqrt, LaplaceParameterization, low_rank_eigh
 from devito_uq.inference.likelihood import GaussianLikelihood, sigma_from_snr
 from devito_uq.inference.map import MAPResult, map_estimate
@@ -68,6 +73,7 @@ __all__ = [
     "load_calibration",
     "CalibrationResult",
     "truth_statistics",
+    "CachedDraws",
     "image_metrics",
     "window_mean",
 ]

@@ -29,6 +29,7 @@ from devito_uq.inference.calibration_metrics import (
 from devito_uq.validation import check_finite_positive, check_in_range, check_positive_int
 
 __all__ = [
+    "CachedDraws",
     "Summary",
     "TruthStatistics",
     "truth_statistics",
@@ -318,3 +319,36 @@ def image_metrics(
         z_fraction=z_fraction(error, st.std),
         uce=uncertainty_calibration_error(error, st.std, n_bins=n_bins, binning=binning),
     )
+
+
+class CachedDraws:
+    """Posterior draws that carry their exact log-density, for :func:`run_calibration`.
+
+    ``sample(n)`` draws latents from ``flow`` (``rsample_and_log_prob``), maps them by
+    ``to_model`` (``x -> (m, log|det J_g(x)|)``) and keeps each draw's ``log q(m) = log q_x(x)
+    − log|det J_g(x)|``; ``log_prob`` of those same draws (in order, as
+    :func:`~devito_uq.inference.truth_statistics` asks for them) returns it. A draw that
+    float32 rounding puts exactly on the lower bound, where ``g⁻¹`` is undefined, thus still
+    has its density; any other model (the truth) goes to ``log_prob_of`` (through ``g⁻¹``).
+    """
+
+    def __init__(self, flow, to_model, log_prob_of) -> None:
+        self.flow, self.to_model, self.log_prob_of = flow, to_model, log_prob_of
+        self._m: torch.Tensor | None = None
+        self._lp: torch.Tensor | None = None
+        self._cursor = 0
+
+    @torch.no_grad()
+    def sample(self, n: int) -> torch.Tensor:
+        x, log_qx = self.flow.rsample_and_log_prob(n)
+        m, logdet = self.to_model(x)
+        self._m, self._lp, self._cursor = m, log_qx - logdet, 0
+        return m
+
+    @torch.no_grad()
+    def log_prob(self, m: torch.Tensor) -> torch.Tensor:
+        c, k = self._cursor, m.shape[0]
+        if self._m is not None and c + k <= len(self._m) and torch.equal(m, self._m[c : c + k]):
+            self._cursor += k
+            return self._lp[c : c + k]
+        return self.log_prob_of(m.to(self._m.dtype) if self._m is not None else m)

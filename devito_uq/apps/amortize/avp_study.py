@@ -29,10 +29,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from devito_uq.apps.avp.calibration import CachedDraws
 from devito_uq.apps.avp.problem import make_flow
 from devito_uq.inference import (
     MALA,
+    CachedDraws,
     VariationalPosterior,
     map_estimate,
     run_calibration,
@@ -48,7 +48,7 @@ FULL_VI_ITERATIONS = 32768
 
 class AmortizedDraws(CachedDraws):
     """The amortized posterior at one condition, for :func:`run_calibration`: its draws
-    keep their ``log q(m | y)`` (:class:`~devito_uq.apps.avp.calibration.CachedDraws`); the
+    keep their ``log q(m | y)`` (:class:`~devito_uq.inference.CachedDraws`); the
     truth goes through ``g⁻¹``."""
 
     def __init__(self, posterior, condition: torch.Tensor) -> None:

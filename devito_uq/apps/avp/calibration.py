@@ -51,6 +51,7 @@ from devito_uq.apps.avp.problem import SLEIPNER_DZ, AVPProblem, build_problem, m
 from devito_uq.errors import CheckpointError, InvalidArgumentError
 from devito_uq.inference import (
     MALA,
+    CachedDraws,
     CalibrationResult,
     GaussianLikelihood,
     GaussianPrior,
@@ -66,7 +67,6 @@ from devito_uq.parallel import allreduce_sum, rank_and_size
 
 __all__ = [
     "TruncatedGaussianPrior",
-    "CachedDraws",
     "FlowDraws",
     "CalibrationSetting",
     "smoothness_precision",
@@ -118,39 +118,6 @@ class TruncatedGaussianPrior:
             f"fewer than {n} prior draws above lower={self.lower} in {max_rounds} rounds: "
             "the bound is too tight for this prior"
         )
-
-
-class CachedDraws:
-    """Posterior draws that carry their exact log-density, for :func:`run_calibration`.
-
-    ``sample(n)`` draws latents from ``flow`` (``rsample_and_log_prob``), maps them by
-    ``to_model`` (``x -> (m, log|det J_g(x)|)``) and keeps each draw's ``log q(m) = log q_x(x)
-    − log|det J_g(x)|``; ``log_prob`` of those same draws (in order, as
-    :func:`~devito_uq.inference.truth_statistics` asks for them) returns it. A draw that
-    float32 rounding puts exactly on the lower bound, where ``g⁻¹`` is undefined, thus still
-    has its density; any other model (the truth) goes to ``log_prob_of`` (through ``g⁻¹``).
-    """
-
-    def __init__(self, flow, to_model, log_prob_of) -> None:
-        self.flow, self.to_model, self.log_prob_of = flow, to_model, log_prob_of
-        self._m: torch.Tensor | None = None
-        self._lp: torch.Tensor | None = None
-        self._cursor = 0
-
-    @torch.no_grad()
-    def sample(self, n: int) -> torch.Tensor:
-        x, log_qx = self.flow.rsample_and_log_prob(n)
-        m, logdet = self.to_model(x)
-        self._m, self._lp, self._cursor = m, log_qx - logdet, 0
-        return m
-
-    @torch.no_grad()
-    def log_prob(self, m: torch.Tensor) -> torch.Tensor:
-        c, k = self._cursor, m.shape[0]
-        if self._m is not None and c + k <= len(self._m) and torch.equal(m, self._m[c : c + k]):
-            self._cursor += k
-            return self._lp[c : c + k]
-        return self.log_prob_of(m.to(self._m.dtype) if self._m is not None else m)
 
 
 class FlowDraws(CachedDraws):
