@@ -21,6 +21,7 @@ __all__ = [
     "TrainingDivergedError",
     "InsufficientMemoryError",
     "JitCacheError",
+    "WorkerError",
 ]
 
 
@@ -70,3 +71,8 @@ class InsufficientMemoryError(InvalidArgumentError, MemoryError):
 
 class JitCacheError(DevitoUQError, PermissionError):
     """Devito's JIT cache folder is unsafe (a link, foreign-owned, group/world-writable)."""
+
+
+class WorkerError(DevitoUQError, RuntimeError):
+    """A helper process of a run (e.g. the AVP's MAP + MALA beside VI) failed; the
+    message quotes the end of its log."""

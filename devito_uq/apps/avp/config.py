@@ -71,6 +71,11 @@ class AVPConfig:
     mala_burn_in: int = _knob(2000, "MALA burn-in steps")
     mala_thin: int = _knob(10, "keep every n-th MALA draw")
     mala_step_size: float = _knob(0.05, "initial MALA step (latent units²)")
+    concurrent: str = _knob(
+        "auto",
+        "MAP + MALA in a second process beside VI: auto (when this process has two or more "
+        "torch threads, i.e. cores to spare), yes, no; the results are the same",
+    )
     n_samples: int = _knob(1024, "VI posterior samples drawn for the summary")
     seed: int = _knob(1, "noise, flow and chain seed")
     dtype: str = _knob("float32", "floating-point type (float32 or float64)")
@@ -136,6 +141,7 @@ class AVPConfig:
         check_in_range("lr_decay", self.lr_decay, 0.0, 1.0, low_open=True)
         corners = check_tuple("corners", self.corners, 4, positive=True)
         check_choice("dtype", self.dtype, ("float32", "float64"))
+        check_choice("concurrent", self.concurrent, ("auto", "yes", "no"))
         # Combinations, all before any solve: a run must not fail after MAP, MALA or VI.
         if self.dt >= self.t1:
             raise InvalidArgumentError(f"dt={self.dt} ms must be smaller than t1={self.t1} ms")

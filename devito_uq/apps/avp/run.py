@@ -7,7 +7,9 @@ Files in the output folder:
 * ``map_mala.pt`` — the MAP estimate and the MALA draws, with the configuration they
   were made with, reused by ``resume=True`` only under the same configuration;
 * ``posterior_samples.pt`` (``vi``, ``mala``, ``map``; read it with
-  :func:`devito_uq.io.load_checkpoint`), ``summary.json`` and the figures.
+  :func:`devito_uq.io.load_checkpoint`), ``summary.json`` and the figures;
+* ``map_mala.log`` — while MAP + MALA run in a second process beside VI
+  (``config.concurrent``, :mod:`.baselines`), that process's output; kept if it fails.
 
 Every file is written atomically (a temporary file moved over the target: never half
 written, a planted symbolic link replaced rather than followed) and the ``.pt`` files
@@ -17,6 +19,7 @@ checkpoints are verified and compared with the configuration before any solve.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -26,16 +29,11 @@ from typing import Any
 import torch
 
 from devito_uq.apps import prepare_output
+from devito_uq.apps.avp.baselines import BaselinesProcess, data_digest, run_baselines
 from devito_uq.apps.avp.config import AVPConfig
 from devito_uq.apps.avp.problem import AVPProblem, build_problem, load_sleipner, make_flow
 from devito_uq.errors import CheckpointError
-from devito_uq.inference import (
-    MALA,
-    PosteriorSummary,
-    VariationalPosterior,
-    map_estimate,
-    summarize,
-)
+from devito_uq.inference import PosteriorSummary, VariationalPosterior, summarize
 from devito_uq.io._atomic import atomic_path
 from devito_uq.io.checkpoint import check_identity, load_checkpoint, save_checkpoint
 
@@ -54,6 +52,7 @@ _NOT_IN_BASELINES = frozenset(
         "lr_decay",
         "lr_decay_every",
         "checkpoint_every",
+        "concurrent",
         "n_samples",
         "label",
         "extra",
@@ -70,6 +69,7 @@ _NOT_IN_VI = frozenset(
         "mala_thin",
         "mala_step_size",
         "checkpoint_every",
+        "concurrent",
         "n_samples",
         "label",
         "extra",
@@ -139,46 +139,22 @@ def _prepare_output(out: str, resume: bool, config: AVPConfig) -> dict[str, Any]
     return base
 
 
-def _run_baselines(problem: AVPProblem, config: AVPConfig, progress: bool) -> dict[str, Any]:
-    """MAP by L-BFGS, then MALA started at the MAP; with timings and solve counts."""
-    op = problem.operator
-    target = problem.target
-    t0, s0 = time.perf_counter(), op.n_solves
-    m_map = map_estimate(
-        target,
-        x0=problem.m_background.to(problem.data.dtype),
-        method="lbfgs",
-        iterations=config.map_iterations,
-        progress=progress,
-    ).model
-    timings = {"map": time.perf_counter() - t0}
-    solves = {"map": op.n_solves - s0}
-    t0, s0 = time.perf_counter(), op.n_solves
-    # Start every chain at the MAP: the reference then needs a short burn-in only.
-    res = MALA(target, step_size=config.mala_step_size).run(
-        config.mala_steps,
-        n_chains=config.mala_chains,
-        x0=m_map,
-        burn_in=config.mala_burn_in,
-        thin=config.mala_thin,
-        seed=config.seed,
-        progress=progress,
-    )
-    timings["mala"], solves["mala"] = time.perf_counter() - t0, op.n_solves - s0
-    mala = res.flat()
-    info = {
-        "acceptance_rate": res.acceptance_rate,
-        "step_size": res.step_size,
-        "chains": config.mala_chains,
-        "steps": config.mala_steps,
-        "burn_in": config.mala_burn_in,
-        "kept_draws": int(mala.shape[0]),
-        # Geyer's estimator needs a few draws per chain; tiny test runs have none.
-        "min_effective_sample_size": (
-            float(res.effective_sample_size().min()) if res.samples.shape[0] >= 4 else None
-        ),
-    }
-    return {"map": m_map, "mala": mala, "info": info, "timings": timings, "solves": solves}
+def _concurrent(config: AVPConfig) -> bool:
+    """Whether MAP + MALA run in a second process beside VI (``config.concurrent``)."""
+    if config.concurrent == "auto":
+        return torch.get_num_threads() >= 2  # the thread policy found cores to spare
+    return config.concurrent == "yes"
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int):
+    """torch's intra-op threads set to ``n`` inside the block, restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def vi_checkpoint_every(config: AVPConfig) -> int:
@@ -255,6 +231,12 @@ def run_avp(
             file is touched).
         CheckpointError: with ``resume``, a corrupt checkpoint or cache, or one of
             another configuration (before any solve; the files are left as they are).
+        WorkerError: the MAP + MALA process failed (``map_mala.log`` is kept; VI's
+            checkpoint is written, so a rerun with ``resume`` continues VI).
+
+    With ``config.concurrent`` (``auto``: when torch has two or more threads) MAP and
+    MALA run in a second process while VI trains here, each with half the threads; the
+    numbers are the serial run's, the wall time about the longer of the two.
     """
     config.validate()
     # The flow's fields too, before MAP and MALA run (it is built only for VI).
@@ -270,17 +252,34 @@ def run_avp(
     timings: dict[str, float] = {"setup": time.perf_counter() - t_start}
     solves: dict[str, int] = {"setup": op.n_solves}
 
+    concurrent = cached is None and _concurrent(config)
     if cached is not None:
         base = cached
-    else:
-        base = _run_baselines(problem, config, progress)
+    elif not concurrent:
+        base = run_baselines(problem, config, progress)
         save_checkpoint(cache, {"config": config.to_dict(), **base})
+    t0, s0 = time.perf_counter(), op.n_solves
+    if concurrent:
+        # VI here, MAP + MALA in a second process on the other core(s): the same results
+        # (same code, seed and thread count) in about the time of the longer of the two.
+        threads = torch.get_num_threads()
+        child = max(1, threads // 2)
+        log = os.path.join(out, "map_mala.log")
+        worker = BaselinesProcess(config, cache, data_digest(problem.data), child, log)
+        with worker, _torch_threads(max(1, threads - child)):
+            if progress:
+                print(f"MAP + MALA run in process {worker.pid} (log: {log})", flush=True)
+            vi = train_vi(problem, config, ckpt, progress)
+            timings["vi"] = time.perf_counter() - t0
+            timings["wait_for_mala"] = worker.wait()
+        base = _load_baselines(cache, config)
+        os.remove(log)
+    else:
+        vi = train_vi(problem, config, ckpt, progress)
+        timings["vi"] = time.perf_counter() - t0
+    solves["vi"] = op.n_solves - s0
     timings.update(base["timings"])
     solves.update(base["solves"])
-
-    t0, s0 = time.perf_counter(), op.n_solves
-    vi = train_vi(problem, config, ckpt, progress)
-    timings["vi"], solves["vi"] = time.perf_counter() - t0, op.n_solves - s0
     vi_iters_run = config.iterations - vi.resumed_from
     t0 = time.perf_counter()
     vi_samples = vi.sample(config.n_samples)
@@ -322,6 +321,8 @@ def run_avp(
         },
         "mala": base["info"],
         "wall_time_s": time.perf_counter() - t_start,
+        # MAP + MALA ran in a second process beside VI (time_s then overlap)
+        "concurrent_baselines": concurrent,
         "time_s": timings,
         "pde_solves": {
             "total": sum(solves.values()),

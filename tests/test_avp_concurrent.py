@@ -1,0 +1,93 @@
+"""The AVP run with MAP + MALA in a second process beside VI (apps/avp/baselines.py):
+the same numbers as the serial run, failures of the child reported, the child stopped
+when VI stops."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+import torch
+
+from devito_uq.apps.avp import AVPConfig, build_problem, run_avp
+from devito_uq.apps.avp.baselines import BaselinesProcess, data_digest
+from devito_uq.apps.avp.run import _concurrent
+from devito_uq.errors import InvalidArgumentError, WorkerError
+from devito_uq.io import load_checkpoint
+
+
+def _tiny(**kw) -> AVPConfig:
+    base = dict(
+        iterations=4,
+        map_iterations=3,
+        mala_steps=6,
+        mala_burn_in=2,
+        mala_thin=1,
+        mala_chains=2,
+        n_samples=16,
+    )
+    base.update(kw)
+    return AVPConfig.short(**base)
+
+
+def test_concurrent_run_equals_the_serial_run(tmp_path):
+    serial = run_avp(_tiny(concurrent="no"), tmp_path / "a", progress=False, figures=False)
+    both = run_avp(_tiny(concurrent="yes"), tmp_path / "b", progress=False, figures=False)
+    assert not serial["concurrent_baselines"] and both["concurrent_baselines"]
+    a = load_checkpoint(tmp_path / "a" / "posterior_samples.pt")
+    b = load_checkpoint(tmp_path / "b" / "posterior_samples.pt")
+    for key in ("map", "mala", "vi"):  # bit for bit: same code, seed, one thread each
+        assert torch.equal(a[key], b[key]), key
+    assert serial["relative_error"] == both["relative_error"]
+    assert serial["mala"] == both["mala"]
+    # The child's solves are counted: every phase has the serial run's count.
+    assert serial["pde_solves"] == both["pde_solves"]
+    assert both["time_s"]["wait_for_mala"] >= 0.0
+    assert not os.path.exists(tmp_path / "b" / "map_mala.log")  # removed after success
+    assert not os.path.exists(tmp_path / "b" / "map_mala.pt.config.json")
+    # A rerun with resume reads the cache the child wrote: no second process.
+    again = run_avp(_tiny(concurrent="yes"), tmp_path / "b", resume=True, progress=False)
+    assert not again["concurrent_baselines"]
+    assert again["pde_solves"]["by_phase"]["vi"] == 0
+
+
+def test_auto_follows_the_thread_count():
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert not _concurrent(_tiny())
+        torch.set_num_threads(2)
+        assert _concurrent(_tiny())
+        assert not _concurrent(_tiny(concurrent="no"))
+    finally:
+        torch.set_num_threads(before)
+    assert _concurrent(_tiny(concurrent="yes"))
+
+
+def test_concurrent_value_is_checked():
+    with pytest.raises(InvalidArgumentError, match="concurrent='maybe'"):
+        run_avp(_tiny(concurrent="maybe"), "/nonexistent/never-created")
+
+
+def test_child_refuses_other_data_and_the_parent_says_why(tmp_path):
+    cfg = _tiny()
+    cache, log = str(tmp_path / "map_mala.pt"), str(tmp_path / "map_mala.log")
+    with BaselinesProcess(cfg, cache, "0" * 64, 1, log) as worker:
+        with pytest.raises(WorkerError, match=r"(?s)status 2.*other data than the VI process"):
+            worker.wait()
+    assert not os.path.exists(cache)  # nothing written
+    assert "SHA-256" in open(log).read()  # the log is kept for the user
+
+
+def test_leaving_the_block_early_stops_the_child(tmp_path):
+    cfg = _tiny(mala_steps=100000)  # would run for minutes
+    digest = data_digest(build_problem(cfg).data)
+    cache, log = str(tmp_path / "map_mala.pt"), str(tmp_path / "map_mala.log")
+    with pytest.raises(KeyboardInterrupt):
+        with BaselinesProcess(cfg, cache, digest, 1, log) as worker:
+            proc = worker._proc
+            time.sleep(0.5)
+            raise KeyboardInterrupt  # VI interrupted
+    assert proc.poll() is not None  # terminated, not orphaned
+    assert not os.path.exists(cache)
