@@ -31,6 +31,7 @@ import math
 import os
 import platform
 import statistics
+import tempfile
 import time
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -38,7 +39,7 @@ os.environ.setdefault("DEVITO_LOGGING", "ERROR")
 
 import torch  # noqa: E402
 
-from devito_uq.apps.avp import AVPConfig, build_problem, make_flow  # noqa: E402
+from devito_uq.apps.avp import AVPConfig, build_problem, make_flow, run_avp  # noqa: E402
 from devito_uq.flows import HINT, Flow  # noqa: E402
 from devito_uq.inference import MALA, VariationalPosterior  # noqa: E402
 from devito_uq.physics import PlaneWaveModeling  # noqa: E402
@@ -192,6 +193,29 @@ def bench_solves(repeats: int) -> dict[str, float]:
     }
 
 
+def bench_schedule(scale: int, repeats: int) -> dict[str, list[float]]:
+    """Wall seconds of ``run_avp`` on the full schedule divided by ``scale`` (VI iterations,
+    MALA burn-in and steps; the same VI : MALA balance), MAP + MALA before VI in this
+    process (``concurrent="no"``, the baseline) vs in a second process beside VI
+    (``"yes"``), alternated ``repeats`` times; figures off, fresh output folders."""
+    cfg = dict(
+        iterations=_FULL.iterations // scale,
+        lr_decay_every=max(1, _FULL.lr_decay_every // scale),
+        mala_steps=_FULL.mala_steps // scale,
+        mala_burn_in=_FULL.mala_burn_in // scale,
+        checkpoint_every=_FULL.iterations // scale,
+    )
+    walls: dict[str, list[float]] = {"no": [], "yes": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(repeats):
+            for mode in walls:
+                out = os.path.join(tmp, f"{mode}{r}")
+                t0 = time.perf_counter()
+                run_avp(AVPConfig.full(concurrent=mode, **cfg), out, progress=False, figures=False)
+                walls[mode].append(time.perf_counter() - t0)
+    return walls
+
+
 def _ms(v: float) -> str:
     return f"{1e3 * v:.1f}"
 
@@ -200,6 +224,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--iterations", type=int, default=100)
     parser.add_argument("--mala-steps", type=int, default=100)
+    parser.add_argument(
+        "--schedule-scale",
+        type=int,
+        default=32,
+        help="time whole runs at 1/N of the full schedule, serial vs concurrent (0: skip)",
+    )
+    parser.add_argument("--schedule-repeats", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
@@ -251,6 +282,26 @@ def main() -> None:
         f"| one batched call (56 rows) | {_ms(s['batched_call'])} | "
         f"{s['batched_rate']:.0f} | {s['batched_rate'] / s['single_rate']:.1f}× |"
     )
+    if args.schedule_scale:
+        k = args.schedule_scale
+        w = bench_schedule(k, args.schedule_repeats)
+        serial, both = min(w["no"]), min(w["yes"])
+        print(f"\n## Whole run, 1/{k} of the full schedule (`run_avp`, figures off)\n")
+        print(
+            f"{_FULL_VI // k} VI iterations + {_FULL_MALA // k} MALA steps; wall seconds, "
+            f"fastest of {args.schedule_repeats} alternated runs (all: serial "
+            f"{[round(v, 1) for v in w['no']]}, concurrent {[round(v, 1) for v in w['yes']]})\n"
+        )
+        print("| MAP + MALA | wall s | ratio | full schedule at this rate |")
+        print("|---|---:|---:|---:|")
+        print(
+            f"| before VI, same process (baseline) | {serial:.1f} | 1.00× | "
+            f"{serial * k / 60:.1f} min |"
+        )
+        print(
+            f"| in a second process beside VI | {both:.1f} | {both / serial:.2f}× | "
+            f"{both * k / 60:.1f} min |"
+        )
     print(f"\nload average (1 min) at start {load0:.1f}, at end {os.getloadavg()[0]:.1f}")
 
 

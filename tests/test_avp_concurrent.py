@@ -9,26 +9,13 @@ import time
 
 import pytest
 import torch
+from test_avp import _tiny  # the tiny schedule of the serial tests
 
-from devito_uq.apps.avp import AVPConfig, build_problem, run_avp
+from devito_uq.apps.avp import build_problem, run_avp
 from devito_uq.apps.avp.baselines import BaselinesProcess, data_digest
 from devito_uq.apps.avp.run import _concurrent
 from devito_uq.errors import InvalidArgumentError, WorkerError
 from devito_uq.io import load_checkpoint
-
-
-def _tiny(**kw) -> AVPConfig:
-    base = dict(
-        iterations=4,
-        map_iterations=3,
-        mala_steps=6,
-        mala_burn_in=2,
-        mala_thin=1,
-        mala_chains=2,
-        n_samples=16,
-    )
-    base.update(kw)
-    return AVPConfig.short(**base)
 
 
 def test_concurrent_run_equals_the_serial_run(tmp_path):
