@@ -406,3 +406,20 @@ def test_matches_former_kernel(t1, dtype):
     for new, ref in ((d, d_ref), (g, g_ref), (jdm, jdm_ref)):
         new = new.detach().double().numpy()
         assert np.abs(new - ref).max() <= tol * np.abs(ref).max()
+
+
+def test_hugepage_hint_zeroes_only_the_aligned_interior():
+    from devito_uq.physics.planewave import hugepages
+
+    buf = np.ones(3 << 20, dtype=np.float32)  # 12 MiB
+    applied = hugepages.advise(buf)
+    huge, addr = 2 << 20, buf.ctypes.data
+    start = (-addr) % huge // 4  # the aligned part: elements [start, stop)
+    stop = ((addr + buf.nbytes) // huge * huge - addr) // 4
+    if applied:
+        assert stop - start >= 4 * huge // 4 and buf[start:stop].max() == 0.0
+        assert np.all(buf[:start] == 1.0) and np.all(buf[stop:] == 1.0)  # the ends kept
+    else:  # not Linux, or no madvise: untouched
+        assert buf.min() == 1.0
+    small = np.ones(1 << 10, dtype=np.float32)
+    assert not hugepages.advise(small) and small.min() == 1.0
