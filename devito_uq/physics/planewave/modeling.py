@@ -149,7 +149,7 @@ class PlaneWaveModeling(torch.nn.Module):
     time ``n·dt`` ms. An unbatched ``m [nz]`` gives ``d [p, nt]``. A batch of models ×
     all ray parameters is one Devito kernel call, compiled once per (batch size,
     dtype, geometry) and shared by equal modules (``get_solver``). Each solver holds
-    a kernel and a full wavefield ``[batch·p, nt+1, nz+2·nbl]``, so at most
+    kernels and the saved ``∂²_t u`` ``[nt+16…, batch·p, nz+2·nbl]``, so at most
     :data:`MAX_BATCH_SOLVERS` batch sizes are kept per module (and per geometry in the
     registry, ``PlaneWaveSolver.max_cached``); the least recently used is evicted and
     recompiled if needed again (Devito's on-disk JIT cache makes that cheap).
@@ -196,7 +196,7 @@ class PlaneWaveModeling(torch.nn.Module):
             raise InvalidArgumentError(f"t1={t1} ms must span at least two steps of dt={dt} ms")
         self.nt = stencil.time_axis_length(0.0, t1, self.dt)
         self.nbl = check_nonnegative_int("nbl", nbl)
-        # Before the wavelet [nt] and the solver's [batch·p, nt+1, nz] wavefield exist.
+        # Before the wavelet [nt] and the solver's [nt+…, batch·p, nz] saved field exist.
         check_allocation(
             f"a time axis of {t1 / self.dt:.6g} steps (t1={t1:g}, dt={self.dt:g} ms)",
             int(min(t1 / self.dt, 2.0**62) + 2) * 8 * (3 + p.size * (self.nz + 2 * self.nbl)),
@@ -263,14 +263,18 @@ class PlaneWaveModeling(torch.nn.Module):
         return self._cached_inputs[dtype]
 
     def _check_memory(self, batch: int, dtype: type) -> None:
-        """Refuse a batch whose solver (saved wavefield and traces) cannot fit in memory."""
-        rows = batch * self.ray_parameters.numel()
-        levels = (self.nt + 1) + 3 + 6  # saved u, adjoint v, model/damping/gradient rows
-        nbytes = rows * (levels * (self.nz_extended + self.space_order) + 2 * self.nt)
+        """Refuse a batch whose solver (saved ``∂²_t u``, rolling levels, traces) cannot fit."""
+        from devito_uq.physics.planewave.operators import BLOCK
+
+        rows, nze, so = batch * self.ray_parameters.numel(), self.nz_extended, self.space_order
+        nt_buf = BLOCK * -(-(self.nt - 1) // BLOCK) + 2 * BLOCK  # PlaneWaveSolver.nt_buf
+        # saved D and the [time, rows] buffers; u, λ (BLOCK + 2 levels) and Born's δu
+        # (3 levels) with halos; coefficients, gradient and δA.
+        elements = nt_buf * rows * (nze + 3) + (2 * BLOCK + 7) * (rows + so) * (nze + so)
         check_allocation(
             f"a plane-wave solver for batch={batch} × {self.ray_parameters.numel()} ray "
             f"parameters × {self.nt} steps × {self.nz_extended} depths",
-            nbytes * np.dtype(dtype).itemsize,
+            (elements + 4 * rows * nze) * np.dtype(dtype).itemsize,
         )
 
     @contextlib.contextmanager

@@ -11,9 +11,9 @@ with :math:`m = 1/v^2` (s²/km², z in m, t in ms) and :math:`\eta` a damping pr
 non-zero only in the absorbing layers above and below the model. The Devito grid
 is 2D: its first axis indexes rows (model, ray parameter) and carries no
 derivative, its second axis is depth. Sources and receivers are not
-``SparseTimeFunction``\ s (interpolation at the last row read the halo); the
-wavelet enters through a depth mask times a time series, and traces are read
-straight out of the saved wavefield.
+``SparseTimeFunction``\ s (interpolation at the last row read the halo): the
+wavelet (residual) enters at the one surface depth sample, and the kernel copies the
+receiver sample of each row into a small trace buffer every step.
 
 Discretisation (2nd order in time, ``space_order`` in depth; :math:`A = m - p^2`):
 
@@ -21,62 +21,137 @@ Discretisation (2nd order in time, ``space_order`` in depth; :math:`A = m - p^2`
     B\,u^{n+1} = (2A/\Delta t^2 + L)\,u^n - E\,u^{n-1} + q^n e_s/\Delta z, \quad
     B = A/\Delta t^2 + \eta/(2\Delta t),\ E = A/\Delta t^2 - \eta/(2\Delta t),
 
-with the coefficients ``c1 = 2A/Δt²/B``, ``c2 = E/B``, ``c3 = 1/B`` set per call.
-Time indexing: ``U[j] = u^{j−1}`` (``U[0] = U[1] = 0``); iteration ``time`` writes
-``U[time+1]``. The adjoint runs the same scheme backward, ``V[j] = λ^{j−1}``.
+written as :math:`u^{n+1} = 2u^n - u^{n-1} + g\,(u^{n-1} - u^n) + c\,(L u^n + q^n e_s/\Delta z)`
+with the two coefficients ``g = (η/Δt)/B`` (zero outside the absorbing layers) and
+``c = 1/B`` set per call (the same scheme as ``c1 = 2A/Δt²/B = 2 − g``, ``c2 = E/B = 1 − g``,
+one array fewer to stream). Time indexing: ``U[j] = u^{j−1}`` (``U[0] = U[1] = 0``);
+iteration ``time`` writes ``U[t+1]``. The adjoint runs the same scheme backward,
+``V[j] = λ^{j−1}``.
+
+Speed is memory traffic (``benchmarks/results/bench_planewave.md``): ``u`` and ``λ``
+live in ``BLOCK + 2`` rolling levels (cache resident), and the one array saved for
+the adjoint is ``D[j] = ∂²_t U[j] = (U[j+1] − 2U[j] + U[j−1])/Δt²``, halo-free
+``[time, rows, depth]``, the only quantity the adjoint and Born operators need from the
+forward. The forward writes it ``BLOCK`` planes at a time and the adjoint images ``BLOCK``
+planes at a time (one gradient read-modify-write per block, not per step). The depth
+sweeps carry no source mask: a one-sample subdomain redoes the source (receiver)
+depth with the injected term.
 
 Factories (as Devito's ``examples/seismic/*/operators.py``), compiled once by
 :class:`~devito_uq.physics.planewave.solver.PlaneWaveSolver`:
 
-* :func:`forward_operator` — ``u`` from the source ``q``;
+* :func:`forward_operator` — ``u`` from the source ``q``, saving ``D`` and the traces;
 * :func:`gradient_operator` — adjoint wavefield from the residual at the receiver and
-  the imaging condition ``grad −= λ ∂²_t u`` (``∂⟨r, d⟩/∂A``);
-* :func:`born_operator` — ``δu`` from ``−δA ∂²_t u``, the exact derivative of the
-  forward recursion (needs the saved ``u``).
+  the imaging condition ``grad −= λ D`` (``∂⟨r, d⟩/∂A``);
+* :func:`born_operator` — ``δu`` from ``−δA D``, the exact derivative of the forward
+  recursion, and its traces.
 """
 
 from __future__ import annotations
 
-from devito import Eq, Function, Operator, TimeFunction
+from devito import ConditionalDimension, Eq, Function, Operator, SubDomain, TimeFunction
+from devito.symbolics import CondEq
+from sympy import Mod
 
-__all__ = ["forward_operator", "gradient_operator", "born_operator"]
+__all__ = ["BLOCK", "forward_operator", "gradient_operator", "born_operator"]
+
+#: Time steps per block: the forward writes ``D`` and the adjoint reads it in blocks of
+#: this many planes from a ``BLOCK + 2``-level rolling ``u`` / ``λ`` (measured best of 4/8/16).
+BLOCK = 8
+
+
+def _every(time, phase: int, name: str) -> ConditionalDimension:
+    """Iterations with ``time ≡ phase (mod BLOCK)``."""
+    return ConditionalDimension(
+        name=name, parent=time, condition=CondEq(Mod(time, BLOCK), phase % BLOCK)
+    )
+
+
+class _Depth(SubDomain):
+    """All rows at the one depth index ``iz`` (the source/receiver depth)."""
+
+    name = "surface"
+
+    def __init__(self, iz: int, grid) -> None:
+        self.iz = iz
+        super().__init__(grid=grid)
+
+    def define(self, dimensions):
+        b, z = dimensions
+        return {b: b, z: ("middle", self.iz, self.grid.shape[1] - self.iz - 1)}
+
+
+def _step(w: TimeFunction, new, old, coef, src, iz: int) -> list[Eq]:
+    """``new = 2w − old + g (old − w) + c (∂²_z w [+ src at depth iz])``: sweep, then point."""
+    g, c = coef
+    rhs = 2 * w - old + g * (old - w)
+    return [
+        Eq(new, rhs + c * w.dz2),
+        Eq(new, rhs + c * (w.dz2 + src), subdomain=_Depth(iz, w.grid)),
+    ]
 
 
 def forward_operator(
-    u: TimeFunction, c: tuple[Function, Function, Function], smask: Function, q: Function
+    u: TimeFunction,
+    coef: tuple[Function, Function],
+    q: Function,
+    d2u: TimeFunction,
+    rec: Function,
+    iz: int,
+    dz: float,
+    dt: float,
 ) -> Operator:
-    """``U[t+1] = c1 U[t] − c2 U[t−1] + c3 (∂²_z U[t] + smask·q[t])``."""
-    c1, c2, c3 = c
-    eq = Eq(u.forward, c1 * u - c2 * u.backward + c3 * (u.dz2 + smask * q))
-    return Operator([eq], name="planewave_forward")
+    """``U[t+1]`` from the source ``q[t]/Δz`` at depth ``iz``; traces ``rec[t+1] = U[t+1, :, iz]``.
+
+    ``u``: ``BLOCK + 2`` rolling levels. Every ``BLOCK``-th step (``t ≡ 0``) writes
+    ``D[j]`` for ``j = t−BLOCK+1 … t`` into slot ``j + BLOCK`` of ``d2u`` (so run to a
+    multiple of BLOCK).
+    """
+    time = d2u.dimensions[0]
+    t, b, z = u.dimensions
+    eqs = _step(u, u.forward, u.backward, coef, q / dz, iz)
+    eqs.append(Eq(rec[time + 1, b], u.forward.subs(z, iz)))
+    blk = _every(time, 0, "tfwd")
+    for k in range(BLOCK):
+        d2 = (u.subs(t, t + 1 - k) - 2 * u.subs(t, t - k) + u.subs(t, t - 1 - k)) * (1.0 / dt**2)
+        eqs.append(Eq(d2u.subs(time, time - k + BLOCK), d2, implicit_dims=(blk,)))
+    return Operator(eqs, name="planewave_forward")
 
 
 def gradient_operator(
-    u: TimeFunction,
     v: TimeFunction,
-    c: tuple[Function, Function, Function],
-    rmask: Function,
+    coef: tuple[Function, Function],
     res: Function,
     grad: Function,
-    dt: float,
+    d2u: TimeFunction,
+    iz: int,
 ) -> Operator:
-    """Adjoint recursion fed by ``rmask·res`` and ``grad −= V[t−1] ∂²_t U[t]``."""
-    c1, c2, c3 = c
-    adj = Eq(v.backward, c1 * v - c2 * v.forward + c3 * (v.dz2 + rmask * res))
-    d2u = (u - 2 * u.backward + u.backward.backward) * (1.0 / dt**2)
-    img = Eq(grad, grad - v.backward * d2u)
-    return Operator([adj, img], name="planewave_adjoint")
+    """Adjoint recursion fed by ``res`` at depth ``iz``; ``grad −= Σ_j V[j] D[j]``.
+
+    ``v``: ``BLOCK + 2`` rolling levels; iteration ``t`` computes ``V[t−1]``; at
+    ``t ≡ 2`` the block ``j = t−1 … t+BLOCK−2`` is imaged (``D[j]`` in slot ``j + BLOCK``).
+    """
+    time = d2u.dimensions[0]
+    t = v.dimensions[0]
+    eqs = _step(v, v.backward, v.forward, coef, res, iz)
+    blk = _every(time, 2, "tadj")
+    img = sum(v.subs(t, t - 1 + k) * d2u.subs(time, time - 1 + k + BLOCK) for k in range(BLOCK))
+    eqs.append(Eq(grad, grad - img, implicit_dims=(blk,)))
+    return Operator(eqs, name="planewave_adjoint")
 
 
 def born_operator(
-    u: TimeFunction,
     du: TimeFunction,
-    c: tuple[Function, Function, Function],
+    coef: tuple[Function, Function],
     da: Function,
-    dt: float,
+    d2u: TimeFunction,
+    rec: Function,
+    iz: int,
 ) -> Operator:
-    """``δU[t+1] = c1 δU[t] − c2 δU[t−1] + c3 (∂²_z δU[t] − δA ∂²_t U)`` over the saved ``U``."""
-    c1, c2, c3 = c
-    d2u = (u.forward - 2 * u + u.backward) * (1.0 / dt**2)
-    eq = Eq(du.forward, c1 * du - c2 * du.backward + c3 * (du.dz2 - da * d2u))
-    return Operator([eq], name="planewave_born")
+    """``δU[t+1]`` of the same scheme driven by ``−δA D[t]``; traces ``rec[t+1]`` at ``iz``."""
+    time = d2u.dimensions[0]
+    _, b, z = du.dimensions
+    g, c = coef
+    drive = -da * d2u.subs(time, time + BLOCK)
+    eq = Eq(du.forward, 2 * du - du.backward + g * (du.backward - du) + c * (du.dz2 + drive))
+    return Operator([eq, Eq(rec[time + 1, b], du.forward.subs(z, iz))], name="planewave_born")

@@ -6,16 +6,20 @@ time axis, order, dtype), shared through :func:`devito_uq.physics.solver.get_sol
 It takes the squared slowness on the physical depth axis ``[batch, nz]``, extends it
 into the absorbing layers (:func:`devito_uq.physics.padding.extend`) and forms
 ``A = m − p²`` per row; gradients come back through the adjoint of both. The one
-saved wavefield buffer is a :class:`~devito_uq.physics.solver.Wavefield` owned by
-the token of the forward solve that filled it. This module imports Devito.
+saved buffer, ``∂²_t u`` of every step (:mod:`.operators`), is a
+:class:`~devito_uq.physics.solver.Wavefield` owned by the token of the forward solve
+that filled it; ``u`` and ``λ`` themselves only live in a few rolling levels. Arrays
+the calls write are reached through plain numpy views, not Devito's ``.data``
+(tens of µs per access). This module imports Devito.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from devito import Constant, Function, Grid, SpaceDimension, TimeFunction
+from devito import Buffer, Constant, Function, Grid, SpaceDimension, TimeFunction
 
 from devito_uq.physics import padding
+from devito_uq.physics.planewave import hugepages
 from devito_uq.physics.planewave import operators as ops
 from devito_uq.physics.solver import Solver, Wavefield
 
@@ -29,7 +33,7 @@ class PlaneWaveSolver(Solver):
     (s²/km²), wavelet ``[nt]``, damping ``[nz + 2·nbl]`` (ms/m²), traces
     ``[batch, npar, nt]``. Source and receiver sit at the surface (the first
     physical sample, index ``nbl``). Inputs are assumed valid (the torch modules check).
-    The registry keeps at most ``max_cached`` of them (each holds a full wavefield).
+    The registry keeps at most ``max_cached`` of them (each holds a saved field of all steps).
     """
 
     max_cached = 4
@@ -58,51 +62,60 @@ class PlaneWaveSolver(Solver):
                 dtype=dtype,
             )
         self.grid = grid
-        so = space_order
-        self.u = TimeFunction(name="u", grid=grid, time_order=2, space_order=so, save=nt + 1)
-        self.v = TimeFunction(name="v", grid=grid, time_order=2, space_order=so)
-        self.c = tuple(Function(name=f"c{i}", grid=grid, space_order=0) for i in (1, 2, 3))
+        so, blk = space_order, ops.BLOCK
+        # Steps run: nt − 1 rounded up to whole blocks (the extra ones only feed D slots
+        # that the adjoint multiplies by its zero final levels). Every time-indexed
+        # buffer has the same length nt_buf (Devito wants one time size per operator),
+        # long enough for the largest index the adjoint's block read names (Devito checks
+        # bounds without the block condition): slot nt_run + 2·BLOCK − 1.
+        self.nt_run = blk * -(-(nt - 1) // blk)
+        self.nt_buf = self.nt_run + 2 * blk
+        # u and λ: BLOCK + 2 rolling levels; the forward saves only D = ∂²_t u, halo-free,
+        # D[j] in slot j + BLOCK (the block write reaches back BLOCK − 1 steps).
+        rolling = dict(grid=grid, time_order=2, space_order=so, save=Buffer(blk + 2))
+        self.u = TimeFunction(name="u", **rolling)
+        self.v = TimeFunction(name="v", **rolling)
+        self.d2u = TimeFunction(
+            name="d2u", grid=grid, time_order=1, space_order=0, save=self.nt_buf
+        )
+        hugepages.advise(_raw(self.d2u))  # 8 streams of 41 MB at the AVP size: fewer TLB misses
+        #: Scheme coefficients ``(g, c)`` (:mod:`.operators`), ``[rows, nz_ext]``.
+        self.coef = tuple(Function(name=n, grid=grid, space_order=0) for n in ("g", "c"))
         self.grad = Function(name="grad", grid=grid, space_order=0)
-        self.smask = Function(
-            name="smask", dimensions=(zdim,), shape=(nze,), dtype=dtype, space_order=0
-        )
-        self.rmask = Function(
-            name="rmask", dimensions=(zdim,), shape=(nze,), dtype=dtype, space_order=0
-        )
-        self.smask.data[:] = 0.0
-        self.smask.data[nbl] = 1.0 / dz  # δ(z − z_s) on the grid
-        self.rmask.data[:] = 0.0
-        self.rmask.data[nbl] = 1.0  # adjoint of reading u at z_s
         time = grid.time_dim
-        self.q = Function(name="q", dimensions=(time,), shape=(nt + 1,), dtype=dtype, space_order=0)
-        self.res = Function(
-            name="res", dimensions=(time, bdim), shape=(nt + 1, rows), dtype=dtype, space_order=0
+        self.q = Function(
+            name="q", dimensions=(time,), shape=(self.nt_buf,), dtype=dtype, space_order=0
         )
+        tb = dict(dimensions=(time, bdim), shape=(self.nt_buf, rows), dtype=dtype, space_order=0)
+        self.res = Function(name="res", **tb)
+        self.rec = Function(name="rec", **tb)  # forward traces, rec[j] = U[j] at z_s
         self.du: TimeFunction | None = None  # Born buffers, allocated on first use
         self.da: Function | None = None
-        #: The saved forward wavefield ``u`` and the token of the solve that filled it.
-        self.wavefield = Wavefield(self.u, nt)
+        self.drec: Function | None = None
+        # Plain numpy views of the buffers written per call: Devito's ``.data`` indexing
+        # costs tens of µs a call. Buffers are allocated once, so the views stay valid.
+        self._np = {f.name: _raw(f) for f in (self.u, self.v, self.grad, self.q, self.res)}
+        self._np.update({f.name: _raw(f) for f in (*self.coef, self.rec)})
+        for name in ("q", "res", "rec"):  # slots the calls never write stay zero
+            self._np[name][:] = 0.0
+        self._rec_t = self._np["rec"][1 : nt + 1].T  # [rows, nt] view, U[1] = 0 included
+        #: The saved ``D = ∂²_t u`` of the last forward and the token of the solve that filled it.
+        self.wavefield = Wavefield(self.d2u, nt)
 
     # ---------------------------------------------------------------- plumbing
     def _load(self, m: np.ndarray, p2: np.ndarray, wavelet: np.ndarray, damping: np.ndarray):
-        """Set ``c1, c2, c3`` from ``A = E m − p²`` and the damping; load the wavelet."""
-        dt = self.dt
+        """Set ``g = (η/Δt)/B`` and ``c = 1/B`` (``B = A/Δt² + η/(2Δt)``, ``A = E m − p²``)
+        and the wavelet. Formed in float64 and rounded once to the solver's dtype."""
         m_ext = padding.extend(np.asarray(m, dtype=np.float64), self.nbl, axes=(-1,))
-        a = (m_ext[:, None, :] - np.asarray(p2, dtype=np.float64)[None, :, None]).reshape(
-            self.rows, self.nz_ext
-        )
-        eta = np.asarray(damping, dtype=np.float64)[None, :] / (2.0 * dt)
-        bb = a / dt**2 + eta
-        c1, c2, c3 = self.c
-        c1.data[:] = 2.0 * a / dt**2 / bb
-        c2.data[:] = (a / dt**2 - eta) / bb
-        c3.data[:] = 1.0 / bb
-        self.q.data[0] = 0.0
-        self.q.data[1:] = wavelet  # iteration `time` injects q^{time-1}
-
-    def _traces(self, field: TimeFunction) -> np.ndarray:
-        out = np.array(field.data[1:, :, self.nbl].T)  # [rows, nt]
-        return out.reshape(self.batch, self.npar, self.nt)
+        a = np.subtract(m_ext[:, None, :], np.asarray(p2, dtype=np.float64)[None, :, None])
+        a = a.reshape(self.rows, self.nz_ext)
+        eta = np.asarray(damping, dtype=np.float64) / self.dt  # η/Δt [nz_ext]
+        a *= 1.0 / self.dt**2
+        a += 0.5 * eta  # B
+        np.divide(1.0, a, out=a)  # 1/B
+        self._np["c"][:] = a
+        np.multiply(a, eta, out=self._np["g"], casting="same_kind")
+        self._np["q"][1 : self.nt + 1] = wavelet  # iteration `time` injects q^{time-1}
 
     def _fold(self, grad_a: np.ndarray) -> np.ndarray:
         """``∂/∂m`` from ``∂/∂A`` ``[rows, nz_ext]``: sum over p, then ``Eᵀ``."""
@@ -110,9 +123,11 @@ class PlaneWaveSolver(Solver):
         return padding.extend_adjoint(g, self.nbl, axes=(-1,)).astype(self.dtype, copy=False)
 
     def _forward(self, owner: object) -> None:
-        self.u.data[0:2] = 0.0
-        build = lambda: ops.forward_operator(self.u, self.c, self.smask, self.q)  # noqa: E731
-        self.run("fwd", build, {}, self.rows, time_m=1, time_M=self.nt - 1)
+        self._np["u"][:2] = 0.0  # U[0] = U[1] = 0 (slots 0 and 1 of the rolling buffer)
+        build = lambda: ops.forward_operator(  # noqa: E731
+            self.u, self.coef, self.q, self.d2u, self.rec, self.nbl, self.dz, self.dt
+        )
+        self.run("fwd", build, {}, self.rows, time_m=1, time_M=self.nt_run)
         self.wavefield.owner = owner
 
     # ------------------------------------------------------------- public API
@@ -120,7 +135,7 @@ class PlaneWaveSolver(Solver):
         """Traces ``[batch, npar, nt]`` for ``m [batch, nz]``; keeps the wavefield for ``owner``."""
         self._load(m, p2, wavelet, damping)
         self._forward(owner)
-        return self._traces(self.u)
+        return self._rec_t.reshape(self.batch, self.npar, self.nt).copy()
 
     def jacobian_adjoint(self, m, p2, wavelet, damping, residual, owner: object = None):
         """``J(m)ᵀ r``: ``∂⟨r, d⟩/∂m`` ``[batch, nz]`` for ``r`` ``[batch, npar, nt]``.
@@ -133,15 +148,14 @@ class PlaneWaveSolver(Solver):
         # else: every solve that loads other coefficients also takes the wavefield, so
         # while ``owner`` holds it the loaded coefficients are still ``owner``'s.
         r = np.asarray(residual).reshape(self.rows, self.nt)
-        self.res.data[0] = 0.0
-        self.res.data[1:] = r.T  # iteration `time` injects r^{time-1}
-        self.v.data[:] = 0.0
-        self.grad.data[:] = 0.0
+        self._np["res"][1 : self.nt + 1] = r.T  # iteration `time` injects r^{time-1}
+        self._np["v"].fill(0.0)  # V[j] = 0 for j > nt − 1
+        self._np["grad"].fill(0.0)
         build = lambda: ops.gradient_operator(  # noqa: E731
-            self.u, self.v, self.c, self.rmask, self.res, self.grad, self.dt
+            self.v, self.coef, self.res, self.grad, self.d2u, self.nbl
         )
-        self.run("adj", build, {}, self.rows, time_m=2, time_M=self.nt)
-        return self._fold(np.asarray(self.grad.data))
+        self.run("adj", build, {}, self.rows, time_m=2, time_M=self.nt_run + 1)
+        return self._fold(self._np["grad"])
 
     def jacobian(self, m, dm, p2, wavelet, damping, owner: object = None) -> np.ndarray:
         """Born traces ``J(m) δm`` ``[batch, npar, nt]`` for ``δm`` ``[batch, nz]``.
@@ -154,13 +168,29 @@ class PlaneWaveSolver(Solver):
             self._forward(owner)
         if self.du is None:
             so = self.space_order
-            self.du = TimeFunction(
-                name="du", grid=self.grid, time_order=2, space_order=so, save=self.nt + 1
-            )
+            self.du = TimeFunction(name="du", grid=self.grid, time_order=2, space_order=so)
             self.da = Function(name="da", grid=self.grid, space_order=0)
+            self.drec = Function(
+                name="drec",
+                dimensions=self.rec.dimensions,
+                shape=self.rec.shape,
+                dtype=self.dtype,
+                space_order=0,
+            )
+            self._np.update({f.name: _raw(f) for f in (self.du, self.da, self.drec)})
+            self._np["drec"][:] = 0.0
         dm_ext = padding.extend(np.asarray(dm, dtype=np.float64), self.nbl, axes=(-1,))
-        self.da.data[:] = np.repeat(dm_ext[:, None, :], self.npar, axis=1).reshape(self.rows, -1)
-        self.du.data[0:2] = 0.0
-        build = lambda: ops.born_operator(self.u, self.du, self.c, self.da, self.dt)  # noqa: E731
+        da = self._np["da"].reshape(self.batch, self.npar, self.nz_ext)
+        da[:] = dm_ext[:, None, :]
+        self._np["du"].fill(0.0)
+        build = lambda: ops.born_operator(  # noqa: E731
+            self.du, self.coef, self.da, self.d2u, self.drec, self.nbl
+        )
         self.run("born", build, {}, self.rows, time_m=1, time_M=self.nt - 1)
-        return self._traces(self.du)
+        out = self._np["drec"][1 : self.nt + 1].T
+        return out.reshape(self.batch, self.npar, self.nt).copy()
+
+
+def _raw(f) -> np.ndarray:
+    """The whole allocated buffer of ``f`` (halo included) as a plain numpy array."""
+    return f.data_with_halo.view(np.ndarray)
