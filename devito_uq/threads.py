@@ -19,7 +19,13 @@ from devito_uq.errors import InvalidArgumentError
 from devito_uq.parallel import _check_comm
 from devito_uq.validation import check_bool, check_positive_int
 
-__all__ = ["ThreadPolicy", "configure_threads", "local_rank_count"]
+__all__ = [
+    "ThreadPolicy",
+    "configure_threads",
+    "local_rank_count",
+    "set_solver_threads",
+    "solver_threads",
+]
 
 # Launchers that export how many ranks share this node: MPICH/Hydra, Open MPI, PMI/PMIx
 # (Intel MPI, Slurm's PMI), MVAPICH.
@@ -154,4 +160,33 @@ def configure_threads(
         interop = None
     global _written_omp
     os.environ["OMP_NUM_THREADS"] = _written_omp = str(n)
+    set_solver_threads(n)
     return ThreadPolicy(n, interop, cores, ranks, source)
+
+
+# Threads of the solvers' row-parallel calls (None: not set, see solver_threads).
+_solver_threads: int | None = None
+
+
+def solver_threads() -> int:
+    """Threads a physics solver runs independent rows on (the plane-wave batches).
+
+    The value of :func:`set_solver_threads` (:func:`configure_threads` sets it to its
+    thread count); if never set, ``OMP_NUM_THREADS`` when it is a positive integer,
+    else 1 — a library user who configured nothing gets one thread, never more threads
+    than cores.
+    """
+    if _solver_threads is not None:
+        return _solver_threads
+    value = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return int(value) if value.isdigit() and int(value) > 0 else 1
+
+
+def set_solver_threads(n: int | None) -> int | None:
+    """Set :func:`solver_threads` to ``n`` (``None``: back to the default); return the old
+    setting. Process-wide; the plane-wave solver splits its rows over that many threads
+    (bit-identical results for any count), e.g. for a run whose second core came free."""
+    global _solver_threads
+    old = _solver_threads
+    _solver_threads = None if n is None else check_positive_int("n", n)
+    return old

@@ -20,6 +20,17 @@ def _seed():
     yield
 
 
+@pytest.fixture(autouse=True)
+def _one_thread_each_test():
+    """A test that runs the CLI (configure_threads) must not leave more threads behind."""
+    from devito_uq import threads
+
+    yield
+    threads.set_solver_threads(None)
+    if torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
+
+
 def cuda_or_skip():
     """Return the CUDA device, or skip with the reason."""
     if not torch.cuda.is_available():

@@ -13,7 +13,7 @@ from test_avp import _tiny  # the tiny schedule of the serial tests
 
 from devito_uq.apps.avp import build_problem, run_avp
 from devito_uq.apps.avp.baselines import BaselinesProcess, data_digest
-from devito_uq.apps.avp.run import _concurrent
+from devito_uq.apps.avp.run import _concurrent, _TakeFreeCores, _threads
 from devito_uq.errors import InvalidArgumentError, WorkerError
 from devito_uq.io import load_checkpoint
 
@@ -78,3 +78,25 @@ def test_leaving_the_block_early_stops_the_child(tmp_path):
             raise KeyboardInterrupt  # VI interrupted
     assert proc.poll() is not None  # terminated, not orphaned
     assert not os.path.exists(cache)
+
+
+def test_vi_takes_the_free_cores_once_mala_is_done():
+    from devito_uq.threads import solver_threads
+
+    class Child:  # stands in for BaselinesProcess
+        finished = False
+
+        def done(self):
+            return self.finished
+
+    child = Child()
+    hook = _TakeFreeCores(child, threads=2, every=4)
+    with _threads(1):
+        for it in range(1, 9):
+            hook(it, {})
+        assert hook.iteration is None and solver_threads() == 1  # MALA still running
+        child.finished = True
+        for it in range(9, 17):
+            hook(it, {})
+        assert hook.iteration == 12 and solver_threads() == 2  # the next poll after exit
+    assert solver_threads() == 1  # restored after the run (conftest's OMP_NUM_THREADS=1)

@@ -40,6 +40,7 @@ def machine(monkeypatch):
     for var in _THREAD_VARS:
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setattr(threads, "_written_omp", None)  # nothing written by earlier tests
+    monkeypatch.setattr(threads, "_solver_threads", None)
     before = torch.get_num_threads()
 
     def set_machine(cpus: int, affinity: int | None = None, load: float = 0.0) -> None:
@@ -148,3 +149,18 @@ def test_configure_threads_sets_interop_threads_in_a_fresh_process():
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["2", "2", "2"]
+
+
+def test_solver_threads_follow_the_policy(machine, monkeypatch):
+    machine(8)
+    assert threads.solver_threads() == 1  # nothing set: OMP_NUM_THREADS absent -> 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert threads.solver_threads() == 3  # the user's OpenMP setting
+    threads.configure_threads(threads=4)
+    assert threads.solver_threads() == 4  # what the policy applied
+    assert threads.set_solver_threads(2) == 4
+    assert threads.solver_threads() == 2
+    with pytest.raises(InvalidArgumentError, match="n=0"):
+        threads.set_solver_threads(0)
+    threads.set_solver_threads(None)
+    assert threads.solver_threads() == 4  # OMP_NUM_THREADS as the policy wrote it

@@ -27,9 +27,11 @@ once per object, so the pointers in a cached list stay valid.
 
 from __future__ import annotations
 
+import ctypes
 import sys
 import weakref
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -82,6 +84,7 @@ class _Call:
     values: list
     scalars: dict
     objs: dict  # name -> weakref to the Devito object used
+    split: dict | None = None  # (dimension, parts) -> argument lists, one per part
 
 
 class Solver:
@@ -119,12 +122,28 @@ class Solver:
             _TOTAL["compiles"] += 1
         return op
 
-    def run(self, key: Any, build: Callable[[], Any], objs: dict, solves: int, **scalars) -> None:
+    def run(
+        self,
+        key: Any,
+        build: Callable[[], Any],
+        objs: dict,
+        solves: int,
+        split: str | None = None,
+        **scalars,
+    ) -> None:
         """Apply operator ``key`` with this call's Devito objects ``objs`` and ``scalars``.
 
         ``objs`` maps symbol names to the objects this call uses; those that differ
         from the build-time ones are passed as overrides when the argument list is
         (re)built. ``solves`` is added to :attr:`n_solves`.
+
+        ``split``: the name of a dimension whose indices are independent problems over
+        the whole time loop (the plane-wave solver's rows: each a 1D solve that never
+        reads another row). With :func:`devito_uq.threads.solver_threads` > 1 its range
+        is cut into that many contiguous parts, each run by the same compiled function
+        in its own thread (ctypes releases the GIL). No synchronization per time step,
+        unlike an OpenMP loop inside it, and every row computes exactly what it computes
+        alone: results are bit-identical for any thread count.
         """
         op = self.operator(key, build, objs)
         call = self._calls.get(key)
@@ -141,8 +160,63 @@ class Solver:
             refs = {n: weakref.ref(o) for n, o in objs.items()}
             call = _Call(op.cfunction, values, dict(scalars), refs)
             self._calls[key] = call
-        call.cfunction(*call.values)
+        threads = solver_threads() if split is not None else 1
+        if threads > 1:
+            _run_split(call, [p.name for p in op.parameters], split, threads)
+        else:
+            call.cfunction(*call.values)
         self.n_solves += solves
+
+
+# ------------------------------------------------------ threads over independent rows
+_POOL: dict[str, Any] = {"pool": None, "workers": 0}
+
+
+def solver_threads() -> int:
+    """Threads a solver may use over independent rows (:func:`devito_uq.threads.solver_threads`)."""
+    from devito_uq.threads import solver_threads as _threads
+
+    return _threads()
+
+
+def _split_values(call: _Call, names: list[str], dim: str, parts: int) -> list[list]:
+    """Argument lists of ``call`` for ``parts`` contiguous ranges of ``dim`` (cached)."""
+    cached = call.split.get((dim, parts)) if call.split is not None else None
+    if cached is not None:
+        return cached
+    lo_i, hi_i = names.index(f"{dim}_m"), names.index(f"{dim}_M")
+    lo, hi = int(call.values[lo_i]), int(call.values[hi_i])
+    parts = max(1, min(parts, hi - lo + 1))
+    edges = [lo + (hi - lo + 1) * k // parts for k in range(parts + 1)]
+    lists = []
+    for a, b in zip(edges, edges[1:]):
+        values = list(call.values)
+        values[lo_i], values[hi_i] = a, b - 1
+        if "timers" in names:  # each thread its own profiler struct: no shared writes
+            i = names.index("timers")
+            struct = type(values[i]._obj)()
+            values[i] = ctypes.byref(struct)
+            values.append(struct)  # keeps the struct alive with the list (not passed)
+        lists.append(values)
+    call.split = {**(call.split or {}), (dim, parts): lists}
+    return lists
+
+
+def _run_split(call: _Call, names: list[str], dim: str, threads: int) -> None:
+    lists = _split_values(call, names, dim, threads)
+    n_args = len(names)
+    if len(lists) == 1:
+        call.cfunction(*lists[0][:n_args])
+        return
+    if _POOL["workers"] < len(lists) - 1:
+        if _POOL["pool"] is not None:
+            _POOL["pool"].shutdown(wait=True)
+        _POOL["pool"] = ThreadPoolExecutor(len(lists) - 1, thread_name_prefix="devito_uq-rows")
+        _POOL["workers"] = len(lists) - 1
+    futures = [_POOL["pool"].submit(call.cfunction, *v[:n_args]) for v in lists[1:]]
+    call.cfunction(*lists[0][:n_args])
+    for f in futures:
+        f.result()
 
 
 # ------------------------------------------------------------------- registry

@@ -150,6 +150,10 @@ class BaselinesProcess:
         self._started = time.perf_counter()
         return self
 
+    def done(self) -> bool:
+        """True once the child has exited (successfully or not)."""
+        return self._proc is not None and self._proc.poll() is not None
+
     @property
     def pid(self) -> int | None:
         return None if self._proc is None else self._proc.pid

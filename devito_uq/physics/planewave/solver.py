@@ -127,7 +127,7 @@ class PlaneWaveSolver(Solver):
         build = lambda: ops.forward_operator(  # noqa: E731
             self.u, self.coef, self.q, self.d2u, self.rec, self.nbl, self.dz, self.dt
         )
-        self.run("fwd", build, {}, self.rows, time_m=1, time_M=self.nt_run)
+        self.run("fwd", build, {}, self.rows, split="b", time_m=1, time_M=self.nt_run)
         self.wavefield.owner = owner
 
     # ------------------------------------------------------------- public API
@@ -154,7 +154,7 @@ class PlaneWaveSolver(Solver):
         build = lambda: ops.gradient_operator(  # noqa: E731
             self.v, self.coef, self.res, self.grad, self.d2u, self.nbl
         )
-        self.run("adj", build, {}, self.rows, time_m=2, time_M=self.nt_run + 1)
+        self.run("adj", build, {}, self.rows, split="b", time_m=2, time_M=self.nt_run + 1)
         return self._fold(self._np["grad"])
 
     def jacobian(self, m, dm, p2, wavelet, damping, owner: object = None) -> np.ndarray:
@@ -186,7 +186,7 @@ class PlaneWaveSolver(Solver):
         build = lambda: ops.born_operator(  # noqa: E731
             self.du, self.coef, self.da, self.d2u, self.drec, self.nbl
         )
-        self.run("born", build, {}, self.rows, time_m=1, time_M=self.nt - 1)
+        self.run("born", build, {}, self.rows, split="b", time_m=1, time_M=self.nt - 1)
         out = self._np["drec"][1 : self.nt + 1].T
         return out.reshape(self.batch, self.npar, self.nt).copy()
 
