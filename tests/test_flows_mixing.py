@@ -10,13 +10,12 @@ import copy
 import pytest
 import torch
 
-from devito_uq.flows import HINT, Flow, InvertibleConv1x1
-from devito_uq.flows import mixing
+from devito_uq.flows import HINT, Flow, InvertibleConv1x1, mixing
 from devito_uq.flows.hint import _LevelCoupling
 
 FUNCS = {
-    "forward": (mixing.lu_mix_forward, mixing.reference_forward),
-    "inverse": (mixing.lu_mix_inverse, mixing.reference_inverse),
+    "forward": (mixing.lu_mix_forward, mixing.autograd_forward),
+    "inverse": (mixing.lu_mix_inverse, mixing.autograd_inverse),
 }
 
 
@@ -65,7 +64,9 @@ def test_matches_autograd_reference(direction, n):
         assert torch.allclose(a, b, rtol=1e-10, atol=1e-10 * b.abs().max())
     g_lu = grads[0][1]
     assert torch.count_nonzero(torch.diagonal(g_lu)) == 0  # the unused diagonal
-    assert torch.count_nonzero(torch.tril(g_lu, -1)) > 0 and torch.count_nonzero(torch.triu(g_lu, 1))
+    assert torch.count_nonzero(torch.tril(g_lu, -1)) > 0 and torch.count_nonzero(
+        torch.triu(g_lu, 1)
+    )
 
 
 @pytest.mark.parametrize("direction", FUNCS)
@@ -82,8 +83,10 @@ def test_only_requested_gradients(direction):
     assert all(torch.allclose(a, b, atol=1e-12) for a, b in zip(first, g))
 
 
-def test_layer_gradients_match_reference_in_a_flow():
-    """A whole HINT flow (float64) against the same flow with the reference mixing."""
+def test_layer_gradients_match_reference_in_a_flow(monkeypatch):
+    """A whole HINT flow (float64) with the Functions forced on (short vectors run the
+    autograd formulation by default) against the same flow with the autograd mixing."""
+    monkeypatch.setattr(mixing, "FUNCTION_MIN_SIZE", 2)
     torch.manual_seed(0)
     flow = Flow(HINT(12, steps=2, hidden=8), (12,)).double()
     with torch.no_grad():
@@ -93,8 +96,8 @@ def test_layer_gradients_match_reference_in_a_flow():
     ref = copy.deepcopy(flow)
     for m in ref.modules():
         if isinstance(m, InvertibleConv1x1):
-            m._forward = _reference_method(m, mixing.reference_forward)
-            m._inverse = _reference_method(m, mixing.reference_inverse)
+            m._forward = _reference_method(m, mixing.autograd_forward)
+            m._inverse = _reference_method(m, mixing.autograd_inverse)
     out = []
     for f in (flow, ref):
         torch.manual_seed(5)
@@ -105,6 +108,18 @@ def test_layer_gradients_match_reference_in_a_flow():
     assert torch.allclose(x, xr, atol=1e-12) and torch.allclose(lq, lqr, atol=1e-12)
     for a, b in zip(g, gr):
         assert torch.allclose(a, b, atol=1e-11)
+
+
+@pytest.mark.parametrize("n", [mixing.FUNCTION_MIN_SIZE - 1, mixing.FUNCTION_MIN_SIZE])
+def test_layer_runs_the_function_on_long_vectors(n):
+    layer = InvertibleConv1x1(n)
+    x = torch.randn(2, n)
+    y, ld = layer(x)
+    xr, ldr = layer.inverse(y)
+    names = type(y.grad_fn).__name__ + type(xr.grad_fn).__name__
+    long = n >= mixing.FUNCTION_MIN_SIZE
+    assert ("_LUForwardBackward" in names and "_LUInverseBackward" in names) == long
+    assert torch.allclose(xr, x, atol=1e-4) and torch.allclose(ld, -ldr)
 
 
 def _reference_method(layer, reference):

@@ -34,7 +34,7 @@ from devito_uq.flows.invertible import (
     check_input,
     check_ndim,
 )
-from devito_uq.flows.mixing import lu_mix_forward, lu_mix_inverse
+from devito_uq.flows.mixing import lu_mix
 from devito_uq.validation import check_positive_int
 
 __all__ = ["ActNorm", "InvertibleConv1x1", "HaarSqueeze", "Squeeze", "Split"]
@@ -193,22 +193,23 @@ class InvertibleConv1x1(InvertibleModule):
         ld = self.log_s.sum()
         return (ld * _spatial_size(x) if self.ndim else ld).expand(x.shape[0])
 
-    def _mixing_args(self):
-        return self.lu, self.log_s, self.sign, self.perm_index, self.perm_inverse
+    def _vector_mix(self, v, inverse: bool):
+        args = (self.lu, self.log_s, self.sign, self.perm_index, self.perm_inverse)
+        return lu_mix(v, *args, inverse)
 
     def _forward(self, x, c=None):
         check_input(x, "InvertibleConv1x1", self.channels, self.ndim)
         if self.ndim:
             return self._mix(self.weight(), x), self._logdet(x)
-        # y = x Wᵀ = ((x Uᵀ) Lᵀ) Pᵀ, one autograd node (devito_uq.flows.mixing)
-        return lu_mix_forward(x, *self._mixing_args())
+        # y = x Wᵀ = ((x Uᵀ) Lᵀ) Pᵀ (devito_uq.flows.mixing)
+        return self._vector_mix(x, False)
 
     def _inverse(self, y, c=None):
         check_input(y, "InvertibleConv1x1", self.channels, self.ndim)
         if self.ndim:
             return self._mix(self.weight_inverse(), y), -self._logdet(y)
-        # xᵀ = W⁻¹ yᵀ = U⁻¹ L⁻¹ Pᵀ yᵀ by two triangular solves, one autograd node
-        return lu_mix_inverse(y, *self._mixing_args())
+        # xᵀ = W⁻¹ yᵀ = U⁻¹ L⁻¹ Pᵀ yᵀ by two triangular solves (devito_uq.flows.mixing)
+        return self._vector_mix(y, True)
 
     def extra_repr(self) -> str:
         return f"{self.channels}, ndim={self.ndim}"

@@ -12,15 +12,14 @@ vectors by :math:`W = P L U` with :math:`L = I + \mathrm{tril}(A, -1)`,
   :math:`L z_1 = z^\top`, :math:`U x^\top = z_1` on the column-major transposes.
 
 Autograd through ``tril``/``triu``/``diagonal_scatter``/``solve_triangular`` (the
-:func:`reference_forward`/:func:`reference_inverse` formulation, kept for tests and double
-backward) builds about a dozen nodes per layer and, in the solves' backward, extra n×n
-projections, negations and copies: at n = 1024 half of a VI step. The backward passes here
-write the gradient of the packed ``lu`` once instead (block by block, each entry from
-the factor it belongs to) — strict lower part from
-the :math:`L` factor, strict upper part from the :math:`U` factor, zero on the unused
-diagonal, as autograd gives — and the gradient of ``log_s`` from the diagonal terms
-(:math:`\bar\ell` is the cotangent of the log-determinant, which each Function also
-returns):
+:func:`autograd_forward`/:func:`autograd_inverse` formulation) builds about a dozen nodes
+per layer and, in the solves' backward, extra n×n projections, negations and copies: at
+n = 1024 half of a VI step. The backward passes of the Functions here write the gradient
+of the packed ``lu`` once, block by block, each entry from the factor it belongs to —
+strict lower part from the :math:`L` factor, strict upper part from the :math:`U` factor,
+zero on the unused diagonal, as autograd gives — and the gradient of ``log_s`` from the
+diagonal terms (:math:`\bar\ell` is the cotangent of the log-determinant, which each
+Function also returns):
 
 .. math::
     \text{forward: } \bar A = \mathrm{tril}(\bar z_2^\top z, -1)
@@ -32,15 +31,32 @@ returns):
     \bar s = -d \odot \textstyle\sum_b \bar z_1 \odot x - \textstyle\sum_b \bar\ell_b,
     \quad U^\top \bar z_1 = \bar x^\top,\ L^\top \bar z = \bar z_1
 
-Double backward (``create_graph=True``) differentiates the reference formulation instead,
-so Hessian-vector products work as through plain autograd.
+Double backward (``create_graph=True``) differentiates the autograd formulation instead,
+so Hessian-vector products work as through plain autograd. :func:`lu_mix`, what the layer
+calls, uses the Functions only for long vectors (:data:`FUNCTION_MIN_SIZE`): on short ones
+a step is launch-bound and the Functions' Python overhead costs more than the autograd
+nodes they save.
 """
 
 from __future__ import annotations
 
 import torch
 
-__all__ = ["lu_mix_forward", "lu_mix_inverse", "reference_forward", "reference_inverse"]
+__all__ = [
+    "FUNCTION_MIN_SIZE",
+    "lu_mix",
+    "lu_mix_forward",
+    "lu_mix_inverse",
+    "autograd_forward",
+    "autograd_inverse",
+]
+
+#: Vector length from which :func:`lu_mix` runs the Functions; shorter vectors run the
+#: autograd formulation. Measured (benchmarks/bench_flows.py, one VI step, 4 steps, batch
+#: 8, 1 thread): the Function's Python overhead (about 60 µs a layer, forward and
+#: backward) exceeds the autograd work it saves up to n ≈ 256 (n = 128: 4.5 vs 4.1 ms a
+#: step; n = 256: level); at n = 1024 the Function halves the layer's backward.
+FUNCTION_MIN_SIZE = 257
 
 _MASKS: dict[tuple[int, torch.device], torch.Tensor] = {}
 
@@ -103,15 +119,15 @@ def _logdet(log_s: torch.Tensor, batch: int, negate: bool) -> torch.Tensor:
     return (-ld if negate else ld).expand(batch).clone()
 
 
-def reference_forward(x, lu, log_s, sign, perm_index, perm_inverse):
-    """:func:`lu_mix_forward` through plain autograd (the formulation it replaces)."""
+def autograd_forward(x, lu, log_s, sign, perm_index, perm_inverse):
+    """:func:`lu_mix_forward` through plain autograd (the formulation the Function replaces)."""
     z = torch.addmm(x * (sign * torch.exp(log_s)), x, torch.triu(lu, 1).mT)
     z = torch.addmm(z, z, torch.tril(lu, -1).mT)
     return z.index_select(1, perm_index), log_s.sum().expand(x.shape[0])
 
 
-def reference_inverse(y, lu, log_s, sign, perm_index, perm_inverse):
-    """:func:`lu_mix_inverse` through plain autograd (the formulation it replaces)."""
+def autograd_inverse(y, lu, log_s, sign, perm_index, perm_inverse):
+    """:func:`lu_mix_inverse` through plain autograd (the formulation the Function replaces)."""
     z = y.index_select(1, perm_inverse).mT
     z = torch.linalg.solve_triangular(lu, z, upper=False, unitriangular=True)
     u = torch.diagonal_scatter(lu, sign * torch.exp(log_s))
@@ -146,7 +162,7 @@ class _LUForward(torch.autograd.Function):
         x, lu, log_s, sign, perm_index, perm_inverse, z, upper, lower, d = ctx.saved_tensors
         if torch.is_grad_enabled():
             args = (x, lu, log_s, sign, perm_index, perm_inverse, gy, gld)
-            return _double_backward(ctx, reference_forward, *args)
+            return _double_backward(ctx, autograd_forward, *args)
         need_x, need_lu, need_s = ctx.needs_input_grad[:3]
         g2 = gy.index_select(1, perm_inverse)  # cotangent of z2 = z Lᵀ
         gz = torch.addmm(g2, g2, lower)
@@ -176,7 +192,7 @@ class _LUInverse(torch.autograd.Function):
         y, lu, log_s, sign, perm_index, perm_inverse, u, d, z1, xt = ctx.saved_tensors
         if torch.is_grad_enabled():
             args = (y, lu, log_s, sign, perm_index, perm_inverse, gx, gld)
-            return _double_backward(ctx, reference_inverse, *args)
+            return _double_backward(ctx, autograd_inverse, *args)
         need_y, need_lu, need_s = ctx.needs_input_grad[:3]
         # Uᵀ ḡz1 = ḡxᵀ and Lᵀ ḡz = ḡz1 on transposed views: no copies of the factors
         gz1 = torch.linalg.solve_triangular(u.mT, gx.mT, upper=False)
@@ -187,6 +203,17 @@ class _LUInverse(torch.autograd.Function):
             g_lu = _packed_grad(gz, -z1, gz1, -xt) if need_lu else None
         g_log_s = -(gz1 * xt).sum(1) * d - gld.sum() if need_s else None
         return gy, g_lu, g_log_s, None, None, None
+
+
+def lu_mix(v, lu, log_s, sign, perm_index, perm_inverse, inverse: bool):
+    """``y = v Wᵀ`` (``inverse=False``) or ``x = v W⁻ᵀ`` and the log-determinant, through
+    the Functions for vectors of at least :data:`FUNCTION_MIN_SIZE` entries and through
+    plain autograd below (same values; see :func:`lu_mix_forward` for the arguments)."""
+    if lu.shape[0] >= FUNCTION_MIN_SIZE:
+        fn = _LUInverse.apply if inverse else _LUForward.apply
+    else:
+        fn = autograd_inverse if inverse else autograd_forward
+    return fn(v, lu, log_s, sign, perm_index, perm_inverse)
 
 
 def lu_mix_forward(x, lu, log_s, sign, perm_index, perm_inverse):
