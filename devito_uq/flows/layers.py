@@ -64,7 +64,8 @@ class ActNorm(InvertibleModule):
         self.register_buffer("initialized", torch.tensor(False))
 
     def _view(self, p: torch.Tensor) -> torch.Tensor:
-        return p.view(1, self.channels, *([1] * self.ndim))
+        # vectors broadcast [channels] as it is: no view, one autograd node less
+        return p.view(1, self.channels, *([1] * self.ndim)) if self.ndim else p
 
     @torch.no_grad()
     def _initialize(self, v: torch.Tensor, inverse: bool) -> None:
