@@ -2,11 +2,15 @@
 Glow's memory-frugal step against plain autograd and normflows.
 
 Part ``vi`` (issue 11): one variational-inference step on an n-vector — draw a batch with
-its log-density (``rsample_and_log_prob``), a Gaussian likelihood, backward, Adam — for
+its log-density (``rsample_and_log_prob``), a Gaussian likelihood, backward, fused Adam
+(``torch.optim.Adam(..., fused=True)``, what ``VariationalPosterior.fit`` uses, for every
+implementation) — for
 
-- ``hint``: ``HINT(n, steps=4, hidden=64)`` with the new defaults (leaf size from n,
+- ``hint``: ``HINT(n, steps=4, hidden=64)`` (one full-width coupling per step,
   ``memory_frugal="auto"``);
-- ``hint-old``: the old defaults on the same code (``leaf_size=4, memory_frugal=True``);
+- ``hint-ag``: the same network with its dense LU mixing run through plain autograd
+  (``devito_uq.flows.mixing.autograd_forward``/``autograd_inverse``, the layer before
+  its hand-written backward): the baseline of that change (n ≥ 257);
 - ``zuko-rnvp``: zuko ``RealNVP(n, transforms=4, hidden_features=(64, 64))``;
 - ``zuko-nsf``: zuko ``NSF(n, transforms=4, hidden_features=(64, 64), passes=2)`` (coupling
   splines; the fully autoregressive default needs n sequential passes to sample);
@@ -14,9 +18,13 @@ its log-density (``rsample_and_log_prob``), a Gaussian likelihood, backward, Ada
   and a swap permutation, 4 blocks);
 
 equal depth (4 transforms) and width (two hidden layers of 64), n ∈ {40, 128, 1024},
-batch 8 and 64, 1 torch thread. All implementations of one (n, batch) run in one process,
-round-robin, so load from other processes hits them alike; the fastest and the median of
-``--repeats`` steps are reported.
+batch 8 and 64, 1 torch thread; and the AVP flow (``devito_uq.apps.avp.make_flow``:
+``HINT(128, steps=5, hidden=64)``, batch 8) against the RealNVPs at 5 transforms. All
+implementations of one row run in one process, round-robin with the order rotated every
+round, so load from other processes and the position in the round hit them alike; the
+fastest and the median of ``--repeats`` steps are reported. Below n = 257 ``hint`` runs
+the same autograd mixing as ``hint-ag`` (``devito_uq.flows.mixing.FUNCTION_MIN_SIZE``):
+those two columns then differ by noise only.
 
 Part ``glow`` (issue 3): peak memory and time of one Glow training step, memory-frugal vs
 plain autograd vs normflows (see its functions below).
@@ -39,40 +47,61 @@ import time
 
 __all__ = ["main", "vi_step_times"]
 
-VI_IMPLS = ("hint", "hint-old", "zuko-rnvp", "zuko-nsf", "nf-rnvp")
+VI_IMPLS = ("hint", "hint-ag", "zuko-rnvp", "zuko-nsf", "nf-rnvp")
+AVP_IMPLS = ("hint", "hint-ag", "zuko-rnvp", "nf-rnvp")
 VI_SIZES = (40, 128, 1024)
 VI_BATCHES = (8, 64)
 VI_STEPS, VI_HIDDEN = 4, 64
 
 
-def _vi_flow(impl: str, n: int):
+def _autograd_mixing(net):
+    """Run every vector LU mixing of ``net`` through the plain-autograd formulation."""
+    from devito_uq.flows import InvertibleConv1x1, mixing
+
+    def bind(layer, reference):
+        def run(v, c=None):
+            args = (layer.lu, layer.log_s, layer.sign, layer.perm_index, layer.perm_inverse)
+            return reference(v, *args)
+
+        return run
+
+    for m in net.modules():
+        if isinstance(m, InvertibleConv1x1) and m.ndim == 0:
+            m._forward = bind(m, mixing.autograd_forward)
+            m._inverse = bind(m, mixing.autograd_inverse)
+    return net
+
+
+def _vi_flow(impl: str, n: int, steps: int = VI_STEPS):
     """(parameters, draw) of one implementation; ``draw(b)`` returns samples, log q."""
-    if impl in ("hint", "hint-old"):
+    if impl in ("hint", "hint-ag"):
         from devito_uq.flows import HINT, Flow
 
-        kw = {"leaf_size": 4, "memory_frugal": True} if impl == "hint-old" else {}
-        q = Flow(HINT(n, steps=VI_STEPS, hidden=VI_HIDDEN, **kw), (n,))
+        net = HINT(n, steps=steps, hidden=VI_HIDDEN)
+        q = Flow(_autograd_mixing(net) if impl == "hint-ag" else net, (n,))
         return q.parameters(), q.rsample_and_log_prob
     if impl.startswith("zuko"):
         import zuko
 
         hidden = (VI_HIDDEN, VI_HIDDEN)
         if impl == "zuko-rnvp":
-            f = zuko.flows.RealNVP(n, transforms=VI_STEPS, hidden_features=hidden)
+            f = zuko.flows.RealNVP(n, transforms=steps, hidden_features=hidden)
         else:
-            f = zuko.flows.NSF(n, transforms=VI_STEPS, hidden_features=hidden, passes=2)
+            f = zuko.flows.NSF(n, transforms=steps, hidden_features=hidden, passes=2)
         return f.parameters(), lambda b: f().rsample_and_log_prob((b,))
     import normflows as nf
 
     blocks = []
-    for _ in range(VI_STEPS):
+    for _ in range(steps):
         mlp = nf.nets.MLP([n // 2, VI_HIDDEN, VI_HIDDEN, n], init_zeros=True)
         blocks += [nf.flows.AffineCouplingBlock(mlp), nf.flows.Permute(n, mode="swap")]
     model = nf.NormalizingFlow(nf.distributions.DiagGaussian(n), blocks)
     return model.parameters(), model.sample
 
 
-def vi_step_times(n: int, batch: int, impls, repeats: int) -> dict[str, dict[str, float]]:
+def vi_step_times(
+    n: int, batch: int, impls, repeats: int, depth: int = VI_STEPS
+) -> dict[str, dict[str, float]]:
     """Seconds per VI step (fastest and median of ``repeats``, interleaved) per impl."""
     import torch
 
@@ -80,8 +109,8 @@ def vi_step_times(n: int, batch: int, impls, repeats: int) -> dict[str, dict[str
     steps = {}
     for impl in impls:
         torch.manual_seed(0)
-        params, draw = _vi_flow(impl, n)
-        opt = torch.optim.Adam(params, lr=1e-4)
+        params, draw = _vi_flow(impl, n, depth)
+        opt = torch.optim.Adam(params, lr=1e-4, fused=True)
 
         def step(draw=draw, opt=opt):
             opt.zero_grad(set_to_none=True)
@@ -95,10 +124,13 @@ def vi_step_times(n: int, batch: int, impls, repeats: int) -> dict[str, dict[str
             step()
         steps[impl] = step
     times: dict[str, list[float]] = {impl: [] for impl in impls}
-    for _ in range(repeats):
-        for impl, step in steps.items():
+    order = list(steps)
+    for r in range(repeats):
+        # rotate the order every round: the implementation that runs right after another
+        # library's step measured up to 10 % slower than the same code running second
+        for impl in order[r % len(order) :] + order[: r % len(order)]:
             t0 = time.perf_counter()
-            step()
+            steps[impl]()
             times[impl].append(time.perf_counter() - t0)
     return {k: {"min": min(t), "median": statistics.median(t)} for k, t in times.items()}
 
@@ -108,6 +140,9 @@ def vi_main(repeats: int, sizes, batches) -> None:
 
     torch.set_num_threads(1)
     load0 = os.getloadavg()
+    avp = vi_step_times(128, 8, AVP_IMPLS, 4 * repeats, depth=5)
+    cells = " ".join(f"{k} {v['min'] * 1e3:.2f}" for k, v in avp.items())
+    print(f"  AVP flow: {cells} ms", flush=True)
     res = {}
     for n in sizes:
         for b in batches:
@@ -118,20 +153,31 @@ def vi_main(repeats: int, sizes, batches) -> None:
     load1 = os.getloadavg()
     print()
     print(
-        f"VI step, {VI_STEPS} transforms x {VI_HIDDEN} hidden, 1 torch thread, torch "
-        f"{torch.__version__}, {platform.machine()} {os.cpu_count()} cores; load average "
-        f"{load0[0]:.1f} at start, {load1[0]:.1f} at end"
+        f"VI step, {VI_STEPS} transforms x {VI_HIDDEN} hidden, fused Adam, 1 torch thread, "
+        f"torch {torch.__version__}, {platform.machine()} {os.cpu_count()} cores; load "
+        f"average {load0[0]:.1f} at start, {load1[0]:.1f} at end"
     )
     print("ms per step: fastest (median) of interleaved repeats; ratio = hint / fastest peer")
     print()
-    print("| n | batch | " + " | ".join(VI_IMPLS) + " | hint / fastest peer | old / hint |")
+    print("| n | batch | " + " | ".join(VI_IMPLS) + " | hint / fastest peer | ag / hint |")
     print("|---:|---:|" + "---:|" * (len(VI_IMPLS) + 2))
     for (n, b), r in res.items():
         cells = [f"{r[k]['min'] * 1e3:.1f} ({r[k]['median'] * 1e3:.1f})" for k in VI_IMPLS]
         peer = min(r[k]["min"] for k in VI_IMPLS if not k.startswith("hint"))
         ratio = r["hint"]["min"] / peer
-        old = r["hint-old"]["min"] / r["hint"]["min"]
-        print(f"| {n} | {b} | " + " | ".join(cells) + f" | {ratio:.2f}x | {old:.1f}x |")
+        ag = r["hint-ag"]["min"] / r["hint"]["min"]
+        print(f"| {n} | {b} | " + " | ".join(cells) + f" | {ratio:.2f}x | {ag:.2f}x |")
+    print()
+    print(
+        f"AVP flow, HINT 128 x 5 steps x 64 hidden and the peers at 5 transforms, batch 8, "
+        f"{4 * repeats} interleaved repeats:"
+    )
+    print()
+    print("| n | batch | " + " | ".join(AVP_IMPLS) + " | hint / fastest peer |")
+    print("|---:|---:|" + "---:|" * (len(AVP_IMPLS) + 1))
+    cells = [f"{avp[k]['min'] * 1e3:.2f} ({avp[k]['median'] * 1e3:.2f})" for k in AVP_IMPLS]
+    peer = min(avp[k]["min"] for k in AVP_IMPLS if not k.startswith("hint"))
+    print("| 128 | 8 | " + " | ".join(cells) + f" | {avp['hint']['min'] / peer:.2f}x |")
 
 
 IMPLS = ("frugal", "plain", "normflows")

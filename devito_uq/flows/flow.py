@@ -24,6 +24,9 @@ from devito_uq.validation import check_allocation, check_positive_int
 
 __all__ = ["Flow"]
 
+#: Sample batches below this size (bytes of z and m) are not checked against free memory.
+_CHECKED_BYTES = 2**26
+
 
 class Flow(nn.Module):
     """Distribution ``q(m) = net⁻¹_# N(0, I)`` over tensors of shape ``shape``.
@@ -104,15 +107,14 @@ class Flow(nn.Module):
         ref = self._ref()
         # z and m, both [n, *shape]: the least the call allocates.
         itemsize = ref.element_size() if ref.numel() else torch.get_default_dtype().itemsize
-        check_allocation(
-            f"sampling n={n} models of shape {self.shape}",
-            2 * n * math.prod(self.latent_shape) * itemsize,
-            ref.device,
-            minimum=2**26,  # no /proc read on every training step
-        )
+        nbytes = 2 * n * math.prod(self.latent_shape) * itemsize
+        if nbytes >= _CHECKED_BYTES:  # no message built, no /proc read on a training step
+            check_allocation(f"sampling n={n} models of shape {self.shape}", nbytes, ref.device)
         z = torch.randn(n, *self.latent_shape, dtype=ref.dtype, device=ref.device)
         m, logdet = self.net.inverse(z, self._condition(c, n))
-        return m.reshape(n, *self.shape), self.base_log_prob(z) - logdet
+        if m.shape[1:] != self.shape:  # a reshape view would be one more autograd node
+            m = m.reshape(n, *self.shape)
+        return m, self.base_log_prob(z) - logdet
 
     def rsample(self, n: int, c: torch.Tensor | None = None) -> torch.Tensor:
         """Reparameterized samples ``[n, *shape]``."""

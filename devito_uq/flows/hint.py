@@ -93,6 +93,13 @@ class _LevelCoupling(CouplingBase):
         self.register_buffer("b_pos", b_flat[b_flat < pad], persistent=False)
         self.net = Conditioner(na + self.cond_channels, 2 * nb, hidden, ndim, groups=g)
 
+    @property
+    def whole(self) -> bool:
+        """One node spanning all channels (HINT's default, one coupling per step): the two
+        halves are plain slices, no reshapes (fewer operations and autograd nodes in a
+        launch-bound step)."""
+        return self.tiled and self.groups == 1
+
     def _halves(self, v):
         """``[batch, groups, 2, half, *spatial]`` view of a tiled input."""
         return v.view(v.shape[0], self.groups, 2, self.na, *v.shape[2:])
@@ -102,23 +109,31 @@ class _LevelCoupling(CouplingBase):
         return v.reshape(v.shape[0], -1, *v.shape[1 + axes :])
 
     def _cond_input(self, v):
+        if self.whole:
+            return v[:, : self.na]
         if self.tiled:
             return self._flat(self._halves(v)[:, :, 0])
         zero = v.new_zeros(v.shape[0], 1, *v.shape[2:])
         return torch.cat([v, zero], dim=1).index_select(1, self.a_gather)
 
     def _take_b(self, v):
+        if self.whole:
+            return v[:, self.na :]
         if self.tiled:
             return self._flat(self._halves(v)[:, :, 1])
         return v.index_select(1, self.b_pos)
 
     def _put_b(self, v, b):
+        if self.whole:
+            return torch.cat([v[:, : self.na], b], dim=1)
         if self.tiled:
             a = self._halves(v)[:, :, 0]
             return self._flat(torch.stack([a, b.reshape_as(a)], dim=2), 3)
         return v.index_copy(1, self.b_pos, b)
 
     def _add_cond_grad(self, g_v, g_a):
+        if self.whole:
+            return torch.cat([g_v[:, : self.na] + g_a, g_v[:, self.na :]], dim=1)
         if self.tiled:
             h = self._halves(g_v)
             return self._flat(
@@ -133,7 +148,10 @@ class _LevelCoupling(CouplingBase):
             cc = with_condition(a[:, :0], c, self.cond_channels, "HINTCoupling")
             cc = cc.unsqueeze(1).expand(n, g, *cc.shape[1:])
             a = torch.cat([a.reshape(n, g, self.na, *sp), cc], dim=2).reshape(n, -1, *sp)
-        raw = self.net(a).view(n, g, 2, self.nb, *sp)
+        raw = self.net(a)
+        if self.whole:
+            return raw[:, : self.nb], raw[:, self.nb :]
+        raw = raw.view(n, g, 2, self.nb, *sp)
         s_raw, t = self._flat(raw[:, :, 0]), self._flat(raw[:, :, 1])
         if self.tiled:
             return s_raw, t

@@ -60,7 +60,7 @@ FRUGAL_THRESHOLD_BYTES = 2**30
 
 def sum_but_batch(v: torch.Tensor) -> torch.Tensor:
     """Sum over every axis but the first: ``[batch, ...] -> [batch]``."""
-    return v.reshape(v.shape[0], -1).sum(dim=1)
+    return v.sum(dim=1) if v.dim() == 2 else v.reshape(v.shape[0], -1).sum(dim=1)
 
 
 def check_ndim(ndim: object, allowed: tuple[int, ...] = (0, 1, 2), who: str = "") -> int:
@@ -222,7 +222,8 @@ class InvertibleSequential(InvertibleModule):
 
     def _inverse(self, y, c):
         lds = []
-        for layer in reversed(self.layers):
+        # a tuple: ModuleList has no __reversed__, and its indexing costs a few µs a layer
+        for layer in reversed(tuple(self.layers)):
             y, ld = layer._inverse(y, c)
             lds.append(ld)
         return y, _sum_logdets(lds)
@@ -251,14 +252,15 @@ class InvertibleSequential(InvertibleModule):
             # autograd, so the frugal Function never sees parameters change under it.
             with torch.no_grad():
                 self._inverse(x, c) if inverse else self._forward(x, c)
-        params = [p for p in self.parameters()]
+        # ``any`` over the parameter generator stops at the first trainable one; the full
+        # list (a walk over every submodule) is built only for a frugal pass.
         wants_grad = torch.is_grad_enabled() and (
             x.requires_grad
             or (c is not None and c.requires_grad)
-            or any(p.requires_grad for p in params)
+            or any(p.requires_grad for p in self.parameters())
         )
         if wants_grad and self._frugal_for(x, c, inverse):
-            return _FrugalChain.apply(self, inverse, x, c, *params)
+            return _FrugalChain.apply(self, inverse, x, c, *self.parameters())
         return self._inverse(x, c) if inverse else self._forward(x, c)
 
     def _frugal_for(self, x: torch.Tensor, c: torch.Tensor | None, inverse: bool) -> bool:
