@@ -44,6 +44,7 @@ from devito_uq.flows import HINT, Flow  # noqa: E402
 from devito_uq.inference import MALA, VariationalPosterior  # noqa: E402
 from devito_uq.physics import PlaneWaveModeling  # noqa: E402
 from devito_uq.physics.planewave.solver import PlaneWaveSolver  # noqa: E402
+from devito_uq.threads import set_solver_threads  # noqa: E402
 
 #: The full schedule's sizes (AVPConfig.full()).
 _FULL = AVPConfig.full()
@@ -193,11 +194,19 @@ def bench_solves(repeats: int) -> dict[str, float]:
     }
 
 
+#: Whole-run set-ups compared by :func:`bench_schedule`: (name, concurrent, threads).
+_SCHEDULE_MODES = (
+    ("serial, 1 thread (baseline: the former run)", "no", 1),
+    ("serial, 2 threads (rows split over threads)", "no", 2),
+    ("MAP + MALA beside VI, then VI on 2 threads (default)", "yes", 2),
+)
+
+
 def bench_schedule(scale: int, repeats: int) -> dict[str, list[float]]:
     """Wall seconds of ``run_avp`` on the full schedule divided by ``scale`` (VI iterations,
-    MALA burn-in and steps; the same VI : MALA balance), MAP + MALA before VI in this
-    process (``concurrent="no"``, the baseline) vs in a second process beside VI
-    (``"yes"``), alternated ``repeats`` times; figures off, fresh output folders."""
+    MALA burn-in and steps: the same VI : MALA balance) for each of :data:`_SCHEDULE_MODES`
+    (torch and solver threads as ``configure_threads`` sets them on an idle 2-core
+    machine), alternated ``repeats`` times; figures off, fresh output folders."""
     cfg = dict(
         iterations=_FULL.iterations // scale,
         lr_decay_every=max(1, _FULL.lr_decay_every // scale),
@@ -205,14 +214,18 @@ def bench_schedule(scale: int, repeats: int) -> dict[str, list[float]]:
         mala_burn_in=_FULL.mala_burn_in // scale,
         checkpoint_every=_FULL.iterations // scale,
     )
-    walls: dict[str, list[float]] = {"no": [], "yes": []}
+    walls: dict[str, list[float]] = {name: [] for name, _, _ in _SCHEDULE_MODES}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(repeats):
-            for mode in walls:
-                out = os.path.join(tmp, f"{mode}{r}")
+            for k, (name, mode, threads) in enumerate(_SCHEDULE_MODES):
+                out = os.path.join(tmp, f"{k}_{r}")
+                torch.set_num_threads(threads)
+                set_solver_threads(threads)
                 t0 = time.perf_counter()
                 run_avp(AVPConfig.full(concurrent=mode, **cfg), out, progress=False, figures=False)
-                walls[mode].append(time.perf_counter() - t0)
+                walls[name].append(time.perf_counter() - t0)
+    torch.set_num_threads(1)
+    set_solver_threads(None)
     return walls
 
 
@@ -285,23 +298,18 @@ def main() -> None:
     if args.schedule_scale:
         k = args.schedule_scale
         w = bench_schedule(k, args.schedule_repeats)
-        serial, both = min(w["no"]), min(w["yes"])
         print(f"\n## Whole run, 1/{k} of the full schedule (`run_avp`, figures off)\n")
         print(
             f"{_FULL_VI // k} VI iterations + {_FULL_MALA // k} MALA steps; wall seconds, "
-            f"fastest of {args.schedule_repeats} alternated runs (all: serial "
-            f"{[round(v, 1) for v in w['no']]}, concurrent {[round(v, 1) for v in w['yes']]})\n"
+            f"fastest of {args.schedule_repeats} alternated runs; all runs: "
+            + "; ".join(f"{[round(v, 1) for v in t]}" for t in w.values())
+            + "\n"
         )
-        print("| MAP + MALA | wall s | ratio | full schedule at this rate |")
+        print("| set-up | wall s | vs baseline | full schedule at this rate |")
         print("|---|---:|---:|---:|")
-        print(
-            f"| before VI, same process (baseline) | {serial:.1f} | 1.00× | "
-            f"{serial * k / 60:.1f} min |"
-        )
-        print(
-            f"| in a second process beside VI | {both:.1f} | {both / serial:.2f}× | "
-            f"{both * k / 60:.1f} min |"
-        )
+        base = min(next(iter(w.values())))
+        for name, t in w.items():
+            print(f"| {name} | {min(t):.1f} | {base / min(t):.2f}× | {min(t) * k / 60:.1f} min |")
     print(f"\nload average (1 min) at start {load0:.1f}, at end {os.getloadavg()[0]:.1f}")
 
 

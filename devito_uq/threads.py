@@ -21,6 +21,7 @@ from devito_uq.validation import check_bool, check_positive_int
 
 __all__ = [
     "ThreadPolicy",
+    "available_cores",
     "configure_threads",
     "local_rank_count",
     "set_solver_threads",
@@ -56,7 +57,7 @@ class ThreadPolicy:
     source: str
 
 
-def _available_cores() -> int:
+def available_cores() -> int:
     """CPUs this process may run on (its affinity mask, which cgroups and launchers set)."""
     try:
         return max(1, len(os.sched_getaffinity(0)))
@@ -141,7 +142,7 @@ def configure_threads(
     of that thread; a thread too many can cost far more, so the rule errs low.
     """
     check_bool("use_load", use_load)
-    cores = _available_cores()
+    cores = available_cores()
     ranks = local_rank_count(comm)
     if threads is not None:
         n = check_positive_int("threads", threads)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from test_avp import _tiny  # the tiny schedule of the serial tests
 
-from devito_uq.apps.avp import build_problem, run_avp
+from devito_uq.apps.avp import AVPConfig, build_problem, run_avp
 from devito_uq.apps.avp.baselines import BaselinesProcess, data_digest
 from devito_uq.apps.avp.run import _concurrent, _TakeFreeCores, _threads
 from devito_uq.errors import InvalidArgumentError, WorkerError
@@ -39,16 +39,16 @@ def test_concurrent_run_equals_the_serial_run(tmp_path):
     assert again["pde_solves"]["by_phase"]["vi"] == 0
 
 
-def test_auto_follows_the_thread_count():
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        assert not _concurrent(_tiny())
-        torch.set_num_threads(2)
-        assert _concurrent(_tiny())
-        assert not _concurrent(_tiny(concurrent="no"))
-    finally:
-        torch.set_num_threads(before)
+def test_auto_follows_the_cores_this_process_may_use(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    assert not _concurrent(_tiny())
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    assert not _concurrent(_tiny())  # 8 MALA steps: not worth a second interpreter
+    assert _concurrent(_tiny(mala_steps=900, mala_burn_in=100))
+    assert not _concurrent(_tiny(mala_steps=899, mala_burn_in=100))
+    assert _concurrent(AVPConfig.short())  # make demo's schedule
+    assert not _concurrent(_tiny(concurrent="no"))
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
     assert _concurrent(_tiny(concurrent="yes"))
 
 

@@ -73,8 +73,8 @@ class AVPConfig:
     mala_step_size: float = _knob(0.05, "initial MALA step (latent units²)")
     concurrent: str = _knob(
         "auto",
-        "MAP + MALA in a second process beside VI: auto (when this process has two or more "
-        "torch threads, i.e. cores to spare), yes, no; the results are the same",
+        "MAP + MALA in a second process beside VI: auto (when this process may run on two "
+        "or more cores and MALA has at least 1,000 steps), yes, no; the results are the same",
     )
     n_samples: int = _knob(1024, "VI posterior samples drawn for the summary")
     seed: int = _knob(1, "noise, flow and chain seed")

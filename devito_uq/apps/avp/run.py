@@ -36,7 +36,7 @@ from devito_uq.errors import CheckpointError
 from devito_uq.inference import PosteriorSummary, VariationalPosterior, summarize
 from devito_uq.io._atomic import atomic_path
 from devito_uq.io.checkpoint import check_identity, load_checkpoint, save_checkpoint
-from devito_uq.threads import set_solver_threads
+from devito_uq.threads import available_cores, set_solver_threads
 
 __all__ = ["AVPResults", "run_avp", "train_vi", "vi_checkpoint_every"]
 
@@ -76,6 +76,9 @@ _NOT_IN_VI = frozenset(
         "extra",
     }
 )
+#: ``concurrent="auto"`` starts the MAP + MALA process only for at least this many MALA
+#: steps (burn-in included): ≈ 15 s of MALA, several times the child's start-up.
+_CONCURRENT_MIN_MALA_STEPS = 1000
 _CACHE_KEYS = ("config", "map", "mala", "info", "timings", "solves")
 _AFRESH = "; run without resume to start afresh"
 
@@ -143,7 +146,11 @@ def _prepare_output(out: str, resume: bool, config: AVPConfig) -> dict[str, Any]
 def _concurrent(config: AVPConfig) -> bool:
     """Whether MAP + MALA run in a second process beside VI (``config.concurrent``)."""
     if config.concurrent == "auto":
-        return torch.get_num_threads() >= 2  # the thread policy found cores to spare
+        # Two single-threaded processes never wait on each other (no barrier between
+        # them), so even on a busy machine they cost at most the serial run's time; a
+        # short MALA is not worth starting a second interpreter (≈ 3 s of imports).
+        steps = config.mala_steps + config.mala_burn_in
+        return available_cores() >= 2 and steps >= _CONCURRENT_MIN_MALA_STEPS
     return config.concurrent == "yes"
 
 
@@ -253,11 +260,11 @@ def run_avp(
         WorkerError: the MAP + MALA process failed (``map_mala.log`` is kept; VI's
             checkpoint is written, so a rerun with ``resume`` continues VI).
 
-    With ``config.concurrent`` (``auto``: when torch has two or more threads) MAP and
-    MALA run in a second process while VI trains here, each with half the threads; once
-    they are done VI's plane-wave solves take every thread (rows split over threads,
-    :func:`devito_uq.threads.set_solver_threads`). The numbers are the serial run's, bit
-    for bit; the wall time is about VI's.
+    With ``config.concurrent`` (``auto``: when this process may run on two or more cores
+    and MALA has at least 1,000 steps) MAP and MALA run in a second process while VI
+    trains here, each with half the threads; once they are done, VI's plane-wave solves
+    take every thread (rows split over threads, :func:`devito_uq.threads.set_solver_threads`).
+    The numbers are the serial run's, bit for bit; the wall time is about VI's.
     """
     config.validate()
     # The flow's fields too, before MAP and MALA run (it is built only for VI).
