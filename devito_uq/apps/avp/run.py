@@ -294,8 +294,11 @@ def run_avp(
         child = max(1, threads // 2)
         log = os.path.join(out, "map_mala.log")
         worker = BaselinesProcess(config, cache, data_digest(problem.data), child, log)
-        take_free_cores = _TakeFreeCores(worker, threads)
-        with worker, _threads(max(1, threads - child)):
+        own = max(1, threads - child)
+        # the child's threads come back to VI when it exits (even where the thread policy
+        # gave this process a single thread: the two processes used two cores together)
+        take_free_cores = _TakeFreeCores(worker, own + child)
+        with worker, _threads(own):
             if progress:
                 print(f"MAP + MALA run in process {worker.pid} (log: {log})", flush=True)
             vi = train_vi(problem, config, ckpt, progress, callback=take_free_cores)
