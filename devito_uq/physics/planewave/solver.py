@@ -33,9 +33,9 @@ __all__ = ["PlaneWaveSolver", "SEGMENT", "SEGMENT_CHECKPOINTED"]
 
 #: Default steps per recomputed segment of the checkpointed adjoint for new solvers
 #: (read when a solver is made; ``0``: the full-``D`` adjoint). It stays 0: the
-#: checkpointed pair was measured 0.95–1.0× the full-``D`` one at the AVP size, on 1
-#: and 2 threads (``benchmarks/results/bench_planewave.md``); it saves the memory of
-#: ``D`` (41 MB → 4.7 MB at the AVP size), for records or batches too large for it.
+#: checkpointed forward + adjoint was measured 0.94× (1 thread) and 0.96× (2 threads)
+#: the full-``D`` one at the AVP size (``benchmarks/results/bench_planewave.md``). It
+#: saves the memory of ``D`` (41 MB → 5.3 MB at the AVP size with S = 64).
 SEGMENT = 0
 #: The segment length measured best when checkpointing (of 16, 32, 64, 128, 200).
 SEGMENT_CHECKPOINTED = 64
