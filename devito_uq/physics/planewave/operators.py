@@ -21,7 +21,7 @@ Discretisation (2nd order in time, ``space_order`` in depth; :math:`A = m - p^2`
     B\,u^{n+1} = (2A/\Delta t^2 + L)\,u^n - E\,u^{n-1} + q^n e_s/\Delta z, \quad
     B = A/\Delta t^2 + \eta/(2\Delta t),\ E = A/\Delta t^2 - \eta/(2\Delta t),
 
-written as :math:`u^{n+1} = 2u^n - u^{n-1} + g\,(u^{n-1} - u^n) + c\,(L u^n + q^n e_s/\Delta z)`
+written as :math:`u^{n+1} = 2u^n - u^{n-1} + g\,(u^{n-1} - u^n) + c\,L u^n + c\,q^n e_s/\Delta z`
 with the two coefficients ``g = (η/Δt)/B`` (zero outside the absorbing layers) and
 ``c = 1/B`` set per call (the same scheme as ``c1 = 2A/Δt²/B = 2 − g``, ``c2 = E/B = 1 − g``,
 one array fewer to stream). Time indexing: ``U[j] = u^{j−1}`` (``U[0] = U[1] = 0``);
@@ -34,8 +34,8 @@ the adjoint is ``D[j] = ∂²_t U[j] = (U[j+1] − 2U[j] + U[j−1])/Δt²``, ha
 ``[time, rows, depth]``, the only quantity the adjoint and Born operators need from the
 forward. The forward writes it ``BLOCK`` planes at a time and the adjoint images ``BLOCK``
 planes at a time (one gradient read-modify-write per block, not per step). The depth
-sweeps carry no source mask: a one-sample subdomain redoes the source (receiver)
-depth with the injected term.
+sweeps carry no source mask: a scalar statement per row adds the injected term at the
+source (receiver) depth after the sweep.
 
 Factories (as Devito's ``examples/seismic/*/operators.py``), compiled once by
 :class:`~devito_uq.physics.planewave.solver.PlaneWaveSolver`:
@@ -50,7 +50,7 @@ Factories (as Devito's ``examples/seismic/*/operators.py``), compiled once by
 
 from __future__ import annotations
 
-from devito import ConditionalDimension, Eq, Function, Operator, SubDomain, TimeFunction
+from devito import ConditionalDimension, Eq, Function, Operator, TimeFunction
 from devito.symbolics import CondEq
 from sympy import Mod
 
@@ -75,27 +75,19 @@ def _every(time, phase: int, name: str) -> ConditionalDimension:
     )
 
 
-class _Depth(SubDomain):
-    """All rows at the one depth index ``iz`` (the source/receiver depth)."""
-
-    name = "surface"
-
-    def __init__(self, iz: int, grid) -> None:
-        self.iz = iz
-        super().__init__(grid=grid)
-
-    def define(self, dimensions):
-        b, z = dimensions
-        return {b: b, z: ("middle", self.iz, self.grid.shape[1] - self.iz - 1)}
-
-
 def _step(w: TimeFunction, new, old, coef, src, iz: int) -> list[Eq]:
-    """``new = 2w − old + g (old − w) + c (∂²_z w [+ src at depth iz])``: sweep, then point."""
+    """``new = 2w − old + g (old − w) + c ∂²_z w``, then ``new += c src`` at depth ``iz``.
+
+    The source term is a scalar statement per row after the depth sweep, not a second
+    loop over a one-sample subdomain (whose per-row SIMD set-up cost forward 0.25 ms,
+    adjoint 0.55 ms at the AVP size); the same scheme, summed in another order.
+    """
     g, c = coef
-    rhs = 2 * w - old + g * (old - w)
+    z = w.dimensions[2]
+    point = new.subs(z, iz)
     return [
-        Eq(new, rhs + c * w.dz2),
-        Eq(new, rhs + c * (w.dz2 + src), subdomain=_Depth(iz, w.grid)),
+        Eq(new, 2 * w - old + g * (old - w) + c * w.dz2),
+        Eq(point, point + (c * src).subs(z, iz)),
     ]
 
 
