@@ -33,8 +33,8 @@ __all__ = ["PlaneWaveSolver", "SEGMENT", "SEGMENT_CHECKPOINTED"]
 
 #: Default steps per recomputed segment of the checkpointed adjoint for new solvers
 #: (read when a solver is made; ``0``: the full-``D`` adjoint). It stays 0: the
-#: checkpointed forward + adjoint was measured 0.94× (1 thread) and 0.96× (2 threads)
-#: the full-``D`` one at the AVP size (``benchmarks/results/bench_planewave.md``). It
+#: checkpointed forward + adjoint was measured 0.94–0.97× the full-``D`` one on 1
+#: thread at the AVP size, a tie on 2 (``benchmarks/results/bench_planewave.md``). It
 #: saves the memory of ``D`` (41 MB → 5.3 MB at the AVP size with S = 64).
 SEGMENT = 0
 #: The segment length measured best when checkpointing (of 16, 32, 64, 128, 200).
