@@ -29,16 +29,15 @@ from devito_uq.physics.planewave import operators as ops
 from devito_uq.physics.solver import Solver, Wavefield, solver_threads
 from devito_uq.validation import check_nonnegative_int
 
-__all__ = ["PlaneWaveSolver", "SEGMENT", "SEGMENT_CHECKPOINTED"]
+__all__ = ["PlaneWaveSolver", "SEGMENT"]
 
 #: Default steps per recomputed segment of the checkpointed adjoint for new solvers
 #: (read when a solver is made; ``0``: the full-``D`` adjoint). It stays 0: the
 #: checkpointed forward + adjoint was measured 0.94–0.97× the full-``D`` one on 1
 #: thread at the AVP size, a tie on 2 (``benchmarks/results/bench_planewave.md``). It
-#: saves the memory of ``D`` (41 MB → 5.3 MB at the AVP size with S = 64).
+#: saves the memory of ``D`` (41 MB → 5.3 MB at the AVP size with S = 64, the best of
+#: 32/64/128 measured).
 SEGMENT = 0
-#: The segment length measured best when checkpointing (of 16, 32, 64, 128, 200).
-SEGMENT_CHECKPOINTED = 64
 _POOL: dict = {"pool": None, "workers": 0}  # threads of the segment loop (row parts)
 
 
