@@ -264,13 +264,18 @@ class PlaneWaveModeling(torch.nn.Module):
 
     def _check_memory(self, batch: int, dtype: type) -> None:
         """Refuse a batch whose solver (saved ``∂²_t u``, rolling levels, traces) cannot fit."""
+        from devito_uq.physics.planewave import solver as pws
         from devito_uq.physics.planewave.operators import BLOCK
 
         rows, nze, so = batch * self.ray_parameters.numel(), self.nz_extended, self.space_order
-        nt_buf = BLOCK * -(-(self.nt - 1) // BLOCK) + 2 * BLOCK  # PlaneWaveSolver.nt_buf
-        # saved D and the [time, rows] buffers; u, λ (BLOCK + 2 levels) and Born's δu
-        # (3 levels) with halos; coefficients, gradient and δA.
+        nt_run = BLOCK * -(-(self.nt - 1) // BLOCK)  # PlaneWaveSolver.nt_run
+        nt_buf = nt_run + 2 * BLOCK  # PlaneWaveSolver.nt_buf
+        # saved D (full-D adjoint or Born) and the [time, rows] buffers; u, λ (BLOCK + 2
+        # levels) and Born's δu (3 levels) with halos; coefficients, gradient and δA.
         elements = nt_buf * rows * (nze + 3) + (2 * BLOCK + 7) * (rows + so) * (nze + so)
+        seg = pws.SEGMENT
+        if seg:  # checkpoints (2 levels every S steps) and the segment's S + 2 levels of u
+            elements += 2 * (nt_run // seg + 1) * rows * nze + (seg + 2) * (rows + so) * (nze + so)
         check_allocation(
             f"a plane-wave solver for batch={batch} × {self.ray_parameters.numel()} ray "
             f"parameters × {self.nt} steps × {self.nz_extended} depths",
