@@ -269,9 +269,12 @@ class VariationalPosterior:
             if not torch.isfinite(loss):
                 self._diverged(it, f"loss is {loss.item()}", checkpoint_path)
             loss.backward()
-            gnorm = torch.nn.utils.clip_grad_norm_(
-                params, clip_grad if clip_grad is not None else math.inf
-            )
+            if clip_grad is not None:
+                gnorm = torch.nn.utils.clip_grad_norm_(params, clip_grad)
+            else:  # the norm only (for the divergence check): no scaling pass by 1.0
+                gnorm = torch.nn.utils.get_total_norm(
+                    [p.grad for p in params if p.grad is not None]
+                )
             if not torch.isfinite(gnorm):
                 # Stepping would write NaN into the flow (and the next checkpoint).
                 self._diverged(it, f"gradient norm is {gnorm.item()}", checkpoint_path)
