@@ -44,6 +44,7 @@ __all__ = [
     "new_owner",
     "cached_solvers",
     "MAX_CACHED_SOLVERS",
+    "run_parallel",
 ]
 
 #: Default cap on the solvers of one class kept by the registry (LRU eviction).
@@ -202,21 +203,28 @@ def _split_values(call: _Call, names: list[str], dim: str, parts: int) -> list[l
     return lists
 
 
-def _run_split(call: _Call, names: list[str], dim: str, threads: int) -> None:
-    lists = _split_values(call, names, dim, threads)
-    n_args = len(names)
-    if len(lists) == 1:
-        call.cfunction(*lists[0][:n_args])
+def run_parallel(fn: Callable[..., Any], argument_lists: list[tuple]) -> None:
+    """``fn(*args)`` for every ``args``: the first in the calling thread, the others in
+    a shared pool of worker threads (for compiled kernels, which release the GIL)."""
+    if len(argument_lists) == 1:
+        fn(*argument_lists[0])
         return
-    if _POOL["workers"] < len(lists) - 1:
+    workers = len(argument_lists) - 1
+    if _POOL["workers"] < workers:
         if _POOL["pool"] is not None:
             _POOL["pool"].shutdown(wait=True)
-        _POOL["pool"] = ThreadPoolExecutor(len(lists) - 1, thread_name_prefix="devito_uq-rows")
-        _POOL["workers"] = len(lists) - 1
-    futures = [_POOL["pool"].submit(call.cfunction, *v[:n_args]) for v in lists[1:]]
-    call.cfunction(*lists[0][:n_args])
+        _POOL["pool"] = ThreadPoolExecutor(workers, thread_name_prefix="devito_uq-rows")
+        _POOL["workers"] = workers
+    futures = [_POOL["pool"].submit(fn, *args) for args in argument_lists[1:]]
+    fn(*argument_lists[0])
     for f in futures:
         f.result()
+
+
+def _run_split(call: _Call, names: list[str], dim: str, threads: int) -> None:
+    n_args = len(names)
+    lists = _split_values(call, names, dim, threads)
+    run_parallel(call.cfunction, [tuple(v[:n_args]) for v in lists])
 
 
 # ------------------------------------------------------------------- registry

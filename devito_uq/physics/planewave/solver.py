@@ -17,7 +17,6 @@ views, not Devito's ``.data`` (tens of µs per access). This module imports Devi
 from __future__ import annotations
 
 import ctypes
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from devito import Buffer, Constant, Function, Grid, SpaceDimension, TimeFunction
@@ -26,7 +25,7 @@ from devito_uq.errors import InvalidArgumentError
 from devito_uq.physics import padding
 from devito_uq.physics.planewave import hugepages
 from devito_uq.physics.planewave import operators as ops
-from devito_uq.physics.solver import Solver, Wavefield, solver_threads
+from devito_uq.physics.solver import Solver, Wavefield, run_parallel, solver_threads
 from devito_uq.validation import check_nonnegative_int
 
 __all__ = ["PlaneWaveSolver", "SEGMENT"]
@@ -38,7 +37,6 @@ __all__ = ["PlaneWaveSolver", "SEGMENT"]
 #: saves the memory of ``D`` (41 MB → 5.3 MB at the AVP size with S = 64, the best of
 #: 32/64/128 measured).
 SEGMENT = 0
-_POOL: dict = {"pool": None, "workers": 0}  # threads of the segment loop (row parts)
 
 
 class PlaneWaveSolver(Solver):
@@ -198,18 +196,7 @@ class PlaneWaveSolver(Solver):
         plan = self._plans.get(threads)
         if plan is None:
             plan = self._plans[threads] = self._plan(threads)
-        if len(plan) == 1:
-            _run_plan(plan[0])
-            return
-        if _POOL["workers"] < len(plan) - 1:
-            if _POOL["pool"] is not None:
-                _POOL["pool"].shutdown(wait=True)
-            _POOL["pool"] = ThreadPoolExecutor(len(plan) - 1, thread_name_prefix="planewave-seg")
-            _POOL["workers"] = len(plan) - 1
-        futures = [_POOL["pool"].submit(_run_plan, p) for p in plan[1:]]
-        _run_plan(plan[0])
-        for f in futures:
-            f.result()
+        run_parallel(_run_plan, [(part,) for part in plan])
 
     def _plan(self, parts: int) -> list[list[tuple]]:
         """Per row part: per segment (last first), the restore copies and the two
