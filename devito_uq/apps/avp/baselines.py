@@ -133,6 +133,12 @@ class BaselinesProcess:
             json.dump(self.config.to_dict(), fh)
         env = dict(os.environ)
         env.update(OMP_NUM_THREADS=str(self.threads), DEVITO_LOGGING="ERROR")
+        # the child imports this very devito_uq, even where the parent found it through a
+        # sys.path entry of its own (a script run from a source checkout)
+        import devito_uq
+
+        here = os.path.dirname(os.path.dirname(os.path.abspath(devito_uq.__file__)))
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH")) if p)
         cmd = [sys.executable, "-m", "devito_uq.apps.avp.baselines"]
         cmd += ["--config", spec, "--cache", self.cache, "--digest", self.digest]
         cmd += ["--threads", str(self.threads)]
