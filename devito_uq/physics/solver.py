@@ -85,7 +85,9 @@ class _Call:
     values: list
     scalars: dict
     objs: dict  # name -> weakref to the Devito object used
-    split: dict | None = None  # (dimension, parts) -> argument lists, one per part
+    names: list | None = None  # the operator's parameter names, in ``values`` order
+    split: dict | None = None  # (dimension, parts) -> argument tuples, one per part
+    keep: list | None = None  # the per-part profiler structs the tuples point to
 
 
 class Solver:
@@ -159,11 +161,12 @@ class Solver:
             args = op.arguments(**scalars, **over)
             values = [args[p.name] for p in op.parameters]
             refs = {n: weakref.ref(o) for n, o in objs.items()}
-            call = _Call(op.cfunction, values, dict(scalars), refs)
+            names = [p.name for p in op.parameters]
+            call = _Call(op.cfunction, values, dict(scalars), refs, names)
             self._calls[key] = call
         threads = solver_threads() if split is not None else 1
         if threads > 1:
-            _run_split(call, [p.name for p in op.parameters], split, threads)
+            run_parallel(call.cfunction, _split_values(call, call.names, split, threads))
         else:
             call.cfunction(*call.values)
         self.n_solves += solves
@@ -180,8 +183,8 @@ def solver_threads() -> int:
     return _threads()
 
 
-def _split_values(call: _Call, names: list[str], dim: str, parts: int) -> list[list]:
-    """Argument lists of ``call`` for ``parts`` contiguous ranges of ``dim`` (cached)."""
+def _split_values(call: _Call, names: list[str], dim: str, parts: int) -> list[tuple]:
+    """Argument tuples of ``call`` for ``parts`` contiguous ranges of ``dim`` (cached)."""
     cached = call.split.get((dim, parts)) if call.split is not None else None
     if cached is not None:
         return cached
@@ -197,8 +200,8 @@ def _split_values(call: _Call, names: list[str], dim: str, parts: int) -> list[l
             i = names.index("timers")
             struct = type(values[i]._obj)()
             values[i] = ctypes.byref(struct)
-            values.append(struct)  # keeps the struct alive with the list (not passed)
-        lists.append(values)
+            call.keep = [*(call.keep or []), struct]  # alive as long as the tuples
+        lists.append(tuple(values))
     call.split = {**(call.split or {}), (dim, parts): lists}
     return lists
 
@@ -219,12 +222,6 @@ def run_parallel(fn: Callable[..., Any], argument_lists: list[tuple]) -> None:
     fn(*argument_lists[0])
     for f in futures:
         f.result()
-
-
-def _run_split(call: _Call, names: list[str], dim: str, threads: int) -> None:
-    n_args = len(names)
-    lists = _split_values(call, names, dim, threads)
-    run_parallel(call.cfunction, [tuple(v[:n_args]) for v in lists])
 
 
 # ------------------------------------------------------------------- registry

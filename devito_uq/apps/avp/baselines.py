@@ -125,7 +125,6 @@ class BaselinesProcess:
         self.config, self.cache, self.digest = config, os.fspath(cache), digest
         self.threads, self.log = int(threads), os.fspath(log)
         self._proc: subprocess.Popen | None = None
-        self._started = 0.0
 
     def __enter__(self) -> BaselinesProcess:
         spec = os.fspath(self.cache) + ".config.json"
@@ -153,7 +152,6 @@ class BaselinesProcess:
                 env=env,
                 **kwargs,
             )
-        self._started = time.perf_counter()
         return self
 
     def done(self) -> bool:
