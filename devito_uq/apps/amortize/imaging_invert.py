@@ -19,7 +19,6 @@ The CLI dispatches ``devito-uq invert`` here when ``amortized`` is set
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from typing import Any
@@ -40,7 +39,7 @@ from devito_uq.apps.imaging.problem import (
     pde_solves,
     resolve_path,
 )
-from devito_uq.apps.imaging.run import input_digests
+from devito_uq.apps.imaging.run import file_digest, input_digests
 from devito_uq.errors import InvalidArgumentError
 from devito_uq.inference import CorrelatedGaussianPrior, PosteriorTarget
 from devito_uq.io import read_image, read_shots
@@ -64,13 +63,9 @@ def _refuse(path, what: str, got: Any, want: Any) -> None:
 def _identity(config, out: str, path) -> dict[str, Any]:
     """What a correction checkpoint depends on: the inputs' SHA-256 (the amortized posterior
     included) and the correction's knobs; ``--resume`` under another is refused."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
     keys = ("prior_std", "correlation_length", "batch_size", "lr", "seed")
     knobs = {k: getattr(config, k) for k in keys}
-    return {"input_sha256": {**input_digests(config, out), "amortized": h.hexdigest()}, **knobs}
+    return {"input_sha256": {**input_digests(config, out), "amortized": file_digest(path)}, **knobs}
 
 
 def check_survey(config: InvertConfig, out: str, setting, trained, path) -> None:
@@ -158,21 +153,16 @@ def invert_amortized(
     config : InvertConfig
         ``amortized`` (the trained posterior, relative to ``out``), ``correct`` and the
         survey's files; ``problem`` must be ``"born"``.
-    out : str or os.PathLike
-        The output folder.
+    out, progress, figures, comm
+        As :func:`devito_uq.apps.imaging.run.run_invert`.
     resume : bool
         Continue the correction from ``correct_checkpoint.pt`` (same inputs and knobs).
-    progress : bool
-        Progress bars (rank 0).
-    figures : bool
-        Write the PNG figures.
-    comm : mpi4py communicator or None
-        The ranks that share the shots (rank 0 writes).
 
     Returns
     -------
     dict
-        The summary written to ``summary.json``.
+        The summary written to ``summary.json``: the outputs of ``devito-uq invert`` with
+        ``amortized`` (checkpoint, correction), ``time_s`` and ``pde_solves``.
 
     Raises
     ------

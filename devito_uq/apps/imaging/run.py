@@ -50,6 +50,7 @@ from devito_uq.parallel import allreduce_sum, rank_and_size
 from devito_uq.physics import AcousticModeling
 
 __all__ = [
+    "file_digest",
     "input_digests",
     "linearization_error",
     "resolve_device",
@@ -130,12 +131,28 @@ def input_digests(config: InvertConfig, out: str) -> dict[str, str]:
         path = check_input_file(
             resolve_path(getattr(config, key), out), what[key], InvalidArgumentError
         )
-        h = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-        digests[key] = h.hexdigest()
+        digests[key] = file_digest(path)
     return digests
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """SHA-256 of a file, read in 1 MiB chunks.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file.
+
+    Returns
+    -------
+    str
+        The hex digest.
+    """
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _identity(config: InvertConfig, exclude: frozenset, digests: dict) -> dict[str, Any]:
