@@ -146,7 +146,7 @@ def coverage(samples: torch.Tensor, truth: torch.Tensor) -> float:
 def laplace_moments(problem, base: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean (the MAP) and pointwise std of the Laplace approximation ``N(MAP, A Aᵀ)``, no
     sampling: the columns of ``A`` from the parameterization at unit latents (Born only)."""
-    from devito_uq.apps.imaging.run import laplace_parameterization
+    from devito_uq.apps.imaging.posterior import laplace_parameterization
 
     g = laplace_parameterization(problem, base["map"], base).double()
     n = problem.m0.numel()
@@ -250,8 +250,8 @@ def bench_fwi(
     chains: int,
     burn: int,
 ) -> dict:
+    from devito_uq.apps.imaging.posterior import laplace_parameterization
     from devito_uq.apps.imaging.problem import build_problem, make_prior
-    from devito_uq.apps.imaging.run import laplace_parameterization
     from devito_uq.inference import MALA, PosteriorTarget, effective_sample_size
 
     n = nx * nz
@@ -314,7 +314,8 @@ def bench_fwi(
 
 def split_worker(out: Path, reps: int) -> dict:
     """Time the pieces of one imaging VI iteration on the Marmousi default case."""
-    from devito_uq.apps.imaging.problem import build_problem, make_flow, make_prior
+    from devito_uq.apps.imaging.posterior import make_flow
+    from devito_uq.apps.imaging.problem import build_problem, make_prior
     from devito_uq.apps.imaging.simulate import run_simulate
     from devito_uq.inference import DiagonalSqrt, LaplaceParameterization, VariationalPosterior
 

@@ -17,6 +17,12 @@ on the command line. An unknown key or a value of the wrong type in the file is 
 user error naming the key and the file. A user error
 (:class:`~devito_uq.errors.DevitoUQError`) prints one line on stderr and exits
 with status 2.
+
+A command runs its :attr:`~devito_uq.apps.Command.run` function, unless a config field
+hands it to another application (:data:`ALTERNATE_RUNS`): ``devito-uq invert --amortized
+PATH`` runs :func:`devito_uq.apps.amortize.imaging_invert.invert_amortized`. The
+applications' run modules are imported only when their command runs (``--help`` loads
+configs only).
 """
 
 from __future__ import annotations
@@ -33,15 +39,35 @@ from typing import Any
 
 from devito_uq.apps import Command, commands
 from devito_uq.errors import DevitoUQError, InvalidArgumentError
+from devito_uq.parallel import abort, world
+from devito_uq.threads import configure_threads
+
+try:
+    import tomllib  # Python >= 3.11
+except ImportError:  # pragma: no cover - Python 3.10
+    try:
+        import tomli as tomllib
+    except ImportError:
+        tomllib = None
 
 __all__ = [
+    "ALTERNATE_RUNS",
     "main",
     "build_parser",
     "add_config_options",
     "config_overrides",
     "load_config_file",
     "resolve_config",
+    "run_target",
 ]
+
+#: Commands served by another application when a config field is set (non-empty):
+#: ``(command, field) -> "module:function"``, called as :attr:`Command.run` is. The
+#: amortized inversion belongs to :mod:`devito_uq.apps.amortize`, which builds on the
+#: imaging application; dispatching here keeps imaging from importing amortize.
+ALTERNATE_RUNS: dict[tuple[str, str], str] = {
+    ("invert", "amortized"): "devito_uq.apps.amortize.imaging_invert:invert_amortized",
+}
 
 
 def _cli_fields(config: type) -> list[dataclasses.Field]:
@@ -55,11 +81,24 @@ def _option(name: str) -> str:
 def add_config_options(
     parser: argparse.ArgumentParser, config: type, presets: dict[str, Any]
 ) -> None:
-    """One option per field of the dataclass ``config``.
+    """Add one option per CLI field of the dataclass ``config`` to ``parser``.
 
-    ``presets`` maps a schedule name to an instance; the help text shows each
-    schedule's value. Options default to "not given" so that the chosen schedule
-    supplies every value the user leaves out.
+    The help text shows each schedule's value. Options default to "not given" so that
+    the chosen schedule supplies every value the user leaves out.
+
+    Parameters
+    ----------
+    parser : argparse.ArgumentParser
+        The sub-command's parser.
+    config : type
+        The config dataclass (fields with ``cli=False`` metadata are left out).
+    presets : dict of str to config
+        Schedule name → instance.
+
+    Raises
+    ------
+    TypeError
+        A CLI field whose type has no command-line form (mark it ``cli=False``).
     """
     hints = typing.get_type_hints(config)
     group = parser.add_argument_group(f"{config.__name__} fields")
@@ -87,7 +126,20 @@ def add_config_options(
 
 
 def config_overrides(args: argparse.Namespace, config: type) -> dict[str, Any]:
-    """The config fields given on the command line (tuples for ``nargs`` fields)."""
+    """The config fields given on the command line.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The parsed arguments.
+    config : type
+        The config dataclass.
+
+    Returns
+    -------
+    dict
+        Field name → value (tuples for ``nargs`` fields).
+    """
     out = {}
     for f in _cli_fields(config):
         if hasattr(args, f.name):
@@ -132,21 +184,30 @@ def load_config_file(path: str | os.PathLike, config: type) -> dict[str, Any]:
     Top-level keys are field names (those offered on the command line); floats
     accept TOML integers, tuples TOML arrays of the right length.
 
-    Raises:
-        InvalidArgumentError: the file is missing or not TOML, or a key is not a field
-            of ``config`` or holds a value of another type (the message names the key
-            and the file).
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The TOML file.
+    config : type
+        The config dataclass.
+
+    Returns
+    -------
+    dict
+        Field name → value.
+
+    Raises
+    ------
+    InvalidArgumentError
+        The file is missing or not TOML, or a key is not a field of ``config`` or holds
+        a value of another type (the message names the key and the file); or Python 3.10
+        without the tomli package.
     """
     path = os.fspath(path)
-    try:
-        import tomllib  # Python >= 3.11
-    except ImportError:  # pragma: no cover - Python 3.10
-        try:
-            import tomli as tomllib
-        except ImportError:
-            raise InvalidArgumentError(
-                f"reading the config file {path!r} needs Python >= 3.11 or the tomli package"
-            ) from None
+    if tomllib is None:  # pragma: no cover - Python 3.10
+        raise InvalidArgumentError(
+            f"reading the config file {path!r} needs Python >= 3.11 or the tomli package"
+        )
     try:
         with open(path, "rb") as fh:
             data = tomllib.load(fh)
@@ -173,7 +234,8 @@ def load_config_file(path: str | os.PathLike, config: type) -> dict[str, Any]:
 
 
 def _add_command(subs, cmd: Command, name: str | None = None) -> None:
-    sub = subs.add_parser(name or cmd.name, help=cmd.help, description=cmd.help)
+    # argparse %-formats help strings ("5/50/95 % quantiles" would end --help in a ValueError)
+    sub = subs.add_parser(name or cmd.name, help=cmd.help.replace("%", "%%"), description=cmd.help)
     sub.set_defaults(_command=cmd)
     if cmd.positional is None:
         sub.add_argument(
@@ -219,7 +281,13 @@ def _add_command(subs, cmd: Command, name: str | None = None) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """Argument parser of ``devito-uq``: one sub-command per declared application command."""
+    """The argument parser of ``devito-uq``: one sub-command per application command.
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        Two-word commands (``"amortize train"``) become a group with sub-commands.
+    """
     parser = argparse.ArgumentParser(
         prog="devito-uq",
         description="Uncertainty quantification with Devito operators and normalizing flows.",
@@ -240,7 +308,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_config(cmd: Command, args: argparse.Namespace) -> Any:
-    """The command's config: its preset, updated by the CONFIG file, then by the options."""
+    """The command's config: its preset, updated by the CONFIG file, then by the options.
+
+    Parameters
+    ----------
+    cmd : Command
+        The sub-command.
+    args : argparse.Namespace
+        Its parsed arguments.
+
+    Returns
+    -------
+    config
+        An instance of ``cmd.config``.
+
+    Raises
+    ------
+    InvalidArgumentError
+        A bad CONFIG file.
+    """
     preset = cmd.full_preset if getattr(args, "full", False) else cmd.preset
     values = {}
     if getattr(args, "config_file", None) is not None:
@@ -251,9 +337,31 @@ def resolve_config(cmd: Command, args: argparse.Namespace) -> Any:
     return getattr(cmd.config, preset)(**values)
 
 
+def run_target(cmd: Command, config: Any) -> str:
+    """The ``"module:function"`` that runs ``cmd`` with ``config``.
+
+    Parameters
+    ----------
+    cmd : Command
+        The sub-command.
+    config
+        Its resolved config.
+
+    Returns
+    -------
+    str
+        The first :data:`ALTERNATE_RUNS` entry of ``cmd`` whose field is set in
+        ``config``, else ``cmd.run``.
+    """
+    for (name, field), target in ALTERNATE_RUNS.items():
+        if name == cmd.name and getattr(config, field, None):
+            return target
+    return cmd.run
+
+
 def _run(cmd: Command, args: argparse.Namespace, comm: Any) -> dict[str, Any]:
     config = resolve_config(cmd, args)
-    module, _, function = cmd.run.partition(":")
+    module, _, function = run_target(cmd, config).partition(":")
     run = getattr(importlib.import_module(module), function)
     extra = {"comm": comm} if cmd.mpi else {}
     return run(
@@ -277,12 +385,22 @@ def _mpi_launch_size() -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``devito-uq`` with the arguments ``argv`` (default: the command line).
+
+    Parameters
+    ----------
+    argv : sequence of str or None
+        The arguments after the program name.
+
+    Returns
+    -------
+    int
+        The exit status: 0, or 2 after a user error (one line on stderr; under MPI
+        every rank is aborted).
+    """
     args = build_parser().parse_args(argv)
     # Devito prints one INFO line per operator call by default: not for a CLI user.
     os.environ.setdefault("DEVITO_LOGGING", "ERROR")
-    from devito_uq.parallel import abort, world
-    from devito_uq.threads import configure_threads
-
     comm = world() if _mpi_launch_size() > 1 else None  # failures then end every rank
     cmd: Command = args._command
     try:

@@ -4,8 +4,10 @@
 normal operator JᵀMJ is 160 columns × 2 shots, the training set 64 + 32 pairs.
 """
 
+import dataclasses
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +15,19 @@ import torch
 
 from devito_uq.apps.amortize.config import AmortizeConfig
 from devito_uq.apps.amortize.imaging import build_setting, crop_velocity
+from devito_uq.apps.amortize.imaging_invert import invert_amortized
+from devito_uq.apps.amortize.imaging_posterior import NormalLikelihood
+from devito_uq.apps.amortize.imaging_study import adapted_condition
+from devito_uq.apps.amortize.run import run_all
+from devito_uq.apps.imaging.config import InvertConfig, SimulateConfig
+from devito_uq.apps.imaging.problem import pde_solves
+from devito_uq.apps.imaging.run import run_invert
+from devito_uq.apps.imaging.simulate import run_simulate
+from devito_uq.apps.scenarios import load_marmousi, resample_window
+from devito_uq.cli import load_config_file
 from devito_uq.errors import InvalidArgumentError
+from devito_uq.inference import GaussianLikelihood
+from devito_uq.io import read_image
 
 TINY = dict(
     problem="imaging", width=450.0, depth=270.0, nshots=2, nreceivers=16, t1=600.0,
@@ -22,12 +36,6 @@ TINY = dict(
     n_samples=32, correct_iterations=2, correct_batch_size=2, vi_iterations=2, n_truths=4,
     validate_every=6, checkpoint_every=6,
 )  # fmt: skip
-
-
-def _solves() -> int:
-    from devito_uq.physics.solver import cached_solvers
-
-    return sum(s.n_solves for s in cached_solvers())
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +53,6 @@ def test_crops_never_overlap_the_held_out_window(setting):
     assert (hi < c.x_start).any() and (lo > c.x_start + width).any()
     assert lo.min() >= 0 and hi.max() <= 12000.0
     # the crop is the imaging app's window when not augmented
-    from devito_uq.apps.imaging.problem import load_marmousi, resample_window
-
     v, _ = resample_window(load_marmousi(), (7.5, 7.5), (0, 0), 5400.0, 450.0, 270.0, 30.0)
     assert np.array_equal(crop_velocity(5400.0, setting.shape, 30.0), v)
     with pytest.raises(InvalidArgumentError, match="x_start"):
@@ -95,9 +101,6 @@ def test_condition_is_adjoint_born_of_noisy_born_data(setting):
 
 @pytest.fixture(scope="module")
 def workflow(tmp_path_factory):
-    pytest.importorskip("devito_uq.inference.amortized")
-    from devito_uq.apps.amortize.run import run_all
-
     out = str(tmp_path_factory.mktemp("amortize2d"))
     return out, run_all(AmortizeConfig(**TINY), out, progress=False)
 
@@ -130,11 +133,6 @@ def test_workflow_writes_summary_and_figures(workflow):
 
 
 def test_invert_amortized_writes_segy_and_refuses_other_grid(workflow, tmp_path):
-    from devito_uq.apps.imaging.config import InvertConfig, SimulateConfig
-    from devito_uq.apps.imaging.run import run_invert
-    from devito_uq.apps.imaging.simulate import run_simulate
-    from devito_uq.io import read_image
-
     out, _ = workflow
     survey = os.path.join(out, "survey")
     files = dict(
@@ -144,7 +142,7 @@ def test_invert_amortized_writes_segy_and_refuses_other_grid(workflow, tmp_path)
     )
     ckpt = os.path.join(out, "amortized.pt")
     cfg = InvertConfig(**files, amortized=ckpt, correct=True, iterations=2, batch_size=2)
-    summary = run_invert(cfg, str(tmp_path / "inv"), progress=False, figures=False)
+    summary = invert_amortized(cfg, str(tmp_path / "inv"), progress=False, figures=False)
     mean, spacing, origin = read_image(tmp_path / "inv" / "posterior_mean.sgy")
     assert mean.shape == (16, 10) and np.all(np.isfinite(mean))
     assert origin == pytest.approx((5400.0, 0.0))
@@ -160,18 +158,16 @@ def test_invert_amortized_writes_segy_and_refuses_other_grid(workflow, tmp_path)
         shots=str(other / "shots.sgy"), background=str(other / "background.sgy"), truth="",
         amortized=ckpt,
     )  # fmt: skip
-    before = _solves()
+    before = pde_solves()
     with pytest.raises(InvalidArgumentError, match=r"grid \(nx, nz\) is \(17, 10\)"):
+        invert_amortized(bad, str(tmp_path / "bad"), progress=False, figures=False)
+    assert pde_solves() == before  # refused before any solve
+    # MAP + VI does not sample an amortized posterior: it names the function that does
+    with pytest.raises(InvalidArgumentError, match="imaging_invert.invert_amortized"):
         run_invert(bad, str(tmp_path / "bad"), progress=False, figures=False)
-    assert _solves() == before  # refused before any solve
 
 
 def test_example_file_sets_every_key_of_the_2d_case():
-    import dataclasses
-    from pathlib import Path
-
-    from devito_uq.cli import load_config_file
-
     path = Path(__file__).resolve().parents[1] / "examples" / "amortize_marmousi.toml"
     values = load_config_file(path, AmortizeConfig)
     keys = {f.name for f in dataclasses.fields(AmortizeConfig) if f.metadata.get("cli", True)}
@@ -181,9 +177,6 @@ def test_example_file_sets_every_key_of_the_2d_case():
 
 
 def test_normal_likelihood_is_the_born_gaussian_likelihood(setting):
-    from devito_uq.apps.amortize.imaging_posterior import NormalLikelihood
-    from devito_uq.inference import GaussianLikelihood
-
     dm, _ = setting.draw_models(3, torch.Generator().manual_seed(6))
     mask = setting.acquisition["mask"]
     with torch.no_grad():
@@ -200,8 +193,6 @@ def test_normal_likelihood_is_the_born_gaussian_likelihood(setting):
 
 def test_adapted_condition_is_identity_on_the_training_survey(setting):
     """(H + σ²C⁻¹)(H/σ² + C⁻¹)⁻¹ y/σ² = y; another shot set or σ changes it."""
-    from devito_uq.apps.amortize.imaging_study import adapted_condition
-
     dm, _ = setting.draw_models(1, torch.Generator().manual_seed(2))
     y = setting.conditions(dm, torch.Generator().manual_seed(3))[0]
     same = adapted_condition(setting, y, [0, 1], setting.sigma)

@@ -20,8 +20,16 @@ import pytest
 import torch
 
 from devito_uq.apps.imaging import ImagingConfig, InvertConfig, SimulateConfig
+from devito_uq.apps.imaging.config import InfoConfig, SummarizeConfig
+from devito_uq.apps.imaging.posterior import load_posterior
+from devito_uq.apps.imaging.problem import build_problem, make_prior
+from devito_uq.apps.imaging.run import run_invert
+from devito_uq.apps.imaging.simulate import run_simulate, true_velocity
+from devito_uq.apps.imaging.tools import run_summarize
 from devito_uq.errors import CheckpointError, InvalidArgumentError
+from devito_uq.inference import FlowPrior, VariationalPosterior
 from devito_uq.io import load_checkpoint, read_image, write_image
+from devito_uq.physics import BornModeling
 
 NX, NZ, H = 16, 10, 10.0
 
@@ -78,8 +86,6 @@ INV = dict(
 @pytest.fixture(scope="module")
 def survey_dir(tmp_path_factory) -> Path:
     """A simulated tiny survey (Born data) with its true and background models."""
-    from devito_uq.apps.imaging.simulate import run_simulate
-
     out = tmp_path_factory.mktemp("imaging")
     write_image(out / "model.sgy", _true_velocity(), (H, H))
     run_simulate(SimulateConfig(model=str(out / "model.sgy"), **SIM), out)
@@ -88,8 +94,6 @@ def survey_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def born_run(survey_dir) -> tuple[Path, dict]:
-    from devito_uq.apps.imaging.run import run_invert
-
     out = survey_dir / "born"
     out.mkdir()
     for name in ("shots.sgy", "acquisition.json", "background.sgy", "true_model.sgy"):
@@ -111,9 +115,6 @@ def test_simulate_writes_a_readable_survey(survey_dir):
 
 def _exact_posterior(out: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Mean, std and precision of the exact Gaussian posterior of the tiny Born problem."""
-    from devito_uq.apps.imaging.problem import build_problem, make_prior
-    from devito_uq.physics import BornModeling
-
     config = InvertConfig(**INV)
     problem = build_problem(config, out)
     prior = make_prior(config, problem)
@@ -167,9 +168,6 @@ def test_resume_continues_the_same_run(born_run, tmp_path, monkeypatch):
     """A run killed at iteration 60 (last checkpoint: 50) and resumed ends where the
     uninterrupted one did; a resume under another configuration is refused before any
     solve."""
-    from devito_uq.apps.imaging.run import run_invert
-    from devito_uq.inference import VariationalPosterior
-
     out, _ = born_run
     part = tmp_path / "part"
     part.mkdir()
@@ -205,9 +203,6 @@ def test_resume_continues_the_same_run(born_run, tmp_path, monkeypatch):
 
 
 def test_summarize_redraws_without_solves(born_run, tmp_path):
-    from devito_uq.apps.imaging.config import SummarizeConfig
-    from devito_uq.apps.imaging.tools import run_summarize
-
     out, _ = born_run
     cfg = SummarizeConfig(posterior=str(out / "posterior.pt"), n_samples=500, seed=3)
     summary = run_summarize(cfg, tmp_path, figures=True)
@@ -219,8 +214,6 @@ def test_summarize_redraws_without_solves(born_run, tmp_path):
 
 
 def test_fwi_samples_stay_inside_the_bounds(survey_dir):
-    from devito_uq.apps.imaging.run import run_invert
-
     out = survey_dir / "fwi"
     out.mkdir()
     for name in ("shots.sgy", "acquisition.json", "background.sgy", "true_model.sgy"):
@@ -237,8 +230,6 @@ def test_fwi_samples_stay_inside_the_bounds(survey_dir):
 
 
 def test_bad_input_is_refused_before_any_solve(survey_dir, tmp_path):
-    from devito_uq.apps.imaging.run import run_invert
-
     with pytest.raises(InvalidArgumentError, match="shots file .* does not exist"):
         run_invert(InvertConfig(**INV), tmp_path, progress=False)
     with pytest.raises(InvalidArgumentError, match="vmax"):
@@ -246,13 +237,9 @@ def test_bad_input_is_refused_before_any_solve(survey_dir, tmp_path):
     with pytest.raises(InvalidArgumentError, match="data_dt"):
         SimulateConfig(**dict(SIM, data_dt=40.0)).validate()
     with pytest.raises(InvalidArgumentError, match="leaves the model"):
-        from devito_uq.apps.imaging.simulate import true_velocity
-
         true_velocity(ImagingConfig(x_start=11000.0, width=3000.0))
     with pytest.raises(InvalidArgumentError, match="velocities"):
         run_invert(InvertConfig(**dict(INV, vmax=2.0)), survey_dir, progress=False)
-    from devito_uq.apps.imaging.config import InfoConfig, SummarizeConfig
-
     for bad, match in [
         (dict(problem="rtm"), "problem='rtm'"),
         (dict(residual="guess"), "residual='guess'"),
@@ -324,10 +311,6 @@ def test_two_ranks_give_the_one_rank_posterior(born_run, tmp_path):
 def test_a_trained_posterior_serves_as_the_prior(born_run, tmp_path):
     """``prior = "flow"``: −log q of the Born posterior tracks the exact posterior's
     quadratic form (it is nearly Gaussian), and a run with it as the prior works."""
-    from devito_uq.apps.imaging.outputs import load_posterior
-    from devito_uq.apps.imaging.run import run_invert
-    from devito_uq.inference import FlowPrior
-
     out, _ = born_run
     mean, _, precision = _exact_posterior(out)
     post = load_posterior(out / "posterior.pt")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import os
 import subprocess
@@ -10,29 +11,36 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from devito_uq.apps import commands
+from devito_uq.apps.amortize import AmortizeConfig
 from devito_uq.apps.avp import AVPCalibrationConfig, AVPConfig
-from devito_uq.cli import build_parser, config_overrides, load_config_file, main, resolve_config
+from devito_uq.apps.imaging import (
+    ImagingConfig,
+    InfoConfig,
+    InvertConfig,
+    SimulateConfig,
+    SummarizeConfig,
+)
+from devito_uq.cli import (
+    ALTERNATE_RUNS,
+    build_parser,
+    config_overrides,
+    load_config_file,
+    main,
+    resolve_config,
+    run_target,
+)
 from devito_uq.errors import InvalidArgumentError
 
 
 def test_every_app_command_is_registered():
-    from devito_uq.apps.imaging import (
-        ImagingConfig,
-        InfoConfig,
-        InvertConfig,
-        SimulateConfig,
-        SummarizeConfig,
-    )
-
     names = [c.name for c in commands()]
     assert names == [
         "amortize all", "amortize simulate", "amortize study", "amortize train",
         "avp", "calibrate", "demo", "imaging", "info", "invert", "simulate", "summarize"
     ]  # fmt: skip
-    from devito_uq.apps.amortize import AmortizeConfig
-
     assert {c.config for c in commands()} == {
         AmortizeConfig,
         AVPConfig,
@@ -48,8 +56,6 @@ def test_every_app_command_is_registered():
 def test_imaging_options_and_positional_file(tmp_path):
     """Every imaging command has an option per field; ``info FILE`` fills its field; an
     unknown TOML key is an error naming it."""
-    from devito_uq.apps.imaging import ImagingConfig
-
     cfg = _resolve(["imaging", "--rank", "17", "--problem", "fwi"])
     assert cfg.rank == 17 and cfg.problem == "fwi" and cfg.data == "born"
     assert _resolve(["imaging", "--full"]).spacing == ImagingConfig.full().spacing
@@ -128,8 +134,6 @@ def test_cli_rejects_a_malformed_option(capsys):
 
 def test_cli_sets_the_thread_policy(tmp_path, capsys, monkeypatch):
     """--threads goes through configure_threads before any work; a bad count is a user error."""
-    import torch
-
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     assert main(["avp", "--out", str(tmp_path / "a"), "--threads", "0", "--quiet"]) == 2
     assert "threads=0 must be an integer >= 1" in capsys.readouterr().err
@@ -144,6 +148,36 @@ def test_cli_sets_the_thread_policy(tmp_path, capsys, monkeypatch):
     finally:
         torch.set_num_threads(before)
         os.environ["OMP_NUM_THREADS"] = "1"
+
+
+def test_invert_amortized_is_dispatched_to_the_amortize_app():
+    """``invert --amortized PATH`` runs the amortize app's function, plain ``invert`` the
+    imaging one; every alternate names a function that exists."""
+    args = build_parser().parse_args(["invert", "--amortized", "run/amortized.pt"])
+    cmd = args._command
+    target = run_target(cmd, resolve_config(cmd, args))
+    assert target == "devito_uq.apps.amortize.imaging_invert:invert_amortized"
+    args = build_parser().parse_args(["invert"])
+    assert run_target(cmd, resolve_config(cmd, args)) == cmd.run
+    names = {c.name for c in commands()}
+    for (name, field), target in ALTERNATE_RUNS.items():
+        cmd = next(c for c in commands() if c.name == name)
+        assert name in names and field in {f.name for f in dataclasses.fields(cmd.config)}
+        module, _, function = target.partition(":")
+        assert callable(getattr(importlib.import_module(module), function))
+
+
+def test_help_loads_no_solver_and_no_application_run_module():
+    """``devito-uq --help`` builds the parser from the configs alone: neither Devito, nor
+    matplotlib, nor any application's run module is imported."""
+    code = (
+        "import sys; from devito_uq.cli import build_parser; build_parser().format_help(); "
+        "print(sorted(m for m in sys.modules if m == 'devito' or m == 'matplotlib' "
+        "or m.endswith(('.run', '.problem', '.imaging_invert', '.scenarios'))))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
 
 
 # -- CONFIG files (TOML) -----------------------------------------------------------------------

@@ -2,7 +2,8 @@ r"""The 2D amortized problem: linearized (Born) imaging of Marmousi-derived sect
 
 One fixed acquisition and one fixed smooth background ``m0`` ``[nx, nz]`` (s²/km²): those of
 the held-out Marmousi-II window (``x_start``/``width``/``depth``/``spacing``/``smoothing``,
-built exactly as :mod:`devito_uq.apps.imaging.simulate` builds them, water kept). The
+built exactly as :mod:`devito_uq.apps.imaging.simulate` builds them from
+:mod:`devito_uq.apps.scenarios`, water kept). The
 unknown is the image ``δm`` around ``m0``; the data are Born data ``d = J δm + σ ε``
 (``J`` the Born operator at ``m0``, ``M`` the live-trace mask) and the condition of the
 amortized posterior is the migrated image
@@ -52,18 +53,32 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy.ndimage import map_coordinates
+from tqdm.auto import tqdm
 
 from devito_uq.apps.amortize.config import AmortizeConfig
+from devito_uq.apps.amortize.imaging_posterior import deconvolving, one_padding_flow
+from devito_uq.apps.amortize.imaging_study import run_study
+from devito_uq.apps.imaging.problem import pde_solves
+from devito_uq.apps.scenarios import (
+    MARMOUSI_SHAPE,
+    MARMOUSI_SPACING,
+    antialiased_slowness,
+    load_marmousi,
+    resample_window,
+    smooth_background,
+    water_mask,
+)
 from devito_uq.errors import InvalidArgumentError
+from devito_uq.flows import ConditionalImageFlow, ImageSummary
+from devito_uq.inference import CorrelatedGaussianPrior, Parameterization, sigma_from_snr
+from devito_uq.inference.amortized import AmortizedPosterior
+from devito_uq.parallel import rank_and_size
+from devito_uq.physics import AcousticModel, BornModeling, Survey
+from devito_uq.physics.resample import TimeAxis
 
-__all__ = [
-    "ImagingSetting",
-    "build_setting",
-    "crop_velocity",
-    "invert_amortized",
-]
+__all__ = ["ImagingSetting", "build_setting", "crop_velocity"]
 
-_MARMOUSI_DX = 7.5
 #: Cells of the grid between a training crop (warp included) and the held-out window: the
 #: anti-alias filter and the linear interpolation reach about 1.5 cells.
 _MARGIN_CELLS = 2
@@ -78,24 +93,11 @@ _IDENTITY = (
 _NORMAL_CACHE: dict[str, tuple[torch.Tensor, dict]] = {}
 
 
-def _solves() -> int:
-    """PDE solves run so far by this process (every cached acoustic solver)."""
-    from devito_uq.physics.solver import cached_solvers
-
-    return sum(s.n_solves for s in cached_solvers())
-
-
 @functools.lru_cache(maxsize=4)
 def _filtered_slowness(spacing: float) -> np.ndarray:
     """Marmousi-II slowness ``[1601, 401]`` (s/km) anti-aliased for ``spacing`` m, exactly
-    as :func:`devito_uq.apps.imaging.problem.resample_window` filters it."""
-    from scipy.ndimage import gaussian_filter
-
-    from devito_uq.apps.imaging.problem import load_marmousi
-
-    s = 1.0 / np.asarray(load_marmousi(), np.float64)
-    sig = max(0.0, 0.5 * spacing / _MARMOUSI_DX - 0.5)
-    return gaussian_filter(s, [sig, sig], mode="nearest") if sig > 0 else s
+    as :func:`devito_uq.apps.scenarios.resample_window` filters it."""
+    return antialiased_slowness(load_marmousi(), (MARMOUSI_SPACING, MARMOUSI_SPACING), spacing)
 
 
 def crop_velocity(
@@ -111,12 +113,10 @@ def crop_velocity(
     resampled to ``spacing`` (identical to ``resample_window`` without ``flip``/``ux``/``uz``
     and ``z_start = 0``), its sample points displaced by ``ux``/``uz`` ``[nx, nz]`` (m), then
     mirrored in x with ``flip``."""
-    from scipy.ndimage import map_coordinates
-
     nx, nz = shape
     xi = (x_start + spacing * np.arange(nx))[:, None] + (0.0 if ux is None else ux)
     zi = (z_start + spacing * np.arange(nz))[None, :] + (0.0 if uz is None else uz)
-    xi, zi = np.broadcast_arrays(xi / _MARMOUSI_DX, zi / _MARMOUSI_DX)
+    xi, zi = np.broadcast_arrays(xi / MARMOUSI_SPACING, zi / MARMOUSI_SPACING)
     s = map_coordinates(_filtered_slowness(float(spacing)), [xi, zi], order=1, mode="nearest")
     v = (1.0 / s).astype(np.float32)
     return np.ascontiguousarray(v[::-1]) if flip else v
@@ -124,8 +124,6 @@ def crop_velocity(
 
 def _image(v: np.ndarray, config: AmortizeConfig) -> np.ndarray:
     """``δm = m(v) − m(smooth(v))`` float64 ``[nx, nz]`` (s²/km²), water kept exact."""
-    from devito_uq.apps.imaging.problem import smooth_background
-
     v0 = smooth_background(v, config.spacing, config.smoothing)
     return 1.0 / v.astype(np.float64) ** 2 - 1.0 / v0.astype(np.float64) ** 2
 
@@ -159,11 +157,6 @@ class ImagingSetting:
         condition feeding a :class:`ConditionalImageFlow` over ``δm/prior_std``; weights
         from ``config.seed`` (the caller's random state is left alone). With
         ``deconvolve`` the CNN sees the least-squares image (``imaging_posterior.deconvolving``)."""
-        from devito_uq.apps.amortize.imaging_posterior import deconvolving, one_padding_flow
-        from devito_uq.flows import ConditionalImageFlow, ImageSummary
-        from devito_uq.inference import Parameterization
-        from devito_uq.inference.amortized import AmortizedPosterior
-
         c = self.config
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(c.seed)
@@ -183,14 +176,19 @@ class ImagingSetting:
             post.setting = self  # fills the operator on first use (training)
         return post
 
+    def gaussian_prior(self) -> CorrelatedGaussianPrior:
+        """The per-survey VI's prior: correlated Gaussian around 0 (``prior_std``,
+        ``correlation_length``) on the grid."""
+        c = self.config
+        zero = torch.zeros(self.shape)
+        return CorrelatedGaussianPrior(zero, c.prior_std, c.correlation_length, spacing=c.spacing)
+
     def least_squares_operator(self) -> torch.Tensor:
         """``P = (H/σ² + C⁻¹)⁻¹/σ²`` ``[n, n]`` float64: ``P Jᵀd`` is the mean of the exact
         posterior under the per-survey VI's Gaussian prior ``C`` (the regularized
         least-squares image); computed in whitened form ``L (I + LᵀHL/σ²)⁻¹ Lᵀ/σ²``."""
-        from devito_uq.apps.amortize.imaging_study import _gaussian_prior
-
         n = math.prod(self.shape)
-        sqrt = _gaussian_prior(self).sqrt()
+        sqrt = self.gaussian_prior().sqrt()
         eye = torch.eye(n, dtype=torch.float64)
         L = sqrt.matvec(eye.reshape(n, *self.shape)).reshape(n, n).T
         A = eye + L.T @ self.normal_matrices().sum(0) @ L / self.sigma**2
@@ -199,9 +197,6 @@ class ImagingSetting:
     def study(self, posterior, out: str, progress: bool = True, figures: bool = True, comm=None):
         """:func:`~devito_uq.apps.amortize.imaging_study.run_study` on rank 0 (the study's
         solves are few; other ranks return ``{}`` rather than write the same files)."""
-        from devito_uq.apps.amortize.imaging_study import run_study
-        from devito_uq.parallel import rank_and_size
-
         if rank_and_size(comm)[0] != 0:
             return {}
         return run_study(self, posterior, out, progress=progress, figures=figures)
@@ -213,16 +208,8 @@ class ImagingSetting:
         """``model``, ``survey`` (as ``devito-uq simulate`` builds it), ``mask`` ``[shot, 1,
         receiver]``, ``v_true``/``v0`` (km/s), ``m0``/``dm_true`` ``[nx, nz]`` (s²/km²),
         ``origin``/``spacing`` (m). No solve."""
-        from devito_uq.apps.imaging.problem import (
-            load_marmousi,
-            resample_window,
-            smooth_background,
-        )
-        from devito_uq.physics import AcousticModel, Survey
-        from devito_uq.physics.resample import TimeAxis
-
         c = self.config
-        dx = (_MARMOUSI_DX, _MARMOUSI_DX)
+        dx = (MARMOUSI_SPACING, MARMOUSI_SPACING)
         v, origin = resample_window(
             load_marmousi(), dx, (0.0, 0.0), c.x_start, c.width, c.depth, c.spacing
         )
@@ -252,8 +239,6 @@ class ImagingSetting:
     @functools.cached_property
     def born(self):
         """``J``: the Born operator at ``m0`` over every shot (:class:`BornModeling`)."""
-        from devito_uq.physics import BornModeling
-
         a = self.acquisition
         return BornModeling(a["model"], a["survey"], a["m0"])
 
@@ -261,8 +246,6 @@ class ImagingSetting:
     def sigma(self) -> float:
         """Noise σ from ``snr_db`` against the held-out Born data ``J δm_true`` (all traces,
         as ``devito-uq simulate``): ``nshots`` Born solves, once."""
-        from devito_uq.inference import sigma_from_snr
-
         with torch.no_grad():
             d = self.born(self.acquisition["dm_true"])
         return sigma_from_snr(d, self.config.snr_db)
@@ -270,8 +253,6 @@ class ImagingSetting:
     @functools.cached_property
     def water(self) -> np.ndarray:
         """``[nx, nz]`` bool: the water of the fixed background (known, δm = 0 there)."""
-        from devito_uq.apps.imaging.problem import water_mask
-
         return water_mask(self.acquisition["v0"])
 
     # -- training models --------------------------------------------------------------------------
@@ -280,7 +261,7 @@ class ImagingSetting:
         """Allowed crop starts (m): crops, warp and margin included, inside Marmousi-II and
         clear of the held-out window ``[x_start, x_start + width]``."""
         c = self.config
-        extent = _MARMOUSI_DX * 1600
+        extent = MARMOUSI_SPACING * (MARMOUSI_SHAPE[0] - 1)
         width = (self.shape[0] - 1) * c.spacing
         reach = c.augment_warp + _MARGIN_CELLS * c.spacing
         out = []
@@ -290,7 +271,11 @@ class ImagingSetting:
         lo, hi = max(c.x_start + width + reach, c.augment_warp), extent - width - c.augment_warp
         if hi > lo:
             out.append((lo, hi))
-        bottom = _MARMOUSI_DX * 400 - (self.shape[1] - 1) * c.spacing - c.augment_warp
+        bottom = (
+            MARMOUSI_SPACING * (MARMOUSI_SHAPE[1] - 1)
+            - (self.shape[1] - 1) * c.spacing
+            - c.augment_warp
+        )
         if c.augment_depth > bottom:
             raise InvalidArgumentError(
                 f"augment_depth={c.augment_depth} m takes crops of depth={c.depth} m below "
@@ -348,12 +333,10 @@ class ImagingSetting:
         Born and one adjoint solve per shot and grid point, cached per acquisition in this
         process. Under MPI every rank assembles it alone when it first needs it (ranks
         without shards never do; no collective call, hence no deadlock)."""
-        from tqdm.auto import tqdm
-
         key = json.dumps(self.identity(), sort_keys=True)
         if key in _NORMAL_CACHE:
             return _NORMAL_CACHE[key][0]
-        s0, t0 = _solves(), time.perf_counter()
+        s0, t0 = pde_solves(), time.perf_counter()
         n, nshots = math.prod(self.shape), self.config.nshots
         mask = self.acquisition["mask"].float()
         H = torch.zeros(nshots, n, n, dtype=torch.float64)
@@ -372,7 +355,7 @@ class ImagingSetting:
                 bar.update(k)
         bar.close()
         H = 0.5 * (H + H.transpose(1, 2))
-        cost = {"seconds": time.perf_counter() - t0, "pde_solves": _solves() - s0}
+        cost = {"seconds": time.perf_counter() - t0, "pde_solves": pde_solves() - s0}
         _NORMAL_CACHE[key] = (H, cost)
         return H
 
@@ -429,11 +412,3 @@ class ImagingSetting:
 def build_setting(config: AmortizeConfig, comm: Any = None) -> ImagingSetting:
     """The protocol object of :mod:`devito_uq.apps.amortize.run` for ``problem="imaging"``."""
     return ImagingSetting(config.validate(), comm)
-
-
-def invert_amortized(config, out, resume=False, progress=True, figures=True, comm=None):
-    """``devito-uq invert --amortized PATH [--correct]`` (see
-    :func:`devito_uq.apps.amortize.imaging_invert.invert_amortized`)."""
-    from devito_uq.apps.amortize.imaging_invert import invert_amortized as run
-
-    return run(config, out, resume=resume, progress=progress, figures=figures, comm=comm)

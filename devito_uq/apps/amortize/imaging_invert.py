@@ -12,6 +12,9 @@ likelihood and the correlated Gaussian prior (``prior_std``, ``correlation_lengt
 ``correct_checkpoint.pt`` — and writes the outputs of ``devito-uq invert``
 (:func:`devito_uq.apps.imaging.outputs.write_outputs`: SEG-Y mean/std/quantiles, figures,
 ``summary.json``) with the timings and PDE-solve counts.
+
+The CLI dispatches ``devito-uq invert`` here when ``amortized`` is set
+(:mod:`devito_uq.cli`), so that the imaging application never imports this one.
 """
 
 from __future__ import annotations
@@ -23,17 +26,30 @@ from typing import Any
 import numpy as np
 import torch
 
+from devito_uq.apps import prepare_output
+from devito_uq.apps.amortize.imaging_study import survey_condition
+from devito_uq.apps.amortize.run import load_amortized
+from devito_uq.apps.imaging.config import InvertConfig
+from devito_uq.apps.imaging.curvature import gauss_newton_diagonal, gauss_newton_operator
+from devito_uq.apps.imaging.outputs import write_outputs, write_summary
+from devito_uq.apps.imaging.posterior import ImagingPosterior
+from devito_uq.apps.imaging.problem import (
+    build_problem,
+    pde_solve_report,
+    pde_solves,
+    resolve_path,
+)
+from devito_uq.apps.imaging.run import file_digest, input_digests
 from devito_uq.errors import InvalidArgumentError
+from devito_uq.inference import CorrelatedGaussianPrior, PosteriorTarget
+from devito_uq.io import read_image, read_shots
+from devito_uq.io._files import check_input_file
+from devito_uq.parallel import rank_and_size
+from devito_uq.physics import AcousticModel
 
 __all__ = ["invert_amortized", "check_survey"]
 
 _CKPT = "correct_checkpoint.pt"
-
-
-def _solves() -> int:
-    from devito_uq.physics.solver import cached_solvers
-
-    return sum(s.n_solves for s in cached_solvers())
 
 
 def _refuse(path, what: str, got: Any, want: Any) -> None:
@@ -47,27 +63,34 @@ def _refuse(path, what: str, got: Any, want: Any) -> None:
 def _identity(config, out: str, path) -> dict[str, Any]:
     """What a correction checkpoint depends on: the inputs' SHA-256 (the amortized posterior
     included) and the correction's knobs; ``--resume`` under another is refused."""
-    import hashlib
-
-    from devito_uq.apps.imaging.run import input_digests
-
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
     keys = ("prior_std", "correlation_length", "batch_size", "lr", "seed")
     knobs = {k: getattr(config, k) for k in keys}
-    return {"input_sha256": {**input_digests(config, out), "amortized": h.hexdigest()}, **knobs}
+    return {"input_sha256": {**input_digests(config, out), "amortized": file_digest(path)}, **knobs}
 
 
-def check_survey(config, out: str, setting, trained, path) -> None:
-    """Refuse a survey whose grid, background or acquisition differ from the training's
-    (reads the background image and the shot headers only: no solve)."""
-    from devito_uq.apps.imaging.problem import resolve_path
-    from devito_uq.io import read_image, read_shots
-    from devito_uq.io._files import check_input_file
-    from devito_uq.physics import AcousticModel
+def check_survey(config: InvertConfig, out: str, setting, trained, path) -> None:
+    """Refuse a survey whose grid, background or acquisition differ from the training's.
 
+    Reads the background image and the shot headers only: no solve.
+
+    Parameters
+    ----------
+    config : InvertConfig
+        The survey's files and modelling fields.
+    out : str
+        The folder relative paths are inside.
+    setting : ImagingSetting
+        The setting the posterior was trained on (its acquisition).
+    trained : AmortizeConfig
+        The training configuration.
+    path : str or os.PathLike
+        The amortized posterior's file (named in the message).
+
+    Raises
+    ------
+    InvalidArgumentError
+        Naming the first mismatch.
+    """
     a = setting.acquisition
     for name, got, want in (
         ("nbl", config.nbl, trained.nbl),
@@ -116,27 +139,37 @@ def check_survey(config, out: str, setting, trained, path) -> None:
 
 
 def invert_amortized(
-    config,
+    config: InvertConfig,
     out: str | os.PathLike,
     resume: bool = False,
     progress: bool = True,
     figures: bool = True,
     comm: Any = None,
 ) -> dict[str, Any]:
-    """The module docstring; returns the summary written to ``summary.json``."""
-    from devito_uq.apps import prepare_output
-    from devito_uq.apps.amortize.imaging_study import survey_condition
-    from devito_uq.apps.amortize.run import load_amortized
-    from devito_uq.apps.imaging.outputs import ImagingPosterior, write_outputs, write_summary
-    from devito_uq.apps.imaging.problem import (
-        build_problem,
-        gauss_newton_diagonal,
-        gauss_newton_operator,
-        resolve_path,
-    )
-    from devito_uq.io._files import check_input_file
-    from devito_uq.parallel import rank_and_size
+    """``devito-uq invert --amortized PATH [--correct]``: see the module docstring.
 
+    Parameters
+    ----------
+    config : InvertConfig
+        ``amortized`` (the trained posterior, relative to ``out``), ``correct`` and the
+        survey's files; ``problem`` must be ``"born"``.
+    out, progress, figures, comm
+        As :func:`devito_uq.apps.imaging.run.run_invert`.
+    resume : bool
+        Continue the correction from ``correct_checkpoint.pt`` (same inputs and knobs).
+
+    Returns
+    -------
+    dict
+        The summary written to ``summary.json``: the outputs of ``devito-uq invert`` with
+        ``amortized`` (checkpoint, correction), ``time_s`` and ``pde_solves``.
+
+    Raises
+    ------
+    InvalidArgumentError
+        ``problem`` not born, a missing file, a posterior of another problem, or a survey
+        unlike the training's; before any solve.
+    """
     config.validate()
     t_start = time.perf_counter()
     out = os.fspath(out)
@@ -161,15 +194,15 @@ def invert_amortized(
     prepare_output(out, (_CKPT,), resume, writer=rank == 0)
     problem = build_problem(config, out, comm)
     times = {"setup": time.perf_counter() - t_start}
-    solves = {"setup": _solves()}
+    solves = {"setup": pde_solves()}
 
-    t0, s0 = time.perf_counter(), _solves()
+    t0, s0 = time.perf_counter(), pde_solves()
     y = survey_condition(problem).float()
-    times["migration"], solves["migration"] = time.perf_counter() - t0, _solves() - s0
-    t0, s0 = time.perf_counter(), _solves()
+    times["migration"], solves["migration"] = time.perf_counter() - t0, pde_solves() - s0
+    t0, s0 = time.perf_counter(), pde_solves()
     gn = gauss_newton_operator(problem, problem.m0)
     illum = gauss_newton_diagonal(gn, problem.shape, config.probes, config.seed)
-    times["illumination"], solves["illumination"] = time.perf_counter() - t0, _solves() - s0
+    times["illumination"], solves["illumination"] = time.perf_counter() - t0, pde_solves() - s0
     posterior = posterior.cpu().eval()
     flow = posterior.conditioned(y)
     report: dict[str, Any] = {
@@ -179,21 +212,19 @@ def invert_amortized(
         "training": {k: getattr(trained, k) for k in ("n_train", "snr_db", "seed")},
     }
     if config.correct:
-        from devito_uq.inference import CorrelatedGaussianPrior, PosteriorTarget
-
         prior = CorrelatedGaussianPrior(
             torch.zeros(problem.shape), config.prior_std, config.correlation_length,
             spacing=problem.spacing,
         )  # fmt: skip
         target = PosteriorTarget(problem.likelihood, prior, posterior.parameterization)
-        t0, s0 = time.perf_counter(), _solves()
+        t0, s0 = time.perf_counter(), pde_solves()
         vi = posterior.correct(
             target, y, config.iterations, batch_size=config.batch_size, lr=config.lr,
             seed=config.seed, checkpoint_path=os.path.join(out, _CKPT),
             checkpoint_every=config.checkpoint_every, progress=progress and rank == 0,
             identity=_identity(config, out, path),
         )  # fmt: skip
-        times["correction"], solves["correction"] = time.perf_counter() - t0, _solves() - s0
+        times["correction"], solves["correction"] = time.perf_counter() - t0, pde_solves() - s0
         flow = vi.flow
         report["correction"] = {
             "iterations": config.iterations,
@@ -211,11 +242,7 @@ def invert_amortized(
     times["sampling_and_outputs"] = time.perf_counter() - t0
     summary["amortized"] = report
     summary["time_s"] = {**times, "total": time.perf_counter() - t_start}
-    summary["pde_solves"] = {
-        "total": sum(solves.values()),
-        "by_phase": solves,
-        "unit": "per rank: one 2D solve = one shot, forward, Born or adjoint",
-    }
+    summary["pde_solves"] = pde_solve_report(solves)
     summary["problem"] = problem.report
     summary["config"] = config.to_dict()
     if rank == 0:

@@ -1,4 +1,4 @@
-r"""The 2D amortized study and ``devito-uq invert --amortized``.
+r"""The 2D amortized study (``devito-uq amortize study`` with ``problem = "imaging"``).
 
 :func:`run_study` (``devito-uq amortize study`` with ``problem = "imaging"``) puts the
 amortized posterior of the held-out Marmousi section beside per-survey answers:
@@ -14,7 +14,7 @@ amortized posterior of the held-out Marmousi section beside per-survey answers:
 For each survey: the amortized posterior (uncorrected), its latent correction
 (:meth:`AmortizedPosterior.correct`, ``correct_iterations`` of ``correct_batch_size``,
 against the Born likelihood evaluated through the assembled ``JᵀMJ``
-(:class:`~devito_uq.apps.amortize.imaging.NormalLikelihood`: the same function up to a
+(:class:`~devito_uq.apps.amortize.imaging_posterior.NormalLikelihood`: the same function up to a
 constant, no solve; the equivalent solve count is reported) and the correlated Gaussian
 prior of the per-survey VI), and the exact posterior under that Gaussian prior (closed form
 from ``JᵀMJ``: what per-survey VI converges to). Metrics against the truth: relative L2 and
@@ -39,24 +39,36 @@ from typing import Any
 import numpy as np
 import torch
 
+from devito_uq.apps.amortize.imaging_posterior import NormalLikelihood
 from devito_uq.apps.imaging import metrics
+from devito_uq.apps.imaging.config import InvertConfig, SimulateConfig
+from devito_uq.apps.imaging.posterior import load_posterior
+from devito_uq.apps.imaging.problem import ImagingProblem, build_problem, pde_solves
+from devito_uq.apps.imaging.run import run_invert
+from devito_uq.apps.imaging.simulate import run_simulate
+from devito_uq.inference import PosteriorTarget, run_calibration
+from devito_uq.parallel import allreduce_sum
 
 __all__ = ["run_study", "survey_condition", "gaussian_posterior", "adapted_condition"]
 
 _SBC_SAMPLES = 99  # draws per truth of the calibration: ranks in 0..99
 
 
-def _solves() -> int:
-    from devito_uq.physics.solver import cached_solvers
+def survey_condition(problem: ImagingProblem) -> torch.Tensor:
+    """The condition of a survey: its migrated scattered data, summed over ranks.
 
-    return sum(s.n_solves for s in cached_solvers())
+    ``Jᵀ M (d − F(m0))``: one Born and one adjoint solve per shot of this rank.
 
+    Parameters
+    ----------
+    problem : ImagingProblem
+        A born problem (``data`` holds ``d − F(m0)``).
 
-def survey_condition(problem) -> torch.Tensor:
-    """``Jᵀ M (d − F(m0))`` ``[1, nx, nz]`` float64 of an imaging problem (born), summed over
-    ranks: one Born and one adjoint solve per shot of this rank."""
-    from devito_uq.parallel import allreduce_sum
-
+    Returns
+    -------
+    torch.Tensor
+        ``[1, nx, nz]`` float64.
+    """
     y = torch.zeros(problem.shape, dtype=torch.float64)
     if problem.survey is not None:
         u = torch.zeros(problem.shape, requires_grad=True)
@@ -119,14 +131,6 @@ def _draw(sampler, n: int, seed: int) -> tuple[torch.Tensor, float]:
         return s.detach().cpu().float(), time.perf_counter() - t0
 
 
-def _gaussian_prior(setting):
-    from devito_uq.inference import CorrelatedGaussianPrior
-
-    c = setting.config
-    zero = torch.zeros(setting.shape)
-    return CorrelatedGaussianPrior(zero, c.prior_std, c.correlation_length, spacing=c.spacing)
-
-
 def adapted_condition(setting, y: torch.Tensor, shots: list[int], sigma: float) -> torch.Tensor:
     r"""The migrated image the training survey would give for this survey's least-squares
     image: ``(H + σ_t² C⁻¹) P_s y`` ``[1, nx, nz]``, ``P_s = (H_s/σ² + C⁻¹)⁻¹/σ²`` with
@@ -136,7 +140,7 @@ def adapted_condition(setting, y: torch.Tensor, shots: list[int], sigma: float) 
     survey's own least-squares image (free here: shot subsets of the training acquisition
     and other noise levels reuse the assembled ``H_s``)."""
     n = int(np.prod(setting.shape))
-    sqrt = _gaussian_prior(setting).sqrt()
+    sqrt = setting.gaussian_prior().sqrt()
     eye = torch.eye(n, dtype=torch.float64)
     L = sqrt.matvec(eye.reshape(n, *setting.shape)).reshape(n, n).T
     H_shots = setting.normal_matrices()
@@ -152,12 +156,9 @@ def _correct(setting, posterior, H, condition, y, sigma, progress: bool):
     """The latent correction of ``q(· | condition)`` against the normal-equations Born
     likelihood of the survey's migrated image ``y`` and the Gaussian prior; returns
     ``(VariationalPosterior, seconds)``."""
-    from devito_uq.apps.amortize.imaging_posterior import NormalLikelihood
-    from devito_uq.inference import PosteriorTarget
-
     c = setting.config
     target = PosteriorTarget(
-        NormalLikelihood(H, y, sigma), _gaussian_prior(setting), posterior.parameterization
+        NormalLikelihood(H, y, sigma), setting.gaussian_prior(), posterior.parameterization
     )
     t0 = time.perf_counter()
     vi = posterior.correct(
@@ -175,12 +176,6 @@ def _correct(setting, posterior, H, condition, y, sigma, progress: bool):
 def _heldout_survey(setting, out: str, progress: bool, figures: bool) -> dict[str, Any]:
     """Simulate the held-out survey to SEG-Y (``OUT/survey``), run ``devito-uq invert`` on
     it (``OUT/vi``); return the survey's condition, σ, VI statistics and costs."""
-    from devito_uq.apps.imaging.config import InvertConfig, SimulateConfig
-    from devito_uq.apps.imaging.outputs import load_posterior
-    from devito_uq.apps.imaging.problem import build_problem
-    from devito_uq.apps.imaging.run import run_invert
-    from devito_uq.apps.imaging.simulate import run_simulate
-
     c = setting.config
     folder = os.path.join(out, "survey")
     common = dict(nbl=c.nbl, space_order=c.space_order, vmax=c.vmax, f0=c.f0)
@@ -200,11 +195,11 @@ def _heldout_survey(setting, out: str, progress: bool, figures: bool) -> dict[st
         checkpoint_every=max(c.vi_iterations, 1), **common,
     )  # fmt: skip
     problem = build_problem(inv, folder)
-    s0 = _solves()
+    s0 = pde_solves()
     y = survey_condition(problem)
-    t0, s1 = time.perf_counter(), _solves()
+    t0, s1 = time.perf_counter(), pde_solves()
     vi_summary = run_invert(inv, os.path.join(out, "vi"), progress=progress, figures=figures)
-    vi_seconds, vi_solves = time.perf_counter() - t0, _solves() - s1
+    vi_seconds, vi_solves = time.perf_counter() - t0, pde_solves() - s1
     post = load_posterior(os.path.join(out, "vi", "posterior.pt"))
     vi_samples = post.sample(max(c.n_samples, 2), c.seed)
     return {
@@ -231,7 +226,7 @@ def run_study(setting, posterior, out: str, progress: bool = True, figures: bool
     H_shots = setting.normal_matrices(progress=progress)
     cost = {f"normal_operator_{k}": v for k, v in setting.normal_cost().items()}
     sigma = setting.sigma
-    prior = _gaussian_prior(setting)
+    prior = setting.gaussian_prior()
     held = _heldout_survey(setting, out, progress, figures)
     g = torch.Generator().manual_seed(c.seed + 7)
     half = setting.shot_subset(c.shift_fraction)
@@ -314,7 +309,7 @@ def run_study(setting, posterior, out: str, progress: bool = True, figures: bool
     if c.n_truths:
         summary["calibration"] = _calibration(setting, posterior, out, progress)
     if figures:
-        from devito_uq.apps.amortize.imaging_figures import write_figures
+        from devito_uq.apps.amortize.imaging_figures import write_figures  # lazy: matplotlib
 
         summary["figures"] = write_figures(out, setting, panels, summary.get("calibration"))
     return summary
@@ -323,8 +318,6 @@ def run_study(setting, posterior, out: str, progress: bool = True, figures: bool
 def _calibration(setting, posterior, out: str, progress: bool) -> dict[str, Any]:
     """SBC and coverage over ``n_truths`` crop-prior draws (free per truth with the
     assembled normal operator; 3 solves per shot and truth otherwise)."""
-    from devito_uq.inference import run_calibration
-
     c = setting.config
 
     def prior():
@@ -342,7 +335,7 @@ def _calibration(setting, posterior, out: str, progress: bool) -> dict[str, Any]
         def sample(self, n):
             return posterior.sample(n, self.y)
 
-    s0, t0 = _solves(), time.perf_counter()
+    s0, t0 = pde_solves(), time.perf_counter()
     result = run_calibration(
         prior, simulate, _Fixed, c.n_truths, _SBC_SAMPLES, use_log_prob=False,
         tarp_scale=torch.full(setting.shape, c.prior_std), seed=c.seed,
@@ -355,5 +348,5 @@ def _calibration(setting, posterior, out: str, progress: bool) -> dict[str, Any]
         "coverage": curve.coverage.tolist(),
     }
     report["seconds"] = time.perf_counter() - t0
-    report["pde_solves"] = _solves() - s0
+    report["pde_solves"] = pde_solves() - s0
     return report

@@ -1,10 +1,15 @@
 """2D seismic imaging UQ from SEG-Y shots: ``devito-uq simulate|invert|imaging|summarize|info``.
 
 The same shape as :mod:`devito_uq.apps.avp`: ``config.py`` (every knob), ``problem.py``
-(grid, shots read per rank, Born or nonlinear operators, prior, curvature, flow),
-``run.py`` (MAP, VI, checkpoints), ``outputs.py`` and ``figures.py`` (SEG-Y images,
-PNGs, ``summary.json``, ``history.csv``), plus ``simulate.py`` (synthetic surveys) and
-``tools.py`` (``summarize``, ``info``).
+(grid, shots read per rank, Born or nonlinear operators, prior), ``curvature.py``
+(Gauss–Newton products, illumination, the MAP and Laplace baseline), ``posterior.py`` (the
+flow and its parameterization: build, save, load), ``run.py`` (MAP, VI, checkpoints),
+``outputs.py`` and ``figures.py`` (SEG-Y images, PNGs, ``summary.json``,
+``history.csv``), plus ``simulate.py`` (synthetic surveys from
+:mod:`devito_uq.apps.scenarios`) and ``tools.py`` (``summarize``, ``info``).
+
+``devito-uq invert --amortized PATH`` is served by :mod:`devito_uq.apps.amortize` (the
+CLI dispatches it there): this package never imports that one.
 
     devito-uq imaging --out outputs/imaging            # Marmousi default case (make imaging)
     devito-uq simulate --out run1 --nshots 12          # SEG-Y shots + models into run1/
@@ -28,13 +33,13 @@ from devito_uq.apps.imaging.config import (
 _LAZY = {
     "ImagingProblem": "devito_uq.apps.imaging.problem",
     "build_problem": "devito_uq.apps.imaging.problem",
-    "gauss_newton_diagonal": "devito_uq.apps.imaging.problem",
-    "load_marmousi": "devito_uq.apps.imaging.problem",
-    "make_flow": "devito_uq.apps.imaging.problem",
+    "gauss_newton_diagonal": "devito_uq.apps.imaging.curvature",
+    "load_marmousi": "devito_uq.apps.scenarios",
+    "make_flow": "devito_uq.apps.imaging.posterior",
     "run_simulate": "devito_uq.apps.imaging.simulate",
     "run_invert": "devito_uq.apps.imaging.run",
     "run_imaging": "devito_uq.apps.imaging.run",
-    "load_posterior": "devito_uq.apps.imaging.outputs",
+    "load_posterior": "devito_uq.apps.imaging.posterior",
     "run_summarize": "devito_uq.apps.imaging.tools",
     "run_info": "devito_uq.apps.imaging.tools",
 }

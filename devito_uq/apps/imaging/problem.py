@@ -11,11 +11,12 @@ Under MPI each rank reads only its own shots' traces (``read_shots(shots=...)``)
 likelihood is the sum over ranks of each rank's likelihood of its shots
 (:class:`RankSumLikelihood`), so every rank holds the same value and model gradient.
 
-The flow works in the latent ``x`` of ``m = g(MAP + A x)`` (``g``: the FWI bounds), ``A`` the
-low-rank Laplace factor of :mod:`devito_uq.inference.laplace` built from Gauss–Newton
-products (:func:`gauss_newton_operator`): MAP centring and curvature whitening, without
-which VI on these ill-conditioned posteriors stalls far from the answer (a diagonally
-scaled flow ended at 0.5× the exact std after 3,000 steps on a 150-pixel Born problem).
+The flow (:mod:`devito_uq.apps.imaging.posterior`) works in the latent ``x`` of
+``m = g(MAP + A x)`` (``g``: the FWI bounds), ``A`` the low-rank Laplace factor of
+:mod:`devito_uq.inference.laplace` built from Gauss–Newton products
+(:mod:`devito_uq.apps.imaging.curvature`): MAP centring and curvature whitening, without which VI on
+these ill-conditioned posteriors stalls far from the answer (a diagonally scaled flow ended
+at 0.5× the exact std after 3,000 steps on a 150-pixel Born problem).
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -31,115 +31,31 @@ import numpy as np
 import torch
 from torch import nn
 
+from devito_uq.apps.imaging.posterior import load_posterior
 from devito_uq.errors import InvalidArgumentError
-from devito_uq.parallel import ShotDistribution, allreduce_sum, allreduce_value, share_gradient
+from devito_uq.inference import (
+    CorrelatedGaussianPrior,
+    FlowPrior,
+    GaussianLikelihood,
+    TotalVariationPrior,
+)
+from devito_uq.io import read_image, read_shots
+from devito_uq.io._files import check_input_file
+from devito_uq.parallel import ShotDistribution, allreduce_value, share_gradient
+from devito_uq.physics import AcousticModel, AcousticModeling, BornModeling
+from devito_uq.physics.model import squared_slowness
+from devito_uq.physics.solver import cached_solvers
 
 __all__ = [
     "ImagingProblem",
     "RankSumLikelihood",
     "build_problem",
-    "gauss_newton_diagonal",
-    "gauss_newton_operator",
-    "prior_sqrt",
-    "resolve_path",
-    "load_marmousi",
-    "make_flow",
     "make_prior",
-    "resample_window",
-    "smooth_background",
-    "water_mask",
+    "noise_sigma",
+    "pde_solve_report",
+    "pde_solves",
+    "resolve_path",
 ]
-
-MARMOUSI_SHAPE, MARMOUSI_SPACING = (1601, 401), 7.5
-
-
-def load_marmousi() -> np.ndarray:
-    """The shipped Marmousi-II P velocity ``[1601, 401]`` (x, z), km/s, at 7.5 m.
-
-    Martin, Wiley and Marfurt (2006), Allied Geophysics Laboratory, University of Houston;
-    see ``devito_uq/data/marmousi/README.md`` for the provenance and terms.
-    """
-    path = resources.files("devito_uq") / "data" / "marmousi" / "vp_marmousi_bi"
-    with resources.as_file(path) as p:
-        return np.fromfile(p, "<f4").reshape(MARMOUSI_SHAPE)
-
-
-def resample_window(
-    v: np.ndarray,
-    spacing_in: tuple[float, float],
-    origin_in: tuple[float, float],
-    x_start: float,
-    width: float,
-    depth: float,
-    spacing: float,
-) -> tuple[np.ndarray, tuple[float, float]]:
-    """Cut ``[x_start, x_start+width] × [z0, z0+depth]`` (m) out of ``v`` ``[nx, nz]`` and
-    resample it to ``spacing`` (m): anti-alias filter of the slowness, then linear
-    interpolation. ``width``/``depth`` 0 mean the whole extent. Returns ``(v [nx', nz'],
-    origin (m))``."""
-    from scipy.ndimage import gaussian_filter, map_coordinates
-
-    (dx, dz), (x0, z0) = spacing_in, origin_in
-    x_end_in, z_end_in = x0 + dx * (v.shape[0] - 1), z0 + dz * (v.shape[1] - 1)
-    width = width or (x_end_in - x_start)
-    depth = depth or (z_end_in - z0)
-    if x_start < x0 - 1e-6 or x_start + width > x_end_in + 1e-6 or z0 + depth > z_end_in + 1e-6:
-        raise InvalidArgumentError(
-            f"window x_start={x_start} m, width={width} m, depth={depth} m leaves the model "
-            f"(x {x0:g}..{x_end_in:g} m, z {z0:g}..{z_end_in:g} m)"
-        )
-    nx, nz = int(np.floor(width / spacing + 1e-9)) + 1, int(np.floor(depth / spacing + 1e-9)) + 1
-    if min(nx, nz) < 8:
-        raise InvalidArgumentError(
-            f"the window holds {nx}×{nz} points at spacing={spacing} m; at least 8×8 are needed"
-        )
-    s = 1.0 / np.asarray(v, np.float64)
-    # Anti-alias: a Gaussian of σ ≈ half the new spacing, in input cells.
-    sig = [max(0.0, 0.5 * spacing / h - 0.5) for h in (dx, dz)]
-    if max(sig) > 0:
-        s = gaussian_filter(s, sig, mode="nearest")
-    xi = (x_start + spacing * np.arange(nx) - x0) / dx
-    zi = (spacing * np.arange(nz)) / dz
-    X, Z = np.meshgrid(xi, zi, indexing="ij")
-    out = map_coordinates(s, [X, Z], order=1, mode="nearest")
-    return (1.0 / out).astype(np.float32), (float(x_start), float(z0))
-
-
-def water_mask(v: np.ndarray, tolerance: float = 1e-3, vmax_water: float = 1.55) -> np.ndarray:
-    """``[nx, nz]`` bool: the rows of each column from the top down to the water bottom.
-
-    Water is the leading run of samples equal (within ``tolerance`` km/s) to the top
-    sample, when that is at most ``vmax_water`` km/s (a land model has none).
-    """
-    v = np.asarray(v)
-    top = v[:, :1]
-    same = (np.abs(v - top) <= tolerance) & (top <= vmax_water)
-    return np.cumprod(same, axis=1).astype(bool)
-
-
-def smooth_background(
-    v: np.ndarray, spacing: float, length: float, keep_water: bool = True
-) -> np.ndarray:
-    """Background velocity (km/s): the slowness smoothed by a Gaussian of ``length`` m.
-
-    With ``keep_water`` the water layer (:func:`water_mask`) stays exact, as it is known
-    in practice, and the sediments are smoothed without mixing water into them (the
-    water is first filled with the sediment velocity beneath it): the background then
-    carries the water bottom and the direct wave exactly.
-    """
-    from scipy.ndimage import gaussian_filter
-
-    v = np.asarray(v, np.float64)
-    water = water_mask(v) if keep_water else np.zeros(v.shape, bool)
-    filled = v.copy()
-    for ix in np.flatnonzero(water.any(1)):
-        nw = int(water[ix].sum())
-        if nw < v.shape[1]:
-            filled[ix, :nw] = v[ix, nw]
-    s = gaussian_filter(1.0 / filled, length / spacing, mode="nearest")
-    out = 1.0 / s
-    out[water] = v[water]
-    return out.astype(np.float32)
 
 
 class RankSumLikelihood(nn.Module):
@@ -168,13 +84,24 @@ class RankSumLikelihood(nn.Module):
 
 @dataclass
 class ImagingProblem:
-    """Everything an inversion needs, built once per rank.
+    """Everything an inversion needs, built once per rank (:func:`build_problem`).
 
-    ``m0`` ``[nx, nz]`` background squared slowness (s²/km²); ``truth`` the true unknown
-    (``δm`` for born, ``m`` for fwi) when a true model was given; ``bounds`` the hard
-    bounds of the unknown (fwi) or ``None``; ``operator`` this rank's Born or nonlinear
-    modelling of its shots; ``shots`` this rank's shot indices in the file;
-    ``d_background`` (born) ``F(m0)`` of those shots, ``[shot, time, receiver]``.
+    Attributes
+    ----------
+    kind : str
+        ``"born"`` or ``"fwi"``.
+    m0 : torch.Tensor
+        ``[nx, nz]`` background squared slowness, s²/km².
+    truth : torch.Tensor or None
+        The true unknown (``δm`` for born, ``m`` for fwi) when a true model was given.
+    bounds : tuple of float or None
+        The hard bounds of the unknown (fwi), s²/km², or ``None``.
+    operator : torch.nn.Module or None
+        This rank's Born or nonlinear modelling of its shots (``None``: no shots here).
+    shots : list of int
+        This rank's shot indices in the file.
+    d_background : torch.Tensor or None
+        (born) ``F(m0)`` of those shots, ``[shot, time, receiver]``.
     """
 
     kind: str
@@ -202,13 +129,42 @@ class ImagingProblem:
 
 
 def resolve_path(path: str, base: str | os.PathLike) -> Path:
-    """``path`` itself if absolute (``~`` expanded), else ``base / path``."""
+    """``path`` itself if absolute (``~`` expanded), else ``base / path``.
+
+    Parameters
+    ----------
+    path : str
+        A path from a config.
+    base : str or os.PathLike
+        The folder relative paths are inside (the run's output folder).
+
+    Returns
+    -------
+    pathlib.Path
+    """
     p = Path(path).expanduser()
     return p if p.is_absolute() else Path(base) / p
 
 
 def noise_sigma(config: Any, shots_path: Path) -> float:
-    """``config.sigma``, or the σ that ``devito-uq simulate`` wrote to acquisition.json."""
+    """The data's noise standard deviation.
+
+    Parameters
+    ----------
+    config : InvertConfig
+        ``sigma`` (> 0: the answer; 0: read it from the file).
+    shots_path : pathlib.Path
+        The shots file; ``acquisition.json`` beside it holds ``noise_sigma``.
+
+    Returns
+    -------
+    float
+
+    Raises
+    ------
+    InvalidArgumentError
+        ``sigma = 0`` and ``acquisition.json`` is missing or has no ``noise_sigma``.
+    """
     if config.sigma > 0:
         return float(config.sigma)
     sidecar = shots_path.parent / "acquisition.json"
@@ -223,15 +179,29 @@ def noise_sigma(config: Any, shots_path: Path) -> float:
 
 
 def build_problem(config: Any, base: str | os.PathLike, comm: Any = None) -> ImagingProblem:
-    """Read the files of ``config`` (an :class:`InvertConfig`; relative paths inside
-    ``base``) and assemble this rank's share of the problem. Every check runs before any
-    solve."""
-    from devito_uq.inference import GaussianLikelihood
-    from devito_uq.io import read_image, read_shots
-    from devito_uq.io._files import check_input_file
-    from devito_uq.physics import AcousticModel, AcousticModeling, BornModeling
-    from devito_uq.physics.model import squared_slowness
+    """Read the files of ``config`` and assemble this rank's share of the problem.
 
+    Every check runs before any solve; each rank reads only its own shots' traces.
+
+    Parameters
+    ----------
+    config : InvertConfig
+        The files (relative paths inside ``base``), ``problem``, grid and noise fields.
+    base : str or os.PathLike
+        The folder relative paths are inside.
+    comm : mpi4py communicator or None
+        The ranks that share the shots.
+
+    Returns
+    -------
+    ImagingProblem
+
+    Raises
+    ------
+    InvalidArgumentError
+        A missing or unreadable file, velocities outside ``[vmin, vmax]``, a truth on
+        another grid, or no noise level.
+    """
     shots_path = resolve_path(config.shots, base)
     bg_path = resolve_path(config.background, base)
     check_input_file(shots_path, "shots file", InvalidArgumentError)
@@ -323,23 +293,39 @@ def build_problem(config: Any, base: str | os.PathLike, comm: Any = None) -> Ima
 
 
 def make_prior(config: Any, problem: ImagingProblem, base: str | os.PathLike = ".") -> nn.Module:
-    """The prior over the unknown: a correlated Gaussian (exponential kernel), TV, or a
-    trained posterior (``prior = "flow"``: ``prior_file``, the ``posterior.pt`` of an
-    earlier run of the same kind on the same grid, e.g. a baseline survey)."""
-    from devito_uq.inference import FlowPrior, TotalVariationPrior
+    """The prior over the unknown.
 
+    A correlated Gaussian (exponential kernel), TV, or a trained posterior (``prior =
+    "flow"``: ``prior_file``, the ``posterior.pt`` of an earlier run of the same kind on the
+    same grid, e.g. a baseline survey).
+
+    Parameters
+    ----------
+    config : InvertConfig
+        ``prior`` and its fields (``prior_std``, ``correlation_length``, ``tv_weight``,
+        ``prior_file``).
+    problem : ImagingProblem
+        Its ``kind``, ``m0`` and grid.
+    base : str or os.PathLike
+        The folder a relative ``prior_file`` is inside.
+
+    Returns
+    -------
+    torch.nn.Module
+        ``m [batch, nx, nz] -> [batch]`` negative log-density.
+
+    Raises
+    ------
+    InvalidArgumentError
+        ``prior_file`` missing, or a posterior of another kind or grid.
+    """
     mean = torch.zeros_like(problem.m0) if problem.kind == "born" else problem.m0
     if config.prior == "gaussian":
-        from devito_uq.inference import CorrelatedGaussianPrior
-
         return CorrelatedGaussianPrior(
             mean, config.prior_std, config.correlation_length, spacing=problem.spacing
         )
     if config.prior == "tv":
         return TotalVariationPrior(config.tv_weight, axes=(0, 1), spacing=problem.spacing)
-    from devito_uq.apps.imaging.outputs import load_posterior
-    from devito_uq.io._files import check_input_file
-
     if not config.prior_file:
         raise InvalidArgumentError("prior='flow' needs prior_file (a posterior.pt)")
     path = check_input_file(
@@ -354,89 +340,33 @@ def make_prior(config: Any, problem: ImagingProblem, base: str | os.PathLike = "
     return FlowPrior(post.flow, post.parameterization)
 
 
-def prior_sqrt(config: Any, prior: nn.Module, like: torch.Tensor):
-    """Square root ``L`` of the prior covariance (Gaussian prior), or ``prior_std·I`` as a
-    proxy for priors without one (TV): the whitening of the Laplace preconditioner."""
-    from devito_uq.inference import DiagonalSqrt
+def pde_solves() -> int:
+    """PDE solves run so far by this process, over every cached solver.
 
-    sqrt = getattr(prior, "sqrt", None)
-    if callable(sqrt):
-        return sqrt()
-    return DiagonalSqrt(torch.full_like(like, config.prior_std))
-
-
-def gauss_newton_operator(
-    problem: ImagingProblem, m: torch.Tensor, chunk: int = 16, progress: bool = False
-):
-    """``v ↦ JᵀMJv/σ²`` (the misfit's Gauss–Newton Hessian at ``m``, ``J`` the Born operator,
-    ``M`` the trace mask) on batches ``[k, nx, nz]``, summed over ranks; float64 in and out.
-    One Born and one adjoint solve per shot and vector; ``chunk`` vectors per call; a
-    progress bar per batch with ``progress``."""
-    from tqdm.auto import tqdm
-
-    from devito_uq.physics import BornModeling
-
-    J = mask = None
-    if problem.survey is not None:
-        J = (
-            problem.operator
-            if problem.kind == "born"
-            else BornModeling(problem.model, problem.survey, m)
-        )
-        mask = torch.from_numpy(problem.survey.mask())[:, None, :]
-
-    def apply(v: torch.Tensor) -> torch.Tensor:
-        local = torch.zeros(v.shape, dtype=torch.float64)
-        if J is not None:
-            starts = range(0, v.shape[0], chunk)
-            bar = tqdm(
-                starts,
-                desc=f"Gauss-Newton products ({v.shape[0]})",
-                disable=not progress or v.shape[0] <= chunk,
-                leave=False,
-            )
-            for k in bar:
-                u = v[k : k + chunk].to(problem.m0.dtype).requires_grad_(True)
-                w = J(u) * mask
-                (0.5 * w.pow(2).sum() / problem.sigma**2).backward()
-                local[k : k + chunk] = u.grad.double()
-        return allreduce_sum(local, problem.comm)
-
-    return apply
-
-
-def gauss_newton_diagonal(
-    gn, shape: tuple[int, int], probes: int, seed: int, smooth_cells: float = 1.5
-) -> torch.Tensor:
-    r"""Hutchinson estimate of :math:`\mathrm{diag}(J^\top M J)/\sigma^2` ``[nx, nz]`` float64.
-
-    ``E[v ⊙ Hv] = diag(H)`` for Rademacher probes ``v`` (Bekas, Kokiopoulou & Saad 2007),
-    ``gn`` from :func:`gauss_newton_operator`. Smoothed by a Gaussian of ``smooth_cells``
-    (the probes' off-diagonal noise is rough, the illumination it estimates is smooth)
-    and floored at 10⁻³ of its maximum: the illumination proxy of the summary.
+    Returns
+    -------
+    int
+        One 2D solve is one shot, forward, Born (2: background and scattered wavefields
+        in one time loop) or adjoint.
     """
-    from scipy.ndimage import gaussian_filter
-
-    g = torch.Generator().manual_seed(seed)
-    v = (torch.randint(0, 2, (probes, *shape), generator=g) * 2 - 1).double()
-    diag = (v * gn(v)).mean(0).numpy()
-    diag = gaussian_filter(diag, smooth_cells, mode="nearest")
-    return torch.from_numpy(np.maximum(diag, 1e-3 * diag.max()))
+    return sum(s.n_solves for s in cached_solvers())
 
 
-def make_flow(config: Any, shape: tuple[int, int]) -> nn.Module:
-    """The 2D flow over the latent image (any grid: :class:`~devito_uq.flows.ImageFlow`)."""
-    from devito_uq.flows import ImageFlow
+def pde_solve_report(by_phase: dict[str, int]) -> dict[str, Any]:
+    """The ``pde_solves`` entry of a summary.
 
-    flow = ImageFlow(
-        shape,
-        kind=config.flow,
-        levels=config.flow_levels,
-        steps=config.flow_steps,
-        hidden=config.flow_hidden,
-    )
-    # The Laplace-whitened latent is already ~N(0, I): ActNorm stays at the identity rather
-    # than fitting the first VI batch (2 samples), whose noisy per-channel scales became
-    # stripes with the period of the squeeze in the std maps.
-    flow.net.skip_data_init()
-    return flow
+    Parameters
+    ----------
+    by_phase : dict of str to int
+        Phase → :func:`pde_solves` spent in it by this process.
+
+    Returns
+    -------
+    dict
+        ``total``, ``by_phase`` and the ``unit``.
+    """
+    return {
+        "total": sum(by_phase.values()),
+        "by_phase": by_phase,
+        "unit": "per rank: one 2D solve = one shot, forward, Born or adjoint",
+    }

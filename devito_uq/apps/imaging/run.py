@@ -19,6 +19,8 @@ under the same configuration (compared key by key before any solve).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import time
 import warnings
@@ -28,16 +30,33 @@ import torch
 
 from devito_uq.apps import prepare_output
 from devito_uq.apps.imaging.config import NOT_IN_VI, ImagingConfig, InvertConfig
+from devito_uq.apps.imaging.curvature import laplace_baseline
+from devito_uq.apps.imaging.outputs import write_history, write_outputs, write_summary
+from devito_uq.apps.imaging.posterior import laplace_parameterization, make_flow, save_posterior
 from devito_uq.apps.imaging.problem import (
+    ImagingProblem,
     build_problem,
-    gauss_newton_diagonal,
-    make_flow,
     make_prior,
+    pde_solve_report,
+    pde_solves,
+    resolve_path,
 )
+from devito_uq.apps.imaging.simulate import run_simulate
 from devito_uq.errors import CheckpointError, InvalidArgumentError
-from devito_uq.parallel import rank_and_size
+from devito_uq.inference import VariationalPosterior
+from devito_uq.io._files import check_input_file
+from devito_uq.io.checkpoint import check_identity, load_checkpoint, save_checkpoint
+from devito_uq.parallel import allreduce_sum, rank_and_size
+from devito_uq.physics import AcousticModeling
 
-__all__ = ["run_invert", "run_imaging", "resolve_device", "laplace_parameterization"]
+__all__ = [
+    "file_digest",
+    "input_digests",
+    "linearization_error",
+    "resolve_device",
+    "run_imaging",
+    "run_invert",
+]
 
 #: Fields that change only VI or what is written: a MAP cache made under other values holds.
 _NOT_IN_MAP = NOT_IN_VI | {
@@ -54,7 +73,22 @@ _CACHE_KEYS = ("identity", "map", "illumination", "sqrt", "eigenvalues", "eigenv
 
 
 def resolve_device(device: str) -> torch.device:
-    """``"auto"`` → CUDA when available, else CPU; ``"cuda"`` without a GPU is an error."""
+    """The torch device of a config's ``device`` field.
+
+    Parameters
+    ----------
+    device : str
+        ``"auto"`` (CUDA when available, else CPU), ``"cpu"`` or ``"cuda"``.
+
+    Returns
+    -------
+    torch.device
+
+    Raises
+    ------
+    InvalidArgumentError
+        ``"cuda"`` without a GPU.
+    """
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
@@ -68,13 +102,28 @@ def _invert_fields(config: InvertConfig) -> dict[str, Any]:
 
 
 def input_digests(config: InvertConfig, out: str) -> dict[str, str]:
-    """SHA-256 of the input files (shots, background, a prior posterior): part of a run's
-    identity, so that ``--resume`` after the data changed is refused, not silently mixed."""
-    import hashlib
+    """SHA-256 of the input files (shots, background, a prior posterior).
 
-    from devito_uq.apps.imaging.problem import resolve_path
-    from devito_uq.io._files import check_input_file
+    Part of a run's identity, so that ``--resume`` after the data changed is refused, not
+    silently mixed.
 
+    Parameters
+    ----------
+    config : InvertConfig
+        ``shots``, ``background`` and (``prior = "flow"``) ``prior_file``.
+    out : str
+        The folder relative paths are inside.
+
+    Returns
+    -------
+    dict of str to str
+        Field name → hex digest.
+
+    Raises
+    ------
+    InvalidArgumentError
+        A missing input file.
+    """
     keys = ("shots", "background") + (("prior_file",) if config.prior == "flow" else ())
     what = {"shots": "shots file", "background": "background model", "prior_file": "prior_file"}
     digests = {}
@@ -82,12 +131,28 @@ def input_digests(config: InvertConfig, out: str) -> dict[str, str]:
         path = check_input_file(
             resolve_path(getattr(config, key), out), what[key], InvalidArgumentError
         )
-        h = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-        digests[key] = h.hexdigest()
+        digests[key] = file_digest(path)
     return digests
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """SHA-256 of a file, read in 1 MiB chunks.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file.
+
+    Returns
+    -------
+    str
+        The hex digest.
+    """
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _identity(config: InvertConfig, exclude: frozenset, digests: dict) -> dict[str, Any]:
@@ -99,8 +164,6 @@ def _prepare(
     out: str, resume: bool, config: InvertConfig, writer: bool, digests: dict
 ) -> dict | None:
     """Check or clear the checkpoints before any solve; return a valid MAP cache."""
-    from devito_uq.io.checkpoint import check_identity, load_checkpoint
-
     prepare_output(out, ("vi_checkpoint.pt", "map.pt"), resume, writer)
     ckpt, cache = os.path.join(out, "vi_checkpoint.pt"), os.path.join(out, "map.pt")
     if not resume:
@@ -119,115 +182,6 @@ def _prepare(
     return base
 
 
-def laplace_parameterization(problem, reference: torch.Tensor, base: dict[str, Any]):
-    """``m = g(reference + A x)``: the low-rank Laplace factor ``A`` of ``base`` around
-    ``reference`` (clamped strictly inside the FWI bounds)."""
-    from devito_uq.inference import LaplaceParameterization
-    from devito_uq.inference.laplace import sqrt_from_state
-
-    sqrt = sqrt_from_state(base["sqrt"])
-    lam, vec = base["eigenvalues"], base["eigenvectors"]
-    res = float(base.get("residual", 1.0))
-    if problem.bounds is None:
-        return LaplaceParameterization(reference, sqrt, lam, vec, residual=res)
-    lo, hi = problem.bounds
-    gap = 1e-4 * (hi - lo)  # the MAP may sit on a bound to round-off
-    ref = reference.clamp(lo + gap, hi - gap)
-    return LaplaceParameterization(ref, sqrt, lam, vec, lower=lo, upper=hi, residual=res)
-
-
-def _baselines(problem, prior, config: InvertConfig, progress: bool) -> dict[str, Any]:
-    """Illumination, the MAP and the low-rank Laplace factor at the MAP.
-
-    Born: the Gauss–Newton Hessian does not depend on the model, so the Laplace factor
-    comes first and the MAP is found in its whitened latent (a quadratic there close to
-    ``½‖x‖²``: L-BFGS converges in a few steps). FWI: the MAP comes first, by L-BFGS in
-    the latent scaled by the Jacobi curvature ``(diag(JᵀJ)/σ² + diag(prior precision))^-½``
-    (small, local steps: a whitened latent lets the first steps jump to a cycle-skipped
-    model), then the Laplace factor at the MAP.
-    """
-    from devito_uq.apps.imaging.problem import gauss_newton_operator, prior_sqrt
-    from devito_uq.inference import Parameterization, low_rank_eigh, map_estimate
-    from devito_uq.inference.laplace import residual_shrink
-
-    times: dict[str, float] = {}
-    counts: dict[str, int] = {}
-
-    def phase(name, fn):
-        t0, s0 = time.perf_counter(), _solves(problem)
-        result = fn()
-        times[name] = times.get(name, 0.0) + time.perf_counter() - t0
-        counts[name] = counts.get(name, 0) + _solves(problem) - s0
-        return result
-
-    show = progress and rank_and_size(problem.comm)[0] == 0
-    gn0 = gauss_newton_operator(problem, problem.m0, progress=show)
-    illum = phase(
-        "illumination",
-        lambda: gauss_newton_diagonal(gn0, problem.shape, config.probes, config.seed),
-    )
-    sqrt = prior_sqrt(config, prior, problem.m0)
-    base: dict[str, Any] = {"illumination": illum, "sqrt": sqrt.state()}
-
-    def laplace(gn):
-        def whitened(v: torch.Tensor) -> torch.Tensor:  # Lᵀ H_d L v
-            return sqrt.rmatvec(gn(sqrt.matvec(v)))
-
-        rank = min(config.rank, problem.m0.numel())
-        lam, vec = low_rank_eigh(whitened, problem.shape, rank, config.oversample, config.seed)
-        base.update(
-            eigenvalues=lam.float(),
-            eigenvectors=vec.float(),
-            residual=(
-                residual_shrink(lam, problem.m0.numel()) if config.residual == "tail" else 1.0
-            ),
-        )
-
-    def map_from(start, g):
-        if not config.map_iterations:
-            return start.clone()
-        return map_estimate(
-            problem.likelihood,
-            prior,
-            x0=start,
-            parameterization=g,
-            iterations=config.map_iterations,
-            progress=progress,
-        ).model.detach()
-
-    if problem.kind == "born":
-        phase("laplace", lambda: laplace(gn0))
-        start = torch.zeros_like(problem.m0)
-        g = laplace_parameterization(problem, start, base)
-        base["map"] = phase("map", lambda: map_from(start, g))
-    else:
-        precision = illum + _prior_precision_diagonal(prior, illum)
-        lo, hi = problem.bounds
-        g = Parameterization(problem.m0, precision.rsqrt().float(), lower=lo, upper=hi)
-        base["map"] = phase("map", lambda: map_from(problem.m0, g))
-        gn = gauss_newton_operator(problem, base["map"], progress=show)
-        phase("laplace", lambda: laplace(gn))
-    base.update(
-        time_s=times,
-        pde_solves=counts,
-        eigenvalues_above_1=int((base["eigenvalues"] > 1).sum()),
-    )
-    return base
-
-
-def _prior_precision_diagonal(prior, like: torch.Tensor) -> torch.Tensor:
-    """``diag`` of the prior's precision where it has one (Gaussian), else zeros."""
-    diag = getattr(prior, "precision_diagonal", None)
-    return diag().to(like) if callable(diag) else torch.zeros_like(like)
-
-
-def _solves(problem) -> int:
-    """PDE solves run so far by this process (every cached acoustic solver)."""
-    from devito_uq.physics.solver import cached_solvers
-
-    return sum(s.n_solves for s in cached_solvers())
-
-
 def run_invert(
     config: InvertConfig,
     out: str | os.PathLike,
@@ -236,22 +190,45 @@ def run_invert(
     figures: bool = True,
     comm: Any = None,
 ) -> dict[str, Any]:
-    """Posterior of the survey of ``config`` written to ``out``; returns the summary.
+    """The posterior of the survey of ``config`` (MAP, Laplace, VI), written to ``out``.
 
-    Raises :class:`InvalidArgumentError` (bad value, file or grid) or
-    :class:`CheckpointError` (``resume`` with a checkpoint of another configuration)
-    before any solve.
+    ``devito-uq invert`` without ``--amortized`` (the command dispatches ``--amortized``
+    to :func:`devito_uq.apps.amortize.imaging_invert.invert_amortized`).
+
+    Parameters
+    ----------
+    config : InvertConfig
+        The survey's files and every knob; ``amortized`` must be empty.
+    out : str or os.PathLike
+        The output folder (relative input paths are inside it).
+    resume : bool
+        Continue from ``vi_checkpoint.pt`` and reuse ``map.pt`` (same configuration).
+    progress : bool
+        Progress bars (rank 0).
+    figures : bool
+        Write the PNG figures.
+    comm : mpi4py communicator or None
+        The ranks that share the shots (rank 0 writes).
+
+    Returns
+    -------
+    dict
+        The summary written to ``summary.json``.
+
+    Raises
+    ------
+    InvalidArgumentError
+        A bad value, file or grid, or ``amortized`` set; before any solve.
+    CheckpointError
+        ``resume`` with a checkpoint of another configuration; before any solve.
     """
-    from devito_uq.apps.imaging.outputs import save_posterior, write_outputs
-    from devito_uq.inference import VariationalPosterior
-    from devito_uq.io.checkpoint import save_checkpoint
-
     config.validate()
     if config.amortized:
-        # A trained amortized posterior instead of MAP + VI (devito_uq.apps.amortize).
-        from devito_uq.apps.amortize.imaging import invert_amortized
-
-        return invert_amortized(config, out, resume, progress, figures, comm)
+        raise InvalidArgumentError(
+            f"amortized={config.amortized!r}: an amortized posterior is sampled by "
+            "devito_uq.apps.amortize.imaging_invert.invert_amortized (devito-uq invert "
+            "--amortized), not by run_invert"
+        )
     device = resolve_device(config.device)
     out = os.fspath(out)
     rank, _ = rank_and_size(comm)
@@ -264,9 +241,9 @@ def run_invert(
     make_flow(config, problem.shape)  # the flow's fields, before any solve
     prior = make_prior(config, problem, out)
     timings: dict[str, float] = {"setup": time.perf_counter() - t_start}
-    solves: dict[str, int] = {"setup": _solves(problem)}
+    solves: dict[str, int] = {"setup": pde_solves()}
     if cached is None:
-        base = _baselines(problem, prior, config, progress)
+        base = laplace_baseline(problem, prior, config, progress)
         if rank == 0:
             save_checkpoint(
                 os.path.join(out, "map.pt"),
@@ -277,11 +254,11 @@ def run_invert(
     timings.update(base["time_s"])
     solves.update(base["pde_solves"])
 
-    g = laplace_parameterization(problem, base["map"], base)
+    g = laplace_parameterization(base["map"], base, problem.bounds)
     torch.manual_seed(config.seed)  # the flow's initial weights, identical on every rank
     flow = make_flow(config, problem.shape)
     vi = VariationalPosterior(flow.to(device), problem.likelihood, prior.to(device), g.to(device))
-    t0, s0 = time.perf_counter(), _solves(problem)
+    t0, s0 = time.perf_counter(), pde_solves()
     vi.fit(
         config.iterations,
         batch_size=config.batch_size,
@@ -293,7 +270,7 @@ def run_invert(
         progress=progress and rank == 0,
         identity=_identity(config, NOT_IN_VI, digests),
     )
-    timings["vi"], solves["vi"] = time.perf_counter() - t0, _solves(problem) - s0
+    timings["vi"], solves["vi"] = time.perf_counter() - t0, pde_solves() - s0
     iters = config.iterations - vi.resumed_from
     posterior = save_posterior(out, vi, problem, base, config, write=rank == 0)
     summary = write_outputs(
@@ -309,11 +286,7 @@ def run_invert(
         "device": str(device),
     }
     summary["time_s"] = {**timings, "total": time.perf_counter() - t_start}
-    summary["pde_solves"] = {
-        "total": sum(solves.values()),
-        "by_phase": solves,
-        "unit": "per rank: one 2D solve = one shot, forward, Born or adjoint",
-    }
+    summary["pde_solves"] = pde_solve_report(solves)
     summary["problem"] = problem.report
     lam = base["eigenvalues"]
     summary["laplace"] = {
@@ -342,8 +315,6 @@ def run_invert(
         summary["linearization_error"] = linearization_error(problem)
         summary["data_simulated_as"] = _simulated_as(config, out)
     if rank == 0:
-        from devito_uq.apps.imaging.outputs import write_history, write_summary
-
         write_history(out, vi.history)
         write_summary(out, summary)
     return summary
@@ -351,10 +322,6 @@ def run_invert(
 
 def _simulated_as(config: InvertConfig, out: str) -> str:
     """``"born"``/``"nonlinear"`` from ``acquisition.json`` beside the shots, or ``"unknown"``."""
-    import json
-
-    from devito_uq.apps.imaging.problem import resolve_path
-
     try:
         with open(resolve_path(config.shots, out).parent / "acquisition.json") as fh:
             return str(json.load(fh)["config"]["data"])
@@ -362,11 +329,21 @@ def _simulated_as(config: InvertConfig, out: str) -> str:
         return "unknown"
 
 
-def linearization_error(problem) -> float:
-    """``‖(F(m_true) − F(m0)) − J δm_true‖ / ‖F(m_true) − F(m0)‖`` over all shots."""
-    from devito_uq.parallel import allreduce_sum
-    from devito_uq.physics import AcousticModeling
+def linearization_error(problem: ImagingProblem) -> float:
+    """The model error a Born posterior ignores, over all shots (summed over ranks).
 
+    ``‖(F(m_true) − F(m0)) − J δm_true‖ / ‖F(m_true) − F(m0)‖`` on the live traces.
+
+    Parameters
+    ----------
+    problem : ImagingProblem
+        A born problem with a truth.
+
+    Returns
+    -------
+    float
+        0 when the shots were simulated as Born data.
+    """
     num = den = torch.zeros((), dtype=torch.float64)
     if problem.survey is not None:
         F = AcousticModeling(problem.model, problem.survey)
@@ -388,9 +365,22 @@ def run_imaging(
     figures: bool = True,
     comm: Any = None,
 ) -> dict[str, Any]:
-    """Simulate the survey of ``config`` into ``out``, then invert it there."""
-    from devito_uq.apps.imaging.simulate import run_simulate
+    """``devito-uq imaging``: simulate the survey of ``config`` into ``out``, then invert it.
 
+    Parameters
+    ----------
+    config : ImagingConfig
+        The simulation and inversion fields.
+    out : str or os.PathLike
+        The output folder.
+    resume, progress, figures, comm
+        As :func:`run_invert`.
+
+    Returns
+    -------
+    dict
+        The inversion's summary with the ``acquisition`` of the simulation.
+    """
     config.validate()
     sim = config.simulate_config()
     inv = config.invert_config()
@@ -398,7 +388,5 @@ def run_imaging(
     summary = run_invert(inv, out, resume=resume, progress=progress, figures=figures, comm=comm)
     summary["acquisition"] = {k: v for k, v in acquisition.items() if k != "config"}
     if rank_and_size(comm)[0] == 0:
-        from devito_uq.apps.imaging.outputs import write_summary
-
         write_summary(out, summary)
     return summary

@@ -27,22 +27,49 @@ import numpy as np
 import torch
 
 from devito_uq.apps.imaging.config import SimulateConfig
-from devito_uq.apps.imaging.problem import load_marmousi, resample_window, smooth_background
+from devito_uq.apps.scenarios import (
+    MARMOUSI_SPACING,
+    load_marmousi,
+    resample_window,
+    smooth_background,
+)
+from devito_uq.errors import InvalidArgumentError
+from devito_uq.inference import sigma_from_snr
+from devito_uq.io import read_image, write_image, write_shots
 from devito_uq.io._atomic import atomic_path
+from devito_uq.io._files import check_input_file
 from devito_uq.parallel import allreduce_sum, my_shots, rank_and_size
+from devito_uq.physics import AcousticModel, AcousticModeling, BornModeling, Survey
+from devito_uq.physics.model import squared_slowness
+from devito_uq.physics.resample import TimeAxis
 
 __all__ = ["true_velocity", "run_simulate"]
 
 
 def true_velocity(config: SimulateConfig) -> tuple[np.ndarray, tuple[float, float]]:
-    """The true velocity ``[nx, nz]`` (km/s) on the inversion grid and its origin (m)."""
-    if config.model == "marmousi":
-        v, spacing, origin = load_marmousi(), (7.5, 7.5), (0.0, 0.0)
-    else:
-        from devito_uq.errors import InvalidArgumentError
-        from devito_uq.io import read_image
-        from devito_uq.io._files import check_input_file
+    """The true velocity on the inversion grid.
 
+    Parameters
+    ----------
+    config : SimulateConfig
+        ``model`` (``"marmousi"`` or a SEG-Y image) and the window fields.
+
+    Returns
+    -------
+    v : numpy.ndarray
+        ``[nx, nz]`` float32 velocity, km/s.
+    origin : tuple of float
+        m.
+
+    Raises
+    ------
+    InvalidArgumentError
+        A missing model file or a window that leaves the model.
+    """
+    if config.model == "marmousi":
+        v = load_marmousi()
+        spacing, origin = (MARMOUSI_SPACING, MARMOUSI_SPACING), (0.0, 0.0)
+    else:
         check_input_file(config.model, "model", InvalidArgumentError)
         v, spacing, origin = read_image(config.model)
     return resample_window(
@@ -51,8 +78,6 @@ def true_velocity(config: SimulateConfig) -> tuple[np.ndarray, tuple[float, floa
 
 
 def _check_velocity(v: np.ndarray, config: SimulateConfig) -> None:
-    from devito_uq.errors import InvalidArgumentError
-
     if not np.all(np.isfinite(v)) or v.min() < config.vmin or v.max() > config.vmax:
         raise InvalidArgumentError(
             f"the model's velocities {np.nanmin(v):.3f}..{np.nanmax(v):.3f} km/s leave "
@@ -68,17 +93,34 @@ def run_simulate(
     figures: bool = True,
     comm: Any = None,
 ) -> dict[str, Any]:
-    """Simulate the survey of ``config`` into ``out``; return the acquisition summary.
+    """``devito-uq simulate``: the survey of ``config`` into ``out`` (rank 0 writes).
 
-    ``resume`` is accepted for the CLI's uniform signature: a simulation is cheap and
-    always rewritten. Every check (window, velocities, time axes) runs before a solve.
+    Every check (window, velocities, time axes) runs before a solve.
+
+    Parameters
+    ----------
+    config : SimulateConfig
+        Model, window, acquisition, noise.
+    out : str or os.PathLike
+        The output folder.
+    resume : bool
+        Accepted for the CLI's uniform signature: a simulation is cheap and always
+        rewritten.
+    progress, figures : bool
+        Accepted for the CLI's uniform signature.
+    comm : mpi4py communicator or None
+        Each rank models its own shots.
+
+    Returns
+    -------
+    dict
+        The acquisition summary (written to ``acquisition.json``).
+
+    Raises
+    ------
+    InvalidArgumentError
+        A bad value, model file, window or velocity range.
     """
-    from devito_uq.inference import sigma_from_snr
-    from devito_uq.io import write_image, write_shots
-    from devito_uq.physics import AcousticModel, AcousticModeling, BornModeling, Survey
-    from devito_uq.physics.model import squared_slowness
-    from devito_uq.physics.resample import TimeAxis
-
     config.validate()
     t_start = time.perf_counter()
     rank, _ = rank_and_size(comm)

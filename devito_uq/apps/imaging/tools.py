@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
 
 from devito_uq.apps.imaging.config import InfoConfig, SummarizeConfig
+from devito_uq.apps.imaging.outputs import write_outputs
+from devito_uq.apps.imaging.posterior import load_posterior
+from devito_uq.errors import InvalidArgumentError
+from devito_uq.io import format_segy_info, segy_info
+from devito_uq.io._atomic import atomic_path
+from devito_uq.io._files import check_input_file
 
 __all__ = ["run_summarize", "run_info"]
 
@@ -18,13 +25,35 @@ def run_summarize(
     progress: bool = True,
     figures: bool = True,
 ) -> dict[str, Any]:
-    """Draw ``n_samples`` from ``out/posterior.pt`` (or the given file) and rewrite the
-    images, figures and a ``summary_samples.json``; no PDE solve."""
-    from devito_uq.apps.imaging.outputs import load_posterior, write_outputs
-    from devito_uq.errors import InvalidArgumentError
-    from devito_uq.io._atomic import atomic_path
-    from devito_uq.io._files import check_input_file
+    """``devito-uq summarize``: redraw a saved posterior, no PDE solve.
 
+    Draws ``n_samples`` from ``out/posterior.pt`` (or the given file) and rewrites the
+    images, figures and a ``summary_samples.json``.
+
+    Parameters
+    ----------
+    config : SummarizeConfig
+        ``posterior`` (relative to ``out``), ``n_samples``, ``seed``.
+    out : str or os.PathLike
+        The output folder.
+    resume, progress : bool
+        Accepted for the CLI's uniform signature.
+    figures : bool
+        Write the PNG figures.
+
+    Returns
+    -------
+    dict
+        The summary of :func:`~devito_uq.apps.imaging.outputs.write_outputs` and the
+        ``posterior`` path.
+
+    Raises
+    ------
+    InvalidArgumentError
+        A missing posterior file.
+    CheckpointError
+        A file that is not an imaging posterior.
+    """
     config.validate()
     path = Path(config.posterior).expanduser()
     path = path if path.is_absolute() else Path(out) / path
@@ -33,8 +62,6 @@ def run_summarize(
     os.makedirs(out, exist_ok=True)
     summary = write_outputs(os.fspath(out), post, config.n_samples, config.seed, figures)
     summary["posterior"] = str(path)
-    import json
-
     with atomic_path(os.path.join(out, "summary_samples.json")) as tmp, open(tmp, "w") as fh:
         json.dump(summary, fh, indent=2)
     return summary
@@ -47,9 +74,22 @@ def run_info(
     progress: bool = True,
     figures: bool = True,
 ) -> dict[str, Any]:
-    """Print what the SEG-Y file holds (shots, traces, axes, header conventions)."""
-    from devito_uq.io import format_segy_info, segy_info
+    """``devito-uq info``: print what the SEG-Y file holds.
 
+    Parameters
+    ----------
+    config : InfoConfig
+        ``segy`` (the file) and ``convention`` (the header convention, '' to detect it).
+    out : str or os.PathLike
+        Unused (the command writes nothing).
+    resume, progress, figures : bool
+        Accepted for the CLI's uniform signature.
+
+    Returns
+    -------
+    dict
+        Shots, traces, axes and header conventions (:func:`devito_uq.io.segy_info`).
+    """
     config.validate()
     info = segy_info(config.segy, convention=config.convention or None)
     print(format_segy_info(info))

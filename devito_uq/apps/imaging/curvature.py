@@ -1,0 +1,250 @@
+"""The curvature of the imaging misfit and the Laplace baseline built on it.
+
+Gauss–Newton products (:func:`gauss_newton_operator`), the illumination
+(:func:`gauss_newton_diagonal`), the prior square root that whitens them
+(:func:`prior_sqrt`), and :func:`laplace_baseline`: the illumination, the MAP and the
+low-rank Laplace factor (:mod:`devito_uq.inference.laplace`) that ``map.pt`` caches and VI
+starts from.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.ndimage import gaussian_filter
+from torch import nn
+from tqdm.auto import tqdm
+
+from devito_uq.apps.imaging.config import InvertConfig
+from devito_uq.apps.imaging.posterior import laplace_parameterization
+from devito_uq.apps.imaging.problem import ImagingProblem, pde_solves
+from devito_uq.inference import (
+    DiagonalSqrt,
+    Parameterization,
+    low_rank_eigh,
+    map_estimate,
+)
+from devito_uq.inference.laplace import residual_shrink
+from devito_uq.parallel import allreduce_sum, rank_and_size
+from devito_uq.physics import BornModeling
+
+__all__ = [
+    "gauss_newton_diagonal",
+    "gauss_newton_operator",
+    "laplace_baseline",
+    "prior_sqrt",
+]
+
+
+def prior_sqrt(config: Any, prior: nn.Module, like: torch.Tensor):
+    """Square root ``L`` of the prior covariance: the whitening of the Laplace factor.
+
+    Parameters
+    ----------
+    config : InvertConfig
+        ``prior_std``: the proxy ``prior_std·I`` for priors without a square root (TV).
+    prior : torch.nn.Module
+        The prior (its ``sqrt()`` when it has one).
+    like : torch.Tensor
+        ``[nx, nz]``: shape and dtype of the proxy.
+
+    Returns
+    -------
+    The prior's square root operator (``matvec``/``rmatvec``/``state``).
+    """
+    sqrt = getattr(prior, "sqrt", None)
+    if callable(sqrt):
+        return sqrt()
+    return DiagonalSqrt(torch.full_like(like, config.prior_std))
+
+
+def gauss_newton_operator(
+    problem: ImagingProblem, m: torch.Tensor, chunk: int = 16, progress: bool = False
+):
+    """``v ↦ JᵀMJv/σ²``: the misfit's Gauss–Newton Hessian at ``m``, summed over ranks.
+
+    ``J`` the Born operator, ``M`` the trace mask. One Born and one adjoint solve per shot
+    and vector.
+
+    Parameters
+    ----------
+    problem : ImagingProblem
+        This rank's shots (none: it contributes zeros to the sum).
+    m : torch.Tensor
+        ``[nx, nz]`` where to linearize (born: ``problem.operator`` itself).
+    chunk : int
+        Vectors per Born call.
+    progress : bool
+        A progress bar per batch.
+
+    Returns
+    -------
+    callable
+        ``[k, nx, nz]`` float64 → ``[k, nx, nz]`` float64.
+    """
+    J = mask = None
+    if problem.survey is not None:
+        J = (
+            problem.operator
+            if problem.kind == "born"
+            else BornModeling(problem.model, problem.survey, m)
+        )
+        mask = torch.from_numpy(problem.survey.mask())[:, None, :]
+
+    def apply(v: torch.Tensor) -> torch.Tensor:
+        local = torch.zeros(v.shape, dtype=torch.float64)
+        if J is not None:
+            starts = range(0, v.shape[0], chunk)
+            bar = tqdm(
+                starts,
+                desc=f"Gauss-Newton products ({v.shape[0]})",
+                disable=not progress or v.shape[0] <= chunk,
+                leave=False,
+            )
+            for k in bar:
+                u = v[k : k + chunk].to(problem.m0.dtype).requires_grad_(True)
+                w = J(u) * mask
+                (0.5 * w.pow(2).sum() / problem.sigma**2).backward()
+                local[k : k + chunk] = u.grad.double()
+        return allreduce_sum(local, problem.comm)
+
+    return apply
+
+
+def gauss_newton_diagonal(
+    gn, shape: tuple[int, int], probes: int, seed: int, smooth_cells: float = 1.5
+) -> torch.Tensor:
+    r"""Hutchinson estimate of :math:`\mathrm{diag}(J^\top M J)/\sigma^2`: the illumination.
+
+    ``E[v ⊙ Hv] = diag(H)`` for Rademacher probes ``v`` (Bekas, Kokiopoulou & Saad 2007).
+    Smoothed by a Gaussian of ``smooth_cells`` (the probes' off-diagonal noise is rough,
+    the illumination it estimates is smooth) and floored at 10⁻³ of its maximum.
+
+    Parameters
+    ----------
+    gn : callable
+        From :func:`gauss_newton_operator`.
+    shape : tuple of int
+        ``(nx, nz)``.
+    probes : int
+        Number of Rademacher probes.
+    seed : int
+        Seed of the probes.
+    smooth_cells : float
+        σ of the smoothing, cells.
+
+    Returns
+    -------
+    torch.Tensor
+        ``[nx, nz]`` float64, 1/(s²/km²)².
+    """
+    g = torch.Generator().manual_seed(seed)
+    v = (torch.randint(0, 2, (probes, *shape), generator=g) * 2 - 1).double()
+    diag = (v * gn(v)).mean(0).numpy()
+    diag = gaussian_filter(diag, smooth_cells, mode="nearest")
+    return torch.from_numpy(np.maximum(diag, 1e-3 * diag.max()))
+
+
+def laplace_baseline(
+    problem: ImagingProblem, prior, config: InvertConfig, progress: bool
+) -> dict[str, Any]:
+    """The illumination, the MAP and the low-rank Laplace factor at the MAP.
+
+    Born: the Gauss–Newton Hessian does not depend on the model, so the Laplace factor
+    comes first and the MAP is found in its whitened latent (a quadratic there close to
+    ``½‖x‖²``: L-BFGS converges in a few steps). FWI: the MAP comes first, by L-BFGS in
+    the latent scaled by the Jacobi curvature ``(diag(JᵀJ)/σ² + diag(prior precision))^-½``
+    (small, local steps: a whitened latent lets the first steps jump to a cycle-skipped
+    model), then the Laplace factor at the MAP.
+
+    Parameters
+    ----------
+    problem : ImagingProblem
+        This rank's share of the problem.
+    prior : torch.nn.Module
+        The prior (:func:`~devito_uq.apps.imaging.problem.make_prior`).
+    config : InvertConfig
+        ``probes``, ``rank``, ``oversample``, ``residual``, ``map_iterations``, ``seed``.
+    progress : bool
+        Progress bars.
+
+    Returns
+    -------
+    dict
+        ``illumination`` ``[nx, nz]``, ``sqrt`` (the prior square root's state), ``map``
+        ``[nx, nz]``, ``eigenvalues`` ``[rank]``, ``eigenvectors`` ``[rank, nx, nz]``,
+        ``residual``, ``eigenvalues_above_1``, and per phase ``time_s`` (s) and
+        ``pde_solves``.
+    """
+    times: dict[str, float] = {}
+    counts: dict[str, int] = {}
+
+    def phase(name, fn):
+        t0, s0 = time.perf_counter(), pde_solves()
+        result = fn()
+        times[name] = times.get(name, 0.0) + time.perf_counter() - t0
+        counts[name] = counts.get(name, 0) + pde_solves() - s0
+        return result
+
+    show = progress and rank_and_size(problem.comm)[0] == 0
+    gn0 = gauss_newton_operator(problem, problem.m0, progress=show)
+    illum = phase(
+        "illumination",
+        lambda: gauss_newton_diagonal(gn0, problem.shape, config.probes, config.seed),
+    )
+    sqrt = prior_sqrt(config, prior, problem.m0)
+    base: dict[str, Any] = {"illumination": illum, "sqrt": sqrt.state()}
+
+    def laplace(gn):
+        def whitened(v: torch.Tensor) -> torch.Tensor:  # Lᵀ H_d L v
+            return sqrt.rmatvec(gn(sqrt.matvec(v)))
+
+        rank = min(config.rank, problem.m0.numel())
+        lam, vec = low_rank_eigh(whitened, problem.shape, rank, config.oversample, config.seed)
+        base.update(
+            eigenvalues=lam.float(),
+            eigenvectors=vec.float(),
+            residual=(
+                residual_shrink(lam, problem.m0.numel()) if config.residual == "tail" else 1.0
+            ),
+        )
+
+    def map_from(start, g):
+        if not config.map_iterations:
+            return start.clone()
+        return map_estimate(
+            problem.likelihood,
+            prior,
+            x0=start,
+            parameterization=g,
+            iterations=config.map_iterations,
+            progress=progress,
+        ).model.detach()
+
+    if problem.kind == "born":
+        phase("laplace", lambda: laplace(gn0))
+        start = torch.zeros_like(problem.m0)
+        g = laplace_parameterization(start, base, problem.bounds)
+        base["map"] = phase("map", lambda: map_from(start, g))
+    else:
+        precision = illum + _prior_precision_diagonal(prior, illum)
+        lo, hi = problem.bounds
+        g = Parameterization(problem.m0, precision.rsqrt().float(), lower=lo, upper=hi)
+        base["map"] = phase("map", lambda: map_from(problem.m0, g))
+        gn = gauss_newton_operator(problem, base["map"], progress=show)
+        phase("laplace", lambda: laplace(gn))
+    base.update(
+        time_s=times,
+        pde_solves=counts,
+        eigenvalues_above_1=int((base["eigenvalues"] > 1).sum()),
+    )
+    return base
+
+
+def _prior_precision_diagonal(prior, like: torch.Tensor) -> torch.Tensor:
+    """``diag`` of the prior's precision where it has one (Gaussian), else zeros."""
+    diag = getattr(prior, "precision_diagonal", None)
+    return diag().to(like) if callable(diag) else torch.zeros_like(like)
