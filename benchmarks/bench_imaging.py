@@ -148,7 +148,7 @@ def laplace_moments(problem, base: dict) -> tuple[torch.Tensor, torch.Tensor]:
     sampling: the columns of ``A`` from the parameterization at unit latents (Born only)."""
     from devito_uq.apps.imaging.posterior import laplace_parameterization
 
-    g = laplace_parameterization(problem, base["map"], base).double()
+    g = laplace_parameterization(base["map"], base, problem.bounds).double()
     n = problem.m0.numel()
     with torch.no_grad():
         cols = g(torch.eye(n, dtype=torch.float64).reshape(n, *problem.shape))[0]
@@ -264,7 +264,7 @@ def bench_fwi(
     problem = build_problem(config, out)
     prior = make_prior(config, problem)
     base = load_checkpoint(out / "map.pt")
-    g = laplace_parameterization(problem, base["map"], base)
+    g = laplace_parameterization(base["map"], base, problem.bounds)
     target = PosteriorTarget(problem.likelihood, prior, g)
     sampler = MALA(target, step_size=0.2)
     t0 = time.perf_counter()
