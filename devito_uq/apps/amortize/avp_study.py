@@ -29,15 +29,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from devito_uq.apps.avp.problem import make_flow
-from devito_uq.inference import (
-    MALA,
-    CachedDraws,
-    VariationalPosterior,
-    map_estimate,
-    run_calibration,
-    summarize,
-)
+from devito_uq.apps.avp.calibration import method_report
+from devito_uq.apps.avp.problem import fit_vi
+from devito_uq.inference import MALA, CachedDraws, map_estimate, run_calibration, summarize
+from devito_uq.inference.calibration_plots import save_calibration_figures
 from devito_uq.parallel import rank_and_size
 
 __all__ = ["study", "AmortizedDraws", "posterior_stats", "elbo"]
@@ -110,17 +105,15 @@ def _run_vi(setting, survey, progress: bool, seed: int):
     c, cal = setting.config, setting.calibration.config
     op = survey.operator
     t0, s0 = time.perf_counter(), op.n_solves
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        flow = make_flow(cal.avp_config(), setting.problem.m_background.numel())
-    vi = VariationalPosterior(flow, survey.target)
-    vi.fit(
+    vi = fit_vi(
+        setting.problem,
         c.vi_iterations,
+        target=survey.target,
         batch_size=cal.batch_size,
         lr=cal.lr,
-        lr_schedule="exponential",
         lr_final=cal.lr_final,
         seed=seed,
+        init_seed=seed,
         progress=progress,
     )
     cost = {
@@ -327,7 +320,7 @@ def study(setting, posterior, out, progress=True, figures=True, comm=None) -> di
     summary["time_s"] = times
     summary["load_average_1min"] = [load0, os.getloadavg()[0]]
     if figures and rank == 0:
-        from devito_uq.apps.amortize.avp_figures import write_figures
+        from devito_uq.apps.amortize.avp_figures import write_figures  # lazy: matplotlib
 
         write_figures(out, setting, surveys, draws, mala_draws, shift_draws)
     return summary
@@ -350,12 +343,8 @@ def _calibration(setting, posterior, out: Path, progress, comm, figures: bool) -
         comm=comm,
         progress=progress,
     )
-    from devito_uq.apps.avp.calibration import _method_report
-
-    rep = _method_report("amortized", result)
+    rep = method_report("amortized", result)
     if figures:
-        from devito_uq.inference.calibration_plots import save_calibration_figures
-
         save_calibration_figures(result, out, prefix="calibration_amortized")
     keep = ("verdict", "miscalibrated", "mean_pit_offset", "std_over_error", "expected_z_fraction")
     cov = result.coverage("central")

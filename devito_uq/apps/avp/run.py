@@ -23,7 +23,6 @@ import contextlib
 import json
 import os
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -31,14 +30,21 @@ import torch
 from devito_uq.apps import prepare_output
 from devito_uq.apps.avp.baselines import BaselinesProcess, data_digest, run_baselines
 from devito_uq.apps.avp.config import AVPConfig
-from devito_uq.apps.avp.problem import AVPProblem, build_problem, load_sleipner, make_flow
+from devito_uq.apps.avp.problem import (
+    AVPProblem,
+    AVPResults,
+    build_problem,
+    fit_vi,
+    load_sleipner,
+    make_flow,
+)
 from devito_uq.errors import CheckpointError
 from devito_uq.inference import PosteriorSummary, VariationalPosterior, summarize
 from devito_uq.io._atomic import atomic_path
 from devito_uq.io.checkpoint import check_identity, load_checkpoint, save_checkpoint
 from devito_uq.threads import available_cores, set_solver_threads
 
-__all__ = ["AVPResults", "run_avp", "train_vi", "vi_checkpoint_every"]
+__all__ = ["run_avp", "train_vi", "vi_checkpoint_every"]
 
 #: Fields that change only the VI run or what is written: a MAP/MALA cache made
 #: under other values of these is still valid.
@@ -81,25 +87,6 @@ _NOT_IN_VI = frozenset(
 _CONCURRENT_MIN_MALA_STEPS = 1000
 _CACHE_KEYS = ("config", "map", "mala", "info", "timings", "solves")
 _AFRESH = "; run without resume to start afresh"
-
-
-@dataclass
-class AVPResults:
-    """What the three methods produced, for the summary and the figures.
-
-    ``m_map`` ``[nz]``; ``vi_samples`` / ``mala_samples`` ``[n, nz]`` (s²/km²);
-    ``d_mean`` / ``d_background`` ``[p, nt]``, the data of the VI mean and of the
-    background model.
-    """
-
-    m_map: torch.Tensor
-    vi_samples: torch.Tensor
-    mala_samples: torch.Tensor
-    vi_summary: PosteriorSummary
-    mala_summary: PosteriorSummary
-    history: dict[str, list[float]]
-    d_mean: torch.Tensor
-    d_background: torch.Tensor
 
 
 def _vi_identity(config: AVPConfig) -> dict[str, Any]:
@@ -195,29 +182,49 @@ def train_vi(
     progress: bool = True,
     callback=None,
 ) -> VariationalPosterior:
-    """Train the HINT flow by VI, resuming from ``checkpoint_path`` if it exists."""
-    torch.manual_seed(config.seed)  # the flow's initial weights
-    flow = make_flow(config, problem.m_true.numel())
-    vi = VariationalPosterior(flow, problem.target)
+    """Train the HINT flow by VI on the Sleipner data (:func:`fit_vi`, the flow's
+    weights and the fit seeded by ``config.seed``), resuming from ``checkpoint_path`` if
+    it exists.
+
+    Parameters
+    ----------
+    problem : AVPProblem
+        Built from ``config`` (:func:`build_problem`).
+    config : AVPConfig
+        The schedule: ``iterations``, ``batch_size``, ``lr`` decayed ×``lr_decay`` every
+        ``lr_decay_every`` iterations, ``checkpoint_every``, ``seed``.
+    checkpoint_path : str or os.PathLike
+        VI checkpoint, written every :func:`vi_checkpoint_every` iterations; it stores
+        the configuration fields VI depends on.
+    progress : bool
+        A tqdm bar.
+    callback : callable, optional
+        ``callback(iteration, values)`` after every iteration.
+
+    Returns
+    -------
+    VariationalPosterior
+    """
     gamma = config.lr_decay ** (1.0 / config.lr_decay_every)
 
     def schedule(opt: torch.optim.Optimizer):
         # The original's ExpDecay: ×lr_decay every lr_decay_every steps, applied smoothly.
         return torch.optim.lr_scheduler.ExponentialLR(opt, gamma=gamma)
 
-    vi.fit(
+    return fit_vi(
+        problem,
         config.iterations,
         batch_size=config.batch_size,
         lr=config.lr,
+        seed=config.seed,
         lr_schedule=schedule,
+        init_seed=config.seed,
+        progress=progress,
         checkpoint_path=checkpoint_path,
         checkpoint_every=vi_checkpoint_every(config),
-        seed=config.seed,
-        progress=progress,
         callback=callback,
         identity=_vi_identity(config),
     )
-    return vi
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -379,7 +386,7 @@ def run_avp(
         {"vi": vi_samples, "mala": base["mala"], "map": base["map"]},
     )
     if figures:
-        from devito_uq.apps.avp.figures import write_figures
+        from devito_uq.apps.avp.figures import write_figures  # lazy: matplotlib
 
         write_figures(out, problem, results)
     with atomic_path(os.path.join(out, "summary.json")) as tmp, open(tmp, "w") as fh:
