@@ -342,18 +342,31 @@ def run_avp_calibration(
 ) -> dict[str, Any]:
     """Calibrate VI and MALA over ``config.n_truths`` prior truths; write ``out``.
 
-    Args:
-        config: the schedule (:meth:`AVPCalibrationConfig.standard`).
-        out: output folder (created; see the module docstring).
-        resume: keep the finished truths in ``out`` (made under the same settings,
-            except ``n_truths`` and ``methods``) and compute only the others;
-            otherwise start afresh.
-        progress: a bar over each rank's truths.
-        figures: write the PNG figures (``report.json`` is always written).
-        comm: MPI communicator: truths dealt over ranks; rank 0 writes the report.
+    Parameters
+    ----------
+    config : AVPCalibrationConfig
+        The schedule (:meth:`AVPCalibrationConfig.standard`).
+    out : str or os.PathLike
+        Output folder (created; see the module docstring).
+    resume : bool
+        Keep the finished truths in ``out`` (made under the same settings, except
+        ``n_truths`` and ``methods``) and compute only the others; otherwise start afresh.
+    progress : bool
+        A bar over each rank's truths.
+    figures : bool
+        Write the PNG figures (``report.json`` is always written).
+    comm : MPI communicator, optional
+        Truths dealt over ranks; rank 0 writes the report.
 
-    Returns:
+    Returns
+    -------
+    dict
         The report, also written to ``out/report.json``.
+
+    Raises
+    ------
+    CheckpointError
+        With ``resume``, a folder made under other settings (naming the key).
     """
     config.validate()
     t_start = time.perf_counter()

@@ -246,27 +246,39 @@ def run_avp(
 ) -> dict[str, Any]:
     """Run MAP, VI (HINT flow) and MALA on the Sleipner data; write ``out``.
 
-    Args:
-        config: the schedule (:meth:`AVPConfig.short` or :meth:`AVPConfig.full`).
-        out: output folder (created): ``summary.json``, figures, ``vi_checkpoint.pt``,
-            ``map_mala.pt``, ``posterior_samples.pt``.
-        resume: continue VI from ``out/vi_checkpoint.pt`` (same seed and schedule)
-            and reuse the MAP/MALA of ``out/map_mala.pt`` (same configuration);
-            otherwise start afresh.
-        progress: tqdm bars.
-        figures: write the PNG figures.
+    Parameters
+    ----------
+    config : AVPConfig
+        The schedule (:meth:`AVPConfig.short` or :meth:`AVPConfig.full`).
+    out : str or os.PathLike
+        Output folder (created): ``summary.json``, figures, ``vi_checkpoint.pt``,
+        ``map_mala.pt``, ``posterior_samples.pt``.
+    resume : bool
+        Continue VI from ``out/vi_checkpoint.pt`` (same seed and schedule) and reuse the
+        MAP/MALA of ``out/map_mala.pt`` (same configuration); otherwise start afresh.
+    progress : bool
+        tqdm bars.
+    figures : bool
+        Write the PNG figures.
 
-    Returns:
-        The summary dictionary also written to ``out/summary.json``.
+    Returns
+    -------
+    dict
+        The summary also written to ``out/summary.json``.
 
-    Raises:
-        InvalidArgumentError: a bad configuration value or combination (before any
-            file is touched).
-        CheckpointError: with ``resume``, a corrupt checkpoint or cache, or one of
-            another configuration (before any solve; the files are left as they are).
-        WorkerError: the MAP + MALA process failed (``map_mala.log`` is kept; VI's
-            checkpoint is written, so a rerun with ``resume`` continues VI).
+    Raises
+    ------
+    InvalidArgumentError
+        A bad configuration value or combination (before any file is touched).
+    CheckpointError
+        With ``resume``, a corrupt checkpoint or cache, or one of another configuration
+        (before any solve; the files are left as they are).
+    WorkerError
+        The MAP + MALA process failed (``map_mala.log`` is kept; VI's checkpoint is
+        written, so a rerun with ``resume`` continues VI).
 
+    Notes
+    -----
     With ``config.concurrent`` (``auto``: when this process may run on two or more cores
     and MALA has at least 1,000 steps) MAP and MALA run in a second process while VI
     trains here, each with half the threads; once they are done, VI's plane-wave solves
