@@ -21,8 +21,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -100,54 +102,50 @@ def _time_sampling(posterior, condition: torch.Tensor, n: int = 1000) -> float:
     return float(np.median(times))
 
 
+@contextlib.contextmanager
+def _cost(operator, iterations: int, batch_size: int) -> Iterator[dict[str, Any]]:
+    """A fit's cost: ``iterations``, ``batch_size``, then the ``pde_solves`` and
+    ``seconds`` spent inside the block (filled in when it ends)."""
+    cost: dict[str, Any] = {"iterations": iterations, "batch_size": batch_size}
+    t0, s0 = time.perf_counter(), operator.n_solves
+    yield cost
+    cost.update(pde_solves=operator.n_solves - s0, seconds=time.perf_counter() - t0)
+
+
 def _run_vi(setting, survey, progress: bool, seed: int):
     """A fresh HINT flow fitted by VI to ``survey`` (the calibration's schedule)."""
     c, cal = setting.config, setting.calibration.config
-    op = survey.operator
-    t0, s0 = time.perf_counter(), op.n_solves
-    vi = fit_vi(
-        setting.problem,
-        c.vi_iterations,
-        target=survey.target,
-        batch_size=cal.batch_size,
-        lr=cal.lr,
-        lr_final=cal.lr_final,
-        seed=seed,
-        init_seed=seed,
-        progress=progress,
-    )
-    cost = {
-        "iterations": c.vi_iterations,
-        "batch_size": cal.batch_size,
-        "pde_solves": op.n_solves - s0,
-        "seconds": time.perf_counter() - t0,
-    }
+    with _cost(survey.operator, c.vi_iterations, cal.batch_size) as cost:
+        vi = fit_vi(
+            setting.problem,
+            c.vi_iterations,
+            target=survey.target,
+            batch_size=cal.batch_size,
+            lr=cal.lr,
+            lr_final=cal.lr_final,
+            seed=seed,
+            init_seed=seed,
+            progress=progress,
+        )
     return vi, cost
 
 
 def _run_correction(setting, posterior, survey, progress: bool, seed: int):
     c = setting.config
-    op = survey.operator
-    t0, s0 = time.perf_counter(), op.n_solves
-    vi = (
-        posterior.correct(
-            survey.target,
-            survey.condition,
-            c.correct_iterations,
-            batch_size=c.correct_batch_size,
-            lr=c.correct_lr,
-            seed=seed,
-            progress=progress,
+    with _cost(survey.operator, c.correct_iterations, c.correct_batch_size) as cost:
+        vi = (
+            posterior.correct(
+                survey.target,
+                survey.condition,
+                c.correct_iterations,
+                batch_size=c.correct_batch_size,
+                lr=c.correct_lr,
+                seed=seed,
+                progress=progress,
+            )
+            if c.correct_iterations > 0
+            else None
         )
-        if c.correct_iterations > 0
-        else None
-    )
-    cost = {
-        "iterations": c.correct_iterations,
-        "batch_size": c.correct_batch_size,
-        "pde_solves": op.n_solves - s0,
-        "seconds": time.perf_counter() - t0,
-    }
     return vi, cost
 
 
