@@ -144,6 +144,40 @@ def test_bad_config_is_refused_naming_it(field, value):
         build_setting(AmortizeConfig(**{**TINY, field: value}))
 
 
+def test_each_problem_has_its_config_and_the_command_offers_all_their_fields():
+    """One config class per problem, found by its ``problem`` default; the command's
+    AmortizeConfig holds exactly the union of their fields; a problem's config keeps its
+    own fields only (an older amortized.pt stored every problem's)."""
+    import dataclasses
+
+    from devito_uq.apps.amortize import (
+        AVPAmortizeConfig,
+        ImagingAmortizeConfig,
+        problem_config,
+    )
+    from devito_uq.apps.amortize.config import PROBLEMS
+
+    assert PROBLEMS == ("avp", "imaging")
+    names = {
+        c: {f.name for f in dataclasses.fields(c)}
+        for c in (AVPAmortizeConfig, ImagingAmortizeConfig)
+    }
+    union = {f.name for f in dataclasses.fields(AmortizeConfig)}
+    assert union == names[AVPAmortizeConfig] | names[ImagingAmortizeConfig]
+    assert "mala_steps" not in names[ImagingAmortizeConfig]
+    assert "x_start" not in names[AVPAmortizeConfig]
+    assert AmortizeConfig().problem == "avp" and ImagingAmortizeConfig().problem == "imaging"
+    cfg = AmortizeConfig(**{**TINY, "nshots": 0})  # another problem's field: ignored
+    assert cfg.validate() is cfg and cfg.for_problem() == AVPAmortizeConfig(**TINY)
+    with pytest.raises(InvalidArgumentError, match="nshots"):
+        AmortizeConfig(problem="imaging", nshots=0).validate()
+    with pytest.raises(InvalidArgumentError, match="problem"):
+        AVPAmortizeConfig(problem="imaging").validate()
+    with pytest.raises(InvalidArgumentError, match="problem"):
+        problem_config({"problem": "elastic"})
+    assert problem_config(AmortizeConfig(problem="imaging").to_dict()) == ImagingAmortizeConfig()
+
+
 def test_tiny_workflow_writes_summary_and_figures(tmp_path):
     from devito_uq.apps.amortize.run import run_all
 

@@ -9,6 +9,9 @@ Each application ``devito_uq.apps.<name>`` holds
 * ``figures.py`` — the PNG figures;
 * optionally more commands with their own config (``avp`` has ``calibration.py``);
 
+knob groups that several applications share (a survey, a solver, a prior, a flow) are
+declared once in :mod:`devito_uq.apps.pieces` and inherited by their configs;
+
 and declares its ``devito-uq`` sub-commands as a module-level ``COMMANDS`` tuple of
 :class:`Command`. The CLI discovers every package here and builds each command's
 options from its config dataclass, so a new application needs no edit elsewhere.
@@ -23,23 +26,53 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from devito_uq.errors import CheckpointError, InvalidArgumentError
+
 __all__ = ["Command", "commands", "knob", "prepare_output"]
 
 
 def knob(default: Any, help: str, cli: bool = True) -> Any:
-    """A config dataclass field with its help text (``cli=False``: not a command-line option)."""
+    """A config dataclass field with its help text.
+
+    Parameters
+    ----------
+    default : Any
+        The field's default (immutable: a tuple, not a list).
+    help : str
+        One line for ``--help``, with units.
+    cli : bool
+        Whether the field is a command-line option and a TOML key.
+
+    Returns
+    -------
+    dataclasses.Field
+        ``field(default=default, metadata={"help": help, "cli": cli})``.
+    """
     return field(default=default, metadata={"help": help, "cli": cli})
 
 
 def prepare_output(out: str, checkpoints: Sequence[str], resume: bool, writer: bool = True) -> None:
-    """Make the output folder ``out``; without ``resume`` remove the ``checkpoints`` in it
-    (``writer`` only: rank 0 under MPI), a symbolic link itself, never its target.
+    """Make the output folder ``out``; without ``resume`` remove the ``checkpoints`` in it.
 
-    Raises :class:`~devito_uq.errors.InvalidArgumentError` when ``out`` is a file and
-    :class:`~devito_uq.errors.CheckpointError` when a checkpoint path is a folder.
+    Parameters
+    ----------
+    out : str
+        The output folder (created with its parents).
+    checkpoints : sequence of str
+        File names inside ``out`` that a fresh run must not find (a symbolic link is
+        removed itself, never its target).
+    resume : bool
+        Keep the checkpoints.
+    writer : bool
+        Whether this process removes them (rank 0 under MPI).
+
+    Raises
+    ------
+    InvalidArgumentError
+        ``out`` exists and is not a folder.
+    CheckpointError
+        A checkpoint path is a folder.
     """
-    from devito_uq.errors import CheckpointError, InvalidArgumentError
-
     if os.path.exists(out) and not os.path.isdir(out):
         raise InvalidArgumentError(f"out={out!r} exists and is not a folder")
     os.makedirs(out, exist_ok=True)
@@ -57,22 +90,34 @@ def prepare_output(out: str, checkpoints: Sequence[str], resume: bool, writer: b
 class Command:
     """One ``devito-uq`` sub-command.
 
-    Attributes:
-        name: the sub-command (``devito-uq <name>``); two words (``"amortize train"``)
-            make a command group (``devito-uq amortize train``).
-        help: one line for ``devito-uq --help``.
-        config: the application's config dataclass (options come from its fields).
-        preset: name of the classmethod of ``config`` giving the default schedule.
-        run: ``"module:function"`` called as ``function(config, out, resume=,
-            progress=, figures=)``, imported only when the command runs.
-        default_out: output folder when ``--out`` is not given.
-        full_preset: classmethod selected by ``--full`` (``None``: no such flag).
-        report_keys: summary entries printed on success.
-        mpi: the run function also takes ``comm=`` (the MPI communicator when the CLI
-            was started under ``mpiexec`` with several ranks, else ``None``).
-        positional: a config field that the command's positional argument fills (e.g.
-            ``devito-uq info FILE.sgy``) instead of a TOML config file.
-        writes: the command writes results to ``--out`` (``False``: it only reports).
+    Attributes
+    ----------
+    name : str
+        The sub-command (``devito-uq <name>``); two words (``"amortize train"``) make a
+        command group (``devito-uq amortize train``).
+    help : str
+        One line for ``devito-uq --help``.
+    config : type
+        The application's config dataclass (options come from its fields).
+    preset : str
+        Name of the classmethod of ``config`` giving the default schedule.
+    run : str
+        ``"module:function"`` called as ``function(config, out, resume=, progress=,
+        figures=)``, imported only when the command runs.
+    default_out : str
+        Output folder when ``--out`` is not given.
+    full_preset : str or None
+        Classmethod selected by ``--full`` (``None``: no such flag).
+    report_keys : tuple of str
+        Summary entries printed on success.
+    mpi : bool
+        The run function also takes ``comm=`` (the MPI communicator when the CLI was
+        started under ``mpiexec`` with several ranks, else ``None``).
+    positional : str or None
+        A config field that the command's positional argument fills (e.g.
+        ``devito-uq info FILE.sgy``) instead of a TOML config file.
+    writes : bool
+        The command writes results to ``--out`` (``False``: it only reports).
     """
 
     name: str
@@ -89,7 +134,13 @@ class Command:
 
 
 def commands() -> list[Command]:
-    """Every sub-command declared by the application packages, in name order."""
+    """Every sub-command declared by the application packages, in name order.
+
+    Returns
+    -------
+    list of Command
+        The ``COMMANDS`` of every package under :mod:`devito_uq.apps`.
+    """
     found: list[Command] = []
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
         if info.ispkg:

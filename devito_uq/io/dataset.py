@@ -148,33 +148,49 @@ def simulate_dataset(
 ) -> ShardedDataset:
     """Simulate ``n_pairs`` training pairs into ``folder``, shard by shard; resumable.
 
-    Args:
-        folder: output folder (created; shared by every MPI rank).
-        n_pairs: number of pairs ``>= 1``.
-        simulate_shard: ``simulate_shard(index, count, generator) -> {name: [count, ...]}``;
-            draws ``count`` models with ``generator`` (a CPU ``torch.Generator``; its only
-            source of randomness) and returns them with their conditions, e.g.
-            ``{"model": [count, nz], "condition": [count, p, nt]}``. Every call must
-            return the same names, per-pair shapes and dtypes; floating values finite.
-        shard_size: pairs per shard (the unit of work, of resume and of the split).
-        seed: dataset seed ``>= 0``; shard ``k`` uses :func:`shard_generator(seed, k)`.
-        identity: JSON-able dict of whatever else the data depend on (the prior, the
-            survey, the noise level), stored and compared on resume.
-        resume: keep the verified shards already in ``folder`` (False: recompute all).
-        comm: mpi4py communicator; shards are dealt round-robin over its ranks; every
-            rank must call this function (collective). ``None``: serial.
-        progress: tqdm bar over the shards of rank 0.
+    Parameters
+    ----------
+    folder : str or os.PathLike
+        Output folder (created; shared by every MPI rank).
+    n_pairs : int
+        Number of pairs ``>= 1``.
+    simulate_shard : callable
+        ``simulate_shard(index, count, generator) -> {name: [count, ...]}``; draws
+        ``count`` models with ``generator`` (a CPU ``torch.Generator``; its only source
+        of randomness) and returns them with their conditions, e.g. ``{"model": [count,
+        nz], "condition": [count, p, nt]}``. Every call must return the same names,
+        per-pair shapes and dtypes; floating values finite.
+    shard_size : int
+        Pairs per shard (the unit of work, of resume and of the split).
+    seed : int
+        Dataset seed ``>= 0``; shard ``k`` uses :func:`shard_generator(seed, k)`.
+    identity : dict, optional
+        JSON-able dict of whatever else the data depend on (the prior, the survey, the
+        noise level), stored and compared on resume.
+    resume : bool
+        Keep the verified shards already in ``folder`` (False: recompute all).
+    comm : mpi4py communicator, optional
+        Shards are dealt round-robin over its ranks; every rank must call this function
+        (collective). ``None``: serial.
+    progress : bool
+        tqdm bar over the shards of rank 0.
 
-    Returns:
-        :class:`ShardedDataset` of the complete dataset (on every rank).
+    Returns
+    -------
+    ShardedDataset
+        The complete dataset (on every rank).
 
-    Raises:
-        InvalidArgumentError/InvalidShapeError: bad arguments, or a shard that breaks the
-            contract above (naming the shard and field), before it is written.
-        CheckpointError: ``folder`` holds a dataset with another ``n_pairs``,
-            ``shard_size``, ``seed`` or ``identity`` (naming the key) and ``resume`` is
-            True; nothing is modified then.
+    Raises
+    ------
+    InvalidArgumentError, InvalidShapeError
+        Bad arguments, or a shard that breaks the contract above (naming the shard and
+        field), before it is written.
+    CheckpointError
+        ``folder`` holds a dataset with another ``n_pairs``, ``shard_size``, ``seed`` or
+        ``identity`` (naming the key) and ``resume`` is True; nothing is modified then.
 
+    Notes
+    -----
     A shard found corrupt on resume is recomputed (with a warning).
     """
     n_pairs = check_positive_int("n_pairs", n_pairs)
@@ -284,12 +300,17 @@ def _load_shard(path: Path, index: int, count: int, run: dict, spec: dict | None
 class ShardedDataset:
     """A dataset written by :func:`simulate_dataset`, read back.
 
-    Attributes:
-        folder: the dataset folder.
-        n_pairs, shard_size, n_shards, seed: as simulated.
-        identity: the ``identity`` dict given to :func:`simulate_dataset` (or ``None``).
-        fields: ``{name: {"shape": per-pair shape, "dtype": name}}`` (``None`` until
-            the first complete simulation).
+    Attributes
+    ----------
+    folder : pathlib.Path
+        The dataset folder.
+    n_pairs, shard_size, n_shards, seed : int
+        As simulated.
+    identity : dict or None
+        The ``identity`` dict given to :func:`simulate_dataset`.
+    fields : dict or None
+        ``{name: {"shape": per-pair shape, "dtype": name}}`` (``None`` until the first
+        complete simulation).
     """
 
     def __init__(self, folder: str | os.PathLike) -> None:

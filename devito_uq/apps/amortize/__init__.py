@@ -10,17 +10,28 @@ posterior of a new survey in one forward pass; a physics-based correction of its
     devito-uq amortize train examples/amortize_marmousi.toml --out run2d
     devito-uq invert --out survey --amortized run2d/amortized.pt --correct
 
-Parts: ``config.py`` (every knob), ``run.py`` (simulate → train → study), and one module
-per problem: ``avp.py`` (Sleipner profiles, data as the condition) and ``imaging.py``
-(2D Born imaging, the migrated image Jᵀd as the condition).
+Parts: ``run.py`` (simulate → train → study), ``training_config.py`` (the knobs every
+problem shares), ``config.py`` (:class:`AmortizeConfig`, the command's: every problem's
+fields, built from theirs) and per problem a config and a module: ``avp_config.py`` and
+``avp.py`` (Sleipner profiles, data as the condition), ``imaging_config.py`` and
+``imaging.py`` (2D Born imaging, the migrated image Jᵀd as the condition). A new problem
+adds its ``<problem>_config.py`` and ``<problem>.py``.
 """
 
 from __future__ import annotations
 
 from devito_uq.apps import Command
-from devito_uq.apps.amortize.config import AmortizeConfig
+from devito_uq.apps.amortize.avp_config import AVPAmortizeConfig
+from devito_uq.apps.amortize.config import AmortizeConfig, problem_config
+from devito_uq.apps.amortize.imaging_config import ImagingAmortizeConfig
 
-__all__ = ["AmortizeConfig", "COMMANDS"]
+__all__ = [
+    "AmortizeConfig",
+    "AVPAmortizeConfig",
+    "ImagingAmortizeConfig",
+    "problem_config",
+    "COMMANDS",
+]
 
 _REPORT = ("dataset", "pairs", "checkpoint", "best_validation_nll", "metrics", "time_s")
 _RUN = "devito_uq.apps.amortize.run"

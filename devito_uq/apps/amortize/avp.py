@@ -35,21 +35,26 @@ the ray parameters), then runs SBC/coverage over ``n_truths`` simulated truths.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from devito_uq.apps.amortize.config import AmortizeConfig
+from devito_uq.apps.amortize.avp_config import AVPAmortizeConfig
+from devito_uq.apps.amortize.avp_study import study
 from devito_uq.apps.avp.calibration import CalibrationSetting
 from devito_uq.apps.avp.calibration import build_setting as build_calibration
 from devito_uq.apps.avp.calibration_config import AVPCalibrationConfig
+from devito_uq.apps.pieces import ProperPrior, SleipnerNoise
 from devito_uq.errors import InvalidArgumentError, InvalidShapeError
+from devito_uq.flows import ConditionalHINT, Flow, TraceSummary
 from devito_uq.flows.invertible import InvertibleModule, InvertibleSequential
 from devito_uq.inference import GaussianLikelihood, PosteriorTarget
+from devito_uq.inference.amortized import AmortizedPosterior
 from devito_uq.physics import PlaneWaveModeling
+from devito_uq.physics.planewave.modeling import PlaneWaveBornModeling
 from devito_uq.validation import check_nonnegative_int, check_positive_int
 
 __all__ = [
@@ -88,8 +93,6 @@ class BornProjectionSummary(nn.Module):
         self, basis: torch.Tensor, features: int, hidden: int, trace_hidden: int = 32
     ) -> None:
         super().__init__()
-        from devito_uq.flows import TraceSummary
-
         if not isinstance(basis, torch.Tensor) or basis.dim() != 3:
             raise InvalidShapeError("basis must be a tensor [k, n_traces, n_time]")
         features = check_positive_int("features", features)
@@ -185,7 +188,7 @@ def kept_ray_indices(n_rays: int, fraction: float) -> list[int]:
 class AVPAmortizedSetting:
     """What every step of the AVP workflow shares (see the module docstring)."""
 
-    config: AmortizeConfig
+    config: AVPAmortizeConfig
     calibration: CalibrationSetting
 
     # -- the pieces -------------------------------------------------------------------------
@@ -288,8 +291,6 @@ class AVPAmortizedSetting:
     def born_basis(self) -> torch.Tensor:
         """``[nz, p, nt]`` Born data of a unit perturbation at each depth (background
         ``m_b``): the rows of ``J(m_b)ᵀ``."""
-        from devito_uq.physics.planewave.modeling import PlaneWaveBornModeling
-
         p = self.problem
         born = PlaneWaveBornModeling(self.operator, p.m_background.to(self.dtype))
         eye = torch.eye(p.m_background.numel(), dtype=self.dtype)
@@ -298,9 +299,6 @@ class AVPAmortizedSetting:
 
     def make_posterior(self):
         """The untrained :class:`~devito_uq.inference.AmortizedPosterior`."""
-        from devito_uq.flows import ConditionalHINT, Flow
-        from devito_uq.inference.amortized import AmortizedPosterior
-
         c = self.config
         n = self.problem.m_background.numel()
         summary = BornProjectionSummary(
@@ -377,20 +375,26 @@ class AVPAmortizedSetting:
     # -- the study ----------------------------------------------------------------------------
     def study(self, posterior, out, progress: bool = True, figures: bool = True, comm=None):
         """See :func:`devito_uq.apps.amortize.avp_study.study`."""
-        from devito_uq.apps.amortize.avp_study import study
-
         return study(self, posterior, out, progress=progress, figures=figures, comm=comm)
 
 
-def build_setting(config: AmortizeConfig, comm: Any = None) -> AVPAmortizedSetting:
-    """The AVP setting of ``config`` (the calibration's problem and prior)."""
-    config.validate()
-    cal = build_calibration(
-        AVPCalibrationConfig(
-            prior_norm_std=config.prior_norm_std,
-            prior_strength=config.prior_strength,
-            snr_db=config.snr_db,
-            seed=config.seed,
-        )
-    )
-    return AVPAmortizedSetting(config, cal)
+def build_setting(config: Any, comm: Any = None) -> AVPAmortizedSetting:
+    """The AVP setting of ``config`` (the calibration's problem and prior).
+
+    Parameters
+    ----------
+    config : AVPAmortizeConfig or AmortizeConfig
+        The problem's config, or the command's (its AVP fields are used).
+    comm : MPI communicator, optional
+        Unused: every rank builds the same setting.
+
+    Returns
+    -------
+    AVPAmortizedSetting
+    """
+    config = config.for_problem().validate()
+    # The calibration's setting with this config's noise rule and proper prior (the
+    # groups both configs share) and seed.
+    names = [f.name for piece in (SleipnerNoise, ProperPrior) for f in fields(piece)]
+    shared = {name: getattr(config, name) for name in (*names, "seed")}
+    return AVPAmortizedSetting(config, build_calibration(AVPCalibrationConfig(**shared)))

@@ -1,5 +1,8 @@
 """Figures of the AVP amortized study (PNG, written atomically into the output folder).
 
+Importing this module loads matplotlib (headless Agg backend, selected by
+:mod:`devito_uq.inference.plotting`): the study imports it only to write figures.
+
 * ``amortize_sleipner.png``: velocity profiles on the Sleipner survey — truth,
   background, the MALA reference's 90 % band, and the mean and 90 % band of the
   amortized, corrected and per-survey VI posteriors; next to it their std by depth;
@@ -17,7 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from devito_uq.apps.amortize.run import checkpoint_file
+from devito_uq.inference.plotting import plt
 from devito_uq.io._atomic import atomic_path
+from devito_uq.io.checkpoint import load_checkpoint
 
 __all__ = ["write_figures"]
 
@@ -65,9 +71,6 @@ def _panel(ax_mean, ax_std, z, truth, background, draws, reference=None, ref_lab
 
 def write_figures(out, setting, surveys, draws, mala_draws, shift_draws) -> list[Path]:
     """Write the study's figures into ``out``; return their paths."""
-    from devito_uq.inference.calibration_plots import _plt
-
-    plt = _plt()
     out = Path(out)
     p = setting.problem
     z = p.depth.numpy()
@@ -136,9 +139,6 @@ def write_figures(out, setting, surveys, draws, mala_draws, shift_draws) -> list
 
 def _history(setting, out: Path) -> dict:
     """The training history stored in the study's ``amortized.pt`` (empty if none)."""
-    from devito_uq.apps.amortize.run import checkpoint_file
-    from devito_uq.io.checkpoint import load_checkpoint
-
     path = checkpoint_file(setting.config, str(out))
     if not Path(path).exists():
         return {}

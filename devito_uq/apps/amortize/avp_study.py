@@ -21,23 +21,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from devito_uq.apps.avp.problem import make_flow
-from devito_uq.inference import (
-    MALA,
-    CachedDraws,
-    VariationalPosterior,
-    map_estimate,
-    run_calibration,
-    summarize,
-)
+from devito_uq.apps.avp.calibration import method_report
+from devito_uq.apps.avp.problem import fit_vi
+from devito_uq.inference import MALA, CachedDraws, map_estimate, run_calibration, summarize
+from devito_uq.inference.calibration_plots import save_calibration_figures
 from devito_uq.parallel import rank_and_size
 
 __all__ = ["study", "AmortizedDraws", "posterior_stats", "elbo"]
@@ -105,56 +102,50 @@ def _time_sampling(posterior, condition: torch.Tensor, n: int = 1000) -> float:
     return float(np.median(times))
 
 
+@contextlib.contextmanager
+def _cost(operator, iterations: int, batch_size: int) -> Iterator[dict[str, Any]]:
+    """A fit's cost: ``iterations``, ``batch_size``, then the ``pde_solves`` and
+    ``seconds`` spent inside the block (filled in when it ends)."""
+    cost: dict[str, Any] = {"iterations": iterations, "batch_size": batch_size}
+    t0, s0 = time.perf_counter(), operator.n_solves
+    yield cost
+    cost.update(pde_solves=operator.n_solves - s0, seconds=time.perf_counter() - t0)
+
+
 def _run_vi(setting, survey, progress: bool, seed: int):
     """A fresh HINT flow fitted by VI to ``survey`` (the calibration's schedule)."""
     c, cal = setting.config, setting.calibration.config
-    op = survey.operator
-    t0, s0 = time.perf_counter(), op.n_solves
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        flow = make_flow(cal.avp_config(), setting.problem.m_background.numel())
-    vi = VariationalPosterior(flow, survey.target)
-    vi.fit(
-        c.vi_iterations,
-        batch_size=cal.batch_size,
-        lr=cal.lr,
-        lr_schedule="exponential",
-        lr_final=cal.lr_final,
-        seed=seed,
-        progress=progress,
-    )
-    cost = {
-        "iterations": c.vi_iterations,
-        "batch_size": cal.batch_size,
-        "pde_solves": op.n_solves - s0,
-        "seconds": time.perf_counter() - t0,
-    }
+    with _cost(survey.operator, c.vi_iterations, cal.batch_size) as cost:
+        vi = fit_vi(
+            setting.problem,
+            c.vi_iterations,
+            target=survey.target,
+            batch_size=cal.batch_size,
+            lr=cal.lr,
+            lr_final=cal.lr_final,
+            seed=seed,
+            init_seed=seed,
+            progress=progress,
+        )
     return vi, cost
 
 
 def _run_correction(setting, posterior, survey, progress: bool, seed: int):
     c = setting.config
-    op = survey.operator
-    t0, s0 = time.perf_counter(), op.n_solves
-    vi = (
-        posterior.correct(
-            survey.target,
-            survey.condition,
-            c.correct_iterations,
-            batch_size=c.correct_batch_size,
-            lr=c.correct_lr,
-            seed=seed,
-            progress=progress,
+    with _cost(survey.operator, c.correct_iterations, c.correct_batch_size) as cost:
+        vi = (
+            posterior.correct(
+                survey.target,
+                survey.condition,
+                c.correct_iterations,
+                batch_size=c.correct_batch_size,
+                lr=c.correct_lr,
+                seed=seed,
+                progress=progress,
+            )
+            if c.correct_iterations > 0
+            else None
         )
-        if c.correct_iterations > 0
-        else None
-    )
-    cost = {
-        "iterations": c.correct_iterations,
-        "batch_size": c.correct_batch_size,
-        "pde_solves": op.n_solves - s0,
-        "seconds": time.perf_counter() - t0,
-    }
     return vi, cost
 
 
@@ -327,7 +318,7 @@ def study(setting, posterior, out, progress=True, figures=True, comm=None) -> di
     summary["time_s"] = times
     summary["load_average_1min"] = [load0, os.getloadavg()[0]]
     if figures and rank == 0:
-        from devito_uq.apps.amortize.avp_figures import write_figures
+        from devito_uq.apps.amortize.avp_figures import write_figures  # lazy: matplotlib
 
         write_figures(out, setting, surveys, draws, mala_draws, shift_draws)
     return summary
@@ -350,12 +341,8 @@ def _calibration(setting, posterior, out: Path, progress, comm, figures: bool) -
         comm=comm,
         progress=progress,
     )
-    from devito_uq.apps.avp.calibration import _method_report
-
-    rep = _method_report("amortized", result)
+    rep = method_report("amortized", result)
     if figures:
-        from devito_uq.inference.calibration_plots import save_calibration_figures
-
         save_calibration_figures(result, out, prefix="calibration_amortized")
     keep = ("verdict", "miscalibrated", "mean_pit_offset", "std_over_error", "expected_z_fraction")
     cov = result.coverage("central")

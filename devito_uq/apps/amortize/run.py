@@ -9,9 +9,10 @@ Files in the output folder ``OUT``:
   from (what ``devito-uq invert --amortized`` reads);
 * ``summary.json`` and the figures of the study.
 
-Each problem module (:mod:`devito_uq.apps.amortize.avp`,
-:mod:`devito_uq.apps.amortize.imaging`) provides ``build_setting(config, comm)`` returning
-a *setting* with:
+Every run takes the command's :class:`~devito_uq.apps.amortize.config.AmortizeConfig` or
+a problem's config and works on the latter (:meth:`~AmortizeConfig.for_problem`). Each
+problem module (:mod:`devito_uq.apps.amortize.avp`, :mod:`devito_uq.apps.amortize.imaging`)
+provides ``build_setting(config, comm)`` returning a *setting* with:
 
 * ``identity() -> dict`` — what the training set depends on (stored in it, compared on
   resume);
@@ -30,10 +31,19 @@ import os
 import time
 from typing import Any
 
+import torch
+
 from devito_uq.apps import prepare_output
-from devito_uq.apps.amortize.config import AmortizeConfig
+from devito_uq.apps.amortize.config import AmortizeConfig, problem_config
+from devito_uq.apps.amortize.training_config import AmortizeTraining
 from devito_uq.errors import CheckpointError
+from devito_uq.io._atomic import atomic_path
+from devito_uq.io.checkpoint import check_identity, load_checkpoint, save_checkpoint
+from devito_uq.io.dataset import ShardedDataset, simulate_dataset
 from devito_uq.parallel import rank_and_size
+
+#: A run's config: the command's (every problem's fields) or one problem's.
+Config = AmortizeConfig | AmortizeTraining
 
 __all__ = [
     "build_setting",
@@ -70,30 +80,30 @@ STUDY_ONLY = frozenset(
 )
 
 
-def build_setting(config: AmortizeConfig, comm: Any = None):
+def build_setting(config: Config, comm: Any = None):
     """The problem module's setting (see the module docstring)."""
-    config.validate()
+    config = config.for_problem().validate()
     module = importlib.import_module(f"devito_uq.apps.amortize.{config.problem}")
     return module.build_setting(config, comm)
 
 
-def dataset_folder(config: AmortizeConfig, out: str) -> str:
+def dataset_folder(config: Config, out: str) -> str:
+    """The training set's folder: ``config.dataset`` or ``OUT/dataset``."""
     return config.dataset or os.path.join(out, "dataset")
 
 
-def checkpoint_file(config: AmortizeConfig, out: str) -> str:
+def checkpoint_file(config: Config, out: str) -> str:
+    """The trained posterior's file: ``config.checkpoint`` or ``OUT/amortized.pt``."""
     return config.checkpoint or os.path.join(out, "amortized.pt")
 
 
 def _write_json(path: str, obj: dict) -> None:
-    from devito_uq.io._atomic import atomic_path
-
     with atomic_path(path) as tmp, open(tmp, "w") as fh:
         json.dump(obj, fh, indent=2)
 
 
 def run_simulate(
-    config: AmortizeConfig,
+    config: Config,
     out: str,
     resume: bool = False,
     progress: bool = True,
@@ -106,9 +116,7 @@ def run_simulate(
     (naming the key); the same configuration always continues where a killed run stopped:
     finished shards are verified and kept.
     """
-    from devito_uq.io.dataset import simulate_dataset
-
-    config.validate()
+    config = config.for_problem().validate()
     prepare_output(out, (), True)
     setting = build_setting(config, comm)
     t0 = time.perf_counter()
@@ -131,12 +139,12 @@ def run_simulate(
     }
 
 
-def _train_identity(config: AmortizeConfig) -> dict[str, Any]:
+def _train_identity(config: AmortizeTraining) -> dict[str, Any]:
     return {k: v for k, v in config.to_dict().items() if k not in STUDY_ONLY}
 
 
 def run_train(
-    config: AmortizeConfig,
+    config: Config,
     out: str,
     resume: bool = False,
     progress: bool = True,
@@ -148,10 +156,7 @@ def run_train(
     Training runs on rank 0 (the flow is small; the PDE solves were in ``simulate``).
     With ``resume`` a killed training continues from ``OUT/train_checkpoint.pt``.
     """
-    from devito_uq.io.checkpoint import save_checkpoint
-    from devito_uq.io.dataset import ShardedDataset
-
-    config.validate()
+    config = config.for_problem().validate()
     rank, _ = rank_and_size(comm)
     prepare_output(out, (_TRAIN_CKPT,), resume, writer=rank == 0)
     setting = build_setting(config, comm)
@@ -161,8 +166,6 @@ def run_train(
             f"the dataset {dataset_folder(config, out)!r} is incomplete; run "
             "'devito-uq amortize simulate' with the same configuration first"
         )
-    from devito_uq.io.checkpoint import check_identity
-
     check_identity(ds.folder, ds.identity, setting.identity(), hint="; simulate it again")
     if rank != 0:
         return {}
@@ -205,9 +208,7 @@ def run_train(
     return summary
 
 
-def _device(name: str):
-    import torch
-
+def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
@@ -215,18 +216,17 @@ def _device(name: str):
     return torch.device(name)
 
 
-def load_amortized(path: str, config: AmortizeConfig | None = None, comm: Any = None):
+def load_amortized(path: str, config: Config | None = None, comm: Any = None):
     """``(posterior, config, setting)`` of a trained ``amortized.pt``.
 
-    The architecture is rebuilt from the configuration stored in the file; with ``config``
-    given, every field the training depends on must agree (else :class:`CheckpointError`
-    naming the key), study-only fields come from ``config``.
+    The architecture is rebuilt from the configuration stored in the file (its problem's
+    config); with ``config`` given, every field the training depends on must agree (else
+    :class:`CheckpointError` naming the key), study-only fields come from ``config``.
     """
-    from devito_uq.io.checkpoint import check_identity, load_checkpoint
-
     state = load_checkpoint(path, required=("config", "posterior"))
-    saved = AmortizeConfig(**state["config"])
+    saved = problem_config(state["config"])
     if config is not None:
+        config = config.for_problem()
         check_identity(path, _train_identity(saved), _train_identity(config))
         saved = config
     setting = build_setting(saved, comm)
@@ -240,7 +240,7 @@ def load_amortized(path: str, config: AmortizeConfig | None = None, comm: Any = 
 
 
 def run_study(
-    config: AmortizeConfig,
+    config: Config,
     out: str,
     resume: bool = False,
     progress: bool = True,
@@ -248,7 +248,7 @@ def run_study(
     comm: Any = None,
 ) -> dict[str, Any]:
     """Evaluate the trained posterior on the problem's surveys; write ``summary.json``."""
-    config.validate()
+    config = config.for_problem().validate()
     prepare_output(out, (), True)
     posterior, config, setting = load_amortized(checkpoint_file(config, out), config, comm)
     posterior.to(_device(config.device))
@@ -262,7 +262,7 @@ def run_study(
 
 
 def run_all(
-    config: AmortizeConfig,
+    config: Config,
     out: str,
     resume: bool = False,
     progress: bool = True,

@@ -5,7 +5,8 @@ ways on the same data: a HINT normalizing flow trained by variational inference 
 method under test), MALA (the MCMC reference) and the MAP point estimate.
 
 * :mod:`~devito_uq.apps.avp.config` — :class:`AVPConfig`, every knob, validated;
-* :mod:`~devito_uq.apps.avp.problem` — data, likelihood, prior, parameterization, flow;
+* :mod:`~devito_uq.apps.avp.problem` — data, likelihood, prior, parameterization, flow,
+  the per-survey VI fit (:func:`fit_vi`) and what the methods produce (:class:`AVPResults`);
 * :mod:`~devito_uq.apps.avp.run` — :func:`run_avp`: caches, metrics, ``summary.json``;
 * :mod:`~devito_uq.apps.avp.figures` — the PNG figures;
 * :mod:`~devito_uq.apps.avp.calibration` — :func:`run_avp_calibration`
@@ -42,6 +43,8 @@ _LAZY = {
     "load_sleipner": "devito_uq.apps.avp.problem",
     "build_problem": "devito_uq.apps.avp.problem",
     "make_flow": "devito_uq.apps.avp.problem",
+    "fit_vi": "devito_uq.apps.avp.problem",
+    "AVPResults": "devito_uq.apps.avp.problem",
     "run_avp": "devito_uq.apps.avp.run",
     "train_vi": "devito_uq.apps.avp.run",
     "write_figures": "devito_uq.apps.avp.figures",

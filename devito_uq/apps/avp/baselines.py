@@ -18,6 +18,7 @@ pools mid-flight.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import hashlib
 import json
 import os
@@ -29,11 +30,13 @@ from typing import Any
 
 import torch
 
+import devito_uq
 from devito_uq.apps.avp.config import AVPConfig
 from devito_uq.apps.avp.problem import AVPProblem, build_problem
 from devito_uq.errors import DevitoUQError, WorkerError
 from devito_uq.inference import MALA, map_estimate
 from devito_uq.io.checkpoint import save_checkpoint
+from devito_uq.threads import configure_threads
 
 __all__ = ["BaselinesProcess", "data_digest", "run_baselines"]
 
@@ -44,8 +47,20 @@ _LOG_TAIL = 4000
 def run_baselines(problem: AVPProblem, config: AVPConfig, progress: bool) -> dict[str, Any]:
     """MAP by L-BFGS, then MALA started at the MAP; with timings and solve counts.
 
-    Returns ``{"map": [nz], "mala": [draws, nz], "info", "timings", "solves"}`` (the
-    ``map_mala.pt`` cache without its configuration).
+    Parameters
+    ----------
+    problem : AVPProblem
+        The Sleipner data and posterior target.
+    config : AVPConfig
+        ``map_iterations`` and the ``mala_*`` schedule.
+    progress : bool
+        tqdm bars.
+
+    Returns
+    -------
+    dict
+        ``{"map": [nz], "mala": [draws, nz], "info", "timings", "solves"}`` (the
+        ``map_mala.pt`` cache without its configuration; s²/km², seconds, solves).
     """
     op = problem.operator
     target = problem.target
@@ -98,8 +113,6 @@ def data_digest(data: torch.Tensor) -> str:
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
     """Linux: the child gets SIGTERM when the parent dies (no orphaned MALA run)."""
     try:
-        import ctypes
-
         ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
@@ -108,14 +121,21 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child before e
 class BaselinesProcess:
     """MAP + MALA of ``config`` in a child interpreter, writing ``cache`` (``map_mala.pt``).
 
-    Args:
-        config: the validated run configuration (sent as JSON).
-        cache: where the child writes the cache (atomically; the parent reads it).
-        digest: :func:`data_digest` of the parent's data; the child refuses to run on
-            other data.
-        threads: torch and OpenMP threads of the child.
-        log: file receiving the child's output (kept for the user on failure).
+    Parameters
+    ----------
+    config : AVPConfig
+        The validated run configuration (sent as JSON).
+    cache : str
+        Where the child writes the cache (atomically; the parent reads it).
+    digest : str
+        :func:`data_digest` of the parent's data; the child refuses to run on other data.
+    threads : int
+        torch and OpenMP threads of the child.
+    log : str
+        File receiving the child's output (kept for the user on failure).
 
+    Notes
+    -----
     Use as a context manager around VI: leaving the block early (an error, Ctrl-C)
     terminates the child; :meth:`wait` blocks until it is done and raises
     :class:`~devito_uq.errors.WorkerError` with the end of its log if it failed.
@@ -134,8 +154,6 @@ class BaselinesProcess:
         env.update(OMP_NUM_THREADS=str(self.threads), DEVITO_LOGGING="ERROR")
         # the child imports this very devito_uq, even where the parent found it through a
         # sys.path entry of its own (a script run from a source checkout)
-        import devito_uq
-
         here = os.path.dirname(os.path.dirname(os.path.abspath(devito_uq.__file__)))
         env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH")) if p)
         cmd = [sys.executable, "-m", "devito_uq.apps.avp.baselines"]
@@ -205,8 +223,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--digest", required=True, help="SHA-256 the data must have")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
-    from devito_uq.threads import configure_threads
-
     configure_threads(threads=args.threads)
     try:
         config = _config_from_json(args.config).validate()

@@ -47,7 +47,7 @@ import numpy as np
 import torch
 
 from devito_uq.apps.avp.calibration_config import AVPCalibrationConfig
-from devito_uq.apps.avp.problem import SLEIPNER_DZ, AVPProblem, build_problem, make_flow
+from devito_uq.apps.avp.problem import SLEIPNER_DZ, AVPProblem, build_problem, fit_vi
 from devito_uq.errors import CheckpointError, InvalidArgumentError
 from devito_uq.inference import (
     MALA,
@@ -62,6 +62,7 @@ from devito_uq.inference import (
     window_mean,
 )
 from devito_uq.inference.calibration_metrics import expected_z_fraction
+from devito_uq.inference.calibration_plots import plot_coverage, save_calibration_figures
 from devito_uq.io._atomic import atomic_path
 from devito_uq.parallel import allreduce_sum, rank_and_size
 
@@ -71,6 +72,7 @@ __all__ = [
     "CalibrationSetting",
     "smoothness_precision",
     "build_setting",
+    "method_report",
     "run_avp_calibration",
 ]
 
@@ -159,16 +161,15 @@ class CalibrationSetting:
         likelihood gradients)."""
         c = self.config
         seed = int(torch.randint(0, 2**31 - 1, ()))
-        flow = make_flow(c.avp_config(), self.problem.m_background.numel())
-        vi = VariationalPosterior(flow, self.target(data))
-        vi.fit(
+        # The flow's weights: the global generator as seeded for this truth.
+        vi = fit_vi(
+            self.problem,
             c.vi_iterations,
+            target=self.target(data),
             batch_size=c.batch_size,
             lr=c.lr,
-            lr_schedule="exponential",
             lr_final=c.lr_final,
             seed=seed,
-            progress=False,
         )
         return FlowDraws(vi)
 
@@ -239,8 +240,23 @@ def _prepare(out: Path, config: AVPCalibrationConfig, resume: bool, comm: Any) -
     _barrier(comm)
 
 
-def _method_report(name: str, result: CalibrationResult) -> dict[str, Any]:
-    """``result.report()`` plus the verdict and the costs of one method."""
+def method_report(name: str, result: CalibrationResult) -> dict[str, Any]:
+    """``result.report()`` plus the verdict and the costs of one method.
+
+    Parameters
+    ----------
+    name : str
+        The method's name in the verdict line (``"VI"``, ``"MALA"``, ``"amortized"``).
+    result : CalibrationResult
+        Its calibration over the truths (``metrics`` with ``seconds``, ``z_fraction``,
+        ``rms_std`` and ``rmse`` per truth).
+
+    Returns
+    -------
+    dict
+        The report with ``verdict`` (one line), ``miscalibrated``, ``mean_pit_offset``,
+        ``expected_z_fraction``, ``std_over_error`` and ``seconds_per_truth``.
+    """
     rep = result.report()
     cov = result.coverage("central")
     tarp = result.tarp()
@@ -275,13 +291,8 @@ def _method_report(name: str, result: CalibrationResult) -> dict[str, Any]:
 
 
 def _figures(out: Path, setting: CalibrationSetting, results: dict[str, CalibrationResult]):
-    from devito_uq.inference.calibration_plots import (
-        _plt,
-        plot_coverage,
-        save_calibration_figures,
-    )
+    from devito_uq.inference.plotting import plt  # lazy: matplotlib, only for figures
 
-    plt = _plt()
     curves, labels, tarps, tlabels = [], [], [], []
     for name, res in results.items():
         save_calibration_figures(res, out, prefix=f"calibration_{name}")
@@ -331,18 +342,31 @@ def run_avp_calibration(
 ) -> dict[str, Any]:
     """Calibrate VI and MALA over ``config.n_truths`` prior truths; write ``out``.
 
-    Args:
-        config: the schedule (:meth:`AVPCalibrationConfig.standard`).
-        out: output folder (created; see the module docstring).
-        resume: keep the finished truths in ``out`` (made under the same settings,
-            except ``n_truths`` and ``methods``) and compute only the others;
-            otherwise start afresh.
-        progress: a bar over each rank's truths.
-        figures: write the PNG figures (``report.json`` is always written).
-        comm: MPI communicator: truths dealt over ranks; rank 0 writes the report.
+    Parameters
+    ----------
+    config : AVPCalibrationConfig
+        The schedule (:meth:`AVPCalibrationConfig.standard`).
+    out : str or os.PathLike
+        Output folder (created; see the module docstring).
+    resume : bool
+        Keep the finished truths in ``out`` (made under the same settings, except
+        ``n_truths`` and ``methods``) and compute only the others; otherwise start afresh.
+    progress : bool
+        A bar over each rank's truths.
+    figures : bool
+        Write the PNG figures (``report.json`` is always written).
+    comm : MPI communicator, optional
+        Truths dealt over ranks; rank 0 writes the report.
 
-    Returns:
+    Returns
+    -------
+    dict
         The report, also written to ``out/report.json``.
+
+    Raises
+    ------
+    CheckpointError
+        With ``resume``, a folder made under other settings (naming the key).
     """
     config.validate()
     t_start = time.perf_counter()
@@ -396,7 +420,7 @@ def run_avp_calibration(
             },
             "mala_schedule": {"chains": config.mala_chains, **s},
         },
-        **{name: _method_report(name.upper(), res) for name, res in results.items()},
+        **{name: method_report(name.upper(), res) for name, res in results.items()},
     }
     report["verdict"] = {name: report[name]["verdict"] for name in results}
     report["costs"] = {

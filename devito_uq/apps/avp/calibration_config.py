@@ -1,20 +1,20 @@
 """Every knob of the AVP calibration (``devito-uq calibrate``), validated in one place.
 
 Kept apart from :mod:`devito_uq.apps.avp.calibration` so that building the CLI
-parser loads no torch. The physics, noise rule and flow default to the AVP
-experiment's (:class:`~devito_uq.apps.avp.config.AVPConfig`): the defaults here are
-read from that class, so a change there carries over.
+parser loads no torch. The noise rule, prior, parameterization and flow are the AVP
+experiment's knob groups (:mod:`devito_uq.apps.pieces`), declared once for both.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from devito_uq.apps import knob as _knob
 from devito_uq.apps.avp.config import AVPConfig
+from devito_uq.apps.pieces import ProfilePosterior, ProperPrior, SleipnerNoise
 from devito_uq.errors import InvalidArgumentError
 from devito_uq.validation import (
     check_choice,
@@ -22,7 +22,6 @@ from devito_uq.validation import (
     check_int,
     check_positive_int,
     check_positive_scalar,
-    check_scalar,
 )
 
 __all__ = ["AVPCalibrationConfig"]
@@ -31,7 +30,7 @@ _METHODS = ("both", "vi", "mala")
 
 
 @dataclass
-class AVPCalibrationConfig:
+class AVPCalibrationConfig(SleipnerNoise, ProfilePosterior, ProperPrior):
     """Simulation-based calibration of VI and MALA for the Sleipner AVP setting.
 
     Per truth VI trains a fresh HINT flow for ``vi_iterations`` steps of ``batch_size``
@@ -49,21 +48,8 @@ class AVPCalibrationConfig:
     mala_burn_in_fraction: float = _knob(0.5, "fraction of MALA steps spent on burn-in")
     mala_step_size: float = _knob(0.05, "initial MALA step, latent units² (adapted in burn-in)")
     methods: str = _knob("both", "posteriors to calibrate: both, vi or mala")
-    prior_norm_std: float = _knob(
-        0.05, "σ₀ of the prior's norm term around the background, s²/km² (makes it proper)"
-    )
-    prior_strength: float = _knob(
-        AVPConfig.prior_strength, "σ_p² / ‖D m_Sleipner‖² of the smoothness term"
-    )
-    snr_db: float = _knob(AVPConfig.snr_db, "SNR of the Sleipner scattered data, dB (sets σ)")
-    scale: float = _knob(AVPConfig.scale, "latent scale of the parameterization, s²/km²")
-    lower: float = _knob(AVPConfig.lower, "lower bound of m, s²/km² (prior truncated there)")
-    flow_steps: int = _knob(AVPConfig.flow_steps, "HINT steps")
-    flow_hidden: int = _knob(AVPConfig.flow_hidden, "HINT conditioner width")
-    flow_leaf: int = _knob(AVPConfig.flow_leaf, "HINT recursion leaf size")
     n_windows: int = _knob(4, "depth windows whose mean is ranked as a summary")
     seed: int = _knob(0, "seeds truth i through (seed, i): truths, noise, flow, chains")
-    dtype: str = _knob(AVPConfig.dtype, "floating-point type (float32 or float64)")
     label: str = _knob("standard", "schedule name written to report.json", cli=False)
 
     @classmethod
@@ -93,44 +79,28 @@ class AVPCalibrationConfig:
         return {"burn_in": burn, "steps": kept, "thin": kept // per_chain}
 
     def avp_config(self) -> AVPConfig:
-        """The AVP experiment's config with this calibration's physics and flow."""
-        return AVPConfig.short(
-            snr_db=self.snr_db,
-            prior_strength=self.prior_strength,
-            scale=self.scale,
-            lower=self.lower,
-            flow_steps=self.flow_steps,
-            flow_hidden=self.flow_hidden,
-            flow_leaf=self.flow_leaf,
-            batch_size=self.batch_size,
-            seed=self.seed,
-            dtype=self.dtype,
-        )
+        """The AVP experiment's config with this calibration's physics and flow (the
+        shared groups' fields), ``batch_size`` and ``seed``."""
+        names = [f.name for piece in (SleipnerNoise, ProfilePosterior) for f in fields(piece)]
+        shared = {name: getattr(self, name) for name in (*names, "batch_size", "seed")}
+        return AVPConfig.short(**shared)
 
     def validate(self) -> AVPCalibrationConfig:
         """Raise :class:`InvalidArgumentError` naming the first bad value; return ``self``."""
         check_int("n_truths", self.n_truths, minimum=2)
-        for name in (
-            "n_samples",
-            "vi_iterations",
-            "batch_size",
-            "mala_chains",
-            "flow_steps",
-            "flow_hidden",
-            "flow_leaf",
-            "n_windows",
-        ):
+        for name in ("n_samples", "vi_iterations", "batch_size", "mala_chains", "n_windows"):
             check_positive_int(name, getattr(self, name))
         check_int("seed", self.seed, minimum=0)
-        for name in ("lr", "mala_step_size", "prior_norm_std", "prior_strength", "scale", "lower"):
+        for name in ("lr", "mala_step_size"):
             check_positive_scalar(name, getattr(self, name))
+        self.check_sleipner_noise()
+        self.check_profile_posterior()
+        self.check_proper_prior()
         check_in_range("lr_final", self.lr_final, 0.0, 1.0, low_open=True)
         check_in_range(
             "mala_burn_in_fraction", self.mala_burn_in_fraction, 0.0, 1.0, high_open=True
         )
-        check_scalar("snr_db", self.snr_db)
         check_choice("methods", self.methods, _METHODS)
-        check_choice("dtype", self.dtype, ("float32", "float64"))
         if self.n_windows > 128:
             raise InvalidArgumentError(f"n_windows={self.n_windows} exceeds the 128 depths")
         self.mala_schedule()

@@ -9,10 +9,12 @@ offered on the command line.
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
 from devito_uq.apps import knob as _knob
+from devito_uq.apps.pieces import ProfilePosterior, SleipnerNoise
 from devito_uq.errors import InvalidArgumentError
 from devito_uq.validation import (
     check_allocation,
@@ -22,7 +24,6 @@ from devito_uq.validation import (
     check_nonnegative_int,
     check_positive_int,
     check_positive_scalar,
-    check_scalar,
     check_tuple,
 )
 
@@ -30,11 +31,14 @@ __all__ = ["AVPConfig"]
 
 
 @dataclass
-class AVPConfig:
+class AVPConfig(SleipnerNoise, ProfilePosterior):
     """Every knob of the experiment; :meth:`full` is the original schedule.
 
-    Units: angles in degrees, times in ms, frequencies in Hz, squared slowness in
-    s²/km². ``iterations`` are VI steps of ``batch_size`` flow samples each.
+    The noise rule, prior, parameterization and flow come from the shared groups
+    :class:`~devito_uq.apps.pieces.SleipnerNoise` and
+    :class:`~devito_uq.apps.pieces.ProfilePosterior` (also those of ``devito-uq
+    calibrate``). Units: angles in degrees, times in ms, frequencies in Hz, squared
+    slowness in s²/km². ``iterations`` are VI steps of ``batch_size`` flow samples each.
     """
 
     angle_min: float = _knob(12.8, "smallest incidence angle, degrees")
@@ -44,18 +48,6 @@ class AVPConfig:
     dt: float = _knob(0.5, "time step, ms")
     corners: tuple[float, float, float, float] = _knob(
         (5.0, 30.0, 50.0, 80.0), "band-pass corner frequencies f1 f2 f3 f4, Hz"
-    )
-    snr_db: float = _knob(0.0, "SNR of the noise relative to the scattered data, dB")
-    prior_strength: float = _knob(
-        1e-2, "σ_p² / ‖D m_true‖² of the smoothness prior (the original used 1e-3)"
-    )
-    scale: float = _knob(0.02, "latent scale of the parameterization, s²/km²")
-    lower: float = _knob(1.0 / 9.0, "lower bound of m, s²/km² (1/9: v ≤ 3 km/s)")
-    flow_steps: int = _knob(5, "HINT steps")
-    flow_hidden: int = _knob(64, "HINT conditioner width")
-    flow_leaf: int = _knob(
-        128,
-        "HINT recursion leaf size (≥ 128, the profile length: one full-width coupling per step)",
     )
     iterations: int = _knob(32768, "VI iterations")
     batch_size: int = _knob(8, "flow samples per VI iteration")
@@ -78,7 +70,6 @@ class AVPConfig:
     )
     n_samples: int = _knob(1024, "VI posterior samples drawn for the summary")
     seed: int = _knob(1, "noise, flow and chain seed")
-    dtype: str = _knob("float32", "floating-point type (float32 or float64)")
     label: str = _knob("full", "schedule name written to summary.json", cli=False)
     extra: dict = field(default_factory=dict, metadata={"help": "free-form notes", "cli": False})
 
@@ -113,11 +104,10 @@ class AVPConfig:
             raise InvalidArgumentError(
                 f"angle_min={self.angle_min} must not exceed angle_max={self.angle_max}"
             )
+        self.check_sleipner_noise()
+        self.check_profile_posterior()
         for name in (
             "n_angles",
-            "flow_steps",
-            "flow_hidden",
-            "flow_leaf",
             "iterations",
             "batch_size",
             "lr_decay_every",
@@ -135,12 +125,10 @@ class AVPConfig:
             raise InvalidArgumentError(
                 f"mala_thin={self.mala_thin} must not exceed mala_steps={self.mala_steps}"
             )
-        for name in ("t1", "dt", "prior_strength", "scale", "lower", "lr", "mala_step_size"):
+        for name in ("t1", "dt", "lr", "mala_step_size"):
             check_positive_scalar(name, getattr(self, name))
-        check_scalar("snr_db", self.snr_db)
         check_in_range("lr_decay", self.lr_decay, 0.0, 1.0, low_open=True)
         corners = check_tuple("corners", self.corners, 4, positive=True)
-        check_choice("dtype", self.dtype, ("float32", "float64"))
         check_choice("concurrent", self.concurrent, ("auto", "yes", "no"))
         # Combinations, all before any solve: a run must not fail after MAP, MALA or VI.
         if self.dt >= self.t1:
@@ -169,8 +157,6 @@ class AVPConfig:
             raise InvalidArgumentError(f"label={self.label!r} must be a string")
         if not isinstance(self.extra, dict):
             raise InvalidArgumentError(f"extra={self.extra!r} must be a dict")
-        import json
-
         try:  # stored in summary.json and in the caches: plain data only
             json.dumps(self.extra, allow_nan=False)
         except (TypeError, ValueError) as exc:

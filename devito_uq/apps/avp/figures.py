@@ -1,25 +1,34 @@
-"""Figures of the Sleipner AVP experiment (PNG, velocity profiles with depth down)."""
+"""Figures of the Sleipner AVP experiment (PNG, velocity profiles with depth down).
+
+Importing this module loads matplotlib (headless Agg backend, selected by
+:mod:`devito_uq.inference.plotting`): the run imports it only to write figures.
+"""
 
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from devito_uq.apps.avp.problem import AVPProblem
-    from devito_uq.apps.avp.run import AVPResults
+from devito_uq.apps.avp.problem import AVPProblem, AVPResults
+from devito_uq.inference.plotting import plot_loss, plt, save_figure
 
 __all__ = ["write_figures"]
 
 
 def write_figures(out: str | os.PathLike, problem: AVPProblem, results: AVPResults) -> None:
     """Write ``models.png``, ``std.png``, ``interval.png``, ``samples.png``,
-    ``data_fit.png`` and ``loss.png`` into the folder ``out``."""
-    # plotting selects the headless Agg backend before pyplot loads.
-    from devito_uq.inference.plotting import plot_loss, plt, save_figure
+    ``data_fit.png`` and ``loss.png`` into the folder ``out``.
 
+    Parameters
+    ----------
+    out : str or os.PathLike
+        An existing folder.
+    problem : AVPProblem
+        Depths, truth, background, data and operator of the run.
+    results : AVPResults
+        What MAP, MALA and VI produced.
+    """
     m_map, vi_samples, history = results.m_map, results.vi_samples, results.history
     vi_sum, mala_sum = results.vi_summary, results.mala_summary
     d_mean, d_bg = results.d_mean, results.d_background
@@ -100,8 +109,6 @@ def write_figures(out: str | os.PathLike, problem: AVPProblem, results: AVPResul
 
 def _profiles(path: str, z: np.ndarray, xlabel: str, curves, title: str | None = None) -> None:
     """One depth-profile panel (depth down) of ``(values [nz], plot kwargs)`` curves."""
-    from devito_uq.inference.plotting import plt, save_figure
-
     fig, ax = plt.subplots(figsize=(4.5, 6))
     for values, style in curves:
         ax.plot(values, z, **style)

@@ -19,8 +19,10 @@ flow over the whole profile.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,13 +32,23 @@ from devito_uq.flows import HINT, Flow
 from devito_uq.inference import (
     GaussianLikelihood,
     Parameterization,
+    PosteriorSummary,
     PosteriorTarget,
     SmoothnessPrior,
+    VariationalPosterior,
     sigma_from_snr,
 )
 from devito_uq.physics import PlaneWaveModeling, ray_parameters_from_angles
 
-__all__ = ["SLEIPNER_DZ", "AVPProblem", "load_sleipner", "build_problem", "make_flow"]
+__all__ = [
+    "SLEIPNER_DZ",
+    "AVPProblem",
+    "AVPResults",
+    "load_sleipner",
+    "build_problem",
+    "make_flow",
+    "fit_vi",
+]
 
 #: Depth spacing of the shipped Sleipner profile, m (10 ft).
 SLEIPNER_DZ = 3.048
@@ -130,3 +142,83 @@ def make_flow(config: AVPConfig, n: int) -> Flow:
         memory_frugal="auto",
     )
     return Flow(net, (n,)).to(_torch_dtype(config))
+
+
+def fit_vi(
+    problem: AVPProblem,
+    iterations: int,
+    *,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    target: PosteriorTarget | None = None,
+    lr_schedule: str | Callable[[torch.optim.Optimizer], Any] = "exponential",
+    lr_final: float = 0.01,
+    init_seed: int | None = None,
+    progress: bool = False,
+    **checkpointing: Any,
+) -> VariationalPosterior:
+    """A fresh HINT flow over the profile fitted by VI: the per-survey fit of the AVP
+    experiment, its calibration and the amortized study.
+
+    Parameters
+    ----------
+    problem : AVPProblem
+        The flow is :func:`make_flow` of ``problem.config`` over its ``nz`` depths.
+    iterations : int
+        VI iterations of ``batch_size`` flow samples each.
+    batch_size, lr, seed, lr_schedule, lr_final, progress
+        As :meth:`VariationalPosterior.fit` (``seed`` seeds torch's global generator at
+        a fresh start).
+    target : PosteriorTarget, optional
+        The posterior fitted (default ``problem.target``, the Sleipner data's).
+    init_seed : int, optional
+        Seed of the flow's initial weights, drawn with the global generator's state
+        kept; ``None``: drawn from the global generator as it stands.
+    **checkpointing
+        ``checkpoint_path``, ``checkpoint_every``, ``callback``, ``identity`` of
+        :meth:`VariationalPosterior.fit`.
+
+    Returns
+    -------
+    VariationalPosterior
+        The trained posterior (``resumed_from`` says where a checkpointed fit started).
+    """
+    n = problem.m_background.numel()
+    if init_seed is None:
+        flow = make_flow(problem.config, n)
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(init_seed)
+            flow = make_flow(problem.config, n)
+    vi = VariationalPosterior(flow, problem.target if target is None else target)
+    vi.fit(
+        iterations,
+        batch_size=batch_size,
+        lr=lr,
+        lr_schedule=lr_schedule,
+        lr_final=lr_final,
+        seed=seed,
+        progress=progress,
+        **checkpointing,
+    )
+    return vi
+
+
+@dataclass
+class AVPResults:
+    """What MAP, MALA and VI produced on the Sleipner data, for the summary and the figures.
+
+    ``m_map`` ``[nz]``; ``vi_samples`` / ``mala_samples`` ``[n, nz]`` (s²/km²);
+    ``d_mean`` / ``d_background`` ``[p, nt]``, the data of the VI mean and of the
+    background model.
+    """
+
+    m_map: torch.Tensor
+    vi_samples: torch.Tensor
+    mala_samples: torch.Tensor
+    vi_summary: PosteriorSummary
+    mala_summary: PosteriorSummary
+    history: dict[str, list[float]]
+    d_mean: torch.Tensor
+    d_background: torch.Tensor

@@ -23,7 +23,6 @@ import contextlib
 import json
 import os
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -31,14 +30,21 @@ import torch
 from devito_uq.apps import prepare_output
 from devito_uq.apps.avp.baselines import BaselinesProcess, data_digest, run_baselines
 from devito_uq.apps.avp.config import AVPConfig
-from devito_uq.apps.avp.problem import AVPProblem, build_problem, load_sleipner, make_flow
+from devito_uq.apps.avp.problem import (
+    AVPProblem,
+    AVPResults,
+    build_problem,
+    fit_vi,
+    load_sleipner,
+    make_flow,
+)
 from devito_uq.errors import CheckpointError
 from devito_uq.inference import PosteriorSummary, VariationalPosterior, summarize
 from devito_uq.io._atomic import atomic_path
 from devito_uq.io.checkpoint import check_identity, load_checkpoint, save_checkpoint
 from devito_uq.threads import available_cores, set_solver_threads
 
-__all__ = ["AVPResults", "run_avp", "train_vi", "vi_checkpoint_every"]
+__all__ = ["run_avp", "train_vi", "vi_checkpoint_every"]
 
 #: Fields that change only the VI run or what is written: a MAP/MALA cache made
 #: under other values of these is still valid.
@@ -81,25 +87,6 @@ _NOT_IN_VI = frozenset(
 _CONCURRENT_MIN_MALA_STEPS = 1000
 _CACHE_KEYS = ("config", "map", "mala", "info", "timings", "solves")
 _AFRESH = "; run without resume to start afresh"
-
-
-@dataclass
-class AVPResults:
-    """What the three methods produced, for the summary and the figures.
-
-    ``m_map`` ``[nz]``; ``vi_samples`` / ``mala_samples`` ``[n, nz]`` (s²/km²);
-    ``d_mean`` / ``d_background`` ``[p, nt]``, the data of the VI mean and of the
-    background model.
-    """
-
-    m_map: torch.Tensor
-    vi_samples: torch.Tensor
-    mala_samples: torch.Tensor
-    vi_summary: PosteriorSummary
-    mala_summary: PosteriorSummary
-    history: dict[str, list[float]]
-    d_mean: torch.Tensor
-    d_background: torch.Tensor
 
 
 def _vi_identity(config: AVPConfig) -> dict[str, Any]:
@@ -195,29 +182,49 @@ def train_vi(
     progress: bool = True,
     callback=None,
 ) -> VariationalPosterior:
-    """Train the HINT flow by VI, resuming from ``checkpoint_path`` if it exists."""
-    torch.manual_seed(config.seed)  # the flow's initial weights
-    flow = make_flow(config, problem.m_true.numel())
-    vi = VariationalPosterior(flow, problem.target)
+    """Train the HINT flow by VI on the Sleipner data (:func:`fit_vi`, the flow's
+    weights and the fit seeded by ``config.seed``), resuming from ``checkpoint_path`` if
+    it exists.
+
+    Parameters
+    ----------
+    problem : AVPProblem
+        Built from ``config`` (:func:`build_problem`).
+    config : AVPConfig
+        The schedule: ``iterations``, ``batch_size``, ``lr`` decayed ×``lr_decay`` every
+        ``lr_decay_every`` iterations, ``checkpoint_every``, ``seed``.
+    checkpoint_path : str or os.PathLike
+        VI checkpoint, written every :func:`vi_checkpoint_every` iterations; it stores
+        the configuration fields VI depends on.
+    progress : bool
+        A tqdm bar.
+    callback : callable, optional
+        ``callback(iteration, values)`` after every iteration.
+
+    Returns
+    -------
+    VariationalPosterior
+    """
     gamma = config.lr_decay ** (1.0 / config.lr_decay_every)
 
     def schedule(opt: torch.optim.Optimizer):
         # The original's ExpDecay: ×lr_decay every lr_decay_every steps, applied smoothly.
         return torch.optim.lr_scheduler.ExponentialLR(opt, gamma=gamma)
 
-    vi.fit(
+    return fit_vi(
+        problem,
         config.iterations,
         batch_size=config.batch_size,
         lr=config.lr,
+        seed=config.seed,
         lr_schedule=schedule,
+        init_seed=config.seed,
+        progress=progress,
         checkpoint_path=checkpoint_path,
         checkpoint_every=vi_checkpoint_every(config),
-        seed=config.seed,
-        progress=progress,
         callback=callback,
         identity=_vi_identity(config),
     )
-    return vi
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -239,27 +246,39 @@ def run_avp(
 ) -> dict[str, Any]:
     """Run MAP, VI (HINT flow) and MALA on the Sleipner data; write ``out``.
 
-    Args:
-        config: the schedule (:meth:`AVPConfig.short` or :meth:`AVPConfig.full`).
-        out: output folder (created): ``summary.json``, figures, ``vi_checkpoint.pt``,
-            ``map_mala.pt``, ``posterior_samples.pt``.
-        resume: continue VI from ``out/vi_checkpoint.pt`` (same seed and schedule)
-            and reuse the MAP/MALA of ``out/map_mala.pt`` (same configuration);
-            otherwise start afresh.
-        progress: tqdm bars.
-        figures: write the PNG figures.
+    Parameters
+    ----------
+    config : AVPConfig
+        The schedule (:meth:`AVPConfig.short` or :meth:`AVPConfig.full`).
+    out : str or os.PathLike
+        Output folder (created): ``summary.json``, figures, ``vi_checkpoint.pt``,
+        ``map_mala.pt``, ``posterior_samples.pt``.
+    resume : bool
+        Continue VI from ``out/vi_checkpoint.pt`` (same seed and schedule) and reuse the
+        MAP/MALA of ``out/map_mala.pt`` (same configuration); otherwise start afresh.
+    progress : bool
+        tqdm bars.
+    figures : bool
+        Write the PNG figures.
 
-    Returns:
-        The summary dictionary also written to ``out/summary.json``.
+    Returns
+    -------
+    dict
+        The summary also written to ``out/summary.json``.
 
-    Raises:
-        InvalidArgumentError: a bad configuration value or combination (before any
-            file is touched).
-        CheckpointError: with ``resume``, a corrupt checkpoint or cache, or one of
-            another configuration (before any solve; the files are left as they are).
-        WorkerError: the MAP + MALA process failed (``map_mala.log`` is kept; VI's
-            checkpoint is written, so a rerun with ``resume`` continues VI).
+    Raises
+    ------
+    InvalidArgumentError
+        A bad configuration value or combination (before any file is touched).
+    CheckpointError
+        With ``resume``, a corrupt checkpoint or cache, or one of another configuration
+        (before any solve; the files are left as they are).
+    WorkerError
+        The MAP + MALA process failed (``map_mala.log`` is kept; VI's checkpoint is
+        written, so a rerun with ``resume`` continues VI).
 
+    Notes
+    -----
     With ``config.concurrent`` (``auto``: when this process may run on two or more cores
     and MALA has at least 1,000 steps) MAP and MALA run in a second process while VI
     trains here, each with half the threads; once they are done, VI's plane-wave solves
@@ -379,7 +398,7 @@ def run_avp(
         {"vi": vi_samples, "mala": base["mala"], "map": base["map"]},
     )
     if figures:
-        from devito_uq.apps.avp.figures import write_figures
+        from devito_uq.apps.avp.figures import write_figures  # lazy: matplotlib
 
         write_figures(out, problem, results)
     with atomic_path(os.path.join(out, "summary.json")) as tmp, open(tmp, "w") as fh:

@@ -12,7 +12,9 @@ Three config dataclasses, one per ``devito-uq`` command:
   the default Marmousi case (:meth:`ImagingConfig.short`, ``make imaging``) and the full one.
 
 Each field's help text lives in its ``metadata["help"]``; the command-line options and the
-TOML keys are the field names. Units: metres, ms, Hz, km/s, squared slowness s²/km².
+TOML keys are the field names. The survey, solver and prior knobs shared with other
+applications are the groups of :mod:`devito_uq.apps.pieces`. Units: metres, ms, Hz,
+km/s, squared slowness s²/km².
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from devito_uq.apps import knob as _knob
+from devito_uq.apps.pieces import ImagePrior, LowestVelocity, SurfaceSurvey, WaveSolver
 from devito_uq.errors import InvalidArgumentError
 from devito_uq.validation import (
     check_choice,
@@ -41,7 +44,7 @@ def _fields_dict(obj: Any) -> dict[str, Any]:
 
 
 @dataclass
-class SimulateConfig:
+class SimulateConfig(SurfaceSurvey, WaveSolver, LowestVelocity):
     """Model and acquisition of a synthetic survey (``devito-uq simulate``)."""
 
     model: str = _knob(
@@ -49,18 +52,6 @@ class SimulateConfig:
         "true velocity: 'marmousi' (the shipped Marmousi-II model) or a SEG-Y image (km/s) "
         "written by devito_uq.io.write_image",
     )
-    x_start: float = _knob(5400.0, "left edge of the window cut from the model, m")
-    width: float = _knob(1200.0, "window width, m (0: the whole model)")
-    depth: float = _knob(600.0, "window depth from the top, m (0: the whole model)")
-    spacing: float = _knob(30.0, "grid spacing of the inversion grid, m (the model is resampled)")
-    smoothing: float = _knob(
-        150.0, "Gaussian smoothing length of the slowness that makes the background model, m"
-    )
-    nshots: int = _knob(8, "number of sources, evenly spread along the line")
-    nreceivers: int = _knob(41, "receivers per shot, spanning the line")
-    t1: float = _knob(1000.0, "record length, ms")
-    f0: float = _knob(8.0, "Ricker peak frequency, Hz")
-    data_dt: float = _knob(4.0, "SEG-Y sample interval of the recorded data, ms")
     data: str = _knob(
         "nonlinear",
         "'nonlinear' (wave-equation shots of the true model) or 'born' (background shots + "
@@ -69,12 +60,6 @@ class SimulateConfig:
     snr_db: float = _knob(
         20.0, "signal-to-noise ratio of the scattered data (shots minus background shots), dB"
     )
-    vmax: float = _knob(
-        4.8, "largest velocity the solver must step stably for, km/s (≥ the fastest model)"
-    )
-    vmin: float = _knob(1.3, "smallest velocity a model may take, km/s (FWI lower bound)")
-    nbl: int = _knob(20, "absorbing boundary width, grid cells")
-    space_order: int = _knob(8, "finite-difference order in space")
     seed: int = _knob(1, "noise seed")
 
     @classmethod
@@ -85,22 +70,13 @@ class SimulateConfig:
         """Raise :class:`InvalidArgumentError` naming the first bad value; return ``self``."""
         if not isinstance(self.model, str) or not self.model:
             raise InvalidArgumentError(f"model={self.model!r} must be 'marmousi' or a file path")
-        check_scalar("x_start", self.x_start)
-        for name in ("width", "depth"):
-            check_in_range(name, getattr(self, name), 0.0, float("inf"))
-        for name in ("spacing", "smoothing", "t1", "f0", "data_dt", "vmax", "vmin"):
-            check_positive_scalar(name, getattr(self, name))
+        self.check_surface_survey()
+        self.check_wave_solver()
+        self.check_lowest_velocity(self.vmax)
         check_scalar("snr_db", self.snr_db)
         check_choice("data", self.data, ("nonlinear", "born"))
-        check_positive_int("nshots", self.nshots)
         check_int("nreceivers", self.nreceivers, minimum=2)
-        check_nonnegative_int("nbl", self.nbl)
-        check_choice("space_order", self.space_order, (2, 4, 6, 8, 10, 12, 16))
         check_int("seed", self.seed)
-        if self.vmin >= self.vmax:
-            raise InvalidArgumentError(f"vmin={self.vmin} km/s must be below vmax={self.vmax}")
-        if self.data_dt >= self.t1:
-            raise InvalidArgumentError(f"data_dt={self.data_dt} ms must be below t1={self.t1}")
         nyquist = 500.0 / self.data_dt
         if 3.0 * self.f0 >= nyquist:  # the Ricker spectrum reaches ~3 f0
             raise InvalidArgumentError(
@@ -114,7 +90,7 @@ class SimulateConfig:
 
 
 @dataclass
-class InvertConfig:
+class InvertConfig(WaveSolver, LowestVelocity, ImagePrior):
     """The posterior of a 2D survey (``devito-uq invert``)."""
 
     shots: str = _knob("shots.sgy", "SEG-Y shot records (relative paths: inside --out)")
@@ -125,21 +101,14 @@ class InvertConfig:
     )
     truth: str = _knob("true_model.sgy", "SEG-Y true velocity for the metrics ('': none)")
     problem: str = _knob("born", "'born' (linearized image δm around the background) or 'fwi'")
-    f0: float = _knob(8.0, "Ricker peak frequency of the source, Hz")
     sigma: float = _knob(
         0.0, "noise standard deviation of the data (0: from acquisition.json beside the shots)"
     )
-    vmax: float = _knob(4.8, "largest velocity the solver steps stably for, km/s")
-    vmin: float = _knob(1.3, "smallest velocity (FWI lower bound), km/s")
-    nbl: int = _knob(20, "absorbing boundary width, grid cells")
-    space_order: int = _knob(8, "finite-difference order in space")
     prior: str = _knob(
         "gaussian",
         "'gaussian' (correlated, exponential kernel), 'tv', or 'flow' (a trained posterior)",
     )
     prior_file: str = _knob("", "posterior.pt of an earlier run, the prior when prior='flow'")
-    prior_std: float = _knob(0.03, "prior standard deviation of squared slowness, s²/km²")
-    correlation_length: float = _knob(60.0, "prior correlation length, m")
     tv_weight: float = _knob(
         3000.0, "TV prior weight λ of λ·Σ_pixels |∇m| (tv only), per (s²/km² per m)"
     )
@@ -198,13 +167,12 @@ class InvertConfig:
         check_choice("flow", self.flow, ("hint", "glow"))
         check_choice("device", self.device, ("cpu", "cuda", "auto"))
         check_choice("residual", self.residual, ("prior", "tail"))
-        for name in ("f0", "vmax", "vmin", "prior_std", "correlation_length", "tv_weight", "lr"):
+        self.check_wave_solver()
+        self.check_lowest_velocity(self.vmax)
+        self.check_image_prior()
+        for name in ("tv_weight", "lr"):
             check_positive_scalar(name, getattr(self, name))
         check_in_range("sigma", self.sigma, 0.0, float("inf"))
-        if self.vmin >= self.vmax:
-            raise InvalidArgumentError(f"vmin={self.vmin} km/s must be below vmax={self.vmax}")
-        check_nonnegative_int("nbl", self.nbl)
-        check_choice("space_order", self.space_order, (2, 4, 6, 8, 10, 12, 16))
         for name in (
             "flow_levels",
             "flow_steps",
