@@ -56,7 +56,7 @@ import torch
 from scipy.ndimage import map_coordinates
 from tqdm.auto import tqdm
 
-from devito_uq.apps.amortize.config import AmortizeConfig
+from devito_uq.apps.amortize.imaging_config import ImagingAmortizeConfig
 from devito_uq.apps.amortize.imaging_posterior import deconvolving, one_padding_flow
 from devito_uq.apps.amortize.imaging_study import run_study
 from devito_uq.apps.imaging.problem import pde_solves
@@ -82,7 +82,7 @@ __all__ = ["ImagingSetting", "build_setting", "crop_velocity"]
 #: Cells of the grid between a training crop (warp included) and the held-out window: the
 #: anti-alias filter and the linear interpolation reach about 1.5 cells.
 _MARGIN_CELLS = 2
-#: The fields of AmortizeConfig the training set depends on (besides n_train, seed...).
+#: The fields of ImagingAmortizeConfig the training set depends on (besides n_train, seed...).
 _IDENTITY = (
     "x_start", "width", "depth", "spacing", "smoothing", "nshots", "nreceivers", "t1", "f0",
     "data_dt", "vmax", "nbl", "space_order", "snr_db", "condition", "augment_flip",
@@ -122,7 +122,7 @@ def crop_velocity(
     return np.ascontiguousarray(v[::-1]) if flip else v
 
 
-def _image(v: np.ndarray, config: AmortizeConfig) -> np.ndarray:
+def _image(v: np.ndarray, config: ImagingAmortizeConfig) -> np.ndarray:
     """``δm = m(v) − m(smooth(v))`` float64 ``[nx, nz]`` (s²/km²), water kept exact."""
     v0 = smooth_background(v, config.spacing, config.smoothing)
     return 1.0 / v.astype(np.float64) ** 2 - 1.0 / v0.astype(np.float64) ** 2
@@ -132,7 +132,7 @@ class ImagingSetting:
     """The amortized imaging problem of one configuration (the protocol of
     :mod:`devito_uq.apps.amortize.run`); PDE work is done lazily, on first need."""
 
-    def __init__(self, config: AmortizeConfig, comm: Any = None) -> None:
+    def __init__(self, config: ImagingAmortizeConfig, comm: Any = None) -> None:
         self.config = config
         self.comm = comm
         nx = int(np.floor(config.width / config.spacing + 1e-9)) + 1
@@ -409,6 +409,6 @@ class ImagingSetting:
         return y.double()[:, None]
 
 
-def build_setting(config: AmortizeConfig, comm: Any = None) -> ImagingSetting:
+def build_setting(config: Any, comm: Any = None) -> ImagingSetting:
     """The protocol object of :mod:`devito_uq.apps.amortize.run` for ``problem="imaging"``."""
-    return ImagingSetting(config.validate(), comm)
+    return ImagingSetting(config.for_problem().validate(), comm)
