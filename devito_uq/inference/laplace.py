@@ -135,17 +135,24 @@ def residual_shrink(eigenvalues: torch.Tensor, n: int) -> float:
 class LaplaceParameterization(Parameterization):
     """``m = g(MAP + A x)`` with the low-rank Laplace factor ``A`` (module docstring).
 
-    Args:
-        reference: ``[*model_shape]`` MAP (the centre; strictly inside any bounds).
-        sqrt: the prior square root ``L`` — an object with ``matvec``, ``solve`` and
-            ``logdet`` on ``[batch, *model_shape]`` tensors (:class:`DiagonalSqrt`, or
-            :meth:`CorrelatedGaussianPrior.sqrt`).
-        eigenvalues: ``[r]`` eigenvalues of the prior-whitened misfit Hessian.
-        eigenvectors: ``[N, r]`` orthonormal eigenvectors.
-        lower, upper: hard bounds as in :class:`Parameterization` (slope 1 at the MAP).
-        residual: the factor ``s_⊥`` applied to the directions beyond rank ``r`` (1: leave
-            them at the prior; see :func:`residual_shrink`), so that
-            ``A = L (s_⊥ I + V diag((1+λ)^{-1/2} − s_⊥) Vᵀ)``.
+    Parameters
+    ----------
+    reference : torch.Tensor
+        ``[*model_shape]`` MAP (the centre; strictly inside any bounds; model units).
+    sqrt : object
+        The prior square root ``L``: ``matvec``, ``solve`` and ``logdet`` on
+        ``[batch, *model_shape]`` tensors (:class:`DiagonalSqrt`, or
+        :meth:`CorrelatedGaussianPrior.sqrt`).
+    eigenvalues : torch.Tensor
+        ``[r]`` eigenvalues of the prior-whitened misfit Hessian (unitless, >= 0).
+    eigenvectors : torch.Tensor
+        ``[N, r]`` orthonormal eigenvectors, ``N`` the model size.
+    lower, upper : float or torch.Tensor, optional
+        Hard bounds as in :class:`Parameterization` (slope 1 at the MAP).
+    residual : float
+        The factor ``s_⊥`` applied to the directions beyond rank ``r`` (1: leave them
+        at the prior; see :func:`residual_shrink`), so that
+        ``A = L (s_⊥ I + V diag((1+λ)^{-1/2} − s_⊥) Vᵀ)``.
     """
 
     def __init__(

@@ -56,11 +56,23 @@ def _softplus_inverse(y: torch.Tensor) -> torch.Tensor:
 class Parameterization(nn.Module):
     """Bijection from latent ``x`` ``[batch, *model_shape]`` to models ``m``.
 
-    Args:
-        reference: ``[*model_shape]`` reference model ``m_ref`` (``g(0)``).
-        scale: positive number or tensor broadcastable to the model, ``g'(0)``.
-        lower, upper: optional hard bounds (numbers or tensors broadcastable to the
-            model); ``lower < reference < upper`` must hold everywhere.
+    Parameters
+    ----------
+    reference : torch.Tensor
+        ``[*model_shape]`` floating reference model ``m_ref`` (``g(0)``; model units).
+    scale : float or torch.Tensor
+        Positive, broadcastable to the model: ``g'(0)`` (model units per latent unit).
+    lower, upper : float or torch.Tensor, optional
+        Hard bounds broadcastable to the model; ``lower < reference < upper`` must
+        hold everywhere.
+
+    Raises
+    ------
+    InvalidArgumentError
+        If ``reference`` is not a floating tensor, ``scale`` is not positive, a value
+        is not finite or the reference is not strictly inside the bounds.
+    InvalidShapeError
+        If ``scale`` or a bound does not broadcast to the model.
     """
 
     def __init__(

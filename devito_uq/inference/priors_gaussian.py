@@ -68,18 +68,31 @@ def _along(x: torch.Tensor, axis: int, mat: torch.Tensor) -> torch.Tensor:
 class CorrelatedGaussianPrior(Prior):
     r"""Gaussian prior with exponential correlation on a grid (module docstring).
 
-    Args:
-        mean: μ, floating tensor ``[*model_shape]`` (e.g. ``[nx, nz]``).
-        std: σ, marginal standard deviation in model units: a number, or a tensor
-            broadcastable to ``model_shape`` (then :math:`\Sigma = D (\otimes C_k) D`).
-        correlation_length: ℓ, a number or one per correlated axis, in the units of
-            ``spacing``.
-        spacing: grid spacing per correlated axis (a number or one each; default 1).
-        axes: correlated model axes (0 = first axis after the batch axis); default all.
-            Other axes are independent.
-
     ``negative_log(m)`` is :math:`\tfrac12 (m-\mu)^\top \Sigma^{-1} (m-\mu)` ``[batch]``
     (the normalizing constant dropped), for ``m`` ``[batch, *model_shape]``.
+
+    Parameters
+    ----------
+    mean : torch.Tensor
+        μ, floating tensor ``[*model_shape]`` (e.g. ``[nx, nz]``), model units.
+    std : float or torch.Tensor
+        σ, marginal standard deviation in model units: a number, or a tensor
+        broadcastable to ``model_shape`` (then :math:`\Sigma = D (\otimes C_k) D`).
+    correlation_length : float or sequence of float
+        ℓ, a number or one per correlated axis, in the units of ``spacing``.
+    spacing : float or sequence of float, optional
+        Grid spacing per correlated axis (a number or one each; default 1).
+    axes : int or sequence of int, optional
+        Correlated model axes (0 = first axis after the batch axis); default all.
+        Other axes are independent.
+
+    Raises
+    ------
+    InvalidArgumentError
+        If ``mean`` is not a floating tensor, a scale is not positive, or ``axes``,
+        ``spacing`` and ``correlation_length`` do not match.
+    InvalidShapeError
+        If ``std`` does not broadcast to ``model_shape``.
     """
 
     def __init__(

@@ -73,14 +73,22 @@ class MatrixOperator(nn.Module):
 class LinearGaussianProblem:
     """A linear-Gaussian inverse problem and its exact posterior.
 
-    Attributes:
-        operator: :class:`MatrixOperator`.
-        data: ``[n_shots, rows_per_shot]`` noisy data.
-        sigma: noise standard deviation.
-        prior: :class:`GaussianPrior` ``N(0, τ² I)``.
-        model: ``[n]`` the true model (a prior draw).
-        posterior_mean: ``[n]`` μ (float64).
-        posterior_covariance: ``[n, n]`` Σ (float64).
+    Attributes
+    ----------
+    operator : MatrixOperator
+        The forward operator.
+    data : torch.Tensor
+        ``[n_shots, rows_per_shot]`` noisy data.
+    sigma : float
+        Noise standard deviation (data units).
+    prior : GaussianPrior
+        ``N(0, τ² I)``.
+    model : torch.Tensor
+        ``[n]`` the true model (a prior draw).
+    posterior_mean : torch.Tensor
+        ``[n]`` μ (float64).
+    posterior_covariance : torch.Tensor
+        ``[n, n]`` Σ (float64).
     """
 
     operator: MatrixOperator
