@@ -37,11 +37,13 @@ import math
 import os
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from devito_uq.errors import CheckpointError, InvalidArgumentError, InvalidShapeError
 from devito_uq.inference.diagnostics.images import uncertainty_calibration_error, z_fraction
@@ -225,32 +227,30 @@ def run_calibration(
             },
         )
 
+    run = _Run(
+        seed,
+        prior,
+        simulator,
+        build_posterior,
+        shape,
+        n_samples,
+        summaries,
+        tarp_reference,
+        tarp_scale,
+        use_log_prob,
+        sample_chunk,
+    )
     out = _Collector(n_truths, shape, names, n_samples, seed)
     mine = ShotDistribution(n_truths, comm).shots
     bar = mine
     if progress and mine:
-        from tqdm import tqdm
-
         bar = tqdm(mine, desc=f"calibration (rank {rank})", leave=False)
     for i in bar:
         path = None if folder is None else folder / f"truth_{i:06d}.npz"
         if path is not None and path.exists():
             out.put(i, _load(path, i, shape, len(names)))
             continue
-        rec = _one_truth(
-            i,
-            seed,
-            prior,
-            simulator,
-            build_posterior,
-            shape,
-            n_samples,
-            summaries,
-            tarp_reference,
-            tarp_scale,
-            use_log_prob,
-            sample_chunk,
-        )
+        rec = _one_truth(i, run)
         if path is not None:
             with atomic_path(path) as tmp, open(tmp, "wb") as fh:
                 np.savez(fh, **rec)
@@ -336,44 +336,49 @@ class _Collector:
         )
 
 
-def _one_truth(
-    index,
-    seed,
-    prior,
-    simulator,
-    build,
-    shape,
-    n_samples,
-    summaries,
-    tarp_reference,
-    tarp_scale,
-    use_log_prob,
-    sample_chunk,
-) -> dict:
+@dataclass(frozen=True)
+class _Run:
+    """The validated arguments of one :func:`run_calibration` call, as each truth needs them."""
+
+    seed: int
+    prior: Any
+    simulator: Callable[[torch.Tensor], Any]
+    build_posterior: Callable[[Any], Any]
+    shape: tuple[int, ...]
+    n_samples: int
+    summaries: dict[str, Summary]
+    tarp_reference: str | Callable[[], torch.Tensor] | None
+    tarp_scale: torch.Tensor | None
+    use_log_prob: bool
+    sample_chunk: int | None
+
+
+def _one_truth(index: int, run: _Run) -> dict:
     """Run truth ``index`` and return its record (numpy values only, for ``np.savez``)."""
     start = time.perf_counter()
-    user, ref_seed, rng = _seeds(seed, index)
+    user, ref_seed, rng = _seeds(run.seed, index)
     reference = None
-    if tarp_reference is not None:
+    if run.tarp_reference is not None:
         with _seeded(ref_seed):
-            reference = tarp_reference().detach() if callable(tarp_reference) else _draw(prior)
+            ref = run.tarp_reference
+            reference = ref().detach() if callable(ref) else _draw(run.prior)
     with _seeded(user):
-        truth = _draw(prior)
-        if tuple(truth.shape) != shape:
+        truth = _draw(run.prior)
+        if tuple(truth.shape) != run.shape:
             raise InvalidShapeError(
                 f"the prior's draws must share one shape: got {list(truth.shape)} for truth "
-                f"{index}, {list(shape)} for the first draw"
+                f"{index}, {list(run.shape)} for the first draw"
             )
-        posterior = build(simulator(truth))
+        posterior = run.build_posterior(run.simulator(truth))
         st = truth_statistics(
             truth,
             posterior,
-            n_samples,
-            summaries=summaries,
+            run.n_samples,
+            summaries=run.summaries,
             reference=reference,
-            reference_scale=tarp_scale,
-            use_log_prob=use_log_prob,
-            sample_chunk=sample_chunk,
+            reference_scale=run.tarp_scale,
+            use_log_prob=run.use_log_prob,
+            sample_chunk=run.sample_chunk,
             generator=rng,
         )
     error = st.mean - truth.double().cpu().numpy()
