@@ -124,7 +124,25 @@ class Parameterization(nn.Module):
             )
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return ``m = g(x)`` ``[batch, *model_shape]`` and ``log|det ∂g/∂x|`` ``[batch]``."""
+        """Map latents to models.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            ``[batch, *model_shape]`` latents.
+
+        Returns
+        -------
+        m : torch.Tensor
+            ``[batch, *model_shape]`` models ``g(x)`` (model units).
+        logdet : torch.Tensor
+            ``[batch]`` ``log|det ∂g/∂x|``.
+
+        Raises
+        ------
+        InvalidShapeError
+            If ``x`` is not ``[batch, *model_shape]``.
+        """
         self._check(x, "latent x")
         u = self.scale * x
         log_s = torch.log(self.scale)
@@ -147,7 +165,25 @@ class Parameterization(nn.Module):
         return m, logdet
 
     def inverse(self, m: torch.Tensor) -> torch.Tensor:
-        """Latent ``x = g⁻¹(m)`` for models strictly inside the bounds."""
+        """Latent ``x = g⁻¹(m)`` for models strictly inside the bounds.
+
+        Parameters
+        ----------
+        m : torch.Tensor
+            ``[batch, *model_shape]`` models (model units).
+
+        Returns
+        -------
+        torch.Tensor
+            ``[batch, *model_shape]`` latents.
+
+        Raises
+        ------
+        InvalidShapeError
+            If ``m`` is not ``[batch, *model_shape]``.
+        InvalidArgumentError
+            If a value of ``m`` is on or beyond a bound (the worst one is named).
+        """
         self._check(m, "models")
         if self.has_lower and not bool(torch.all(m > self.lower)):
             raise _bound_error("lower", m, self.lower)

@@ -37,7 +37,7 @@ __all__ = [
 
 
 def relative_l2(estimate: np.ndarray, truth: np.ndarray) -> float:
-    """``‖estimate − truth‖ / ‖truth‖``."""
+    """``‖estimate − truth‖ / ‖truth‖`` (Frobenius norms, any equal shapes; unitless)."""
     e, t = np.asarray(estimate, np.float64), np.asarray(truth, np.float64)
     return float(np.linalg.norm(e - t) / np.linalg.norm(t))
 
@@ -47,6 +47,18 @@ def ssim(image: np.ndarray, reference: np.ndarray, sigma: float = 1.5) -> float:
 
     Gaussian window of ``sigma`` pixels, ``K1 = 0.01``, ``K2 = 0.03``, dynamic range ``L``
     the reference's peak-to-peak. 1 for identical images; 0 for unrelated ones.
+
+    Parameters
+    ----------
+    image, reference : numpy.ndarray
+        Images of one shape (e.g. ``[nx, nz]``), same units.
+    sigma : float
+        Std of the Gaussian window, in pixels.
+
+    Returns
+    -------
+    float
+        Mean SSIM over the pixels, at most 1.
     """
     from scipy.ndimage import gaussian_filter  # lazy: scipy costs ~1 s at import
 
@@ -64,13 +76,13 @@ def ssim(image: np.ndarray, reference: np.ndarray, sigma: float = 1.5) -> float:
 
 
 def coverage(lower: np.ndarray, upper: np.ndarray, truth: np.ndarray) -> float:
-    """Fraction of pixels whose true value lies in ``[lower, upper]``."""
+    """Fraction of pixels whose true value lies in ``[lower, upper]`` (arrays of one shape)."""
     t = np.asarray(truth)
     return float(np.mean((t >= np.asarray(lower)) & (t <= np.asarray(upper))))
 
 
 def correlation(a: np.ndarray, b: np.ndarray) -> float:
-    """Pearson correlation of two images (flattened)."""
+    """Pearson correlation of two images (flattened; 0 when one is constant)."""
     a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
     a, b = a - a.mean(), b - b.mean()
     den = np.sqrt((a * a).sum() * (b * b).sum())

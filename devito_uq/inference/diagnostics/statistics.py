@@ -345,7 +345,7 @@ class CoverageCurve:
     area_per_coordinate: np.ndarray | None = None
 
     def at(self, level: float) -> float:
-        """Coverage at the grid level closest to ``level``."""
+        """Coverage at the grid level closest to ``level`` (a float in ``[0, 1]``)."""
         return float(self.coverage[np.argmin(np.abs(self.levels - level))])
 
     def max_deviation(self, levels: Sequence[float] | None = None) -> float:
