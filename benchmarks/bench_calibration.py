@@ -33,7 +33,7 @@ CHILD = r"""
 import json, resource, sys, time
 import torch
 torch.set_num_threads(1)
-from devito_uq.inference.calibration_ranks import truth_statistics
+from devito_uq.inference.diagnostics.ranks import truth_statistics
 mode, P, L = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 
 class Pixels:  # independent Gaussian pixels, fresh draws per call (a flow's contract)

@@ -19,20 +19,22 @@ from conftest import cuda_or_skip
 from scipy import stats
 
 from devito_uq.errors import CheckpointError, DevitoUQError, InvalidArgumentError, InvalidShapeError
-from devito_uq.inference import calibration_ranks
 from devito_uq.inference.calibration import load_calibration, run_calibration
-from devito_uq.inference.calibration_metrics import (
+from devito_uq.inference.diagnostics import (
     expected_coverage,
     expected_z_fraction,
     holm,
+    image_metrics,
     pit,
     rank_band,
     sbc_test,
     tarp_test,
+    truth_statistics,
     uncertainty_calibration_error,
+    window_mean,
     z_fraction,
 )
-from devito_uq.inference.calibration_ranks import image_metrics, truth_statistics, window_mean
+from devito_uq.inference.diagnostics import ranks as diagnostic_ranks
 from devito_uq.inference.problems import linear_gaussian_problem
 
 N_EXACT, N_WRONG, L = 1000, 300, 100
@@ -282,7 +284,7 @@ def test_streamed_statistics_equal_the_direct_ones(monkeypatch):
     g = torch.Generator().manual_seed(0)
     draws = torch.randn(53, 6, 5, generator=g, dtype=torch.float64) * 2.0 + 1.0
     truth = torch.randn(6, 5, generator=g, dtype=torch.float64)
-    monkeypatch.setattr(calibration_ranks, "_ELEMENTS_PER_CHUNK", 40)  # 1-row stat chunks
+    monkeypatch.setattr(diagnostic_ranks, "_ELEMENTS_PER_CHUNK", 40)  # 1-row stat chunks
     whole = truth_statistics(truth, draws, 53)
     chunked = truth_statistics(truth, StoredDraws(draws), 53, sample_chunk=7)
     for st in (whole, chunked):
@@ -445,7 +447,7 @@ def test_image_metrics_of_one_truth():
 
 def test_plots_write_pngs(exact, tmp_path):
     pytest.importorskip("matplotlib")
-    from devito_uq.inference import calibration_plots as cp
+    from devito_uq.inference.diagnostics import plots as cp
 
     cp.plot_rank_histograms(exact, max_panels=6, path=tmp_path / "ranks.png")
     cp.plot_coverage([exact.coverage(), exact.coverage("hpd")], path=tmp_path / "cov.png")

@@ -1,16 +1,18 @@
 """devito_uq.inference: likelihoods, priors, variational inference and Langevin/MAP baselines.
 
 Plot helpers live in :mod:`devito_uq.inference.plotting` and
-:mod:`devito_uq.inference.calibration_plots` (not imported here, so that importing the
-package does not load matplotlib). Calibration diagnostics (SBC, expected coverage,
-TARP, UCE) are in :mod:`devito_uq.inference.calibration` and its companions.
+:mod:`devito_uq.inference.diagnostics.plots` (not imported here, so that importing the
+package does not load matplotlib). Diagnostics (SBC, expected coverage, TARP, UCE, image
+metrics) are in :mod:`devito_uq.inference.diagnostics`; :mod:`devito_uq.inference.calibration`
+runs them over many truths.
 """
 
 from devito_uq.inference.amortized import AmortizedPosterior
 from devito_uq.inference.amortized_correction import ConditionedFlow, LatentCorrection
-from devito_uq.inference.calibration import CalibrationResult, load_calibration, run_calibration
-from devito_uq.inference.calibration_ranks import (
+from devito_uq.inference.calibration import load_calibration, run_calibration
+from devito_uq.inference.diagnostics import (
     CachedDraws,
+    CalibrationResult,
     image_metrics,
     truth_statistics,
     window_mean,

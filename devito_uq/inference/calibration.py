@@ -10,7 +10,7 @@ samples and keeps, per truth, only ranks and a few scalars:
   posterior has ``log_prob`` (highest-density-region coverage, Hermans et al. 2022);
 * the TARP rank of the distance to a random reference point (Lemos et al. 2023);
 * per-image metrics: RMSE, RMS std, UCE and the fraction of pixels with
-  ``|error|/std > 2`` (see :mod:`devito_uq.inference.calibration_metrics`).
+  ``|error|/std > 2`` (see :mod:`devito_uq.inference.diagnostics.images`).
 
 Samples are streamed in chunks, so memory is ``O(chunk · pixels)``: never the
 ``[L, pixels]`` block of comparisons or float64 copies, and never
@@ -25,7 +25,8 @@ it was), so its prior draw, data, posterior and samples do not depend on the
 number of ranks, on resuming, or on the other truths.
 
 References: Talts et al. (2018) arXiv:1804.06788; Hermans et al. (2022) TMLR;
-Lemos et al. (2023) ICML; see :mod:`devito_uq.inference.calibration_metrics`.
+Lemos et al. (2023) ICML; see :mod:`devito_uq.inference.diagnostics.statistics`.
+The ranks, statistics and figures themselves live in :mod:`devito_uq.inference.diagnostics`.
 """
 
 from __future__ import annotations
@@ -36,135 +37,26 @@ import math
 import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from devito_uq.errors import CheckpointError, InvalidArgumentError, InvalidShapeError
-from devito_uq.inference.calibration_metrics import (
-    CoverageCurve,
-    SBCTest,
-    TARPResult,
-    expected_coverage,
-    pit,
-    sbc_test,
-    tarp_test,
-    uncertainty_calibration_error,
-    z_fraction,
-)
-from devito_uq.inference.calibration_ranks import Summary, truth_statistics
+from devito_uq.inference.diagnostics.images import uncertainty_calibration_error, z_fraction
+from devito_uq.inference.diagnostics.ranks import Summary, truth_statistics
+from devito_uq.inference.diagnostics.result import CalibrationResult
 from devito_uq.io._atomic import atomic_path
 from devito_uq.parallel import ShotDistribution, allreduce_sum, rank_and_size
 from devito_uq.validation import check_bool, check_int, check_positive_int
 
-__all__ = ["CalibrationResult", "run_calibration", "load_calibration"]
+__all__ = ["run_calibration", "load_calibration"]
 
 _FORMAT = 1
 _METRICS = ("rmse", "rms_std", "uce", "uce_signed", "z_fraction", "seconds")
-
-
-@dataclass
-class CalibrationResult:
-    """Per-truth ranks and metrics of a calibration run, and the tests on them.
-
-    Attributes:
-        ranks: ``[N, *shape]`` int32 coordinate ranks in ``[0, L]``.
-        summary_ranks: ``[N, k]`` int32; ``summary_names``: ``k`` names.
-        log_prob_ranks, tarp_ranks: ``[N]`` int32, −1 where not computed.
-        metrics: name → ``[N]`` float64: ``rmse``, ``rms_std`` (model units), ``uce``,
-            ``uce_signed`` (model units; quantile bins of >= 100 pixels, at most 10),
-            ``z_fraction``, ``seconds`` (wall time of the truth: prior draw,
-            simulation, posterior, statistics).
-        n_samples: ``L``; ``seed``: the run's seed (also seeds the PIT jitter).
-        computed: truths this process computed in this call (not loaded from
-            ``out_dir``; on this rank only).
-    """
-
-    ranks: np.ndarray
-    summary_ranks: np.ndarray
-    summary_names: tuple[str, ...]
-    log_prob_ranks: np.ndarray
-    tarp_ranks: np.ndarray
-    metrics: dict[str, np.ndarray]
-    n_samples: int
-    seed: int = 0
-    computed: list[int] = field(default_factory=list)
-
-    @property
-    def n_truths(self) -> int:
-        return int(self.ranks.shape[0])
-
-    def quantity_ranks(self, coordinates: bool = True) -> tuple[np.ndarray, list[str]]:
-        """``([N, m] ranks, names)``: coordinates ``x[i]`` (flattened), summaries, log_prob."""
-        blocks, names = [self.summary_ranks], list(self.summary_names)
-        if coordinates:
-            blocks.insert(0, self.ranks.reshape(self.n_truths, -1))
-            names = [f"x[{i}]" for i in range(blocks[0].shape[1])] + names
-        if (self.log_prob_ranks >= 0).all():
-            blocks.append(self.log_prob_ranks[:, None])
-            names.append("log_prob")
-        return np.concatenate(blocks, 1), names
-
-    def sbc(
-        self, alpha: float = 0.05, bins: int | None = None, coordinates: bool = True
-    ) -> SBCTest:
-        """:func:`sbc_test` over coordinates (unless ``coordinates=False``), summaries and
-        ``log_prob``, Holm-corrected over all of them."""
-        r, names = self.quantity_ranks(coordinates)
-        return sbc_test(r, self.n_samples, names, bins=bins, alpha=alpha, seed=self.seed)
-
-    def pit(self) -> np.ndarray:
-        """``[N, P]`` randomised PIT values of the coordinates."""
-        return pit(self.ranks.reshape(self.n_truths, -1), self.n_samples, self.seed)
-
-    def coverage(self, kind: str = "central", levels=None) -> CoverageCurve:
-        """Expected coverage of per-coordinate central intervals (``"central"``, pooled
-        over truths and coordinates) or of highest-density regions (``"hpd"``)."""
-        if kind == "central":
-            return expected_coverage(np.abs(2.0 * self.pit() - 1.0), levels, kind="central")
-        if kind == "hpd":
-            if not (self.log_prob_ranks >= 0).all():
-                raise InvalidArgumentError("kind='hpd' needs a posterior with log_prob")
-            u = pit(self.log_prob_ranks, self.n_samples, self.seed + 1)
-            return expected_coverage(1.0 - u, levels, kind="hpd")
-        raise InvalidArgumentError(f"kind={kind!r} must be one of ('central', 'hpd')")
-
-    def tarp(self, levels=None) -> TARPResult:
-        """:func:`tarp_test` of the TARP ranks."""
-        if not (self.tarp_ranks >= 0).all():
-            raise InvalidArgumentError("tarp needs a run with tarp_reference")
-        return tarp_test(pit(self.tarp_ranks, self.n_samples, self.seed + 2), levels)
-
-    def report(self, alpha: float = 0.05) -> dict:
-        """JSON-ready verdicts: SBC family p-value, coverage areas, TARP, mean metrics."""
-        sbc = self.sbc(alpha)
-        out = {
-            "n_truths": self.n_truths,
-            "n_samples": self.n_samples,
-            "sbc": {
-                "passed": sbc.passed,
-                "family_pvalue": sbc.family_pvalue,
-                "alpha": alpha,
-                "failed": sbc.failed()[:20],
-            },
-        }
-        kinds = ["central"] + (["hpd"] if (self.log_prob_ranks >= 0).all() else [])
-        for kind in kinds:
-            c = self.coverage(kind)
-            out[f"coverage_{kind}"] = {
-                "area": c.area,
-                "ks": c.ks_statistic,
-                "at_0.9": c.at(0.9),
-                "verdict": c.verdict(),
-            }
-        if (self.tarp_ranks >= 0).all():
-            t = self.tarp()
-            out["tarp"] = {"atc": t.atc, "ks": t.ks_statistic, "ks_pvalue": t.ks_pvalue}
-        out["metrics"] = {k: float(np.mean(v)) for k, v in self.metrics.items()}
-        return out
 
 
 def _seeds(seed: int, index: int) -> tuple[int, int, np.random.Generator]:
@@ -244,27 +136,57 @@ def run_calibration(
     simulator(truth)``, ``posterior = build_posterior(data)``; then
     :func:`truth_statistics` with ``n_samples`` draws and the per-image metrics.
 
-    Args:
-        prior: callable ``() -> [*shape]`` or object with ``sample(n) -> [n, *shape]``.
-        simulator: ``truth -> data`` (anything the builder accepts; noise included).
-        build_posterior: ``data -> posterior``: a ``[L, *shape]`` tensor of draws or an
-            object with ``sample(n)`` (and optionally ``log_prob``); see
-            :func:`truth_statistics` for ``sample_chunk``.
-        n_truths: ``N >= 2``. ``n_samples``: ``L >= 1`` draws per truth.
-        summaries: name → ``[c, *shape] -> [c]`` functions ranked like coordinates
-            (e.g. :func:`window_mean`).
-        tarp_reference: TARP reference point per truth: ``"prior"`` (default: an
-            independent prior draw, its own seed), a callable ``() -> [*shape]``
-            (drawn under the same seed), or ``None`` to skip TARP. Distances are
-            Euclidean over all coordinates, divided by ``tarp_scale``.
-        tarp_scale: ``[*shape]`` positive per-coordinate scale of the TARP distance (e.g.
-            the prior std, when coordinates have different units); ``None``: 1.
-        use_log_prob: rank ``log q(truth)`` (HPD coverage) when the posterior has it.
-        seed: seeds everything per truth (see the module docstring).
-        out_dir: folder for ``calibration.json`` and ``truth_%06d.npz``; finished truths
-            found there are loaded, not recomputed (``N`` may grow between runs).
-        comm: MPI communicator: truths dealt round-robin, results summed on every rank.
-        progress: tqdm bar over this rank's truths.
+    Parameters
+    ----------
+    prior : callable or object
+        ``() -> [*shape]``, or an object with ``sample(n) -> [n, *shape]``.
+    simulator : callable
+        ``truth -> data`` (anything the builder accepts; noise included).
+    build_posterior : callable
+        ``data -> posterior``: a ``[L, *shape]`` tensor of draws or an object with
+        ``sample(n)`` (and optionally ``log_prob``).
+    n_truths : int
+        ``N >= 2``.
+    n_samples : int
+        ``L >= 1`` draws per truth.
+    summaries : mapping of str to callable, optional
+        Name → ``[c, *shape] -> [c]`` functions ranked like coordinates (e.g.
+        :func:`~devito_uq.inference.window_mean`).
+    tarp_reference : {"prior"} or callable or None
+        TARP reference point per truth: ``"prior"`` (default: an independent prior
+        draw, its own seed), a callable ``() -> [*shape]`` (drawn under the same
+        seed), or ``None`` to skip TARP. Distances are Euclidean over all
+        coordinates, divided by ``tarp_scale``.
+    tarp_scale : torch.Tensor, optional
+        ``[*shape]`` positive per-coordinate scale of the TARP distance (e.g. the
+        prior std, when coordinates have different units); ``None``: 1.
+    use_log_prob : bool
+        Rank ``log q(truth)`` (HPD coverage) when the posterior has it.
+    seed : int
+        Seeds everything per truth (see the module docstring).
+    out_dir : str or os.PathLike, optional
+        Folder for ``calibration.json`` and ``truth_%06d.npz``; finished truths found
+        there are loaded, not recomputed (``N`` may grow between runs).
+    comm : MPI communicator, optional
+        Truths dealt round-robin, results summed on every rank.
+    sample_chunk : int, optional
+        As in :func:`~devito_uq.inference.truth_statistics`.
+    progress : bool
+        tqdm bar over this rank's truths.
+
+    Returns
+    -------
+    CalibrationResult
+
+    Raises
+    ------
+    InvalidArgumentError
+        If an argument has the wrong kind or range, or the prior or posterior returns
+        non-tensors or non-finite values.
+    InvalidShapeError
+        If the prior's draws change shape between truths.
+    CheckpointError
+        If ``out_dir`` holds a run with other settings or an unreadable truth.
     """
     n_truths = check_int("n_truths", n_truths, minimum=2)
     n_samples = check_positive_int("n_samples", n_samples)
@@ -305,32 +227,30 @@ def run_calibration(
             },
         )
 
+    run = _Run(
+        seed,
+        prior,
+        simulator,
+        build_posterior,
+        shape,
+        n_samples,
+        summaries,
+        tarp_reference,
+        tarp_scale,
+        use_log_prob,
+        sample_chunk,
+    )
     out = _Collector(n_truths, shape, names, n_samples, seed)
     mine = ShotDistribution(n_truths, comm).shots
     bar = mine
     if progress and mine:
-        from tqdm import tqdm
-
         bar = tqdm(mine, desc=f"calibration (rank {rank})", leave=False)
     for i in bar:
         path = None if folder is None else folder / f"truth_{i:06d}.npz"
         if path is not None and path.exists():
             out.put(i, _load(path, i, shape, len(names)))
             continue
-        rec = _one_truth(
-            i,
-            seed,
-            prior,
-            simulator,
-            build_posterior,
-            shape,
-            n_samples,
-            summaries,
-            tarp_reference,
-            tarp_scale,
-            use_log_prob,
-            sample_chunk,
-        )
+        rec = _one_truth(i, run)
         if path is not None:
             with atomic_path(path) as tmp, open(tmp, "wb") as fh:
                 np.savez(fh, **rec)
@@ -341,8 +261,22 @@ def run_calibration(
 def load_calibration(out_dir: str | os.PathLike, n_truths: int | None = None) -> CalibrationResult:
     """The :class:`CalibrationResult` of the truths saved in ``out_dir`` (no recomputation).
 
-    ``n_truths``: use truths ``0..n_truths-1`` (all must be there); default: every
-    ``truth_*.npz`` found, which must be numbered ``0..N-1`` without gaps.
+    Parameters
+    ----------
+    out_dir : str or os.PathLike
+        Folder written by :func:`run_calibration`.
+    n_truths : int, optional
+        Use truths ``0..n_truths-1`` (all must be there); default: every
+        ``truth_*.npz`` found, which must be numbered ``0..N-1`` without gaps.
+
+    Returns
+    -------
+    CalibrationResult
+
+    Raises
+    ------
+    CheckpointError
+        If the folder is not a calibration folder, or truths are missing or unreadable.
     """
     folder = Path(out_dir)
     meta_path = folder / "calibration.json"
@@ -402,44 +336,49 @@ class _Collector:
         )
 
 
-def _one_truth(
-    index,
-    seed,
-    prior,
-    simulator,
-    build,
-    shape,
-    n_samples,
-    summaries,
-    tarp_reference,
-    tarp_scale,
-    use_log_prob,
-    sample_chunk,
-) -> dict:
+@dataclass(frozen=True)
+class _Run:
+    """The validated arguments of one :func:`run_calibration` call, as each truth needs them."""
+
+    seed: int
+    prior: Any
+    simulator: Callable[[torch.Tensor], Any]
+    build_posterior: Callable[[Any], Any]
+    shape: tuple[int, ...]
+    n_samples: int
+    summaries: dict[str, Summary]
+    tarp_reference: str | Callable[[], torch.Tensor] | None
+    tarp_scale: torch.Tensor | None
+    use_log_prob: bool
+    sample_chunk: int | None
+
+
+def _one_truth(index: int, run: _Run) -> dict:
     """Run truth ``index`` and return its record (numpy values only, for ``np.savez``)."""
     start = time.perf_counter()
-    user, ref_seed, rng = _seeds(seed, index)
+    user, ref_seed, rng = _seeds(run.seed, index)
     reference = None
-    if tarp_reference is not None:
+    if run.tarp_reference is not None:
         with _seeded(ref_seed):
-            reference = tarp_reference().detach() if callable(tarp_reference) else _draw(prior)
+            ref = run.tarp_reference
+            reference = ref().detach() if callable(ref) else _draw(run.prior)
     with _seeded(user):
-        truth = _draw(prior)
-        if tuple(truth.shape) != shape:
+        truth = _draw(run.prior)
+        if tuple(truth.shape) != run.shape:
             raise InvalidShapeError(
                 f"the prior's draws must share one shape: got {list(truth.shape)} for truth "
-                f"{index}, {list(shape)} for the first draw"
+                f"{index}, {list(run.shape)} for the first draw"
             )
-        posterior = build(simulator(truth))
+        posterior = run.build_posterior(run.simulator(truth))
         st = truth_statistics(
             truth,
             posterior,
-            n_samples,
-            summaries=summaries,
+            run.n_samples,
+            summaries=run.summaries,
             reference=reference,
-            reference_scale=tarp_scale,
-            use_log_prob=use_log_prob,
-            sample_chunk=sample_chunk,
+            reference_scale=run.tarp_scale,
+            use_log_prob=run.use_log_prob,
+            sample_chunk=run.sample_chunk,
             generator=rng,
         )
     error = st.mean - truth.double().cpu().numpy()

@@ -31,6 +31,7 @@ import torch
 
 from devito_uq.errors import InvalidArgumentError
 from devito_uq.inference.parameterization import Parameterization
+from devito_uq.inference.priors_gaussian import KroneckerSqrt
 from devito_uq.validation import check_nonnegative_int, check_positive_int
 
 __all__ = [
@@ -43,7 +44,17 @@ __all__ = [
 
 
 class DiagonalSqrt:
-    """``L = diag(s)``: the prior square root of an independent (or proxy) prior."""
+    """``L = diag(s)``: the prior square root of an independent (or proxy) prior.
+
+    Operators on ``[batch, *model_shape]`` tensors: ``matvec`` (``L x``), ``rmatvec``
+    (``Lᵀ x``), ``solve`` (``L⁻¹ u``), ``logdet`` (``log|det L|``) and ``state`` (for
+    checkpoints), as :class:`~devito_uq.inference.priors_gaussian.KroneckerSqrt`.
+
+    Parameters
+    ----------
+    std : torch.Tensor
+        ``[*model_shape]`` positive prior std ``s`` (model units).
+    """
 
     def __init__(self, std: torch.Tensor) -> None:
         self.std = std.detach().clone()
@@ -65,12 +76,21 @@ class DiagonalSqrt:
 
 
 def sqrt_from_state(state: dict):
-    """Rebuild a prior square root from its ``state()`` (stored in checkpoints)."""
+    """Rebuild a prior square root from its ``state()`` (stored in checkpoints).
+
+    Parameters
+    ----------
+    state : dict
+        ``{"std": tensor, "factors": {axis: L_k}}`` as written by ``state()``.
+
+    Returns
+    -------
+    DiagonalSqrt or KroneckerSqrt
+        Diagonal when ``factors`` is empty.
+    """
     if not state.get("factors"):
         return DiagonalSqrt(state["std"])
-    from devito_uq.inference.priors_gaussian import _KroneckerSqrt
-
-    return _KroneckerSqrt(state["std"], [(int(a), f) for a, f in state["factors"].items()])
+    return KroneckerSqrt(state["std"], [(int(a), f) for a, f in state["factors"].items()])
 
 
 def low_rank_eigh(
@@ -83,10 +103,31 @@ def low_rank_eigh(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Top ``rank`` eigenpairs of a symmetric PSD operator by a two-pass randomized method.
 
-    ``matvec(v)`` applies the operator to a batch ``[k, *shape]``. Costs two batches of
-    ``rank + oversample`` products, or one of ``N`` when ``rank + oversample ≥ N`` (then
-    the operator is assembled on the identity and the result is exact). Returns
-    ``(λ [r], V [N, r])`` (descending, ``λ ≥ 0``, orthonormal columns), ``r = min(rank, N)``.
+    Costs two batches of ``rank + oversample`` products, or one of ``N`` when
+    ``rank + oversample ≥ N`` (then the operator is assembled on the identity and the
+    result is exact).
+
+    Parameters
+    ----------
+    matvec : callable
+        Applies the operator to a batch ``[k, *shape] -> [k, *shape]``.
+    shape : tuple of int
+        Shape of one vector, ``N = prod(shape)``.
+    rank : int
+        Eigenpairs wanted.
+    oversample : int
+        Extra sketch vectors (accuracy of the randomized range).
+    seed : int
+        Seed of the Gaussian sketch.
+    dtype : torch.dtype
+        Precision of the sketch and the small eigenproblem.
+
+    Returns
+    -------
+    eigenvalues : torch.Tensor
+        ``[r]`` descending, ``>= 0``, with ``r = min(rank, N)``.
+    eigenvectors : torch.Tensor
+        ``[N, r]`` orthonormal columns.
     """
     rank = check_positive_int("rank", rank)
     oversample = check_nonnegative_int("oversample", oversample)
@@ -118,6 +159,18 @@ def residual_shrink(eigenvalues: torch.Tensor, n: int) -> float:
     computed ones (``log λ_i`` against ``log i``, ``i ∈ (r/2, r]``), and ``s_⊥² `` is the mean
     of ``1/(1 + λ̂_i)`` over ``i = r+1 … n`` — the average marginal-variance factor of those
     directions. ``1`` when ``r = n`` or ``λ_r ≤ 1``. The flow corrects what the guess misses.
+
+    Parameters
+    ----------
+    eigenvalues : torch.Tensor
+        ``[r]`` descending eigenvalues of the prior-whitened misfit Hessian.
+    n : int
+        Model size ``N``.
+
+    Returns
+    -------
+    float
+        ``s_⊥`` in ``(0, 1]``.
     """
     lam = eigenvalues.detach().double().clamp_min(1e-30)
     r = lam.numel()
@@ -135,17 +188,24 @@ def residual_shrink(eigenvalues: torch.Tensor, n: int) -> float:
 class LaplaceParameterization(Parameterization):
     """``m = g(MAP + A x)`` with the low-rank Laplace factor ``A`` (module docstring).
 
-    Args:
-        reference: ``[*model_shape]`` MAP (the centre; strictly inside any bounds).
-        sqrt: the prior square root ``L`` — an object with ``matvec``, ``solve`` and
-            ``logdet`` on ``[batch, *model_shape]`` tensors (:class:`DiagonalSqrt`, or
-            :meth:`CorrelatedGaussianPrior.sqrt`).
-        eigenvalues: ``[r]`` eigenvalues of the prior-whitened misfit Hessian.
-        eigenvectors: ``[N, r]`` orthonormal eigenvectors.
-        lower, upper: hard bounds as in :class:`Parameterization` (slope 1 at the MAP).
-        residual: the factor ``s_⊥`` applied to the directions beyond rank ``r`` (1: leave
-            them at the prior; see :func:`residual_shrink`), so that
-            ``A = L (s_⊥ I + V diag((1+λ)^{-1/2} − s_⊥) Vᵀ)``.
+    Parameters
+    ----------
+    reference : torch.Tensor
+        ``[*model_shape]`` MAP (the centre; strictly inside any bounds; model units).
+    sqrt : object
+        The prior square root ``L``: ``matvec``, ``solve`` and ``logdet`` on
+        ``[batch, *model_shape]`` tensors (:class:`DiagonalSqrt`, or
+        :meth:`CorrelatedGaussianPrior.sqrt`).
+    eigenvalues : torch.Tensor
+        ``[r]`` eigenvalues of the prior-whitened misfit Hessian (unitless, >= 0).
+    eigenvectors : torch.Tensor
+        ``[N, r]`` orthonormal eigenvectors, ``N`` the model size.
+    lower, upper : float or torch.Tensor, optional
+        Hard bounds as in :class:`Parameterization` (slope 1 at the MAP).
+    residual : float
+        The factor ``s_⊥`` applied to the directions beyond rank ``r`` (1: leave them
+        at the prior; see :func:`residual_shrink`), so that
+        ``A = L (s_⊥ I + V diag((1+λ)^{-1/2} − s_⊥) Vᵀ)``.
     """
 
     def __init__(
@@ -188,13 +248,37 @@ class LaplaceParameterization(Parameterization):
         return (diag * flat + ((flat @ v) * coef.to(flat)) @ v.T).reshape(x.shape)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``m = g(MAP + A x)`` and ``log|det ∂m/∂x|`` ``[batch]``."""
+        """``m = g(MAP + A x)`` and its log-Jacobian.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            ``[batch, *model_shape]`` latents.
+
+        Returns
+        -------
+        m : torch.Tensor
+            ``[batch, *model_shape]`` models.
+        logdet : torch.Tensor
+            ``[batch]`` ``log|det ∂m/∂x|``.
+        """
         self._check(x, "latent x")
         u = self.sqrt.matvec(self._low_rank(x, self.shrink, self.residual))
         m, logdet = super().forward(u)
         return m, logdet + self.log_det_a
 
     def inverse(self, m: torch.Tensor) -> torch.Tensor:
-        """``x = A⁻¹ (g⁻¹(m) − MAP)`` for models strictly inside the bounds."""
+        """``x = A⁻¹ (g⁻¹(m) − MAP)`` for models strictly inside the bounds.
+
+        Parameters
+        ----------
+        m : torch.Tensor
+            ``[batch, *model_shape]`` models.
+
+        Returns
+        -------
+        torch.Tensor
+            ``[batch, *model_shape]`` latents.
+        """
         u = super().inverse(m)
         return self._low_rank(self.sqrt.solve(u), self.grow, 1.0 / self.residual)

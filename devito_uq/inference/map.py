@@ -35,11 +35,16 @@ _METHODS = ("lbfgs", "adam")
 class MAPResult:
     """Outcome of :func:`map_estimate`.
 
-    Attributes:
-        model: ``[*model_shape]`` the MAP model ``m``.
-        objective: final value of ``misfit + prior``.
-        history: objective per iteration.
-        gradient_evaluations: objective gradients spent.
+    Attributes
+    ----------
+    model : torch.Tensor
+        ``[*model_shape]`` the MAP model ``m`` (model units).
+    objective : float
+        Final value of ``misfit + prior`` (nats).
+    history : list of float
+        Objective per iteration (L-BFGS: per evaluation).
+    gradient_evaluations : int
+        Objective gradients spent.
     """
 
     model: torch.Tensor
@@ -61,15 +66,36 @@ def map_estimate(
 ) -> MAPResult:
     """Minimize ``misfit(m) + prior(m)`` from the starting model ``x0`` ``[*model_shape]``.
 
-    Args:
-        likelihood, prior, parameterization: the posterior's pieces, or a
-            :class:`PosteriorTarget` in the first position (``map_estimate(t, x0=m0)``).
-        x0: starting model ``m`` (not latent), inside the bounds.
-        method: ``"lbfgs"`` (strong-Wolfe line search; ``lr`` is its initial step,
-            1 is right for it) or ``"adam"`` (``lr`` is Adam's rate).
-        iterations: iterations (L-BFGS: at most this many, with up to two objective
-            evaluations each; ``history`` then holds one value per evaluation).
-        tolerance: L-BFGS stops when the gradient's max-norm falls below it.
+    Parameters
+    ----------
+    likelihood, prior, parameterization
+        The posterior's pieces, or a :class:`PosteriorTarget` in the first position
+        (``map_estimate(t, x0=m0)``).
+    x0 : torch.Tensor
+        ``[*model_shape]`` starting model ``m`` (not latent), inside the bounds.
+    method : str
+        ``"lbfgs"`` (strong-Wolfe line search; ``lr`` is its initial step, 1 is right
+        for it) or ``"adam"`` (``lr`` is Adam's rate).
+    iterations : int
+        Iterations (L-BFGS: at most this many, with up to two objective evaluations
+        each; ``history`` then holds one value per evaluation).
+    lr : float
+        Initial step (L-BFGS) or learning rate (Adam), latent units.
+    tolerance : float
+        L-BFGS stops when the gradient's max-norm falls below it.
+    progress : bool
+        Show a tqdm bar (Adam).
+
+    Returns
+    -------
+    MAPResult
+
+    Raises
+    ------
+    InvalidArgumentError
+        If an argument is out of range or ``x0`` is not a finite floating tensor.
+    TrainingDivergedError
+        If the objective becomes non-finite.
     """
     target = as_target(likelihood, prior, parameterization)
     check_choice("method", method, _METHODS)

@@ -57,14 +57,21 @@ __all__ = ["MALA", "SGLD", "MCMCResult"]
 class MCMCResult:
     """Draws of a batch of chains.
 
-    Attributes:
-        samples: ``[n_draws, n_chains, *model_shape]`` kept draws of ``m``.
-        acceptance_rate: mean MH acceptance after burn-in (``None`` for SGLD).
-        step_size: final step size ``h`` (latent units²).
-        gradient_evaluations: likelihood gradients spent, counted per chain and in
-            full-data equivalents (a batch of ``n`` of ``N`` shots counts ``n/N``).
-        method: ``"MALA"`` or ``"SGLD"``.
-        last: ``[n_chains, *model_shape]`` final state, to continue a run.
+    Attributes
+    ----------
+    samples : torch.Tensor
+        ``[n_draws, n_chains, *model_shape]`` kept draws of ``m`` (model units).
+    acceptance_rate : float or None
+        Mean MH acceptance after burn-in (``None`` for SGLD).
+    step_size : float
+        Final step size ``h`` (latent units²).
+    gradient_evaluations : float
+        Likelihood gradients spent, counted per chain and in full-data equivalents
+        (a batch of ``n`` of ``N`` shots counts ``n/N``).
+    method : str
+        ``"MALA"`` or ``"SGLD"``.
+    last : torch.Tensor
+        ``[n_chains, *model_shape]`` final state, to continue a run.
     """
 
     samples: torch.Tensor
@@ -119,10 +126,39 @@ class _Langevin:
     ) -> MCMCResult:
         """Run ``burn_in + n_steps`` steps; keep every ``thin``-th after burn-in.
 
-        ``x0``: starting models ``[n_chains, *model_shape]`` or ``[1, *model_shape]``
-        (shared by all chains); with a parameterization also ``[*model_shape]``
-        (default: its reference). ``seed`` seeds a private generator (``None``: drawn
-        from torch's global one).
+        Parameters
+        ----------
+        n_steps : int
+            Steps after burn-in, ``>= thin``.
+        n_chains : int
+            Independent chains, run as one batch.
+        x0 : torch.Tensor, optional
+            Starting models ``[n_chains, *model_shape]`` or ``[1, *model_shape]``
+            (shared by all chains); with a parameterization also ``[*model_shape]``
+            (default: its reference).
+        burn_in : int
+            Steps discarded first (the step size adapts during them).
+        thin : int
+            Keep every ``thin``-th step.
+        seed : int, optional
+            Seeds a private generator (``None``: drawn from torch's global one).
+        progress : bool
+            Show a tqdm bar.
+
+        Returns
+        -------
+        MCMCResult
+            Also kept in :attr:`result`.
+
+        Raises
+        ------
+        InvalidArgumentError
+            If an argument is out of range, or ``x0`` is missing (without a
+            parameterization) or not finite.
+        InvalidShapeError
+            If ``x0`` does not match the model shape or ``n_chains``.
+        TrainingDivergedError
+            If a chain becomes non-finite.
         """
         n_chains, gen, x = self._start(n_steps, n_chains, x0, burn_in, thin, seed)
         kept, x, acceptance, step, evaluations = self._chain(
@@ -170,13 +206,44 @@ class _Langevin:
         return self.target.to_latent(x0.detach().clone())
 
     def summary(self, quantiles: Sequence[float] = DEFAULT_QUANTILES) -> PosteriorSummary:
-        """Summary of the last :meth:`run`."""
+        """Summary of the last :meth:`run`.
+
+        Parameters
+        ----------
+        quantiles : sequence of float
+            Levels in ``(0, 1)`` to compute.
+
+        Returns
+        -------
+        PosteriorSummary
+
+        Raises
+        ------
+        InvalidArgumentError
+            Before the first :meth:`run`.
+        """
         if self.result is None:
             raise InvalidArgumentError(f"{self.method}.summary() needs a run() first")
         return self.result.summary(quantiles)
 
     def sample(self, n: int) -> torch.Tensor:
-        """The last ``n`` kept draws of the last :meth:`run`, ``[n, *model_shape]``."""
+        """The last ``n`` kept draws of the last :meth:`run`.
+
+        Parameters
+        ----------
+        n : int
+            At most the number of kept draws (over all chains).
+
+        Returns
+        -------
+        torch.Tensor
+            ``[n, *model_shape]`` draws.
+
+        Raises
+        ------
+        InvalidArgumentError
+            Before the first :meth:`run`, or with ``n`` out of range.
+        """
         if self.result is None:
             raise InvalidArgumentError(f"{self.method}.sample() needs a run() first")
         flat = self.result.flat()
@@ -187,17 +254,24 @@ class _Langevin:
 class MALA(_Langevin):
     """Metropolis-adjusted Langevin algorithm over a batch of independent chains.
 
-    Args:
-        likelihood: negative log-likelihood ``m -> [batch]`` (all shots are used), or
-            a ready :class:`PosteriorTarget` (then no ``prior``/``parameterization``).
-        prior: prior with ``negative_log``.
-        parameterization: ``m = g(x)``; the chain runs on ``x``.
-        step_size: initial ``h`` (latent units²).
-        target_acceptance: acceptance rate the burn-in adaptation aims at (0.574 is
-            optimal for MALA in high dimension).
-        adapt: adapt ``h`` during burn-in (Robbins–Monro on ``log h`` with the
-            acceptance averaged over chains); ``h`` is frozen afterwards so the
-            kept draws come from a fixed, exact kernel.
+    Parameters
+    ----------
+    likelihood : PosteriorTarget or callable
+        Negative log-likelihood ``m -> [batch]`` (all shots are used), or a ready
+        :class:`PosteriorTarget` (then no ``prior``/``parameterization``).
+    prior : Prior, optional
+        Prior with ``negative_log``.
+    parameterization : Parameterization, optional
+        ``m = g(x)``; the chain runs on ``x``.
+    step_size : float
+        Initial ``h`` (latent units²).
+    target_acceptance : float
+        Acceptance rate the burn-in adaptation aims at (0.574 is optimal for MALA
+        in high dimension).
+    adapt : bool
+        Adapt ``h`` during burn-in (Robbins–Monro on ``log h`` with the acceptance
+        averaged over chains); ``h`` is frozen afterwards so the kept draws come
+        from a fixed, exact kernel.
     """
 
     method = "MALA"
@@ -273,7 +347,14 @@ class SGLD(_Langevin):
     (``shot_batch``) each step uses a fresh random subset of shots. The step
     follows ``h_t = step_size · (1 + t)^(−decay)`` (``decay=0``: constant step,
     stationary law biased by O(h); ``0 < decay ≤ 1`` removes the bias
-    asymptotically, Welling & Teh 2011). Arguments as :class:`MALA`.
+    asymptotically, Welling & Teh 2011).
+
+    Parameters
+    ----------
+    likelihood, prior, parameterization, step_size
+        As in :class:`MALA` (``step_size`` is ``h_0``).
+    decay : float
+        Exponent of the step decay, in ``[0, 1]``.
     """
 
     method = "SGLD"

@@ -56,11 +56,23 @@ def _softplus_inverse(y: torch.Tensor) -> torch.Tensor:
 class Parameterization(nn.Module):
     """Bijection from latent ``x`` ``[batch, *model_shape]`` to models ``m``.
 
-    Args:
-        reference: ``[*model_shape]`` reference model ``m_ref`` (``g(0)``).
-        scale: positive number or tensor broadcastable to the model, ``g'(0)``.
-        lower, upper: optional hard bounds (numbers or tensors broadcastable to the
-            model); ``lower < reference < upper`` must hold everywhere.
+    Parameters
+    ----------
+    reference : torch.Tensor
+        ``[*model_shape]`` floating reference model ``m_ref`` (``g(0)``; model units).
+    scale : float or torch.Tensor
+        Positive, broadcastable to the model: ``g'(0)`` (model units per latent unit).
+    lower, upper : float or torch.Tensor, optional
+        Hard bounds broadcastable to the model; ``lower < reference < upper`` must
+        hold everywhere.
+
+    Raises
+    ------
+    InvalidArgumentError
+        If ``reference`` is not a floating tensor, ``scale`` is not positive, a value
+        is not finite or the reference is not strictly inside the bounds.
+    InvalidShapeError
+        If ``scale`` or a bound does not broadcast to the model.
     """
 
     def __init__(
@@ -112,7 +124,25 @@ class Parameterization(nn.Module):
             )
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return ``m = g(x)`` ``[batch, *model_shape]`` and ``log|det ∂g/∂x|`` ``[batch]``."""
+        """Map latents to models.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            ``[batch, *model_shape]`` latents.
+
+        Returns
+        -------
+        m : torch.Tensor
+            ``[batch, *model_shape]`` models ``g(x)`` (model units).
+        logdet : torch.Tensor
+            ``[batch]`` ``log|det ∂g/∂x|``.
+
+        Raises
+        ------
+        InvalidShapeError
+            If ``x`` is not ``[batch, *model_shape]``.
+        """
         self._check(x, "latent x")
         u = self.scale * x
         log_s = torch.log(self.scale)
@@ -135,7 +165,25 @@ class Parameterization(nn.Module):
         return m, logdet
 
     def inverse(self, m: torch.Tensor) -> torch.Tensor:
-        """Latent ``x = g⁻¹(m)`` for models strictly inside the bounds."""
+        """Latent ``x = g⁻¹(m)`` for models strictly inside the bounds.
+
+        Parameters
+        ----------
+        m : torch.Tensor
+            ``[batch, *model_shape]`` models (model units).
+
+        Returns
+        -------
+        torch.Tensor
+            ``[batch, *model_shape]`` latents.
+
+        Raises
+        ------
+        InvalidShapeError
+            If ``m`` is not ``[batch, *model_shape]``.
+        InvalidArgumentError
+            If a value of ``m`` is on or beyond a bound (the worst one is named).
+        """
         self._check(m, "models")
         if self.has_lower and not bool(torch.all(m > self.lower)):
             raise _bound_error("lower", m, self.lower)

@@ -4,6 +4,11 @@
 downwards, the parameter on the horizontal axis, as geophysicists plot logs.
 2-D models are drawn as images with depth down. Each function returns the
 matplotlib ``Figure`` and writes a PNG when ``path`` is given.
+
+This is the one place the package sets matplotlib up: figure code elsewhere (the
+diagnostics' plots, the applications' figures) takes ``plt`` (``matplotlib.pyplot``
+with the headless Agg backend selected) and :func:`save_figure` from here, importing
+them inside its functions where matplotlib must stay unloaded until a figure is drawn.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from devito_uq.errors import InvalidArgumentError, InvalidShapeError  # noqa: E4
 from devito_uq.inference.summary import PosteriorSummary  # noqa: E402
 from devito_uq.io._atomic import atomic_path  # noqa: E402
 
-__all__ = ["plot_profiles", "plot_images", "plot_loss", "save_figure"]
+__all__ = ["plt", "save_figure", "plot_profiles", "plot_images", "plot_loss"]
 
 
 def save_figure(fig, path: str | os.PathLike | None, dpi: int = 120):
@@ -31,6 +36,25 @@ def save_figure(fig, path: str | os.PathLike | None, dpi: int = 120):
     The format follows the suffix of ``path`` (PNG without one). The figure is drawn into
     a temporary file beside ``path`` and moved over it, so a reader never sees half an
     image and a symbolic link planted at ``path`` is replaced, never written through.
+
+    Parameters
+    ----------
+    fig : matplotlib.figure.Figure
+        The figure.
+    path : str or os.PathLike, optional
+        Where to write it; ``None`` writes nothing.
+    dpi : int
+        Resolution of raster formats, dots per inch.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        ``fig``.
+
+    Raises
+    ------
+    InvalidArgumentError
+        If matplotlib cannot write the format of the suffix.
     """
     if path is not None:
         fmt = os.path.splitext(os.fspath(path))[1][1:].lower() or "png"
@@ -61,12 +85,31 @@ def plot_profiles(
 ):
     """Posterior of a 1-D profile: samples, mean, credible band, and std.
 
-    Args:
-        summary: :class:`PosteriorSummary` of ``[n_depth]`` models.
-        depth: ``[n_depth]`` depths (default: sample index).
-        samples: ``[k, n_depth]`` a few samples drawn thin.
-        truth: ``[n_depth]`` true model, if known.
-        mass: credible mass of the shaded band (its quantiles must be in ``summary``).
+    Parameters
+    ----------
+    summary : PosteriorSummary
+        Summary of ``[n_depth]`` models.
+    depth : sequence of float or torch.Tensor, optional
+        ``[n_depth]`` depths (m; default: sample index).
+    samples : torch.Tensor, optional
+        ``[k, n_depth]`` samples drawn thin (the first 50).
+    truth : torch.Tensor, optional
+        ``[n_depth]`` true model.
+    mass : float
+        Credible mass of the shaded band (its quantiles must be in ``summary``).
+    xlabel, ylabel, title : str
+        Axis labels and figure title.
+    path : str or os.PathLike, optional
+        Where to write the figure (:func:`save_figure`).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Raises
+    ------
+    InvalidShapeError
+        If the models are not 1-D or ``depth`` does not match them.
     """
     if summary.mean.ndim != 1:
         raise InvalidShapeError(f"plot_profiles needs 1-D models, got {tuple(summary.mean.shape)}")
@@ -107,7 +150,29 @@ def plot_images(
 ):
     """Posterior of a 2-D model ``[x, z]``: mean, std, 90% interval width, samples.
 
-    ``extent`` is ``(x0, x1, z1, z0)`` in m as for ``imshow`` (depth down).
+    Parameters
+    ----------
+    summary : PosteriorSummary
+        Summary of ``[x, z]`` models (its 5 % and 95 % quantiles included).
+    samples : torch.Tensor, optional
+        ``[k, x, z]`` samples; the first 3 are drawn.
+    extent : sequence of float, optional
+        ``(x0, x1, z1, z0)`` in m, as for ``imshow`` (depth down).
+    cmap : str
+        Colour map of the mean and samples.
+    title : str, optional
+        Figure title.
+    path : str or os.PathLike, optional
+        Where to write the figure (:func:`save_figure`).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Raises
+    ------
+    InvalidShapeError
+        If the models are not 2-D.
     """
     if summary.mean.ndim != 2:
         raise InvalidShapeError(f"plot_images needs 2-D models, got {tuple(summary.mean.shape)}")
@@ -134,7 +199,28 @@ def plot_loss(
     title: str | None = None,
     path: str | os.PathLike | None = None,
 ):
-    """Training curves from :attr:`VariationalPosterior.history`, one panel per term."""
+    """Training curves from :attr:`VariationalPosterior.history`, one panel per term.
+
+    Parameters
+    ----------
+    history : mapping of str to sequence of float
+        Per-iteration values; ``"iteration"`` gives the x axis when present.
+    terms : sequence of str
+        Keys of ``history`` to draw.
+    title : str, optional
+        Figure title.
+    path : str or os.PathLike, optional
+        Where to write the figure (:func:`save_figure`).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Raises
+    ------
+    InvalidArgumentError
+        If ``history`` lacks one of ``terms``.
+    """
     missing = [t for t in terms if t not in history]
     if missing:
         raise InvalidArgumentError(f"history lacks the terms {missing}")

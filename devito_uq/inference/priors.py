@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from devito_uq.errors import InvalidArgumentError, InvalidShapeError
+from devito_uq.flows.flow import Flow
 from devito_uq.validation import check_finite_positive, check_int_tuple, check_positive_scalar
 
 __all__ = ["Prior", "GaussianPrior", "SmoothnessPrior", "TotalVariationPrior", "FlowPrior"]
@@ -24,20 +25,46 @@ class Prior(nn.Module):
     """Base class: subclasses implement :meth:`negative_log`."""
 
     def negative_log(self, m: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        """−log p(m) up to a constant.
+
+        Parameters
+        ----------
+        m : torch.Tensor
+            ``[batch, *model_shape]`` models (model units).
+
+        Returns
+        -------
+        torch.Tensor
+            ``[batch]`` values (nats), differentiable in ``m``.
+        """
         raise NotImplementedError
 
     def forward(self, m: torch.Tensor) -> torch.Tensor:
+        """Same as :meth:`negative_log`."""
         return self.negative_log(m)
 
 
 class GaussianPrior(Prior):
     r"""Gaussian prior :math:`\tfrac12 (m-\mu)^\top \Sigma^{-1} (m-\mu)`.
 
-    Args:
-        mean: ``[*model_shape]`` prior mean μ.
-        covariance: Σ as a number (isotropic variance), a ``[n]`` tensor (diagonal
-            variances) or a ``[n, n]`` SPD matrix, with ``n = mean.numel()``; or
-        precision: Σ⁻¹ in the same three forms. Give exactly one.
+    Parameters
+    ----------
+    mean : torch.Tensor
+        ``[*model_shape]`` floating-point prior mean μ (model units).
+    covariance : float or torch.Tensor, optional
+        Σ as a number (isotropic variance), a ``[n]`` tensor (diagonal variances) or a
+        ``[n, n]`` SPD matrix, with ``n = mean.numel()`` (model units squared).
+    precision : float or torch.Tensor, optional
+        Σ⁻¹ in the same three forms. Give exactly one of ``covariance`` and
+        ``precision``.
+
+    Raises
+    ------
+    InvalidArgumentError
+        If ``mean`` is not a floating-point tensor, both or neither of ``covariance``
+        and ``precision`` are given, or the matrix is not symmetric positive definite.
+    InvalidShapeError
+        If ``covariance``/``precision`` is not a number, ``[n]`` or ``[n, n]``.
     """
 
     def __init__(
@@ -86,7 +113,23 @@ class GaussianPrior(Prior):
             )
 
     def negative_log(self, m: torch.Tensor) -> torch.Tensor:
-        """``[batch]`` value of ½ (m−μ)ᵀ Σ⁻¹ (m−μ) for ``m`` ``[batch, *model_shape]``."""
+        """½ (m−μ)ᵀ Σ⁻¹ (m−μ).
+
+        Parameters
+        ----------
+        m : torch.Tensor
+            ``[batch, *model_shape]`` models.
+
+        Returns
+        -------
+        torch.Tensor
+            ``[batch]`` values.
+
+        Raises
+        ------
+        InvalidShapeError
+            If ``m`` is not ``[batch, *model_shape]``.
+        """
         if tuple(m.shape[1:]) != self.model_shape:
             raise InvalidShapeError(
                 f"models must be [batch, *{self.model_shape}], got {tuple(m.shape)}"
@@ -97,7 +140,20 @@ class GaussianPrior(Prior):
         return 0.5 * (r @ self.factor.to(m.dtype)).pow(2).sum(1)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """``[n, *model_shape]`` draws from the prior."""
+        """Draws from the prior.
+
+        Parameters
+        ----------
+        n : int
+            Number of draws.
+        generator : torch.Generator, optional
+            Source of the normal variates; default torch's global generator.
+
+        Returns
+        -------
+        torch.Tensor
+            ``[n, *model_shape]`` draws, in the dtype of ``mean``.
+        """
         z = torch.randn(n, self.mean.numel(), generator=generator, dtype=self.mean.dtype)
         if self.kind == "diag":
             x = z / self.factor.sqrt()
@@ -137,12 +193,23 @@ class SmoothnessPrior(Prior):
     grid ``spacing``. The second, small-norm term (``sigma_norm``) makes the prior
     proper; without it constant shifts of ``m`` are free.
 
-    Args:
-        sigma: σ_p, expected size of one difference (model units per spacing unit).
-        axes: model axes (0 = first axis after the batch axis) to difference.
-        spacing: grid spacing per axis (default 1).
-        sigma_norm: σ_0 of the optional norm term (``None``: no norm term).
-        reference: m_0, ``[*model_shape]`` or a number (default 0).
+    Parameters
+    ----------
+    sigma : float
+        σ_p, expected size of one difference (model units per spacing unit).
+    axes : int or sequence of int
+        Model axes (0 = first axis after the batch axis) to difference.
+    spacing : float or sequence of float, optional
+        Grid spacing per axis (default 1).
+    sigma_norm : float, optional
+        σ_0 of the norm term (model units); ``None``: no norm term.
+    reference : torch.Tensor or float
+        m_0, ``[*model_shape]`` or a number (default 0).
+
+    Raises
+    ------
+    InvalidArgumentError
+        If a scale is not positive, ``axes`` repeat or ``spacing`` does not match them.
     """
 
     def __init__(
@@ -192,10 +259,14 @@ class TotalVariationPrior(Prior):
     The differences along the ``axes`` are cropped to their common interior. ε > 0
     keeps ``R`` differentiable at flat regions (Langevin and VI need gradients).
 
-    Args:
-        weight: λ > 0, in 1 / (model units per spacing unit).
-        axes, spacing: as in :class:`SmoothnessPrior`.
-        epsilon: smoothing ε, in model units per spacing unit.
+    Parameters
+    ----------
+    weight : float
+        λ > 0, in 1 / (model units per spacing unit).
+    axes, spacing
+        As in :class:`SmoothnessPrior`.
+    epsilon : float
+        Smoothing ε > 0, in model units per spacing unit.
     """
 
     def __init__(
@@ -222,30 +293,35 @@ class TotalVariationPrior(Prior):
 class FlowPrior(Prior):
     r"""A trained flow as prior: :math:`R(m) = -\log q(m)`.
 
-    Args:
-        flow: a :class:`devito_uq.flows.Flow` (e.g. :class:`~devito_uq.flows.ImageFlow`,
-            or the ``flow`` of a trained :class:`~devito_uq.inference.VariationalPosterior`).
-            Its parameters are frozen here (``requires_grad_(False)``, on the flow itself:
-            call ``flow.requires_grad_(True)`` to train it again); gradients still flow to
-            ``m``.
-        **log_prob_kwargs: passed to ``flow.log_prob`` on every call, e.g. ``n_pad=64``
-            for an :class:`~devito_uq.flows.ImageFlow` on a padded grid, whose
-            ``log_prob`` is then a Monte-Carlo estimate (a fresh one each call).
-
     ``negative_log(m)`` takes ``m`` in the flow's shape ``[batch, *flow.shape]``. With a
     ``parameterization`` ``m = g(x)`` (the flow models the latent ``x``, as in a trained
     posterior of :class:`~devito_uq.inference.VariationalPosterior`), the density is that of
     ``m``: ``log q(m) = log q_x(g⁻¹(m)) − log|det ∂g/∂x|``.
+
+    Parameters
+    ----------
+    flow : devito_uq.flows.Flow
+        E.g. an :class:`~devito_uq.flows.ImageFlow`, or the ``flow`` of a trained
+        :class:`~devito_uq.inference.VariationalPosterior`. Its parameters are frozen
+        here (``requires_grad_(False)``, on the flow itself: call
+        ``flow.requires_grad_(True)`` to train it again); gradients still flow to ``m``.
+    parameterization : nn.Module, optional
+        ``g`` with ``g(x) -> (m, log|det ∂g/∂x|)`` and ``g.inverse(m) -> x``.
+    **log_prob_kwargs
+        Passed to ``flow.log_prob`` on every call, e.g. ``n_pad=64`` for an
+        :class:`~devito_uq.flows.ImageFlow` on a padded grid, whose ``log_prob`` is
+        then a Monte-Carlo estimate (a fresh one each call).
+
+    Raises
+    ------
+    InvalidArgumentError
+        If ``flow`` is not a :class:`~devito_uq.flows.Flow`.
     """
 
     def __init__(
         self, flow: nn.Module, parameterization: nn.Module | None = None, **log_prob_kwargs
     ) -> None:
         super().__init__()
-        # inference sits above flows (DESIGN.md): importing it here is allowed, and
-        # deferring it keeps `import devito_uq.inference.priors` light
-        from devito_uq.flows.flow import Flow
-
         if not isinstance(flow, Flow):
             raise InvalidArgumentError(
                 f"FlowPrior needs a devito_uq.flows.Flow (e.g. Flow(net, shape) or ImageFlow), "
@@ -256,7 +332,18 @@ class FlowPrior(Prior):
         self.log_prob_kwargs = dict(log_prob_kwargs)
 
     def negative_log(self, m: torch.Tensor) -> torch.Tensor:
-        """``[batch]`` −log q(m) for ``m`` ``[batch, *flow.shape]``."""
+        """−log q(m).
+
+        Parameters
+        ----------
+        m : torch.Tensor
+            ``[batch, *flow.shape]`` models.
+
+        Returns
+        -------
+        torch.Tensor
+            ``[batch]`` values.
+        """
         if self.parameterization is None:
             return -self.flow.log_prob(m, **self.log_prob_kwargs)
         x = self.parameterization.inverse(m)

@@ -39,7 +39,7 @@ from devito_uq.validation import (
     check_positive_scalar,
 )
 
-__all__ = ["CorrelatedGaussianPrior"]
+__all__ = ["CorrelatedGaussianPrior", "KroneckerSqrt"]
 
 #: Largest model (number of values) for which :meth:`CorrelatedGaussianPrior.covariance_matrix`
 #: assembles the dense matrix.
@@ -68,18 +68,31 @@ def _along(x: torch.Tensor, axis: int, mat: torch.Tensor) -> torch.Tensor:
 class CorrelatedGaussianPrior(Prior):
     r"""Gaussian prior with exponential correlation on a grid (module docstring).
 
-    Args:
-        mean: μ, floating tensor ``[*model_shape]`` (e.g. ``[nx, nz]``).
-        std: σ, marginal standard deviation in model units: a number, or a tensor
-            broadcastable to ``model_shape`` (then :math:`\Sigma = D (\otimes C_k) D`).
-        correlation_length: ℓ, a number or one per correlated axis, in the units of
-            ``spacing``.
-        spacing: grid spacing per correlated axis (a number or one each; default 1).
-        axes: correlated model axes (0 = first axis after the batch axis); default all.
-            Other axes are independent.
-
     ``negative_log(m)`` is :math:`\tfrac12 (m-\mu)^\top \Sigma^{-1} (m-\mu)` ``[batch]``
     (the normalizing constant dropped), for ``m`` ``[batch, *model_shape]``.
+
+    Parameters
+    ----------
+    mean : torch.Tensor
+        μ, floating tensor ``[*model_shape]`` (e.g. ``[nx, nz]``), model units.
+    std : float or torch.Tensor
+        σ, marginal standard deviation in model units: a number, or a tensor
+        broadcastable to ``model_shape`` (then :math:`\Sigma = D (\otimes C_k) D`).
+    correlation_length : float or sequence of float
+        ℓ, a number or one per correlated axis, in the units of ``spacing``.
+    spacing : float or sequence of float, optional
+        Grid spacing per correlated axis (a number or one each; default 1).
+    axes : int or sequence of int, optional
+        Correlated model axes (0 = first axis after the batch axis); default all.
+        Other axes are independent.
+
+    Raises
+    ------
+    InvalidArgumentError
+        If ``mean`` is not a floating tensor, a scale is not positive, or ``axes``,
+        ``spacing`` and ``correlation_length`` do not match.
+    InvalidShapeError
+        If ``std`` does not broadcast to ``model_shape``.
     """
 
     def __init__(
@@ -193,7 +206,18 @@ class CorrelatedGaussianPrior(Prior):
     # -- the prior ----------------------------------------------------------------------------
 
     def precision_matvec(self, r: torch.Tensor) -> torch.Tensor:
-        """``Σ⁻¹ r`` for ``r`` ``[batch, *model_shape]`` (same shape)."""
+        """``Σ⁻¹ r``, exact, without forming Σ.
+
+        Parameters
+        ----------
+        r : torch.Tensor
+            ``[batch, *model_shape]`` (model units).
+
+        Returns
+        -------
+        torch.Tensor
+            ``[batch, *model_shape]`` (1 / model units).
+        """
         r = self._check_models(r, "precision_matvec")
         std = self.std.to(r)
         w = r / std
@@ -202,7 +226,23 @@ class CorrelatedGaussianPrior(Prior):
         return w / std
 
     def negative_log(self, m: torch.Tensor) -> torch.Tensor:
-        """``[batch]`` ½ (m−μ)ᵀ Σ⁻¹ (m−μ) for ``m`` ``[batch, *model_shape]`` (exact)."""
+        """½ (m−μ)ᵀ Σ⁻¹ (m−μ), exact.
+
+        Parameters
+        ----------
+        m : torch.Tensor
+            ``[batch, *model_shape]`` models.
+
+        Returns
+        -------
+        torch.Tensor
+            ``[batch]`` values.
+
+        Raises
+        ------
+        InvalidShapeError
+            If ``m`` is not ``[batch, *model_shape]``.
+        """
         r = self._check_models(m, "CorrelatedGaussianPrior") - self.mean.to(m)
         return 0.5 * (r * self.precision_matvec(r)).flatten(1).sum(1)
 
@@ -216,7 +256,20 @@ class CorrelatedGaussianPrior(Prior):
         return d
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """``[n, *model_shape]`` exact draws ``μ + D (⊗ L_k) z``, ``z ~ N(0, I)``."""
+        """Exact draws ``μ + D (⊗ L_k) z``, ``z ~ N(0, I)``.
+
+        Parameters
+        ----------
+        n : int
+            Number of draws.
+        generator : torch.Generator, optional
+            Source of ``z``; default torch's global generator.
+
+        Returns
+        -------
+        torch.Tensor
+            ``[n, *model_shape]`` draws, dtype and device of ``mean``.
+        """
         n = check_positive_int("n", n)
         x = torch.randn(
             n,
@@ -229,11 +282,17 @@ class CorrelatedGaussianPrior(Prior):
             x = _along(x, a + 1, self._axis_cholesky(k))
         return self.mean + self.std * x
 
-    def sqrt(self) -> _KroneckerSqrt:
-        """The square root ``L = D (⊗ L_k)`` of Σ (``Σ = L Lᵀ``) as an operator on
-        ``[batch, *model_shape]`` tensors: ``matvec``, ``rmatvec`` (``Lᵀ``), ``solve``
-        (``L⁻¹``), ``logdet`` — the whitening of :mod:`devito_uq.inference.laplace`."""
-        return _KroneckerSqrt(
+    def sqrt(self) -> KroneckerSqrt:
+        """The square root ``L = D (⊗ L_k)`` of Σ (``Σ = L Lᵀ``).
+
+        Returns
+        -------
+        KroneckerSqrt
+            An operator on ``[batch, *model_shape]`` tensors: ``matvec``, ``rmatvec``
+            (``Lᵀ``), ``solve`` (``L⁻¹``), ``logdet`` — the whitening of
+            :mod:`devito_uq.inference.laplace`.
+        """
+        return KroneckerSqrt(
             self.std, [(a, self._axis_cholesky(k)) for k, a in enumerate(self.axes)]
         )
 
@@ -258,8 +317,21 @@ class CorrelatedGaussianPrior(Prior):
         return s[:, None] * c * s[None, :]
 
 
-class _KroneckerSqrt:
-    """``L = D (⊗_k L_k)``: ``D`` the std (broadcast), ``L_k`` lower-triangular per axis."""
+class KroneckerSqrt:
+    """``L = D (⊗_k L_k)``: ``D`` the std (broadcast), ``L_k`` lower-triangular per axis.
+
+    The same operator interface as :class:`~devito_uq.inference.DiagonalSqrt`, on
+    ``[batch, *model_shape]`` tensors: ``matvec`` (``L x``), ``rmatvec`` (``Lᵀ x``),
+    ``solve`` (``L⁻¹ u``), ``logdet`` (``log|det L|``) and ``state`` (for checkpoints).
+
+    Parameters
+    ----------
+    std : torch.Tensor
+        ``D``: the marginal std, broadcastable to ``model_shape`` (model units).
+    factors : list of (int, torch.Tensor)
+        ``(axis, L_k)`` with ``L_k`` ``[n_k, n_k]`` the lower Cholesky factor of the
+        correlation along model axis ``axis`` (0 = first axis after the batch).
+    """
 
     def __init__(self, std: torch.Tensor, factors: list[tuple[int, torch.Tensor]]) -> None:
         self.std = std.detach().clone()

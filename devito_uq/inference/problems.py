@@ -50,9 +50,21 @@ __all__ = [
 class MatrixOperator(nn.Module):
     """``F(m) = A m`` with the rows of ``A`` grouped into shots.
 
-    ``A`` is ``[n_shots · rows_per_shot, n]``; ``F(m)`` maps ``[batch, n]`` to
-    ``[batch, n_shots, rows_per_shot]``, or to ``[batch, len(shots), rows_per_shot]``
-    with ``shots=``, like a seismic operator restricted to some shots.
+    ``F(m)`` maps ``[batch, n]`` to ``[batch, n_shots, rows_per_shot]``, or to
+    ``[batch, len(shots), rows_per_shot]`` with ``shots=``, like a seismic operator
+    restricted to some shots.
+
+    Parameters
+    ----------
+    matrix : torch.Tensor
+        ``A``, ``[n_shots · rows_per_shot, n]``.
+    n_shots : int
+        Number of shots the rows are split into (in order).
+
+    Raises
+    ------
+    InvalidShapeError
+        If ``matrix`` is not 2-D with rows divisible by ``n_shots``.
     """
 
     def __init__(self, matrix: torch.Tensor, n_shots: int = 1) -> None:
@@ -65,6 +77,7 @@ class MatrixOperator(nn.Module):
         self.register_buffer("matrix", matrix.reshape(n_shots, -1, matrix.shape[1]))
 
     def forward(self, m: torch.Tensor, shots: torch.Tensor | None = None) -> torch.Tensor:
+        """``[batch, n_shots or len(shots), rows_per_shot]`` data of ``m`` ``[batch, n]``."""
         a = self.matrix if shots is None else self.matrix[shots]
         return torch.einsum("srn,bn->bsr", a.to(m.dtype), m)
 
@@ -73,14 +86,22 @@ class MatrixOperator(nn.Module):
 class LinearGaussianProblem:
     """A linear-Gaussian inverse problem and its exact posterior.
 
-    Attributes:
-        operator: :class:`MatrixOperator`.
-        data: ``[n_shots, rows_per_shot]`` noisy data.
-        sigma: noise standard deviation.
-        prior: :class:`GaussianPrior` ``N(0, τ² I)``.
-        model: ``[n]`` the true model (a prior draw).
-        posterior_mean: ``[n]`` μ (float64).
-        posterior_covariance: ``[n, n]`` Σ (float64).
+    Attributes
+    ----------
+    operator : MatrixOperator
+        The forward operator.
+    data : torch.Tensor
+        ``[n_shots, rows_per_shot]`` noisy data.
+    sigma : float
+        Noise standard deviation (data units).
+    prior : GaussianPrior
+        ``N(0, τ² I)``.
+    model : torch.Tensor
+        ``[n]`` the true model (a prior draw).
+    posterior_mean : torch.Tensor
+        ``[n]`` μ (float64).
+    posterior_covariance : torch.Tensor
+        ``[n, n]`` Σ (float64).
     """
 
     operator: MatrixOperator
@@ -97,7 +118,17 @@ class LinearGaussianProblem:
         return self.posterior_covariance.diagonal().sqrt()
 
     def likelihood(self, shot_batch: int | None = None, seed: int = 0) -> GaussianLikelihood:
-        """The :class:`GaussianLikelihood` of this problem."""
+        """The :class:`GaussianLikelihood` of this problem.
+
+        Parameters
+        ----------
+        shot_batch, seed
+            As in :class:`GaussianLikelihood` (``None``: all shots every call).
+
+        Returns
+        -------
+        GaussianLikelihood
+        """
         return GaussianLikelihood(
             self.operator, self.data, sigma=self.sigma, shot_batch=shot_batch, seed=seed
         )
@@ -118,6 +149,32 @@ def linear_gaussian_problem(
     Scaling ``s`` by ``σ`` relates data and prior: a direction with ``s ≫ σ/τ`` is
     fixed by the data, one with ``s ≪ σ/τ`` keeps its prior spread, so the
     posterior std varies over coordinates and the coordinates are correlated.
+
+    Parameters
+    ----------
+    n : int
+        Model size.
+    n_shots, rows_per_shot : int
+        The data are ``[n_shots, rows_per_shot]``.
+    sigma : float
+        Noise std σ (data units).
+    prior_std : float
+        τ of the prior ``N(0, τ² I)`` (model units).
+    singular_values : tuple of float
+        ``(s_min, s_max)``, increasing and positive, in units of ``σ/τ``.
+    seed : int
+        Seeds the operator, the true model and the noise.
+    dtype : torch.dtype
+        Of the operator, data, prior and model (the posterior moments are float64).
+
+    Returns
+    -------
+    LinearGaussianProblem
+
+    Raises
+    ------
+    InvalidArgumentError
+        If a size or scale is not positive or ``singular_values`` decreases.
     """
     n = check_positive_int("n", n)
     n_shots = check_positive_int("n_shots", n_shots)
@@ -199,9 +256,21 @@ def ring_modes_covered(fractions: torch.Tensor) -> bool:
 def ring_kl_estimate(flow, target: RingMixture, n: int = 20000) -> tuple[float, float]:
     """KL(q‖p) = E_q[log q − log p] (nats) and its Monte-Carlo standard error.
 
-    ``flow``: anything with ``rsample_and_log_prob(n)`` over ``[n, 2]`` (a
-    :class:`devito_uq.flows.Flow`); exact up to Monte-Carlo error because the ring's
-    density is normalized.
+    Exact up to Monte-Carlo error because the ring's density is normalized.
+
+    Parameters
+    ----------
+    flow : devito_uq.flows.Flow
+        Anything with ``rsample_and_log_prob(n)`` over ``[n, 2]``.
+    target : RingMixture
+        The ring.
+    n : int
+        Monte-Carlo draws.
+
+    Returns
+    -------
+    (kl, stderr) : tuple of float
+        In nats.
     """
     n = check_positive_int("n", n)
     x, log_q = flow.rsample_and_log_prob(n)

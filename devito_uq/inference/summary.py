@@ -19,12 +19,18 @@ DEFAULT_QUANTILES = (0.05, 0.5, 0.95)
 class PosteriorSummary:
     """Point-wise statistics of posterior samples.
 
-    Attributes:
-        mean: ``[*model_shape]`` sample mean.
-        std: ``[*model_shape]`` sample standard deviation (unbiased, n − 1).
-        quantile_levels: the probabilities, e.g. ``(0.05, 0.5, 0.95)``.
-        quantiles: ``[len(quantile_levels), *model_shape]``.
-        n_samples: number of samples the statistics come from.
+    Attributes
+    ----------
+    mean : torch.Tensor
+        ``[*model_shape]`` sample mean (model units).
+    std : torch.Tensor
+        ``[*model_shape]`` sample standard deviation (unbiased, n − 1; model units).
+    quantile_levels : tuple of float
+        The probabilities, e.g. ``(0.05, 0.5, 0.95)``.
+    quantiles : torch.Tensor
+        ``[len(quantile_levels), *model_shape]`` (model units).
+    n_samples : int
+        Number of samples the statistics come from.
     """
 
     mean: torch.Tensor
@@ -34,7 +40,23 @@ class PosteriorSummary:
     n_samples: int
 
     def quantile(self, level: float) -> torch.Tensor:
-        """The ``[*model_shape]`` quantile at ``level`` (must be one of ``quantile_levels``)."""
+        """The point-wise quantile at ``level``.
+
+        Parameters
+        ----------
+        level : float
+            One of ``quantile_levels``.
+
+        Returns
+        -------
+        torch.Tensor
+            ``[*model_shape]``.
+
+        Raises
+        ------
+        InvalidArgumentError
+            If ``level`` was not computed.
+        """
         for i, q in enumerate(self.quantile_levels):
             if abs(q - level) < 1e-9:
                 return self.quantiles[i]
@@ -45,8 +67,16 @@ class PosteriorSummary:
     def credible_interval(self, mass: float = 0.9) -> tuple[torch.Tensor, torch.Tensor]:
         """Equal-tailed point-wise interval holding ``mass`` of the posterior.
 
-        ``mass=0.9`` returns the 5% and 95% quantiles; both levels must have been
-        computed.
+        Parameters
+        ----------
+        mass : float
+            In ``(0, 1)``; ``mass=0.9`` returns the 5% and 95% quantiles, and both
+            levels must have been computed.
+
+        Returns
+        -------
+        (lower, upper) : tuple of torch.Tensor
+            ``[*model_shape]`` each.
         """
         mass = check_in_range("mass", mass, 0.0, 1.0, low_open=True, high_open=True)
         tail = (1.0 - mass) / 2.0
@@ -56,7 +86,24 @@ class PosteriorSummary:
 def summarize(
     samples: torch.Tensor, quantiles: Sequence[float] = DEFAULT_QUANTILES
 ) -> PosteriorSummary:
-    """Summarise ``samples`` shaped ``[n, *model_shape]`` (n ≥ 2)."""
+    """Point-wise mean, std and quantiles of samples.
+
+    Parameters
+    ----------
+    samples : torch.Tensor
+        ``[n, *model_shape]`` with ``n >= 2`` (integer samples are taken as float64).
+    quantiles : sequence of float
+        Levels in ``[0, 1]``.
+
+    Returns
+    -------
+    PosteriorSummary
+
+    Raises
+    ------
+    InvalidShapeError
+        If ``samples`` is not a tensor with at least 2 samples.
+    """
     if not isinstance(samples, torch.Tensor) or samples.ndim < 1 or samples.shape[0] < 2:
         shape = tuple(samples.shape) if isinstance(samples, torch.Tensor) else type(samples)
         raise InvalidShapeError(f"samples must be a tensor [n >= 2, *model_shape], got {shape}")
@@ -77,15 +124,30 @@ def summarize(
 def effective_sample_size(chains: torch.Tensor) -> torch.Tensor:
     """Effective sample size of MCMC draws, per coordinate.
 
-    ``chains`` is ``[n_draws, n_chains, *model_shape]``. The autocorrelation is
+    The autocorrelation is
     averaged over chains (each chain centred on the pooled mean, so a chain stuck
     away from the others lowers the ESS) and summed with Geyer's initial positive
     sequence rule: pairs of lags are added while their sum stays positive.
 
-    Returns ``[*model_shape]``: ``n_draws · n_chains / τ`` with τ the integrated
-    autocorrelation time.
+    Parameters
+    ----------
+    chains : torch.Tensor
+        ``[n_draws, n_chains, *model_shape]`` with ``n_draws >= 4``.
 
-    References: Geyer, C. J., 1992, Practical Markov chain Monte Carlo.
+    Returns
+    -------
+    torch.Tensor
+        ``[*model_shape]``: ``n_draws · n_chains / τ`` with τ the integrated
+        autocorrelation time, in the dtype of ``chains``.
+
+    Raises
+    ------
+    InvalidShapeError
+        If ``chains`` has fewer than 2 axes or 4 draws.
+
+    References
+    ----------
+    C. J. Geyer (1992), Practical Markov chain Monte Carlo, Statistical Science.
     """
     if chains.ndim < 2 or chains.shape[0] < 4:
         raise InvalidShapeError(

@@ -1,8 +1,10 @@
 """Figures of calibration diagnostics: rank histograms, coverage curves, UCE, image maps.
 
-matplotlib is imported on first use, with the Agg backend (headless: CI and
-clusters have no display). Each function returns the ``Figure`` and writes a PNG
-atomically when ``path`` is given.
+Importing this module loads matplotlib (Agg backend) through
+:mod:`devito_uq.inference.plotting`, whose ``plt`` and ``save_figure`` every figure
+here uses; :mod:`devito_uq.inference.diagnostics` does not import it, so the
+diagnostics stay free of matplotlib. Each function returns the ``Figure`` and
+writes it atomically when ``path`` is given (PNG unless the suffix says otherwise).
 """
 
 from __future__ import annotations
@@ -16,15 +18,16 @@ from typing import Any
 import numpy as np
 
 from devito_uq.errors import InvalidArgumentError
-from devito_uq.inference.calibration import CalibrationResult
-from devito_uq.inference.calibration_metrics import (
+from devito_uq.inference.diagnostics.images import UCEResult
+from devito_uq.inference.diagnostics.ranks import ImageMetrics
+from devito_uq.inference.diagnostics.result import CalibrationResult
+from devito_uq.inference.diagnostics.statistics import (
     CoverageCurve,
     TARPResult,
-    UCEResult,
     pit,
     rank_band,
 )
-from devito_uq.inference.calibration_ranks import ImageMetrics
+from devito_uq.inference.plotting import plt, save_figure
 from devito_uq.io._atomic import atomic_path
 from devito_uq.validation import check_in_range, check_int
 
@@ -38,22 +41,6 @@ __all__ = [
 ]
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: str | os.PathLike | None, dpi: int = 120):
-    if path is not None:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
-    return fig
-
-
 def plot_rank_histograms(
     result: CalibrationResult | Any,
     n_samples: int | None = None,
@@ -65,13 +52,32 @@ def plot_rank_histograms(
 ):
     """SBC rank histograms with the per-bin ``Binomial(N, 1/bins)`` band (Talts et al. 2018).
 
-    Args:
-        result: a :class:`CalibrationResult` (panels: its summaries, ``log_prob``, then
-            the coordinates with the smallest adjusted p-values) or integer ranks
-            ``[N, m]`` with ``n_samples`` given.
-        bins: histogram bins of the PIT values (default: about 20 truths per bin).
-        mass: probability of the grey band of one bin's count under uniformity.
-        max_panels: at most this many histograms.
+    Parameters
+    ----------
+    result : CalibrationResult or array_like of int
+        A run (panels: its summaries, ``log_prob``, then the coordinates with the
+        smallest adjusted p-values), or integer ranks ``[N, m]`` with ``n_samples``.
+    n_samples : int, optional
+        ``L``; needed with a rank array.
+    names : sequence of str, optional
+        ``[m]`` panel titles of a rank array; default the column numbers.
+    bins : int, optional
+        Histogram bins of the PIT values (default: about 20 truths per bin).
+    mass : float
+        Probability of the grey band of one bin's count under uniformity.
+    max_panels : int
+        At most this many histograms.
+    path : str or os.PathLike, optional
+        Where to write the figure.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Raises
+    ------
+    InvalidArgumentError
+        If ``n_samples`` is missing with a rank array.
     """
     max_panels = check_int("max_panels", max_panels, minimum=1)
     if isinstance(result, CalibrationResult):
@@ -97,7 +103,6 @@ def plot_rank_histograms(
         bins = bins or int(np.clip(r.shape[0] // 20, 2, 50))
     n, m = u.shape
     lo, hi = rank_band(n, bins, mass)
-    plt = _plt()
     cols = min(4, m)
     rows = -(-m // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.4 * rows), squeeze=False)
@@ -112,7 +117,7 @@ def plot_rank_histograms(
         ax.set_xlim(0, 1)
         ax.set_xlabel("normalised rank")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_coverage(
@@ -127,13 +132,29 @@ def plot_coverage(
     The band is ``α ± z·√(α(1 − α)/n)`` for the first curve's ``n`` values (too narrow
     for pooled, correlated coordinates). Labels carry the signed area (> 0
     under-confident, < 0 over-confident).
+
+    Parameters
+    ----------
+    curves : CoverageCurve or sequence of CoverageCurve
+        The curves to draw.
+    labels : sequence of str, optional
+        One per curve; default their ``kind``.
+    band : float
+        Probability of the binomial band, in ``(0, 1)``.
+    title : str, optional
+        Axes title.
+    path : str or os.PathLike, optional
+        Where to write the figure.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
     """
-    from scipy import stats
+    from scipy import stats  # lazy: scipy.stats costs ~1 s at import
 
     curves = [curves] if isinstance(curves, CoverageCurve) else list(curves)
     band = check_in_range("band", band, 0.0, 1.0, low_open=True, high_open=True)
     labels = list(labels) if labels is not None else [c.kind for c in curves]
-    plt = _plt()
     fig, ax = plt.subplots(figsize=(4.2, 4.0))
     a = np.linspace(0, 1, 201)
     half = stats.norm.ppf(0.5 + band / 2) * np.sqrt(a * (1 - a) / curves[0].n_values)
@@ -150,11 +171,23 @@ def plot_coverage(
     ax.legend(fontsize=8, loc="lower right", bbox_to_anchor=(1.0, 0.1))
     if title:
         ax.set_title(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_tarp(tarp: TARPResult, path: str | os.PathLike | None = None):
-    """TARP expected coverage with its ATC and KS statistic in the title."""
+    """TARP expected coverage with its ATC and KS statistic in the title.
+
+    Parameters
+    ----------
+    tarp : TARPResult
+        From :meth:`CalibrationResult.tarp` or :func:`.statistics.tarp_test`.
+    path : str or os.PathLike, optional
+        Where to write the figure.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
     return plot_coverage(
         tarp.curve,
         labels=["TARP"],
@@ -164,8 +197,21 @@ def plot_tarp(tarp: TARPResult, path: str | os.PathLike | None = None):
 
 
 def plot_uce(uce: UCEResult, units: str = "", path: str | os.PathLike | None = None):
-    """Per-bin RMS error against RMS predicted std (calibrated: on the diagonal)."""
-    plt = _plt()
+    """Per-bin RMS error against RMS predicted std (calibrated: on the diagonal).
+
+    Parameters
+    ----------
+    uce : UCEResult
+        From :func:`.images.uncertainty_calibration_error`.
+    units : str
+        Model units for the axis labels, e.g. ``"km/s"``.
+    path : str or os.PathLike, optional
+        Where to write the figure.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
     fig, ax = plt.subplots(figsize=(4.0, 4.0))
     ok = uce.counts > 0
     top = float(np.nanmax(np.concatenate([uce.rmse[ok], uce.rms_std[ok]]))) * 1.05
@@ -175,7 +221,7 @@ def plot_uce(uce: UCEResult, units: str = "", path: str | os.PathLike | None = N
     ax.set_xlabel(f"RMS predicted std{u}")
     ax.set_ylabel(f"RMS error{u}")
     ax.set_title(f"UCE {uce.uce:.3g}{u}, relative {uce.relative:.2%}", fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_image_metrics(
@@ -184,8 +230,20 @@ def plot_image_metrics(
     """Std, |error|, z-score and the level-``level`` coverage map of one truth.
 
     1-D models are drawn as depth profiles, 2-D models as images (first axis down).
+
+    Parameters
+    ----------
+    metrics : ImageMetrics
+        From :func:`.ranks.image_metrics`.
+    level : float
+        Central credible level of the coverage map, in ``[0, 1]``.
+    path : str or os.PathLike, optional
+        Where to write the figure.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
     """
-    plt = _plt()
     cov = metrics.coverage_map(level)
     panels = [
         ("posterior std", metrics.std),
@@ -204,20 +262,34 @@ def plot_image_metrics(
             fig.colorbar(im, ax=ax, shrink=0.8)
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def save_calibration_figures(
     result: CalibrationResult, out_dir: str | os.PathLike, prefix: str = "calibration"
 ) -> list[Path]:
-    """Write a run's standard set and return the paths: ``{prefix}_report.json``
-    (:meth:`CalibrationResult.report`), rank histograms, coverage curves (central, and
-    HPD when available) and TARP."""
+    """Write a run's standard set of figures and its report.
+
+    Parameters
+    ----------
+    result : CalibrationResult
+        The run.
+    out_dir : str or os.PathLike
+        Folder (created if missing).
+    prefix : str
+        File-name prefix.
+
+    Returns
+    -------
+    list of pathlib.Path
+        ``{prefix}_report.json`` (:meth:`CalibrationResult.report`), ``_ranks.png``
+        (rank histograms), ``_coverage.png`` (central, and HPD when available) and,
+        with TARP ranks, ``_tarp.png``.
+    """
     folder = Path(out_dir)
     paths = [folder / f"{prefix}_{name}" for name in ("report.json", "ranks.png", "coverage.png")]
     with atomic_path(paths[0]) as tmp:
         Path(tmp).write_text(json.dumps(result.report(), indent=1))
-    plt = _plt()
     plt.close(plot_rank_histograms(result, path=paths[1]))
     curves = [result.coverage("central")]
     if (result.log_prob_ranks >= 0).all():

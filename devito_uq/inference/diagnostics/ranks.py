@@ -6,7 +6,8 @@ log-density (HPD, Hermans et al. 2022) and TARP distance (Lemos et al. 2023) how
 many draws fall below the truth, and accumulate the posterior mean and std — in
 chunks of at most 2²¹ values, so memory is ``O(chunk · pixels)`` whatever ``L``.
 :func:`image_metrics` turns one truth's statistics into the per-image diagnostics
-(error, std, z-scores, UCE, coverage map).
+(error, std, z-scores, UCE, coverage map); the statistics over many truths are in
+:mod:`.statistics`, the per-image ones in :mod:`.images`.
 """
 
 from __future__ import annotations
@@ -20,12 +21,12 @@ import numpy as np
 import torch
 
 from devito_uq.errors import InvalidArgumentError, InvalidShapeError
-from devito_uq.inference.calibration_metrics import (
+from devito_uq.inference.diagnostics.images import (
     UCEResult,
-    pit,
     uncertainty_calibration_error,
     z_fraction,
 )
+from devito_uq.inference.diagnostics.statistics import pit
 from devito_uq.validation import check_finite_positive, check_in_range, check_positive_int
 
 __all__ = [
@@ -46,13 +47,21 @@ _ELEMENTS_PER_CHUNK = 1 << 21  # float64 work arrays of ~16 MB per statistic chu
 class TruthStatistics:
     """What one truth contributes to a calibration run.
 
-    Attributes:
-        ranks: ``[*shape]`` int, draws below the truth per coordinate (ties at random).
-        summary_ranks: ``[k]`` int, ranks of the summaries, in ``summaries`` order.
-        log_prob_rank: draws with ``log q`` below ``log q(truth)``; −1 without ``log_prob``.
-        tarp_rank: draws closer to the reference than the truth; −1 without reference.
-        mean, std: ``[*shape]`` float64 posterior mean and std (n − 1) of the draws.
-        n_samples: ``L``.
+    Attributes
+    ----------
+    ranks : numpy.ndarray
+        ``[*shape]`` int, draws below the truth per coordinate (ties at random).
+    summary_ranks : numpy.ndarray
+        ``[k]`` int, ranks of the summaries, in ``summaries`` order.
+    log_prob_rank : int
+        Draws with ``log q`` below ``log q(truth)``; −1 without ``log_prob``.
+    tarp_rank : int
+        Draws closer to the reference than the truth; −1 without reference.
+    mean, std : numpy.ndarray
+        ``[*shape]`` float64 posterior mean and std (``L − 1`` normalised) of the
+        draws, in model units.
+    n_samples : int
+        ``L``, the draws counted.
     """
 
     ranks: np.ndarray
@@ -65,7 +74,18 @@ class TruthStatistics:
 
 
 def window_mean(index: Any) -> Summary:
-    """Summary ``x ↦ mean of x.flatten(1)[:, index]`` (e.g. a depth window ``slice(40, 60)``)."""
+    """Summary ``x ↦ mean of x.flatten(1)[:, index]``.
+
+    Parameters
+    ----------
+    index : int, slice, sequence of int or tensor
+        Flat coordinates to average, e.g. a depth window ``slice(40, 60)``.
+
+    Returns
+    -------
+    Summary
+        A function ``[c, *shape] -> [c]``.
+    """
 
     def summary(x: torch.Tensor) -> torch.Tensor:
         return x.flatten(1)[:, index].mean(1)
@@ -167,24 +187,47 @@ def truth_statistics(
 ) -> TruthStatistics:
     """Ranks and moments of one truth among ``n_samples`` posterior draws, streamed.
 
-    Args:
-        truth: ``[*shape]`` the true model.
-        posterior: a ``[L, *shape]`` tensor of draws (e.g. ``MCMCResult.flat()``), or an
-            object with ``sample(n) -> [n, *shape]`` and optionally ``log_prob(m) -> [n]``.
-        n_samples: ``L >= 1``.
-        summaries: name → function ``[c, *shape] -> [c]`` of draws, ranked like coordinates.
-        reference: ``[*shape]`` TARP reference point, or ``None``.
-        reference_scale: ``[*shape]`` positive scale dividing each coordinate in the TARP
-            distance ``‖(x − reference) / scale‖₂`` (e.g. the prior std when coordinates
-            have different units); ``None``: 1.
-        use_log_prob: rank ``log q(truth)`` when ``posterior`` has ``log_prob``.
-        sample_chunk: ``None`` calls ``sample(L)`` once (right for any sampler, including
-            MCMC objects that return stored draws); ``k`` calls ``sample(k)`` repeatedly,
-            which needs fresh independent draws per call (flows, VI, amortized
-            posteriors) and keeps only ``k`` draws in memory.
-        generator: numpy generator for tie-breaking.
-
     Statistics are computed in float64 on chunks of at most 2²¹ values.
+
+    Parameters
+    ----------
+    truth : torch.Tensor
+        ``[*shape]`` the true model.
+    posterior : torch.Tensor or object
+        A ``[L, *shape]`` tensor of draws (e.g. ``MCMCResult.flat()``), or an object
+        with ``sample(n) -> [n, *shape]`` and optionally ``log_prob(m) -> [n]``.
+    n_samples : int
+        ``L >= 1``.
+    summaries : mapping of str to callable, optional
+        Name → function ``[c, *shape] -> [c]`` of draws, ranked like coordinates.
+    reference : torch.Tensor, optional
+        ``[*shape]`` TARP reference point.
+    reference_scale : torch.Tensor, optional
+        ``[*shape]`` positive scale dividing each coordinate in the TARP distance
+        ``‖(x − reference) / scale‖₂`` (e.g. the prior std when coordinates have
+        different units); ``None``: 1.
+    use_log_prob : bool
+        Rank ``log q(truth)`` when ``posterior`` has ``log_prob``.
+    sample_chunk : int, optional
+        ``None`` calls ``sample(L)`` once (right for any sampler, including MCMC
+        objects that return stored draws); ``k`` calls ``sample(k)`` repeatedly,
+        which needs fresh independent draws per call (flows, VI, amortized
+        posteriors) and keeps only ``k`` draws in memory.
+    generator : numpy.random.Generator, optional
+        Tie-breaking generator; default ``default_rng(0)``.
+
+    Returns
+    -------
+    TruthStatistics
+
+    Raises
+    ------
+    InvalidArgumentError
+        If the truth, a draw or a log-density is not finite, or ``posterior`` can
+        neither be indexed as draws nor sampled.
+    InvalidShapeError
+        If draws, summaries, ``log_prob``, ``reference`` or ``reference_scale`` do
+        not have the shapes above.
     """
     n_samples = check_positive_int("n_samples", n_samples)
     if sample_chunk is not None:
@@ -259,14 +302,21 @@ def truth_statistics(
 class ImageMetrics:
     """Per-image calibration diagnostics of one truth.
 
-    Attributes:
-        mean, std: ``[*shape]`` posterior mean and std (model units).
-        error: ``[*shape]`` mean − truth (model units).
-        z: ``[*shape]`` ``|error| / std`` (unitless; inf where std is 0).
-        credibility: ``[*shape]`` smallest central credible level containing the truth,
-            ``|2u − 1|`` from the randomised PIT ``u`` of the pixel's rank.
-        z_fraction: fraction of pixels with ``z > 2`` (4.55 % for a calibrated Gaussian).
-        uce: :class:`UCEResult` (binned RMS error vs RMS std).
+    Attributes
+    ----------
+    mean, std : numpy.ndarray
+        ``[*shape]`` posterior mean and std (model units).
+    error : numpy.ndarray
+        ``[*shape]`` mean − truth (model units).
+    z : numpy.ndarray
+        ``[*shape]`` ``|error| / std`` (unitless; inf where std is 0).
+    credibility : numpy.ndarray
+        ``[*shape]`` smallest central credible level containing the truth,
+        ``|2u − 1|`` from the randomised PIT ``u`` of the pixel's rank.
+    z_fraction : float
+        Fraction of pixels with ``z > 2`` (4.55 % for a calibrated Gaussian).
+    uce : UCEResult
+        Binned RMS error against RMS std.
     """
 
     mean: np.ndarray
@@ -299,8 +349,18 @@ def image_metrics(
 ) -> ImageMetrics:
     """UCE, z-scores and the coverage map of one truth, from ``n_samples`` streamed draws.
 
-    ``posterior`` and ``sample_chunk`` as in :func:`truth_statistics`; ``n_bins`` and
-    ``binning`` as in :func:`.calibration_metrics.uncertainty_calibration_error`.
+    Parameters
+    ----------
+    truth, posterior, n_samples, sample_chunk
+        As in :func:`truth_statistics`.
+    n_bins, binning
+        As in :func:`.images.uncertainty_calibration_error`.
+    seed : int
+        Seeds the tie-breaking and the PIT jitter.
+
+    Returns
+    -------
+    ImageMetrics
     """
     gen = np.random.default_rng(np.random.SeedSequence([seed, 3]))
     st = truth_statistics(
@@ -330,6 +390,15 @@ class CachedDraws:
     :func:`~devito_uq.inference.truth_statistics` asks for them) returns it. A draw that
     float32 rounding puts exactly on the lower bound, where ``g⁻¹`` is undefined, thus still
     has its density; any other model (the truth) goes to ``log_prob_of`` (through ``g⁻¹``).
+
+    Parameters
+    ----------
+    flow : Flow
+        Latent distribution with ``rsample_and_log_prob(n) -> ([n, *shape], [n])``.
+    to_model : callable
+        ``x -> (m, log|det J_g(x)|)``, shapes ``[n, *shape]`` and ``[n]``.
+    log_prob_of : callable
+        ``m -> [n]`` log-density of any model ``[n, *shape]``.
     """
 
     def __init__(self, flow, to_model, log_prob_of) -> None:
