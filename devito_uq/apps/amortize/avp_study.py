@@ -34,7 +34,6 @@ import torch
 from devito_uq.apps.avp.calibration import method_report
 from devito_uq.apps.avp.problem import fit_vi
 from devito_uq.inference import MALA, CachedDraws, map_estimate, run_calibration, summarize
-from devito_uq.inference.calibration_plots import save_calibration_figures
 from devito_uq.parallel import rank_and_size
 
 __all__ = ["study", "AmortizedDraws", "posterior_stats", "elbo"]
@@ -343,6 +342,9 @@ def _calibration(setting, posterior, out: Path, progress, comm, figures: bool) -
     )
     rep = method_report("amortized", result)
     if figures:
+        # lazy: matplotlib, only for figures
+        from devito_uq.inference.diagnostics.plots import save_calibration_figures
+
         save_calibration_figures(result, out, prefix="calibration_amortized")
     keep = ("verdict", "miscalibrated", "mean_pit_offset", "std_over_error", "expected_z_fraction")
     cov = result.coverage("central")

@@ -40,13 +40,13 @@ import numpy as np
 import torch
 
 from devito_uq.apps.amortize.imaging_posterior import NormalLikelihood
-from devito_uq.apps.imaging import metrics
 from devito_uq.apps.imaging.config import InvertConfig, SimulateConfig
 from devito_uq.apps.imaging.posterior import load_posterior
 from devito_uq.apps.imaging.problem import ImagingProblem, build_problem, pde_solves
 from devito_uq.apps.imaging.run import run_invert
 from devito_uq.apps.imaging.simulate import run_simulate
 from devito_uq.inference import PosteriorTarget, run_calibration
+from devito_uq.inference.diagnostics import images as metrics
 from devito_uq.parallel import allreduce_sum
 
 __all__ = ["run_study", "survey_condition", "gaussian_posterior", "adapted_condition"]

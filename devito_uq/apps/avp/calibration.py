@@ -61,8 +61,7 @@ from devito_uq.inference import (
     run_calibration,
     window_mean,
 )
-from devito_uq.inference.calibration_metrics import expected_z_fraction
-from devito_uq.inference.calibration_plots import plot_coverage, save_calibration_figures
+from devito_uq.inference.diagnostics import expected_z_fraction
 from devito_uq.io._atomic import atomic_path
 from devito_uq.parallel import allreduce_sum, rank_and_size
 
@@ -291,7 +290,9 @@ def method_report(name: str, result: CalibrationResult) -> dict[str, Any]:
 
 
 def _figures(out: Path, setting: CalibrationSetting, results: dict[str, CalibrationResult]):
-    from devito_uq.inference.plotting import plt  # lazy: matplotlib, only for figures
+    # lazy: matplotlib, only for figures
+    from devito_uq.inference.diagnostics.plots import plot_coverage, save_calibration_figures
+    from devito_uq.inference.plotting import plt
 
     curves, labels, tarps, tlabels = [], [], [], []
     for name, res in results.items():

@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from devito_uq.apps.imaging import metrics
 from devito_uq.apps.imaging.posterior import ImagingPosterior
 from devito_uq.inference import summarize
+from devito_uq.inference.diagnostics import images as metrics
 from devito_uq.io import write_image
 from devito_uq.io._atomic import atomic_path
 from devito_uq.io.checkpoint import save_checkpoint
