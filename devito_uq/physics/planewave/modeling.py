@@ -37,6 +37,8 @@ from devito_uq.errors import (
     StabilityError,
 )
 from devito_uq.physics import stencil
+from devito_uq.physics.convert import to_numpy, to_tensor
+from devito_uq.physics.planewave.model import PlaneWaveModel
 from devito_uq.physics.solver import get_solver, new_owner
 from devito_uq.physics.wavelets import bandpass_wavelet
 from devito_uq.validation import (
@@ -47,7 +49,6 @@ from devito_uq.validation import (
     check_finite_positive,
     check_int,
     check_nonnegative_int,
-    check_nonnegative_scalar,
     check_positive_scalar,
 )
 
@@ -77,10 +78,6 @@ def ray_parameters_from_angles(angles_deg: Sequence[float], v_min: float) -> np.
     return np.sin(np.deg2rad(ang)) / v_min
 
 
-def _to_numpy(x: torch.Tensor, dtype: type) -> np.ndarray:
-    return x.detach().to("cpu").numpy().astype(dtype, copy=False)
-
-
 class _PlaneWaveFunction(torch.autograd.Function):
     """``m [batch, nz] → traces [batch, p, nt]`` with the adjoint-state backward."""
 
@@ -90,10 +87,10 @@ class _PlaneWaveFunction(torch.autograd.Function):
         solver = module._solver(m.shape[0], dtype)
         owner = new_owner()
         with module._counting(solver):
-            out = solver.forward(_to_numpy(m, dtype), *module._inputs(dtype), owner=owner)
+            out = solver.forward(to_numpy(m, dtype), *module._inputs(dtype), owner=owner)
         ctx.module, ctx.owner, ctx.dtype = module, owner, dtype
         ctx.save_for_backward(m)
-        return torch.from_numpy(out).to(device=m.device)
+        return to_tensor(out, m.device)
 
     @staticmethod
     @once_differentiable
@@ -103,12 +100,12 @@ class _PlaneWaveFunction(torch.autograd.Function):
         # Recomputes the forward if another call reused the wavefield buffer since.
         with ctx.module._counting(solver):
             g = solver.jacobian_adjoint(
-                _to_numpy(m, ctx.dtype),
+                to_numpy(m, ctx.dtype),
                 *ctx.module._inputs(ctx.dtype),
-                _to_numpy(grad_out, ctx.dtype),
+                to_numpy(grad_out, ctx.dtype),
                 owner=ctx.owner,
             )
-        return torch.from_numpy(g).to(device=m.device), None
+        return to_tensor(g, m.device), None
 
 
 class _PlaneWaveBornFunction(torch.autograd.Function):
@@ -123,9 +120,9 @@ class _PlaneWaveBornFunction(torch.autograd.Function):
         owner = module._owner(batch, dtype)
         args = module.modeling._inputs(dtype)
         with module.modeling._counting(solver):
-            out = solver.jacobian(m0, _to_numpy(dm, dtype), *args, owner=owner)
+            out = solver.jacobian(m0, to_numpy(dm, dtype), *args, owner=owner)
         ctx.module, ctx.dtype, ctx.batch, ctx.device = module, dtype, batch, dm.device
-        return torch.from_numpy(out).to(device=dm.device)
+        return to_tensor(out, dm.device)
 
     @staticmethod
     @once_differentiable
@@ -136,10 +133,10 @@ class _PlaneWaveBornFunction(torch.autograd.Function):
             g = solver.jacobian_adjoint(
                 module._background(ctx.batch, ctx.dtype),
                 *module.modeling._inputs(ctx.dtype),
-                _to_numpy(grad_out, ctx.dtype),
+                to_numpy(grad_out, ctx.dtype),
                 owner=module._owner(ctx.batch, ctx.dtype),
             )
-        return torch.from_numpy(g).to(device=ctx.device), None
+        return to_tensor(g, ctx.device), None
 
 
 class PlaneWaveModeling(torch.nn.Module):
@@ -202,7 +199,10 @@ class PlaneWaveModeling(torch.nn.Module):
             int(min(t1 / self.dt, 2.0**62) + 2) * 8 * (3 + p.size * (self.nz + 2 * self.nbl)),
         )
         self.space_order = stencil.check_space_order(space_order)
-        damping = check_nonnegative_scalar("damping", damping)
+        #: The depth grid: layers, order and the τ-p stability limit.
+        self.model = PlaneWaveModel(
+            (self.nz,), (self.dz,), nbl=self.nbl, space_order=self.space_order, damping=damping
+        )
         if wavelet is None:
             wav = bandpass_wavelet(self.nt, self.dt, corners)
         else:
@@ -214,12 +214,7 @@ class PlaneWaveModeling(torch.nn.Module):
                 )
         self.register_buffer("ray_parameters", torch.as_tensor(p, dtype=torch.float64))
         self.register_buffer("wavelet", torch.as_tensor(wav, dtype=torch.float64))
-        ramp = np.zeros(self.nz + 2 * self.nbl)
-        if self.nbl:
-            x = np.linspace(0.0, 1.0, self.nbl)
-            ramp[: self.nbl] = x[::-1] ** 2
-            ramp[self.nz + self.nbl :] = x**2
-        self._damping = damping * ramp
+        self._damping = self.model.damping()
         self._solvers: OrderedDict[tuple, Any] = OrderedDict()
         self._cached_inputs: dict[type, tuple] = {}
         self._n_solves = 0
@@ -339,7 +334,7 @@ class PlaneWaveModeling(torch.nn.Module):
                 f"(v={1 / math.sqrt(m_min):.6g} km/s) at index {idx}: need p < 1/v everywhere"
             )
         # The 1D scheme's wave speed is 1/sqrt(m − p²): the one CFL rule with that vmax.
-        limit = stencil.critical_dt(1.0 / math.sqrt(a_min), (self.dz,), self.space_order)
+        limit = self.model.critical_dt(1.0 / math.sqrt(a_min))
         if self.dt > limit:
             raise StabilityError(
                 f"dt={self.dt} ms exceeds the stability limit {limit:.4g} ms for "
@@ -369,8 +364,8 @@ class PlaneWaveModeling(torch.nn.Module):
         check_finite("dm", dm.detach())
         dmb = dm[None] if squeeze else dm
         solver = self._solver(mb.shape[0], dtype)
-        dd = solver.jacobian(_to_numpy(mb, dtype), _to_numpy(dmb, dtype), *self._inputs(dtype))
-        out = torch.from_numpy(dd).to(device=m.device)
+        dd = solver.jacobian(to_numpy(mb, dtype), to_numpy(dmb, dtype), *self._inputs(dtype))
+        out = to_tensor(dd, m.device)
         return out[0] if squeeze else out
 
 
