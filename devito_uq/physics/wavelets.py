@@ -50,11 +50,26 @@ def bandpass_wavelet(
     (``2·half_length`` ms long, Hann-tapered) is centred at ``t = half_length`` ms
     and zero-padded to ``nt`` samples, as in the original AVP experiment.
 
-    Args:
-        nt: number of time samples of the output.
-        dt: time step in ms.
-        corners: four increasing corner frequencies in Hz.
-        half_length: half length of the filter in ms (its centre time).
+    Parameters
+    ----------
+    nt : int
+        Number of time samples of the output.
+    dt : float
+        Time step in ms.
+    corners : tuple of 4 float
+        Increasing corner frequencies in Hz.
+    half_length : float
+        Half length of the filter in ms (its centre time).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``[nt]`` float64 wavelet.
+
+    Raises
+    ------
+    InvalidArgumentError
+        On corners not increasing or at/above the Nyquist frequency of ``dt``.
     """
     nt = check_positive_int("nt", nt)
     dt = check_positive_scalar("dt", dt)

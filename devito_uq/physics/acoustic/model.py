@@ -30,16 +30,10 @@ class AcousticModel(Model):
     ----------
     shape : tuple of int
         Physical grid size ``(nx, nz)`` (or ``(nx, ny, nz)``), without the absorbing layer.
-    spacing : tuple of float
-        Grid spacing in m, one per dimension.
-    origin : tuple of float, optional
-        Coordinates (m) of the first physical grid point. Default zeros.
-    nbl : int
-        Width of the absorbing (damping) layer in grid points, added on every side.
-    space_order : int
-        Even spatial finite-difference order (2 … 16).
-    dtype : float32 or float64
-        Default floating type of the operators (an operator is compiled per dtype).
+    spacing, origin, nbl, space_order, dtype
+        As :class:`~devito_uq.physics.model.Model`: spacing in m, origin in m (default
+        zeros), damping-layer width in grid points on every side (default 40), even
+        space order 2 … 16 (default 8), default operator dtype (float32).
 
     Notes
     -----

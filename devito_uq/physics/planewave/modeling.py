@@ -12,10 +12,11 @@ end values (:mod:`devito_uq.physics.padding`), the gradient folded back by the a
 
 Solves run on the CPU; a CUDA input is copied to the host and results copied back.
 
-References:
-    Rizzuti, Siahkoohi, Witte, Herrmann (2020), Parameterizing uncertainty by
-    deep invertible networks, an application to reservoir characterization,
-    SEG Technical Program Expanded Abstracts.
+References
+----------
+Rizzuti, Siahkoohi, Witte, Herrmann (2020), Parameterizing uncertainty by
+deep invertible networks, an application to reservoir characterization,
+SEG Technical Program Expanded Abstracts.
 """
 
 from __future__ import annotations
@@ -66,10 +67,23 @@ MAX_BATCH_SOLVERS = 4
 def ray_parameters_from_angles(angles_deg: Sequence[float], v_min: float) -> np.ndarray:
     """Ray parameters ``p = sin θ / v_min`` in s/km, ``[n_angles]``.
 
-    Args:
-        angles_deg: incidence angles in degrees, each in [0, 90).
-        v_min: the slowest velocity in km/s (the largest slowness) that the
-            plane waves must still propagate in.
+    Parameters
+    ----------
+    angles_deg : sequence of float
+        Incidence angles in degrees, each in [0, 90).
+    v_min : float
+        The slowest velocity in km/s (the largest slowness) that the plane waves
+        must still propagate in.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``[n_angles]`` ray parameters (s/km).
+
+    Raises
+    ------
+    InvalidArgumentError
+        On an empty list, an angle outside [0, 90) or a non-positive ``v_min``.
     """
     ang = as_float_array("angles_deg", angles_deg, ndim=1)
     if ang.size == 0 or np.any(ang < 0) or np.any(ang >= 90):
@@ -151,19 +165,35 @@ class PlaneWaveModeling(torch.nn.Module):
     registry, ``PlaneWaveSolver.max_cached``); the least recently used is evicted and
     recompiled if needed again (Devito's on-disk JIT cache makes that cheap).
 
-    Args:
-        ray_parameters: ``[p]`` ray parameters in s/km (≥ 0).
-        nz: number of depth samples of the model.
-        dz: depth spacing in m.
-        t1: record length in ms (``nt = ceil(t1/dt − 1e-6) + 1`` samples,
-            :func:`~devito_uq.physics.stencil.time_axis_length`).
-        dt: time step in ms (also the data sampling).
-        wavelet: ``[nt]`` source time function; default :func:`bandpass_wavelet`
-            with ``corners`` in Hz.
-        corners: corner frequencies (Hz) of the default wavelet.
-        nbl: absorbing (damping) layer thickness in samples above and below the model.
-        damping: peak damping η (ms/m²) of the quadratic ramp in the layers.
-        space_order: order of the depth stencil (even, 2 … 16).
+    Parameters
+    ----------
+    ray_parameters : array ``[p]``
+        Ray parameters in s/km (≥ 0).
+    nz : int
+        Number of depth samples of the model.
+    dz : float
+        Depth spacing in m.
+    t1 : float
+        Record length in ms (``nt = ceil(t1/dt − 1e-6) + 1`` samples,
+        :func:`~devito_uq.physics.stencil.time_axis_length`).
+    dt : float
+        Time step in ms (also the data sampling).
+    wavelet : array ``[nt]``, optional
+        Source time function; default :func:`bandpass_wavelet` with ``corners`` in Hz.
+    corners : tuple of 4 float
+        Corner frequencies (Hz) of the default wavelet.
+    nbl : int
+        Absorbing (damping) layer thickness in samples above and below the model.
+    damping : float
+        Peak damping η (ms/m²) of the quadratic ramp in the layers.
+    space_order : int
+        Order of the depth stencil (even, 2 … 16).
+
+    Attributes
+    ----------
+    model : PlaneWaveModel
+        The depth grid (:mod:`devito_uq.physics.planewave.model`): layers, order, the
+        damping profile and the τ-p stability limit.
     """
 
     def __init__(
