@@ -26,7 +26,6 @@ host for the solve and the result (and its gradient) copied back to its device.
 
 from __future__ import annotations
 
-import sys
 import weakref
 from typing import Any
 
@@ -43,7 +42,7 @@ from devito_uq.errors import (
 from devito_uq.physics.acoustic.model import AcousticModel
 from devito_uq.physics.convert import DataAxis, to_numpy, to_tensor
 from devito_uq.physics.model import check_model
-from devito_uq.physics.solver import get_solver, new_owner
+from devito_uq.physics.solver import cached_solvers, get_solver, new_owner
 from devito_uq.physics.survey import Survey
 from devito_uq.validation import (
     check_allocation,
@@ -72,14 +71,10 @@ def _solver(model: AcousticModel, dtype: type) -> Any:
 
 
 def _release_owners(owners: dict) -> None:
-    """Drop the pooled wavefields of ``owners`` (a garbage-collected module's tokens)."""
-    mod = sys.modules.get("devito_uq.physics.acoustic.solver")
-    if mod is None or not owners:  # no solver was ever built: nothing pooled
-        return
-    from devito_uq.physics.solver import cached_solvers
-
+    """Drop the pooled wavefields of ``owners`` (a garbage-collected module's tokens) from
+    every cached solver (the pool is the :class:`~devito_uq.physics.solver.Solver` base's)."""
     tokens = list(owners.values())
-    for solver in cached_solvers(mod.AcousticSolver):
+    for solver in cached_solvers() if tokens else ():
         solver.release_owners(tokens)
 
 
