@@ -46,7 +46,7 @@ class Case:
     scaled by ``s``; ``linearized(op, x)`` the linear map ``δx ↦ J(x) δx`` of ``op`` at
     ``x`` ``[*model_shape]``; ``x`` and ``dx`` (same shape) the point and direction;
     ``x_obs`` the model of the Taylor test's data and ``h0`` its first step;
-    ``dot_tol`` the dot test's tolerance (float64).
+    ``dot_tol`` the dot test's tolerance (float64; measured 6e-14 … 6e-16).
     """
 
     build: Callable[[float], torch.nn.Module]
@@ -78,7 +78,7 @@ def _acoustic(born: bool) -> Case:
             dx=smooth + 0.5 * smooth.flip(0),
             x_obs=torch.zeros(shape, dtype=torch.float64),
             h0=0.1,
-            dot_tol=1e-10,
+            dot_tol=1e-13,
         )
     return Case(
         build=lambda s: AcousticModeling(model, survey),
@@ -87,7 +87,7 @@ def _acoustic(born: bool) -> Case:
         dx=smooth,
         x_obs=m,
         h0=1.0,
-        dot_tol=1e-10,
+        dot_tol=1e-12,
     )
 
 
@@ -109,7 +109,7 @@ def _planewave(born: bool) -> Case:
             dx=dm + 0.01 * torch.cos(z / 4.0),
             x_obs=torch.zeros(nz, dtype=torch.float64),
             h0=0.1,
-            dot_tol=1e-12,
+            dot_tol=1e-13,
         )
     return Case(
         build=lambda s: op,
@@ -118,7 +118,7 @@ def _planewave(born: bool) -> Case:
         dx=0.02 * torch.cos(z / 4.0),
         x_obs=m + dm,
         h0=0.05,
-        dot_tol=1e-10,
+        dot_tol=1e-13,
     )
 
 
