@@ -1,4 +1,5 @@
-"""AcousticModel: geometry, units, damping profile, padding, validation."""
+"""Model grids: the neutral contract, AcousticModel and PlaneWaveModel; units, damping,
+padding, validation."""
 
 import numpy as np
 import pytest
@@ -10,7 +11,16 @@ from devito_uq.errors import (
     InvalidModelError,
     InvalidShapeError,
 )
-from devito_uq.physics import AcousticModel, squared_slowness, velocity
+from devito_uq.physics import (
+    AcousticModel,
+    Model,
+    PlaneWaveModel,
+    PlaneWaveModeling,
+    Survey,
+    squared_slowness,
+    velocity,
+)
+from devito_uq.physics.stencil import critical_dt
 
 
 def test_damping_matches_devito_profile():
@@ -91,3 +101,46 @@ def test_error_model_array_shape_in_pad():
     model = AcousticModel((11, 11), (10.0, 10.0), nbl=2)
     with pytest.raises(InvalidShapeError, match=r"shape \[11, 10\]; expected \[11, 11\]"):
         model.pad(np.ones((11, 10)))
+
+
+# --------------------------------------------------------------- the contract
+class _TwiceAsFast(Model):
+    """A stand-in third physics: any 2D grid whose scheme is stable at half the step."""
+
+    dims = (2,)
+
+    def critical_dt(self, vmax):
+        return 0.5 * critical_dt(vmax, self.spacing, self.space_order)
+
+
+def test_survey_accepts_any_physics_model_and_uses_its_stability_limit():
+    model = _TwiceAsFast((21, 11), (10.0, 10.0), nbl=4, space_order=4)
+    survey = Survey.surface(model, nshots=1, nreceivers=5, t1=100.0, f0_hz=10.0, vmax=2.0)
+    acoustic = AcousticModel((21, 11), (10.0, 10.0), nbl=4, space_order=4)
+    assert survey.dt == pytest.approx(0.5 * acoustic.critical_dt(2.0), rel=1e-12)
+    survey.check_inside(model)
+    assert repr(model).startswith("_TwiceAsFast(shape=(21, 11)")
+
+
+def test_model_is_abstract_without_a_stability_limit():
+    with pytest.raises(TypeError, match="critical_dt"):
+        Model((5, 5), (10.0, 10.0))
+
+
+def test_planewave_model_limit_and_damping_of_its_modeling():
+    op = PlaneWaveModeling([0.0, 0.2], nz=30, dz=2.0, nbl=5, damping=0.3, space_order=6)
+    assert isinstance(op.model, PlaneWaveModel) and op.model.shape == (30,)
+    assert op.model.critical_dt(2.5) == critical_dt(2.5, (2.0,), 6)
+    ramp = op.model.damping()
+    assert ramp.shape == (40,) and ramp[0] == ramp[-1] == 0.3 and not ramp[5:35].any()
+
+
+def test_error_survey_with_a_non_model():
+    survey = Survey([[50.0, 10.0]], [[10.0, 10.0]], t1=50.0, dt=1.0, f0_hz=10.0)
+    with pytest.raises(InvalidArgumentError, match="model must be a Model; got dict"):
+        survey.check_inside({"shape": (5, 5)})
+
+
+def test_error_planewave_model_shape():
+    with pytest.raises(InvalidArgumentError, match=r"shape=\(5, 5\) must have 1 entries"):
+        PlaneWaveModel((5, 5), (2.0, 2.0))

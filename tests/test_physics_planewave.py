@@ -1,4 +1,6 @@
-"""Tests of the batched plane-wave (τ-p) operator: adjoint, gradient, batching, errors."""
+"""Plane-wave-specific checks: arrival times, solve counts, errors, the Born module, the
+former kernel, row threads, checkpointing. The shared dot, Taylor, batch, no-recompile and
+CUDA checks: tests/test_physics_battery.py."""
 
 from __future__ import annotations
 
@@ -7,8 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from checks import dot_test, slopes, taylor_test
-from conftest import cuda_or_skip
+from checks import dot_test, slopes
 
 from devito_uq.errors import (
     InvalidArgumentError,
@@ -44,20 +45,6 @@ def op() -> PlaneWaveModeling:
     return PlaneWaveModeling(p, nz=NZ, dz=DZ, t1=60.0, dt=0.5, wavelet=wavelet, nbl=20)
 
 
-def test_dot_test_linearized_float64(op):
-    m = _layered(2)
-    dm = 0.01 * torch.randn_like(m)
-    dd = torch.randn(2, 3, op.nt, dtype=torch.float64)
-
-    def adjoint(y):
-        x = m.clone().requires_grad_(True)
-        (g,) = torch.autograd.grad(op(x), x, y)
-        return g
-
-    err = dot_test(lambda x: op.jacobian(m, x), adjoint, dm, dd)
-    assert err < 1e-6
-
-
 def test_born_matches_finite_difference(op):
     m = _layered(1)[0]
     dm = 0.01 * torch.randn_like(m)
@@ -65,36 +52,6 @@ def test_born_matches_finite_difference(op):
     fd = (op(m + h * dm) - op(m - h * dm)) / (2 * h)
     jdm = op.jacobian(m, dm)
     assert torch.linalg.norm(fd - jdm) / torch.linalg.norm(jdm) < 1e-6
-
-
-def test_taylor_misfit(op):
-    m0 = _layered(2)
-    d_obs = op(m0 + 0.02 * torch.sin(torch.arange(NZ, dtype=torch.float64) / 3.0))
-    dm = 0.02 * torch.randn_like(m0)
-
-    def misfit(m):
-        return 0.5 * torch.sum((op(m) - d_obs) ** 2)
-
-    h, e1, e2 = taylor_test(misfit, m0, dm, h0=0.05, steps=6)
-    s1, s2 = slopes(h, e1), slopes(h, e2)
-    assert np.all(np.abs(s1 - 1) < 0.1), s1
-    assert np.all(np.abs(s2 - 2) < 0.1), s2
-
-
-def test_batch_equals_one_by_one(op):
-    m = _layered(3)
-    batch = op(m)
-    single = torch.stack([op(m[i]) for i in range(3)])
-    assert batch.shape == (3, 3, op.nt)
-    assert torch.allclose(batch, single, rtol=0, atol=1e-12 * batch.abs().max())
-    # ... and so are the gradients (each sample only sees its own residual).
-    x = m.clone().requires_grad_(True)
-    w = torch.randn_like(batch)
-    (g,) = torch.autograd.grad(op(x), x, w)
-    for i in range(3):
-        xi = m[i].clone().requires_grad_(True)
-        (gi,) = torch.autograd.grad(op(xi), xi, w[i])
-        assert torch.allclose(g[i], gi, rtol=1e-10, atol=1e-12 * gi.abs().max())
 
 
 def test_float32_close_to_float64(op):
@@ -127,22 +84,6 @@ def test_direct_arrival_time_homogeneous():
         assert abs(t_peak - t_expect) < 3.0, (pi, t_peak, t_expect)
 
 
-def test_second_call_compiles_nothing(op, monkeypatch):
-    m = _layered(2, torch.float32).requires_grad_(True)
-    op(m).sum().backward()  # builds (2, float32) if not built yet
-    n_solvers = len(op._solvers)
-    import devito
-
-    def _fail(*args, **kwargs):
-        raise AssertionError("a Devito Operator was built on a repeated call")
-
-    monkeypatch.setattr(devito.Operator, "__new__", _fail)
-    before = op.n_solves
-    op(m.detach().requires_grad_(True)).sum().backward()
-    assert len(op._solvers) == n_solvers
-    assert op.n_solves - before == 2 * 2 * 3  # forward + adjoint, 2 models × 3 p
-
-
 def test_solve_count_is_per_module(op):
     """Equal modules share one compiled solver; each still counts only its own solves."""
     p = ray_parameters_from_angles([10.0, 20.0, 30.0], v_min=2.0)
@@ -169,16 +110,6 @@ def test_backward_after_interleaved_forward(op):
     x2 = m1.clone().requires_grad_(True)
     (g_ref,) = torch.autograd.grad(op(x2), x2, w)
     assert torch.equal(g, g_ref)
-
-
-def test_cuda_input_gives_cuda_output(op):
-    dev = cuda_or_skip()
-    m = _layered(2).to(dev).requires_grad_(True)
-    d = op(m)
-    assert d.device == m.device
-    d.sum().backward()
-    assert m.grad.device == m.device
-    assert torch.allclose(d.cpu(), op(_layered(2)))
 
 
 # ------------------------------------------------------------------ errors
@@ -239,20 +170,6 @@ def test_error_angles():
 
 
 # ------------------------------------------------------------------ Born module
-def test_born_module_dot_test_float64(op):
-    m0 = _layered(1)[0]
-    J = PlaneWaveBornModeling(op, m0)
-    x = torch.randn(2, NZ, dtype=torch.float64)
-    y = torch.randn(2, 3, op.nt, dtype=torch.float64)
-
-    def adjoint(yy):
-        xx = torch.zeros(2, NZ, dtype=torch.float64, requires_grad=True)
-        (g,) = torch.autograd.grad(J(xx), xx, yy)
-        return g
-
-    assert dot_test(J, adjoint, x, y) < 1e-10
-
-
 def test_born_module_adjoint_equals_forward_gradient(op):
     """J(m0)ᵀ through the Born module = the autograd gradient of F at m0."""
     m0 = _layered(1)[0]
@@ -293,17 +210,6 @@ def test_born_module_reuses_background_wavefield(op):
     J(dm).sum().backward()
     assert op.n_solves - before == 3 + 3 + 3  # forward (background), Born, adjoint
     torch.testing.assert_close(dm.grad, g_first, rtol=0, atol=0)
-
-
-def test_born_module_cuda_input_gives_cuda_output(op):
-    dev = cuda_or_skip()
-    J = PlaneWaveBornModeling(op, _layered(1)[0])
-    dm = (0.01 * torch.randn(2, NZ, dtype=torch.float64)).to(dev).requires_grad_(True)
-    d = J(dm)
-    assert d.device == dm.device
-    d.sum().backward()
-    assert dm.grad.device == dm.device
-    torch.testing.assert_close(d.cpu(), J(dm.detach().cpu()), rtol=0, atol=0)
 
 
 def test_error_born_module_arguments(op):

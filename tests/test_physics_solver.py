@@ -16,7 +16,7 @@ from devito_uq.physics import (
     get_solver,
     total_compiles,
 )
-from devito_uq.physics.solver import new_owner
+from devito_uq.physics.solver import Solver, Wavefield, new_owner
 
 
 def test_importing_physics_does_not_import_devito():
@@ -77,3 +77,32 @@ def test_wavefield_owner_is_compared_by_identity():
     assert solver.find_wavefield(new_owner()) is None  # an equal-looking token is not the owner
     buf.owner = None
     assert solver.acquire_wavefield(20, 1, owner=new_owner()) is buf  # free buffers are reused
+
+
+class _ToySolver(Solver):
+    """A solver of no physics: the pool of the Solver base alone (no Devito)."""
+
+    @classmethod
+    def cache_key(cls, *args):
+        return ()
+
+    def wavefield_nbytes(self, nt, factor=1):
+        return 100 * nt // factor
+
+    def _new_buffer(self, nt, factor):
+        return Wavefield(object(), nt, factor, None, self.wavefield_nbytes(nt, factor))
+
+
+def test_any_solver_gets_the_wavefield_pool():
+    solver = _ToySolver(max_wavefield_bytes=2500)
+    assert solver.wavefield_capacity(10) == 2
+    a, b = new_owner(), new_owner()
+    buf_a = solver.acquire_wavefield(10, owner=a)
+    buf_b = solver.acquire_wavefield(10, owner=b)
+    assert solver.find_wavefield(a) is buf_a and solver.find_wavefield(b) is buf_b
+    # Over budget: the least recently used buffer of that size is taken from its owner.
+    assert solver.acquire_wavefield(10, owner=new_owner()) is buf_a
+    assert solver.find_wavefield(a) is None
+    assert solver.release_owners([b]) == 1 and solver.find_wavefield(b) is None
+    solver.release_wavefields()
+    assert solver.find_wavefield(buf_a.owner) is None

@@ -2,12 +2,18 @@
 
 Layout (as Devito's ``examples/seismic``)::
 
-    model.py, survey.py, wavelets.py   geometry, acquisition, source wavelets
+    model.py                           the physics-neutral grid ``Model`` (subclassed per physics)
+    survey.py, wavelets.py             acquisition (any ``Model``), source wavelets
     stencil.py                         the one CFL rule and the one time-axis rule
     padding.py                         model extension into the absorbing layer + adjoint
-    solver.py                          compile-once solver base, wavefield owners, registry
-    acoustic/  {operators, solver, modeling}   2D/3D acoustic (shot records)
-    planewave/ {operators, solver, modeling}   1D plane-wave τ-p (AVP traces)
+    resample.py, convert.py            data time axis (R, Rᵀ); tensor ↔ solver conversions
+    solver.py                          compile-once solver base, wavefield pool, registry
+    acoustic/  {model, operators, solver, modeling}   2D/3D acoustic (shot records)
+    planewave/ {model, operators, solver, modeling}   1D plane-wave τ-p (AVP traces)
+
+A new physics adds a package of the same four parts: a ``Model`` subclass with its
+``critical_dt``, Devito-DSL operator factories, a ``Solver`` subclass, and the torch
+modules (using :mod:`.convert`); then one case line in ``tests/test_physics_battery.py``.
 
 Names resolve lazily (PEP 562): ``import devito_uq.physics`` and the geometry,
 survey and wavelet classes do not import Devito; it is imported when a solver is
@@ -19,7 +25,9 @@ from __future__ import annotations
 from devito_uq._lazy import lazy_exports
 
 _EXPORTS = {
-    "devito_uq.physics.model": ("AcousticModel", "squared_slowness", "velocity"),
+    "devito_uq.physics.model": ("Model", "squared_slowness", "velocity"),
+    "devito_uq.physics.acoustic.model": ("AcousticModel",),
+    "devito_uq.physics.planewave.model": ("PlaneWaveModel",),
     "devito_uq.physics.survey": ("Survey", "Shot", "pad_traces"),
     "devito_uq.physics.wavelets": ("ricker", "bandpass_wavelet", "load_wavelet"),
     "devito_uq.physics.resample": ("TimeAxis",),

@@ -1,9 +1,15 @@
-"""Acoustic model geometry: grid, absorbing layer, units and the stable time step.
+"""The physics-neutral model grid and the unit conversions between velocity and slowness.
 
-An :class:`AcousticModel` holds only the *geometry* of a model (shape, spacing,
-origin, absorbing-layer width, space order, dtype). The squared slowness itself
-is an input of the operators, so that one compiled operator serves every model
-a flow samples.
+A :class:`Model` holds only the *geometry* of a model (shape, spacing, origin,
+absorbing-layer width, space order, dtype). The physical parameter itself (the squared
+slowness) is an input of the operators, so that one compiled operator serves every
+model a flow samples. The stability limit belongs to the physics: each physics
+specializes :class:`Model` with its :meth:`Model.critical_dt`
+(:class:`~devito_uq.physics.acoustic.model.AcousticModel`,
+:class:`~devito_uq.physics.planewave.model.PlaneWaveModel`), as Devito's
+``examples/seismic`` specialize ``GenericModel``. A new physics subclasses
+:class:`Model` and :class:`~devito_uq.physics.solver.Solver`; ``Survey`` accepts any
+:class:`Model`.
 
 Units (Devito's): distances in m, time in ms, velocity in km/s, squared
 slowness :math:`m = 1/v^2` in s²/km².
@@ -11,13 +17,14 @@ slowness :math:`m = 1/v^2` in s²/km².
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
-from devito_uq.errors import InvalidShapeError
+from devito_uq.errors import InvalidArgumentError, InvalidShapeError
 from devito_uq.physics import padding, stencil
 from devito_uq.validation import (
     check_dtype,
@@ -27,45 +34,69 @@ from devito_uq.validation import (
     check_tuple,
 )
 
-# Padded-grid arrays an AcousticSolver allocates: m, damp, dm, grad (1 level each) and
-# u, du, v (3 time levels each), plus the float64 damping profile built once.
-_SOLVER_ARRAYS = 13
-
-
-__all__ = ["AcousticModel", "squared_slowness", "velocity"]
+__all__ = ["Model", "check_model", "squared_slowness", "velocity"]
 
 
 def squared_slowness(v: Any) -> Any:
-    """Squared slowness :math:`m = 1/v^2` (s²/km²) from velocity ``v`` (km/s).
+    """Squared slowness :math:`m = 1/v^2` (s²/km²) from velocity (km/s).
 
-    Works on numpy arrays and torch tensors (differentiably); raises
-    :class:`~devito_uq.errors.InvalidModelError` on non-positive, NaN or infinite values.
+    Parameters
+    ----------
+    v : numpy.ndarray or torch.Tensor
+        Velocity in km/s, any shape (a tensor stays differentiable).
+
+    Returns
+    -------
+    numpy.ndarray or torch.Tensor
+        ``1/v²``, the shape and type of ``v``.
+
+    Raises
+    ------
+    InvalidModelError
+        On non-positive, NaN or infinite values (naming the first bad index).
     """
     check_finite_positive("velocity", v)
     return 1.0 / v**2
 
 
 def velocity(m: Any) -> Any:
-    """Velocity :math:`v = 1/\\sqrt{m}` (km/s) from squared slowness ``m`` (s²/km²)."""
+    """Velocity :math:`v = 1/\\sqrt{m}` (km/s) from squared slowness (s²/km²).
+
+    Parameters
+    ----------
+    m : numpy.ndarray or torch.Tensor
+        Squared slowness in s²/km², any shape.
+
+    Returns
+    -------
+    numpy.ndarray or torch.Tensor
+        ``1/sqrt(m)``, the shape and type of ``m``.
+
+    Raises
+    ------
+    InvalidModelError
+        On non-positive, NaN or infinite values.
+    """
     check_finite_positive("squared slowness", m)
     if isinstance(m, torch.Tensor):
         return 1.0 / torch.sqrt(m)
     return 1.0 / np.sqrt(m)
 
 
-class AcousticModel:
-    """Geometry of a 2D (or 3D) acoustic model with a damping absorbing layer.
+class Model(abc.ABC):
+    """Geometry of a model grid with an absorbing (damping) layer, for any physics.
 
     Parameters
     ----------
     shape : tuple of int
-        Physical grid size ``(nx, nz)`` (or ``(nx, ny, nz)``), without the absorbing layer.
+        Physical grid size, one entry per dimension (``dims`` of the subclass say how
+        many), without the absorbing layer.
     spacing : tuple of float
         Grid spacing in m, one per dimension.
-    origin : tuple of float
+    origin : tuple of float, optional
         Coordinates (m) of the first physical grid point. Default zeros.
     nbl : int
-        Width of the absorbing (damping) layer in grid points, added on every side.
+        Width of the absorbing layer in grid points, added on both sides of every axis.
     space_order : int
         Even spatial finite-difference order (2 … 16).
     dtype : float32 or float64
@@ -73,12 +104,19 @@ class AcousticModel:
 
     Notes
     -----
-    The squared slowness given on the physical grid ``[nx, nz]`` is extended into
-    the absorbing layer by edge replication (:meth:`pad`); the gradient with
-    respect to the physical grid is the adjoint of that extension
+    Subclasses (one per physics) set :attr:`dims` and :attr:`min_points` and define
+    :meth:`critical_dt`, the stability limit of their scheme; they may replace the
+    absorbing profile :meth:`damping`. The parameter given on the physical grid is
+    extended into the absorbing layer by edge replication (:meth:`pad`); the gradient
+    with respect to the physical grid is the adjoint of that extension
     (:meth:`pad_adjoint`, which folds the layer's gradient into the edge cells), so
     gradients are exact for the physical-grid parameters.
     """
+
+    #: Numbers of dimensions this kind of model supports.
+    dims: tuple[int, ...] = (1, 2, 3)
+    #: Fewest physical grid points per dimension.
+    min_points: int = 2
 
     def __init__(
         self,
@@ -90,7 +128,7 @@ class AcousticModel:
         dtype: Any = np.float32,
     ) -> None:
         # Integers only: a float shape such as (41.7, 41) is refused, never truncated.
-        shape_t = check_int_tuple("shape", shape, (2, 3), minimum=3)
+        shape_t = check_int_tuple("shape", shape, self.dims, minimum=self.min_points)
         self.shape = shape_t
         self.dim = len(shape_t)
         self.spacing = check_tuple("spacing", spacing, self.dim, positive=True)
@@ -100,6 +138,23 @@ class AcousticModel:
         self.nbl = check_nonnegative_int("nbl", nbl)
         self.space_order = stencil.check_space_order(space_order)
         self.dtype = check_dtype("dtype", dtype)
+
+    # ---------------------------------------------------------------- stability
+    @abc.abstractmethod
+    def critical_dt(self, vmax: float) -> float:
+        """Largest stable time step (ms) of the physics' scheme on this grid.
+
+        Parameters
+        ----------
+        vmax : float
+            Largest wave speed of the scheme (km/s); what that speed is in terms of
+            the model parameters is the physics' to say.
+
+        Returns
+        -------
+        float
+            The time step in ms.
+        """
 
     # ------------------------------------------------------------------ geometry
     @property
@@ -132,40 +187,27 @@ class AcousticModel:
         """Hashable description of everything that changes generated code."""
         return (self.shape, self.spacing, self.origin, self.nbl, self.space_order)
 
-    def solver_nbytes(self, dtype: Any = None) -> int:
-        """Bytes an acoustic solver allocates for this geometry (before saved wavefields)."""
-        itemsize = np.dtype(self.dtype if dtype is None else dtype).itemsize
-        halo = self.space_order  # space_order // 2 on each side
-        npts = int(np.prod([n + halo for n in self.padded_shape], dtype=np.float64))
-        return npts * (_SOLVER_ARRAYS * itemsize + 8)
-
     def grid_coordinates(self) -> list[np.ndarray]:
-        """1D coordinate vectors (m) of the physical grid, one per dimension."""
+        """1D coordinate vectors (m) of the physical grid, one ``[n_d]`` per dimension."""
         return [o + h * np.arange(n) for o, h, n in zip(self.origin, self.spacing, self.shape)]
 
     def __repr__(self) -> str:
         return (
-            f"AcousticModel(shape={self.shape}, spacing={self.spacing}, origin={self.origin}, "
-            f"nbl={self.nbl}, space_order={self.space_order}, dtype={np.dtype(self.dtype).name})"
+            f"{type(self).__name__}(shape={self.shape}, spacing={self.spacing}, "
+            f"origin={self.origin}, nbl={self.nbl}, space_order={self.space_order}, "
+            f"dtype={np.dtype(self.dtype).name})"
         )
-
-    # ---------------------------------------------------------------- stability
-    def critical_dt(self, vmax: float) -> float:
-        """Largest stable time step (ms) for a model whose largest velocity is ``vmax`` (km/s).
-
-        The von Neumann bound of the scheme the operators apply
-        (:func:`devito_uq.physics.stencil.critical_dt`); 6.9 % above Devito's
-        ``Model.critical_dt`` at order 8, whose coefficient is conservative.
-        """
-        return stencil.critical_dt(vmax, self.spacing, self.space_order)
 
     # ---------------------------------------------------------- absorbing layer
     def damping(self) -> np.ndarray:
         """Damping coefficient on the padded grid (0 inside the physical domain).
 
-        The same profile as Devito's ``initialize_damp``:
-        ``1.5 ln(1000)/nbl · (p − sin(2πp)/(2π)) / h`` with ``p`` the normalised
-        distance into the layer, summed over dimensions.
+        Returns
+        -------
+        numpy.ndarray
+            ``[*padded_shape]`` float64. The profile of Devito's ``initialize_damp``:
+            ``1.5 ln(1000)/nbl · (p − sin(2πp)/(2π)) / h`` with ``p`` the normalised
+            distance into the layer, summed over dimensions.
         """
         damp = np.zeros(self.padded_shape, dtype=np.float64)
         nbl = self.nbl
@@ -186,7 +228,23 @@ class AcousticModel:
 
     # ----------------------------------------------------------------- padding
     def pad(self, m: np.ndarray) -> np.ndarray:
-        """Extend a physical-grid array into the absorbing layer (:func:`padding.extend`)."""
+        """Extend a physical-grid array into the absorbing layer (:func:`padding.extend`).
+
+        Parameters
+        ----------
+        m : numpy.ndarray
+            ``[*shape]`` values on the physical grid.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``[*padded_shape]``, edge values repeated into the layer.
+
+        Raises
+        ------
+        InvalidShapeError
+            If ``m`` is not ``[*shape]``.
+        """
         if tuple(m.shape) != self.shape:
             raise InvalidShapeError(
                 f"model array has shape {list(m.shape)}; expected {list(self.shape)}"
@@ -194,5 +252,29 @@ class AcousticModel:
         return padding.extend(m, self.nbl)
 
     def pad_adjoint(self, g: np.ndarray) -> np.ndarray:
-        """Adjoint of :meth:`pad`: fold the layer's values into the physical edge cells."""
+        """Adjoint of :meth:`pad`: ``[*padded_shape]`` → ``[*shape]``, the layer's values
+        folded into the physical edge cells."""
         return padding.extend_adjoint(g, self.nbl)
+
+
+def check_model(model: Any, kind: type = Model, error: type = InvalidArgumentError) -> None:
+    """The one type check of a model argument: ``model`` must be a ``kind``.
+
+    Parameters
+    ----------
+    model : object
+        The value given.
+    kind : type
+        :class:`Model` (any physics: surveys, geometry checks) or the subclass an
+        operator needs (e.g. ``AcousticModel``, whose stability limit it applies).
+    error : type
+        The :class:`~devito_uq.errors.DevitoUQError` subclass to raise.
+
+    Raises
+    ------
+    error
+        ``model must be a <kind>; got <type of model>``.
+    """
+    if not isinstance(model, kind):
+        article = "an" if kind.__name__[0] in "AEIOU" else "a"
+        raise error(f"model must be {article} {kind.__name__}; got {type(model).__name__}")

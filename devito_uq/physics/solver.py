@@ -7,6 +7,8 @@
 * :class:`Wavefield` — a buffer holding a saved forward wavefield, with an ``owner``
   token compared by identity: a backward pass uses the buffer only if it still holds
   *its* forward's wavefield (``wavefield.owner is token``), otherwise it recomputes.
+  Every solver has a pool of them under a byte budget (``max_wavefield_bytes``,
+  :meth:`Solver.acquire_wavefield`, :meth:`Solver.find_wavefield`).
 * :func:`get_solver` / :func:`clear_solvers` — the one registry of shared solvers,
   keyed by everything that changes generated code (``cls.cache_key``). The registry
   is bounded: at most ``cls.max_cached`` solvers of one class are kept (least
@@ -96,11 +98,23 @@ class Solver:
     Subclasses define ``cache_key(*args)`` (a classmethod: the registry key of the
     arguments their ``__init__`` takes) and call :meth:`run` for every solve.
     ``max_cached`` caps how many solvers of the class the registry keeps.
+
+    The pool of saved forward wavefields lives here, so any physics gets it: a
+    subclass that saves wavefields defines :meth:`wavefield_nbytes` and
+    :meth:`_new_buffer`, and its torch layer takes buffers with
+    :meth:`acquire_wavefield` and finds them again by owner token with
+    :meth:`find_wavefield`.
+
+    Parameters
+    ----------
+    max_wavefield_bytes : int
+        Memory the pool of saved wavefields may hold (default 1 GiB); beyond it the
+        least recently used buffers are reused or freed.
     """
 
     max_cached: int = MAX_CACHED_SOLVERS
 
-    def __init__(self) -> None:
+    def __init__(self, max_wavefield_bytes: int = 2**30) -> None:
         self._ops: dict[Any, Any] = {}
         self._built: dict[Any, dict] = {}
         self._calls: dict[Any, _Call] = {}
@@ -108,10 +122,73 @@ class Solver:
         self.n_compiles = 0
         #: PDE solves run (a batched call counts one per row solved).
         self.n_solves = 0
+        self._pool: OrderedDict[int, Wavefield] = OrderedDict()
+        #: Bytes of saved wavefields the pool may hold (the first buffer is always made).
+        self.max_wavefield_bytes = int(max_wavefield_bytes)
 
     @classmethod
     def cache_key(cls, *args: Any, **kwargs: Any) -> tuple:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def wavefield_nbytes(self, nt: int, factor: int = 1) -> int:  # pragma: no cover - abstract
+        """Bytes of one saved wavefield of ``nt`` samples kept every ``factor``-th step."""
+        raise NotImplementedError
+
+    def _new_buffer(self, nt: int, factor: int) -> Wavefield:  # pragma: no cover - abstract
+        """A new (unowned) saved-wavefield buffer of ``nt`` samples, every ``factor``-th."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------- wavefield pool
+    def acquire_wavefield(self, nt: int, factor: int = 1, owner: object = None) -> Wavefield:
+        """A saved-wavefield buffer from the pool for ``owner`` (free ones first, then LRU)."""
+        for key, buf in self._pool.items():
+            if buf.nt == nt and buf.factor == factor and buf.owner is None:
+                self._pool.move_to_end(key)
+                buf.owner = owner
+                return buf
+        need = self.wavefield_nbytes(nt, factor)
+        total = sum(b.nbytes for b in self._pool.values())
+        if self._pool and total + need > self.max_wavefield_bytes:
+            # Reuse the least recently used buffer of the same size, else free it.
+            for key, buf in list(self._pool.items()):
+                if buf.nt == nt and buf.factor == factor:
+                    self._pool.move_to_end(key)
+                    buf.owner = owner
+                    return buf
+            while self._pool and total + need > self.max_wavefield_bytes:
+                _, old = self._pool.popitem(last=False)
+                total -= old.nbytes
+        buf = self._new_buffer(nt, factor)
+        buf.owner = owner
+        self._pool[id(buf)] = buf
+        return buf
+
+    def find_wavefield(self, owner: object) -> Wavefield | None:
+        """The pooled buffer still holding ``owner``'s wavefield (identity), if any."""
+        for buf in self._pool.values():
+            if buf.owner is owner:
+                return buf
+        return None
+
+    def wavefield_capacity(self, nt: int, factor: int = 1) -> int:
+        """How many saved wavefields of this size fit in ``max_wavefield_bytes`` (≥ 1)."""
+        return max(1, self.max_wavefield_bytes // self.wavefield_nbytes(nt, factor))
+
+    def release_owners(self, owners: Any) -> int:
+        """Drop the pooled buffers held by any of ``owners`` (identity); return how many.
+
+        Called when a module that pins wavefields across calls (``BornModeling``) is
+        garbage-collected, so its buffers do not stay in the pool forever.
+        """
+        ids = {id(o) for o in owners}
+        gone = [k for k, b in self._pool.items() if b.owner is not None and id(b.owner) in ids]
+        for k in gone:
+            del self._pool[k]
+        return len(gone)
+
+    def release_wavefields(self) -> None:
+        """Drop every pooled wavefield buffer (they are reallocated on demand)."""
+        self._pool.clear()
 
     def operator(self, key: Any, build: Callable[[], Any], objs: dict | None = None) -> Any:
         """The operator ``key``, built (and compiled) by ``build()`` on first use."""

@@ -38,10 +38,10 @@ from typing import Any
 import numpy as np
 
 from devito_uq.errors import InvalidArgumentError, InvalidSurveyError
-from devito_uq.physics.model import AcousticModel
+from devito_uq.physics.model import Model, check_model
 from devito_uq.physics.resample import TimeAxis, check_band, resampling_matrix
 from devito_uq.physics.stencil import time_axis_length
-from devito_uq.physics.wavelets import resample_wavelet, ricker
+from devito_uq.physics.wavelets import ricker, shot_wavelets
 from devito_uq.validation import (
     check_allocation,
     check_int,
@@ -99,7 +99,8 @@ class Survey:
         Last time (ms) of the solve.
     dt : float
         Time step (ms) of the wave-equation solve; must not exceed
-        :meth:`AcousticModel.critical_dt` of the velocities modelled.
+        :meth:`Model.critical_dt <devito_uq.physics.model.Model.critical_dt>` of the
+        physics for the velocities modelled.
     t0 : float
         First time (ms) of the solve, default 0 (may be negative: the source fires at 0).
     f0_hz : float, optional
@@ -233,26 +234,7 @@ class Survey:
             w = ricker(self.time, f0, td)
             return np.ascontiguousarray(np.broadcast_to(w, (self.nshots, self.nt)))
         self.f0_hz, self.delay = None, None
-        w = np.asarray(wavelet, dtype=np.float64)
-        if w.ndim == 1:
-            w = w[None, :]
-        if wavelet_dt is not None:
-            if w.ndim != 2 or w.shape[0] not in (1, self.nshots) or w.shape[1] < 2:
-                raise _err(
-                    f"wavelet has shape {list(np.shape(wavelet))}; expected [time] or "
-                    f"[{self.nshots}, time] samples at wavelet_dt"
-                )
-            if not np.all(np.isfinite(w)):
-                raise _err("wavelet contains NaN or infinite values")
-            w = resample_wavelet(w, wavelet_t0, wavelet_dt, self.solver_axis)
-        elif w.ndim != 2 or w.shape[1] != self.nt or w.shape[0] not in (1, self.nshots):
-            raise _err(
-                f"wavelet has shape {list(np.shape(wavelet))}; expected [{self.nt}] "
-                f"or [{self.nshots}, {self.nt}] (time samples of the survey)"
-            )
-        if not np.all(np.isfinite(w)):
-            raise _err("wavelet contains NaN or infinite values")
-        return np.ascontiguousarray(np.broadcast_to(w, (self.nshots, self.nt)))
+        return shot_wavelets(wavelet, self.nshots, self.solver_axis, wavelet_dt, wavelet_t0)
 
     def _make_mask(self, trace_mask: Any) -> np.ndarray:
         nmax = max(self.nreceivers)
@@ -342,8 +324,11 @@ class Survey:
                 raise _err(f"shot index {s} is out of range for a survey of {self.nshots} shots")
         return idx
 
-    def check_inside(self, model: AcousticModel) -> None:
-        """Raise :class:`InvalidSurveyError` if a source or receiver lies outside the model."""
+    def check_inside(self, model: Model) -> None:
+        """Raise unless every source and receiver lies inside ``model``, any physics'
+        :class:`~devito_uq.physics.model.Model`: :class:`InvalidArgumentError` for another
+        type, :class:`InvalidSurveyError` for other dimensions or a point outside."""
+        check_model(model)
         if self.dim != model.dim:
             raise _err(f"survey is {self.dim}D but the model is {model.dim}D")
         lo = np.array(model.domain_min)
@@ -368,7 +353,7 @@ class Survey:
     @classmethod
     def for_data(
         cls,
-        model: AcousticModel,
+        model: Model,
         src_positions: Any,
         rec_positions: Any,
         data_axis: TimeAxis,
@@ -383,7 +368,7 @@ class Survey:
         """A survey whose data live on ``data_axis``; the solver axis is chosen here.
 
         The solver step is the largest ``data_axis.dt / n`` (``n`` a whole number) not
-        above :meth:`AcousticModel.critical_dt` for ``vmax`` (km/s, the fastest
+        above ``model.critical_dt(vmax)`` (the physics' limit) for ``vmax`` (km/s, the fastest
         velocity the survey will be evaluated at); the solver starts on the data's
         sample grid at or before the first data sample, the shot time 0 and the start
         of the wavelet (a Ricker's ``delay − 1/f0``, or ``wavelet_t0``), and ends at
@@ -391,8 +376,7 @@ class Survey:
         """
         if not isinstance(data_axis, TimeAxis):
             raise _err(f"data_axis must be a TimeAxis; got {type(data_axis).__name__}")
-        if not isinstance(model, AcousticModel):
-            raise _err(f"model must be an AcousticModel; got {type(model).__name__}")
+        check_model(model, error=InvalidSurveyError)
         vmax = check_positive_scalar("vmax", vmax)
         dtc = model.critical_dt(vmax)
         dt = data_axis.dt / math.ceil(data_axis.dt / dtc - 1e-9)
@@ -422,7 +406,7 @@ class Survey:
     @classmethod
     def surface(
         cls,
-        model: AcousticModel,
+        model: Model,
         nshots: int,
         nreceivers: int,
         t1: float,
@@ -442,6 +426,7 @@ class Survey:
         use the model's critical time step for that velocity (a sharp bound: give a
         ``vmax`` above the fastest model the survey will be evaluated at).
         """
+        check_model(model, error=InvalidSurveyError)
         if model.dim != 2:
             raise _err(f"Survey.surface builds 2D surveys; the model is {model.dim}D")
         nshots = check_positive_int("nshots", nshots)

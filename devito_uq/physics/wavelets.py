@@ -20,7 +20,7 @@ from devito_uq.validation import (
     check_tuple,
 )
 
-__all__ = ["ricker", "bandpass_wavelet", "load_wavelet", "resample_wavelet"]
+__all__ = ["ricker", "bandpass_wavelet", "load_wavelet", "resample_wavelet", "shot_wavelets"]
 
 
 def ricker(time: np.ndarray, f0_hz: float, delay: float | None = None) -> np.ndarray:
@@ -50,11 +50,26 @@ def bandpass_wavelet(
     (``2·half_length`` ms long, Hann-tapered) is centred at ``t = half_length`` ms
     and zero-padded to ``nt`` samples, as in the original AVP experiment.
 
-    Args:
-        nt: number of time samples of the output.
-        dt: time step in ms.
-        corners: four increasing corner frequencies in Hz.
-        half_length: half length of the filter in ms (its centre time).
+    Parameters
+    ----------
+    nt : int
+        Number of time samples of the output.
+    dt : float
+        Time step in ms.
+    corners : tuple of 4 float
+        Increasing corner frequencies in Hz.
+    half_length : float
+        Half length of the filter in ms (its centre time).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``[nt]`` float64 wavelet.
+
+    Raises
+    ------
+    InvalidArgumentError
+        On corners not increasing or at/above the Nyquist frequency of ``dt``.
     """
     nt = check_positive_int("nt", nt)
     dt = check_positive_scalar("dt", dt)
@@ -103,6 +118,50 @@ def resample_wavelet(w: np.ndarray, t0: float, dt: float, axis: Any) -> np.ndarr
     wp = np.concatenate([w, np.zeros((w.shape[0], extra))], axis=1)
     mat = resampling_matrix(TimeAxis(t0, dt, wp.shape[1]), axis)
     return wp @ mat.T
+
+
+def shot_wavelets(
+    wavelet: Any, nshots: int, axis: Any, wavelet_dt: float | None = None, wavelet_t0: float = 0.0
+) -> np.ndarray:
+    """A user wavelet as one wavelet per shot on the solver axis, ``[shot, axis.nt]``.
+
+    Parameters
+    ----------
+    wavelet : array ``[time]`` or ``[shot, time]``
+        On ``axis`` (``wavelet_dt`` None), or sampled at ``wavelet_t0 + k·wavelet_dt``
+        (ms) and resampled onto ``axis`` (:func:`resample_wavelet`).
+    nshots : int
+        Number of shots (a single wavelet is shared by all).
+    axis : TimeAxis
+        The solver's time axis.
+    wavelet_dt, wavelet_t0 : float, optional
+        Sampling (ms) of ``wavelet`` when it is not on ``axis``.
+
+    Raises
+    ------
+    InvalidSurveyError
+        On a wrong shape or NaN / infinite samples (naming the shape expected).
+    """
+    w = np.asarray(wavelet, dtype=np.float64)
+    if w.ndim == 1:
+        w = w[None, :]
+    if wavelet_dt is not None:
+        if w.ndim != 2 or w.shape[0] not in (1, nshots) or w.shape[1] < 2:
+            raise InvalidSurveyError(
+                f"wavelet has shape {list(np.shape(wavelet))}; expected [time] or "
+                f"[{nshots}, time] samples at wavelet_dt"
+            )
+        if not np.all(np.isfinite(w)):
+            raise InvalidSurveyError("wavelet contains NaN or infinite values")
+        w = resample_wavelet(w, wavelet_t0, wavelet_dt, axis)
+    elif w.ndim != 2 or w.shape[1] != axis.nt or w.shape[0] not in (1, nshots):
+        raise InvalidSurveyError(
+            f"wavelet has shape {list(np.shape(wavelet))}; expected [{axis.nt}] "
+            f"or [{nshots}, {axis.nt}] (time samples of the survey)"
+        )
+    if not np.all(np.isfinite(w)):
+        raise InvalidSurveyError("wavelet contains NaN or infinite values")
+    return np.ascontiguousarray(np.broadcast_to(w, (nshots, axis.nt)))
 
 
 def load_wavelet(

@@ -26,7 +26,6 @@ host for the solve and the result (and its gradient) copied back to its device.
 
 from __future__ import annotations
 
-import sys
 import weakref
 from typing import Any
 
@@ -40,8 +39,10 @@ from devito_uq.errors import (
     InvalidShapeError,
     StabilityError,
 )
-from devito_uq.physics.model import AcousticModel
-from devito_uq.physics.solver import get_solver, new_owner
+from devito_uq.physics.acoustic.model import AcousticModel
+from devito_uq.physics.convert import DataAxis, to_numpy, to_tensor
+from devito_uq.physics.model import check_model
+from devito_uq.physics.solver import cached_solvers, get_solver, new_owner
 from devito_uq.physics.survey import Survey
 from devito_uq.validation import (
     check_allocation,
@@ -70,14 +71,10 @@ def _solver(model: AcousticModel, dtype: type) -> Any:
 
 
 def _release_owners(owners: dict) -> None:
-    """Drop the pooled wavefields of ``owners`` (a garbage-collected module's tokens)."""
-    mod = sys.modules.get("devito_uq.physics.acoustic.solver")
-    if mod is None or not owners:  # no solver was ever built: nothing pooled
-        return
-    from devito_uq.physics.solver import cached_solvers
-
+    """Drop the pooled wavefields of ``owners`` (a garbage-collected module's tokens) from
+    every cached solver (the pool is the :class:`~devito_uq.physics.solver.Solver` base's)."""
     tokens = list(owners.values())
-    for solver in cached_solvers(mod.AcousticSolver):
+    for solver in cached_solvers() if tokens else ():
         solver.release_owners(tokens)
 
 
@@ -131,45 +128,12 @@ def _check_receivers(survey: Survey, shots: list[int]) -> int:
     return max(survey.nreceivers[s] for s in shots)
 
 
-class _DataAxis:
-    """Solver → data traces of one call: resampling ``R`` and the per-trace mask."""
-
-    def __init__(self, survey: Survey, shots: list[int], dtype: type) -> None:
-        r = survey.resampling()
-        self.matrix = None if r is None else r.astype(dtype)
-        mask = survey.mask(shots)
-        self.mask = None if mask.all() else mask  # None: nothing to zero
-        self.nrec = [survey.nreceivers[s] for s in shots]
-        self.nt = survey.nt_data
-
-    def to_data(self, traces: np.ndarray, i: int) -> np.ndarray:
-        """Solver traces ``[nt, nrec_i]`` of the i-th selected shot → data ``[nt_data, nrec_i]``."""
-        out = traces if self.matrix is None else self.matrix @ traces
-        if self.mask is not None:
-            out = out * self.mask[i, : out.shape[1]]
-        return out
-
-    def to_solver(self, grad: np.ndarray, i: int) -> np.ndarray:
-        """Adjoint of :meth:`to_data`: data residual ``[nt_data, max_rec]`` → ``[nt, nrec_i]``."""
-        g = grad[:, : self.nrec[i]]
-        if self.mask is not None:
-            g = g * self.mask[i, : self.nrec[i]]
-        if self.matrix is not None:
-            g = self.matrix.T @ g
-        return np.ascontiguousarray(g)
-
-
 def _check_geometry(model: Any, survey: Any) -> None:
     """Types of ``model`` and ``survey``, and every source and receiver inside the model."""
-    if not isinstance(model, AcousticModel):
-        raise InvalidArgumentError(f"model must be an AcousticModel; got {type(model).__name__}")
+    check_model(model, AcousticModel)  # the acoustic stability limit is applied to it
     if not isinstance(survey, Survey):
         raise InvalidArgumentError(f"survey must be a Survey; got {type(survey).__name__}")
     survey.check_inside(model)
-
-
-def _to_numpy(x: torch.Tensor, dtype: type) -> np.ndarray:
-    return x.detach().to("cpu").numpy().astype(dtype, copy=False)
 
 
 class _AcousticFunction(torch.autograd.Function):
@@ -184,7 +148,7 @@ class _AcousticFunction(torch.autograd.Function):
         solver = _solver(module.model, dtype)
         solver.max_wavefield_bytes = module.max_wavefield_bytes
         survey = module.survey
-        mb = _to_numpy(m if batched else m[None], dtype)
+        mb = to_numpy(m if batched else m[None], dtype)
         items = [(b, i, s) for b in range(mb.shape[0]) for i, s in enumerate(shots)]
         factor = module.subsample
         # Keep the forward wavefields of the last items that fit in the pool: backward
@@ -192,7 +156,7 @@ class _AcousticFunction(torch.autograd.Function):
         keep = solver.wavefield_capacity(survey.nt, factor) if need_grad else 0
         owners = [new_owner() for _ in items]  # one per (model, shot) wavefield
         nrec = _check_receivers(survey, shots)
-        axis = _DataAxis(survey, shots, dtype)
+        axis = DataAxis(survey, shots, dtype)
         out = np.zeros((mb.shape[0], len(shots), axis.nt, nrec), dtype=dtype)
         for k, (b, i, s) in enumerate(items):
             buf = None
@@ -204,8 +168,7 @@ class _AcousticFunction(torch.autograd.Function):
         ctx.module, ctx.shots, ctx.owners, ctx.items = module, shots, owners, items
         ctx.batched, ctx.dtype, ctx.device = batched, dtype, m.device
         ctx.save_for_backward(m)
-        res = torch.from_numpy(out if batched else out[0])
-        return res.to(m.device)
+        return to_tensor(out if batched else out[0], m.device)
 
     @staticmethod
     @once_differentiable
@@ -214,8 +177,8 @@ class _AcousticFunction(torch.autograd.Function):
         module = ctx.module
         survey = module.survey
         solver = _solver(module.model, ctx.dtype)
-        mb = _to_numpy(m if ctx.batched else m[None], ctx.dtype)
-        gb = _to_numpy(grad_out if ctx.batched else grad_out[None], ctx.dtype)
+        mb = to_numpy(m if ctx.batched else m[None], ctx.dtype)
+        gb = to_numpy(grad_out if ctx.batched else grad_out[None], ctx.dtype)
         grad = np.zeros_like(mb)
         for (b, i, s), owner in zip(reversed(ctx.items), reversed(ctx.owners)):
             buf = solver.find_wavefield(owner)
@@ -225,7 +188,7 @@ class _AcousticFunction(torch.autograd.Function):
             )
             if buf is not None:
                 buf.owner = None  # free for reuse
-        g = torch.from_numpy(grad if ctx.batched else grad[0]).to(ctx.device)
+        g = to_tensor(grad if ctx.batched else grad[0], ctx.device)
         return g, None, None, None  # m; module, shots, need_grad are not tensors
 
 
@@ -295,9 +258,9 @@ class _BornFunction(torch.autograd.Function):
         solver = _solver(module.model, dtype)
         survey = module.survey
         m0 = module.m0_numpy.astype(dtype)
-        db = _to_numpy(dm if batched else dm[None], dtype)
+        db = to_numpy(dm if batched else dm[None], dtype)
         nrec = _check_receivers(survey, shots)
-        axis = _DataAxis(survey, shots, dtype)
+        axis = DataAxis(survey, shots, dtype)
         out = np.zeros((db.shape[0], len(shots), axis.nt, nrec), dtype=dtype)
         for b in range(db.shape[0]):
             for i, s in enumerate(shots):
@@ -312,8 +275,7 @@ class _BornFunction(torch.autograd.Function):
             dm.device,
         )
         ctx.nbatch = db.shape[0]
-        res = torch.from_numpy(out if batched else out[0])
-        return res.to(dm.device)
+        return to_tensor(out if batched else out[0], dm.device)
 
     @staticmethod
     @once_differentiable
@@ -323,7 +285,7 @@ class _BornFunction(torch.autograd.Function):
         solver = _solver(module.model, ctx.dtype)
         solver.max_wavefield_bytes = module.max_wavefield_bytes
         m0 = module.m0_numpy.astype(ctx.dtype)
-        gb = _to_numpy(grad_out if ctx.batched else grad_out[None], ctx.dtype)
+        gb = to_numpy(grad_out if ctx.batched else grad_out[None], ctx.dtype)
         grad = np.zeros((ctx.nbatch, *module.model.shape), dtype=ctx.dtype)
         for i, s in enumerate(ctx.shots):
             # The background wavefield of m0 never changes: keep it pooled across calls.
@@ -335,7 +297,7 @@ class _BornFunction(torch.autograd.Function):
             for b in range(ctx.nbatch):
                 r = ctx.axis.to_solver(gb[b, i], i)
                 grad[b] += solver.jacobian_adjoint(m0, survey.shot(s), survey.dt, r, wavefield=buf)
-        g = torch.from_numpy(grad if ctx.batched else grad[0]).to(ctx.device)
+        g = to_tensor(grad if ctx.batched else grad[0], ctx.device)
         return g, None, None  # dm, module (not a tensor), shots (not a tensor)
 
 

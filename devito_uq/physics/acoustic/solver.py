@@ -22,14 +22,13 @@ exact adjoints.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from typing import Any
 
 import numpy as np
 from devito import ConditionalDimension, Function, Grid, SparseTimeFunction, TimeFunction
 
 from devito_uq.physics.acoustic import operators as ops
-from devito_uq.physics.model import AcousticModel
+from devito_uq.physics.acoustic.model import AcousticModel
 from devito_uq.physics.solver import Solver, Wavefield
 from devito_uq.physics.survey import Shot
 from devito_uq.validation import check_allocation, check_dtype
@@ -58,7 +57,7 @@ class AcousticSolver(Solver):
         return (model.key, np.dtype(dt).name)
 
     def __init__(self, model: AcousticModel, dtype: Any = None, max_wavefield_bytes: int = 2**30):
-        super().__init__()
+        super().__init__(max_wavefield_bytes)
         self.model = model
         self.dtype = check_dtype("dtype", model.dtype if dtype is None else dtype)
         so = model.space_order
@@ -81,8 +80,6 @@ class AcousticSolver(Solver):
         self.v = TimeFunction(name="v", grid=g, time_order=2, space_order=so)
         self._sparse: dict[tuple, Any] = {}
         self._tsub: dict[int, Any] = {}
-        self._pool: OrderedDict[int, Wavefield] = OrderedDict()
-        self.max_wavefield_bytes = int(max_wavefield_bytes)
 
     # ---------------------------------------------------------------- plumbing
     def _sparse_fn(self, name: str, coords: np.ndarray, nt: int) -> SparseTimeFunction:
@@ -149,57 +146,6 @@ class AcousticSolver(Solver):
                 time_dim=self._tsub_dim(factor),
             )
         return Wavefield(fn, nt, factor, None, fn.data.nbytes)
-
-    def acquire_wavefield(self, nt: int, factor: int = 1, owner: object = None) -> Wavefield:
-        """A saved-wavefield buffer from the pool for ``owner`` (free ones first, then LRU)."""
-        for key, buf in self._pool.items():
-            if buf.nt == nt and buf.factor == factor and buf.owner is None:
-                self._pool.move_to_end(key)
-                buf.owner = owner
-                return buf
-        need = self.wavefield_nbytes(nt, factor)
-        total = sum(b.nbytes for b in self._pool.values())
-        if self._pool and total + need > self.max_wavefield_bytes:
-            # Reuse the least recently used buffer of the same size, else free it.
-            for key, buf in list(self._pool.items()):
-                if buf.nt == nt and buf.factor == factor:
-                    self._pool.move_to_end(key)
-                    buf.owner = owner
-                    return buf
-            while self._pool and total + need > self.max_wavefield_bytes:
-                _, old = self._pool.popitem(last=False)
-                total -= old.nbytes
-        buf = self._new_buffer(nt, factor)
-        buf.owner = owner
-        self._pool[id(buf)] = buf
-        return buf
-
-    def find_wavefield(self, owner: object) -> Wavefield | None:
-        """The pooled buffer still holding ``owner``'s wavefield (identity), if any."""
-        for buf in self._pool.values():
-            if buf.owner is owner:
-                return buf
-        return None
-
-    def wavefield_capacity(self, nt: int, factor: int = 1) -> int:
-        """How many saved wavefields of this size fit in ``max_wavefield_bytes`` (≥ 1)."""
-        return max(1, self.max_wavefield_bytes // self.wavefield_nbytes(nt, factor))
-
-    def release_owners(self, owners: Any) -> int:
-        """Drop the pooled buffers held by any of ``owners`` (identity); return how many.
-
-        Called when a module that pins wavefields across calls (``BornModeling``) is
-        garbage-collected, so its buffers do not stay in the pool forever.
-        """
-        ids = {id(o) for o in owners}
-        gone = [k for k, b in self._pool.items() if b.owner is not None and id(b.owner) in ids]
-        for k in gone:
-            del self._pool[k]
-        return len(gone)
-
-    def release_wavefields(self) -> None:
-        """Drop every pooled wavefield buffer (they are reallocated on demand)."""
-        self._pool.clear()
 
     # ------------------------------------------------------------- public API
     def forward(

@@ -12,10 +12,11 @@ end values (:mod:`devito_uq.physics.padding`), the gradient folded back by the a
 
 Solves run on the CPU; a CUDA input is copied to the host and results copied back.
 
-References:
-    Rizzuti, Siahkoohi, Witte, Herrmann (2020), Parameterizing uncertainty by
-    deep invertible networks, an application to reservoir characterization,
-    SEG Technical Program Expanded Abstracts.
+References
+----------
+Rizzuti, Siahkoohi, Witte, Herrmann (2020), Parameterizing uncertainty by
+deep invertible networks, an application to reservoir characterization,
+SEG Technical Program Expanded Abstracts.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ from devito_uq.errors import (
     StabilityError,
 )
 from devito_uq.physics import stencil
+from devito_uq.physics.convert import to_numpy, to_tensor
+from devito_uq.physics.planewave.model import PlaneWaveModel
 from devito_uq.physics.solver import get_solver, new_owner
 from devito_uq.physics.wavelets import bandpass_wavelet
 from devito_uq.validation import (
@@ -47,7 +50,6 @@ from devito_uq.validation import (
     check_finite_positive,
     check_int,
     check_nonnegative_int,
-    check_nonnegative_scalar,
     check_positive_scalar,
 )
 
@@ -65,20 +67,29 @@ MAX_BATCH_SOLVERS = 4
 def ray_parameters_from_angles(angles_deg: Sequence[float], v_min: float) -> np.ndarray:
     """Ray parameters ``p = sin θ / v_min`` in s/km, ``[n_angles]``.
 
-    Args:
-        angles_deg: incidence angles in degrees, each in [0, 90).
-        v_min: the slowest velocity in km/s (the largest slowness) that the
-            plane waves must still propagate in.
+    Parameters
+    ----------
+    angles_deg : sequence of float
+        Incidence angles in degrees, each in [0, 90).
+    v_min : float
+        The slowest velocity in km/s (the largest slowness) that the plane waves
+        must still propagate in.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``[n_angles]`` ray parameters (s/km).
+
+    Raises
+    ------
+    InvalidArgumentError
+        On an empty list, an angle outside [0, 90) or a non-positive ``v_min``.
     """
     ang = as_float_array("angles_deg", angles_deg, ndim=1)
     if ang.size == 0 or np.any(ang < 0) or np.any(ang >= 90):
         raise InvalidArgumentError(f"angles_deg={ang.tolist()} must be non-empty, in [0, 90)")
     v_min = check_positive_scalar("v_min", v_min)
     return np.sin(np.deg2rad(ang)) / v_min
-
-
-def _to_numpy(x: torch.Tensor, dtype: type) -> np.ndarray:
-    return x.detach().to("cpu").numpy().astype(dtype, copy=False)
 
 
 class _PlaneWaveFunction(torch.autograd.Function):
@@ -90,10 +101,10 @@ class _PlaneWaveFunction(torch.autograd.Function):
         solver = module._solver(m.shape[0], dtype)
         owner = new_owner()
         with module._counting(solver):
-            out = solver.forward(_to_numpy(m, dtype), *module._inputs(dtype), owner=owner)
+            out = solver.forward(to_numpy(m, dtype), *module._inputs(dtype), owner=owner)
         ctx.module, ctx.owner, ctx.dtype = module, owner, dtype
         ctx.save_for_backward(m)
-        return torch.from_numpy(out).to(device=m.device)
+        return to_tensor(out, m.device)
 
     @staticmethod
     @once_differentiable
@@ -103,12 +114,12 @@ class _PlaneWaveFunction(torch.autograd.Function):
         # Recomputes the forward if another call reused the wavefield buffer since.
         with ctx.module._counting(solver):
             g = solver.jacobian_adjoint(
-                _to_numpy(m, ctx.dtype),
+                to_numpy(m, ctx.dtype),
                 *ctx.module._inputs(ctx.dtype),
-                _to_numpy(grad_out, ctx.dtype),
+                to_numpy(grad_out, ctx.dtype),
                 owner=ctx.owner,
             )
-        return torch.from_numpy(g).to(device=m.device), None
+        return to_tensor(g, m.device), None
 
 
 class _PlaneWaveBornFunction(torch.autograd.Function):
@@ -123,9 +134,9 @@ class _PlaneWaveBornFunction(torch.autograd.Function):
         owner = module._owner(batch, dtype)
         args = module.modeling._inputs(dtype)
         with module.modeling._counting(solver):
-            out = solver.jacobian(m0, _to_numpy(dm, dtype), *args, owner=owner)
+            out = solver.jacobian(m0, to_numpy(dm, dtype), *args, owner=owner)
         ctx.module, ctx.dtype, ctx.batch, ctx.device = module, dtype, batch, dm.device
-        return torch.from_numpy(out).to(device=dm.device)
+        return to_tensor(out, dm.device)
 
     @staticmethod
     @once_differentiable
@@ -136,10 +147,10 @@ class _PlaneWaveBornFunction(torch.autograd.Function):
             g = solver.jacobian_adjoint(
                 module._background(ctx.batch, ctx.dtype),
                 *module.modeling._inputs(ctx.dtype),
-                _to_numpy(grad_out, ctx.dtype),
+                to_numpy(grad_out, ctx.dtype),
                 owner=module._owner(ctx.batch, ctx.dtype),
             )
-        return torch.from_numpy(g).to(device=ctx.device), None
+        return to_tensor(g, ctx.device), None
 
 
 class PlaneWaveModeling(torch.nn.Module):
@@ -154,19 +165,35 @@ class PlaneWaveModeling(torch.nn.Module):
     registry, ``PlaneWaveSolver.max_cached``); the least recently used is evicted and
     recompiled if needed again (Devito's on-disk JIT cache makes that cheap).
 
-    Args:
-        ray_parameters: ``[p]`` ray parameters in s/km (≥ 0).
-        nz: number of depth samples of the model.
-        dz: depth spacing in m.
-        t1: record length in ms (``nt = ceil(t1/dt − 1e-6) + 1`` samples,
-            :func:`~devito_uq.physics.stencil.time_axis_length`).
-        dt: time step in ms (also the data sampling).
-        wavelet: ``[nt]`` source time function; default :func:`bandpass_wavelet`
-            with ``corners`` in Hz.
-        corners: corner frequencies (Hz) of the default wavelet.
-        nbl: absorbing (damping) layer thickness in samples above and below the model.
-        damping: peak damping η (ms/m²) of the quadratic ramp in the layers.
-        space_order: order of the depth stencil (even, 2 … 16).
+    Parameters
+    ----------
+    ray_parameters : array ``[p]``
+        Ray parameters in s/km (≥ 0).
+    nz : int
+        Number of depth samples of the model.
+    dz : float
+        Depth spacing in m.
+    t1 : float
+        Record length in ms (``nt = ceil(t1/dt − 1e-6) + 1`` samples,
+        :func:`~devito_uq.physics.stencil.time_axis_length`).
+    dt : float
+        Time step in ms (also the data sampling).
+    wavelet : array ``[nt]``, optional
+        Source time function; default :func:`bandpass_wavelet` with ``corners`` in Hz.
+    corners : tuple of 4 float
+        Corner frequencies (Hz) of the default wavelet.
+    nbl : int
+        Absorbing (damping) layer thickness in samples above and below the model.
+    damping : float
+        Peak damping η (ms/m²) of the quadratic ramp in the layers.
+    space_order : int
+        Order of the depth stencil (even, 2 … 16).
+
+    Attributes
+    ----------
+    model : PlaneWaveModel
+        The depth grid (:mod:`devito_uq.physics.planewave.model`): layers, order, the
+        damping profile and the τ-p stability limit.
     """
 
     def __init__(
@@ -202,7 +229,10 @@ class PlaneWaveModeling(torch.nn.Module):
             int(min(t1 / self.dt, 2.0**62) + 2) * 8 * (3 + p.size * (self.nz + 2 * self.nbl)),
         )
         self.space_order = stencil.check_space_order(space_order)
-        damping = check_nonnegative_scalar("damping", damping)
+        #: The depth grid: layers, order and the τ-p stability limit.
+        self.model = PlaneWaveModel(
+            (self.nz,), (self.dz,), nbl=self.nbl, space_order=self.space_order, damping=damping
+        )
         if wavelet is None:
             wav = bandpass_wavelet(self.nt, self.dt, corners)
         else:
@@ -214,12 +244,7 @@ class PlaneWaveModeling(torch.nn.Module):
                 )
         self.register_buffer("ray_parameters", torch.as_tensor(p, dtype=torch.float64))
         self.register_buffer("wavelet", torch.as_tensor(wav, dtype=torch.float64))
-        ramp = np.zeros(self.nz + 2 * self.nbl)
-        if self.nbl:
-            x = np.linspace(0.0, 1.0, self.nbl)
-            ramp[: self.nbl] = x[::-1] ** 2
-            ramp[self.nz + self.nbl :] = x**2
-        self._damping = damping * ramp
+        self._damping = self.model.damping()
         self._solvers: OrderedDict[tuple, Any] = OrderedDict()
         self._cached_inputs: dict[type, tuple] = {}
         self._n_solves = 0
@@ -339,7 +364,7 @@ class PlaneWaveModeling(torch.nn.Module):
                 f"(v={1 / math.sqrt(m_min):.6g} km/s) at index {idx}: need p < 1/v everywhere"
             )
         # The 1D scheme's wave speed is 1/sqrt(m − p²): the one CFL rule with that vmax.
-        limit = stencil.critical_dt(1.0 / math.sqrt(a_min), (self.dz,), self.space_order)
+        limit = self.model.critical_dt(1.0 / math.sqrt(a_min))
         if self.dt > limit:
             raise StabilityError(
                 f"dt={self.dt} ms exceeds the stability limit {limit:.4g} ms for "
@@ -369,8 +394,8 @@ class PlaneWaveModeling(torch.nn.Module):
         check_finite("dm", dm.detach())
         dmb = dm[None] if squeeze else dm
         solver = self._solver(mb.shape[0], dtype)
-        dd = solver.jacobian(_to_numpy(mb, dtype), _to_numpy(dmb, dtype), *self._inputs(dtype))
-        out = torch.from_numpy(dd).to(device=m.device)
+        dd = solver.jacobian(to_numpy(mb, dtype), to_numpy(dmb, dtype), *self._inputs(dtype))
+        out = to_tensor(dd, m.device)
         return out[0] if squeeze else out
 
 
