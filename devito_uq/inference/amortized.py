@@ -42,6 +42,8 @@ from devito_uq.inference.amortized_correction import (
 )
 from devito_uq.inference.amortized_training import fit_amortized
 from devito_uq.inference.parameterization import Parameterization
+from devito_uq.inference.target import PosteriorTarget, to_latent, to_model
+from devito_uq.inference.variational import VariationalPosterior
 from devito_uq.io.checkpoint import load_checkpoint, save_checkpoint
 from devito_uq.validation import check_finite, check_positive_int
 
@@ -180,13 +182,11 @@ class AmortizedPosterior(nn.Module):
 
     def to_model(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``m = g(x)`` and ``log|det J_g(x)|`` ``[batch]``."""
-        if self.parameterization is None:
-            return x, x.new_zeros(x.shape[0])
-        return self.parameterization(x)
+        return to_model(self.parameterization, x)
 
     def to_latent(self, m: torch.Tensor) -> torch.Tensor:
         """``x = g⁻¹(m)`` for models ``[batch, *model_shape]``."""
-        return m if self.parameterization is None else self.parameterization.inverse(m)
+        return to_latent(self.parameterization, m)
 
     # -- training ---------------------------------------------------------------------------
 
@@ -367,9 +367,6 @@ class AmortizedPosterior(nn.Module):
         the one this posterior was trained in (checked: shapes, bounds, reference and
         scale). The target must live on this module's device.
         """
-        from devito_uq.inference.target import PosteriorTarget
-        from devito_uq.inference.variational import VariationalPosterior
-
         if not isinstance(target, PosteriorTarget):
             raise InvalidArgumentError(
                 f"target must be a PosteriorTarget, got {type(target).__name__}"

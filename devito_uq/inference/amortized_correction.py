@@ -133,22 +133,35 @@ class _ShiftedLatent(InvertibleModule):
         return x, logdet + self.log_scale.sum()
 
 
-class LatentCorrection(nn.Module):
+class LatentCorrection(ConditionedFlow):
     """Trainable mean and diagonal scale of a fixed conditioned flow's latent (module doc).
 
-    Args:
-        conditioned: a :class:`ConditionedFlow` whose flow has an invertible ``net`` and a
-            ``latent_shape`` (``devito_uq.flows.Flow`` and its image subclasses).
+    A :class:`ConditionedFlow` whose flow is a frozen copy of ``conditioned``'s, with the
+    latent shift and scale as one invertible layer in front of its network.
 
+    Parameters
+    ----------
+    conditioned : ConditionedFlow
+        The flow at one condition; its flow must have an invertible ``net`` and a
+        ``latent_shape`` (``devito_uq.flows.Flow`` and its image subclasses).
+
+    Raises
+    ------
+    InvalidArgumentError
+        ``conditioned`` is no :class:`ConditionedFlow`, or its flow has no invertible
+        ``net``, no ``latent_shape`` or no parameters.
+
+    Notes
+    -----
     The flow is deep-copied, set to ``eval`` and frozen (``requires_grad=False``): the
     amortized posterior it came from is untouched. :meth:`parameters` yields ``mu`` and
-    ``log_scale`` only, both of the latent shape and zero at construction.
+    ``log_scale`` only, both ``[*latent_shape]`` and zero at construction.
     ``VariationalPosterior(LatentCorrection(cf), target).fit(...)`` trains them; its
     samples are then latents ``x`` and ``.sample`` of the VI object gives models.
+    ``log_prob`` is exact for a plain flow, an image flow's padding estimate otherwise.
     """
 
     def __init__(self, conditioned: ConditionedFlow) -> None:
-        super().__init__()
         if not isinstance(conditioned, ConditionedFlow):
             raise InvalidArgumentError(
                 f"LatentCorrection needs a ConditionedFlow (AmortizedPosterior.conditioned), "
@@ -167,10 +180,7 @@ class LatentCorrection(nn.Module):
         for p in flow.parameters():
             p.requires_grad_(False)
         flow.net = _ShiftedLatent(net, tuple(flow.latent_shape), ref)
-        self.flow = flow
-        self.register_buffer("condition", conditioned.condition.detach().clone())
-        self.shape = tuple(conditioned.shape)
-        self.latent_shape = tuple(flow.latent_shape)
+        super().__init__(flow, conditioned.condition)
         self.train(False)
 
     @property
@@ -184,33 +194,40 @@ class LatentCorrection(nn.Module):
         return self.flow.net.log_scale
 
     def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]:
-        """The trainable ``mu`` and ``log_scale`` (the fixed flow's weights are not listed)."""
+        """The trainable ``mu`` and ``log_scale`` (the fixed flow's weights are not listed).
+
+        Parameters
+        ----------
+        recurse : bool
+            Ignored (kept for ``nn.Module``'s signature).
+
+        Yields
+        ------
+        nn.Parameter
+            ``mu``, then ``log_scale``.
+        """
         yield self.mu
         yield self.log_scale
 
     def train(self, mode: bool = True) -> LatentCorrection:
-        """Set the mode of this module; the fixed flow stays in ``eval`` (dropout, batch
-        statistics of a summary or conditioner remain those of the trained flow)."""
+        """Set the mode of this module; the fixed flow stays in ``eval``.
+
+        Dropout and batch statistics of a summary or conditioner remain those of the
+        trained flow.
+
+        Parameters
+        ----------
+        mode : bool
+            Training (``True``) or evaluation mode.
+
+        Returns
+        -------
+        LatentCorrection
+            ``self``.
+        """
         super().train(mode)
         self.flow.net.net.eval()
         return self
-
-    def sample(self, n: int) -> torch.Tensor:
-        """``[n, *shape]`` corrected latents, no gradient."""
-        return self.flow.sample(n, self.condition)
-
-    def rsample_and_log_prob(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``x [n, *shape]`` and ``log q_{μ,s}(x)`` ``[n]``, differentiable in μ, log s."""
-        return self.flow.rsample_and_log_prob(n, self.condition)
-
-    def rsample(self, n: int) -> torch.Tensor:
-        """``[n, *shape]`` reparameterized corrected latents."""
-        return self.rsample_and_log_prob(n)[0]
-
-    def log_prob(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
-        """``log q_{μ,s}(x)`` ``[batch]`` of latents ``x [batch, *shape]`` (exact for a
-        plain flow; an image flow's padding estimate otherwise)."""
-        return self.flow.log_prob(x, self.condition, **kwargs)
 
 
 def _buffers(p: Parameterization) -> dict[str, torch.Tensor]:

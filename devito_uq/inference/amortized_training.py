@@ -11,22 +11,16 @@ loss or gradient raises :class:`TrainingDivergedError` and keeps the last checkp
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from devito_uq.errors import (
-    CheckpointError,
-    InvalidArgumentError,
-    InvalidShapeError,
-    TrainingDivergedError,
-)
-from devito_uq.io.checkpoint import check_identity, load_checkpoint, save_checkpoint
+from devito_uq.errors import InvalidArgumentError, InvalidShapeError
+from devito_uq.inference.training import TrainingLoop
+from devito_uq.io.dataset import ShardedDataset
 from devito_uq.validation import (
     check_bool,
     check_finite,
@@ -66,8 +60,6 @@ def _fingerprint(t: torch.Tensor) -> float:
 
 
 def _pairs(post, data: Any, fields: tuple[str, str], who: str) -> _Pairs:
-    from devito_uq.io.dataset import ShardedDataset
-
     if isinstance(data, ShardedDataset):
         data = data.load(fields=list(fields))
     if not isinstance(data, Mapping):
@@ -210,7 +202,6 @@ def fit_amortized(post, train, **kw) -> dict[str, list[float]]:
     if not ok or not all(isinstance(f, str) for f in fields) or fields[0] == fields[1]:
         raise InvalidArgumentError(f"fields={fields!r} must be two different names")
     fields = tuple(fields)
-    path = kw["checkpoint_path"]
     dev = _device(kw["device"], post)
     post.to(dev)
 
@@ -256,125 +247,66 @@ def fit_amortized(post, train, **kw) -> dict[str, list[float]]:
     batches = _Batches(len(tr), batch_size, seed)
     d = math.prod(post.model_shape)
     chunk = max(4 * batch_size, 64)
-    cuda = [dev] if dev.type == "cuda" else []
     best: dict[str, Any] = {"state": None, "val_nll": None, "iteration": None}
-    resumed = path is not None and os.path.exists(path)
-    # fork_rng: seeding (or restoring) torch's generator here leaves the caller's alone.
-    with torch.random.fork_rng(devices=cuda):
-        if resumed:
-            start = _resume(post, path, optimizer, scheduler, run, best, dev)
-        else:
-            start = 0
-            torch.manual_seed(seed)
-            post.history = {
-                k: [] for k in ("iteration", "train_nll", "lr", "val_iteration", "val_nll")
-            }
-        post.resumed_from = start
-        post.train()
-        bar = tqdm(
-            range(start, iterations),
-            initial=start,
-            total=iterations,
-            disable=not progress,
-            desc="amortized",
-            dynamic_ncols=True,
-        )
+    loop = TrainingLoop(
+        post,
+        post,
+        params,
+        optimizer,
+        scheduler,
+        run,
+        [k for k in run if k != "identity"],
+        ("iteration", "train_nll", "lr", "val_iteration", "val_nll"),
+        checkpoint_path=kw["checkpoint_path"],
+        checkpoint_every=checkpoint_every,
+        cuda_devices=[dev] if dev.type == "cuda" else (),
+        extra_state=lambda: {
+            "best": best["state"],
+            "best_val_nll": best["val_nll"],
+            "best_iteration": best["iteration"],
+        },
+        load_extra=lambda state: best.update(
+            state=state.get("best"),
+            val_nll=state.get("best_val_nll"),
+            iteration=state.get("best_iteration"),
+        ),
+        clip_grad=clip_grad,
+        # Seeding (or restoring) the generators inside leaves the caller's alone.
+        isolate_rng=True,
+        progress=progress,
+        desc="amortized",
+        what="posterior",
+    )
+
+    def step(it: int) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        idx = batches(it)
+        x, c = tr.x[idx].to(dev), tr.c[idx].to(dev)
+        loss = -post.flow.log_prob(x, post.features(c), **lp_kw).mean()
+        return loss, (loss, idx)
+
+    def record(it: int, aux: tuple[torch.Tensor, torch.Tensor], lr: float) -> dict[str, float]:
+        loss, idx = aux
         h = post.history
-        for it in bar:
-            idx = batches(it)
-            x, c = tr.x[idx].to(dev), tr.c[idx].to(dev)
-            optimizer.zero_grad(set_to_none=True)
-            loss = -post.flow.log_prob(x, post.features(c), **lp_kw).mean()
-            if not torch.isfinite(loss):
-                _diverged(it, f"loss is {loss.item()}", path)
-            loss.backward()
-            gnorm = torch.nn.utils.clip_grad_norm_(
-                params, clip_grad if clip_grad is not None else math.inf
-            )
-            if not torch.isfinite(gnorm):
-                _diverged(it, f"gradient norm is {gnorm.item()}", path)
-            current_lr = optimizer.param_groups[0]["lr"]
-            optimizer.step()
-            scheduler.step()
-            nll = (float(loss.detach()) + float(tr.logdet[idx].mean())) / d
-            post.iteration = it + 1
-            h["iteration"].append(it + 1)
-            h["train_nll"].append(nll)
-            h["lr"].append(current_lr)
-            if va is not None and ((it + 1) % validate_every == 0 or it + 1 == iterations):
-                v = _validation_nll(post, va, chunk, dev, lp_kw)
-                h["val_iteration"].append(it + 1)
-                h["val_nll"].append(v)
-                if best["val_nll"] is None or v < best["val_nll"]:
-                    best.update(state=_cpu_state(post), val_nll=v, iteration=it + 1)
-            if progress and (it % 10 == 0 or it + 1 == iterations):
-                post_fix = {"nll": f"{nll:.4g}"}
-                if h["val_nll"]:
-                    post_fix["val"] = f"{h['val_nll'][-1]:.4g}"
-                bar.set_postfix(post_fix, refresh=False)
-            if path is not None and ((it + 1) % checkpoint_every == 0 or it + 1 == iterations):
-                _save(post, path, optimizer, scheduler, run, best, dev)
-            if callback is not None:
-                callback(it + 1, {"train_nll": nll, "lr": current_lr})
-        bar.close()
+        nll = (float(loss.detach()) + float(tr.logdet[idx].mean())) / d
+        h["train_nll"].append(nll)
+        if va is not None and ((it + 1) % validate_every == 0 or it + 1 == iterations):
+            v = _validation_nll(post, va, chunk, dev, lp_kw)
+            h["val_iteration"].append(it + 1)
+            h["val_nll"].append(v)
+            if best["val_nll"] is None or v < best["val_nll"]:
+                best.update(state=_cpu_state(post), val_nll=v, iteration=it + 1)
+        return {"train_nll": nll, "lr": lr}
+
+    def postfix(values: dict[str, float]) -> dict[str, str]:
+        shown = {"nll": f"{values['train_nll']:.4g}"}
+        if post.history["val_nll"]:
+            shown["val"] = f"{post.history['val_nll'][-1]:.4g}"
+        return shown
+
+    post.train()
+    loop.run(iterations, seed, step, record, postfix, callback)
     if best["state"] is not None:
         post.load_state_dict(best["state"])
     post.best_iteration, post.best_val_nll = best["iteration"], best["val_nll"]
     post.eval()
     return post.history
-
-
-def _diverged(it: int, what: str, path) -> None:
-    kept = (
-        f"; the last good checkpoint {str(path)!r} is kept"
-        if path is not None and os.path.exists(path)
-        else ""
-    )
-    raise TrainingDivergedError(f"training diverged at iteration {it + 1}: {what}{kept}")
-
-
-def _save(post, path, optimizer, scheduler, run, best, dev) -> None:
-    state = {
-        "iteration": post.iteration,
-        "run": run,
-        "module": post.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "torch_rng": torch.get_rng_state(),
-        "history": post.history,
-        "best": best["state"],
-        "best_val_nll": best["val_nll"],
-        "best_iteration": best["iteration"],
-    }
-    if dev.type == "cuda":
-        state["cuda_rng"] = torch.cuda.get_rng_state(dev)
-    save_checkpoint(path, state)
-
-
-def _resume(post, path, optimizer, scheduler, run, best, dev) -> int:
-    state = load_checkpoint(
-        path, required=("iteration", "run", "module", "optimizer", "scheduler", "history")
-    )
-    saved = state["run"]
-    check_identity(path, saved, run, [k for k in run if k != "identity"])
-    if run["identity"] is not None or saved.get("identity") is not None:
-        check_identity(path, saved.get("identity") or {}, run["identity"] or {})
-    try:
-        post.load_state_dict(state["module"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-    except (RuntimeError, ValueError, KeyError) as exc:
-        raise CheckpointError(
-            f"checkpoint {str(path)!r} does not fit this posterior: {exc}"
-        ) from None
-    torch.set_rng_state(state["torch_rng"])
-    if dev.type == "cuda" and state.get("cuda_rng") is not None:
-        torch.cuda.set_rng_state(state["cuda_rng"], dev)
-    post.history = {k: list(v) for k, v in state["history"].items()}
-    post.iteration = int(state["iteration"])
-    best.update(
-        state=state.get("best"),
-        val_nll=state.get("best_val_nll"),
-        iteration=state.get("best_iteration"),
-    )
-    return post.iteration

@@ -37,7 +37,7 @@ from devito_uq.parallel import (
 )
 from devito_uq.validation import check_finite, check_int, check_positive_scalar, check_scalar
 
-__all__ = ["GaussianLikelihood", "sigma_from_snr"]
+__all__ = ["GaussianLikelihood", "RankSummedLikelihood", "rank_sum", "sigma_from_snr"]
 
 
 def sigma_from_snr(data: torch.Tensor, snr_db: float, mask: torch.Tensor | None = None) -> float:
@@ -61,6 +61,64 @@ def sigma_from_snr(data: torch.Tensor, snr_db: float, mask: torch.Tensor | None 
     if power <= 0.0:
         raise InvalidArgumentError("cannot derive sigma from snr_db: the data are all zero")
     return math.sqrt(power / 10.0 ** (snr_db / 10.0))
+
+
+def rank_sum(
+    m: torch.Tensor, comm: Any, local: Callable[[torch.Tensor], torch.Tensor] | None
+) -> torch.Tensor:
+    r"""Sum over MPI ranks of each rank's value :math:`\Phi_r(m)`, gradient summed too.
+
+    Parameters
+    ----------
+    m : torch.Tensor
+        ``[batch, *model_shape]`` models, the same on every rank.
+    comm : mpi4py communicator or None
+        The ranks to sum over (``None`` or one rank: serial, ``local(m)`` itself).
+    local : callable or None
+        ``local(m) -> [batch]``, this rank's part. ``None``: a rank with nothing to
+        contribute (no shot), which still joins the collective sums.
+
+    Returns
+    -------
+    torch.Tensor
+        ``[batch]`` :math:`\sum_r \Phi_r(m)`, identical on every rank; its ``backward``
+        gives every rank :math:`\sum_r \partial \Phi_r / \partial m`. Every rank must
+        call it, and ``backward``, in the same order (collective calls).
+    """
+    m_local = share_gradient(m, comm)
+    if local is None:
+        # A zero that still depends on m: this rank joins the collective gradient sum.
+        value = (m_local * 0).flatten(1).sum(1)
+    else:
+        value = local(m_local)
+    return allreduce_value(value, comm)
+
+
+class RankSummedLikelihood(nn.Module):
+    """``Σ_ranks`` of each rank's likelihood of the shots it holds (:func:`rank_sum`).
+
+    Parameters
+    ----------
+    local : nn.Module or None
+        This rank's negative log-likelihood ``m [batch, *model_shape] -> [batch]`` of
+        its own shots; ``None`` on a rank without shots.
+    comm : mpi4py communicator or None
+        The ranks to sum over (``None``: serial). Exposed as ``.comm``:
+        :meth:`VariationalPosterior.fit <devito_uq.inference.VariationalPosterior.fit>`
+        reads it (rank 0 alone writes checkpoints).
+
+    Calling it returns the ``[batch]`` sum, identical on every rank, whose model gradient
+    is summed over ranks too.
+    """
+
+    def __init__(self, local: nn.Module | None, comm: Any) -> None:
+        super().__init__()
+        self.local = local
+        self.comm = comm
+
+    def forward(self, m: torch.Tensor) -> torch.Tensor:
+        """``[batch]`` summed negative log-likelihood of models ``m [batch, ...]``."""
+        return rank_sum(m, self.comm, self.local)
 
 
 def _check_mask(mask: Any, data: torch.Tensor) -> torch.Tensor:
@@ -224,14 +282,12 @@ class GaussianLikelihood(nn.Module):
         if shots is None:
             shots = torch.arange(self.n_shots)
         mine = shots[ShotDistribution(len(shots), self.comm).shots]
-        m_local = share_gradient(m, self.comm)
-        if len(mine) == 0:
-            # No shot here (fewer shots than ranks): a zero that still depends on m, so
-            # that this rank joins the collective gradient sum in backward.
-            local = (m_local * 0).flatten(1).sum(1)
-        else:
-            local = self.residual(m_local, mine).flatten(1).pow(2).sum(1)
-        return allreduce_value(local, self.comm)
+
+        def local(m_local: torch.Tensor) -> torch.Tensor:
+            return self.residual(m_local, mine).flatten(1).pow(2).sum(1)
+
+        # No shot here (fewer shots than ranks): the rank joins with a zero.
+        return rank_sum(m, self.comm, local if len(mine) else None)
 
     def get_rng_state(self) -> torch.Tensor:
         """State of the shot-subset generator (saved in checkpoints)."""

@@ -26,7 +26,54 @@ import torch
 from devito_uq.errors import InvalidArgumentError
 from devito_uq.inference.parameterization import Parameterization
 
-__all__ = ["PosteriorTarget", "TargetTerms", "as_target"]
+__all__ = ["PosteriorTarget", "TargetTerms", "as_target", "to_latent", "to_model"]
+
+
+def to_model(
+    parameterization: Parameterization | None, x: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Models of latents through ``m = g(x)``, ``None`` being the identity.
+
+    Parameters
+    ----------
+    parameterization : Parameterization or None
+        The map ``g`` (``None``: ``m = x``).
+    x : torch.Tensor
+        ``[batch, *model_shape]`` latents.
+
+    Returns
+    -------
+    m : torch.Tensor
+        ``[batch, *model_shape]`` models.
+    logdet : torch.Tensor
+        ``[batch]`` ``log|det J_g(x)|`` (zeros for the identity).
+    """
+    if parameterization is None:
+        return x, x.new_zeros(x.shape[0])
+    return parameterization(x)
+
+
+def to_latent(parameterization: Parameterization | None, m: torch.Tensor) -> torch.Tensor:
+    """Latents of models, ``x = g⁻¹(m)``, ``None`` being the identity.
+
+    Parameters
+    ----------
+    parameterization : Parameterization or None
+        The map ``g`` (``None``: ``x = m``).
+    m : torch.Tensor
+        ``[batch, *model_shape]`` models, inside ``g``'s bounds.
+
+    Returns
+    -------
+    torch.Tensor
+        ``[batch, *model_shape]`` latents.
+
+    Raises
+    ------
+    InvalidArgumentError
+        A model lies outside the bounds (raised by the parameterization).
+    """
+    return m if parameterization is None else parameterization.inverse(m)
 
 
 @dataclass
@@ -105,13 +152,11 @@ class PosteriorTarget:
 
     def to_model(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``m = g(x)`` ``[batch, *model_shape]`` and ``log|det J_g(x)|`` ``[batch]``."""
-        if self.parameterization is None:
-            return x, x.new_zeros(x.shape[0])
-        return self.parameterization(x)
+        return to_model(self.parameterization, x)
 
     def to_latent(self, m: torch.Tensor) -> torch.Tensor:
         """``x = g⁻¹(m)`` for models ``[batch, *model_shape]`` inside the bounds."""
-        return m if self.parameterization is None else self.parameterization.inverse(m)
+        return to_latent(self.parameterization, m)
 
     # -- the terms ---------------------------------------------------------------------------
 

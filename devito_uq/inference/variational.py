@@ -27,20 +27,13 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from devito_uq.errors import CheckpointError, InvalidArgumentError, TrainingDivergedError
+from devito_uq.errors import InvalidArgumentError
 from devito_uq.inference.parameterization import Parameterization
 from devito_uq.inference.priors import Prior
 from devito_uq.inference.summary import DEFAULT_QUANTILES, PosteriorSummary, summarize
 from devito_uq.inference.target import PosteriorTarget, as_target
-from devito_uq.io.checkpoint import (
-    check_identity,
-    checkpoint_exists,
-    load_checkpoint,
-    save_checkpoint,
-)
-from devito_uq.parallel import rank_and_size
+from devito_uq.inference.training import TrainingLoop
 from devito_uq.validation import (
     check_allocation,
     check_bool,
@@ -235,114 +228,6 @@ class VariationalPosterior:
             "temper_start": temper_start,
             "identity": identity,
         }
-        # One writer: with an MPI likelihood every rank holds the same state.
-        comm = getattr(self.likelihood, "comm", None)
-        writer = rank_and_size(comm)[0] == 0
-
-        resumed = checkpoint_path is not None and checkpoint_exists(checkpoint_path, comm)
-        start = self._resume(checkpoint_path, optimizer, scheduler, run) if resumed else 0
-        # Callers (the applications) read where this fit started instead of opening
-        # the checkpoint themselves.
-        self.resumed_from = start
-        if not resumed:
-            torch.manual_seed(seed)
-            self.history = {k: [] for k in self.history}
-
-        def beta_at(it: int) -> float:
-            if it >= temper_iterations:
-                return 1.0
-            return temper_start ** (1.0 - it / temper_iterations)
-
-        bar = tqdm(
-            range(start, iterations),
-            initial=start,
-            total=iterations,
-            disable=not progress,
-            desc="VI",
-            dynamic_ncols=True,
-        )
-        for it in bar:
-            beta = beta_at(it)
-            optimizer.zero_grad(set_to_none=True)
-            terms = self.loss_terms(batch_size, beta)
-            loss = terms["loss"]
-            if not torch.isfinite(loss):
-                self._diverged(it, f"loss is {loss.item()}", checkpoint_path)
-            loss.backward()
-            if clip_grad is not None:
-                gnorm = torch.nn.utils.clip_grad_norm_(params, clip_grad)
-            else:  # the norm only (for the divergence check): no scaling pass by 1.0
-                gnorm = torch.nn.utils.get_total_norm(
-                    [p.grad for p in params if p.grad is not None]
-                )
-            if not torch.isfinite(gnorm):
-                # Stepping would write NaN into the flow (and the next checkpoint).
-                self._diverged(it, f"gradient norm is {gnorm.item()}", checkpoint_path)
-            current_lr = optimizer.param_groups[0]["lr"]
-            optimizer.step()
-            if scheduler is not None:
-                scheduler.step()
-            values = {k: float(v.detach()) for k, v in terms.items()}
-            self.iteration = it + 1
-            for k, v in values.items():
-                self.history[k].append(v)
-            self.history["iteration"].append(it + 1)
-            self.history["lr"].append(current_lr)
-            self.history["beta"].append(beta)
-            if progress and (it % 10 == 0 or it + 1 == iterations):
-                # A dict keeps this order (keyword arguments would be sorted by name).
-                bar.set_postfix(
-                    {
-                        "loss": f"{values['loss']:.4g}",
-                        "misfit": f"{values['misfit']:.4g}",
-                        "prior": f"{values['prior']:.4g}",
-                        "-H": f"{values['neg_entropy']:.4g}",
-                    },
-                    refresh=False,
-                )
-            if (
-                writer
-                and checkpoint_path is not None
-                and ((it + 1) % checkpoint_every == 0 or it + 1 == iterations)
-            ):
-                self._save(checkpoint_path, optimizer, scheduler, run)
-            if callback is not None:
-                callback(it + 1, values)
-        bar.close()
-        return self.history
-
-    def _diverged(self, it: int, what: str, path) -> None:
-        kept = (
-            f"; the last good checkpoint {str(path)!r} is kept"
-            if path is not None and os.path.exists(path)
-            else ""
-        )
-        raise TrainingDivergedError(f"training diverged at iteration {it + 1}: {what}{kept}")
-
-    def _state(self, optimizer, scheduler, run) -> dict[str, Any]:
-        state = {
-            "iteration": self.iteration,
-            "run": run,
-            "flow": self.flow.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "torch_rng": torch.get_rng_state(),
-            "history": self.history,
-        }
-        if torch.cuda.is_available():
-            # A flow on a GPU draws its latents from the CUDA generators.
-            state["cuda_rng"] = torch.cuda.get_rng_state_all()
-        if hasattr(self.likelihood, "get_rng_state"):
-            state["likelihood_rng"] = self.likelihood.get_rng_state()
-        return state
-
-    def _save(self, path, optimizer, scheduler, run) -> None:
-        save_checkpoint(path, self._state(optimizer, scheduler, run))
-
-    def _resume(self, path, optimizer, scheduler, run) -> int:
-        state = load_checkpoint(
-            path, required=("iteration", "run", "flow", "optimizer", "torch_rng", "history")
-        )
         keys = ["seed", "batch_size", "lr", "lr_schedule", "clip_grad", "temper_iterations"]
         keys.append("temper_start")
         if scheduler is not None:
@@ -351,35 +236,51 @@ class VariationalPosterior:
             keys.append("iterations")
             if run["lr_schedule"] in _SCHEDULES:  # a named schedule ends at lr·lr_final
                 keys.append("lr_final")
-        saved = state["run"]
-        check_identity(path, saved, run, keys)
-        if run["identity"] is not None or saved.get("identity") is not None:
-            # Key by key, so that the message names the field that differs.
-            check_identity(path, saved.get("identity") or {}, run["identity"] or {})
-        try:
-            self.flow.load_state_dict(state["flow"])
-            optimizer.load_state_dict(state["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as exc:
-            raise CheckpointError(
-                f"checkpoint {str(path)!r} does not fit this flow/optimizer: {exc}"
-            ) from exc
-        if scheduler is not None:
-            if state.get("scheduler") is None:
-                raise CheckpointError(f"checkpoint {str(path)!r} was written without lr_schedule")
-            scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"])
-        if "cuda_rng" in state and torch.cuda.is_available():
-            if len(state["cuda_rng"]) != torch.cuda.device_count():
-                raise CheckpointError(
-                    f"checkpoint {str(path)!r} holds {len(state['cuda_rng'])} CUDA generator "
-                    f"states, this machine has {torch.cuda.device_count()} GPUs"
-                )
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
-        if "likelihood_rng" in state and hasattr(self.likelihood, "set_rng_state"):
-            self.likelihood.set_rng_state(state["likelihood_rng"])
-        self.history = {k: list(v) for k, v in state["history"].items()}
-        self.iteration = int(state["iteration"])
-        return self.iteration
+        lik = self.likelihood
+        has_rng = hasattr(lik, "get_rng_state") and hasattr(lik, "set_rng_state")
+        loop = TrainingLoop(
+            self,
+            self.flow,
+            params,
+            optimizer,
+            scheduler,
+            run,
+            keys,
+            ("iteration", *_TERMS, "lr", "beta"),
+            checkpoint_path=checkpoint_path,
+            checkpoint_every=checkpoint_every,
+            module_key="flow",
+            # With an MPI likelihood every rank holds the same state: rank 0 writes.
+            comm=getattr(lik, "comm", None),
+            # A flow on a GPU draws its latents from the CUDA generators.
+            cuda_devices=range(torch.cuda.device_count()) if torch.cuda.is_available() else (),
+            generators={"likelihood_rng": lik} if has_rng else None,
+            clip_grad=clip_grad,
+            progress=progress,
+            desc="VI",
+            what="flow/optimizer",
+        )
+
+        def beta_at(it: int) -> float:
+            if it >= temper_iterations:
+                return 1.0
+            return temper_start ** (1.0 - it / temper_iterations)
+
+        def step(it: int) -> tuple[torch.Tensor, tuple[dict[str, torch.Tensor], float]]:
+            beta = beta_at(it)
+            terms = self.loss_terms(batch_size, beta)
+            return terms["loss"], (terms, beta)
+
+        def record(it: int, aux, lr: float) -> dict[str, float]:
+            terms, beta = aux
+            values = {k: float(v.detach()) for k, v in terms.items()}
+            for k, v in values.items():
+                self.history[k].append(v)
+            self.history["beta"].append(beta)
+            return values
+
+        loop.run(iterations, seed, step, record, _postfix, callback)
+        return self.history
 
     # -- after training ----------------------------------------------------------------------
 
@@ -420,6 +321,16 @@ class VariationalPosterior:
     ) -> PosteriorSummary:
         """:class:`PosteriorSummary` of ``n`` fresh samples."""
         return summarize(self.sample(n), quantiles)
+
+
+def _postfix(values: dict[str, float]) -> dict[str, str]:
+    """The progress bar's fields (a dict keeps this order; keywords would be sorted)."""
+    return {
+        "loss": f"{values['loss']:.4g}",
+        "misfit": f"{values['misfit']:.4g}",
+        "prior": f"{values['prior']:.4g}",
+        "-H": f"{values['neg_entropy']:.4g}",
+    }
 
 
 def _schedule_name(spec) -> str:
