@@ -1,17 +1,19 @@
 """Maximum-likelihood training of an :class:`~devito_uq.inference.AmortizedPosterior`.
 
-One function, :func:`fit_amortized`, behind :meth:`AmortizedPosterior.fit
-<devito_uq.inference.AmortizedPosterior.fit>` (documented there): data checks, condition
-standardization, the minibatch order, validation with best-state keeping, checkpoints
-that resume bit for bit. Mirrors :meth:`VariationalPosterior.fit
-<devito_uq.inference.VariationalPosterior.fit>` (fused Adam, cosine schedule, a NaN
-loss or gradient raises :class:`TrainingDivergedError` and keeps the last checkpoint).
+One function, :func:`fit_amortized`, which *is* :meth:`AmortizedPosterior.fit
+<devito_uq.inference.AmortizedPosterior.fit>`: data checks, condition standardization,
+the minibatch order, validation with best-state keeping. The optimizer loop (fused Adam,
+cosine schedule, checkpoints that resume bit for bit, a NaN loss or gradient raising
+:class:`~devito_uq.errors.TrainingDivergedError`) is
+:class:`~devito_uq.inference.training.TrainingLoop`, shared with
+:meth:`VariationalPosterior.fit <devito_uq.inference.VariationalPosterior.fit>`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +21,7 @@ import numpy as np
 import torch
 
 from devito_uq.errors import InvalidArgumentError, InvalidShapeError
-from devito_uq.inference.training import TrainingLoop
+from devito_uq.inference.training import TrainingLoop, lr_scheduler
 from devito_uq.io.dataset import ShardedDataset
 from devito_uq.validation import (
     check_bool,
@@ -177,21 +179,114 @@ def _validation_nll(post, pairs: _Pairs, chunk: int, dev: torch.device, lp_kw: d
     return total / len(pairs) / math.prod(post.model_shape)
 
 
-def fit_amortized(post, train, **kw) -> dict[str, list[float]]:
-    """Train ``post`` (an AmortizedPosterior) by maximum likelihood; see its ``fit``."""
-    iterations = check_positive_int("iterations", kw["iterations"])
-    batch_size = check_positive_int("batch_size", kw["batch_size"])
-    lr = check_positive_scalar("lr", kw["lr"])
-    lr_final = check_in_range("lr_final", kw["lr_final"], 0.0, 1.0, low_open=True)
-    validate_every = check_positive_int("validate_every", kw["validate_every"])
-    checkpoint_every = check_positive_int("checkpoint_every", kw["checkpoint_every"])
-    seed = check_nonnegative_int("seed", kw["seed"])
-    progress = check_bool("progress", kw["progress"])
-    clip_grad = kw["clip_grad"]
+def fit_amortized(
+    post: Any,
+    train: Any,
+    iterations: int,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    lr_final: float = 0.01,
+    validation: Any = None,
+    validate_every: int = 100,
+    checkpoint_path: str | os.PathLike | None = None,
+    checkpoint_every: int = 500,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    clip_grad: float | None = None,
+    progress: bool = True,
+    identity: dict[str, Any] | None = None,
+    fields: tuple[str, str] = ("model", "condition"),
+    callback: Callable[[int, dict[str, float]], None] | None = None,
+    log_prob_kwargs: dict[str, Any] | None = None,
+) -> dict[str, list[float]]:
+    """Train an amortized posterior by maximum likelihood on pairs; return its history.
+
+    :meth:`AmortizedPosterior.fit <devito_uq.inference.AmortizedPosterior.fit>` is this
+    function (``post`` is ``self``).
+
+    Parameters
+    ----------
+    post : AmortizedPosterior
+        The posterior trained in place.
+    train : dict or ShardedDataset
+        ``{"model": [N, *model_shape], "condition": [N, *condition_shape]}`` (CPU
+        tensors are fine: each minibatch moves to ``device``) or a
+        :class:`~devito_uq.io.ShardedDataset` (loaded whole).
+    iterations : int
+        Total Adam steps (including resumed ones).
+    batch_size : int
+        Pairs per step; minibatches walk through one random permutation of the
+        training set per epoch, drawn from a generator seeded by ``(seed, epoch)``,
+        so a batch is a function of the iteration alone.
+    lr, lr_final : float
+        Adam rate, cosine-annealed to ``lr·lr_final`` at the end.
+    validation : dict or ShardedDataset, optional
+        Pairs like ``train``: the validation NLL is evaluated every
+        ``validate_every`` steps and at the end, and the weights with the lowest one
+        are loaded when ``fit`` returns.
+    validate_every : int
+        Steps between validations.
+    checkpoint_path : str or os.PathLike, optional
+        Written every ``checkpoint_every`` steps and at the end; if it exists at the
+        start, training resumes from it bit for bit (weights, optimizer, schedule,
+        RNG, history, best state). Another run's file (seed, batch size, lr, data
+        sizes and fingerprint, ``identity``, ...) is refused naming the key.
+    checkpoint_every : int
+        Steps between checkpoints.
+    seed : int
+        Seeds the minibatch order and, at a fresh start, torch's generator inside
+        ``fit`` (the caller's random state is left as it was).
+    device : str or torch.device, optional
+        ``"cpu"``, ``"cuda"``, a ``torch.device``, or ``None`` (where the module
+        is). The module moves there and stays there.
+    clip_grad : float, optional
+        Clip the global gradient norm (``None``: off).
+    progress : bool
+        tqdm bar with the train/validation NLL.
+    identity : dict, optional
+        JSON-able, stored in the checkpoint and compared on resume.
+    fields : tuple of str
+        Names of the model and condition entries of ``train``/``validation``.
+    callback : callable, optional
+        ``callback(iteration, {"train_nll": ..., "lr": ...})`` after a step.
+    log_prob_kwargs : dict, optional
+        Extra keyword arguments of the flow's ``log_prob`` in training and
+        validation, e.g. ``{"n_pad": 1}`` for an image flow on a padded grid (one
+        padding draw per pair: the augmented flow's bound on ``log q``, ``n_pad``
+        times cheaper than the default estimate); stored in the run identity.
+
+    Returns
+    -------
+    dict of str to list of float
+        :attr:`history`: ``iteration``, ``train_nll``, ``lr`` per step;
+        ``val_iteration``, ``val_nll`` per validation. NLLs are ``−log q(m | y)`` of
+        models (the Jacobian of ``g`` included) in nats **per model dimension**
+        (divided by ``prod(model_shape)``), batch means for training, full-set means
+        for validation. After the call ``best_iteration``/``best_val_nll`` name the
+        weights kept (``None`` without validation: the final weights) and
+        ``resumed_from`` the iteration resumed from.
+
+    Raises
+    ------
+    InvalidArgumentError, InvalidShapeError
+        Bad arguments or data (shapes, NaN, models outside the parameterization's
+        bounds), before any step.
+    TrainingDivergedError
+        The loss or gradient became NaN/inf; the last checkpoint on disk is kept.
+    CheckpointError
+        The checkpoint is corrupt or belongs to another run.
+    """
+    iterations = check_positive_int("iterations", iterations)
+    batch_size = check_positive_int("batch_size", batch_size)
+    lr = check_positive_scalar("lr", lr)
+    lr_final = check_in_range("lr_final", lr_final, 0.0, 1.0, low_open=True)
+    validate_every = check_positive_int("validate_every", validate_every)
+    checkpoint_every = check_positive_int("checkpoint_every", checkpoint_every)
+    seed = check_nonnegative_int("seed", seed)
+    progress = check_bool("progress", progress)
     if clip_grad is not None:
         clip_grad = check_positive_scalar("clip_grad", clip_grad)
-    identity, fields, callback = kw["identity"], kw["fields"], kw["callback"]
-    lp_kw = kw["log_prob_kwargs"] or {}
+    lp_kw = log_prob_kwargs or {}
     if not isinstance(lp_kw, dict) or not all(isinstance(k, str) for k in lp_kw):
         raise InvalidArgumentError(f"log_prob_kwargs={lp_kw!r} must be a dict of keyword arguments")
     if identity is not None and not isinstance(identity, dict):
@@ -202,11 +297,11 @@ def fit_amortized(post, train, **kw) -> dict[str, list[float]]:
     if not ok or not all(isinstance(f, str) for f in fields) or fields[0] == fields[1]:
         raise InvalidArgumentError(f"fields={fields!r} must be two different names")
     fields = tuple(fields)
-    dev = _device(kw["device"], post)
+    dev = _device(device, post)
     post.to(dev)
 
     tr = _pairs(post, train, fields, "train")
-    va = None if kw["validation"] is None else _pairs(post, kw["validation"], fields, "validation")
+    va = None if validation is None else _pairs(post, validation, fields, "validation")
     cond_shape = tuple(tr.c.shape[1:])
     if va is not None and tuple(va.c.shape[1:]) != cond_shape:
         raise InvalidShapeError(
@@ -223,9 +318,7 @@ def fit_amortized(post, train, **kw) -> dict[str, list[float]]:
     if not params:
         raise InvalidArgumentError("the flow and summary have no trainable parameters")
     optimizer = torch.optim.Adam(params, lr=lr, fused=True)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-        optimizer, T_max=iterations, eta_min=lr * lr_final
-    )
+    scheduler = lr_scheduler("cosine", optimizer, iterations, lr_final)
     run = {
         "seed": seed,
         "batch_size": batch_size,
@@ -257,7 +350,7 @@ def fit_amortized(post, train, **kw) -> dict[str, list[float]]:
         run,
         [k for k in run if k != "identity"],
         ("iteration", "train_nll", "lr", "val_iteration", "val_nll"),
-        checkpoint_path=kw["checkpoint_path"],
+        checkpoint_path=checkpoint_path,
         checkpoint_every=checkpoint_every,
         cuda_devices=[dev] if dev.type == "cuda" else (),
         extra_state=lambda: {

@@ -45,8 +45,12 @@ from devito_uq.io.checkpoint import (
     save_checkpoint,
 )
 from devito_uq.parallel import rank_and_size
+from devito_uq.validation import check_choice
 
-__all__ = ["TrainingLoop"]
+__all__ = ["SCHEDULES", "TrainingLoop", "lr_scheduler", "schedule_name"]
+
+#: The named learning-rate schedules of :func:`lr_scheduler`.
+SCHEDULES = ("constant", "cosine", "exponential")
 
 #: ``step(iteration) -> (loss, aux)``: the scalar loss (with its graph) and what the
 #: record callable needs of this step.
@@ -54,6 +58,70 @@ Step = Callable[[int], tuple[torch.Tensor, Any]]
 #: ``record(iteration, aux, lr) -> values``: append to the history after the optimizer
 #: step; ``values`` go to the callback and the progress bar.
 Record = Callable[[int, Any, float], dict[str, float]]
+
+
+def schedule_name(spec: str | Callable | None) -> str:
+    """The schedule's name as stored in a checkpoint (a callable cannot be compared).
+
+    Parameters
+    ----------
+    spec : str or callable or None
+        :func:`lr_scheduler`'s ``spec``.
+
+    Returns
+    -------
+    str
+        ``"constant"`` for ``None``, ``"callable"`` for a callable, else ``spec``.
+    """
+    if spec is None:
+        return "constant"
+    return "callable" if callable(spec) else str(spec)
+
+
+def lr_scheduler(
+    spec: str | Callable | None,
+    optimizer: torch.optim.Optimizer,
+    iterations: int,
+    lr_final: float,
+) -> Any:
+    """A learning-rate schedule from its name.
+
+    Parameters
+    ----------
+    spec : str or callable or None
+        ``None``/``"constant"``; ``"cosine"``, annealed to ``lr·lr_final`` at
+        ``iterations``; ``"exponential"``, geometric to the same end point; or a
+        callable ``optimizer -> torch LR scheduler``.
+    optimizer : torch.optim.Optimizer
+        Its first parameter group's ``lr`` is the starting rate.
+    iterations : int
+        The steps of the whole run.
+    lr_final : float
+        The final rate as a fraction of the starting one, in ``(0, 1]``.
+
+    Returns
+    -------
+    torch.optim.lr_scheduler.LRScheduler or None
+        ``None`` for a constant rate.
+
+    Raises
+    ------
+    InvalidArgumentError
+        ``spec`` names no schedule of :data:`SCHEDULES`.
+    """
+    if spec is None or callable(spec):
+        return None if spec is None else spec(optimizer)
+    check_choice("lr_schedule", spec, SCHEDULES)
+    if spec == "constant":
+        return None
+    if spec == "cosine":
+        lr0 = optimizer.param_groups[0]["lr"]
+        return torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=iterations, eta_min=lr0 * lr_final
+        )
+    return torch.optim.lr_scheduler.ExponentialLR(
+        optimizer, gamma=lr_final ** (1.0 / max(iterations, 1))
+    )
 
 
 def _global_rng_state() -> dict[str, Any]:
