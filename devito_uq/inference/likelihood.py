@@ -48,8 +48,26 @@ def sigma_from_snr(data: torch.Tensor, snr_db: float, mask: torch.Tensor | None 
 
     with :math:`N_d` the number of data samples, i.e. the mean data power divided
     by the power ratio: white noise of this σ has ``10·log10(‖d‖² / E‖n‖²) = snr_db``.
-    With a ``mask`` (broadcastable to ``data``, True where data were recorded) only the
-    live samples count.
+
+    Parameters
+    ----------
+    data : torch.Tensor
+        ``[*data_shape]`` the data, in data units.
+    snr_db : float
+        Target signal-to-noise ratio, dB.
+    mask : torch.Tensor, optional
+        Bool, broadcastable to ``data``, True where data were recorded: only the live
+        samples count.
+
+    Returns
+    -------
+    float
+        σ, in data units.
+
+    Raises
+    ------
+    InvalidArgumentError
+        The (live) data are all zero, or ``snr_db`` is not a finite number.
     """
     snr_db = check_scalar("snr_db", snr_db)
     d = data.detach().double()
@@ -154,27 +172,45 @@ def _accepts_shots(operator: Callable) -> bool:
 class GaussianLikelihood(nn.Module):
     r"""Negative log-likelihood :math:`\frac{1}{2\sigma^2}\|d - F(m)\|^2` per sample.
 
-    Args:
-        operator: differentiable map ``F`` from models ``[batch, *model_shape]`` to
-            data ``[batch, *data_shape]`` (a devito_uq physics module, an
-            ``nn.Linear``, any callable). To use ``shot_batch`` it must accept a
-            ``shots=`` keyword (a 1-D ``LongTensor`` of shot indices) and then return
-            ``[batch, len(shots), ...]``.
-        data: observed data ``[*data_shape]`` — one sample, no batch axis. With
-            ``shot_batch``, shots are the leading axis.
-        sigma: noise standard deviation (> 0), in data units; or
-        snr_db: target SNR in dB, giving ``sigma = sigma_from_snr(data, snr_db)``.
-        shot_batch: number of shots per stochastic evaluation (``None``: all).
-        seed: seed of the private generator that draws shot subsets (give every
-            MPI rank the same seed: ranks must draw the same subsets).
-        comm: mpi4py communicator to spread the shots over (``None``: serial).
-            With more than one rank, ``operator`` must accept ``shots=``; every
-            rank must call the likelihood (and ``backward``) in the same order.
-        mask: optional bool tensor broadcastable to ``data`` (shots leading), True
-            where a sample was recorded: dead or missing traces (padding of shots with
-            fewer receivers) do not count in the misfit nor in ``snr_db``'s power. For
-            shot records ``[shot, time, receiver]`` pass ``survey.mask()[:, None, :]``.
+    Parameters
+    ----------
+    operator : callable
+        Differentiable map ``F`` from models ``[batch, *model_shape]`` to data
+        ``[batch, *data_shape]`` (a devito_uq physics module, an ``nn.Linear``, any
+        callable). To use ``shot_batch`` it must accept a ``shots=`` keyword (a 1-D
+        ``LongTensor`` of shot indices) and then return ``[batch, len(shots), ...]``.
+    data : torch.Tensor
+        Observed data ``[*data_shape]``: one sample, no batch axis. With
+        ``shot_batch``, shots are the leading axis.
+    sigma : float, optional
+        Noise standard deviation (> 0), in data units; or
+    snr_db : float, optional
+        Target SNR in dB, giving ``sigma = sigma_from_snr(data, snr_db)``.
+    shot_batch : int, optional
+        Number of shots per stochastic evaluation (``None``: all).
+    seed : int
+        Seed of the private generator that draws shot subsets (give every MPI rank the
+        same seed: ranks must draw the same subsets).
+    comm : mpi4py communicator, optional
+        The ranks to spread the shots over (``None``: serial). With more than one rank,
+        ``operator`` must accept ``shots=``; every rank must call the likelihood (and
+        ``backward``) in the same order.
+    mask : torch.Tensor, optional
+        Bool, broadcastable to ``data`` (shots leading), True where a sample was
+        recorded: dead or missing traces (padding of shots with fewer receivers) do not
+        count in the misfit nor in ``snr_db``'s power. For shot records
+        ``[shot, time, receiver]`` pass ``survey.mask()[:, None, :]``.
 
+    Raises
+    ------
+    InvalidArgumentError
+        A non-callable operator, non-finite data, both or neither of ``sigma`` and
+        ``snr_db``, a ``shot_batch`` or ``comm`` the operator cannot serve, a bad mask.
+    InvalidShapeError
+        Scalar data, or a mask that does not broadcast to the data.
+
+    Notes
+    -----
     Calling the module returns the ``[batch]`` negative log-likelihood (additive
     constant dropped). ``full=True`` forces all shots (MALA needs exact values).
     """
@@ -245,7 +281,25 @@ class GaussianLikelihood(nn.Module):
         return self.shot_batch is not None and self.shot_batch < self.n_shots
 
     def residual(self, m: torch.Tensor, shots: torch.Tensor | None = None) -> torch.Tensor:
-        """``d − F(m)`` shaped ``[batch, *data_shape]`` (or ``[batch, len(shots), ...]``)."""
+        """The (masked) residual ``d − F(m)``.
+
+        Parameters
+        ----------
+        m : torch.Tensor
+            ``[batch, *model_shape]`` models.
+        shots : torch.Tensor, optional
+            1-D shot indices (``None``: every shot).
+
+        Returns
+        -------
+        torch.Tensor
+            ``[batch, *data_shape]``, or ``[batch, len(shots), ...]``.
+
+        Raises
+        ------
+        InvalidShapeError
+            The operator's output does not match the data.
+        """
         mask = self.mask
         if shots is None:
             pred, data = self.operator(m), self.data
@@ -262,11 +316,30 @@ class GaussianLikelihood(nn.Module):
         return res if mask is None else res * mask.to(res.device, res.dtype)
 
     def draw_shots(self) -> torch.Tensor:
-        """A sorted random subset of ``shot_batch`` shot indices."""
+        """A random subset of shots from the private generator.
+
+        Returns
+        -------
+        torch.Tensor
+            ``[shot_batch]`` sorted shot indices.
+        """
         return torch.randperm(self.n_shots, generator=self.generator)[: self.shot_batch].sort()[0]
 
     def forward(self, m: torch.Tensor, full: bool = False) -> torch.Tensor:
-        """``[batch]`` negative log-likelihood of models ``m`` ``[batch, *model_shape]``."""
+        """Negative log-likelihood of models (additive constant dropped).
+
+        Parameters
+        ----------
+        m : torch.Tensor
+            ``[batch, *model_shape]`` models.
+        full : bool
+            Every shot even when ``shot_batch`` is set (exact values).
+
+        Returns
+        -------
+        torch.Tensor
+            ``[batch]``, differentiable in ``m``; the same on every MPI rank.
+        """
         shots, scale = None, 1.0
         if self.stochastic and not full:
             shots = self.draw_shots()
@@ -290,11 +363,23 @@ class GaussianLikelihood(nn.Module):
         return rank_sum(m, self.comm, local if len(mine) else None)
 
     def get_rng_state(self) -> torch.Tensor:
-        """State of the shot-subset generator (saved in checkpoints)."""
+        """State of the shot-subset generator (saved in checkpoints).
+
+        Returns
+        -------
+        torch.Tensor
+            The generator's ``uint8`` state.
+        """
         return self.generator.get_state()
 
     def set_rng_state(self, state: torch.Tensor) -> None:
-        """Restore the shot-subset generator."""
+        """Restore the shot-subset generator.
+
+        Parameters
+        ----------
+        state : torch.Tensor
+            What :meth:`get_rng_state` returned.
+        """
         self.generator.set_state(state)
 
     def extra_repr(self) -> str:

@@ -80,11 +80,16 @@ def to_latent(parameterization: Parameterization | None, m: torch.Tensor) -> tor
 class TargetTerms:
     """Per-sample pieces of :math:`U` at a batch of latents, all ``[batch]`` but ``model``.
 
-    Attributes:
-        model: ``[batch, *model_shape]`` ``m = g(x)``.
-        misfit: negative log-likelihood Φ(m) (zeros without a likelihood).
-        prior: negative log-prior R(m) (zeros without a prior).
-        logdet: ``log|det J_g(x)|`` (zeros without a parameterization).
+    Attributes
+    ----------
+    model : torch.Tensor
+        ``[batch, *model_shape]`` ``m = g(x)``.
+    misfit : torch.Tensor
+        ``[batch]`` negative log-likelihood Φ(m) (zeros without a likelihood).
+    prior : torch.Tensor
+        ``[batch]`` negative log-prior R(m) (zeros without a prior).
+    logdet : torch.Tensor
+        ``[batch]`` ``log|det J_g(x)|`` (zeros without a parameterization).
     """
 
     model: torch.Tensor
@@ -105,16 +110,22 @@ def _takes_full(likelihood: Any) -> bool:
 class PosteriorTarget:
     """Negative log posterior over the latent ``x`` of ``m = g(x)``, batched.
 
-    Args:
-        likelihood: negative log-likelihood ``m [batch, *model_shape] -> [batch]``
-            (e.g. :class:`~devito_uq.inference.GaussianLikelihood`, any callable), or
-            ``None``.
-        prior: object with ``negative_log(m) -> [batch]`` (any
-            :class:`~devito_uq.inference.Prior`), or ``None``. At least one of the two.
-        parameterization: :class:`~devito_uq.inference.Parameterization` ``m = g(x)``
-            (``None``: ``m = x``).
+    Parameters
+    ----------
+    likelihood : callable, optional
+        Negative log-likelihood ``m [batch, *model_shape] -> [batch]`` (e.g.
+        :class:`~devito_uq.inference.GaussianLikelihood`, any callable).
+    prior : Prior, optional
+        Object with ``negative_log(m) -> [batch]`` (any
+        :class:`~devito_uq.inference.Prior`). At least one of the two.
+    parameterization : Parameterization, optional
+        ``m = g(x)`` (``None``: ``m = x``).
 
-    The triple is validated here, once, for every sampler that uses it.
+    Raises
+    ------
+    InvalidArgumentError
+        Neither piece given, or one is of the wrong kind. The triple is validated
+        here, once, for every sampler that uses it.
     """
 
     def __init__(
@@ -173,19 +184,42 @@ class PosteriorTarget:
         return self.prior.negative_log(m)
 
     def terms(self, x: torch.Tensor, full: bool = True) -> TargetTerms:
-        """Model, misfit, prior and log-determinant at latents ``x`` ``[batch, ...]``."""
+        """Model, misfit, prior and log-determinant at latents.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            ``[batch, *model_shape]`` latents.
+        full : bool
+            Every shot, or (``False``) the likelihood's stochastic shot subset.
+
+        Returns
+        -------
+        TargetTerms
+            The four per-sample pieces.
+        """
         m, logdet = self.to_model(x)
         return TargetTerms(m, self.misfit(m, full=full), self.prior_value(m), logdet)
 
     # -- the potential ------------------------------------------------------------------------
 
     def value(self, x: torch.Tensor, jacobian: bool = True, full: bool = True) -> torch.Tensor:
-        """``[batch]`` ``U(x)``.
+        """The negative log posterior ``U(x)``.
 
-        Args:
-            jacobian: subtract ``log|det J_g|`` (sampling ``x``: yes; mode of ``m``: no).
-            full: every shot (exact value, MALA/MAP) or, ``False``, the likelihood's
-                stochastic shot subset (SGLD).
+        Parameters
+        ----------
+        x : torch.Tensor
+            ``[batch, *model_shape]`` latents.
+        jacobian : bool
+            Subtract ``log|det J_g|`` (sampling ``x``: yes; mode of ``m``: no).
+        full : bool
+            Every shot (exact value, MALA/MAP) or, ``False``, the likelihood's
+            stochastic shot subset (SGLD).
+
+        Returns
+        -------
+        torch.Tensor
+            ``[batch]`` ``U(x)``, differentiable in ``x``.
         """
         t = self.terms(x, full=full)
         u = t.misfit + t.prior
@@ -196,10 +230,24 @@ class PosteriorTarget:
     def value_and_grad(
         self, x: torch.Tensor, jacobian: bool = True, full: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``U(x)`` ``[batch]`` and ``∇U(x)`` ``[batch, *shape]``, both detached.
+        """``U(x)`` and its gradient, both detached.
 
         Samples are independent, so the gradient of the batch sum is the batch of
         per-sample gradients.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            ``[batch, *model_shape]`` latents.
+        jacobian, full : bool
+            As :meth:`value`.
+
+        Returns
+        -------
+        value : torch.Tensor
+            ``[batch]`` ``U(x)``.
+        grad : torch.Tensor
+            ``[batch, *model_shape]`` ``∇U(x)``.
         """
         with torch.enable_grad():
             xg = x.detach().requires_grad_(True)
@@ -225,7 +273,27 @@ def as_target(
     """A :class:`PosteriorTarget` from either a target or its three pieces.
 
     Samplers take ``(likelihood, prior, parameterization)`` or a ready target in the
-    first position; a target together with a prior or parameterization is ambiguous.
+    first position.
+
+    Parameters
+    ----------
+    likelihood : PosteriorTarget or callable or None
+        A ready target, or the negative log-likelihood.
+    prior : Prior or None
+        The prior (``None`` with a ready target).
+    parameterization : Parameterization or None
+        ``m = g(x)`` (``None`` with a ready target).
+
+    Returns
+    -------
+    PosteriorTarget
+        The target given, or one built from the pieces.
+
+    Raises
+    ------
+    InvalidArgumentError
+        A target together with a prior or parameterization (ambiguous), or invalid
+        pieces.
     """
     if isinstance(likelihood, PosteriorTarget):
         if prior is not None or parameterization is not None:
