@@ -42,7 +42,12 @@ from devito_uq.inference.amortized_correction import (
 )
 from devito_uq.inference.amortized_training import fit_amortized
 from devito_uq.inference.parameterization import Parameterization
-from devito_uq.inference.target import PosteriorTarget, to_latent, to_model
+from devito_uq.inference.target import (
+    PosteriorTarget,
+    check_parameterization,
+    to_latent,
+    to_model,
+)
 from devito_uq.inference.variational import VariationalPosterior
 from devito_uq.io.checkpoint import load_checkpoint, save_checkpoint
 from devito_uq.validation import check_finite, check_positive_int
@@ -103,11 +108,7 @@ class AmortizedPosterior(nn.Module):
             raise InvalidArgumentError(
                 f"summary must be an nn.Module or None, got {type(summary).__name__}"
             )
-        if parameterization is not None and not isinstance(parameterization, Parameterization):
-            raise InvalidArgumentError(
-                "parameterization must be a Parameterization or None, "
-                f"got {type(parameterization).__name__}"
-            )
+        check_parameterization(parameterization)
         shape = getattr(flow, "shape", None)
         if shape is None:
             raise InvalidArgumentError(f"flow {type(flow).__name__} has no .shape (model shape)")
@@ -154,15 +155,31 @@ class AmortizedPosterior(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def set_standardization(self, mean: torch.Tensor, scale: torch.Tensor) -> None:
-        """Set ``cond_mean``/``cond_scale`` (``[*condition_shape]``; scale > 0)."""
+        """Set the condition standardization.
+
+        Parameters
+        ----------
+        mean, scale : torch.Tensor
+            ``[*condition_shape]`` ``cond_mean`` and ``cond_scale`` (> 0).
+        """
         ref = self._ref()
         self.cond_mean = mean.detach().to(device=ref.device, dtype=ref.dtype).clone()
         self.cond_scale = scale.detach().to(device=ref.device, dtype=ref.dtype).clone()
         self._has_condition_shape = True
 
     def features(self, condition: torch.Tensor) -> torch.Tensor:
-        """What the flow's ``c`` takes for raw conditions ``[b, *condition_shape]``:
-        ``summary((y − cond_mean) / cond_scale)``; differentiable."""
+        """What the flow's ``c`` takes: ``summary((y − cond_mean) / cond_scale)``.
+
+        Parameters
+        ----------
+        condition : torch.Tensor
+            ``[b, *condition_shape]`` raw conditions ``y``.
+
+        Returns
+        -------
+        torch.Tensor
+            ``[b, ...]`` the flow's conditioning input, differentiable.
+        """
         ref = self._ref()
         y = condition.to(device=ref.device, dtype=ref.dtype)
         y = (y - self.cond_mean) / self.cond_scale
@@ -195,11 +212,13 @@ class AmortizedPosterior(nn.Module):
     # -- the model <-> latent map -------------------------------------------------------------
 
     def to_model(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``m = g(x)`` and ``log|det J_g(x)|`` ``[batch]``."""
+        """``m = g(x)`` ``[batch, *model_shape]`` and ``log|det J_g(x)|`` ``[batch]``
+        of latents ``x [batch, *model_shape]`` (:func:`~.target.to_model`)."""
         return to_model(self.parameterization, x)
 
     def to_latent(self, m: torch.Tensor) -> torch.Tensor:
-        """``x = g⁻¹(m)`` for models ``[batch, *model_shape]``."""
+        """``x = g⁻¹(m)`` ``[batch, *model_shape]`` for models ``[batch, *model_shape]``
+        (:func:`~.target.to_latent`)."""
         return to_latent(self.parameterization, m)
 
     # -- training ---------------------------------------------------------------------------

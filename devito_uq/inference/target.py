@@ -26,7 +26,33 @@ import torch
 from devito_uq.errors import InvalidArgumentError
 from devito_uq.inference.parameterization import Parameterization
 
-__all__ = ["PosteriorTarget", "TargetTerms", "as_target", "to_latent", "to_model"]
+__all__ = [
+    "PosteriorTarget",
+    "TargetTerms",
+    "as_target",
+    "check_parameterization",
+    "to_latent",
+    "to_model",
+]
+
+
+def check_parameterization(parameterization: Any) -> None:
+    """Refuse anything but a :class:`~devito_uq.inference.Parameterization` or ``None``.
+
+    Parameters
+    ----------
+    parameterization : object
+        The ``parameterization`` argument of a sampler or posterior.
+
+    Raises
+    ------
+    InvalidArgumentError
+        It is neither.
+    """
+    if parameterization is not None and not isinstance(parameterization, Parameterization):
+        raise InvalidArgumentError(
+            f"parameterization must be a Parameterization, got {type(parameterization).__name__}"
+        )
 
 
 def to_model(
@@ -144,11 +170,7 @@ class PosteriorTarget:
             raise InvalidArgumentError(
                 f"prior must provide negative_log(m), got {type(prior).__name__}"
             )
-        if parameterization is not None and not isinstance(parameterization, Parameterization):
-            raise InvalidArgumentError(
-                "parameterization must be a Parameterization, "
-                f"got {type(parameterization).__name__}"
-            )
+        check_parameterization(parameterization)
         self.likelihood = likelihood
         self.prior = prior
         self.parameterization = parameterization
@@ -162,23 +184,49 @@ class PosteriorTarget:
     # -- the change of variables ---------------------------------------------------------
 
     def to_model(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``m = g(x)`` ``[batch, *model_shape]`` and ``log|det J_g(x)|`` ``[batch]``."""
+        """``m = g(x)`` ``[batch, *model_shape]`` and ``log|det J_g(x)|`` ``[batch]``
+        of latents ``x [batch, *model_shape]`` (:func:`to_model`)."""
         return to_model(self.parameterization, x)
 
     def to_latent(self, m: torch.Tensor) -> torch.Tensor:
-        """``x = g⁻¹(m)`` for models ``[batch, *model_shape]`` inside the bounds."""
+        """``x = g⁻¹(m)`` ``[batch, *model_shape]`` for models ``[batch, *model_shape]``
+        inside the bounds (:func:`to_latent`)."""
         return to_latent(self.parameterization, m)
 
     # -- the terms ---------------------------------------------------------------------------
 
     def misfit(self, m: torch.Tensor, full: bool = True) -> torch.Tensor:
-        """``[batch]`` Φ(m); ``full=False`` lets a likelihood use a random shot subset."""
+        """The misfit Φ(m) (zeros without a likelihood).
+
+        Parameters
+        ----------
+        m : torch.Tensor
+            ``[batch, *model_shape]`` models.
+        full : bool
+            Every shot, or (``False``) the likelihood's random shot subset.
+
+        Returns
+        -------
+        torch.Tensor
+            ``[batch]`` Φ(m).
+        """
         if self.likelihood is None:
             return m.new_zeros(m.shape[0])
         return self.likelihood(m, full=full) if self._full else self.likelihood(m)
 
     def prior_value(self, m: torch.Tensor) -> torch.Tensor:
-        """``[batch]`` R(m)."""
+        """The prior term R(m) (zeros without a prior).
+
+        Parameters
+        ----------
+        m : torch.Tensor
+            ``[batch, *model_shape]`` models.
+
+        Returns
+        -------
+        torch.Tensor
+            ``[batch]`` R(m).
+        """
         if self.prior is None:
             return m.new_zeros(m.shape[0])
         return self.prior.negative_log(m)
