@@ -3,7 +3,9 @@ simulated pairs against the exact linear-Gaussian posterior for held-out data; t
 checkpoints, resume, validation; the physics-based latent correction."""
 
 import math
+import random
 
+import numpy as np
 import pytest
 import torch
 
@@ -184,6 +186,13 @@ def test_resume_is_bit_identical(tmp_path):
     state = torch.get_rng_state()
     ref.fit(**_fit_kw(tmp_path / "a.pt"))
     assert torch.equal(torch.get_rng_state(), state)  # the caller's generator is left alone
+    # ... also on a resume, which restores numpy's and Python's generators inside fit.
+    np_state, py_state = np.random.get_state(), random.getstate()
+    again = _small()
+    again.fit(**_fit_kw(tmp_path / "a.pt"))
+    assert again.resumed_from == 30 and torch.equal(torch.get_rng_state(), state)
+    assert random.getstate() == py_state
+    assert all(np.array_equal(a, b) for a, b in zip(np.random.get_state(), np_state))
 
     def interrupt(iteration, values):
         if iteration == 17:  # killed after the checkpoint at 10

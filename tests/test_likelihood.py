@@ -12,6 +12,7 @@ from devito_uq.errors import InvalidArgumentError, InvalidShapeError
 from devito_uq.inference import (
     GaussianLikelihood,
     MatrixOperator,
+    RankSummedLikelihood,
     linear_gaussian_problem,
     sigma_from_snr,
 )
@@ -155,3 +156,48 @@ def test_trace_mask_errors():
         GaussianLikelihood(p.operator, p.data, sigma=1.0, mask=torch.ones(5, 3, dtype=torch.bool))
     with pytest.raises(InvalidArgumentError, match="marks every sample dead"):
         GaussianLikelihood(p.operator, p.data, sigma=1.0, mask=torch.zeros(4, 3, dtype=torch.bool))
+
+
+# --------------------------------------------------------------- RankSummedLikelihood
+class _MirrorComm:
+    """Rank 0 of 2 ranks holding the same values: every Allreduce doubles."""
+
+    def Get_rank(self) -> int:
+        return 0
+
+    def Get_size(self) -> int:
+        return 2
+
+    def Allreduce(self, send, recv) -> None:
+        recv[...] = send * 2
+
+
+def _value_and_grad(lik, m0):
+    m = m0.clone().requires_grad_(True)
+    value = lik(m)
+    value.sum().backward()
+    return value.detach(), m.grad
+
+
+def test_rank_summed_likelihood_serial_is_the_local_one():
+    local = _problem().likelihood()
+    m0 = torch.randn(3, 6, dtype=torch.float64)
+    lik = RankSummedLikelihood(local, None)
+    assert lik.comm is None
+    value, grad = _value_and_grad(lik, m0)
+    ref_value, ref_grad = _value_and_grad(local, m0)
+    assert torch.equal(value, ref_value) and torch.equal(grad, ref_grad)
+    # Summed over two ranks holding the same shots: twice the value and the gradient.
+    value, grad = _value_and_grad(RankSummedLikelihood(local, _MirrorComm()), m0)
+    torch.testing.assert_close(value, 2 * ref_value, rtol=1e-15, atol=0)
+    torch.testing.assert_close(grad, 2 * ref_grad, rtol=1e-15, atol=0)
+
+
+@pytest.mark.parametrize("comm", [None, _MirrorComm()], ids=["serial", "two-ranks"])
+def test_rank_summed_likelihood_without_shots_is_a_zero_on_m(comm):
+    """A rank without shots (local=None) contributes zeros that still depend on m, so
+    that it joins the collective gradient sum in backward."""
+    m0 = torch.randn(3, 6, dtype=torch.float64)
+    value, grad = _value_and_grad(RankSummedLikelihood(None, comm), m0)
+    assert value.shape == (3,) and not value.any()
+    assert grad is not None and grad.shape == m0.shape and not grad.any()

@@ -2,7 +2,9 @@
 posteriors, the ring mixture, resume, divergence."""
 
 import math
+import random
 
+import numpy as np
 import pytest
 import torch
 from conftest import cuda_or_skip
@@ -137,6 +139,47 @@ def test_resume_is_bit_identical(tmp_path, device):
         assert torch.equal(a, b), name
     assert resumed.history == ref.history
     assert resumed.iteration == 20
+
+
+class _GlobalNoise:
+    """Likelihood that adds draws of numpy's and Python's global generators to its value."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __call__(self, m):
+        jitter = np.random.standard_normal(m.shape[0]) + random.random()
+        return self.inner(m) + torch.as_tensor(1e-2 * jitter, dtype=m.dtype)
+
+
+def test_resume_restores_numpy_and_python_generators(tmp_path):
+    """A likelihood that draws from numpy's and Python's global generators still resumes
+    bit for bit: the checkpoint holds their states."""
+    p = linear_gaussian_problem(n=8, n_shots=4, rows_per_shot=2, seed=1)
+
+    def fit(name, **kw):
+        vi = VariationalPosterior(_flow(8, seed=7), _GlobalNoise(p.likelihood()), p.prior)
+        kw = dict(batch_size=4, lr=1e-2, checkpoint_path=tmp_path / name) | kw
+        vi.fit(12, checkpoint_every=5, seed=3, progress=False, **kw)
+        return vi
+
+    np.random.seed(0)
+    random.seed(0)
+    ref = fit("a.pt")
+
+    def interrupt(iteration, terms):
+        if iteration == 7:  # after the checkpoint at 5
+            raise KeyboardInterrupt
+
+    np.random.seed(0)
+    random.seed(0)
+    with pytest.raises(KeyboardInterrupt):
+        fit("b.pt", callback=interrupt)
+    np.random.seed(99)  # scrambled: the states must come from the checkpoint
+    random.seed(99)
+    resumed = fit("b.pt")
+    assert resumed.resumed_from == 5
+    assert resumed.history == ref.history
 
 
 def test_vi_and_mala_on_gpu():

@@ -18,7 +18,11 @@ from devito_uq.inference.diagnostics import (
     window_mean,
 )
 from devito_uq.inference.laplace import DiagonalSqrt, LaplaceParameterization, low_rank_eigh
-from devito_uq.inference.likelihood import GaussianLikelihood, sigma_from_snr
+from devito_uq.inference.likelihood import (
+    GaussianLikelihood,
+    RankSummedLikelihood,
+    sigma_from_snr,
+)
 from devito_uq.inference.map import MAPResult, map_estimate
 from devito_uq.inference.mcmc import MALA, SGLD, MCMCResult
 from devito_uq.inference.parameterization import Parameterization
@@ -42,6 +46,7 @@ from devito_uq.inference.variational import VariationalPosterior
 
 __all__ = [
     "GaussianLikelihood",
+    "RankSummedLikelihood",
     "sigma_from_snr",
     "Prior",
     "GaussianPrior",

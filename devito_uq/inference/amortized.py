@@ -28,7 +28,7 @@ the physics (:mod:`devito_uq.inference.amortized_correction`).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -42,6 +42,13 @@ from devito_uq.inference.amortized_correction import (
 )
 from devito_uq.inference.amortized_training import fit_amortized
 from devito_uq.inference.parameterization import Parameterization
+from devito_uq.inference.target import (
+    PosteriorTarget,
+    check_parameterization,
+    to_latent,
+    to_model,
+)
+from devito_uq.inference.variational import VariationalPosterior
 from devito_uq.io.checkpoint import load_checkpoint, save_checkpoint
 from devito_uq.validation import check_finite, check_positive_int
 
@@ -51,18 +58,32 @@ __all__ = ["AmortizedPosterior"]
 class AmortizedPosterior(nn.Module):
     """Conditional flow ``q(m | y)`` over models ``m`` given raw conditions ``y``.
 
-    Args:
-        flow: conditional flow with ``log_prob(x, c)``, ``rsample_and_log_prob(n, c)``,
-            ``sample(n, c)`` and ``shape`` (the model shape): ``Flow(ConditionalHINT(n,
-            features), (n,))`` for vectors, or a 2D ``ConditionalImageFlow``.
-        summary: ``nn.Module`` mapping standardized raw conditions ``[b, *condition_shape]``
-            to the flow's ``c`` (e.g. ``[b, features]``); ``None``: the standardized
-            condition itself. Trained jointly with the flow.
-        parameterization: ``m = g(x)`` the flow is trained in (``None``: ``m = x``); its
-            ``model_shape`` must equal ``flow.shape``.
-        condition_shape: shape of one raw condition; known after :meth:`fit`, needed
-            before only to load a state dict into a fresh object (loading also resizes).
+    Parameters
+    ----------
+    flow : nn.Module
+        Conditional flow with ``log_prob(x, c)``, ``rsample_and_log_prob(n, c)``,
+        ``sample(n, c)`` and ``shape`` (the model shape): ``Flow(ConditionalHINT(n,
+        features), (n,))`` for vectors, or a 2D ``ConditionalImageFlow``.
+    summary : nn.Module, optional
+        Maps standardized raw conditions ``[b, *condition_shape]`` to the flow's ``c``
+        (e.g. ``[b, features]``); ``None``: the standardized condition itself. Trained
+        jointly with the flow.
+    parameterization : Parameterization, optional
+        ``m = g(x)`` the flow is trained in (``None``: ``m = x``); its ``model_shape``
+        must equal ``flow.shape``.
+    condition_shape : sequence of int, optional
+        Shape of one raw condition; known after :meth:`fit`, needed before only to load
+        a state dict into a fresh object (loading also resizes).
 
+    Raises
+    ------
+    InvalidArgumentError
+        A piece lacks what it must provide.
+    InvalidShapeError
+        The parameterization's model shape is not the flow's.
+
+    Notes
+    -----
     Tensors stay on the module's device (``.to(device)``, or ``fit(device=...)``):
     samples and log-densities are returned there.
     """
@@ -87,11 +108,7 @@ class AmortizedPosterior(nn.Module):
             raise InvalidArgumentError(
                 f"summary must be an nn.Module or None, got {type(summary).__name__}"
             )
-        if parameterization is not None and not isinstance(parameterization, Parameterization):
-            raise InvalidArgumentError(
-                "parameterization must be a Parameterization or None, "
-                f"got {type(parameterization).__name__}"
-            )
+        check_parameterization(parameterization)
         shape = getattr(flow, "shape", None)
         if shape is None:
             raise InvalidArgumentError(f"flow {type(flow).__name__} has no .shape (model shape)")
@@ -138,15 +155,31 @@ class AmortizedPosterior(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def set_standardization(self, mean: torch.Tensor, scale: torch.Tensor) -> None:
-        """Set ``cond_mean``/``cond_scale`` (``[*condition_shape]``; scale > 0)."""
+        """Set the condition standardization.
+
+        Parameters
+        ----------
+        mean, scale : torch.Tensor
+            ``[*condition_shape]`` ``cond_mean`` and ``cond_scale`` (> 0).
+        """
         ref = self._ref()
         self.cond_mean = mean.detach().to(device=ref.device, dtype=ref.dtype).clone()
         self.cond_scale = scale.detach().to(device=ref.device, dtype=ref.dtype).clone()
         self._has_condition_shape = True
 
     def features(self, condition: torch.Tensor) -> torch.Tensor:
-        """What the flow's ``c`` takes for raw conditions ``[b, *condition_shape]``:
-        ``summary((y − cond_mean) / cond_scale)``; differentiable."""
+        """What the flow's ``c`` takes: ``summary((y − cond_mean) / cond_scale)``.
+
+        Parameters
+        ----------
+        condition : torch.Tensor
+            ``[b, *condition_shape]`` raw conditions ``y``.
+
+        Returns
+        -------
+        torch.Tensor
+            ``[b, ...]`` the flow's conditioning input, differentiable.
+        """
         ref = self._ref()
         y = condition.to(device=ref.device, dtype=ref.dtype)
         y = (y - self.cond_mean) / self.cond_scale
@@ -179,114 +212,40 @@ class AmortizedPosterior(nn.Module):
     # -- the model <-> latent map -------------------------------------------------------------
 
     def to_model(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``m = g(x)`` and ``log|det J_g(x)|`` ``[batch]``."""
-        if self.parameterization is None:
-            return x, x.new_zeros(x.shape[0])
-        return self.parameterization(x)
+        """``m = g(x)`` ``[batch, *model_shape]`` and ``log|det J_g(x)|`` ``[batch]``
+        of latents ``x [batch, *model_shape]`` (:func:`~.target.to_model`)."""
+        return to_model(self.parameterization, x)
 
     def to_latent(self, m: torch.Tensor) -> torch.Tensor:
-        """``x = g⁻¹(m)`` for models ``[batch, *model_shape]``."""
-        return m if self.parameterization is None else self.parameterization.inverse(m)
+        """``x = g⁻¹(m)`` ``[batch, *model_shape]`` for models ``[batch, *model_shape]``
+        (:func:`~.target.to_latent`)."""
+        return to_latent(self.parameterization, m)
 
     # -- training ---------------------------------------------------------------------------
 
-    def fit(
-        self,
-        train: Any,
-        iterations: int,
-        batch_size: int = 64,
-        lr: float = 1e-3,
-        lr_final: float = 0.01,
-        validation: Any = None,
-        validate_every: int = 100,
-        checkpoint_path: str | os.PathLike | None = None,
-        checkpoint_every: int = 500,
-        seed: int = 0,
-        device: str | torch.device | None = None,
-        clip_grad: float | None = None,
-        progress: bool = True,
-        identity: dict[str, Any] | None = None,
-        fields: tuple[str, str] = ("model", "condition"),
-        callback: Callable[[int, dict[str, float]], None] | None = None,
-        log_prob_kwargs: dict[str, Any] | None = None,
-    ) -> dict[str, list[float]]:
-        """Maximum-likelihood training on pairs; return :attr:`history`.
-
-        Args:
-            train: ``{"model": [N, *model_shape], "condition": [N, *condition_shape]}``
-                (CPU tensors are fine: each minibatch moves to ``device``) or a
-                :class:`~devito_uq.io.ShardedDataset` (loaded whole).
-            iterations: total Adam steps (including resumed ones).
-            batch_size: pairs per step; minibatches walk through one random permutation
-                of the training set per epoch, drawn from a generator seeded by
-                ``(seed, epoch)``, so a batch is a function of the iteration alone.
-            lr, lr_final: Adam rate, cosine-annealed to ``lr·lr_final`` at the end.
-            validation: pairs like ``train`` (or ``None``): the validation NLL is
-                evaluated every ``validate_every`` steps and at the end, and the weights
-                with the lowest one are loaded when ``fit`` returns.
-            checkpoint_path: written every ``checkpoint_every`` steps and at the end; if it
-                exists at the start, training resumes from it bit for bit (weights,
-                optimizer, schedule, RNG, history, best state). Another run's file
-                (seed, batch size, lr, data sizes and fingerprint, ``identity``, ...) is
-                refused with :class:`CheckpointError` naming the key.
-            seed: seeds the minibatch order and, at a fresh start, torch's generator
-                inside ``fit`` (the caller's random state is left as it was).
-            device: ``"cpu"``, ``"cuda"``, a ``torch.device``, or ``None`` (where the
-                module is). The module moves there and stays there.
-            clip_grad: clip the global gradient norm (``None``: off).
-            progress: tqdm bar with the train/validation NLL.
-            identity: JSON-able dict stored in the checkpoint and compared on resume.
-            fields: names of the model and condition entries of ``train``/``validation``.
-            callback: ``callback(iteration, {"train_nll": ..., "lr": ...})`` after a step.
-            log_prob_kwargs: extra keyword arguments of the flow's ``log_prob`` in training
-                and validation, e.g. ``{"n_pad": 1}`` for an image flow on a padded grid
-                (one padding draw per pair: the augmented flow's bound on ``log q``,
-                ``n_pad`` times cheaper than the default estimate); stored in the run
-                identity.
-
-        History (lists): ``iteration``, ``train_nll``, ``lr`` per step; ``val_iteration``,
-        ``val_nll`` per validation. NLLs are ``−log q(m | y)`` of models (the Jacobian of
-        ``g`` included) in nats **per model dimension** (divided by ``prod(model_shape)``),
-        batch means for training, full-set means for validation. After the call
-        ``best_iteration``/``best_val_nll`` name the weights kept (``None`` without
-        validation: the final weights) and ``resumed_from`` the iteration resumed from.
-
-        Raises:
-            InvalidArgumentError/InvalidShapeError: bad arguments or data (shapes, NaN,
-                models outside the parameterization's bounds), before any step.
-            TrainingDivergedError: the loss or gradient became NaN/inf; the last
-                checkpoint on disk is kept.
-            CheckpointError: the checkpoint is corrupt or belongs to another run.
-        """
-        return fit_amortized(
-            self,
-            train,
-            iterations=iterations,
-            batch_size=batch_size,
-            lr=lr,
-            lr_final=lr_final,
-            validation=validation,
-            validate_every=validate_every,
-            checkpoint_path=checkpoint_path,
-            checkpoint_every=checkpoint_every,
-            seed=seed,
-            device=device,
-            clip_grad=clip_grad,
-            progress=progress,
-            identity=identity,
-            fields=fields,
-            callback=callback,
-            log_prob_kwargs=log_prob_kwargs,
-        )
+    # The trainer, with its signature and documentation, is amortized_training's.
+    fit = fit_amortized
 
     # -- after training -----------------------------------------------------------------------
 
     @torch.no_grad()
     def sample(self, n: int, condition: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
-        """Posterior samples of models: ``[n, *model_shape]`` for one raw condition
-        ``[*condition_shape]``, or ``[b, n, *model_shape]`` for ``[b, *condition_shape]``.
+        """Posterior samples of models, drawn from torch's global generator.
 
-        Draws from torch's global generator; on the module's device.
+        Parameters
+        ----------
+        n : int
+            Samples per condition.
+        condition : torch.Tensor
+            One raw condition ``[*condition_shape]`` or a batch ``[b, *condition_shape]``.
+        chunk : int
+            Samples drawn from the flow at a time.
+
+        Returns
+        -------
+        torch.Tensor
+            ``[n, *model_shape]`` (one condition) or ``[b, n, *model_shape]``, on the
+            module's device.
         """
         n = check_positive_int("n", n)
         chunk = check_positive_int("chunk", chunk)
@@ -305,9 +264,23 @@ class AmortizedPosterior(nn.Module):
         return out[0] if one else torch.stack(out)
 
     def log_prob(self, m: torch.Tensor, condition: torch.Tensor, **kwargs) -> torch.Tensor:
-        """``log q(m | y)`` ``[batch]`` of models ``m [batch, *model_shape]`` given one raw
-        condition ``[*condition_shape]`` or one per model ``[batch, *condition_shape]``;
-        differentiable in ``m``. ``kwargs`` go to the flow's ``log_prob``."""
+        """Log-density ``log q(m | y)`` of models given raw conditions.
+
+        Parameters
+        ----------
+        m : torch.Tensor
+            ``[batch, *model_shape]`` models.
+        condition : torch.Tensor
+            One raw condition ``[*condition_shape]`` or one per model
+            ``[batch, *condition_shape]``.
+        **kwargs
+            Passed to the flow's ``log_prob``.
+
+        Returns
+        -------
+        torch.Tensor
+            ``[batch]``, differentiable in ``m``.
+        """
         if not isinstance(m, torch.Tensor) or tuple(m.shape[1:]) != self.model_shape:
             got = tuple(m.shape) if isinstance(m, torch.Tensor) else type(m).__name__
             raise InvalidShapeError(f"log_prob: m must be [batch, *{self.model_shape}], got {got}")
@@ -323,10 +296,19 @@ class AmortizedPosterior(nn.Module):
 
     @torch.no_grad()
     def conditioned(self, condition: torch.Tensor) -> ConditionedFlow:
-        """The flow at one raw condition ``[*condition_shape]``: a
-        :class:`ConditionedFlow` over latents ``x`` (``sample``, ``rsample_and_log_prob``,
-        ``log_prob``, ``parameters``) for :class:`~devito_uq.inference.VariationalPosterior`.
-        It shares the flow's weights (see :class:`ConditionedFlow`)."""
+        """The flow at one raw condition, for :class:`~devito_uq.inference.VariationalPosterior`.
+
+        Parameters
+        ----------
+        condition : torch.Tensor
+            ``[*condition_shape]`` raw condition.
+
+        Returns
+        -------
+        ConditionedFlow
+            A flow over latents ``x`` (``sample``, ``rsample_and_log_prob``,
+            ``log_prob``, ``parameters``) sharing this flow's weights.
+        """
         conds, one = self._conditions(condition, "conditioned")
         if not one:
             raise InvalidShapeError(
@@ -354,22 +336,38 @@ class AmortizedPosterior(nn.Module):
         progress: bool = True,
         **fit_kwargs: Any,
     ):
-        """Physics-based latent correction for one survey; return the fitted
-        :class:`~devito_uq.inference.VariationalPosterior`.
+        """Physics-based latent correction for one survey.
 
         A :class:`LatentCorrection` of :meth:`conditioned` (``μ``, ``log s`` zero at the
         start: the uncorrected posterior) is trained by reverse KL against ``target``
-        (a :class:`~devito_uq.inference.PosteriorTarget` with the survey's likelihood
-        and the prior) through :meth:`VariationalPosterior.fit
-        <devito_uq.inference.VariationalPosterior.fit>` (``fit_kwargs``: its other
-        arguments, e.g. ``checkpoint_every``, ``clip_grad``, ``identity``). The result's
-        ``sample(n)`` gives models through the target's parameterization, which must be
-        the one this posterior was trained in (checked: shapes, bounds, reference and
-        scale). The target must live on this module's device.
-        """
-        from devito_uq.inference.target import PosteriorTarget
-        from devito_uq.inference.variational import VariationalPosterior
+        through :meth:`VariationalPosterior.fit
+        <devito_uq.inference.VariationalPosterior.fit>`.
 
+        Parameters
+        ----------
+        target : PosteriorTarget
+            The survey's likelihood and the prior, in the parameterization this
+            posterior was trained in, on this module's device.
+        condition : torch.Tensor
+            ``[*condition_shape]`` the survey's raw condition.
+        iterations, batch_size, lr, lr_schedule, checkpoint_path, seed, progress
+            As :meth:`VariationalPosterior.fit`, with defaults for a correction.
+        **fit_kwargs
+            :meth:`VariationalPosterior.fit`'s other arguments (``checkpoint_every``,
+            ``clip_grad``, ``identity``, ...).
+
+        Returns
+        -------
+        VariationalPosterior
+            The fitted correction; its ``sample(n)`` gives models through the
+            target's parameterization.
+
+        Raises
+        ------
+        InvalidArgumentError, InvalidShapeError
+            ``target`` is no :class:`PosteriorTarget`, or its parameterization differs
+            from this posterior's (shapes, bounds, reference, scale).
+        """
         if not isinstance(target, PosteriorTarget):
             raise InvalidArgumentError(
                 f"target must be a PosteriorTarget, got {type(target).__name__}"
@@ -393,12 +391,34 @@ class AmortizedPosterior(nn.Module):
     # -- files ----------------------------------------------------------------------------------
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write the weights and standardization (a hashed devito_uq checkpoint)."""
+        """Write the weights and standardization (a hashed devito_uq checkpoint).
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The file, written atomically.
+        """
         save_checkpoint(path, {"module": self.state_dict(), "best": None})
 
     def load(self, path: str | os.PathLike) -> AmortizedPosterior:
-        """Load :meth:`save`'s file or :meth:`fit`'s checkpoint (its best-validation
-        weights when it has them, else the last ones); return ``self``."""
+        """Load :meth:`save`'s file or :meth:`fit`'s checkpoint.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The file; of a checkpoint the best-validation weights are read when it has
+            them, else the last ones.
+
+        Returns
+        -------
+        AmortizedPosterior
+            ``self``.
+
+        Raises
+        ------
+        CheckpointError
+            The file is corrupt or does not fit this flow.
+        """
         state = load_checkpoint(path, required=("module",))
         try:
             self.load_state_dict(state["best"] if state.get("best") else state["module"])

@@ -3,11 +3,13 @@ r"""A conditional flow fixed at one condition, and its physics-based latent corr
 :class:`ConditionedFlow` is a trained conditional flow :math:`T(\cdot\,; y)` with its
 condition ``y`` frozen: a flow over the latent ``x`` of one survey, with the methods
 :class:`~devito_uq.inference.VariationalPosterior` uses (``sample``,
-``rsample_and_log_prob``, ``log_prob``, ``parameters``).
+``rsample_and_log_prob``, ``log_prob``, ``parameters``) — the one fixed-condition
+adapter of this package.
 
-:class:`LatentCorrection` (Siahkoohi, Rizzuti, Orozco & Herrmann 2023, "Reliable amortized
-variational inference with physics-based latent distribution correction") keeps the
-trained flow fixed and learns a diagonal affine map of its base distribution,
+:class:`LatentCorrection`, a :class:`ConditionedFlow` too (Siahkoohi, Rizzuti, Orozco &
+Herrmann 2023, "Reliable amortized variational inference with physics-based latent
+distribution correction"), keeps the trained flow fixed and learns a diagonal affine
+map of its base distribution,
 
 .. math::
     \varepsilon \sim N(0, I), \quad z = \mu + s \odot \varepsilon, \quad
@@ -47,12 +49,22 @@ __all__ = ["ConditionedFlow", "LatentCorrection", "check_same_parameterization"]
 class ConditionedFlow(nn.Module):
     """A conditional flow at one fixed condition: a distribution over latents ``x``.
 
-    Args:
-        flow: conditional flow with ``sample(n, c)``, ``rsample_and_log_prob(n, c)``,
-            ``log_prob(x, c)`` and ``shape`` (e.g. ``Flow(ConditionalHINT(...))``).
-        condition: what the flow's ``c`` takes for one survey, ``[1, ...]`` (the output of
-            the amortized posterior's summary; stored as a buffer, detached).
+    Parameters
+    ----------
+    flow : nn.Module
+        Conditional flow with ``sample(n, c)``, ``rsample_and_log_prob(n, c)``,
+        ``log_prob(x, c)`` and ``shape`` (e.g. ``Flow(ConditionalHINT(...))``).
+    condition : torch.Tensor
+        ``[1, ...]`` what the flow's ``c`` takes for one survey (the output of the
+        amortized posterior's summary; stored as a buffer, detached).
 
+    Raises
+    ------
+    InvalidShapeError
+        ``condition`` is not a tensor ``[1, ...]``.
+
+    Notes
+    -----
     It shares ``flow``'s weights: training it (``VariationalPosterior(cf, target).fit``,
     a per-survey fine-tuning) changes the amortized flow too; ``copy.deepcopy`` first to
     keep it.
@@ -77,19 +89,67 @@ class ConditionedFlow(nn.Module):
         return tuple(getattr(self.flow, "latent_shape", self.shape))
 
     def sample(self, n: int) -> torch.Tensor:
-        """``[n, *shape]`` latents ``x``, no gradient."""
+        """Draw latents without gradient.
+
+        Parameters
+        ----------
+        n : int
+            Number of samples.
+
+        Returns
+        -------
+        torch.Tensor
+            ``[n, *shape]`` latents ``x``.
+        """
         return self.flow.sample(n, self.condition)
 
     def rsample_and_log_prob(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``x [n, *shape]`` and ``log q(x | y)`` ``[n]``, differentiable."""
+        """Draw reparameterized latents with their log-density.
+
+        Parameters
+        ----------
+        n : int
+            Number of samples.
+
+        Returns
+        -------
+        x : torch.Tensor
+            ``[n, *shape]`` latents, differentiable in the trainable parameters.
+        log_q : torch.Tensor
+            ``[n]`` ``log q(x | y)``.
+        """
         return self.flow.rsample_and_log_prob(n, self.condition)
 
     def rsample(self, n: int) -> torch.Tensor:
-        """``[n, *shape]`` reparameterized latents."""
+        """Draw reparameterized latents.
+
+        Parameters
+        ----------
+        n : int
+            Number of samples.
+
+        Returns
+        -------
+        torch.Tensor
+            ``[n, *shape]`` latents.
+        """
         return self.rsample_and_log_prob(n)[0]
 
     def log_prob(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
-        """``log q(x | y)`` ``[batch]`` of latents ``x [batch, *shape]``."""
+        """Log-density of latents at the fixed condition.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            ``[batch, *shape]`` latents.
+        **kwargs
+            Passed to the flow's ``log_prob`` (``n_pad`` of an image flow).
+
+        Returns
+        -------
+        torch.Tensor
+            ``[batch]`` ``log q(x | y)``.
+        """
         return self.flow.log_prob(x, self.condition, **kwargs)
 
 
@@ -133,22 +193,35 @@ class _ShiftedLatent(InvertibleModule):
         return x, logdet + self.log_scale.sum()
 
 
-class LatentCorrection(nn.Module):
+class LatentCorrection(ConditionedFlow):
     """Trainable mean and diagonal scale of a fixed conditioned flow's latent (module doc).
 
-    Args:
-        conditioned: a :class:`ConditionedFlow` whose flow has an invertible ``net`` and a
-            ``latent_shape`` (``devito_uq.flows.Flow`` and its image subclasses).
+    A :class:`ConditionedFlow` whose flow is a frozen copy of ``conditioned``'s, with the
+    latent shift and scale as one invertible layer in front of its network.
 
+    Parameters
+    ----------
+    conditioned : ConditionedFlow
+        The flow at one condition; its flow must have an invertible ``net`` and a
+        ``latent_shape`` (``devito_uq.flows.Flow`` and its image subclasses).
+
+    Raises
+    ------
+    InvalidArgumentError
+        ``conditioned`` is no :class:`ConditionedFlow`, or its flow has no invertible
+        ``net``, no ``latent_shape`` or no parameters.
+
+    Notes
+    -----
     The flow is deep-copied, set to ``eval`` and frozen (``requires_grad=False``): the
     amortized posterior it came from is untouched. :meth:`parameters` yields ``mu`` and
-    ``log_scale`` only, both of the latent shape and zero at construction.
+    ``log_scale`` only, both ``[*latent_shape]`` and zero at construction.
     ``VariationalPosterior(LatentCorrection(cf), target).fit(...)`` trains them; its
     samples are then latents ``x`` and ``.sample`` of the VI object gives models.
+    ``log_prob`` is exact for a plain flow, an image flow's padding estimate otherwise.
     """
 
     def __init__(self, conditioned: ConditionedFlow) -> None:
-        super().__init__()
         if not isinstance(conditioned, ConditionedFlow):
             raise InvalidArgumentError(
                 f"LatentCorrection needs a ConditionedFlow (AmortizedPosterior.conditioned), "
@@ -167,10 +240,7 @@ class LatentCorrection(nn.Module):
         for p in flow.parameters():
             p.requires_grad_(False)
         flow.net = _ShiftedLatent(net, tuple(flow.latent_shape), ref)
-        self.flow = flow
-        self.register_buffer("condition", conditioned.condition.detach().clone())
-        self.shape = tuple(conditioned.shape)
-        self.latent_shape = tuple(flow.latent_shape)
+        super().__init__(flow, conditioned.condition)
         self.train(False)
 
     @property
@@ -184,33 +254,40 @@ class LatentCorrection(nn.Module):
         return self.flow.net.log_scale
 
     def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]:
-        """The trainable ``mu`` and ``log_scale`` (the fixed flow's weights are not listed)."""
+        """The trainable ``mu`` and ``log_scale`` (the fixed flow's weights are not listed).
+
+        Parameters
+        ----------
+        recurse : bool
+            Ignored (kept for ``nn.Module``'s signature).
+
+        Yields
+        ------
+        nn.Parameter
+            ``mu``, then ``log_scale``.
+        """
         yield self.mu
         yield self.log_scale
 
     def train(self, mode: bool = True) -> LatentCorrection:
-        """Set the mode of this module; the fixed flow stays in ``eval`` (dropout, batch
-        statistics of a summary or conditioner remain those of the trained flow)."""
+        """Set the mode of this module; the fixed flow stays in ``eval``.
+
+        Dropout and batch statistics of a summary or conditioner remain those of the
+        trained flow.
+
+        Parameters
+        ----------
+        mode : bool
+            Training (``True``) or evaluation mode.
+
+        Returns
+        -------
+        LatentCorrection
+            ``self``.
+        """
         super().train(mode)
         self.flow.net.net.eval()
         return self
-
-    def sample(self, n: int) -> torch.Tensor:
-        """``[n, *shape]`` corrected latents, no gradient."""
-        return self.flow.sample(n, self.condition)
-
-    def rsample_and_log_prob(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``x [n, *shape]`` and ``log q_{μ,s}(x)`` ``[n]``, differentiable in μ, log s."""
-        return self.flow.rsample_and_log_prob(n, self.condition)
-
-    def rsample(self, n: int) -> torch.Tensor:
-        """``[n, *shape]`` reparameterized corrected latents."""
-        return self.rsample_and_log_prob(n)[0]
-
-    def log_prob(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
-        """``log q_{μ,s}(x)`` ``[batch]`` of latents ``x [batch, *shape]`` (exact for a
-        plain flow; an image flow's padding estimate otherwise)."""
-        return self.flow.log_prob(x, self.condition, **kwargs)
 
 
 def _buffers(p: Parameterization) -> dict[str, torch.Tensor]:
@@ -223,9 +300,24 @@ def check_same_parameterization(
     """Refuse a target whose ``m = g(x)`` differs from the one the flow was trained in.
 
     The corrected flow's samples are latents of the amortized posterior's
-    parameterization; the target maps latents to models with its own. Both absent,
-    or the same shapes, bounds, reference and scale, or :class:`InvalidArgumentError`
-    (:class:`InvalidShapeError` for shapes) naming what differs.
+    parameterization; the target maps latents to models with its own: both must be
+    absent, or have the same shapes, bounds, reference and scale.
+
+    Parameters
+    ----------
+    trained : Parameterization or None
+        The amortized posterior's.
+    target : Parameterization or None
+        The target's.
+    model_shape : tuple of int
+        The amortized posterior's model shape.
+
+    Raises
+    ------
+    InvalidArgumentError
+        Only one is present, or bounds, reference or scale differ (named).
+    InvalidShapeError
+        The target's model shape differs.
     """
     if (trained is None) != (target is None):
         which = "the amortized posterior" if target is None else "the target"

@@ -1,32 +1,28 @@
 """Maximum-likelihood training of an :class:`~devito_uq.inference.AmortizedPosterior`.
 
-One function, :func:`fit_amortized`, behind :meth:`AmortizedPosterior.fit
-<devito_uq.inference.AmortizedPosterior.fit>` (documented there): data checks, condition
-standardization, the minibatch order, validation with best-state keeping, checkpoints
-that resume bit for bit. Mirrors :meth:`VariationalPosterior.fit
-<devito_uq.inference.VariationalPosterior.fit>` (fused Adam, cosine schedule, a NaN
-loss or gradient raises :class:`TrainingDivergedError` and keeps the last checkpoint).
+One function, :func:`fit_amortized`, which *is* :meth:`AmortizedPosterior.fit
+<devito_uq.inference.AmortizedPosterior.fit>`: data checks, condition standardization,
+the minibatch order, validation with best-state keeping. The optimizer loop (fused Adam,
+cosine schedule, checkpoints that resume bit for bit, a NaN loss or gradient raising
+:class:`~devito_uq.errors.TrainingDivergedError`) is
+:class:`~devito_uq.inference.training.TrainingLoop`, shared with
+:meth:`VariationalPosterior.fit <devito_uq.inference.VariationalPosterior.fit>`.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from devito_uq.errors import (
-    CheckpointError,
-    InvalidArgumentError,
-    InvalidShapeError,
-    TrainingDivergedError,
-)
-from devito_uq.io.checkpoint import check_identity, load_checkpoint, save_checkpoint
+from devito_uq.errors import InvalidArgumentError, InvalidShapeError
+from devito_uq.inference.training import TrainingLoop, lr_scheduler
+from devito_uq.io.dataset import ShardedDataset
 from devito_uq.validation import (
     check_bool,
     check_finite,
@@ -66,8 +62,6 @@ def _fingerprint(t: torch.Tensor) -> float:
 
 
 def _pairs(post, data: Any, fields: tuple[str, str], who: str) -> _Pairs:
-    from devito_uq.io.dataset import ShardedDataset
-
     if isinstance(data, ShardedDataset):
         data = data.load(fields=list(fields))
     if not isinstance(data, Mapping):
@@ -185,21 +179,114 @@ def _validation_nll(post, pairs: _Pairs, chunk: int, dev: torch.device, lp_kw: d
     return total / len(pairs) / math.prod(post.model_shape)
 
 
-def fit_amortized(post, train, **kw) -> dict[str, list[float]]:
-    """Train ``post`` (an AmortizedPosterior) by maximum likelihood; see its ``fit``."""
-    iterations = check_positive_int("iterations", kw["iterations"])
-    batch_size = check_positive_int("batch_size", kw["batch_size"])
-    lr = check_positive_scalar("lr", kw["lr"])
-    lr_final = check_in_range("lr_final", kw["lr_final"], 0.0, 1.0, low_open=True)
-    validate_every = check_positive_int("validate_every", kw["validate_every"])
-    checkpoint_every = check_positive_int("checkpoint_every", kw["checkpoint_every"])
-    seed = check_nonnegative_int("seed", kw["seed"])
-    progress = check_bool("progress", kw["progress"])
-    clip_grad = kw["clip_grad"]
+def fit_amortized(
+    post: Any,
+    train: Any,
+    iterations: int,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    lr_final: float = 0.01,
+    validation: Any = None,
+    validate_every: int = 100,
+    checkpoint_path: str | os.PathLike | None = None,
+    checkpoint_every: int = 500,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    clip_grad: float | None = None,
+    progress: bool = True,
+    identity: dict[str, Any] | None = None,
+    fields: tuple[str, str] = ("model", "condition"),
+    callback: Callable[[int, dict[str, float]], None] | None = None,
+    log_prob_kwargs: dict[str, Any] | None = None,
+) -> dict[str, list[float]]:
+    """Train an amortized posterior by maximum likelihood on pairs; return its history.
+
+    :meth:`AmortizedPosterior.fit <devito_uq.inference.AmortizedPosterior.fit>` is this
+    function (``post`` is ``self``).
+
+    Parameters
+    ----------
+    post : AmortizedPosterior
+        The posterior trained in place.
+    train : dict or ShardedDataset
+        ``{"model": [N, *model_shape], "condition": [N, *condition_shape]}`` (CPU
+        tensors are fine: each minibatch moves to ``device``) or a
+        :class:`~devito_uq.io.ShardedDataset` (loaded whole).
+    iterations : int
+        Total Adam steps (including resumed ones).
+    batch_size : int
+        Pairs per step; minibatches walk through one random permutation of the
+        training set per epoch, drawn from a generator seeded by ``(seed, epoch)``,
+        so a batch is a function of the iteration alone.
+    lr, lr_final : float
+        Adam rate, cosine-annealed to ``lr·lr_final`` at the end.
+    validation : dict or ShardedDataset, optional
+        Pairs like ``train``: the validation NLL is evaluated every
+        ``validate_every`` steps and at the end, and the weights with the lowest one
+        are loaded when ``fit`` returns.
+    validate_every : int
+        Steps between validations.
+    checkpoint_path : str or os.PathLike, optional
+        Written every ``checkpoint_every`` steps and at the end; if it exists at the
+        start, training resumes from it bit for bit (weights, optimizer, schedule,
+        RNG, history, best state). Another run's file (seed, batch size, lr, data
+        sizes and fingerprint, ``identity``, ...) is refused naming the key.
+    checkpoint_every : int
+        Steps between checkpoints.
+    seed : int
+        Seeds the minibatch order and, at a fresh start, torch's generator inside
+        ``fit`` (the caller's random state is left as it was).
+    device : str or torch.device, optional
+        ``"cpu"``, ``"cuda"``, a ``torch.device``, or ``None`` (where the module
+        is). The module moves there and stays there.
+    clip_grad : float, optional
+        Clip the global gradient norm (``None``: off).
+    progress : bool
+        tqdm bar with the train/validation NLL.
+    identity : dict, optional
+        JSON-able, stored in the checkpoint and compared on resume.
+    fields : tuple of str
+        Names of the model and condition entries of ``train``/``validation``.
+    callback : callable, optional
+        ``callback(iteration, {"train_nll": ..., "lr": ...})`` after a step.
+    log_prob_kwargs : dict, optional
+        Extra keyword arguments of the flow's ``log_prob`` in training and
+        validation, e.g. ``{"n_pad": 1}`` for an image flow on a padded grid (one
+        padding draw per pair: the augmented flow's bound on ``log q``, ``n_pad``
+        times cheaper than the default estimate); stored in the run identity.
+
+    Returns
+    -------
+    dict of str to list of float
+        :attr:`history`: ``iteration``, ``train_nll``, ``lr`` per step;
+        ``val_iteration``, ``val_nll`` per validation. NLLs are ``−log q(m | y)`` of
+        models (the Jacobian of ``g`` included) in nats **per model dimension**
+        (divided by ``prod(model_shape)``), batch means for training, full-set means
+        for validation. After the call ``best_iteration``/``best_val_nll`` name the
+        weights kept (``None`` without validation: the final weights) and
+        ``resumed_from`` the iteration resumed from.
+
+    Raises
+    ------
+    InvalidArgumentError, InvalidShapeError
+        Bad arguments or data (shapes, NaN, models outside the parameterization's
+        bounds), before any step.
+    TrainingDivergedError
+        The loss or gradient became NaN/inf; the last checkpoint on disk is kept.
+    CheckpointError
+        The checkpoint is corrupt or belongs to another run.
+    """
+    iterations = check_positive_int("iterations", iterations)
+    batch_size = check_positive_int("batch_size", batch_size)
+    lr = check_positive_scalar("lr", lr)
+    lr_final = check_in_range("lr_final", lr_final, 0.0, 1.0, low_open=True)
+    validate_every = check_positive_int("validate_every", validate_every)
+    checkpoint_every = check_positive_int("checkpoint_every", checkpoint_every)
+    seed = check_nonnegative_int("seed", seed)
+    progress = check_bool("progress", progress)
     if clip_grad is not None:
         clip_grad = check_positive_scalar("clip_grad", clip_grad)
-    identity, fields, callback = kw["identity"], kw["fields"], kw["callback"]
-    lp_kw = kw["log_prob_kwargs"] or {}
+    lp_kw = log_prob_kwargs or {}
     if not isinstance(lp_kw, dict) or not all(isinstance(k, str) for k in lp_kw):
         raise InvalidArgumentError(f"log_prob_kwargs={lp_kw!r} must be a dict of keyword arguments")
     if identity is not None and not isinstance(identity, dict):
@@ -210,12 +297,11 @@ def fit_amortized(post, train, **kw) -> dict[str, list[float]]:
     if not ok or not all(isinstance(f, str) for f in fields) or fields[0] == fields[1]:
         raise InvalidArgumentError(f"fields={fields!r} must be two different names")
     fields = tuple(fields)
-    path = kw["checkpoint_path"]
-    dev = _device(kw["device"], post)
+    dev = _device(device, post)
     post.to(dev)
 
     tr = _pairs(post, train, fields, "train")
-    va = None if kw["validation"] is None else _pairs(post, kw["validation"], fields, "validation")
+    va = None if validation is None else _pairs(post, validation, fields, "validation")
     cond_shape = tuple(tr.c.shape[1:])
     if va is not None and tuple(va.c.shape[1:]) != cond_shape:
         raise InvalidShapeError(
@@ -232,9 +318,7 @@ def fit_amortized(post, train, **kw) -> dict[str, list[float]]:
     if not params:
         raise InvalidArgumentError("the flow and summary have no trainable parameters")
     optimizer = torch.optim.Adam(params, lr=lr, fused=True)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-        optimizer, T_max=iterations, eta_min=lr * lr_final
-    )
+    scheduler = lr_scheduler("cosine", optimizer, iterations, lr_final)
     run = {
         "seed": seed,
         "batch_size": batch_size,
@@ -256,125 +340,66 @@ def fit_amortized(post, train, **kw) -> dict[str, list[float]]:
     batches = _Batches(len(tr), batch_size, seed)
     d = math.prod(post.model_shape)
     chunk = max(4 * batch_size, 64)
-    cuda = [dev] if dev.type == "cuda" else []
     best: dict[str, Any] = {"state": None, "val_nll": None, "iteration": None}
-    resumed = path is not None and os.path.exists(path)
-    # fork_rng: seeding (or restoring) torch's generator here leaves the caller's alone.
-    with torch.random.fork_rng(devices=cuda):
-        if resumed:
-            start = _resume(post, path, optimizer, scheduler, run, best, dev)
-        else:
-            start = 0
-            torch.manual_seed(seed)
-            post.history = {
-                k: [] for k in ("iteration", "train_nll", "lr", "val_iteration", "val_nll")
-            }
-        post.resumed_from = start
-        post.train()
-        bar = tqdm(
-            range(start, iterations),
-            initial=start,
-            total=iterations,
-            disable=not progress,
-            desc="amortized",
-            dynamic_ncols=True,
-        )
+    loop = TrainingLoop(
+        post,
+        post,
+        params,
+        optimizer,
+        scheduler,
+        run,
+        [k for k in run if k != "identity"],
+        ("iteration", "train_nll", "lr", "val_iteration", "val_nll"),
+        checkpoint_path=checkpoint_path,
+        checkpoint_every=checkpoint_every,
+        cuda_devices=[dev] if dev.type == "cuda" else (),
+        extra_state=lambda: {
+            "best": best["state"],
+            "best_val_nll": best["val_nll"],
+            "best_iteration": best["iteration"],
+        },
+        load_extra=lambda state: best.update(
+            state=state.get("best"),
+            val_nll=state.get("best_val_nll"),
+            iteration=state.get("best_iteration"),
+        ),
+        clip_grad=clip_grad,
+        # Seeding (or restoring) the generators inside leaves the caller's alone.
+        isolate_rng=True,
+        progress=progress,
+        desc="amortized",
+        what="posterior",
+    )
+
+    def step(it: int) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        idx = batches(it)
+        x, c = tr.x[idx].to(dev), tr.c[idx].to(dev)
+        loss = -post.flow.log_prob(x, post.features(c), **lp_kw).mean()
+        return loss, (loss, idx)
+
+    def record(it: int, aux: tuple[torch.Tensor, torch.Tensor], lr: float) -> dict[str, float]:
+        loss, idx = aux
         h = post.history
-        for it in bar:
-            idx = batches(it)
-            x, c = tr.x[idx].to(dev), tr.c[idx].to(dev)
-            optimizer.zero_grad(set_to_none=True)
-            loss = -post.flow.log_prob(x, post.features(c), **lp_kw).mean()
-            if not torch.isfinite(loss):
-                _diverged(it, f"loss is {loss.item()}", path)
-            loss.backward()
-            gnorm = torch.nn.utils.clip_grad_norm_(
-                params, clip_grad if clip_grad is not None else math.inf
-            )
-            if not torch.isfinite(gnorm):
-                _diverged(it, f"gradient norm is {gnorm.item()}", path)
-            current_lr = optimizer.param_groups[0]["lr"]
-            optimizer.step()
-            scheduler.step()
-            nll = (float(loss.detach()) + float(tr.logdet[idx].mean())) / d
-            post.iteration = it + 1
-            h["iteration"].append(it + 1)
-            h["train_nll"].append(nll)
-            h["lr"].append(current_lr)
-            if va is not None and ((it + 1) % validate_every == 0 or it + 1 == iterations):
-                v = _validation_nll(post, va, chunk, dev, lp_kw)
-                h["val_iteration"].append(it + 1)
-                h["val_nll"].append(v)
-                if best["val_nll"] is None or v < best["val_nll"]:
-                    best.update(state=_cpu_state(post), val_nll=v, iteration=it + 1)
-            if progress and (it % 10 == 0 or it + 1 == iterations):
-                post_fix = {"nll": f"{nll:.4g}"}
-                if h["val_nll"]:
-                    post_fix["val"] = f"{h['val_nll'][-1]:.4g}"
-                bar.set_postfix(post_fix, refresh=False)
-            if path is not None and ((it + 1) % checkpoint_every == 0 or it + 1 == iterations):
-                _save(post, path, optimizer, scheduler, run, best, dev)
-            if callback is not None:
-                callback(it + 1, {"train_nll": nll, "lr": current_lr})
-        bar.close()
+        nll = (float(loss.detach()) + float(tr.logdet[idx].mean())) / d
+        h["train_nll"].append(nll)
+        if va is not None and ((it + 1) % validate_every == 0 or it + 1 == iterations):
+            v = _validation_nll(post, va, chunk, dev, lp_kw)
+            h["val_iteration"].append(it + 1)
+            h["val_nll"].append(v)
+            if best["val_nll"] is None or v < best["val_nll"]:
+                best.update(state=_cpu_state(post), val_nll=v, iteration=it + 1)
+        return {"train_nll": nll, "lr": lr}
+
+    def postfix(values: dict[str, float]) -> dict[str, str]:
+        shown = {"nll": f"{values['train_nll']:.4g}"}
+        if post.history["val_nll"]:
+            shown["val"] = f"{post.history['val_nll'][-1]:.4g}"
+        return shown
+
+    post.train()
+    loop.run(iterations, seed, step, record, postfix, callback)
     if best["state"] is not None:
         post.load_state_dict(best["state"])
     post.best_iteration, post.best_val_nll = best["iteration"], best["val_nll"]
     post.eval()
     return post.history
-
-
-def _diverged(it: int, what: str, path) -> None:
-    kept = (
-        f"; the last good checkpoint {str(path)!r} is kept"
-        if path is not None and os.path.exists(path)
-        else ""
-    )
-    raise TrainingDivergedError(f"training diverged at iteration {it + 1}: {what}{kept}")
-
-
-def _save(post, path, optimizer, scheduler, run, best, dev) -> None:
-    state = {
-        "iteration": post.iteration,
-        "run": run,
-        "module": post.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "torch_rng": torch.get_rng_state(),
-        "history": post.history,
-        "best": best["state"],
-        "best_val_nll": best["val_nll"],
-        "best_iteration": best["iteration"],
-    }
-    if dev.type == "cuda":
-        state["cuda_rng"] = torch.cuda.get_rng_state(dev)
-    save_checkpoint(path, state)
-
-
-def _resume(post, path, optimizer, scheduler, run, best, dev) -> int:
-    state = load_checkpoint(
-        path, required=("iteration", "run", "module", "optimizer", "scheduler", "history")
-    )
-    saved = state["run"]
-    check_identity(path, saved, run, [k for k in run if k != "identity"])
-    if run["identity"] is not None or saved.get("identity") is not None:
-        check_identity(path, saved.get("identity") or {}, run["identity"] or {})
-    try:
-        post.load_state_dict(state["module"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-    except (RuntimeError, ValueError, KeyError) as exc:
-        raise CheckpointError(
-            f"checkpoint {str(path)!r} does not fit this posterior: {exc}"
-        ) from None
-    torch.set_rng_state(state["torch_rng"])
-    if dev.type == "cuda" and state.get("cuda_rng") is not None:
-        torch.cuda.set_rng_state(state["cuda_rng"], dev)
-    post.history = {k: list(v) for k, v in state["history"].items()}
-    post.iteration = int(state["iteration"])
-    best.update(
-        state=state.get("best"),
-        val_nll=state.get("best_val_nll"),
-        iteration=state.get("best_iteration"),
-    )
-    return post.iteration

@@ -37,7 +37,7 @@ from devito_uq.parallel import (
 )
 from devito_uq.validation import check_finite, check_int, check_positive_scalar, check_scalar
 
-__all__ = ["GaussianLikelihood", "sigma_from_snr"]
+__all__ = ["GaussianLikelihood", "RankSummedLikelihood", "rank_sum", "sigma_from_snr"]
 
 
 def sigma_from_snr(data: torch.Tensor, snr_db: float, mask: torch.Tensor | None = None) -> float:
@@ -48,8 +48,26 @@ def sigma_from_snr(data: torch.Tensor, snr_db: float, mask: torch.Tensor | None 
 
     with :math:`N_d` the number of data samples, i.e. the mean data power divided
     by the power ratio: white noise of this σ has ``10·log10(‖d‖² / E‖n‖²) = snr_db``.
-    With a ``mask`` (broadcastable to ``data``, True where data were recorded) only the
-    live samples count.
+
+    Parameters
+    ----------
+    data : torch.Tensor
+        ``[*data_shape]`` the data, in data units.
+    snr_db : float
+        Target signal-to-noise ratio, dB.
+    mask : torch.Tensor, optional
+        Bool, broadcastable to ``data``, True where data were recorded: only the live
+        samples count.
+
+    Returns
+    -------
+    float
+        σ, in data units.
+
+    Raises
+    ------
+    InvalidArgumentError
+        The (live) data are all zero, or ``snr_db`` is not a finite number.
     """
     snr_db = check_scalar("snr_db", snr_db)
     d = data.detach().double()
@@ -61,6 +79,64 @@ def sigma_from_snr(data: torch.Tensor, snr_db: float, mask: torch.Tensor | None 
     if power <= 0.0:
         raise InvalidArgumentError("cannot derive sigma from snr_db: the data are all zero")
     return math.sqrt(power / 10.0 ** (snr_db / 10.0))
+
+
+def rank_sum(
+    m: torch.Tensor, comm: Any, local: Callable[[torch.Tensor], torch.Tensor] | None
+) -> torch.Tensor:
+    r"""Sum over MPI ranks of each rank's value :math:`\Phi_r(m)`, gradient summed too.
+
+    Parameters
+    ----------
+    m : torch.Tensor
+        ``[batch, *model_shape]`` models, the same on every rank.
+    comm : mpi4py communicator or None
+        The ranks to sum over (``None`` or one rank: serial, ``local(m)`` itself).
+    local : callable or None
+        ``local(m) -> [batch]``, this rank's part. ``None``: a rank with nothing to
+        contribute (no shot), which still joins the collective sums.
+
+    Returns
+    -------
+    torch.Tensor
+        ``[batch]`` :math:`\sum_r \Phi_r(m)`, identical on every rank; its ``backward``
+        gives every rank :math:`\sum_r \partial \Phi_r / \partial m`. Every rank must
+        call it, and ``backward``, in the same order (collective calls).
+    """
+    m_local = share_gradient(m, comm)
+    if local is None:
+        # A zero that still depends on m: this rank joins the collective gradient sum.
+        value = (m_local * 0).flatten(1).sum(1)
+    else:
+        value = local(m_local)
+    return allreduce_value(value, comm)
+
+
+class RankSummedLikelihood(nn.Module):
+    """``Σ_ranks`` of each rank's likelihood of the shots it holds (:func:`rank_sum`).
+
+    Parameters
+    ----------
+    local : nn.Module or None
+        This rank's negative log-likelihood ``m [batch, *model_shape] -> [batch]`` of
+        its own shots; ``None`` on a rank without shots.
+    comm : mpi4py communicator or None
+        The ranks to sum over (``None``: serial). Exposed as ``.comm``:
+        :meth:`VariationalPosterior.fit <devito_uq.inference.VariationalPosterior.fit>`
+        reads it (rank 0 alone writes checkpoints).
+
+    Calling it returns the ``[batch]`` sum, identical on every rank, whose model gradient
+    is summed over ranks too.
+    """
+
+    def __init__(self, local: nn.Module | None, comm: Any) -> None:
+        super().__init__()
+        self.local = local
+        self.comm = comm
+
+    def forward(self, m: torch.Tensor) -> torch.Tensor:
+        """``[batch]`` summed negative log-likelihood of models ``m [batch, ...]``."""
+        return rank_sum(m, self.comm, self.local)
 
 
 def _check_mask(mask: Any, data: torch.Tensor) -> torch.Tensor:
@@ -96,27 +172,45 @@ def _accepts_shots(operator: Callable) -> bool:
 class GaussianLikelihood(nn.Module):
     r"""Negative log-likelihood :math:`\frac{1}{2\sigma^2}\|d - F(m)\|^2` per sample.
 
-    Args:
-        operator: differentiable map ``F`` from models ``[batch, *model_shape]`` to
-            data ``[batch, *data_shape]`` (a devito_uq physics module, an
-            ``nn.Linear``, any callable). To use ``shot_batch`` it must accept a
-            ``shots=`` keyword (a 1-D ``LongTensor`` of shot indices) and then return
-            ``[batch, len(shots), ...]``.
-        data: observed data ``[*data_shape]`` — one sample, no batch axis. With
-            ``shot_batch``, shots are the leading axis.
-        sigma: noise standard deviation (> 0), in data units; or
-        snr_db: target SNR in dB, giving ``sigma = sigma_from_snr(data, snr_db)``.
-        shot_batch: number of shots per stochastic evaluation (``None``: all).
-        seed: seed of the private generator that draws shot subsets (give every
-            MPI rank the same seed: ranks must draw the same subsets).
-        comm: mpi4py communicator to spread the shots over (``None``: serial).
-            With more than one rank, ``operator`` must accept ``shots=``; every
-            rank must call the likelihood (and ``backward``) in the same order.
-        mask: optional bool tensor broadcastable to ``data`` (shots leading), True
-            where a sample was recorded: dead or missing traces (padding of shots with
-            fewer receivers) do not count in the misfit nor in ``snr_db``'s power. For
-            shot records ``[shot, time, receiver]`` pass ``survey.mask()[:, None, :]``.
+    Parameters
+    ----------
+    operator : callable
+        Differentiable map ``F`` from models ``[batch, *model_shape]`` to data
+        ``[batch, *data_shape]`` (a devito_uq physics module, an ``nn.Linear``, any
+        callable). To use ``shot_batch`` it must accept a ``shots=`` keyword (a 1-D
+        ``LongTensor`` of shot indices) and then return ``[batch, len(shots), ...]``.
+    data : torch.Tensor
+        Observed data ``[*data_shape]``: one sample, no batch axis. With
+        ``shot_batch``, shots are the leading axis.
+    sigma : float, optional
+        Noise standard deviation (> 0), in data units; or
+    snr_db : float, optional
+        Target SNR in dB, giving ``sigma = sigma_from_snr(data, snr_db)``.
+    shot_batch : int, optional
+        Number of shots per stochastic evaluation (``None``: all).
+    seed : int
+        Seed of the private generator that draws shot subsets (give every MPI rank the
+        same seed: ranks must draw the same subsets).
+    comm : mpi4py communicator, optional
+        The ranks to spread the shots over (``None``: serial). With more than one rank,
+        ``operator`` must accept ``shots=``; every rank must call the likelihood (and
+        ``backward``) in the same order.
+    mask : torch.Tensor, optional
+        Bool, broadcastable to ``data`` (shots leading), True where a sample was
+        recorded: dead or missing traces (padding of shots with fewer receivers) do not
+        count in the misfit nor in ``snr_db``'s power. For shot records
+        ``[shot, time, receiver]`` pass ``survey.mask()[:, None, :]``.
 
+    Raises
+    ------
+    InvalidArgumentError
+        A non-callable operator, non-finite data, both or neither of ``sigma`` and
+        ``snr_db``, a ``shot_batch`` or ``comm`` the operator cannot serve, a bad mask.
+    InvalidShapeError
+        Scalar data, or a mask that does not broadcast to the data.
+
+    Notes
+    -----
     Calling the module returns the ``[batch]`` negative log-likelihood (additive
     constant dropped). ``full=True`` forces all shots (MALA needs exact values).
     """
@@ -187,7 +281,25 @@ class GaussianLikelihood(nn.Module):
         return self.shot_batch is not None and self.shot_batch < self.n_shots
 
     def residual(self, m: torch.Tensor, shots: torch.Tensor | None = None) -> torch.Tensor:
-        """``d − F(m)`` shaped ``[batch, *data_shape]`` (or ``[batch, len(shots), ...]``)."""
+        """The (masked) residual ``d − F(m)``.
+
+        Parameters
+        ----------
+        m : torch.Tensor
+            ``[batch, *model_shape]`` models.
+        shots : torch.Tensor, optional
+            1-D shot indices (``None``: every shot).
+
+        Returns
+        -------
+        torch.Tensor
+            ``[batch, *data_shape]``, or ``[batch, len(shots), ...]``.
+
+        Raises
+        ------
+        InvalidShapeError
+            The operator's output does not match the data.
+        """
         mask = self.mask
         if shots is None:
             pred, data = self.operator(m), self.data
@@ -204,11 +316,30 @@ class GaussianLikelihood(nn.Module):
         return res if mask is None else res * mask.to(res.device, res.dtype)
 
     def draw_shots(self) -> torch.Tensor:
-        """A sorted random subset of ``shot_batch`` shot indices."""
+        """A random subset of shots from the private generator.
+
+        Returns
+        -------
+        torch.Tensor
+            ``[shot_batch]`` sorted shot indices.
+        """
         return torch.randperm(self.n_shots, generator=self.generator)[: self.shot_batch].sort()[0]
 
     def forward(self, m: torch.Tensor, full: bool = False) -> torch.Tensor:
-        """``[batch]`` negative log-likelihood of models ``m`` ``[batch, *model_shape]``."""
+        """Negative log-likelihood of models (additive constant dropped).
+
+        Parameters
+        ----------
+        m : torch.Tensor
+            ``[batch, *model_shape]`` models.
+        full : bool
+            Every shot even when ``shot_batch`` is set (exact values).
+
+        Returns
+        -------
+        torch.Tensor
+            ``[batch]``, differentiable in ``m``; the same on every MPI rank.
+        """
         shots, scale = None, 1.0
         if self.stochastic and not full:
             shots = self.draw_shots()
@@ -224,21 +355,31 @@ class GaussianLikelihood(nn.Module):
         if shots is None:
             shots = torch.arange(self.n_shots)
         mine = shots[ShotDistribution(len(shots), self.comm).shots]
-        m_local = share_gradient(m, self.comm)
-        if len(mine) == 0:
-            # No shot here (fewer shots than ranks): a zero that still depends on m, so
-            # that this rank joins the collective gradient sum in backward.
-            local = (m_local * 0).flatten(1).sum(1)
-        else:
-            local = self.residual(m_local, mine).flatten(1).pow(2).sum(1)
-        return allreduce_value(local, self.comm)
+
+        def local(m_local: torch.Tensor) -> torch.Tensor:
+            return self.residual(m_local, mine).flatten(1).pow(2).sum(1)
+
+        # No shot here (fewer shots than ranks): the rank joins with a zero.
+        return rank_sum(m, self.comm, local if len(mine) else None)
 
     def get_rng_state(self) -> torch.Tensor:
-        """State of the shot-subset generator (saved in checkpoints)."""
+        """State of the shot-subset generator (saved in checkpoints).
+
+        Returns
+        -------
+        torch.Tensor
+            The generator's ``uint8`` state.
+        """
         return self.generator.get_state()
 
     def set_rng_state(self, state: torch.Tensor) -> None:
-        """Restore the shot-subset generator."""
+        """Restore the shot-subset generator.
+
+        Parameters
+        ----------
+        state : torch.Tensor
+            What :meth:`get_rng_state` returned.
+        """
         self.generator.set_state(state)
 
     def extra_repr(self) -> str:

@@ -26,18 +26,96 @@ import torch
 from devito_uq.errors import InvalidArgumentError
 from devito_uq.inference.parameterization import Parameterization
 
-__all__ = ["PosteriorTarget", "TargetTerms", "as_target"]
+__all__ = [
+    "PosteriorTarget",
+    "TargetTerms",
+    "as_target",
+    "check_parameterization",
+    "to_latent",
+    "to_model",
+]
+
+
+def check_parameterization(parameterization: Any) -> None:
+    """Refuse anything but a :class:`~devito_uq.inference.Parameterization` or ``None``.
+
+    Parameters
+    ----------
+    parameterization : object
+        The ``parameterization`` argument of a sampler or posterior.
+
+    Raises
+    ------
+    InvalidArgumentError
+        It is neither.
+    """
+    if parameterization is not None and not isinstance(parameterization, Parameterization):
+        raise InvalidArgumentError(
+            f"parameterization must be a Parameterization, got {type(parameterization).__name__}"
+        )
+
+
+def to_model(
+    parameterization: Parameterization | None, x: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Models of latents through ``m = g(x)``, ``None`` being the identity.
+
+    Parameters
+    ----------
+    parameterization : Parameterization or None
+        The map ``g`` (``None``: ``m = x``).
+    x : torch.Tensor
+        ``[batch, *model_shape]`` latents.
+
+    Returns
+    -------
+    m : torch.Tensor
+        ``[batch, *model_shape]`` models.
+    logdet : torch.Tensor
+        ``[batch]`` ``log|det J_g(x)|`` (zeros for the identity).
+    """
+    if parameterization is None:
+        return x, x.new_zeros(x.shape[0])
+    return parameterization(x)
+
+
+def to_latent(parameterization: Parameterization | None, m: torch.Tensor) -> torch.Tensor:
+    """Latents of models, ``x = g⁻¹(m)``, ``None`` being the identity.
+
+    Parameters
+    ----------
+    parameterization : Parameterization or None
+        The map ``g`` (``None``: ``x = m``).
+    m : torch.Tensor
+        ``[batch, *model_shape]`` models, inside ``g``'s bounds.
+
+    Returns
+    -------
+    torch.Tensor
+        ``[batch, *model_shape]`` latents.
+
+    Raises
+    ------
+    InvalidArgumentError
+        A model lies outside the bounds (raised by the parameterization).
+    """
+    return m if parameterization is None else parameterization.inverse(m)
 
 
 @dataclass
 class TargetTerms:
     """Per-sample pieces of :math:`U` at a batch of latents, all ``[batch]`` but ``model``.
 
-    Attributes:
-        model: ``[batch, *model_shape]`` ``m = g(x)``.
-        misfit: negative log-likelihood Φ(m) (zeros without a likelihood).
-        prior: negative log-prior R(m) (zeros without a prior).
-        logdet: ``log|det J_g(x)|`` (zeros without a parameterization).
+    Attributes
+    ----------
+    model : torch.Tensor
+        ``[batch, *model_shape]`` ``m = g(x)``.
+    misfit : torch.Tensor
+        ``[batch]`` negative log-likelihood Φ(m) (zeros without a likelihood).
+    prior : torch.Tensor
+        ``[batch]`` negative log-prior R(m) (zeros without a prior).
+    logdet : torch.Tensor
+        ``[batch]`` ``log|det J_g(x)|`` (zeros without a parameterization).
     """
 
     model: torch.Tensor
@@ -58,16 +136,22 @@ def _takes_full(likelihood: Any) -> bool:
 class PosteriorTarget:
     """Negative log posterior over the latent ``x`` of ``m = g(x)``, batched.
 
-    Args:
-        likelihood: negative log-likelihood ``m [batch, *model_shape] -> [batch]``
-            (e.g. :class:`~devito_uq.inference.GaussianLikelihood`, any callable), or
-            ``None``.
-        prior: object with ``negative_log(m) -> [batch]`` (any
-            :class:`~devito_uq.inference.Prior`), or ``None``. At least one of the two.
-        parameterization: :class:`~devito_uq.inference.Parameterization` ``m = g(x)``
-            (``None``: ``m = x``).
+    Parameters
+    ----------
+    likelihood : callable, optional
+        Negative log-likelihood ``m [batch, *model_shape] -> [batch]`` (e.g.
+        :class:`~devito_uq.inference.GaussianLikelihood`, any callable).
+    prior : Prior, optional
+        Object with ``negative_log(m) -> [batch]`` (any
+        :class:`~devito_uq.inference.Prior`). At least one of the two.
+    parameterization : Parameterization, optional
+        ``m = g(x)`` (``None``: ``m = x``).
 
-    The triple is validated here, once, for every sampler that uses it.
+    Raises
+    ------
+    InvalidArgumentError
+        Neither piece given, or one is of the wrong kind. The triple is validated
+        here, once, for every sampler that uses it.
     """
 
     def __init__(
@@ -86,11 +170,7 @@ class PosteriorTarget:
             raise InvalidArgumentError(
                 f"prior must provide negative_log(m), got {type(prior).__name__}"
             )
-        if parameterization is not None and not isinstance(parameterization, Parameterization):
-            raise InvalidArgumentError(
-                "parameterization must be a Parameterization, "
-                f"got {type(parameterization).__name__}"
-            )
+        check_parameterization(parameterization)
         self.likelihood = likelihood
         self.prior = prior
         self.parameterization = parameterization
@@ -104,43 +184,90 @@ class PosteriorTarget:
     # -- the change of variables ---------------------------------------------------------
 
     def to_model(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``m = g(x)`` ``[batch, *model_shape]`` and ``log|det J_g(x)|`` ``[batch]``."""
-        if self.parameterization is None:
-            return x, x.new_zeros(x.shape[0])
-        return self.parameterization(x)
+        """``m = g(x)`` ``[batch, *model_shape]`` and ``log|det J_g(x)|`` ``[batch]``
+        of latents ``x [batch, *model_shape]`` (:func:`to_model`)."""
+        return to_model(self.parameterization, x)
 
     def to_latent(self, m: torch.Tensor) -> torch.Tensor:
-        """``x = g⁻¹(m)`` for models ``[batch, *model_shape]`` inside the bounds."""
-        return m if self.parameterization is None else self.parameterization.inverse(m)
+        """``x = g⁻¹(m)`` ``[batch, *model_shape]`` for models ``[batch, *model_shape]``
+        inside the bounds (:func:`to_latent`)."""
+        return to_latent(self.parameterization, m)
 
     # -- the terms ---------------------------------------------------------------------------
 
     def misfit(self, m: torch.Tensor, full: bool = True) -> torch.Tensor:
-        """``[batch]`` Φ(m); ``full=False`` lets a likelihood use a random shot subset."""
+        """The misfit Φ(m) (zeros without a likelihood).
+
+        Parameters
+        ----------
+        m : torch.Tensor
+            ``[batch, *model_shape]`` models.
+        full : bool
+            Every shot, or (``False``) the likelihood's random shot subset.
+
+        Returns
+        -------
+        torch.Tensor
+            ``[batch]`` Φ(m).
+        """
         if self.likelihood is None:
             return m.new_zeros(m.shape[0])
         return self.likelihood(m, full=full) if self._full else self.likelihood(m)
 
     def prior_value(self, m: torch.Tensor) -> torch.Tensor:
-        """``[batch]`` R(m)."""
+        """The prior term R(m) (zeros without a prior).
+
+        Parameters
+        ----------
+        m : torch.Tensor
+            ``[batch, *model_shape]`` models.
+
+        Returns
+        -------
+        torch.Tensor
+            ``[batch]`` R(m).
+        """
         if self.prior is None:
             return m.new_zeros(m.shape[0])
         return self.prior.negative_log(m)
 
     def terms(self, x: torch.Tensor, full: bool = True) -> TargetTerms:
-        """Model, misfit, prior and log-determinant at latents ``x`` ``[batch, ...]``."""
+        """Model, misfit, prior and log-determinant at latents.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            ``[batch, *model_shape]`` latents.
+        full : bool
+            Every shot, or (``False``) the likelihood's stochastic shot subset.
+
+        Returns
+        -------
+        TargetTerms
+            The four per-sample pieces.
+        """
         m, logdet = self.to_model(x)
         return TargetTerms(m, self.misfit(m, full=full), self.prior_value(m), logdet)
 
     # -- the potential ------------------------------------------------------------------------
 
     def value(self, x: torch.Tensor, jacobian: bool = True, full: bool = True) -> torch.Tensor:
-        """``[batch]`` ``U(x)``.
+        """The negative log posterior ``U(x)``.
 
-        Args:
-            jacobian: subtract ``log|det J_g|`` (sampling ``x``: yes; mode of ``m``: no).
-            full: every shot (exact value, MALA/MAP) or, ``False``, the likelihood's
-                stochastic shot subset (SGLD).
+        Parameters
+        ----------
+        x : torch.Tensor
+            ``[batch, *model_shape]`` latents.
+        jacobian : bool
+            Subtract ``log|det J_g|`` (sampling ``x``: yes; mode of ``m``: no).
+        full : bool
+            Every shot (exact value, MALA/MAP) or, ``False``, the likelihood's
+            stochastic shot subset (SGLD).
+
+        Returns
+        -------
+        torch.Tensor
+            ``[batch]`` ``U(x)``, differentiable in ``x``.
         """
         t = self.terms(x, full=full)
         u = t.misfit + t.prior
@@ -151,10 +278,24 @@ class PosteriorTarget:
     def value_and_grad(
         self, x: torch.Tensor, jacobian: bool = True, full: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``U(x)`` ``[batch]`` and ``∇U(x)`` ``[batch, *shape]``, both detached.
+        """``U(x)`` and its gradient, both detached.
 
         Samples are independent, so the gradient of the batch sum is the batch of
         per-sample gradients.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            ``[batch, *model_shape]`` latents.
+        jacobian, full : bool
+            As :meth:`value`.
+
+        Returns
+        -------
+        value : torch.Tensor
+            ``[batch]`` ``U(x)``.
+        grad : torch.Tensor
+            ``[batch, *model_shape]`` ``∇U(x)``.
         """
         with torch.enable_grad():
             xg = x.detach().requires_grad_(True)
@@ -180,7 +321,27 @@ def as_target(
     """A :class:`PosteriorTarget` from either a target or its three pieces.
 
     Samplers take ``(likelihood, prior, parameterization)`` or a ready target in the
-    first position; a target together with a prior or parameterization is ambiguous.
+    first position.
+
+    Parameters
+    ----------
+    likelihood : PosteriorTarget or callable or None
+        A ready target, or the negative log-likelihood.
+    prior : Prior or None
+        The prior (``None`` with a ready target).
+    parameterization : Parameterization or None
+        ``m = g(x)`` (``None`` with a ready target).
+
+    Returns
+    -------
+    PosteriorTarget
+        The target given, or one built from the pieces.
+
+    Raises
+    ------
+    InvalidArgumentError
+        A target together with a prior or parameterization (ambiguous), or invalid
+        pieces.
     """
     if isinstance(likelihood, PosteriorTarget):
         if prior is not None or parameterization is not None:

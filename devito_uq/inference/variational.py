@@ -13,9 +13,13 @@ which equals :math:`\mathrm{KL}(q_m \| p(\cdot\mid d)) - \log Z`. ``log q_x(x)``
 (the flow's ``rsample_and_log_prob``) already contains
 :math:`-\log|\det J_{T_\theta}(z)|`, the seed talk's log-determinant term.
 
-References:
-    Rizzuti, Siahkoohi, Witte & Herrmann, 2020, Parameterizing uncertainty by deep
-    invertible networks, an application to reservoir characterization.
+The optimizer loop (checkpoints, resume, divergence) is
+:class:`~devito_uq.inference.training.TrainingLoop`, shared with amortized training.
+
+References
+----------
+Rizzuti, Siahkoohi, Witte & Herrmann, 2020, Parameterizing uncertainty by deep
+invertible networks, an application to reservoir characterization.
 """
 
 from __future__ import annotations
@@ -27,24 +31,16 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from devito_uq.errors import CheckpointError, InvalidArgumentError, TrainingDivergedError
+from devito_uq.errors import InvalidArgumentError
 from devito_uq.inference.parameterization import Parameterization
 from devito_uq.inference.priors import Prior
 from devito_uq.inference.summary import DEFAULT_QUANTILES, PosteriorSummary, summarize
 from devito_uq.inference.target import PosteriorTarget, as_target
-from devito_uq.io.checkpoint import (
-    check_identity,
-    checkpoint_exists,
-    load_checkpoint,
-    save_checkpoint,
-)
-from devito_uq.parallel import rank_and_size
+from devito_uq.inference.training import SCHEDULES, TrainingLoop, lr_scheduler, schedule_name
 from devito_uq.validation import (
     check_allocation,
     check_bool,
-    check_choice,
     check_in_range,
     check_int,
     check_positive_int,
@@ -54,27 +50,40 @@ from devito_uq.validation import (
 __all__ = ["VariationalPosterior"]
 
 _TERMS = ("loss", "misfit", "prior", "neg_entropy")
-_SCHEDULES = ("constant", "cosine", "exponential")
 
 
 class VariationalPosterior:
     """A flow trained by reverse KL to approximate ``p(m | d)``.
 
-    Args:
-        flow: a ``devito_uq.flows.Flow`` (or anything with ``sample(n)``,
-            ``rsample_and_log_prob(n)``, ``log_prob(x)`` and ``parameters()``)
-            over latents ``[n, *model_shape]``.
-        likelihood: callable ``m [batch, *model_shape] -> [batch]`` negative
-            log-likelihood (e.g. :class:`GaussianLikelihood`), or ``None``; or a
-            ready :class:`PosteriorTarget` (then no ``prior``/``parameterization``).
-        prior: a prior (``negative_log(m) -> [batch]``) or ``None``. At least one
-            of ``likelihood`` and ``prior`` must be given.
-        parameterization: :class:`Parameterization` ``m = g(x)`` (``None``: ``m = x``).
+    Parameters
+    ----------
+    flow : nn.Module
+        A ``devito_uq.flows.Flow`` (or anything with ``sample(n)``,
+        ``rsample_and_log_prob(n)``, ``log_prob(x)`` and ``parameters()``) over
+        latents ``[n, *model_shape]``.
+    likelihood : PosteriorTarget or callable or None
+        Negative log-likelihood ``m [batch, *model_shape] -> [batch]`` (e.g.
+        :class:`GaussianLikelihood`), or ``None``; or a ready :class:`PosteriorTarget`
+        (then no ``prior``/``parameterization``).
+    prior : Prior, optional
+        ``negative_log(m) -> [batch]``. At least one of ``likelihood`` and ``prior``.
+    parameterization : Parameterization, optional
+        ``m = g(x)`` (``None``: ``m = x``).
 
-    After :meth:`fit`, ``history`` holds one list per term (``iteration``, ``loss``,
-    ``misfit``, ``prior``, ``neg_entropy``, ``lr``, ``beta``), batch means per
-    iteration, ``iteration`` the iterations done and ``resumed_from`` the iteration
-    the last :meth:`fit` resumed from (0: a fresh start).
+    Raises
+    ------
+    InvalidArgumentError
+        The flow lacks one of the methods, or the target pieces are invalid.
+
+    Attributes
+    ----------
+    history : dict of str to list of float
+        After :meth:`fit`, one list per term (``iteration``, ``loss``, ``misfit``,
+        ``prior``, ``neg_entropy``, ``lr``, ``beta``), batch means per iteration.
+    iteration : int
+        The iterations done.
+    resumed_from : int
+        The iteration the last :meth:`fit` resumed from (0: a fresh start).
     """
 
     def __init__(
@@ -114,13 +123,34 @@ class VariationalPosterior:
     # -- objective ---------------------------------------------------------------------------
 
     def to_model(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``m = g(x)`` and ``log|det J_g(x)|`` ``[batch]``."""
+        """``m = g(x)`` ``[batch, *model_shape]`` and ``log|det J_g(x)|`` ``[batch]``.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            ``[batch, *model_shape]`` latents.
+
+        Returns
+        -------
+        tuple of torch.Tensor
+            The models and the log-determinants.
+        """
         return self.target.to_model(x)
 
     def loss_terms(self, batch_size: int, beta: float = 1.0) -> dict[str, torch.Tensor]:
         """Monte-Carlo estimate of the objective and its three terms (batch means).
 
-        ``beta`` tempers the target: ``beta · (misfit + prior) + log q_m``.
+        Parameters
+        ----------
+        batch_size : int
+            Latent samples drawn from the flow.
+        beta : float
+            Tempering of the target: ``beta · (misfit + prior) + log q_m``.
+
+        Returns
+        -------
+        dict of str to torch.Tensor
+            Scalars ``loss`` (differentiable), ``misfit``, ``prior``, ``neg_entropy``.
         """
         x, log_qx = self.flow.rsample_and_log_prob(batch_size)
         # full=False: a stochastic likelihood draws its shot subset (unbiased gradient).
@@ -155,47 +185,70 @@ class VariationalPosterior:
     ) -> dict[str, list[float]]:
         """Minimize the reverse-KL objective with Adam; return :attr:`history`.
 
-        Args:
-            iterations: total number of iterations (including any resumed ones).
-            batch_size: latent samples per iteration (= likelihood gradients).
-            lr: Adam learning rate.
-            lr_schedule: ``None``/``"constant"``, ``"cosine"`` (to ``lr·lr_final`` at
-                the end), ``"exponential"`` (same end point, geometric), or a callable
-                ``optimizer -> torch LR scheduler``.
-            clip_grad: clip the global gradient norm to this value (``None``: off).
-            checkpoint_path: if given, write a checkpoint every ``checkpoint_every``
-                iterations and at the end; if the file exists when ``fit`` starts,
-                training resumes from it and reproduces the uninterrupted run bit
-                for bit. The checkpoint stores the run's identity (``seed``,
-                ``batch_size``, ``lr``, the schedule and its ``lr_final``, ``clip_grad``,
-                tempering, ``identity``) and a resume under another one is refused.
-                Without a schedule, a larger ``iterations`` extends a finished run.
-                With an MPI likelihood (``likelihood.comm``) every rank computes the
-                same state, rank 0 alone writes the file and every rank reads it, so
-                a run stopped on N ranks resumes on any number of ranks (the folder
-                must be shared by the ranks).
-            seed: seeds torch's global generator at a fresh start (the flow draws
-                its latents from it).
-            progress: show a tqdm bar with the loss and its three terms.
-            temper_iterations: anneal the target, ``beta`` rising geometrically
-                from ``temper_start`` to 1 over this many iterations. A flattened
-                target early on lets reverse KL spread over separated modes
-                before it sharpens (it is mode-seeking otherwise).
-            callback: called as ``callback(iteration, terms)`` after each step.
-            lr_final: the learning rate at the end of a named schedule as a fraction of
-                ``lr``, in ``(0, 1]``.
-            identity: JSON-able ``dict`` of whatever else the run depends on (an
-                application's configuration), stored in the checkpoint and compared
-                on resume.
+        Parameters
+        ----------
+        iterations : int
+            Total number of iterations (including any resumed ones).
+        batch_size : int
+            Latent samples per iteration (= likelihood gradients).
+        lr : float
+            Adam learning rate.
+        lr_schedule : str or callable, optional
+            ``None``/``"constant"``, ``"cosine"`` (to ``lr·lr_final`` at the end),
+            ``"exponential"`` (same end point, geometric), or a callable
+            ``optimizer -> torch LR scheduler``.
+        clip_grad : float, optional
+            Clip the global gradient norm to this value (``None``: off).
+        checkpoint_path : str or os.PathLike, optional
+            If given, write a checkpoint every ``checkpoint_every`` iterations and at
+            the end; if the file exists when ``fit`` starts, training resumes from it
+            and reproduces the uninterrupted run bit for bit. The checkpoint stores the
+            run's identity (``seed``, ``batch_size``, ``lr``, the schedule and its
+            ``lr_final``, ``clip_grad``, tempering, ``identity``) and a resume under
+            another one is refused. Without a schedule, a larger ``iterations``
+            extends a finished run. With an MPI likelihood (``likelihood.comm``) every
+            rank computes the same state, rank 0 alone writes the file and every rank
+            reads it, so a run stopped on N ranks resumes on any number of ranks (the
+            folder must be shared by the ranks).
+        checkpoint_every : int
+            Iterations between checkpoints.
+        seed : int
+            Seeds torch's global generator at a fresh start (the flow draws its
+            latents from it).
+        progress : bool
+            Show a tqdm bar with the loss and its three terms.
+        temper_iterations : int
+            Anneal the target, ``beta`` rising geometrically from ``temper_start`` to 1
+            over this many iterations. A flattened target early on lets reverse KL
+            spread over separated modes before it sharpens (it is mode-seeking
+            otherwise).
+        temper_start : float
+            The first ``beta``, in ``(0, 1]``.
+        callback : callable, optional
+            Called as ``callback(iteration, terms)`` after each step.
+        lr_final : float
+            The learning rate at the end of a named schedule as a fraction of ``lr``,
+            in ``(0, 1]``.
+        identity : dict, optional
+            JSON-able, whatever else the run depends on (an application's
+            configuration), stored in the checkpoint and compared on resume.
 
-        After the call :attr:`resumed_from` holds the iteration it resumed from (0 for
-        a fresh start), so ``iterations − resumed_from`` steps ran in this call.
+        Returns
+        -------
+        dict of str to list of float
+            :attr:`history`. :attr:`resumed_from` then holds the iteration it resumed
+            from (0 for a fresh start), so ``iterations − resumed_from`` steps ran.
 
-        Raises:
-            TrainingDivergedError: the loss or its gradient became NaN/inf; the
-                last checkpoint on disk is left as it was.
-            CheckpointError: the checkpoint is corrupt, belongs to another run, or is
-                seen by only some of the MPI ranks; the file is left as it was.
+        Raises
+        ------
+        InvalidArgumentError
+            An argument is out of range, or the flow has no trainable parameter.
+        TrainingDivergedError
+            The loss or its gradient became NaN/inf; the last checkpoint on disk is
+            left as it was.
+        CheckpointError
+            The checkpoint is corrupt, belongs to another run, or is seen by only some
+            of the MPI ranks; the file is left as it was.
         """
         iterations = check_positive_int("iterations", iterations)
         batch_size = check_positive_int("batch_size", batch_size)
@@ -222,170 +275,91 @@ class VariationalPosterior:
         # fused: one kernel for all parameters; torch's CPU default loops over them
         # (~50 small tensors for a HINT: 3-14 ms of an AVP VI step, 0.5 ms fused).
         optimizer = torch.optim.Adam(params, lr=lr, fused=True)
-        scheduler = _scheduler(lr_schedule, optimizer, iterations, lr_final)
+        scheduler = lr_scheduler(lr_schedule, optimizer, iterations, lr_final)
         run = {
             "seed": seed,
             "batch_size": batch_size,
             "iterations": iterations,
             "lr": lr,
-            "lr_schedule": _schedule_name(lr_schedule),
+            "lr_schedule": schedule_name(lr_schedule),
             "lr_final": lr_final,
             "clip_grad": clip_grad,
             "temper_iterations": temper_iterations,
             "temper_start": temper_start,
             "identity": identity,
         }
-        # One writer: with an MPI likelihood every rank holds the same state.
-        comm = getattr(self.likelihood, "comm", None)
-        writer = rank_and_size(comm)[0] == 0
-
-        resumed = checkpoint_path is not None and checkpoint_exists(checkpoint_path, comm)
-        start = self._resume(checkpoint_path, optimizer, scheduler, run) if resumed else 0
-        # Callers (the applications) read where this fit started instead of opening
-        # the checkpoint themselves.
-        self.resumed_from = start
-        if not resumed:
-            torch.manual_seed(seed)
-            self.history = {k: [] for k in self.history}
-
-        def beta_at(it: int) -> float:
-            if it >= temper_iterations:
-                return 1.0
-            return temper_start ** (1.0 - it / temper_iterations)
-
-        bar = tqdm(
-            range(start, iterations),
-            initial=start,
-            total=iterations,
-            disable=not progress,
-            desc="VI",
-            dynamic_ncols=True,
-        )
-        for it in bar:
-            beta = beta_at(it)
-            optimizer.zero_grad(set_to_none=True)
-            terms = self.loss_terms(batch_size, beta)
-            loss = terms["loss"]
-            if not torch.isfinite(loss):
-                self._diverged(it, f"loss is {loss.item()}", checkpoint_path)
-            loss.backward()
-            if clip_grad is not None:
-                gnorm = torch.nn.utils.clip_grad_norm_(params, clip_grad)
-            else:  # the norm only (for the divergence check): no scaling pass by 1.0
-                gnorm = torch.nn.utils.get_total_norm(
-                    [p.grad for p in params if p.grad is not None]
-                )
-            if not torch.isfinite(gnorm):
-                # Stepping would write NaN into the flow (and the next checkpoint).
-                self._diverged(it, f"gradient norm is {gnorm.item()}", checkpoint_path)
-            current_lr = optimizer.param_groups[0]["lr"]
-            optimizer.step()
-            if scheduler is not None:
-                scheduler.step()
-            values = {k: float(v.detach()) for k, v in terms.items()}
-            self.iteration = it + 1
-            for k, v in values.items():
-                self.history[k].append(v)
-            self.history["iteration"].append(it + 1)
-            self.history["lr"].append(current_lr)
-            self.history["beta"].append(beta)
-            if progress and (it % 10 == 0 or it + 1 == iterations):
-                # A dict keeps this order (keyword arguments would be sorted by name).
-                bar.set_postfix(
-                    {
-                        "loss": f"{values['loss']:.4g}",
-                        "misfit": f"{values['misfit']:.4g}",
-                        "prior": f"{values['prior']:.4g}",
-                        "-H": f"{values['neg_entropy']:.4g}",
-                    },
-                    refresh=False,
-                )
-            if (
-                writer
-                and checkpoint_path is not None
-                and ((it + 1) % checkpoint_every == 0 or it + 1 == iterations)
-            ):
-                self._save(checkpoint_path, optimizer, scheduler, run)
-            if callback is not None:
-                callback(it + 1, values)
-        bar.close()
-        return self.history
-
-    def _diverged(self, it: int, what: str, path) -> None:
-        kept = (
-            f"; the last good checkpoint {str(path)!r} is kept"
-            if path is not None and os.path.exists(path)
-            else ""
-        )
-        raise TrainingDivergedError(f"training diverged at iteration {it + 1}: {what}{kept}")
-
-    def _state(self, optimizer, scheduler, run) -> dict[str, Any]:
-        state = {
-            "iteration": self.iteration,
-            "run": run,
-            "flow": self.flow.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "torch_rng": torch.get_rng_state(),
-            "history": self.history,
-        }
-        if torch.cuda.is_available():
-            # A flow on a GPU draws its latents from the CUDA generators.
-            state["cuda_rng"] = torch.cuda.get_rng_state_all()
-        if hasattr(self.likelihood, "get_rng_state"):
-            state["likelihood_rng"] = self.likelihood.get_rng_state()
-        return state
-
-    def _save(self, path, optimizer, scheduler, run) -> None:
-        save_checkpoint(path, self._state(optimizer, scheduler, run))
-
-    def _resume(self, path, optimizer, scheduler, run) -> int:
-        state = load_checkpoint(
-            path, required=("iteration", "run", "flow", "optimizer", "torch_rng", "history")
-        )
-        keys = ["seed", "batch_size", "lr", "lr_schedule", "clip_grad", "temper_iterations"]
-        keys.append("temper_start")
+        keys = ["seed", "batch_size", "lr", "lr_schedule", "clip_grad"]
+        keys += ["temper_iterations", "temper_start"]
         if scheduler is not None:
             # A schedule depends on the total iteration count; without one, a finished
             # run may be extended by asking for more iterations.
             keys.append("iterations")
-            if run["lr_schedule"] in _SCHEDULES:  # a named schedule ends at lr·lr_final
+            if run["lr_schedule"] in SCHEDULES:  # a named schedule ends at lr·lr_final
                 keys.append("lr_final")
-        saved = state["run"]
-        check_identity(path, saved, run, keys)
-        if run["identity"] is not None or saved.get("identity") is not None:
-            # Key by key, so that the message names the field that differs.
-            check_identity(path, saved.get("identity") or {}, run["identity"] or {})
-        try:
-            self.flow.load_state_dict(state["flow"])
-            optimizer.load_state_dict(state["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as exc:
-            raise CheckpointError(
-                f"checkpoint {str(path)!r} does not fit this flow/optimizer: {exc}"
-            ) from exc
-        if scheduler is not None:
-            if state.get("scheduler") is None:
-                raise CheckpointError(f"checkpoint {str(path)!r} was written without lr_schedule")
-            scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"])
-        if "cuda_rng" in state and torch.cuda.is_available():
-            if len(state["cuda_rng"]) != torch.cuda.device_count():
-                raise CheckpointError(
-                    f"checkpoint {str(path)!r} holds {len(state['cuda_rng'])} CUDA generator "
-                    f"states, this machine has {torch.cuda.device_count()} GPUs"
-                )
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
-        if "likelihood_rng" in state and hasattr(self.likelihood, "set_rng_state"):
-            self.likelihood.set_rng_state(state["likelihood_rng"])
-        self.history = {k: list(v) for k, v in state["history"].items()}
-        self.iteration = int(state["iteration"])
-        return self.iteration
+        lik = self.likelihood
+        has_rng = hasattr(lik, "get_rng_state") and hasattr(lik, "set_rng_state")
+        loop = TrainingLoop(
+            self,
+            self.flow,
+            params,
+            optimizer,
+            scheduler,
+            run,
+            keys,
+            ("iteration", *_TERMS, "lr", "beta"),
+            checkpoint_path=checkpoint_path,
+            checkpoint_every=checkpoint_every,
+            module_key="flow",
+            # With an MPI likelihood every rank holds the same state: rank 0 writes.
+            comm=getattr(lik, "comm", None),
+            # A flow on a GPU draws its latents from the CUDA generators.
+            cuda_devices=range(torch.cuda.device_count()) if torch.cuda.is_available() else (),
+            generators={"likelihood_rng": lik} if has_rng else None,
+            clip_grad=clip_grad,
+            progress=progress,
+            desc="VI",
+            what="flow/optimizer",
+        )
+
+        def step(it: int) -> tuple[torch.Tensor, tuple[dict[str, torch.Tensor], float]]:
+            beta = 1.0 if it >= temper_iterations else temper_start ** (1 - it / temper_iterations)
+            terms = self.loss_terms(batch_size, beta)
+            return terms["loss"], (terms, beta)
+
+        def record(it: int, aux, lr: float) -> dict[str, float]:
+            terms, beta = aux
+            values = {k: float(v.detach()) for k, v in terms.items()}
+            for k, v in values.items():
+                self.history[k].append(v)
+            self.history["beta"].append(beta)
+            return values
+
+        loop.run(iterations, seed, step, record, _postfix, callback)
+        return self.history
 
     # -- after training ----------------------------------------------------------------------
 
     @torch.no_grad()
     def sample(self, n: int, chunk: int = 1024) -> torch.Tensor:
-        """``[n, *model_shape]`` posterior samples ``m = g(T(z))`` (no PDE solves)."""
+        """Posterior samples ``m = g(T(z))`` (no PDE solves).
+
+        Parameters
+        ----------
+        n : int
+            Number of samples.
+        chunk : int
+            Samples drawn from the flow at a time.
+
+        Returns
+        -------
+        torch.Tensor
+            ``[n, *model_shape]`` models, on the flow's device.
+
+        Raises
+        ------
+        InsufficientMemoryError
+            The samples would not fit in memory.
+        """
         n = check_positive_int("n", n)
         chunk = check_positive_int("chunk", chunk)
         shape = getattr(self.flow, "shape", None)
@@ -405,44 +379,60 @@ class VariationalPosterior:
         return torch.cat(out)
 
     def log_prob(self, m: torch.Tensor) -> torch.Tensor:
-        """``[batch]`` log-density of the approximate posterior over ``m`` (exact, via
-        the flow's inverse; differentiable in ``m``)."""
+        """Log-density of the approximate posterior over models.
+
+        Parameters
+        ----------
+        m : torch.Tensor
+            ``[batch, *model_shape]`` models (inside the parameterization's bounds).
+
+        Returns
+        -------
+        torch.Tensor
+            ``[batch]`` ``log q(m)``, exact via the flow's inverse, differentiable in ``m``.
+        """
         x = self.target.to_latent(m)
         return self.flow.log_prob(x) - self.target.to_model(x)[1]
 
     def as_prior(self) -> Prior:
-        """The trained posterior as a prior (``negative_log = −log q``) for a related
-        inversion, e.g. the next survey of a time-lapse study."""
+        """The trained posterior as a prior for a related inversion.
+
+        Returns
+        -------
+        Prior
+            ``negative_log(m) = −log q(m)`` ``[batch]``, e.g. for the next survey of a
+            time-lapse study.
+        """
         return _FlowPrior(self)
 
     def summary(
         self, n: int = 1000, quantiles: Sequence[float] = DEFAULT_QUANTILES
     ) -> PosteriorSummary:
-        """:class:`PosteriorSummary` of ``n`` fresh samples."""
+        """Summary statistics of fresh samples.
+
+        Parameters
+        ----------
+        n : int
+            Number of samples.
+        quantiles : sequence of float
+            Quantile levels in ``[0, 1]``.
+
+        Returns
+        -------
+        PosteriorSummary
+            Mean, standard deviation and quantiles, each ``[*model_shape]``.
+        """
         return summarize(self.sample(n), quantiles)
 
 
-def _schedule_name(spec) -> str:
-    """The schedule as stored in a checkpoint (a callable cannot be compared)."""
-    if spec is None:
-        return "constant"
-    return "callable" if callable(spec) else str(spec)
-
-
-def _scheduler(spec, optimizer, iterations: int, lr_final: float):
-    if spec is None or callable(spec):
-        return None if spec is None else spec(optimizer)
-    check_choice("lr_schedule", spec, _SCHEDULES)
-    if spec == "constant":
-        return None
-    if spec == "cosine":
-        lr0 = optimizer.param_groups[0]["lr"]
-        return torch.optim.lr_scheduler.CosineAnnealingLR(
-            optimizer, T_max=iterations, eta_min=lr0 * lr_final
-        )
-    return torch.optim.lr_scheduler.ExponentialLR(
-        optimizer, gamma=lr_final ** (1.0 / max(iterations, 1))
-    )
+def _postfix(values: dict[str, float]) -> dict[str, str]:
+    """The progress bar's fields (a dict keeps this order; keywords would be sorted)."""
+    return {
+        "loss": f"{values['loss']:.4g}",
+        "misfit": f"{values['misfit']:.4g}",
+        "prior": f"{values['prior']:.4g}",
+        "-H": f"{values['neg_entropy']:.4g}",
+    }
 
 
 class _FlowPrior(Prior):
