@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _problem import build  # noqa: E402
 
-import devito_uq.inference.variational as variational  # noqa: E402
+import devito_uq.inference.training as training  # noqa: E402
 from devito_uq.inference import VariationalPosterior  # noqa: E402
 from devito_uq.parallel import world  # noqa: E402
 
@@ -83,13 +83,13 @@ def main(checkpoint: str, result: str, iterations: int, fail_at: int | None) -> 
     likelihood = FailingLikelihood(
         lik, rank, fail_at + 1 if fail_at is not None and rank == fail_rank else None
     )
-    save = variational.save_checkpoint
+    save = training.save_checkpoint
 
     def logged_save(path, state):
         print(f"rank {rank} saved iteration {state['iteration']}", flush=True)
         return save(path, state)
 
-    variational.save_checkpoint = logged_save
+    training.save_checkpoint = logged_save
     vi = VariationalPosterior(DiagonalGaussian(m0, 1e-3), likelihood)
     vi.fit(
         iterations,

@@ -9,7 +9,8 @@ Two unknowns on one grid ``[nx, nz]``:
 
 Under MPI each rank reads only its own shots' traces (``read_shots(shots=...)``); the
 likelihood is the sum over ranks of each rank's likelihood of its shots
-(:class:`RankSumLikelihood`), so every rank holds the same value and model gradient.
+(:class:`~devito_uq.inference.RankSummedLikelihood`), so every rank holds the same value
+and model gradient.
 
 The flow (:mod:`devito_uq.apps.imaging.posterior`) works in the latent ``x`` of
 ``m = g(MAP + A x)`` (``g``: the FWI bounds), ``A`` the low-rank Laplace factor of
@@ -39,16 +40,16 @@ from devito_uq.inference import (
     GaussianLikelihood,
     TotalVariationPrior,
 )
+from devito_uq.inference.likelihood import RankSummedLikelihood
 from devito_uq.io import read_image, read_shots
 from devito_uq.io._files import check_input_file
-from devito_uq.parallel import ShotDistribution, allreduce_value, share_gradient
+from devito_uq.parallel import ShotDistribution
 from devito_uq.physics import AcousticModel, AcousticModeling, BornModeling
 from devito_uq.physics.model import squared_slowness
 from devito_uq.physics.solver import cached_solvers
 
 __all__ = [
     "ImagingProblem",
-    "RankSumLikelihood",
     "build_problem",
     "make_prior",
     "noise_sigma",
@@ -56,30 +57,6 @@ __all__ = [
     "pde_solves",
     "resolve_path",
 ]
-
-
-class RankSumLikelihood(nn.Module):
-    """``Σ_ranks`` of each rank's likelihood of the shots it read (``[batch]``).
-
-    The model gradient and the value are summed over ranks (:func:`share_gradient`,
-    :func:`allreduce_value`), so all ranks agree; ``local=None`` is a rank without shots.
-    ``comm`` is exposed for :meth:`VariationalPosterior.fit` (rank 0 writes checkpoints).
-    """
-
-    def __init__(self, local: nn.Module | None, comm: Any) -> None:
-        super().__init__()
-        self.local = local
-        self.comm = comm
-
-    def forward(self, m: torch.Tensor) -> torch.Tensor:
-        if self.comm is None:
-            return self.local(m)
-        m_local = share_gradient(m, self.comm)
-        if self.local is None:  # a zero that still joins the collective gradient sum
-            value = (m_local * 0).flatten(1).sum(1)
-        else:
-            value = self.local(m_local)
-        return allreduce_value(value, self.comm)
 
 
 @dataclass
@@ -114,7 +91,7 @@ class ImagingProblem:
     v_true: np.ndarray | None
     bounds: tuple[float, float] | None
     operator: nn.Module | None
-    likelihood: RankSumLikelihood
+    likelihood: RankSummedLikelihood
     spacing: tuple[float, float]
     origin: tuple[float, float]
     shots: list[int]
@@ -250,7 +227,7 @@ def build_problem(config: Any, base: str | os.PathLike, comm: Any = None) -> Ima
         else:
             op = AcousticModeling(model, survey)
         local = GaussianLikelihood(op, data, sigma=sigma, mask=mask)
-    likelihood = RankSumLikelihood(local, comm)
+    likelihood = RankSummedLikelihood(local, comm)
     bounds = None
     if config.problem == "fwi":
         bounds = (1.0 / config.vmax**2, 1.0 / config.vmin**2)
