@@ -184,6 +184,8 @@ class _AcousticFunction(torch.autograd.Function):
         # Keep the forward wavefields of the last items that fit in the pool: backward
         # visits items in reverse, so these are used first, before being overwritten.
         keep = solver.wavefield_capacity(survey.nt, factor) if need_grad else 0
+        if factor == 1 and solver.wavefield_nbytes(survey.nt) > module.max_wavefield_bytes:
+            keep = 0  # over budget: backward checkpoints (AcousticSolver.jacobian_adjoint)
         owners = [new_owner() for _ in items]  # one per (model, shot) wavefield
         nrec = _check_receivers(survey, shots)
         axis = DataAxis(survey, shots, dtype)
@@ -287,7 +289,9 @@ class AcousticModeling(nn.Module):
         Keep ``subsample · dt · f_peak`` below about 0.08.
     max_wavefield_bytes : int
         Memory for saved forward wavefields kept between forward and backward (default
-        1 GiB). Shots beyond it are recomputed in backward.
+        1 GiB). Shots beyond it are recomputed in backward; a single wavefield larger
+        than it switches the gradient to optimal checkpointing (revolve, exact) with
+        as many snapshots as fit.
     batch_size : int
         Models of a batched input solved per Devito kernel call (default
         :data:`BATCH_SIZE`; 1 = one call per model). A saving forward uses fewer when
@@ -376,6 +380,11 @@ class _BornFunction(torch.autograd.Function):
             # The background wavefield of m0 never changes: keep it pooled across calls.
             owner = module._owner(ctx.dtype, s)
             buf = solver.find_wavefield(owner)
+            if solver.wavefield_nbytes(survey.nt) > module.max_wavefield_bytes:
+                for b in range(ctx.nbatch):  # over budget: checkpointed, one model a call
+                    r = ctx.axis.to_solver(gb[b, i], i)
+                    grad[b] += solver.jacobian_adjoint(m0, survey.shot(s), survey.dt, r)
+                continue
             if buf is None:
                 buf = solver.acquire_wavefield(survey.nt, 1, owner=owner)
                 solver.forward(m0, survey.shot(s), survey.dt, wavefield=buf)
@@ -397,12 +406,10 @@ class BornModeling(nn.Module):
     ``m0`` (``[nx, nz]``, s²/km², tensor or array) is the background squared
     slowness, validated once here. Call ``J(dm, shots=None)``: ``dm`` ``[nx, nz]`` →
     ``[shot, time, receiver]`` (batched ``[batch, nx, nz]`` → ``[batch, shot, time,
-    receiver]``). Backward applies ``J(m0)ᵀ`` (exact discrete adjoint), reusing the
-    background wavefields of ``m0`` across calls while they fit in the pool
-    (``max_wavefield_bytes``, least recently used evicted first). The pooled
-    wavefields are released when the module is garbage-collected. A batch is solved
-    ``batch_size`` perturbations per Devito kernel call (default :data:`BATCH_SIZE`; they
-    share the background wavefield), 1 = one call per perturbation.
+    receiver]``). Backward applies ``J(m0)ᵀ`` (exact), reusing the background
+    wavefields of ``m0`` while they fit in ``max_wavefield_bytes`` (LRU; released with
+    the module; one larger than it: revolve checkpointing). ``batch_size``
+    perturbations share one kernel call (default :data:`BATCH_SIZE`; 1 = one each).
     """
 
     def __init__(
