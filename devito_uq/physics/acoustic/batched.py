@@ -34,6 +34,7 @@ from devito.types import SpaceDimension
 from devito.types.dimension import Spacing
 from devito.types.sparse import SparseSubFunction
 
+from devito_uq.errors import InvalidArgumentError
 from devito_uq.physics import padding
 from devito_uq.physics.acoustic import operators as ops
 from devito_uq.physics.acoustic.model import AcousticModel
@@ -58,7 +59,8 @@ class BatchedAcousticSolver(Solver):
     dtype : float32 or float64
         Operator precision.
     batch : int
-        Models per kernel call ``B``.
+        Models per kernel call ``B`` (at least 2; the torch modules call the unbatched
+        solver for single models).
     max_wavefield_bytes : int
         Memory of the pool of batched saved wavefields (``B`` wavefields each).
     """
@@ -76,6 +78,8 @@ class BatchedAcousticSolver(Solver):
         batch: int = 1,
         max_wavefield_bytes: int = 2**30,
     ) -> None:
+        if int(batch) < 2:
+            raise InvalidArgumentError(f"a batched solver needs batch >= 2; got {batch}")
         super().__init__(max_wavefield_bytes)
         #: The unbatched solver: its grid's dimensions, damping, background ``m`` and pool.
         self.base = get_solver(AcousticSolver, model, dtype)
@@ -88,7 +92,7 @@ class BatchedAcousticSolver(Solver):
         g = self.base.grid
         bdim = SpaceDimension(name="b", spacing=Spacing(name="h_b", is_const=True))
         shape = (self.batch, *g.shape)
-        extent = (float(max(self.batch - 1, 1)), *g.extent)
+        extent = (float(self.batch - 1), *g.extent)  # rows one unit apart
         self.grid = gb = Grid(
             shape=shape,
             extent=extent,

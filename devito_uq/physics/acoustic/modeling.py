@@ -82,8 +82,12 @@ def _batched(model: AcousticModel, dtype: type, batch: int) -> Any:
 
 
 def _chunks(n: int, size: int) -> list[slice]:
-    """``range(n)`` cut into consecutive slices of ``size`` (the last one shorter)."""
-    return [slice(a, min(a + size, n)) for a in range(0, n, max(1, size))]
+    """``range(n)`` cut into consecutive slices of ``size``; a last single model joins
+    the chunk before it (a batched kernel solves at least two models)."""
+    out = [slice(a, min(a + size, n)) for a in range(0, n, max(1, size))]
+    if len(out) > 1 and out[-1].stop - out[-1].start == 1:
+        out[-2:] = [slice(out[-2].start, n)]
+    return out
 
 
 def _chunk_size(module: Any, nbatch: int, dtype: type, need_grad: bool) -> int:
@@ -92,8 +96,9 @@ def _chunk_size(module: Any, nbatch: int, dtype: type, need_grad: bool) -> int:
     size = min(module.batch_size, nbatch)
     if need_grad and size > 1:
         one = _solver(module.model, dtype).wavefield_nbytes(module.survey.nt)
-        # A batched buffer of B models holds B + 2 wavefields (the batch axis' halo).
-        size = min(size, max(1, module.max_wavefield_bytes // one - 2))
+        # A batched buffer of B models holds B + 2 wavefields (the batch axis' halo),
+        # and a chunk may take one model more (_chunks).
+        size = min(size, max(1, module.max_wavefield_bytes // one - 3))
     return size
 
 
