@@ -59,7 +59,7 @@ class Case:
 
 
 # ---------------------------------------------------------------------------- acoustic
-def _acoustic(born: bool) -> Case:
+def _acoustic(born: bool, batch_size: int = 8) -> Case:
     shape = (41, 41)
     model = AcousticModel(shape, (10.0, 10.0), nbl=10, space_order=4, dtype=np.float64)
     # vmax above the largest 2.5 km/s: the CFL bound is sharp and the tests perturb m.
@@ -72,7 +72,7 @@ def _acoustic(born: bool) -> Case:
     smooth = torch.tensor(0.02 * np.exp(-((xg - 0.1) ** 2 + (zg - 0.2) ** 2) / 0.1))
     if born:
         return Case(
-            build=lambda s: BornModeling(model, survey, m * s),
+            build=lambda s: BornModeling(model, survey, m * s, batch_size=batch_size),
             linearized=lambda op, x: op,
             x=smooth,
             dx=smooth + 0.5 * smooth.flip(0),
@@ -81,7 +81,7 @@ def _acoustic(born: bool) -> Case:
             dot_tol=1e-13,
         )
     return Case(
-        build=lambda s: AcousticModeling(model, survey),
+        build=lambda s: AcousticModeling(model, survey, batch_size=batch_size),
         linearized=lambda op, x: BornModeling(model, survey, x),
         x=torch.full(shape, 0.25, dtype=torch.float64),
         dx=smooth,
@@ -125,6 +125,9 @@ def _planewave(born: bool) -> Case:
 CASES = {
     "acoustic-forward": lambda: _acoustic(born=False),
     "acoustic-born": lambda: _acoustic(born=True),
+    # One Devito call per model (the default cases solve a batch in one batched kernel).
+    "acoustic-forward-singles": lambda: _acoustic(born=False, batch_size=1),
+    "acoustic-born-singles": lambda: _acoustic(born=True, batch_size=1),
     "planewave-forward": lambda: _planewave(born=False),
     "planewave-born": lambda: _planewave(born=True),
 }

@@ -225,6 +225,31 @@ class Solver:
         unlike an OpenMP loop inside it, and every row computes exactly what it computes
         alone: results are bit-identical for any thread count.
         """
+        call = self._call(key, build, objs, scalars)
+        threads = solver_threads() if split is not None else 1
+        if threads > 1:
+            run_parallel(call.cfunction, _split_values(call, call.names, split, threads))
+        else:
+            call.cfunction(*call.values)
+        self.n_solves += solves
+
+    def run_steps(
+        self, key: Any, build: Callable[[], Any], objs: dict, first: int, last: int, **scalars
+    ) -> None:
+        """Apply operator ``key`` for time iterations ``first … last`` only.
+
+        The argument list is the cached one of ``scalars`` (which include the full
+        ``time_m``/``time_M``) with the two time bounds replaced: a checkpointing schedule
+        calls it thousands of times, each costing one C call instead of ``op.arguments``.
+        """
+        call = self._call(key, build, objs, scalars)
+        values = list(call.values)
+        values[call.names.index("time_m")] = first
+        values[call.names.index("time_M")] = last
+        call.cfunction(*values)
+
+    def _call(self, key: Any, build: Callable[[], Any], objs: dict, scalars: dict) -> _Call:
+        """The cached argument list of operator ``key`` for ``objs`` and ``scalars``."""
         op = self.operator(key, build, objs)
         call = self._calls.get(key)
         if (
@@ -241,12 +266,7 @@ class Solver:
             names = [p.name for p in op.parameters]
             call = _Call(op.cfunction, values, dict(scalars), refs, names)
             self._calls[key] = call
-        threads = solver_threads() if split is not None else 1
-        if threads > 1:
-            run_parallel(call.cfunction, _split_values(call, call.names, split, threads))
-        else:
-            call.cfunction(*call.values)
-        self.n_solves += solves
+        return call
 
 
 # ------------------------------------------------------ threads over independent rows

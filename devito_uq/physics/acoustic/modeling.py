@@ -54,7 +54,7 @@ from devito_uq.validation import (
     check_shape,
 )
 
-__all__ = ["AcousticModeling", "BornModeling", "check_stability"]
+__all__ = ["AcousticModeling", "BornModeling", "check_stability", "BATCH_SIZE"]
 
 # Relative slack on the CFL check: absorbs float32 round-off between a dt computed from
 # a velocity and the limit recomputed from m = 1/v² (the bound itself is exact). At
@@ -62,12 +62,44 @@ __all__ = ["AcousticModeling", "BornModeling", "check_stability"]
 # noise stays negligible over thousands of steps.
 _CFL_SLACK = 1e-6
 
+#: Default models per Devito kernel call for a batched input (measured in
+#: ``benchmarks/bench_batched.py``: per-sample throughput of Born forward + adjoint).
+BATCH_SIZE = 8
+
 
 def _solver(model: AcousticModel, dtype: type) -> Any:
     """The shared acoustic solver (importing it, and Devito, on first use)."""
     from devito_uq.physics.acoustic.solver import AcousticSolver
 
     return get_solver(AcousticSolver, model, dtype)
+
+
+def _batched(model: AcousticModel, dtype: type, batch: int) -> Any:
+    """The shared batched solver for ``batch`` models (:mod:`.batched`)."""
+    from devito_uq.physics.acoustic.batched import BatchedAcousticSolver
+
+    return get_solver(BatchedAcousticSolver, model, dtype, batch)
+
+
+def _chunks(n: int, size: int) -> list[slice]:
+    """``range(n)`` cut into consecutive slices of ``size``; a last single model joins
+    the chunk before it (a batched kernel solves at least two models)."""
+    out = [slice(a, min(a + size, n)) for a in range(0, n, max(1, size))]
+    if len(out) > 1 and out[-1].stop - out[-1].start == 1:
+        out[-2:] = [slice(out[-2].start, n)]
+    return out
+
+
+def _chunk_size(module: Any, nbatch: int, dtype: type, need_grad: bool) -> int:
+    """Models per kernel call: ``module.batch_size``, and for a saving forward no more
+    than one wavefield per model fits into ``module.max_wavefield_bytes``."""
+    size = min(module.batch_size, nbatch)
+    if need_grad and size > 1:
+        one = _solver(module.model, dtype).wavefield_nbytes(module.survey.nt)
+        # A batched buffer of B models holds B + 2 wavefields (the batch axis' halo),
+        # and a chunk may take one model more (_chunks).
+        size = min(size, max(1, module.max_wavefield_bytes // one - 3))
+    return size
 
 
 def _release_owners(owners: dict) -> None:
@@ -149,11 +181,16 @@ class _AcousticFunction(torch.autograd.Function):
         solver.max_wavefield_bytes = module.max_wavefield_bytes
         survey = module.survey
         mb = to_numpy(m if batched else m[None], dtype)
+        size = _chunk_size(module, mb.shape[0], dtype, need_grad)
+        if size > 1 and module.subsample == 1:
+            return _AcousticFunction._forward_batched(ctx, m, module, shots, need_grad, size)
         items = [(b, i, s) for b in range(mb.shape[0]) for i, s in enumerate(shots)]
         factor = module.subsample
         # Keep the forward wavefields of the last items that fit in the pool: backward
         # visits items in reverse, so these are used first, before being overwritten.
         keep = solver.wavefield_capacity(survey.nt, factor) if need_grad else 0
+        if factor == 1 and solver.wavefield_nbytes(survey.nt) > module.max_wavefield_bytes:
+            keep = 0  # over budget: backward checkpoints (AcousticSolver.jacobian_adjoint)
         owners = [new_owner() for _ in items]  # one per (model, shot) wavefield
         nrec = _check_receivers(survey, shots)
         axis = DataAxis(survey, shots, dtype)
@@ -171,6 +208,50 @@ class _AcousticFunction(torch.autograd.Function):
         return to_tensor(out if batched else out[0], m.device)
 
     @staticmethod
+    def _forward_batched(ctx, m, module, shots: list[int], need_grad: bool, size: int):
+        """Forward in chunks of ``size`` models per kernel (saving their wavefields)."""
+        dtype = check_dtype("m.dtype", m.dtype)
+        batched = m.dim() == module.model.dim + 1
+        survey = module.survey
+        mb = to_numpy(m if batched else m[None], dtype)
+        chunks = [(c, i, s) for c in _chunks(mb.shape[0], size) for i, s in enumerate(shots)]
+        owners = [new_owner() for _ in chunks]
+        nrec = _check_receivers(survey, shots)
+        axis = DataAxis(survey, shots, dtype)
+        out = np.zeros((mb.shape[0], len(shots), axis.nt, nrec), dtype=dtype)
+        keep = len(chunks)  # all while they fit: the pool evicts the oldest first
+        for k, (c, i, s) in enumerate(chunks):
+            bs = _batched(module.model, dtype, c.stop - c.start)
+            bs.max_wavefield_bytes = module.max_wavefield_bytes
+            buf = None
+            if need_grad and k >= len(chunks) - keep:
+                buf = bs.acquire_wavefield(survey.nt, owner=owners[k])
+            tr = bs.forward(mb[c], survey.shot(s), survey.dt, buf)
+            for j in range(tr.shape[0]):
+                out[c.start + j, i, :, : tr.shape[2]] = axis.to_data(tr[j], i)
+        ctx.axis, ctx.chunks = axis, chunks
+        ctx.module, ctx.shots, ctx.owners, ctx.items = module, shots, owners, None
+        ctx.batched, ctx.dtype, ctx.device = batched, dtype, m.device
+        ctx.save_for_backward(m)
+        return to_tensor(out if batched else out[0], m.device)
+
+    @staticmethod
+    def _backward_batched(ctx, mb: np.ndarray, gb: np.ndarray) -> np.ndarray:
+        survey = ctx.module.survey
+        grad = np.zeros_like(mb)
+        for (c, i, s), owner in zip(reversed(ctx.chunks), reversed(ctx.owners)):
+            bs = _batched(ctx.module.model, ctx.dtype, c.stop - c.start)
+            shot = survey.shot(s)
+            buf = bs.find_wavefield(owner)
+            if buf is None:  # evicted: recompute the chunk's wavefields
+                buf = bs.acquire_wavefield(survey.nt, owner=owner)
+                bs.forward(mb[c], shot, survey.dt, buf)
+            r = np.stack([ctx.axis.to_solver(gb[b, i], i) for b in range(c.start, c.stop)])
+            grad[c] += bs.gradient(mb[c], shot, survey.dt, r, buf)
+            buf.owner = None  # free for reuse
+        return grad
+
+    @staticmethod
     @once_differentiable
     def backward(ctx, grad_out: torch.Tensor):
         (m,) = ctx.saved_tensors
@@ -179,6 +260,10 @@ class _AcousticFunction(torch.autograd.Function):
         solver = _solver(module.model, ctx.dtype)
         mb = to_numpy(m if ctx.batched else m[None], ctx.dtype)
         gb = to_numpy(grad_out if ctx.batched else grad_out[None], ctx.dtype)
+        if ctx.items is None:
+            grad = _AcousticFunction._backward_batched(ctx, mb, gb)
+            g = to_tensor(grad if ctx.batched else grad[0], ctx.device)
+            return g, None, None, None
         grad = np.zeros_like(mb)
         for (b, i, s), owner in zip(reversed(ctx.items), reversed(ctx.owners)):
             buf = solver.find_wavefield(owner)
@@ -209,7 +294,14 @@ class AcousticModeling(nn.Module):
         Keep ``subsample · dt · f_peak`` below about 0.08.
     max_wavefield_bytes : int
         Memory for saved forward wavefields kept between forward and backward (default
-        1 GiB). Shots beyond it are recomputed in backward.
+        1 GiB). Shots beyond it are recomputed in backward; a single wavefield larger
+        than it switches the gradient to optimal checkpointing (revolve, exact) with
+        as many snapshots as fit.
+    batch_size : int
+        Models of a batched input solved per Devito kernel call (default
+        :data:`BATCH_SIZE`; 1 = one call per model). A saving forward uses fewer when
+        their wavefields would exceed ``max_wavefield_bytes``; ``subsample > 1``
+        always solves one model per call.
 
     Call ``F(m, shots=None)``: ``m`` ``[nx, nz]`` → ``[shot, time, receiver]``; ``m``
     ``[batch, nx, nz]`` → ``[batch, shot, time, receiver]``. ``shots`` selects shot
@@ -223,12 +315,14 @@ class AcousticModeling(nn.Module):
         survey: Survey,
         subsample: int = 1,
         max_wavefield_bytes: int = 2**30,
+        batch_size: int = BATCH_SIZE,
     ) -> None:
         super().__init__()
         _check_geometry(model, survey)
         self.model = model
         self.survey = survey
         self.subsample = check_positive_int("subsample", subsample)
+        self.batch_size = check_positive_int("batch_size", batch_size)
         self.max_wavefield_bytes = check_nonnegative_int("max_wavefield_bytes", max_wavefield_bytes)
         _check_solver_memory(model, survey, model.dtype)
 
@@ -262,19 +356,19 @@ class _BornFunction(torch.autograd.Function):
         nrec = _check_receivers(survey, shots)
         axis = DataAxis(survey, shots, dtype)
         out = np.zeros((db.shape[0], len(shots), axis.nt, nrec), dtype=dtype)
-        for b in range(db.shape[0]):
+        size = min(module.batch_size, db.shape[0])
+        for c in _chunks(db.shape[0], size) if size > 1 else ():
+            bs = _batched(module.model, dtype, c.stop - c.start)
+            for i, s in enumerate(shots):
+                tr = bs.jacobian(m0, db[c], survey.shot(s), survey.dt)
+                for j in range(tr.shape[0]):
+                    out[c.start + j, i, :, : tr.shape[2]] = axis.to_data(tr[j], i)
+        for b in range(db.shape[0]) if size <= 1 else ():
             for i, s in enumerate(shots):
                 tr = solver.jacobian(m0, db[b], survey.shot(s), survey.dt)
                 out[b, i, :, : tr.shape[1]] = axis.to_data(tr, i)
-        ctx.axis = axis
-        ctx.module, ctx.shots, ctx.batched, ctx.dtype, ctx.device = (
-            module,
-            shots,
-            batched,
-            dtype,
-            dm.device,
-        )
-        ctx.nbatch = db.shape[0]
+        ctx.axis, ctx.module, ctx.shots, ctx.batched = axis, module, shots, batched
+        ctx.dtype, ctx.device, ctx.nbatch = dtype, dm.device, db.shape[0]
         return to_tensor(out if batched else out[0], dm.device)
 
     @staticmethod
@@ -291,10 +385,20 @@ class _BornFunction(torch.autograd.Function):
             # The background wavefield of m0 never changes: keep it pooled across calls.
             owner = module._owner(ctx.dtype, s)
             buf = solver.find_wavefield(owner)
+            if solver.wavefield_nbytes(survey.nt) > module.max_wavefield_bytes:
+                for b in range(ctx.nbatch):  # over budget: checkpointed, one model a call
+                    r = ctx.axis.to_solver(gb[b, i], i)
+                    grad[b] += solver.jacobian_adjoint(m0, survey.shot(s), survey.dt, r)
+                continue
             if buf is None:
                 buf = solver.acquire_wavefield(survey.nt, 1, owner=owner)
                 solver.forward(m0, survey.shot(s), survey.dt, wavefield=buf)
-            for b in range(ctx.nbatch):
+            size = min(module.batch_size, ctx.nbatch)
+            for c in _chunks(ctx.nbatch, size) if size > 1 else ():
+                bs = _batched(module.model, ctx.dtype, c.stop - c.start)
+                r = np.stack([ctx.axis.to_solver(gb[b, i], i) for b in range(c.start, c.stop)])
+                grad[c] += bs.jacobian_adjoint(m0, survey.shot(s), survey.dt, r, buf)
+            for b in range(ctx.nbatch) if size <= 1 else ():
                 r = ctx.axis.to_solver(gb[b, i], i)
                 grad[b] += solver.jacobian_adjoint(m0, survey.shot(s), survey.dt, r, wavefield=buf)
         g = to_tensor(grad if ctx.batched else grad[0], ctx.device)
@@ -307,17 +411,23 @@ class BornModeling(nn.Module):
     ``m0`` (``[nx, nz]``, s²/km², tensor or array) is the background squared
     slowness, validated once here. Call ``J(dm, shots=None)``: ``dm`` ``[nx, nz]`` →
     ``[shot, time, receiver]`` (batched ``[batch, nx, nz]`` → ``[batch, shot, time,
-    receiver]``). Backward applies ``J(m0)ᵀ`` (exact discrete adjoint), reusing the
-    background wavefields of ``m0`` across calls while they fit in the pool
-    (``max_wavefield_bytes``, least recently used evicted first). The pooled
-    wavefields are released when the module is garbage-collected.
+    receiver]``). Backward applies ``J(m0)ᵀ`` (exact), reusing the background
+    wavefields of ``m0`` while they fit in ``max_wavefield_bytes`` (LRU; released with
+    the module; one larger than it: revolve checkpointing). ``batch_size``
+    perturbations share one kernel call (default :data:`BATCH_SIZE`; 1 = one each).
     """
 
     def __init__(
-        self, model: AcousticModel, survey: Survey, m0: Any, max_wavefield_bytes: int = 2**30
+        self,
+        model: AcousticModel,
+        survey: Survey,
+        m0: Any,
+        max_wavefield_bytes: int = 2**30,
+        batch_size: int = BATCH_SIZE,
     ) -> None:
         super().__init__()
         _check_geometry(model, survey)
+        self.batch_size = check_positive_int("batch_size", batch_size)
         self.max_wavefield_bytes = check_nonnegative_int("max_wavefield_bytes", max_wavefield_bytes)
         _check_solver_memory(model, survey, model.dtype)  # before m0 is validated or copied
         m0n = m0.detach().cpu().numpy() if isinstance(m0, torch.Tensor) else np.asarray(m0)

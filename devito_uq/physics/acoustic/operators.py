@@ -9,7 +9,9 @@ The constant-density acoustic wave equation with a damping absorbing layer,
 discretised with a 2nd-order leapfrog in time and a ``space_order`` Laplacian.
 Four factories build the (not yet compiled) Devito ``Operator`` objects, as
 Devito's ``examples/seismic/acoustic/operators.py`` does; :class:`AcousticSolver`
-compiles each once:
+compiles each once. The fields may carry a leading batch axis named ``b`` (the batched
+solver, :mod:`.batched`): the Laplacian skips it, and ``subs`` then gives the spacings
+of both grids:
 
 * :func:`forward_operator` — nonlinear modeling ``F(m) q`` (optionally saving ``u``:
   every step, or every ``factor``-th step through a ``ConditionalDimension``);
@@ -29,11 +31,19 @@ from devito import Eq, Function, Grid, Inc, Operator, SparseTimeFunction, TimeFu
 __all__ = ["forward_operator", "adjoint_operator", "born_operator", "gradient_operator"]
 
 
+def _laplace(field: TimeFunction) -> Any:
+    """Laplacian over the physical axes (a batched field's batch axis ``b`` excluded)."""
+    dims = [d for d in field.space_dimensions if d.name != "b"]
+    if len(dims) == len(field.space_dimensions):
+        return field.laplace
+    return sum(getattr(field, f"d{d.name}2") for d in dims)
+
+
 def _wave_update(field: TimeFunction, m: Function, damp: Function, forward: bool, q: Any = 0):
     """Leapfrog update of ``m u_tt − Δu + η u_t = q`` (``q`` only used by Born)."""
     target = field.forward if forward else field.backward
     udt = field.dt if forward else field.dt.T
-    pde = m * field.dt2 - field.laplace + damp * udt - q
+    pde = m * field.dt2 - _laplace(field) + damp * udt - q
     return Eq(target, solve(pde, target))
 
 
@@ -45,6 +55,7 @@ def forward_operator(
     src: SparseTimeFunction,
     rec: SparseTimeFunction,
     usave: TimeFunction | None = None,
+    subs: dict | None = None,
 ) -> Operator:
     """Nonlinear modeling: inject ``src`` into ``u``, record ``u`` at ``rec``.
 
@@ -57,7 +68,7 @@ def forward_operator(
     eqs += rec.interpolate(expr=u)
     if usave is not None:
         eqs.append(Eq(usave, u))
-    return Operator(eqs, subs=grid.spacing_map, name="Forward")
+    return Operator(eqs, subs=subs or grid.spacing_map, name="Forward")
 
 
 def adjoint_operator(
@@ -67,13 +78,14 @@ def adjoint_operator(
     v: TimeFunction,
     rec: SparseTimeFunction,
     srca: SparseTimeFunction,
+    subs: dict | None = None,
 ) -> Operator:
     """Adjoint of :func:`forward_operator` w.r.t. the source: inject ``rec``, record at ``srca``."""
     s = grid.stepping_dim.spacing
     eqs = [_wave_update(v, m, damp, forward=False)]
     eqs += rec.inject(field=v.backward, expr=rec * s**2 / m)
     eqs += srca.interpolate(expr=v)
-    return Operator(eqs, subs=grid.spacing_map, name="Adjoint")
+    return Operator(eqs, subs=subs or grid.spacing_map, name="Adjoint")
 
 
 def born_operator(
@@ -85,6 +97,7 @@ def born_operator(
     du: TimeFunction,
     src: SparseTimeFunction,
     rec: SparseTimeFunction,
+    subs: dict | None = None,
 ) -> Operator:
     """Born modeling ``J(m₀) δm``: background ``u`` and scattered ``du`` in one time loop."""
     s = grid.stepping_dim.spacing
@@ -92,7 +105,7 @@ def born_operator(
     eqs += src.inject(field=u.forward, expr=src * s**2 / m)
     eqs.append(_wave_update(du, m, damp, forward=True, q=-dm * u.dt2))
     eqs += rec.interpolate(expr=du)
-    return Operator(eqs, subs=grid.spacing_map, name="Born")
+    return Operator(eqs, subs=subs or grid.spacing_map, name="Born")
 
 
 def gradient_operator(
@@ -104,6 +117,7 @@ def gradient_operator(
     v: TimeFunction,
     rec: SparseTimeFunction,
     factor: int = 1,
+    subs: dict | None = None,
 ) -> Operator:
     """``J(m₀)ᵀ δd``: adjoint wavefield ``v`` from receiver injection, ``grad −= k·u ∂²_t v``.
 
@@ -114,5 +128,10 @@ def gradient_operator(
     s = grid.stepping_dim.spacing
     eqs = [_wave_update(v, m, damp, forward=False)]
     eqs += rec.inject(field=v.backward, expr=rec * s**2 / m)
-    eqs.append(Inc(grad, -factor * usaved * v.dt2))
-    return Operator(eqs, subs=grid.spacing_map, name="Gradient")
+    if usaved.grid is grad.grid:
+        eqs.append(Inc(grad, -factor * usaved * v.dt2))
+    else:
+        # A batched image from one shared saved wavefield: two grids in one expression,
+        # which Devito's reduction analysis of ``Inc`` refuses; the update is the same.
+        eqs.append(Eq(grad, grad - factor * usaved * v.dt2))
+    return Operator(eqs, subs=subs or grid.spacing_map, name="Gradient")

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 from devito import ConditionalDimension, Function, Grid, SparseTimeFunction, TimeFunction
 
+from devito_uq.physics import revolve
 from devito_uq.physics.acoustic import operators as ops
 from devito_uq.physics.acoustic.model import AcousticModel
 from devito_uq.physics.solver import Solver, Wavefield
@@ -247,10 +248,19 @@ class AcousticSolver(Solver):
 
         Uses the saved forward ``wavefield`` when given (it must hold this model and
         shot); otherwise recomputes it into a pooled buffer with subsampling
-        ``factor``. The result is the gradient w.r.t. the physical-grid squared
-        slowness (the absorbing layer folded back by :meth:`AcousticModel.pad_adjoint`).
+        ``factor``; at full storage (``factor == 1``) a wavefield larger than
+        ``max_wavefield_bytes`` is not stored at all: the gradient is then computed by
+        :meth:`jacobian_adjoint_checkpointed` with as many snapshots as fit (exact).
+        The result is the gradient w.r.t. the physical-grid squared slowness (the
+        absorbing layer folded back by :meth:`AcousticModel.pad_adjoint`).
         """
         nt = data.shape[0]
+        if (
+            wavefield is None
+            and factor == 1
+            and self.wavefield_nbytes(nt) > self.max_wavefield_bytes
+        ):
+            return self.jacobian_adjoint_checkpointed(m0, shot, dt, data, self.checkpoint_snaps())
         if wavefield is None:
             wavefield = self.acquire_wavefield(nt, factor)
             self.forward(m0, shot, dt, wavefield=wavefield)
@@ -273,4 +283,61 @@ class AcousticSolver(Solver):
             nt,
             dt,
         )
+        return self.model.pad_adjoint(np.asarray(self.grad.data, dtype=self.dtype))
+
+    # ------------------------------------------------------------- checkpointing
+    def state_nbytes(self) -> int:
+        """Bytes of one checkpoint: the two time levels ``u[k+1], u[k]`` (halo included)."""
+        return 2 * self.u.data_with_halo[0].nbytes
+
+    def checkpoint_snaps(self) -> int:
+        """Snapshots that fit into ``max_wavefield_bytes`` (at least one)."""
+        return max(1, self.max_wavefield_bytes // self.state_nbytes())
+
+    def jacobian_adjoint_checkpointed(
+        self, m0: np.ndarray, shot: Shot, dt: float, data: np.ndarray, snaps: int
+    ) -> np.ndarray:
+        """``J(m₀)ᵀ δd`` as :meth:`jacobian_adjoint`, the forward wavefield recomputed from
+        ``snaps`` stored states by an optimal revolve schedule (:mod:`..revolve`).
+
+        Forward steps ``1 … nt-1`` and the adjoint steps ``nt-1 … 1`` are those of the
+        full-storage gradient, one C call per schedule action, so the result equals
+        it to round-off. ``last_checkpointing`` records ``(steps, snaps, forward steps
+        run)``.
+        """
+        nt = data.shape[0]
+        steps = nt - 1
+        actions = revolve.schedule(steps, snaps)
+        src = self._sparse_fn("src", shot.src_position, nt)
+        src.data[:nt, 0] = shot.wavelet
+        recf = self._sparse_fn("recf", shot.rec_positions, nt)
+        rec = self._sparse_fn("rec", shot.rec_positions, nt)
+        rec.data[:nt] = data
+        rec.data[nt:] = 0
+        self._set_model(m0)
+        self.u.data[:] = 0
+        self.v.data[:] = 0
+        self.grad.data[:] = 0
+        g, u, v = self.grid, self.u, self.v
+        ud = u.data_with_halo.view(np.ndarray)
+        shots = np.empty((min(snaps, steps), 2, *ud.shape[1:]), dtype=ud.dtype)
+        fwd = lambda: ops.forward_operator(g, self.m, self.damp, u, src, recf)  # noqa: E731
+        adj = lambda: ops.gradient_operator(g, self.m, self.damp, self.grad, u, v, rec)  # noqa: E731
+        bounds = {"dt": dt, "time_m": 1, "time_M": nt - 1}
+        fobjs, aobjs = {"src": src, "recf": recf}, {"rec": rec}
+        for act in actions:
+            if act[0] == "advance":
+                self.run_steps(("fwd", "recf"), fwd, fobjs, act[1] + 1, act[2], **bounds)
+            elif act[0] == "reverse":
+                self.run_steps(("grad", "rolling"), adj, aobjs, act[1], act[1], **bounds)
+            else:  # x_k = (u[k+1], u[k]) in rolling slots (k+1) % 3 and k % 3
+                k, snap = act[2], shots[act[1]]
+                for j, row in enumerate(((k + 1) % 3, k % 3)):
+                    if act[0] == "takeshot":
+                        snap[j] = ud[row]
+                    else:
+                        ud[row] = snap[j]
+        run = revolve.forward_steps(actions)
+        self.n_solves += 1 + run / max(steps, 1)
+        self.last_checkpointing = (steps, snaps, run)
         return self.model.pad_adjoint(np.asarray(self.grad.data, dtype=self.dtype))
