@@ -86,3 +86,17 @@ def test_bad_batch_size_is_refused():
         BornModeling(model, survey, m, batch_size=0)
     with pytest.raises(InvalidArgumentError, match="batch >= 2; got 1"):
         BatchedAcousticSolver(model, np.float64, 1)
+
+
+def test_chunks_cover_the_batch_and_never_leave_one_model_alone():
+    from devito_uq.physics.batching import chunk_size, chunks
+
+    for n in range(1, 30):
+        for size in range(1, 10):
+            cuts = chunks(n, size)
+            assert [i for c in cuts for i in range(c.start, c.stop)] == list(range(n))
+            if len(cuts) > 1:
+                assert all(c.stop - c.start >= 2 for c in cuts)
+    assert chunk_size(8, 5, None, 0) == 5  # no saved wavefield: the budget does not apply
+    assert chunk_size(8, 20, 100, 700) == 4  # B + 2 wavefields, and one model more
+    assert chunk_size(8, 20, 100, 100) == 1

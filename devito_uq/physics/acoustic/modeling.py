@@ -39,6 +39,7 @@ from devito_uq.errors import (
     InvalidShapeError,
     StabilityError,
 )
+from devito_uq.physics import batching
 from devito_uq.physics.acoustic.model import AcousticModel
 from devito_uq.physics.convert import DataAxis, to_numpy, to_tensor
 from devito_uq.physics.model import check_model
@@ -79,27 +80,6 @@ def _batched(model: AcousticModel, dtype: type, batch: int) -> Any:
     from devito_uq.physics.acoustic.batched import BatchedAcousticSolver
 
     return get_solver(BatchedAcousticSolver, model, dtype, batch)
-
-
-def _chunks(n: int, size: int) -> list[slice]:
-    """``range(n)`` cut into consecutive slices of ``size``; a last single model joins
-    the chunk before it (a batched kernel solves at least two models)."""
-    out = [slice(a, min(a + size, n)) for a in range(0, n, max(1, size))]
-    if len(out) > 1 and out[-1].stop - out[-1].start == 1:
-        out[-2:] = [slice(out[-2].start, n)]
-    return out
-
-
-def _chunk_size(module: Any, nbatch: int, dtype: type, need_grad: bool) -> int:
-    """Models per kernel call: ``module.batch_size``, and for a saving forward no more
-    than one wavefield per model fits into ``module.max_wavefield_bytes``."""
-    size = min(module.batch_size, nbatch)
-    if need_grad and size > 1:
-        one = _solver(module.model, dtype).wavefield_nbytes(module.survey.nt)
-        # A batched buffer of B models holds B + 2 wavefields (the batch axis' halo),
-        # and a chunk may take one model more (_chunks).
-        size = min(size, max(1, module.max_wavefield_bytes // one - 3))
-    return size
 
 
 def _release_owners(owners: dict) -> None:
@@ -181,7 +161,8 @@ class _AcousticFunction(torch.autograd.Function):
         solver.max_wavefield_bytes = module.max_wavefield_bytes
         survey = module.survey
         mb = to_numpy(m if batched else m[None], dtype)
-        size = _chunk_size(module, mb.shape[0], dtype, need_grad)
+        one = solver.wavefield_nbytes(survey.nt) if need_grad else None
+        size = batching.chunk_size(module.batch_size, mb.shape[0], one, module.max_wavefield_bytes)
         if size > 1 and module.subsample == 1:
             return _AcousticFunction._forward_batched(ctx, m, module, shots, need_grad, size)
         items = [(b, i, s) for b in range(mb.shape[0]) for i, s in enumerate(shots)]
@@ -214,7 +195,9 @@ class _AcousticFunction(torch.autograd.Function):
         batched = m.dim() == module.model.dim + 1
         survey = module.survey
         mb = to_numpy(m if batched else m[None], dtype)
-        chunks = [(c, i, s) for c in _chunks(mb.shape[0], size) for i, s in enumerate(shots)]
+        chunks = [
+            (c, i, s) for c in batching.chunks(mb.shape[0], size) for i, s in enumerate(shots)
+        ]
         owners = [new_owner() for _ in chunks]
         nrec = _check_receivers(survey, shots)
         axis = DataAxis(survey, shots, dtype)
@@ -356,8 +339,8 @@ class _BornFunction(torch.autograd.Function):
         nrec = _check_receivers(survey, shots)
         axis = DataAxis(survey, shots, dtype)
         out = np.zeros((db.shape[0], len(shots), axis.nt, nrec), dtype=dtype)
-        size = min(module.batch_size, db.shape[0])
-        for c in _chunks(db.shape[0], size) if size > 1 else ():
+        size = batching.chunk_size(module.batch_size, db.shape[0], None, module.max_wavefield_bytes)
+        for c in batching.chunks(db.shape[0], size) if size > 1 else ():
             bs = _batched(module.model, dtype, c.stop - c.start)
             for i, s in enumerate(shots):
                 tr = bs.jacobian(m0, db[c], survey.shot(s), survey.dt)
@@ -394,7 +377,7 @@ class _BornFunction(torch.autograd.Function):
                 buf = solver.acquire_wavefield(survey.nt, 1, owner=owner)
                 solver.forward(m0, survey.shot(s), survey.dt, wavefield=buf)
             size = min(module.batch_size, ctx.nbatch)
-            for c in _chunks(ctx.nbatch, size) if size > 1 else ():
+            for c in batching.chunks(ctx.nbatch, size) if size > 1 else ():
                 bs = _batched(module.model, ctx.dtype, c.stop - c.start)
                 r = np.stack([ctx.axis.to_solver(gb[b, i], i) for b in range(c.start, c.stop)])
                 grad[c] += bs.jacobian_adjoint(m0, survey.shot(s), survey.dt, r, buf)
