@@ -126,8 +126,9 @@ def test_workflow_writes_summary_and_figures(workflow):
     for name in ("half_shots", "double_noise"):
         assert {"amortized_adapted", "corrected_adapted"} <= set(saved["surveys"][name])
     assert "amortized_adapted" not in held
-    # 160 columns × 2 shots × (Born 2 + adjoint 1), the pooled background, σ's Born data
-    assert 3 * 160 * 2 + 4 <= saved["cost"]["training_set_solves"] <= 3 * 160 * 2 + 2 + 4
+    # 160 columns in batched kernels of 8 (physics.acoustic.modeling.BATCH_SIZE) × 2 shots ×
+    # (one shared background + 8 Born + 8 adjoint), the pooled background, σ's Born data
+    assert 20 * 2 * 17 + 4 <= saved["cost"]["training_set_solves"] <= 20 * 2 * 17 + 2 + 4
     assert saved["calibration"]["n_truths"] == 4
     assert os.path.exists(os.path.join(out, "calibration.png"))
 
