@@ -7,7 +7,8 @@ Code blocks of a Markdown page (README.md, docs/**/*.md) follow four rules:
   environment's ``devito-uq`` and ``mpiexec`` on the PATH;
 * a block right after ``<!-- file: NAME -->`` is written to ``NAME`` in that folder (a
   config file the commands below it read);
-* a block right after ``<!-- skip: REASON -->`` does not run; the reason is mandatory.
+* a block right after ``<!-- skip: REASON -->`` does not run; the reason is mandatory;
+* a MyST directive fence (```` ```{toctree} ````) is not code.
 
 Any other block (another language, no marker) is an error of the page, so nothing shown
 as code escapes the check. The pages' blocks compile Devito operators and train flows at
@@ -29,7 +30,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = sorted(p for p in (ROOT / "docs").rglob("*.md") if "_build" not in p.parts)
 RUNNABLE = ("python", "bash")
-_FENCE = re.compile(r"^(`{3,})\s*([\w+-]*)\s*$")
+_FENCE = re.compile(r"^(`{3,})\s*(\{[\w-]+\}|[\w+-]*)\s*$")
 _MARK = re.compile(r"^<!--\s*(skip|file):\s*(.*?)\s*-->$")
 
 
@@ -63,6 +64,9 @@ def code_blocks(page: Path) -> list[Block]:
         while end < len(lines) and lines[end].strip() != ticks:
             end += 1
         mark = _MARK.match(previous)
+        if language.startswith("{"):  # a MyST directive (toctree, cli-reference): no code
+            previous, i = "", end + 1
+            continue
         blocks.append(
             Block(
                 page,
