@@ -38,6 +38,7 @@ extensions = [
     "sphinx.ext.viewcode",
     "myst_parser",
     "cli_reference",
+    "reexports",
 ]
 
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}

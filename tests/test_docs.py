@@ -134,7 +134,7 @@ def test_block_parser_reads_markers(tmp_path):
     page.write_text(
         "<!-- skip: needs data -->\n```python\nraise SystemExit\n```\n\n"
         "<!-- file: a.toml -->\n```toml\nx = 1\n```\n\ntext\n```text\nout\n```\n"
-        "```python\nvalue = 2\n```\n",
+        "```python\nvalue = 2\n```\n```{toctree}\nindex\n```\n",
         encoding="utf-8",
     )
     blocks = code_blocks(page)
