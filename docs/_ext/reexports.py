@@ -15,10 +15,18 @@ import types
 from typing import Any
 
 
-def canonical_name(target: str, module: str | None) -> str | None:
-    """``module.qualname`` of the object that ``target`` names (``None``: not found)."""
+def canonical_name(target: str, module: str | None, cls: str | None = None) -> str | None:
+    """``module.qualname`` of the object that ``target`` names (``None``: not found).
+
+    ``target`` is tried as written, then inside the class ``cls`` of ``module``, then
+    inside ``module`` (the contexts a docstring's relative reference is written in).
+    """
     target = target.lstrip(".~")
-    candidates = [target] + ([f"{module}.{target}"] if module else [])
+    candidates = [target]
+    if module and cls:
+        candidates.append(f"{module}.{cls}.{target}")
+    if module:
+        candidates.append(f"{module}.{target}")
     for name in candidates:
         parts = name.split(".")
         for cut in range(len(parts) - 1, 0, -1):
@@ -45,7 +53,7 @@ def _resolve(app, env, node, contnode):
     if node.get("refdomain") != "py":
         return None
     target = node["reftarget"]
-    name = canonical_name(target, node.get("py:module"))
+    name = canonical_name(target, node.get("py:module"), node.get("py:class"))
     if name is None or name == target:
         return None
     retry = node.deepcopy()
