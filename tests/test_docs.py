@@ -184,7 +184,7 @@ def test_cli_reference_lists_every_command_and_key():
     """The generated reference has a section per command and a row per config key."""
     sys.path.insert(0, str(ROOT / "docs" / "_ext"))
     try:
-        from cli_reference import reference_markdown
+        from cli_markdown import reference_markdown
     finally:
         sys.path.pop(0)
     import dataclasses
