@@ -5,13 +5,14 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 BENCH_STAMP := $(VENV)/.bench-stamp
+DOCS_STAMP := $(VENV)/.docs-stamp
 # One OpenMP thread was faster than two for these small 2D/1D kernels on the
 # 2-core machine (../shared/MEASURED.md); users may override.
 export OMP_NUM_THREADS ?= 1
 export DEVITO_LANGUAGE ?= C
 export DEVITO_LOGGING ?= WARNING
 
-.PHONY: install demo imaging avp-demo calibrate amortize amortize-2d test lint format bench bench-deps clean
+.PHONY: install demo imaging avp-demo calibrate amortize amortize-2d test lint format bench bench-deps docs docs-check clean
 
 install: $(STAMP)
 
@@ -75,6 +76,20 @@ bench: bench-deps
 	$(PY) benchmarks/bench_conditional.py
 	@if [ -f outputs/amortize/amortized.pt ]; then $(PY) benchmarks/bench_amortized.py; \
 	else echo 'bench_amortized: skipped, run make amortize first'; fi
+
+# The documentation site (docs/_build/html): Sphinx, offline, warnings are errors except
+# those raised inside docstrings (listed in docs/_build/docstring_warnings.txt; docs/conf.py).
+$(DOCS_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e '.[docs]' torch==2.13.0
+	touch $@
+
+docs: $(DOCS_STAMP)
+	rm -rf docs/_build docs/_autosummary
+	$(VENV)/bin/sphinx-build -W --keep-going -q -b html docs docs/_build/html
+
+# The site, then every code block of README.md and docs/ executed (tests/test_docs.py).
+docs-check: docs
+	DEVITO_UQ_DOCS_CHECK=1 $(PY) -m pytest -q tests/test_docs.py
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache .ruff_cache *.egg-info
