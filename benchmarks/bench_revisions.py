@@ -22,7 +22,10 @@ Usage::
     python benchmarks/bench_revisions.py --baseline /path/to/old/checkout
 
 Medians over rounds are reported; the first round also pays Devito's JIT compile for a
-tree whose generated code is new, so rounds ≥ 3 are recommended.
+tree whose generated code is new, so rounds ≥ 3 are recommended. On a shared machine the
+wall times stay noisy even alternated; ``--calls`` adds one run of each job per tree
+under cProfile and reports the number of Python function calls, which no load changes
+(a refactor that adds per-iteration work shows up there first).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import argparse
 import json
 import os
 import platform
+import pstats
 import statistics
 import subprocess
 import sys
@@ -97,12 +101,15 @@ def _lookup(summary: dict, keys: tuple[str, ...]) -> float | None:
     return float(node) if isinstance(node, (int, float)) else None
 
 
-def run_job(tree: Path, job: str, scratch: Path) -> dict[str, float]:
-    """One job from ``tree`` in a fresh process; its wall time and summary metrics."""
+def run_job(tree: Path, job: str, scratch: Path, calls: bool = False) -> dict[str, float]:
+    """One job from ``tree`` in a fresh process; its wall time and summary metrics (with
+    ``calls``: under cProfile, the number of Python function calls instead)."""
     args, metrics = JOBS[job]
     out = scratch / f"{job}-{tree.name}-{time.monotonic_ns()}"
     env = dict(os.environ, PYTHONPATH=str(tree), OMP_NUM_THREADS="1", DEVITO_LOGGING="ERROR")
-    cmd = [sys.executable, "-m", "devito_uq.cli", *args]
+    profile = out.with_suffix(".prof")
+    python = [sys.executable, "-m", "cProfile", "-o", str(profile)] if calls else [sys.executable]
+    cmd = [*python, "-m", "devito_uq.cli", *args]
     if job != "cli-start":
         cmd += ["--out", str(out), "--no-figures", "--quiet", "--threads=1"]
     t0 = time.perf_counter()
@@ -110,6 +117,8 @@ def run_job(tree: Path, job: str, scratch: Path) -> dict[str, float]:
     elapsed = time.perf_counter() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"{job} from {tree} failed:\n{proc.stdout[-2000:]}{proc.stderr[-4000:]}")
+    if calls:
+        return {"python calls": float(pstats.Stats(str(profile)).total_calls)}
     found = {"process s": elapsed}
     if metrics:
         summary = json.loads((out / "summary.json").read_text())
@@ -128,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         "--candidate", type=Path, default=ROOT, help="candidate tree (default: this one)"
     )
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--calls", action="store_true", help="also count Python calls per job")
     parser.add_argument("--jobs", default=",".join(JOBS), help="comma-separated: " + ",".join(JOBS))
     args = parser.parse_args(argv)
     jobs = [j for j in args.jobs.split(",") if j]
@@ -151,6 +161,10 @@ def main(argv: list[str] | None = None) -> int:
                                 name, []
                             ).append(value)
                 print(f"round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
+            for job in jobs if args.calls else ():
+                for name in trees:
+                    found = run_job(trees[name], job, scratch, calls=True)
+                    results[job].setdefault("python calls", {})[name] = [found["python calls"]]
         finally:
             if args.baseline is None:
                 subprocess.run(
@@ -169,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         for label, by_tree in labels.items():
             b = statistics.median(by_tree["baseline"])
             c = statistics.median(by_tree["candidate"])
-            print(f"| {job} | {label} | {b:.4g} | {c:.4g} | {b / c:.3f} |")
+            print(f"| {job} | {label} | {b:.6g} | {c:.6g} | {b / c:.4f} |")
     return 0
 
 
