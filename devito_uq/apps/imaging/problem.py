@@ -10,7 +10,9 @@ Two unknowns on one grid ``[nx, nz]``:
 Under MPI each rank reads only its own shots' traces (``read_shots(shots=...)``); the
 likelihood is the sum over ranks of each rank's likelihood of its shots
 (:class:`~devito_uq.inference.RankSummedLikelihood`), so every rank holds the same value
-and model gradient.
+and model gradient. With ``vi_shots`` each VI iteration uses a random subset of the
+global shots, the same on every rank, each rank solving its own shots of it; MAP, the
+curvature and the metrics call it with ``full=True`` or through the exact target.
 
 The flow (:mod:`devito_uq.apps.imaging.posterior`) works in the latent ``x`` of
 ``m = g(MAP + A x)`` (``g``: the FWI bounds), ``A`` the low-rank Laplace factor of
@@ -208,6 +210,11 @@ def build_problem(config: Any, base: str | os.PathLike, comm: Any = None) -> Ima
     # Shot count from the headers; then each rank reads the samples of its own shots.
     probe, _ = read_shots(shots_path, f0_hz=config.f0, model=model, vmax=config.vmax, shots=[0])
     nshots = int(probe.segy_report["nshots_in_file"])
+    vi_shots = getattr(config, "vi_shots", 0)
+    if vi_shots > nshots:
+        raise InvalidArgumentError(
+            f"vi_shots={vi_shots} exceeds the {nshots} shots of {str(shots_path)!r}"
+        )
     mine = ShotDistribution(nshots, comm).shots
     m0 = torch.from_numpy(squared_slowness(v0.astype(np.float64))).float()
     local = survey = d_background = None
@@ -227,7 +234,10 @@ def build_problem(config: Any, base: str | os.PathLike, comm: Any = None) -> Ima
         else:
             op = AcousticModeling(model, survey)
         local = GaussianLikelihood(op, data, sigma=sigma, mask=mask)
-    likelihood = RankSummedLikelihood(local, comm)
+    # VI's random shot subsets: the same global indices on every rank (same seed).
+    likelihood = RankSummedLikelihood(
+        local, comm, mine, nshots, shot_batch=vi_shots or None, seed=config.seed
+    )
     bounds = None
     if config.problem == "fwi":
         bounds = (1.0 / config.vmax**2, 1.0 / config.vmin**2)
