@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -200,6 +201,58 @@ def test_resume_continues_the_same_run(born_run, tmp_path, monkeypatch):
     (part / "shots.sgy").write_bytes(data[:-4] + bytes(4))  # the last sample changed
     with pytest.raises(CheckpointError, match="input_sha256"):
         run_invert(InvertConfig(**INV), part, resume=True, progress=False)
+
+
+def test_shot_subset_vi_resumes_with_its_generator(born_run, tmp_path, monkeypatch):
+    """``vi_shots = 1`` of 2: VI solves half the shots per iteration, and a run killed at
+    iteration 25 (last checkpoint: 20) and resumed has the uninterrupted run's history —
+    the same subsets after the resume (the generator is in the checkpoint). The all-shot
+    run's MAP/Laplace cache serves both (``vi_shots`` changes VI only)."""
+    out, full = born_run
+    cfg = InvertConfig(**dict(INV, vi_shots=1, iterations=30, checkpoint_every=10, n_samples=64))
+    fit = VariationalPosterior.fit
+
+    def killed_fit(self, *args, **kwargs):
+        def callback(iteration, record):
+            if iteration >= 25:
+                raise _Killed
+
+        return fit(self, *args, **dict(kwargs, callback=callback))
+
+    runs = {}
+    for name in ("whole", "part"):
+        folder = tmp_path / name
+        folder.mkdir()
+        for f in ("shots.sgy", "acquisition.json", "background.sgy", "true_model.sgy"):
+            os.symlink(out / f, folder / f)
+        shutil.copy(out / "map.pt", folder / "map.pt")
+        if name == "part":
+            monkeypatch.setattr(VariationalPosterior, "fit", killed_fit)
+            with pytest.raises(_Killed):
+                run_invert(cfg, folder, resume=True, progress=False, figures=False)
+            monkeypatch.setattr(VariationalPosterior, "fit", fit)
+        summary = run_invert(cfg, folder, resume=True, progress=False, figures=False)
+        runs[name] = summary, load_checkpoint(folder / "vi_checkpoint.pt")
+    (whole, a), (part, b) = runs["whole"], runs["part"]
+    assert part["vi"]["resumed_from"] == 20 and whole["vi"]["shots_per_iteration"] == 1
+    # Half the all-shot run's VI solves per iteration (a few solves outside the loop).
+    all_shots = full["pde_solves"]["by_phase"]["vi"] * 30 / INV["iterations"]
+    assert 0.45 < whole["pde_solves"]["by_phase"]["vi"] / all_shots < 0.55
+    torch.testing.assert_close(a["likelihood_rng"], b["likelihood_rng"], rtol=0, atol=0)
+    for key in ("misfit", "loss"):
+        np.testing.assert_allclose(b["history"][key], a["history"][key], rtol=1e-5)
+
+
+def test_vi_shots_is_checked_before_any_solve(survey_dir, tmp_path):
+    with pytest.raises(InvalidArgumentError, match="vi_shots=-1"):
+        InvertConfig(**dict(INV, vi_shots=-1)).validate()
+    with pytest.raises(InvalidArgumentError, match="vi_shots=9 must be an integer <= 8"):
+        ImagingConfig(nshots=8, vi_shots=9).validate()
+    for name in ("shots.sgy", "acquisition.json", "background.sgy", "true_model.sgy"):
+        os.symlink(survey_dir / name, tmp_path / name)
+    with pytest.raises(InvalidArgumentError, match="vi_shots=3 exceeds the 2 shots"):
+        run_invert(InvertConfig(**dict(INV, vi_shots=3)), tmp_path, progress=False)
+    assert not (tmp_path / "map.pt").exists()
 
 
 def test_summarize_redraws_without_solves(born_run, tmp_path):
