@@ -58,9 +58,11 @@ def images(out: Path) -> dict[str, np.ndarray]:
     return {k: read_image(out / f"posterior_{k}.sgy")[0] for k in ("mean", "std")}
 
 
-def measure(root: Path, quick: bool) -> dict:
+def measure(root: Path, quick: bool, rank: int) -> dict:
     small = dict(width=600.0, depth=300.0, nreceivers=21, iterations=8, rank=40, n_samples=64)
     base_cfg = ImagingConfig.short(**(dict(small, map_iterations=5) if quick else {}))
+    if rank:
+        base_cfg.rank = rank
     base = root / "base"
     t0 = time.perf_counter()
     run_imaging(base_cfg, base, progress=False, figures=False)
@@ -77,7 +79,9 @@ def measure(root: Path, quick: bool) -> dict:
         ("4 same solves", 4, its * nshots // 4, inv["seed"]),
         ("2 same solves", 2, its * nshots // 2, inv["seed"]),
     ]
-    results = {"setup_s": setup_s, "iterations": its, "nshots": nshots, "runs": {}}
+    results = {"setup_s": setup_s, "iterations": its, "nshots": nshots, "rank": inv["rank"]}
+    results["unknowns"] = int(np.prod(read_image(base / "background.sgy")[0].shape))
+    results["runs"] = {}
     for i, (label, k, n_it, seed) in enumerate(runs):
         out = variant_folder(base, root / f"run{i}", seed)
         cfg = InvertConfig(**dict(inv, vi_shots=k, iterations=n_it, seed=seed))
@@ -104,13 +108,17 @@ def measure(root: Path, quick: bool) -> dict:
     return results
 
 
-def report(results: dict, loads: list[float], wall: float, quick: bool) -> str:
+def report(results: dict, loads: list[float], wall: float, args) -> str:
     lines: list[str] = []
     p = lines.append
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
-    p(f"# bench_shot_subsets — {machine}, OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}\n")
+    flags = (" --quick" if args.quick else "") + (f" --rank {args.rank}" if args.rank else "")
     p(
-        f"`python benchmarks/bench_shot_subsets.py{' --quick' if quick else ''}`; wall "
+        f"## Laplace rank {results['rank']} of {results['unknowns']} unknowns — {machine}, "
+        f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}\n"
+    )
+    p(
+        f"`python benchmarks/bench_shot_subsets.py{flags}`; wall "
         f"{wall / 60:.1f} min (simulation + MAP/Laplace {results['setup_s'] / 60:.1f} min); "
         f"load average (1 min) {loads[0]:.2f} at start, {loads[-1]:.2f} at end (the machine "
         "was shared with other jobs: times are indicative, ratios were taken in one process "
@@ -146,7 +154,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a smoke run on a 21 × 11 window")
     parser.add_argument("--keep", default=None, help="work in this folder and keep it")
+    parser.add_argument("--rank", type=int, default=0, help="Laplace rank (0: the default's)")
     parser.add_argument("--no-write", action="store_true", help="do not write the md file")
+    parser.add_argument("--append", action="store_true", help="append to the md file")
     args = parser.parse_args()
     torch.set_num_threads(1)
     loads = [os.getloadavg()[0]]
@@ -155,7 +165,7 @@ def main() -> None:
         root = Path(args.keep or tmp)
         if args.keep and root.exists():
             shutil.rmtree(root)
-        results = measure(root, args.quick)
+        results = measure(root, args.quick, args.rank)
         loads.append(os.getloadavg()[0])
         plain = {k: v for k, v in results.items() if k != "runs"}
         plain["runs"] = {
@@ -163,10 +173,13 @@ def main() -> None:
             for k, v in results["runs"].items()
         }
         (root / "results.json").write_text(json.dumps(plain, indent=1))
-    text = report(results, loads, time.perf_counter() - t0, args.quick)
+    text = report(results, loads, time.perf_counter() - t0, args)
     print(text)
     if not args.no_write:
-        RESULTS.write_text(text)
+        earlier = (
+            RESULTS.read_text() if args.append and RESULTS.exists() else "# bench_shot_subsets\n\n"
+        )
+        RESULTS.write_text(earlier + text)
 
 
 if __name__ == "__main__":

@@ -11,8 +11,8 @@ Under MPI each rank reads only its own shots' traces (``read_shots(shots=...)``)
 likelihood is the sum over ranks of each rank's likelihood of its shots
 (:class:`~devito_uq.inference.RankSummedLikelihood`), so every rank holds the same value
 and model gradient. With ``vi_shots`` each VI iteration uses a random subset of the
-global shots, the same on every rank, each rank solving its own shots of it; MAP, the
-curvature and the metrics call it with ``full=True`` or through the exact target.
+global shots, the same on every rank, each rank solving its own shots of it; the MAP
+(the exact target), the curvature (the operator's products) and the metrics use all.
 
 The flow (:mod:`devito_uq.apps.imaging.posterior`) works in the latent ``x`` of
 ``m = g(MAP + A x)`` (``g``: the FWI bounds), ``A`` the low-rank Laplace factor of
@@ -210,11 +210,6 @@ def build_problem(config: Any, base: str | os.PathLike, comm: Any = None) -> Ima
     # Shot count from the headers; then each rank reads the samples of its own shots.
     probe, _ = read_shots(shots_path, f0_hz=config.f0, model=model, vmax=config.vmax, shots=[0])
     nshots = int(probe.segy_report["nshots_in_file"])
-    vi_shots = getattr(config, "vi_shots", 0)
-    if vi_shots > nshots:
-        raise InvalidArgumentError(
-            f"vi_shots={vi_shots} exceeds the {nshots} shots of {str(shots_path)!r}"
-        )
     mine = ShotDistribution(nshots, comm).shots
     m0 = torch.from_numpy(squared_slowness(v0.astype(np.float64))).float()
     local = survey = d_background = None
@@ -234,9 +229,11 @@ def build_problem(config: Any, base: str | os.PathLike, comm: Any = None) -> Ima
         else:
             op = AcousticModeling(model, survey)
         local = GaussianLikelihood(op, data, sigma=sigma, mask=mask)
-    # VI's random shot subsets: the same global indices on every rank (same seed).
+    # VI's random shot subsets (0 or ≥ nshots: all): the same on every rank (same seed).
+    vi_shots = getattr(config, "vi_shots", 0)
+    subset = vi_shots if 0 < vi_shots < nshots else None
     likelihood = RankSummedLikelihood(
-        local, comm, mine, nshots, shot_batch=vi_shots or None, seed=config.seed
+        local, comm, mine, nshots, shot_batch=subset, seed=config.seed
     )
     bounds = None
     if config.problem == "fwi":

@@ -283,7 +283,7 @@ def run_invert(
         "iterations_this_run": iters,
         "resumed_from": vi.resumed_from,
         "batch_size": config.batch_size,
-        "shots_per_iteration": config.vi_shots or problem.nshots,
+        "shots_per_iteration": problem.likelihood.shot_batch or problem.nshots,
         "seconds_per_iteration": timings["vi"] / max(iters, 1),
         "final_loss": vi.history["loss"][-1] if vi.history["loss"] else None,
         "device": str(device),
