@@ -165,6 +165,19 @@ class _Killed(Exception):
     pass
 
 
+def _killed_at(fit, at: int):
+    """``VariationalPosterior.fit`` raising :class:`_Killed` after iteration ``at``."""
+
+    def killed_fit(self, *args, **kwargs):
+        def callback(iteration, record):
+            if iteration >= at:
+                raise _Killed
+
+        return fit(self, *args, **dict(kwargs, callback=callback))
+
+    return killed_fit
+
+
 def test_resume_continues_the_same_run(born_run, tmp_path, monkeypatch):
     """A run killed at iteration 60 (last checkpoint: 50) and resumed ends where the
     uninterrupted one did; a resume under another configuration is refused before any
@@ -175,15 +188,7 @@ def test_resume_continues_the_same_run(born_run, tmp_path, monkeypatch):
     for name in ("shots.sgy", "acquisition.json", "background.sgy", "true_model.sgy"):
         os.symlink(out / name, part / name)
     fit = VariationalPosterior.fit
-
-    def killed_fit(self, *args, **kwargs):
-        def callback(iteration, record):
-            if iteration >= 60:
-                raise _Killed
-
-        return fit(self, *args, **dict(kwargs, callback=callback))
-
-    monkeypatch.setattr(VariationalPosterior, "fit", killed_fit)
+    monkeypatch.setattr(VariationalPosterior, "fit", _killed_at(fit, 60))
     with pytest.raises(_Killed):
         run_invert(InvertConfig(**INV), part, progress=False, figures=False)
     monkeypatch.setattr(VariationalPosterior, "fit", fit)
@@ -211,14 +216,6 @@ def test_shot_subset_vi_resumes_with_its_generator(born_run, tmp_path, monkeypat
     out, full = born_run
     cfg = InvertConfig(**dict(INV, vi_shots=1, iterations=30, checkpoint_every=10, n_samples=64))
     fit = VariationalPosterior.fit
-
-    def killed_fit(self, *args, **kwargs):
-        def callback(iteration, record):
-            if iteration >= 25:
-                raise _Killed
-
-        return fit(self, *args, **dict(kwargs, callback=callback))
-
     runs = {}
     for name in ("whole", "part"):
         folder = tmp_path / name
@@ -227,7 +224,7 @@ def test_shot_subset_vi_resumes_with_its_generator(born_run, tmp_path, monkeypat
             os.symlink(out / f, folder / f)
         shutil.copy(out / "map.pt", folder / "map.pt")
         if name == "part":
-            monkeypatch.setattr(VariationalPosterior, "fit", killed_fit)
+            monkeypatch.setattr(VariationalPosterior, "fit", _killed_at(fit, 25))
             with pytest.raises(_Killed):
                 run_invert(cfg, folder, resume=True, progress=False, figures=False)
             monkeypatch.setattr(VariationalPosterior, "fit", fit)
