@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -164,6 +165,19 @@ class _Killed(Exception):
     pass
 
 
+def _killed_at(fit, at: int):
+    """``VariationalPosterior.fit`` raising :class:`_Killed` after iteration ``at``."""
+
+    def killed_fit(self, *args, **kwargs):
+        def callback(iteration, record):
+            if iteration >= at:
+                raise _Killed
+
+        return fit(self, *args, **dict(kwargs, callback=callback))
+
+    return killed_fit
+
+
 def test_resume_continues_the_same_run(born_run, tmp_path, monkeypatch):
     """A run killed at iteration 60 (last checkpoint: 50) and resumed ends where the
     uninterrupted one did; a resume under another configuration is refused before any
@@ -174,15 +188,7 @@ def test_resume_continues_the_same_run(born_run, tmp_path, monkeypatch):
     for name in ("shots.sgy", "acquisition.json", "background.sgy", "true_model.sgy"):
         os.symlink(out / name, part / name)
     fit = VariationalPosterior.fit
-
-    def killed_fit(self, *args, **kwargs):
-        def callback(iteration, record):
-            if iteration >= 60:
-                raise _Killed
-
-        return fit(self, *args, **dict(kwargs, callback=callback))
-
-    monkeypatch.setattr(VariationalPosterior, "fit", killed_fit)
+    monkeypatch.setattr(VariationalPosterior, "fit", _killed_at(fit, 60))
     with pytest.raises(_Killed):
         run_invert(InvertConfig(**INV), part, progress=False, figures=False)
     monkeypatch.setattr(VariationalPosterior, "fit", fit)
@@ -200,6 +206,47 @@ def test_resume_continues_the_same_run(born_run, tmp_path, monkeypatch):
     (part / "shots.sgy").write_bytes(data[:-4] + bytes(4))  # the last sample changed
     with pytest.raises(CheckpointError, match="input_sha256"):
         run_invert(InvertConfig(**INV), part, resume=True, progress=False)
+
+
+def test_shot_subset_vi_resumes_with_its_generator(born_run, tmp_path, monkeypatch):
+    """``vi_shots = 1`` of 2: VI solves half the shots per iteration, and a run killed at
+    iteration 25 (last checkpoint: 20) and resumed has the uninterrupted run's history —
+    the same subsets after the resume (the generator is in the checkpoint). The all-shot
+    run's MAP/Laplace cache serves both (``vi_shots`` changes VI only)."""
+    out, full = born_run
+    cfg = InvertConfig(**dict(INV, vi_shots=1, iterations=30, checkpoint_every=10, n_samples=64))
+    fit = VariationalPosterior.fit
+    runs = {}
+    for name in ("whole", "part"):
+        folder = tmp_path / name
+        folder.mkdir()
+        for f in ("shots.sgy", "acquisition.json", "background.sgy", "true_model.sgy"):
+            os.symlink(out / f, folder / f)
+        shutil.copy(out / "map.pt", folder / "map.pt")
+        if name == "part":
+            monkeypatch.setattr(VariationalPosterior, "fit", _killed_at(fit, 25))
+            with pytest.raises(_Killed):
+                run_invert(cfg, folder, resume=True, progress=False, figures=False)
+            monkeypatch.setattr(VariationalPosterior, "fit", fit)
+        summary = run_invert(cfg, folder, resume=True, progress=False, figures=False)
+        runs[name] = summary, load_checkpoint(folder / "vi_checkpoint.pt")
+    (whole, a), (part, b) = runs["whole"], runs["part"]
+    assert part["vi"]["resumed_from"] == 20 and whole["vi"]["shots_per_iteration"] == 1
+    # Half the all-shot run's VI solves per iteration (a few solves outside the loop).
+    all_shots = full["pde_solves"]["by_phase"]["vi"] * 30 / INV["iterations"]
+    assert 0.45 < whole["pde_solves"]["by_phase"]["vi"] / all_shots < 0.55
+    torch.testing.assert_close(a["likelihood_rng"], b["likelihood_rng"], rtol=0, atol=0)
+    for key in ("misfit", "loss"):
+        np.testing.assert_allclose(b["history"][key], a["history"][key], rtol=1e-5)
+
+
+def test_vi_shots_is_checked_and_means_at_most(survey_dir):
+    with pytest.raises(InvalidArgumentError, match="vi_shots=-1"):
+        InvertConfig(**dict(INV, vi_shots=-1)).validate()
+    assert InvertConfig().vi_shots == 4  # the measured default
+    for k, subset in ((0, None), (1, 1), (2, None), (9, None)):  # of 2 shots
+        lik = build_problem(InvertConfig(**dict(INV, vi_shots=k)), survey_dir).likelihood
+        assert lik.shot_batch == subset and lik.stochastic == (subset is not None)
 
 
 def test_summarize_redraws_without_solves(born_run, tmp_path):

@@ -201,3 +201,62 @@ def test_rank_summed_likelihood_without_shots_is_a_zero_on_m(comm):
     value, grad = _value_and_grad(RankSummedLikelihood(None, comm), m0)
     assert value.shape == (3,) and not value.any()
     assert grad is not None and grad.shape == m0.shape and not grad.any()
+
+
+def _own_shots(p, shots, comm=None, shot_batch=2, seed=3):
+    """A RankSummedLikelihood whose local likelihood holds only the global ``shots``."""
+    a = p.operator.matrix[shots]
+    op = MatrixOperator(a.reshape(-1, a.shape[-1]), len(shots))
+    local = GaussianLikelihood(op, p.data[shots], sigma=p.sigma)
+    n = p.operator.matrix.shape[0]
+    return RankSummedLikelihood(local, comm, shots, n, shot_batch=shot_batch, seed=seed)
+
+
+def test_rank_summed_shot_subsets_are_unbiased_by_enumeration():
+    """Forcing each of the C(4, 2) subsets in turn, the mean of the scaled subset value
+    and of its gradient equals the all-shot value and gradient exactly; ``full=True``
+    is the all-shot one."""
+    p = _problem()
+    m0 = torch.randn(3, 6, dtype=torch.float64)
+    full_value, full_grad = _value_and_grad(p.likelihood(), m0)
+    lik = _own_shots(p, [0, 1, 2, 3])
+    assert lik.stochastic
+    values, grads = [], []
+    for s in itertools.combinations(range(4), 2):
+        lik.draw_shots = lambda s=s: torch.tensor(s)
+        v, g = _value_and_grad(lik, m0)
+        assert not torch.allclose(v, full_value)  # one subset alone is not the answer
+        values.append(v)
+        grads.append(g)
+    torch.testing.assert_close(torch.stack(values).mean(0), full_value, rtol=1e-13, atol=0)
+    torch.testing.assert_close(torch.stack(grads).mean(0), full_grad, rtol=1e-12, atol=1e-12)
+    m = m0.clone().requires_grad_(True)
+    torch.testing.assert_close(lik(m, full=True), full_value, rtol=1e-14, atol=0)
+
+
+def test_rank_summed_subsets_map_global_shots_to_own_ones():
+    """Two "ranks" holding global shots [3, 0] and [1, 2] (out of order) draw the same
+    subsets from one seed; their sum is the all-shot holder's value, call after call, and
+    restoring the generator state repeats the draws."""
+    p = _problem()
+    m = torch.randn(2, 6, dtype=torch.float64)
+    whole = _own_shots(p, [0, 1, 2, 3])
+    parts = [_own_shots(p, [3, 0]), _own_shots(p, [1, 2])]
+    state = whole.get_rng_state()
+    first = [whole(m) for _ in range(5)]
+    for v in first:
+        torch.testing.assert_close(parts[0](m) + parts[1](m), v, rtol=1e-14, atol=0)
+    whole.set_rng_state(state)
+    assert all(torch.equal(whole(m), v) for v in first)
+
+
+def test_rank_summed_shot_batch_errors():
+    p = _problem()
+    with pytest.raises(InvalidArgumentError, match="shot_batch=5 must be an integer <= 4"):
+        _own_shots(p, [0, 1, 2, 3], shot_batch=5)
+    with pytest.raises(InvalidArgumentError, match="shot_batch=0 must be an integer >= 1"):
+        _own_shots(p, [0, 1], shot_batch=0)
+    with pytest.raises(InvalidArgumentError, match="accepts shots="):
+        RankSummedLikelihood(torch.nn.Identity(), None, [0], 2, shot_batch=1)
+    # All shots per call: not stochastic, the local likelihood itself.
+    assert not _own_shots(p, [0, 1, 2, 3], shot_batch=4).stochastic

@@ -339,3 +339,53 @@ def test_mpi_likelihood_matches_serial(tmp_path):
     assert np.array_equal(res["rank_values"][0], res["rank_values"][1])
     assert np.array_equal(res["rank_grads"][0], res["rank_grads"][1])
     np.testing.assert_array_equal(res["sums"], 3.0)  # (1 + 2) for each dtype
+
+
+# ------------------------------------------------- random shot subsets of own shots
+def _shot_subsets():
+    sys.path.insert(0, str(SCRIPTS))
+    try:
+        import shot_subsets
+    finally:
+        sys.path.remove(str(SCRIPTS))
+    return shot_subsets
+
+
+@pytest.mark.parametrize("size", [2, 3])
+def test_rank_summed_shot_subsets_match_serial(size):
+    """Each rank holding only its own shots draws the serial run's subsets and, summed,
+    gives the serial value and gradient; with 3 ranks some rank is idle on every call."""
+    ss = _shot_subsets()
+    subsets, values, grads = ss.calls(ss.build())
+    for drawn, v, g in run_ranks(size, lambda comm: ss.calls(ss.build(comm))):
+        assert all(torch.equal(a, b) for a, b in zip(drawn, subsets))
+        np.testing.assert_allclose(v, values, rtol=1e-13, atol=0)
+        np.testing.assert_allclose(g, grads, rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.mpi
+@pytest.mark.timeout(120)
+def test_mpi_ranks_draw_the_same_shot_subsets(tmp_path):
+    """``mpiexec -n 2``: every rank draws the same subsets, solves only its own shots of
+    them, and sees the serial value and gradient."""
+    exe = _mpiexec()
+    out = tmp_path / "subsets.npz"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [str(exe), "-n", "2", sys.executable, str(SCRIPTS / "shot_subsets.py"), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=100,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    res = np.load(out)
+    ss = _shot_subsets()
+    subsets, values, grads = ss.calls(ss.build())
+    assert int(res["size"]) == 2
+    np.testing.assert_array_equal(res["subsets"][0], res["subsets"][1])
+    np.testing.assert_array_equal(res["subsets"][0], torch.stack(subsets).numpy())
+    np.testing.assert_array_equal(res["shots"].sum(0), ss.BATCH)  # each shot solved once
+    for r in range(2):
+        np.testing.assert_allclose(res["values"][r], values, rtol=1e-13, atol=0)
+        np.testing.assert_allclose(res["grads"][r], grads, rtol=1e-13, atol=1e-13)

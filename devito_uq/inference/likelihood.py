@@ -119,24 +119,85 @@ class RankSummedLikelihood(nn.Module):
     ----------
     local : nn.Module or None
         This rank's negative log-likelihood ``m [batch, *model_shape] -> [batch]`` of
-        its own shots; ``None`` on a rank without shots.
+        its own shots; ``None`` on a rank without shots. With ``shot_batch`` it must
+        accept ``shots=`` (positions in its own shots, as :class:`GaussianLikelihood`).
     comm : mpi4py communicator or None
         The ranks to sum over (``None``: serial). Exposed as ``.comm``:
         :meth:`VariationalPosterior.fit <devito_uq.inference.VariationalPosterior.fit>`
         reads it (rank 0 alone writes checkpoints).
+    shots : sequence of int, optional
+        (with ``shot_batch``) The global indices of ``local``'s shots, in its data order.
+    n_shots : int, optional
+        (with ``shot_batch``) The number of shots over all ranks.
+    shot_batch : int, optional
+        Shots per stochastic evaluation, a random subset of the ``n_shots`` global
+        indices drawn identically on every rank (same ``seed``); each rank solves its
+        own shots of the subset, and the sum is scaled by ``n_shots / shot_batch``
+        (unbiased). ``None``: every shot. Outside ``[1, n_shots]``, or with a ``local``
+        that does not accept ``shots=``: :class:`InvalidArgumentError`.
+    seed : int
+        Seed of the subset generator (in VI checkpoints: :meth:`get_rng_state`).
 
     Calling it returns the ``[batch]`` sum, identical on every rank, whose model gradient
-    is summed over ranks too.
+    is summed over ranks too; ``full=True`` forces every shot (MAP, metrics).
     """
 
-    def __init__(self, local: nn.Module | None, comm: Any) -> None:
+    def __init__(
+        self,
+        local: nn.Module | None,
+        comm: Any,
+        shots: Any = None,
+        n_shots: int | None = None,
+        shot_batch: int | None = None,
+        seed: int = 0,
+    ) -> None:
         super().__init__()
         self.local = local
         self.comm = comm
+        self.generator = torch.Generator().manual_seed(check_int("seed", seed))
+        self.shot_batch, self.n_shots, self.shots = None, n_shots, None
+        if shot_batch is None:
+            return
+        self.n_shots = check_int("n_shots", n_shots, minimum=1)
+        self.shot_batch = check_int("shot_batch", shot_batch, minimum=1, maximum=self.n_shots)
+        self.shots = [int(s) for s in (() if shots is None else shots)]
+        # A GaussianLikelihood serves shots= through its operator.
+        if self.shots and not all(map(_accepts_shots, (local, getattr(local, "operator", local)))):
+            raise InvalidArgumentError(
+                f"shot_batch={shot_batch} needs a local likelihood that accepts shots=, "
+                f"but {type(local).__name__} does not"
+            )
 
-    def forward(self, m: torch.Tensor) -> torch.Tensor:
-        """``[batch]`` summed negative log-likelihood of models ``m [batch, ...]``."""
-        return rank_sum(m, self.comm, self.local)
+    @property
+    def stochastic(self) -> bool:
+        """True when each call (without ``full``) uses a random subset of the shots."""
+        return self.shot_batch is not None and self.shot_batch < self.n_shots
+
+    def draw_shots(self) -> torch.Tensor:
+        """``[shot_batch]`` sorted global shot indices, the same on every rank."""
+        return _draw_subset(self.n_shots, self.shot_batch, self.generator)
+
+    def forward(self, m: torch.Tensor, full: bool = False) -> torch.Tensor:
+        """``[batch]`` summed NLL of ``m [batch, ...]``; ``full``: every shot, not a subset."""
+        if full or not self.stochastic:
+            return rank_sum(m, self.comm, self.local)
+        subset = set(self.draw_shots().tolist())  # every rank draws, shots or not
+        mine = torch.tensor([i for i, s in enumerate(self.shots) if s in subset], dtype=torch.long)
+        local = (lambda m_local: self.local(m_local, shots=mine)) if len(mine) else None
+        return (self.n_shots / self.shot_batch) * rank_sum(m, self.comm, local)
+
+    def get_rng_state(self) -> torch.Tensor:
+        """The subset generator's ``uint8`` state (saved in checkpoints)."""
+        return self.generator.get_state()
+
+    def set_rng_state(self, state: torch.Tensor) -> None:
+        """Restore the subset generator from :meth:`get_rng_state`'s ``state``."""
+        self.generator.set_state(state)
+
+
+def _draw_subset(n: int, k: int, generator: torch.Generator) -> torch.Tensor:
+    """``[k]`` sorted indices drawn from ``range(n)`` without replacement by ``generator``."""
+    return torch.randperm(n, generator=generator)[:k].sort()[0]
 
 
 def _check_mask(mask: Any, data: torch.Tensor) -> torch.Tensor:
@@ -316,16 +377,12 @@ class GaussianLikelihood(nn.Module):
         return res if mask is None else res * mask.to(res.device, res.dtype)
 
     def draw_shots(self) -> torch.Tensor:
-        """A random subset of shots from the private generator.
+        """``[shot_batch]`` sorted shot indices, drawn by the private generator."""
+        return _draw_subset(self.n_shots, self.shot_batch, self.generator)
 
-        Returns
-        -------
-        torch.Tensor
-            ``[shot_batch]`` sorted shot indices.
-        """
-        return torch.randperm(self.n_shots, generator=self.generator)[: self.shot_batch].sort()[0]
-
-    def forward(self, m: torch.Tensor, full: bool = False) -> torch.Tensor:
+    def forward(
+        self, m: torch.Tensor, full: bool = False, shots: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Negative log-likelihood of models (additive constant dropped).
 
         Parameters
@@ -334,14 +391,17 @@ class GaussianLikelihood(nn.Module):
             ``[batch, *model_shape]`` models.
         full : bool
             Every shot even when ``shot_batch`` is set (exact values).
+        shots : torch.Tensor, optional
+            1-D indices: exactly these shots, unscaled (no random subset); the operator
+            must accept ``shots=``.
 
         Returns
         -------
         torch.Tensor
             ``[batch]``, differentiable in ``m``; the same on every MPI rank.
         """
-        shots, scale = None, 1.0
-        if self.stochastic and not full:
+        scale = 1.0
+        if shots is None and self.stochastic and not full:
             shots = self.draw_shots()
             scale = self.n_shots / self.shot_batch
         if self.comm is None:

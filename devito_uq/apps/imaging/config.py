@@ -132,6 +132,13 @@ class InvertConfig(WaveSolver, LowestVelocity, ImagePrior):
     )
     iterations: int = _knob(200, "VI iterations")
     batch_size: int = _knob(2, "flow samples per VI iteration")
+    vi_shots: int = _knob(
+        4,
+        "shots per VI iteration (0, or at least the survey's: all): a random subset, the same "
+        "on every MPI rank, misfit scaled by nshots/vi_shots (unbiased); MAP, Laplace and "
+        "metrics use all shots. 4 of 8 matched the all-shot posterior at half the VI solves "
+        "(benchmarks/results/bench_shot_subsets.md)",
+    )
     lr: float = _knob(2e-3, "Adam learning rate (cosine decay to 1 % over the run)")
     checkpoint_every: int = _knob(50, "VI checkpoint interval, iterations")
     n_samples: int = _knob(256, "posterior samples drawn for the summary")
@@ -186,6 +193,7 @@ class InvertConfig(WaveSolver, LowestVelocity, ImagePrior):
             check_positive_int(name, getattr(self, name))
         check_nonnegative_int("map_iterations", self.map_iterations)
         check_nonnegative_int("oversample", self.oversample)
+        check_nonnegative_int("vi_shots", self.vi_shots)
         check_int("n_samples", self.n_samples, minimum=2)  # a std needs two samples
         check_int("seed", self.seed)
         if not isinstance(self.label, str):

@@ -10,7 +10,9 @@ Two unknowns on one grid ``[nx, nz]``:
 Under MPI each rank reads only its own shots' traces (``read_shots(shots=...)``); the
 likelihood is the sum over ranks of each rank's likelihood of its shots
 (:class:`~devito_uq.inference.RankSummedLikelihood`), so every rank holds the same value
-and model gradient.
+and model gradient. With ``vi_shots`` each VI iteration uses a random subset of the
+global shots, the same on every rank, each rank solving its own shots of it; the MAP
+(the exact target), the curvature (the operator's products) and the metrics use all.
 
 The flow (:mod:`devito_uq.apps.imaging.posterior`) works in the latent ``x`` of
 ``m = g(MAP + A x)`` (``g``: the FWI bounds), ``A`` the low-rank Laplace factor of
@@ -227,7 +229,12 @@ def build_problem(config: Any, base: str | os.PathLike, comm: Any = None) -> Ima
         else:
             op = AcousticModeling(model, survey)
         local = GaussianLikelihood(op, data, sigma=sigma, mask=mask)
-    likelihood = RankSummedLikelihood(local, comm)
+    # VI's random shot subsets (0 or ≥ nshots: all): the same on every rank (same seed).
+    vi_shots = getattr(config, "vi_shots", 0)
+    subset = vi_shots if 0 < vi_shots < nshots else None
+    likelihood = RankSummedLikelihood(
+        local, comm, mine, nshots, shot_batch=subset, seed=config.seed
+    )
     bounds = None
     if config.problem == "fwi":
         bounds = (1.0 / config.vmax**2, 1.0 / config.vmin**2)

@@ -8,7 +8,8 @@ Steps (each rank solving its own shots; rank 0 writes):
 3. the MAP by L-BFGS in the Laplace-whitened latent (all three cached in ``map.pt``);
 4. VI: a 2D flow (:class:`~devito_uq.flows.ImageFlow`) over ``x`` with ``m = g(MAP + A x)``
    (``A`` the low-rank Laplace factor, ``g`` the FWI bounds), so it starts at the Laplace
-   approximation; ``vi_checkpoint.pt`` every ``checkpoint_every`` iterations;
+   approximation; ``vi_checkpoint.pt`` every ``checkpoint_every`` iterations (with the
+   generator of the random shot subsets when ``vi_shots`` is set);
 5. ``posterior.pt`` (the flow and its parameterization: everything ``devito-uq summarize``
    needs to draw more samples without a solve), then the outputs of
    :func:`devito_uq.apps.imaging.outputs.write_outputs`.
@@ -66,6 +67,7 @@ _NOT_IN_MAP = NOT_IN_VI | {
     "flow_hidden",
     "iterations",
     "batch_size",
+    "vi_shots",
     "lr",
 }
 _AFRESH = "; run without --resume to start afresh"
@@ -281,6 +283,7 @@ def run_invert(
         "iterations_this_run": iters,
         "resumed_from": vi.resumed_from,
         "batch_size": config.batch_size,
+        "shots_per_iteration": problem.likelihood.shot_batch or problem.nshots,
         "seconds_per_iteration": timings["vi"] / max(iters, 1),
         "final_loss": vi.history["loss"][-1] if vi.history["loss"] else None,
         "device": str(device),
