@@ -246,6 +246,7 @@ class ImagingConfig(InvertConfig, SimulateConfig):
             nreceivers=101,
             t1=1600.0,
             nshots=16,
+            vi_shots=8,  # the measured default's half of the shots (4 of 8)
             rank=6000,
             flow_levels=3,
             flow_steps=4,
