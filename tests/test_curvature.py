@@ -15,6 +15,7 @@ from devito_uq.inference.curvature import (
     product_convolution,
     relative_operator_error,
 )
+from devito_uq.inference.rto import conjugate_gradient
 
 NX, NZ, RADIUS = 18, 13, 3
 
@@ -85,13 +86,14 @@ def test_kernels_wider_than_the_comb_are_truncated_not_lost(hessian):
 
 @pytest.fixture(scope="module")
 def whitened(hessian):
-    pc = product_convolution(_apply(hessian), (NX, NZ), step=2, comb=4)
+    """A positive semi-definite cheap Hessian (``H²``), the prior root and dense ``P``."""
+    psd = hessian @ hessian
     prior = CorrelatedGaussianPrior(torch.zeros(NX, NZ, dtype=torch.float64), 3.0, 2.0)
     sqrt = prior.sqrt()
     eye = torch.eye(NX * NZ, dtype=torch.float64).reshape(-1, NX, NZ)
     lmat = sqrt.matvec(eye).reshape(NX * NZ, -1).T  # column j = L e_j
-    p = torch.eye(NX * NZ, dtype=torch.float64) + lmat.T @ pc.dense() @ lmat
-    return pc, sqrt, p
+    p = torch.eye(NX * NZ, dtype=torch.float64) + lmat.T @ psd @ lmat
+    return _apply(psd), sqrt, p
 
 
 def test_whitened_precision_dense_solve_factor_and_logdet(whitened):
@@ -104,9 +106,23 @@ def test_whitened_precision_dense_solve_factor_and_logdet(whitened):
     assert float((prec.matvec(x) - b).norm() / b.norm()) < 1e-10
     n = NX * NZ
     f = prec.inverse_sqrt(torch.eye(n, dtype=torch.float64).reshape(n, NX, NZ)).reshape(n, n)
-    cov = f.T @ f  # columns: R⁻ᵀ e_j
+    cov = f @ f.T  # columns: P^{-1/2} e_j
     torch.testing.assert_close(cov, torch.linalg.inv(p), rtol=1e-8, atol=1e-10)
     assert prec.logdet() == pytest.approx(float(torch.linalg.slogdet(p)[1]), rel=1e-10)
+    assert prec.clamped == 0
+
+
+def test_an_indefinite_approximation_is_projected_to_precision_at_least_one(hessian):
+    """``P = I − LᵀHL`` has eigenvalues below 1 (and below 0): raised to 1, so the
+    preconditioner stays symmetric positive definite; CG on it stops, unconverged."""
+    pc = product_convolution(_apply(-hessian), (NX, NZ), step=1, comb=8)
+    prior = CorrelatedGaussianPrior(torch.zeros(NX, NZ, dtype=torch.float64), 3.0, 2.0)
+    prec = WhitenedPrecision(pc, prior.sqrt(), (NX, NZ), method="dense")
+    assert prec.clamped == NX * NZ and prec.logdet() == pytest.approx(0.0, abs=1e-9)
+    b = torch.randn(2, NX, NZ, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    torch.testing.assert_close(prec.solve(b), b)
+    res = conjugate_gradient(prec.matvec, b, rtol=1e-6)
+    assert not bool(res.converged.any()) and bool(torch.isfinite(res.x).all())
 
 
 def test_whitened_precision_inner_cg_solves_to_its_tolerance(whitened):

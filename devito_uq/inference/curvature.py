@@ -31,7 +31,7 @@ The approximation is of the misfit Hessian :math:`H` itself, not of the prior-wh
 :math:`\tilde H = L^\top H L`: the PSFs of :math:`H` are the local, physics-given kernels the
 method models, one set of impulse responses serves any prior, and whitening afterwards is
 exact and cheap (:class:`WhitenedPrecision`: :math:`I + L^\top H_{\rm pc} L`, whose
-Cholesky factor gives an inverse square root and a log-determinant, or whose inverse is
+eigendecomposition gives an inverse square root and a log-determinant, or whose inverse is
 applied by an inner CG that costs no PDE solve).
 """
 
@@ -253,10 +253,14 @@ class WhitenedPrecision:
     """``P = I + Lᵀ H L``: the posterior precision in the prior-whitened latent ``w``
     (``m = μ + L w``), for a cheap Hessian ``H`` (e.g. :class:`ProductConvolution`).
 
+    A product convolution need not be positive semi-definite (truncated, interpolated
+    kernels), while the exact ``P ⪰ I``; the dense method therefore projects: eigenvalues of
+    ``P`` below 1 are raised to 1 (:attr:`clamped` counts them).
+
     Parameters
     ----------
     hessian : callable
-        ``[k, *shape] -> [k, *shape]``, symmetric positive semi-definite, no PDE solve.
+        ``[k, *shape] -> [k, *shape]``, symmetric, no PDE solve.
     sqrt : object
         The prior square root ``L``: ``matvec``, ``rmatvec`` on ``[k, *shape]``
         (:meth:`~devito_uq.inference.CorrelatedGaussianPrior.sqrt`,
@@ -264,10 +268,12 @@ class WhitenedPrecision:
     shape : tuple of int
         One model's shape.
     method : str
-        ``"dense"``: assemble ``P`` with ``N`` cheap products and factor it by Cholesky
-        (``O(N³)`` once; exact :meth:`solve`, :meth:`logdet`, :meth:`inverse_sqrt`);
-        ``"cg"``: :meth:`solve` by an inner CG on ``P`` to ``rtol`` (memory ``O(N)``, no
-        PDE solve; no log-determinant); ``"auto"``: dense up to ``max_dense`` unknowns.
+        ``"dense"``: assemble ``P`` with ``N`` cheap products and diagonalize it
+        (``O(N³)`` flops and ``O(N²)`` memory once, about a minute at ``N`` = 6,000 on one
+        core; exact :meth:`solve`, :meth:`logdet`, :meth:`inverse_sqrt`); ``"cg"``:
+        :meth:`solve` by an inner CG on ``P`` to ``rtol`` (memory ``O(N)``, no PDE solve,
+        no log-determinant; needs ``H`` positive semi-definite — a column whose CG meets
+        negative curvature stops there); ``"auto"``: dense up to ``max_dense`` unknowns.
     rtol : float
         Relative residual of the inner CG.
     max_dense : int
@@ -289,45 +295,50 @@ class WhitenedPrecision:
         n = math.prod(self.shape)
         self.method = method if method != "auto" else ("dense" if n <= max_dense else "cg")
         self.inner_iterations = 0
-        self.cholesky = None
+        self.eigenvalues = self.eigenvectors = None
+        self.clamped = 0
         if self.method == "dense":
-            p = _assemble(self.matvec, self.shape, 256)
-            self.cholesky = torch.linalg.cholesky(p)
+            mu, self.eigenvectors = torch.linalg.eigh(_assemble(self.matvec, self.shape, 256))
+            self.clamped = int((mu < 1).sum())
+            self.eigenvalues = mu.clamp_min(1.0)
 
     def matvec(self, w: torch.Tensor) -> torch.Tensor:
-        """``P w`` for ``w`` ``[k, *shape]``."""
+        """``P w`` for ``w`` ``[k, *shape]`` (unprojected)."""
         return w + self.sqrt.rmatvec(self.hessian(self.sqrt.matvec(w)))
 
+    def _spectral(self, b: torch.Tensor, power: float) -> torch.Tensor:
+        q = self.eigenvectors
+        flat = b.reshape(b.shape[0], -1).to(q)
+        return (((flat @ q) * self.eigenvalues.pow(power)) @ q.T).reshape(b.shape).to(b)
+
     def solve(self, b: torch.Tensor) -> torch.Tensor:
-        """``P⁻¹ b`` for ``b`` ``[k, *shape]``: exact (dense) or inner CG to ``rtol``."""
-        if self.cholesky is None:
+        """``P⁻¹ b`` for ``b`` ``[k, *shape]``: exact (dense, projected) or inner CG to
+        ``rtol``."""
+        if self.eigenvectors is None:
             from devito_uq.inference.rto import conjugate_gradient  # lazy: rto imports us
 
             res = conjugate_gradient(self.matvec, b, rtol=self.rtol, maxiter=10_000)
             self.inner_iterations += int(res.iterations.sum())
             return res.x
-        flat = b.reshape(b.shape[0], -1).T.to(self.cholesky)
-        return torch.cholesky_solve(flat, self.cholesky).T.reshape(b.shape).to(b)
+        return self._spectral(b, -1.0)
 
     __call__ = solve
 
     def inverse_sqrt(self, z: torch.Tensor) -> torch.Tensor:
-        """``R⁻ᵀ z`` with ``P = R Rᵀ`` (Cholesky): ``z ~ N(0, I)`` gives ``w ~ N(0, P⁻¹)``.
+        """``P^{-1/2} z`` (symmetric root): ``z ~ N(0, I)`` gives ``w ~ N(0, P⁻¹)``.
 
-        The latent map of a flow: ``m = μ + L R⁻ᵀ z``. Dense method only.
+        The latent map of a flow: ``m = μ + L P^{-1/2} z``. Dense method only.
         """
         self._need_dense("inverse_sqrt")
-        flat = z.reshape(z.shape[0], -1).T.to(self.cholesky)
-        x = torch.linalg.solve_triangular(self.cholesky.T, flat, upper=True)
-        return x.T.reshape(z.shape).to(z)
+        return self._spectral(z, -0.5)
 
     def logdet(self) -> float:
         """``log det P`` (dense method only)."""
         self._need_dense("logdet")
-        return 2.0 * float(torch.log(self.cholesky.diagonal()).sum())
+        return float(torch.log(self.eigenvalues).sum())
 
     def _need_dense(self, what: str) -> None:
-        if self.cholesky is None:
+        if self.eigenvectors is None:
             raise InvalidArgumentError(f"{what} needs method='dense'; this one is {self.method!r}")
 
 

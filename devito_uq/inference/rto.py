@@ -88,7 +88,8 @@ def conjugate_gradient(
     """Solve ``A x = b`` for a batch of right-hand sides by (flexible) preconditioned CG.
 
     Each iteration applies ``matvec`` to the columns not yet converged only (a PDE
-    product is spent on nothing else). With a preconditioner, ``β`` is Polak–Ribière's
+    product is spent on nothing else). A column that meets ``pᵀAp ≤ 0`` (``A`` not
+    positive definite) stops there, unconverged. With a preconditioner, ``β`` is Polak–Ribière's
     (flexible CG, Notay 2000), robust to a preconditioner applied by an inexact inner
     solve.
 
@@ -133,6 +134,7 @@ def conjugate_gradient(
     rz = _dot(r, z)
     iterations = torch.zeros(k, dtype=torch.long)
     rel = r.flatten(1).norm(dim=1) / bnorm
+    stopped = torch.zeros(k, dtype=torch.bool)
     active = rel > rtol
     products = 0
     for _ in range(maxiter):
@@ -141,7 +143,10 @@ def conjugate_gradient(
             break
         ap = matvec(p[idx])
         products += idx.numel()
-        alpha = rz[idx] / _dot(p[idx], ap)
+        curvature = _dot(p[idx], ap)
+        broken = curvature <= 0  # not positive definite along p: stop that column here
+        stopped[idx[broken]] = True
+        alpha = torch.where(broken, 0.0, rz[idx] / torch.where(broken, 1.0, curvature))
         shape = (-1,) + (1,) * (b.ndim - 1)
         x[idx] += alpha.view(shape) * p[idx]
         r_new = r[idx] - alpha.view(shape) * ap
@@ -154,8 +159,8 @@ def conjugate_gradient(
         r[idx], z[idx], rz[idx] = r_new, z_new, rz_new
         iterations[idx] += 1
         rel[idx] = r_new.flatten(1).norm(dim=1) / bnorm[idx]
-        active = rel > rtol
-    return CGResult(x, iterations, rel, ~active, products)
+        active = (rel > rtol) & ~stopped
+    return CGResult(x, iterations, rel, rel <= rtol, products)
 
 
 @dataclass
