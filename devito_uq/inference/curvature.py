@@ -22,6 +22,14 @@ Hartland, Petra & Ghattas 2024; Hu, Alger, Nammour & Ghattas 2025):
    lattice points beyond the last row or column borrow the nearest measured kernel.
 3. **Symmetrize:** :math:`H_{\rm pc} = \tfrac12 (A + A^\top)`.
 
+Measured limit (``benchmarks/results/bench_curvature.md``): on the imaging default case
+(41 × 21, 8 Hz) the Born Hessian's PSFs reach across most of the window (slowly decaying
+horizontal tails beside an oscillating core), so kernels truncated at a comb radius of
+3–10 cells leave a relative operator error of 0.4–0.9 on random whitened vectors — worse
+than a randomized low-rank part at the same products — and, being indefinite, do not
+precondition ``I + H̃``. Kernels wider than a regular comb allows (adaptive spike
+placement from kernel moments, as in Alger et al.) are the next step.
+
 Cost: ``comb[0]·comb[1]`` Hessian products (one batched call), independent of the number
 of unknowns ``N``; applying :math:`H_{\rm pc}` costs
 :math:`O(N (2\,\text{step}+2r)^2)` flops per vector and no PDE solve. With ``step = 1``
