@@ -153,6 +153,8 @@ def test_bad_input_is_refused_with_the_value_named(hessian):
         pc(torch.zeros(NX, NZ, dtype=torch.float64))
     with pytest.raises(InvalidArgumentError, match="contains inf"):
         pc(torch.full((1, NX, NZ), float("inf"), dtype=torch.float64))
+    with pytest.raises(InvalidArgumentError, match="rtol=-1"):
+        WhitenedPrecision(pc, None, (NX, NZ), method="cg", rtol=-1.0)
     with pytest.raises(InvalidArgumentError, match="method='lu'"):
         WhitenedPrecision(pc, None, (NX, NZ), method="lu")
     with pytest.raises(InvalidShapeError, match="differ in shape"):

@@ -53,7 +53,13 @@ import torch
 import torch.nn.functional as F
 
 from devito_uq.errors import InvalidArgumentError, InvalidShapeError
-from devito_uq.validation import check_choice, check_finite, check_int_tuple, check_positive_int
+from devito_uq.inference.rto import check_batch, conjugate_gradient
+from devito_uq.validation import (
+    check_choice,
+    check_int_tuple,
+    check_positive_int,
+    check_positive_scalar,
+)
 
 __all__ = [
     "ProductConvolution",
@@ -69,25 +75,6 @@ def _pair(name: str, value) -> tuple[int, int]:
     if isinstance(value, int) and not isinstance(value, bool):
         value = (value, value)
     return check_int_tuple(name, value, 2, minimum=1)
-
-
-def check_batch(name: str, v: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-    """``v`` if it is a finite floating tensor ``[k, *shape]``; else a named error.
-
-    Raises
-    ------
-    InvalidShapeError
-        Not ``[k, *shape]``.
-    InvalidArgumentError
-        Not floating point, or a NaN/inf entry.
-    """
-    if not isinstance(v, torch.Tensor) or v.ndim != len(shape) + 1 or tuple(v.shape[1:]) != shape:
-        got = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
-        raise InvalidShapeError(f"{name} must be [k, *{shape}], got {got}")
-    if not v.is_floating_point():
-        raise InvalidArgumentError(f"{name} must be floating point, got {v.dtype}")
-    check_finite(name, v)
-    return v
 
 
 @dataclass
@@ -299,7 +286,7 @@ class WhitenedPrecision:
     ) -> None:
         check_choice("method", method, ("auto", "dense", "cg"))
         self.hessian, self.sqrt, self.shape = hessian, sqrt, tuple(shape)
-        self.rtol = float(rtol)
+        self.rtol = check_positive_scalar("rtol", rtol)
         n = math.prod(self.shape)
         self.method = method if method != "auto" else ("dense" if n <= max_dense else "cg")
         self.inner_iterations = 0
@@ -323,8 +310,6 @@ class WhitenedPrecision:
         """``P⁻¹ b`` for ``b`` ``[k, *shape]``: exact (dense, projected) or inner CG to
         ``rtol``."""
         if self.eigenvectors is None:
-            from devito_uq.inference.rto import conjugate_gradient  # lazy: rto imports us
-
             res = conjugate_gradient(self.matvec, b, rtol=self.rtol, maxiter=10_000)
             self.inner_iterations += int(res.iterations.sum())
             return res.x
