@@ -230,6 +230,12 @@ def section_default(root: Path, quick: bool) -> None:
             low_rank_inverse(lr, vr, shape),
             f"≥{2 * r}",
         )
+    for r in (100, 400):
+        lam, vec = low_rank_eigh(exact_w, shape, r, 10, seed=0)
+        options[f"randomized top-{r} (low_rank_eigh)"] = (
+            low_rank_inverse(lam, vec, shape),
+            str(2 * (r + 10)),
+        )
     options[f"PSF step {key[0]} comb {key[1]}"] = (
         WhitenedPrecision(pcs[key], sqrt, shape, method="dense"),
         str(pcs[key].products),
