@@ -10,6 +10,12 @@ runs them over many truths.
 from devito_uq.inference.amortized import AmortizedPosterior
 from devito_uq.inference.amortized_correction import ConditionedFlow, LatentCorrection
 from devito_uq.inference.calibration import load_calibration, run_calibration
+from devito_uq.inference.curvature import (
+    ProductConvolution,
+    WhitenedPrecision,
+    product_convolution,
+    relative_operator_error,
+)
 from devito_uq.inference.diagnostics import (
     CachedDraws,
     CalibrationResult,
@@ -40,6 +46,13 @@ from devito_uq.inference.problems import (
     RingMixture,
     linear_gaussian_problem,
 )
+from devito_uq.inference.rto import (
+    CGResult,
+    RTOResult,
+    conjugate_gradient,
+    monte_carlo_std_error,
+    randomize_then_optimize,
+)
 from devito_uq.inference.summary import PosteriorSummary, effective_sample_size, summarize
 from devito_uq.inference.target import PosteriorTarget, TargetTerms
 from devito_uq.inference.variational import VariationalPosterior
@@ -58,6 +71,15 @@ __all__ = [
     "LaplaceParameterization",
     "DiagonalSqrt",
     "low_rank_eigh",
+    "ProductConvolution",
+    "WhitenedPrecision",
+    "product_convolution",
+    "relative_operator_error",
+    "conjugate_gradient",
+    "CGResult",
+    "randomize_then_optimize",
+    "RTOResult",
+    "monte_carlo_std_error",
     "PosteriorTarget",
     "TargetTerms",
     "VariationalPosterior",
