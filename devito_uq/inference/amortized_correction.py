@@ -8,25 +8,34 @@ adapter of this package.
 
 :class:`LatentCorrection`, a :class:`ConditionedFlow` too (Siahkoohi, Rizzuti, Orozco &
 Herrmann 2023, "Reliable amortized variational inference with physics-based latent
-distribution correction"), keeps the trained flow fixed and learns a diagonal affine
-map of its base distribution,
+distribution correction"), keeps the trained flow fixed and learns an affine map of its
+base distribution,
 
 .. math::
-    \varepsilon \sim N(0, I), \quad z = \mu + s \odot \varepsilon, \quad
-    x = T^{-1}(z; y), \qquad s = e^{\log s},
+    \varepsilon \sim N(0, I), \quad z = \mu + S \varepsilon, \quad
+    x = T^{-1}(z; y), \qquad S = \mathrm{diag}(s) + L, \quad s = e^{\log s},
+
+with ``L`` zero (``scale="diagonal"``: ``S ε = s ⊙ ε``) or a trained strictly lower
+triangular matrix over the flattened latent (``scale="triangular"``: a dense Cholesky
+factor, so the correction can add or remove correlations between latent coordinates,
+not only rescale them; ``D²/2`` parameters for ``D`` latent entries, for small latents).
+A diagonal scale cannot correct the dependence of a frozen flow that has it wrong: on
+a correlated posterior it widens the marginals to make up for it (overshooting).
 
 so the corrected density of ``x`` is (change of variables through both maps)
 
 .. math::
-    \log q_{\mu,s}(x) = \log N(\varepsilon; 0, I) - \textstyle\sum_i \log s_i
+    \log q_{\mu,S}(x) = \log N(\varepsilon; 0, I) - \textstyle\sum_i \log s_i
         + \log\Big|\det \frac{\partial T(x; y)}{\partial x}\Big|,
-    \qquad \varepsilon = (T(x; y) - \mu) \oslash s .
+    \qquad \varepsilon = S^{-1}(T(x; y) - \mu)
 
-It is implemented as one invertible layer in front of the flow's network
-(``ε ↦ μ + s⊙ε`` on the generative side, log-determinant ``Σ log s``), so the flow's own
+(``S`` is triangular with diagonal ``s``, so ``log|det S| = Σ log s``). It is
+implemented as one invertible layer in front of the flow's network (``ε ↦ μ + Sε`` on
+the generative side, a triangular solve back), so the flow's own
 ``rsample_and_log_prob``/``log_prob`` — padding of an image flow, memory-frugal
-backpropagation — run unchanged. ``μ = 0``, ``log s = 0`` (the initialization) give the
-uncorrected amortized posterior exactly. Only ``μ`` and ``log s`` are trained: reverse KL
+backpropagation — run unchanged. ``μ = 0``, ``log s = 0``, ``L = 0`` (the
+initialization) give the uncorrected amortized posterior exactly. Only ``μ``, ``log s``
+(and ``L``) are trained: reverse KL
 against the physics :class:`~devito_uq.inference.PosteriorTarget`, by
 :meth:`VariationalPosterior.fit <devito_uq.inference.VariationalPosterior.fit>`.
 """
@@ -34,6 +43,7 @@ against the physics :class:`~devito_uq.inference.PosteriorTarget`, by
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Iterator
 
 import torch
@@ -154,15 +164,45 @@ class ConditionedFlow(nn.Module):
 
 
 class _ShiftedLatent(InvertibleModule):
-    """``ε ↦ z = μ + s⊙ε`` in front of ``net`` (generative side): ``inverse(ε) =
-    net.inverse(μ + s⊙ε)`` with log-determinant ``+Σ log s``; ``forward(x)`` maps back."""
+    """``ε ↦ z = μ + Sε`` in front of ``net`` (generative side): ``inverse(ε) =
+    net.inverse(μ + Sε)`` with log-determinant ``+Σ log s``; ``forward(x)`` maps back.
+    ``S = diag(s) + L``, ``L`` strictly lower triangular (``lower``; None: diagonal)."""
 
-    def __init__(self, net: InvertibleModule, latent_shape: tuple[int, ...], ref: torch.Tensor):
+    def __init__(
+        self,
+        net: InvertibleModule,
+        latent_shape: tuple[int, ...],
+        ref: torch.Tensor,
+        triangular: bool = False,
+    ):
         super().__init__()
         # First, so that a Flow's reference parameter (dtype, device) is μ.
         self.mu = nn.Parameter(torch.zeros(latent_shape, dtype=ref.dtype, device=ref.device))
         self.log_scale = nn.Parameter(torch.zeros_like(self.mu))
+        d = self.mu.numel()
+        self.lower = (
+            nn.Parameter(torch.zeros(d, d, dtype=ref.dtype, device=ref.device))
+            if triangular
+            else None
+        )
         self.net = net
+
+    def factor(self) -> torch.Tensor | None:
+        """``[D, D]`` the dense factor ``S = diag(s) + tril(L, −1)``; None when diagonal."""
+        if self.lower is None:
+            return None
+        return torch.diag(torch.exp(self.log_scale).reshape(-1)) + torch.tril(self.lower, -1)
+
+    def _scale(self, eps: torch.Tensor) -> torch.Tensor:
+        if self.lower is None:
+            return torch.exp(self.log_scale) * eps
+        return (eps.reshape(eps.shape[0], -1) @ self.factor().T).reshape(eps.shape)
+
+    def _unscale(self, r: torch.Tensor) -> torch.Tensor:
+        if self.lower is None:
+            return r * torch.exp(-self.log_scale)
+        flat = r.reshape(r.shape[0], -1).T
+        return torch.linalg.solve_triangular(self.factor(), flat, upper=False).T.reshape(r.shape)
 
     @property
     def memory_frugal(self):
@@ -184,17 +224,16 @@ class _ShiftedLatent(InvertibleModule):
 
     def _forward(self, x, c):
         z, logdet = self.net(x, c)
-        eps = (z - self.mu) * torch.exp(-self.log_scale)
-        return eps, logdet - self.log_scale.sum()
+        return self._unscale(z - self.mu), logdet - self.log_scale.sum()
 
     def _inverse(self, eps, c):
-        z = self.mu + torch.exp(self.log_scale) * eps
+        z = self.mu + self._scale(eps)
         x, logdet = self.net.inverse(z, c)
         return x, logdet + self.log_scale.sum()
 
 
 class LatentCorrection(ConditionedFlow):
-    """Trainable mean and diagonal scale of a fixed conditioned flow's latent (module doc).
+    """Trainable mean and scale (diagonal or triangular) of a fixed flow's latent (module doc).
 
     A :class:`ConditionedFlow` whose flow is a frozen copy of ``conditioned``'s, with the
     latent shift and scale as one invertible layer in front of its network.
@@ -204,24 +243,34 @@ class LatentCorrection(ConditionedFlow):
     conditioned : ConditionedFlow
         The flow at one condition; its flow must have an invertible ``net`` and a
         ``latent_shape`` (``devito_uq.flows.Flow`` and its image subclasses).
+    scale : str
+        ``"diagonal"`` (``s ⊙ ε``) or ``"triangular"`` (``(diag(s) + L) ε``, a dense
+        Cholesky factor that corrects correlations; at most ``MAX_TRIANGULAR`` latent
+        entries).
 
     Raises
     ------
     InvalidArgumentError
-        ``conditioned`` is no :class:`ConditionedFlow`, or its flow has no invertible
-        ``net``, no ``latent_shape`` or no parameters.
+        ``conditioned`` is no :class:`ConditionedFlow`, its flow has no invertible
+        ``net``, no ``latent_shape`` or no parameters, ``scale`` is unknown, or
+        ``"triangular"`` with more than ``MAX_TRIANGULAR`` latent entries.
 
     Notes
     -----
     The flow is deep-copied, set to ``eval`` and frozen (``requires_grad=False``): the
     amortized posterior it came from is untouched. :meth:`parameters` yields ``mu`` and
-    ``log_scale`` only, both ``[*latent_shape]`` and zero at construction.
+    ``log_scale``, both ``[*latent_shape]``, then (triangular) ``lower`` ``[D, D]`` (only
+    its strictly lower part is used), all zero at construction.
     ``VariationalPosterior(LatentCorrection(cf), target).fit(...)`` trains them; its
     samples are then latents ``x`` and ``.sample`` of the VI object gives models.
     ``log_prob`` is exact for a plain flow, an image flow's padding estimate otherwise.
     """
 
-    def __init__(self, conditioned: ConditionedFlow) -> None:
+    MAX_TRIANGULAR = 4096
+
+    def __init__(self, conditioned: ConditionedFlow, scale: str = "diagonal") -> None:
+        if scale not in ("diagonal", "triangular"):
+            raise InvalidArgumentError(f"scale={scale!r} must be one of ('diagonal', 'triangular')")
         if not isinstance(conditioned, ConditionedFlow):
             raise InvalidArgumentError(
                 f"LatentCorrection needs a ConditionedFlow (AmortizedPosterior.conditioned), "
@@ -237,9 +286,15 @@ class LatentCorrection(ConditionedFlow):
         ref = next(net.parameters(), None)
         if ref is None:
             raise InvalidArgumentError("the conditioned flow has no parameters")
+        d = math.prod(flow.latent_shape)
+        if scale == "triangular" and d > self.MAX_TRIANGULAR:
+            raise InvalidArgumentError(
+                f"scale='triangular' needs a [D, D] factor; D={d} latent entries exceed "
+                f"{self.MAX_TRIANGULAR}: use scale='diagonal'"
+            )
         for p in flow.parameters():
             p.requires_grad_(False)
-        flow.net = _ShiftedLatent(net, tuple(flow.latent_shape), ref)
+        flow.net = _ShiftedLatent(net, tuple(flow.latent_shape), ref, scale == "triangular")
         super().__init__(flow, conditioned.condition)
         self.train(False)
 
@@ -253,8 +308,17 @@ class LatentCorrection(ConditionedFlow):
         """``[*latent_shape]`` latent log-scale ``log s``."""
         return self.flow.net.log_scale
 
+    @property
+    def lower(self) -> nn.Parameter | None:
+        """``[D, D]`` triangular part ``L`` (strictly lower part used); None if diagonal."""
+        return self.flow.net.lower
+
+    def factor(self) -> torch.Tensor | None:
+        """``[D, D]`` the latent scale ``S = diag(s) + L``; None for a diagonal scale."""
+        return self.flow.net.factor()
+
     def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]:
-        """The trainable ``mu`` and ``log_scale`` (the fixed flow's weights are not listed).
+        """The trainable ``mu``, ``log_scale`` (and ``lower``); not the fixed flow's weights.
 
         Parameters
         ----------
@@ -264,10 +328,12 @@ class LatentCorrection(ConditionedFlow):
         Yields
         ------
         nn.Parameter
-            ``mu``, then ``log_scale``.
+            ``mu``, then ``log_scale``, then ``lower`` when triangular.
         """
         yield self.mu
         yield self.log_scale
+        if self.lower is not None:
+            yield self.lower
 
     def train(self, mode: bool = True) -> LatentCorrection:
         """Set the mode of this module; the fixed flow stays in ``eval``.

@@ -253,21 +253,26 @@ def method_report(name: str, result: CalibrationResult) -> dict[str, Any]:
     Returns
     -------
     dict
-        The report with ``verdict`` (one line), ``miscalibrated``, ``mean_pit_offset``,
+        The report with ``verdict`` (one line: every area with its standard error and
+        a label only where the evidence exceeds it at 5 %), ``miscalibrated`` (SBC,
+        TARP KS or a significant central area), ``mean_pit_offset``,
         ``expected_z_fraction``, ``std_over_error`` and ``seconds_per_truth``.
     """
     rep = result.report()
-    cov = result.coverage("central")
-    tarp = result.tarp()
-    sbc = result.sbc()
+    cov, tarp, sbc = result.coverage("central").assess(), result.tarp(), result.sbc()
+    atc = tarp.assess()
     bias = float(np.mean(sbc.pit_offset[: result.ranks[0].size]))
-    miscalibrated = (not sbc.passed) or cov.verdict() != "calibrated" or tarp.ks_pvalue < 0.05
-    state = cov.verdict() if cov.verdict() != "calibrated" else "no coverage bias"
+    signed = ("under-confident", "over-confident")
+    miscalibrated = (not sbc.passed) or cov.label in signed or tarp.ks_pvalue < 0.05
+    state = "no coverage bias" if cov.label == "calibrated" else cov.label
     sec = result.metrics["seconds"]
     rep["verdict"] = (
         f"{name}: {'mis-calibrated' if miscalibrated else 'calibrated'}, {state} — "
-        f"central-interval coverage area {cov.area:+.3f} (90 % intervals hold the truth "
-        f"{cov.at(0.9):.1%}); TARP ATC {tarp.atc:+.3f}, KS p {tarp.ks_pvalue:.2g}; SBC "
+        f"central-interval coverage area {cov.estimate:+.3f} ± {cov.se:.3f} (p "
+        f"{cov.pvalue:.2g}; ±{cov.resolution:g} needs {cov.truths_needed} truths; 90 % "
+        f"intervals hold the truth {rep['coverage_central']['at_0.9']:.1%}); TARP ATC "
+        f"{atc.estimate:+.3f} ± {atc.se:.3f} ({atc.label}), KS p {tarp.ks_pvalue:.2g}; "
+        f"{rep['joint']['label']}; SBC "
         f"{'passes' if sbc.passed else 'fails'} (Holm family p {sbc.family_pvalue:.2g}, "
         f"{len(sbc.failed())} of {len(sbc.names)} quantities rejected); mean PIT − 1/2 "
         f"{bias:+.3f}; |z| > 2 at {np.mean(result.metrics['z_fraction']):.1%} of depths "
@@ -280,12 +285,8 @@ def method_report(name: str, result: CalibrationResult) -> dict[str, Any]:
     # √(L/(L + 1)) ≈ 1 for a calibrated posterior (the mean of L draws adds σ²/L).
     met = result.metrics
     rep["std_over_error"] = float(np.sqrt(np.mean(met["rms_std"] ** 2) / np.mean(met["rmse"] ** 2)))
-    rep["seconds_per_truth"] = {
-        "mean": float(sec.mean()),
-        "median": float(np.median(sec)),
-        "max": float(sec.max()),
-        "sum": float(sec.sum()),
-    }
+    spent = {"mean": sec.mean(), "median": np.median(sec), "max": sec.max(), "sum": sec.sum()}
+    rep["seconds_per_truth"] = {k: float(v) for k, v in spent.items()}
     return rep
 
 

@@ -3,9 +3,12 @@
 Where each kind lives (pick by what the diagnostic takes as input)
 -----------------------------------------------------------------
 statistics.py
-    Statistics over many truths, on plain numpy ranks or credibility levels: PIT,
-    the SBC uniformity tests (KS, χ², Holm), the rank-histogram band, expected
-    coverage (central, HPD), TARP.
+    Statistics over many truths, on plain numpy ranks: PIT, the SBC uniformity
+    tests (KS, χ², Holm), the rank-histogram band; the conventions of all of them.
+coverage.py
+    Over many truths, on credibility levels: expected coverage (central, HPD),
+    TARP, and :func:`judge` — each estimate with its standard error over truths and
+    a label only where the evidence exceeds it.
 images.py
     Metrics of one image, on plain numpy arrays in model units: quality against
     the truth (relative L2, SSIM, correlation) and uncertainty calibration from
@@ -25,7 +28,7 @@ plots.py
 
 Adding a diagnostic
 -------------------
-Write it as a function of numpy arrays in ``statistics.py`` (many truths) or
+Write it as a function of numpy arrays in ``statistics.py``/``coverage.py`` (many truths) or
 ``images.py`` (one image), with a numpy-style docstring giving shapes, units and
 the sign convention (> 0 under-confident, < 0 over-confident, as the coverage
 area), and a test on the linear-Gaussian problem in ``tests/test_calibration.py``
@@ -35,6 +38,14 @@ its figure goes in ``plots.py``. Keep each module under 450 lines: split by the
 input it takes, not by the application that uses it.
 """
 
+from devito_uq.inference.diagnostics.coverage import (
+    CoverageCurve,
+    TARPResult,
+    Verdict,
+    expected_coverage,
+    judge,
+    tarp_test,
+)
 from devito_uq.inference.diagnostics.images import (
     UCEResult,
     correlation,
@@ -55,15 +66,11 @@ from devito_uq.inference.diagnostics.ranks import (
 )
 from devito_uq.inference.diagnostics.result import CalibrationResult
 from devito_uq.inference.diagnostics.statistics import (
-    CoverageCurve,
     SBCTest,
-    TARPResult,
-    expected_coverage,
     holm,
     pit,
     rank_band,
     sbc_test,
-    tarp_test,
 )
 
 __all__ = [
@@ -72,6 +79,8 @@ __all__ = [
     "SBCTest",
     "sbc_test",
     "rank_band",
+    "Verdict",
+    "judge",
     "CoverageCurve",
     "expected_coverage",
     "TARPResult",

@@ -103,8 +103,11 @@ class UCEResult:
     relative : float
         ``uce`` divided by the RMS predicted std of the whole image (unitless).
     signed : float
-        Σ_b (n_b / n)(rms_std_b − rmse_b), model units: > 0 under-confident, < 0
-        over-confident (same convention as the coverage area).
+        (mean std² − mean error²) / (2 · RMS std) over all pixels, model units: the
+        predicted minus the realised variance, linearised to a std difference (≈ RMS
+        std − RMSE for small errors). > 0 under-confident, < 0 over-confident (as the
+        coverage area). 0 in expectation for a calibrated posterior whatever the
+        correlation between pixels (see :func:`uncertainty_calibration_error`).
     rmse, rms_std : numpy.ndarray
         ``[bins]`` per-bin RMS error and RMS predicted std (model units; NaN in an
         empty bin).
@@ -124,15 +127,26 @@ class UCEResult:
 
 
 def uncertainty_calibration_error(
-    error, std, n_bins: int = 10, binning: str = "quantile"
+    error, std, n_bins: int = 10, binning: str = "quantile", n_samples: int | None = None
 ) -> UCEResult:
     """UCE of one image: binned RMS error against RMS predicted std.
 
     Root-mean-squares are compared (not mean |error| with mean std) because for a
     calibrated Gaussian predictive :math:`E|e| = \\sqrt{2/\\pi}\\,\\sigma \\approx 0.8\\sigma`:
     the |error|-vs-std plot of a perfect posterior sits 20 % below the diagonal.
-    The posterior mean from ``L`` draws adds ``σ²/L`` to the squared error
-    (0.1 % in RMSE for ``L = 1000``).
+
+    *Bias.* For a calibrated posterior :math:`E[e^2] = \\sigma^2` pixel by pixel, so
+    the mean squared error is unbiased for the mean variance whatever the correlation
+    between pixels, and ``signed`` (their difference over the RMS std) is 0 in
+    expectation for an exact std; for a std estimated from ``L`` draws it keeps an
+    :math:`O(1/(PL))` bias for ``P`` pixels (the RMS std in the denominator). It is
+    taken over all pixels, not per bin: binning by a noisy std and dividing per bin
+    biases it (regression to the mean). ``rmse_b`` itself is biased low by
+    Jensen's inequality, :math:`E\\sqrt{x} < \\sqrt{E x}`, by about
+    :math:`\\mathrm{Var}(\\mathrm{mse}_b) / (8\\sigma^3)`, which grows with the pixels'
+    correlation (few effective pixels); the unsigned ``uce`` keeps that bias and its
+    noise (it is > 0 for any finite image). With mean and std from ``L`` draws,
+    :math:`E[e^2] = \\sigma^2 (1 + 1/L)`: pass ``n_samples`` to compare with that.
 
     Parameters
     ----------
@@ -146,6 +160,9 @@ def uncertainty_calibration_error(
         ``"quantile"`` (default: equal-count bins, so no bin is empty and each holds
         ``n/n_bins`` pixels) or ``"uniform"`` (equal-width bins over
         ``[min std, max std]``, empty ones skipped, as in Laves et al. 2020).
+    n_samples : int, optional
+        ``L >= 1`` draws behind the mean and std: predicted variances are scaled by
+        ``1 + 1/L`` in ``signed``; ``None``: exact moments.
 
     Returns
     -------
@@ -167,6 +184,7 @@ def uncertainty_calibration_error(
         raise InvalidArgumentError(f"n_bins={n_bins} exceeds the {e.size} pixels")
     if s.min() < 0:
         raise InvalidArgumentError(f"std must be >= 0, got min {s.min()}")
+    inflation = 1.0 if n_samples is None else 1.0 + 1.0 / check_int("n_samples", n_samples, 1)
     if binning == "quantile":
         order = np.argsort(s, kind="stable")
         groups = np.array_split(order, n_bins)
@@ -178,13 +196,15 @@ def uncertainty_calibration_error(
     else:
         raise InvalidArgumentError(f"binning={binning!r} must be one of ('quantile', 'uniform')")
     counts = np.array([g.size for g in groups])
-    rmse = np.array([np.sqrt(np.mean(e[g] ** 2)) if g.size else np.nan for g in groups])
-    rms = np.array([np.sqrt(np.mean(s[g] ** 2)) if g.size else np.nan for g in groups])
+    mse = np.array([np.mean(e[g] ** 2) if g.size else np.nan for g in groups])
+    ms = np.array([np.mean(s[g] ** 2) if g.size else np.nan for g in groups])
+    rmse, rms = np.sqrt(mse), np.sqrt(ms)
     w = counts / counts.sum()
     ok = counts > 0
     uce = float(np.sum(w[ok] * np.abs(rmse[ok] - rms[ok])))
-    signed = float(np.sum(w[ok] * (rms[ok] - rmse[ok])))
     scale = float(np.sqrt(np.mean(s**2)))
+    gap = inflation * scale**2 - float(np.mean(e**2))
+    signed = gap / (2.0 * np.sqrt(inflation) * scale) if scale > 0 else -np.sqrt(-gap)
     return UCEResult(
         uce=uce,
         relative=uce / scale if scale > 0 else float("inf"),

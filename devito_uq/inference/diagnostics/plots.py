@@ -18,15 +18,11 @@ from typing import Any
 import numpy as np
 
 from devito_uq.errors import InvalidArgumentError
+from devito_uq.inference.diagnostics.coverage import CoverageCurve, TARPResult
 from devito_uq.inference.diagnostics.images import UCEResult
 from devito_uq.inference.diagnostics.ranks import ImageMetrics
 from devito_uq.inference.diagnostics.result import CalibrationResult
-from devito_uq.inference.diagnostics.statistics import (
-    CoverageCurve,
-    TARPResult,
-    pit,
-    rank_band,
-)
+from devito_uq.inference.diagnostics.statistics import pit, rank_band
 from devito_uq.inference.plotting import plt, save_figure
 from devito_uq.io._atomic import atomic_path
 from devito_uq.validation import check_in_range, check_int

@@ -11,15 +11,15 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from devito_uq.errors import InvalidArgumentError
-from devito_uq.inference.diagnostics.statistics import (
+from devito_uq.inference.diagnostics.coverage import (
     CoverageCurve,
-    SBCTest,
     TARPResult,
+    Verdict,
     expected_coverage,
-    pit,
-    sbc_test,
+    judge,
     tarp_test,
 )
+from devito_uq.inference.diagnostics.statistics import SBCTest, pit, sbc_test
 
 __all__ = ["CalibrationResult"]
 
@@ -170,18 +170,112 @@ class CalibrationResult:
             raise InvalidArgumentError("tarp needs a run with tarp_reference")
         return tarp_test(pit(self.tarp_ranks, self.n_samples, self.seed + 2), levels)
 
-    def report(self, alpha: float = 0.05) -> dict:
-        """JSON-ready verdicts: SBC family p-value, coverage areas, TARP, mean metrics.
+    def uce_verdict(
+        self, level: float = 0.05, tolerance: float = 0.05, resolution: float = 0.02
+    ) -> Verdict:
+        """Signed UCE over the mean RMS std of the truths, judged over truths.
 
         Parameters
         ----------
-        alpha : float
-            Level of the SBC test.
+        level, tolerance, resolution
+            As in :func:`.coverage.judge`; unitless (fractions of the std).
+
+        Returns
+        -------
+        Verdict
+            ``estimate`` = mean ``uce_signed`` / mean ``rms_std`` (0 in expectation
+            for a calibrated posterior; > 0 under-confident); model units where every
+            std is 0.
+        """
+        m = self.metrics
+        scale = float(np.mean(m["rms_std"]))
+        return judge(
+            m["uce_signed"] / (scale if scale > 0 else 1.0), 0.0, level, tolerance, resolution
+        )
+
+    def joint_verdict(self, level: float = 0.05, tolerance: float = 0.02) -> dict:
+        """Width errors (marginal central intervals) told apart from joint errors.
+
+        The central coverage tests each coordinate's interval, so it sees the
+        marginal widths only; the HPD rank of ``log q`` and TARP test the joint
+        distribution. A joint error (wrong or missing correlations, a shift along a
+        direction) is named when the joint tests reject (KS, Bonferroni over the two,
+        at ``level``) while the marginal widths are not wrong, or wrong with the
+        opposite sign to a joint test's area.
+
+        Parameters
+        ----------
+        level, tolerance
+            As in :func:`.coverage.judge`.
 
         Returns
         -------
         dict
-            Plain floats, ints, bools, strings and lists only.
+            ``width`` (central label), ``joint_pvalue``, ``joint_signs`` (HPD area and
+            TARP ATC labels), ``joint_error`` (bool) and ``label`` (one line).
+        """
+        width = self.coverage("central").assess(level, tolerance)
+        pvalues, signs = {}, {}
+        if (self.log_prob_ranks >= 0).all():
+            hpd = self.coverage("hpd")
+            pvalues["HPD rank of log q"], signs["hpd_area"] = (
+                hpd.ks_pvalue,
+                hpd.verdict(tolerance, level),
+            )
+        if (self.tarp_ranks >= 0).all():
+            tarp = self.tarp()
+            pvalues["TARP"], signs["tarp_atc"] = tarp.ks_pvalue, tarp.assess(level, tolerance).label
+        p = min(1.0, len(pvalues) * min(pvalues.values())) if pvalues else 1.0
+        signed = ("under-confident", "over-confident")
+        opposite = width.label in signed and any(
+            v in signed and v != width.label for v in signs.values()
+        )
+        joint = p < level and (width.label not in signed or opposite)
+        tests = ", ".join(f"{k} KS p {v:.2g}" for k, v in pvalues.items()) or "none run"
+        if joint and opposite:
+            label = (
+                f"joint error besides the marginal coverage ({width.label}): the joint "
+                f"tests reject with the other sign ({tests}; {signs})"
+            )
+        elif joint:
+            label = (
+                f"joint error (dependence between coordinates: correlations, or a shift "
+                f"along a direction): marginal coverage {width.label}, but the joint tests "
+                f"reject ({tests})"
+            )
+        elif p < level:
+            label = f"joint tests reject as the width error does ({tests})"
+        else:
+            label = f"no joint error detected at {self.n_truths} truths ({tests})"
+        return {
+            "width": width.label,
+            "joint_pvalue": float(p),
+            "joint_signs": signs,
+            "joint_error": bool(joint),
+            "label": label,
+        }
+
+    def report(
+        self, alpha: float = 0.05, tolerance: float = 0.02, resolution: float = 0.01
+    ) -> dict:
+        """JSON-ready verdicts: SBC, coverage areas, TARP, UCE, each with its standard error.
+
+        Every area comes with ``area_se`` (over truths), a ``verdict`` of
+        :func:`.coverage.judge` and ``truths_needed`` for a ``±resolution`` interval;
+        ``joint`` tells width from joint errors (:meth:`joint_verdict`).
+
+        Parameters
+        ----------
+        alpha : float
+            Level of the SBC test and of every verdict.
+        tolerance, resolution : float
+            As in :func:`.coverage.judge` (areas and ATC; the UCE uses 0.05 and 0.02
+            of the std).
+
+        Returns
+        -------
+        dict
+            Plain floats, ints, bools, strings, lists and dicts only.
         """
         sbc = self.sbc(alpha)
         out = {
@@ -197,14 +291,35 @@ class CalibrationResult:
         kinds = ["central"] + (["hpd"] if (self.log_prob_ranks >= 0).all() else [])
         for kind in kinds:
             c = self.coverage(kind)
+            v = c.assess(alpha, tolerance, resolution)
             out[f"coverage_{kind}"] = {
                 "area": c.area,
+                "area_se": v.se,
                 "ks": c.ks_statistic,
+                "ks_pvalue": c.ks_pvalue,
                 "at_0.9": c.at(0.9),
-                "verdict": c.verdict(),
+                "verdict": v.label,
+                "pvalue": v.pvalue,
+                "truths_needed": v.truths_needed,
+                "resolution": resolution,
+                "text": str(v),
             }
         if (self.tarp_ranks >= 0).all():
             t = self.tarp()
-            out["tarp"] = {"atc": t.atc, "ks": t.ks_statistic, "ks_pvalue": t.ks_pvalue}
+            v = t.assess(alpha, tolerance, resolution)
+            out["tarp"] = {
+                "atc": t.atc,
+                "atc_se": v.se,
+                "atc_verdict": v.label,
+                "atc_pvalue": v.pvalue,
+                "truths_needed": v.truths_needed,
+                "ks": t.ks_statistic,
+                "ks_pvalue": t.ks_pvalue,
+                "text": str(v),
+            }
+        if {"uce_signed", "rms_std"} <= set(self.metrics):
+            out["uce_signed_relative"] = self.uce_verdict(alpha).as_dict()
+        out["joint"] = self.joint_verdict(alpha, tolerance)
+        out["level"], out["tolerance"] = alpha, tolerance
         out["metrics"] = {k: float(np.mean(v)) for k, v in self.metrics.items()}
         return out

@@ -1,8 +1,9 @@
 r"""Calibration statistics from ranks: SBC uniformity tests, expected coverage, TARP.
 
 Plain numpy arrays in, so that ranks computed elsewhere (or loaded from a finished run)
-can be tested too. :mod:`.ranks` produces the ranks, :mod:`.plots` draws the figures,
-:mod:`.images` holds the per-image statistics (UCE, z-fraction).
+can be tested too. :mod:`.coverage` holds the coverage curves, TARP and the verdicts
+(conventions below), :mod:`.ranks` produces the ranks, :mod:`.plots` draws the
+figures, :mod:`.images` holds the per-image statistics (UCE, z-fraction).
 
 Conventions
 -----------
@@ -31,14 +32,20 @@ Its *signed area* :math:`A = \int_0^1 (\mathrm{ECP}(\alpha) - \alpha)\,d\alpha
 off-centre).** The KS distance :math:`\sup_\alpha|\mathrm{ECP}(\alpha) - \alpha|` is the
 largest coverage error at any level.
 
+*Verdicts.* Every area is a mean over truths, so its standard error is the sd of
+the per-truth values over :math:`\sqrt N` (coordinates of one truth averaged first:
+they may be correlated; truths are independent). Under calibration
+:math:`\mathrm{SE}(A) = 1/\sqrt{12N}` for one value per truth (0.029 at N = 100).
+:func:`judge` labels an estimate only when the evidence exceeds that noise.
+
 References
 ----------
-- S. Talts, M. Betancourt, D. Simpson, A. Vehtari, A. Gelman (2018), Validating
-  Bayesian inference algorithms with simulation-based calibration, arXiv:1804.06788.
-- J. Hermans, A. Delaunoy, F. Rozet, A. Wehenkel, V. Begy, G. Louppe (2022), A trust
-  crisis in simulation-based inference? (...) can be unfaithful, TMLR.
-- P. Lemos, A. Coogan, Y. Hezaveh, L. Perreault-Levasseur (2023), Sampling-based
-  accuracy testing of posterior estimators for general inference (TARP), ICML.
+- Talts, Betancourt, Simpson, Vehtari, Gelman (2018), Validating Bayesian inference
+  algorithms with simulation-based calibration, arXiv:1804.06788.
+- Hermans, Delaunoy, Rozet, Wehenkel, Begy, Louppe (2022), A trust crisis in
+  simulation-based inference? (...) can be unfaithful, TMLR.
+- Lemos, Coogan, Hezaveh, Perreault-Levasseur (2023), Sampling-based accuracy testing
+  of posterior estimators for general inference (TARP), ICML.
 """
 
 from __future__ import annotations
@@ -49,7 +56,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from devito_uq.errors import InvalidArgumentError, InvalidShapeError
-from devito_uq.validation import as_float_array, check_in_range, check_int, check_positive_int
+from devito_uq.validation import check_in_range, check_int, check_positive_int
 
 __all__ = [
     "pit",
@@ -57,13 +64,7 @@ __all__ = [
     "SBCTest",
     "sbc_test",
     "rank_band",
-    "CoverageCurve",
-    "expected_coverage",
-    "TARPResult",
-    "tarp_test",
 ]
-
-DEFAULT_LEVELS = np.linspace(0.0, 1.0, 101)
 
 
 def _ranks_array(ranks, n_samples: int) -> np.ndarray:
@@ -308,143 +309,3 @@ def rank_band(n_truths: int, bins: int, mass: float = 0.99) -> tuple[float, floa
     tail = (1.0 - mass) / 2.0
     lo, hi = stats.binom.ppf([tail, 1.0 - tail], n_truths, 1.0 / bins)
     return float(lo), float(hi)
-
-
-@dataclass(frozen=True)
-class CoverageCurve:
-    """Expected coverage :math:`\\mathrm{ECP}(\\alpha)` of credible regions.
-
-    Attributes
-    ----------
-    levels : numpy.ndarray
-        ``[a]`` credibility levels α.
-    coverage : numpy.ndarray
-        ``[a]`` fraction of truths inside their level-α region.
-    area : float
-        Signed area ∫(ECP − α)dα, exact. **> 0 under-confident (conservative),
-        < 0 over-confident.**
-    ks_statistic, ks_pvalue : float
-        Sup-distance of the curve to the diagonal and its KS p-value (exact for
-        independent values; pooled correlated coordinates make the p-value
-        optimistic, the statistic stays right).
-    kind : str
-        ``"central"``, ``"hpd"`` or ``"tarp"``.
-    n_values : int
-        Credibility values pooled.
-    area_per_coordinate : numpy.ndarray or None
-        ``[m]`` signed area per coordinate (credibility given as ``[n, m]`` only).
-    """
-
-    levels: np.ndarray
-    coverage: np.ndarray
-    area: float
-    ks_statistic: float
-    ks_pvalue: float
-    kind: str
-    n_values: int
-    area_per_coordinate: np.ndarray | None = None
-
-    def at(self, level: float) -> float:
-        """Coverage at the grid level closest to ``level`` (a float in ``[0, 1]``)."""
-        return float(self.coverage[np.argmin(np.abs(self.levels - level))])
-
-    def max_deviation(self, levels: Sequence[float] | None = None) -> float:
-        """Largest ``|ECP(α) − α|`` over ``levels`` (default: the whole grid)."""
-        if levels is None:
-            return float(np.abs(self.coverage - self.levels).max())
-        return float(max(abs(self.at(a) - a) for a in levels))
-
-    def verdict(self, tolerance: float = 0.02) -> str:
-        """``"calibrated"``, ``"under-confident"`` or ``"over-confident"`` by the area."""
-        if abs(self.area) <= tolerance:
-            return "calibrated"
-        return "under-confident" if self.area > 0 else "over-confident"
-
-
-def expected_coverage(
-    credibility, levels: Sequence[float] | None = None, kind: str = "central"
-) -> CoverageCurve:
-    """Expected coverage of credibility levels ``c``.
-
-    Build ``c`` with ``|2u − 1|`` (central), ``1 − u`` (HPD) or ``u`` (TARP) from PIT
-    values ``u``.
-
-    Parameters
-    ----------
-    credibility : array_like
-        Credibility levels in ``[0, 1]``, any shape; ``[n, m]`` keeps per-column areas.
-    levels : sequence of float, optional
-        ``[a]`` grid of α; default 101 levels from 0 to 1.
-    kind : str
-        Label stored in the curve: ``"central"``, ``"hpd"`` or ``"tarp"``.
-
-    Returns
-    -------
-    CoverageCurve
-
-    Raises
-    ------
-    InvalidArgumentError
-        If fewer than 2 values or any outside ``[0, 1]``.
-    """
-    c = as_float_array("credibility", credibility)
-    if c.size < 2 or c.min() < 0 or c.max() > 1:
-        raise InvalidArgumentError(f"credibility needs >= 2 values in [0, 1], got {c.size}")
-    lv = DEFAULT_LEVELS if levels is None else as_float_array("levels", levels, ndim=1)
-    flat = np.sort(c.ravel())
-    cov = np.searchsorted(flat, lv, side="right") / flat.size
-    d, p = _ks_uniform(flat[:, None])
-    per = 0.5 - c.mean(0) if c.ndim == 2 else None
-    return CoverageCurve(
-        levels=lv,
-        coverage=cov,
-        area=float(0.5 - flat.mean()),
-        ks_statistic=float(d[0]),
-        ks_pvalue=float(p[0]),
-        kind=kind,
-        n_values=int(flat.size),
-        area_per_coordinate=per,
-    )
-
-
-@dataclass(frozen=True)
-class TARPResult:
-    """TARP expected coverage (Lemos et al. 2023).
-
-    Attributes
-    ----------
-    curve : CoverageCurve
-        Expected coverage of the TARP credibility (``kind="tarp"``).
-    atc : float
-        Area to curve over the upper half, ∫_{1/2}^1 (ECP − α) dα, exact; > 0
-        under-confident, < 0 over-confident. (sbi's ``check_tarp`` sums ECP − α over
-        its bins: divide that by the bins per unit α to compare.)
-    ks_statistic, ks_pvalue : float
-        KS test of the TARP credibilities against U(0, 1); the statistic is the
-        sup-distance of the ECP curve to the diagonal.
-    """
-
-    curve: CoverageCurve
-    atc: float
-    ks_statistic: float
-    ks_pvalue: float
-
-
-def tarp_test(credibility, levels: Sequence[float] | None = None) -> TARPResult:
-    """TARP test of per-truth credibilities.
-
-    Parameters
-    ----------
-    credibility : array_like
-        ``[n_truths]`` TARP credibilities in ``[0, 1]`` (PIT of the distance ranks).
-    levels : sequence of float, optional
-        As in :func:`expected_coverage`.
-
-    Returns
-    -------
-    TARPResult
-    """
-    curve = expected_coverage(credibility, levels, kind="tarp")
-    c = as_float_array("credibility", credibility).ravel()
-    atc = float(np.mean(1.0 - np.maximum(c, 0.5)) - 0.375)
-    return TARPResult(curve, atc, curve.ks_statistic, curve.ks_pvalue)
