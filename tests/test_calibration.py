@@ -129,12 +129,17 @@ def test_exact_posterior_coverage_and_tarp(exact):
     central, hpd, tarp = exact.coverage("central"), exact.coverage("hpd"), exact.tarp()
     for curve in (central, hpd):
         assert curve.max_deviation(NOMINAL) <= 0.03, (curve.kind, curve.coverage)
-        assert abs(curve.area) <= 0.02 and curve.verdict() == "calibrated"
+        # an exact posterior is never labelled over-/under-confident here; whether its area can
+        # be shown to lie within ±0.02 depends on N (test_diagnostics_verdicts.py)
+        assert abs(curve.area) <= 0.02
+        assert curve.verdict() not in ("over-confident", "under-confident")
     assert central.max_deviation() <= 0.03  # every level, pooled over 16 000 values
     assert abs(tarp.atc) <= 0.05
     assert tarp.ks_pvalue > 0.05
     report = exact.report()
-    assert report["sbc"]["passed"] and report["coverage_hpd"]["verdict"] == "calibrated"
+    assert report["sbc"]["passed"]
+    undecided = f"inconclusive at {exact.n_truths} truths"
+    assert report["coverage_hpd"]["verdict"] in ("calibrated", undecided)
 
 
 def test_exact_posterior_image_metrics(exact):

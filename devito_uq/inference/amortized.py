@@ -334,6 +334,7 @@ class AmortizedPosterior(nn.Module):
         checkpoint_path: str | os.PathLike | None = None,
         seed: int = 0,
         progress: bool = True,
+        scale: str = "diagonal",
         **fit_kwargs: Any,
     ):
         """Physics-based latent correction for one survey.
@@ -352,6 +353,9 @@ class AmortizedPosterior(nn.Module):
             ``[*condition_shape]`` the survey's raw condition.
         iterations, batch_size, lr, lr_schedule, checkpoint_path, seed, progress
             As :meth:`VariationalPosterior.fit`, with defaults for a correction.
+        scale : {"diagonal", "triangular"}
+            The correction's latent scale (:class:`LatentCorrection`): per entry, or a
+            dense Cholesky factor that also corrects correlations (≤ 4,096 entries).
         **fit_kwargs
             :meth:`VariationalPosterior.fit`'s other arguments (``checkpoint_every``,
             ``clip_grad``, ``identity``, ...).
@@ -375,7 +379,7 @@ class AmortizedPosterior(nn.Module):
         check_same_parameterization(
             self.parameterization, target.parameterization, self.model_shape
         )
-        vi = VariationalPosterior(LatentCorrection(self.conditioned(condition)), target)
+        vi = VariationalPosterior(LatentCorrection(self.conditioned(condition), scale), target)
         vi.fit(
             iterations,
             batch_size=batch_size,
