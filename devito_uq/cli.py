@@ -39,6 +39,7 @@ from typing import Any
 
 from devito_uq.apps import Command, commands
 from devito_uq.errors import DevitoUQError, InvalidArgumentError
+from devito_uq.io._files import check_nesting, read_input_text
 from devito_uq.parallel import abort, world
 from devito_uq.threads import configure_threads
 
@@ -199,22 +200,27 @@ def load_config_file(path: str | os.PathLike, config: type) -> dict[str, Any]:
     Raises
     ------
     InvalidArgumentError
-        The file is missing or not TOML, or a key is not a field of ``config`` or holds
-        a value of another type (the message names the key and the file); or Python 3.10
-        without the tomli package.
+        The file is missing, not a regular file (a FIFO, a device), larger than
+        :data:`~devito_uq.io._files.MAX_TEXT_BYTES`, not UTF-8, not TOML or nested
+        deeper than :data:`~devito_uq.io._files.MAX_NESTING`, or a key is not a field of
+        ``config`` or holds a value of another type (the message names the key and the
+        file); or Python 3.10 without the tomli package.
     """
     path = os.fspath(path)
     if tomllib is None:  # pragma: no cover - Python 3.10
         raise InvalidArgumentError(
             f"reading the config file {path!r} needs Python >= 3.11 or the tomli package"
         )
+    text = read_input_text(path, "config file", InvalidArgumentError)
     try:
-        with open(path, "rb") as fh:
-            data = tomllib.load(fh)
-    except OSError as exc:
-        raise InvalidArgumentError(f"cannot read config file {path!r}: {exc.strerror}") from None
+        data = tomllib.loads(text)
+    except RecursionError:
+        raise InvalidArgumentError(
+            f"config file {path!r} nests arrays or tables too deep"
+        ) from None
     except tomllib.TOMLDecodeError as exc:
         raise InvalidArgumentError(f"config file {path!r} is not valid TOML: {exc}") from None
+    check_nesting(data, f"config file {path!r}", InvalidArgumentError)
     hints = typing.get_type_hints(config)
     fields = {f.name for f in _cli_fields(config)}
     out: dict[str, Any] = {}
