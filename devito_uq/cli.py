@@ -367,6 +367,10 @@ def run_target(cmd: Command, config: Any) -> str:
 
 def _run(cmd: Command, args: argparse.Namespace, comm: Any) -> dict[str, Any]:
     config = resolve_config(cmd, args)
+    # Every size is checked before anything is imported, read or computed (run
+    # functions validate again: they are also called directly).
+    if callable(getattr(config, "validate", None)):
+        config.validate()
     module, _, function = run_target(cmd, config).partition(":")
     run = getattr(importlib.import_module(module), function)
     extra = {"comm": comm} if cmd.mpi else {}

@@ -56,6 +56,9 @@ __all__ = [
     "available_memory",
     "check_allocation",
     "format_bytes",
+    "MAX_COUNT",
+    "check_count",
+    "check_grid",
 ]
 
 _TORCH_TO_NUMPY = {torch.float32: np.float32, torch.float64: np.float64}
@@ -372,3 +375,64 @@ def check_allocation(
             f"{what} needs {format_bytes(nbytes)} ({nbytes} bytes) but only "
             f"{format_bytes(avail)} are available on {torch.device(device)}; reduce the size"
         )
+
+
+# --------------------------------------------------------------------------- sizes
+#: Largest value of any count a user sets (shots, receivers, angles, truths, samples,
+#: shards, channels, batch): a guard against typos far above every real run, applied
+#: before the memory checks so that no product of counts can overflow or mislead.
+MAX_COUNT = 10**7
+
+
+def check_count(name: str, value: Any, minimum: int = 1, maximum: int = MAX_COUNT) -> int:
+    """``value`` as an ``int`` in ``[minimum, maximum]``: a size the user typed.
+
+    The message of a value above ``maximum`` names both, so that ``nshots=1000000000``
+    is refused at once instead of reaching an allocation minutes later.
+    """
+    v = check_int(name, value, minimum=minimum)
+    if v > maximum:
+        raise InvalidArgumentError(
+            f"{name}={v} must be an integer <= {maximum} (a size this large is a typo or "
+            "needs a machine far beyond this one)"
+        )
+    return v
+
+
+def check_grid(
+    extent: Sequence[float],
+    spacing: float,
+    *,
+    fields: int = 3,
+    itemsize: int = 4,
+    pad: int = 0,
+    available: int | None = None,
+) -> tuple[int, ...]:
+    """Grid points per axis of a box ``extent`` (m) sampled every ``spacing`` (m), checked.
+
+    The grid (``pad`` extra points at each end of every axis, e.g. an absorbing
+    boundary) holding ``fields`` arrays of ``itemsize`` bytes must fit in memory:
+    otherwise :class:`InsufficientMemoryError` names the extent, the spacing, the grid
+    and the bytes, before any array exists (a 1 mm spacing over a kilometre-sized
+    section is refused at once). ``available`` overrides the measured memory (tests).
+
+    Returns
+    -------
+    tuple of int
+        Points per axis, boundary included.
+    """
+    spacing = check_positive_scalar("spacing", spacing)
+    extent = check_tuple("extent", extent, len(extent))
+    pad = check_nonnegative_int("pad", pad)
+    shape = tuple(int(math.floor(e / spacing + 1e-9)) + 1 + 2 * pad for e in extent)
+    points = math.prod(shape)
+    nbytes = points * int(fields) * int(itemsize)
+    grid = " x ".join(str(n) for n in shape)
+    what = (
+        f"a grid of {grid} points (extent {list(extent)} m at spacing={spacing:g} m, "
+        f"{fields} arrays)"
+    )
+    if points > MAX_COUNT**2:  # far beyond any machine: refuse without asking the OS
+        raise InsufficientMemoryError(f"{what} needs {format_bytes(nbytes)}; reduce the size")
+    check_allocation(what, nbytes, available=available)
+    return shape
