@@ -5,8 +5,11 @@ result files carry the run's identity and a SHA-256 and are refused from another
 from __future__ import annotations
 
 import contextlib
+import errno
+import io
 import os
 import signal
+import subprocess
 
 import numpy as np
 import pytest
@@ -14,12 +17,15 @@ import torch
 
 from devito_uq.apps.avp.config import AVPConfig
 from devito_uq.cli import load_config_file, main
-from devito_uq.errors import CheckpointError, InvalidArgumentError
+from devito_uq.errors import CheckpointError, InvalidArgumentError, OutputWriteError
 from devito_uq.inference.calibration import load_calibration, run_calibration
+from devito_uq.io import checkpoint as checkpoint_module
+from devito_uq.io import records as records_module
 from devito_uq.io._files import MAX_NESTING, read_input_bytes, read_input_json
-from devito_uq.io.checkpoint import load_checkpoint
+from devito_uq.io.checkpoint import load_checkpoint, save_checkpoint
 from devito_uq.io.dataset import ShardedDataset, simulate_dataset
 from devito_uq.io.records import load_record, save_record
+from devito_uq.io.segy_image import write_image
 
 
 @contextlib.contextmanager
@@ -217,3 +223,93 @@ def test_dataset_manifest_and_shard_hostile_paths(tmp_path):
     os.mkfifo(meta)
     with _no_hang(), pytest.raises(CheckpointError, match=r"dataset\.json' is a FIFO"):
         ShardedDataset(folder)
+
+
+# --------------------------------------------------------------------------- outputs
+def test_amortize_train_never_overwrites_a_foreign_checkpoint_path(tmp_path, capsys):
+    foreign = tmp_path / "elsewhere" / "notes.txt"
+    foreign.parent.mkdir()
+    foreign.write_text("my thesis\n")
+    out = tmp_path / "out"
+    argv = ["amortize", "train", "--checkpoint", str(foreign), "--out", str(out), "--quiet"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "notes.txt" in err[0] and "never overwritten" in err[0], err
+    assert foreign.read_text() == "my thesis\n"
+    assert not out.exists()  # refused before the output folder is prepared
+
+
+class _FullDisk(io.FileIO):
+    """A file that takes ``budget`` bytes, then fails as a full disk does (ENOSPC)."""
+
+    budget = 0
+
+    def write(self, data):
+        if len(data) > _FullDisk.budget:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        _FullDisk.budget -= len(data)
+        return super().write(data)
+
+
+def _fill_disk(monkeypatch, module, after: int) -> None:
+    """``open(..., "wb")`` in ``module`` gives files that fail after ``after`` bytes."""
+    _FullDisk.budget = after
+    monkeypatch.setattr(
+        module, "open", lambda p, mode="r", *a, **k: _FullDisk(p, "w"), raising=False
+    )
+
+
+def test_disk_full_while_writing_is_one_line_and_keeps_the_old_file(tmp_path, monkeypatch):
+    path = tmp_path / "ck.pt"
+    save_checkpoint(path, {"w": torch.zeros(4)})
+    old = path.read_bytes()
+    big = {"w": torch.zeros(2**16)}
+    with monkeypatch.context() as m:
+        _fill_disk(m, checkpoint_module, 0)
+        with pytest.raises(
+            OutputWriteError,
+            match=r"writing '.*ck\.pt' failed.*No space left on "
+            r"device; the previous file is intact",
+        ) as exc:
+            save_checkpoint(path, big)
+    assert exc.value.errno == errno.ENOSPC and isinstance(exc.value, OSError)
+    assert path.read_bytes() == old
+    assert sorted(os.listdir(tmp_path)) == ["ck.pt"]  # no temporary file left
+
+
+def test_disk_full_part_way_names_the_bytes(tmp_path, monkeypatch):
+    rec = tmp_path / "out" / "r.npz"
+    with monkeypatch.context() as m:
+        _fill_disk(m, records_module, 100)
+        with pytest.raises(OutputWriteError, match=r"r\.npz' failed after \d+ bytes"):
+            save_record(rec, {"x": np.zeros(10000)}, {"seed": 0})
+    assert not rec.exists()
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 64 KiB tmpfs (root only; skipped where mounting is not allowed)."""
+    where = tmp_path / "small"
+    where.mkdir()
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(where)], capture_output=True
+    )
+    if proc.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", str(where)], check=False)
+
+
+def test_real_full_disk_on_a_small_tmpfs(small_tmpfs):
+    path = small_tmpfs / "ck.pt"
+    save_checkpoint(path, {"w": torch.zeros(16)})
+    old = path.read_bytes()
+    with pytest.raises(OutputWriteError, match=r"ck\.pt' failed after \d+ bytes: No space left"):
+        save_checkpoint(path, {"w": torch.zeros(2**16)})
+    assert path.read_bytes() == old
+    assert sorted(os.listdir(small_tmpfs)) == ["ck.pt"]
+    with pytest.raises(OutputWriteError, match=r"image\.sgy' failed.*(No space|no space)"):
+        write_image(small_tmpfs / "image.sgy", np.ones((200, 200), np.float32), (10.0, 10.0))
+    assert sorted(os.listdir(small_tmpfs)) == ["ck.pt"]

@@ -97,6 +97,22 @@ def checkpoint_file(config: Config, out: str) -> str:
     return config.checkpoint or os.path.join(out, "amortized.pt")
 
 
+def _check_checkpoint_target(config: Config, out: str) -> None:
+    """Refuse, before any work, to overwrite an existing file at ``config.checkpoint`` that
+    is not a trained amortized posterior of devito_uq (``OUT/amortized.pt`` is ours)."""
+    path = checkpoint_file(config, out)
+    if not config.checkpoint or not os.path.lexists(path):
+        return
+    try:
+        load_checkpoint(path, required=("config", "posterior"))
+    except CheckpointError as exc:
+        raise CheckpointError(
+            f"checkpoint={config.checkpoint!r} names an existing file that is not a trained "
+            f"amortized posterior ({exc}); it is never overwritten: remove it or name "
+            "another path"
+        ) from None
+
+
 def _write_json(path: str, obj: dict) -> None:
     with atomic_path(path) as tmp, open(tmp, "w") as fh:
         json.dump(obj, fh, indent=2)
@@ -154,10 +170,13 @@ def run_train(
     """Train the conditional flow on the dataset by maximum likelihood; write ``amortized.pt``.
 
     Training runs on rank 0 (the flow is small; the PDE solves were in ``simulate``).
-    With ``resume`` a killed training continues from ``OUT/train_checkpoint.pt``.
+    With ``resume`` a killed training continues from ``OUT/train_checkpoint.pt``. A
+    ``checkpoint`` path naming an existing file that is not a trained amortized posterior
+    is refused before any work (never overwritten).
     """
     config = config.for_problem().validate()
     rank, _ = rank_and_size(comm)
+    _check_checkpoint_target(config, out)
     prepare_output(out, (_TRAIN_CKPT,), resume, writer=rank == 0)
     setting = build_setting(config, comm)
     ds = ShardedDataset(dataset_folder(config, out))
