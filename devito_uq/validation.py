@@ -59,6 +59,7 @@ __all__ = [
     "MAX_COUNT",
     "check_count",
     "check_grid",
+    "check_device",
 ]
 
 _TORCH_TO_NUMPY = {torch.float32: np.float32, torch.float64: np.float64}
@@ -384,6 +385,20 @@ def check_allocation(
 MAX_COUNT = 10**7
 
 
+def check_device(name: str, value: Any) -> torch.device:
+    """The device of ``value`` (a tensor, a ``torch.device`` or its name) if it is the CPU
+    or CUDA; :class:`InvalidArgumentError` naming it otherwise (``meta``, ``mps``, …)."""
+    try:
+        device = value.device if isinstance(value, torch.Tensor) else torch.device(value)
+    except (TypeError, RuntimeError):
+        raise InvalidArgumentError(f"{name}={value!r} is not a torch device") from None
+    if device.type not in ("cpu", "cuda"):
+        raise InvalidArgumentError(
+            f"{name} is on the {device.type!r} device; devito_uq computes on 'cpu' or 'cuda'"
+        )
+    return device
+
+
 def check_count(name: str, value: Any, minimum: int = 1, maximum: int = MAX_COUNT) -> int:
     """``value`` as an ``int`` in ``[minimum, maximum]``: a size the user typed.
 
@@ -410,16 +425,11 @@ def check_grid(
 ) -> tuple[int, ...]:
     """Grid points per axis of a box ``extent`` (m) sampled every ``spacing`` (m), checked.
 
-    The grid (``pad`` extra points at each end of every axis, e.g. an absorbing
-    boundary) holding ``fields`` arrays of ``itemsize`` bytes must fit in memory:
-    otherwise :class:`InsufficientMemoryError` names the extent, the spacing, the grid
-    and the bytes, before any array exists (a 1 mm spacing over a kilometre-sized
-    section is refused at once). ``available`` overrides the measured memory (tests).
-
-    Returns
-    -------
-    tuple of int
-        Points per axis, boundary included.
+    The grid (``pad`` extra points at each end of every axis, e.g. an absorbing boundary)
+    holding ``fields`` arrays of ``itemsize`` bytes must fit in memory, else
+    :class:`InsufficientMemoryError` names the extent, spacing, grid and bytes before any
+    array exists. ``available`` overrides the measured memory (tests). Returns the points
+    per axis, boundary included.
     """
     spacing = check_positive_scalar("spacing", spacing)
     extent = check_tuple("extent", extent, len(extent))

@@ -313,3 +313,19 @@ def test_real_full_disk_on_a_small_tmpfs(small_tmpfs):
     with pytest.raises(OutputWriteError, match=r"image\.sgy' failed.*(No space|no space)"):
         write_image(small_tmpfs / "image.sgy", np.ones((200, 200), np.float32), (10.0, 10.0))
     assert sorted(os.listdir(small_tmpfs)) == ["ck.pt"]
+
+
+def test_amortize_simulate_never_writes_into_a_foreign_dataset_path(tmp_path, capsys):
+    mine = tmp_path / "photos"
+    mine.mkdir()
+    (mine / "cat.jpg").write_bytes(b"\xff\xd8")
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for target, match in ((mine, "folder of 1 other files"), (afile, "names an existing file")):
+        out = tmp_path / "out"
+        argv = ["amortize", "simulate", "--dataset", str(target), "--out", str(out), "--quiet"]
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and match in err[0], err
+        assert not out.exists()
+    assert sorted(os.listdir(mine)) == ["cat.jpg"] and afile.read_text() == "x"

@@ -113,6 +113,25 @@ def _check_checkpoint_target(config: Config, out: str) -> None:
         ) from None
 
 
+def _check_dataset_target(config: Config) -> None:
+    """Refuse, before any work, a ``dataset`` path naming an existing file, or a folder
+    that holds other files but no ``dataset.json`` (someone else's folder)."""
+    path = config.dataset
+    if not path or not os.path.lexists(path):
+        return
+    if not os.path.isdir(path) or os.path.islink(path):
+        raise CheckpointError(
+            f"dataset={path!r} names an existing file, not a dataset folder; it is never "
+            "overwritten: remove it or name another path"
+        )
+    entries = os.listdir(path)
+    if entries and "dataset.json" not in entries:
+        raise CheckpointError(
+            f"dataset={path!r} is a folder of {len(entries)} other files (no dataset.json); "
+            "the training set is never written into it: name an empty or new folder"
+        )
+
+
 def _write_json(path: str, obj: dict) -> None:
     with atomic_path(path) as tmp, open(tmp, "w") as fh:
         json.dump(obj, fh, indent=2)
@@ -133,6 +152,7 @@ def run_simulate(
     finished shards are verified and kept.
     """
     config = config.for_problem().validate()
+    _check_dataset_target(config)
     prepare_output(out, (), True)
     setting = build_setting(config, comm)
     t0 = time.perf_counter()
