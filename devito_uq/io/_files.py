@@ -46,14 +46,17 @@ MAX_TEXT_BYTES = 16 * 2**20
 MAX_NESTING = 64
 
 
-def _kind(mode: int) -> str:
+def _check_regular(mode: int, path: Path, what: str, error: type[DevitoUQError]) -> None:
+    """``error`` naming what ``path`` is unless ``mode`` is a regular file's."""
     if stat.S_ISDIR(mode):
-        return "a folder"
-    if stat.S_ISFIFO(mode):
-        return "a FIFO"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    return "a device or special file"
+        raise error(f"{what} {str(path)!r} is a folder, not a file")
+    if not stat.S_ISREG(mode):
+        kind = "a device or special file"
+        if stat.S_ISFIFO(mode):
+            kind = "a FIFO"
+        elif stat.S_ISSOCK(mode):
+            kind = "a socket"
+        raise error(f"{what} {str(path)!r} is {kind}, not a regular file")
 
 
 def check_input_file(path: str | os.PathLike, what: str, error: type[DevitoUQError]) -> Path:
@@ -70,10 +73,7 @@ def check_input_file(path: str | os.PathLike, what: str, error: type[DevitoUQErr
         raise error(f"{what} {str(path)!r} does not exist") from None
     except OSError as exc:
         raise error(f"{what} {str(path)!r} cannot be accessed: {exc.strerror}") from None
-    if stat.S_ISDIR(st.st_mode):
-        raise error(f"{what} {str(path)!r} is a folder, not a file")
-    if not stat.S_ISREG(st.st_mode):
-        raise error(f"{what} {str(path)!r} is {_kind(st.st_mode)}, not a regular file")
+    _check_regular(st.st_mode, path, what, error)
     if not os.access(path, os.R_OK):
         raise error(f"{what} {str(path)!r} is not readable (permission denied)")
     return path
@@ -97,9 +97,8 @@ def read_input_bytes(
     except OSError as exc:
         raise error(f"{what} {str(path)!r} cannot be opened: {exc.strerror}") from None
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise error(f"{what} {str(path)!r} is {_kind(st.st_mode)}, not a regular file")
+        st = os.fstat(fd)  # the open file itself: a FIFO swapped in after the check
+        _check_regular(st.st_mode, path, what, error)
         if max_bytes is not None and st.st_size > max_bytes:
             raise error(
                 f"{what} {str(path)!r} has {st.st_size} bytes; more than the {max_bytes} "
