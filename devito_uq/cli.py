@@ -42,6 +42,7 @@ from devito_uq.errors import DevitoUQError, InvalidArgumentError
 from devito_uq.io._files import check_nesting, read_input_text
 from devito_uq.parallel import abort, world
 from devito_uq.threads import configure_threads
+from devito_uq.validation import check_count
 
 try:
     import tomllib  # Python >= 3.11
@@ -414,7 +415,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     comm = world() if _mpi_launch_size() > 1 else None  # failures then end every rank
     cmd: Command = args._command
     try:
-        # Before any torch or Devito work: each process gets its share of the cores.
+        # Before any torch or Devito work: each process gets its share of the cores (a
+        # billion threads would reach OpenMP: at most 4 per core).
+        if args.threads is not None:
+            check_count("threads", args.threads, maximum=4 * (os.cpu_count() or 1))
         configure_threads(comm, threads=args.threads)
         summary = _run(cmd, args, comm)
     except DevitoUQError as exc:

@@ -19,6 +19,7 @@ from devito_uq.apps.avp.config import AVPConfig
 from devito_uq.cli import load_config_file, main
 from devito_uq.errors import CheckpointError, InvalidArgumentError, OutputWriteError
 from devito_uq.inference.calibration import load_calibration, run_calibration
+from devito_uq.io import _files as files_module
 from devito_uq.io import checkpoint as checkpoint_module
 from devito_uq.io import records as records_module
 from devito_uq.io._files import MAX_NESTING, read_input_bytes, read_input_json
@@ -329,3 +330,17 @@ def test_amortize_simulate_never_writes_into_a_foreign_dataset_path(tmp_path, ca
         assert len(err) == 1 and match in err[0], err
         assert not out.exists()
     assert sorted(os.listdir(mine)) == ["cat.jpg"] and afile.read_text() == "x"
+
+
+def test_input_larger_than_memory_is_refused_unread(tmp_path, monkeypatch):
+    path = tmp_path / "ck.pt"
+    with open(path, "wb") as fh:  # sparse: a large size, no blocks on the disk
+        fh.truncate(2**20)
+    monkeypatch.setattr(files_module, "available_memory", lambda: 2**19)
+    with pytest.raises(CheckpointError, match=r"ck\.pt' has 1048576 bytes, more than the 512"):
+        load_checkpoint(path)
+
+
+def test_absurd_thread_count_is_refused(tmp_path, capsys):
+    assert main(["info", str(tmp_path / "x.sgy"), "--threads", "1000000000"]) == 2
+    assert "threads=1000000000 must be an integer <=" in capsys.readouterr().err

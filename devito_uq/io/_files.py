@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from devito_uq.errors import DevitoUQError
+from devito_uq.validation import available_memory, format_bytes
 
 __all__ = [
     "MAX_TEXT_BYTES",
@@ -103,6 +104,12 @@ def read_input_bytes(
             raise error(
                 f"{what} {str(path)!r} has {st.st_size} bytes; more than the {max_bytes} "
                 "bytes such a file can hold"
+            )
+        avail = available_memory()
+        if avail is not None and st.st_size > avail:  # refused, not a MemoryError later
+            raise error(
+                f"{what} {str(path)!r} has {st.st_size} bytes, more than the "
+                f"{format_bytes(avail)} of memory available to read it"
             )
         with os.fdopen(fd, "rb", closefd=False) as fh:
             data = fh.read() if max_bytes is None else fh.read(max_bytes + 1)
