@@ -39,8 +39,10 @@ from typing import Any
 
 from devito_uq.apps import Command, commands
 from devito_uq.errors import DevitoUQError, InvalidArgumentError
+from devito_uq.io._files import check_nesting, read_input_text
 from devito_uq.parallel import abort, world
 from devito_uq.threads import configure_threads
+from devito_uq.validation import check_count
 
 try:
     import tomllib  # Python >= 3.11
@@ -199,22 +201,27 @@ def load_config_file(path: str | os.PathLike, config: type) -> dict[str, Any]:
     Raises
     ------
     InvalidArgumentError
-        The file is missing or not TOML, or a key is not a field of ``config`` or holds
-        a value of another type (the message names the key and the file); or Python 3.10
-        without the tomli package.
+        The file is missing, not a regular file (a FIFO, a device), larger than
+        :data:`~devito_uq.io._files.MAX_TEXT_BYTES`, not UTF-8, not TOML or nested
+        deeper than :data:`~devito_uq.io._files.MAX_NESTING`, or a key is not a field of
+        ``config`` or holds a value of another type (the message names the key and the
+        file); or Python 3.10 without the tomli package.
     """
     path = os.fspath(path)
     if tomllib is None:  # pragma: no cover - Python 3.10
         raise InvalidArgumentError(
             f"reading the config file {path!r} needs Python >= 3.11 or the tomli package"
         )
+    text = read_input_text(path, "config file", InvalidArgumentError)
     try:
-        with open(path, "rb") as fh:
-            data = tomllib.load(fh)
-    except OSError as exc:
-        raise InvalidArgumentError(f"cannot read config file {path!r}: {exc.strerror}") from None
+        data = tomllib.loads(text)
+    except RecursionError:
+        raise InvalidArgumentError(
+            f"config file {path!r} nests arrays or tables too deep"
+        ) from None
     except tomllib.TOMLDecodeError as exc:
         raise InvalidArgumentError(f"config file {path!r} is not valid TOML: {exc}") from None
+    check_nesting(data, f"config file {path!r}", InvalidArgumentError)
     hints = typing.get_type_hints(config)
     fields = {f.name for f in _cli_fields(config)}
     out: dict[str, Any] = {}
@@ -361,6 +368,10 @@ def run_target(cmd: Command, config: Any) -> str:
 
 def _run(cmd: Command, args: argparse.Namespace, comm: Any) -> dict[str, Any]:
     config = resolve_config(cmd, args)
+    # Every size is checked before anything is imported, read or computed (run
+    # functions validate again: they are also called directly).
+    if callable(getattr(config, "validate", None)):
+        config.validate()
     module, _, function = run_target(cmd, config).partition(":")
     run = getattr(importlib.import_module(module), function)
     extra = {"comm": comm} if cmd.mpi else {}
@@ -404,7 +415,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     comm = world() if _mpi_launch_size() > 1 else None  # failures then end every rank
     cmd: Command = args._command
     try:
-        # Before any torch or Devito work: each process gets its share of the cores.
+        # Before any torch or Devito work: each process gets its share of the cores (a
+        # billion threads would reach OpenMP: at most 4 per core).
+        if args.threads is not None:
+            check_count("threads", args.threads, maximum=4 * (os.cpu_count() or 1))
         configure_threads(comm, threads=args.threads)
         summary = _run(cmd, args, comm)
     except DevitoUQError as exc:

@@ -22,6 +22,7 @@ __all__ = [
     "InsufficientMemoryError",
     "JitCacheError",
     "WorkerError",
+    "OutputWriteError",
 ]
 
 
@@ -76,3 +77,8 @@ class JitCacheError(DevitoUQError, PermissionError):
 class WorkerError(DevitoUQError, RuntimeError):
     """A helper process of a run (e.g. the AVP's MAP + MALA beside VI) failed; the
     message quotes the end of its log."""
+
+
+class OutputWriteError(DevitoUQError, OSError):
+    """Writing an output file failed (disk full, quota, permissions); the message names
+    the path, the operation and the bytes written, and the previous file is intact."""

@@ -56,6 +56,10 @@ __all__ = [
     "available_memory",
     "check_allocation",
     "format_bytes",
+    "MAX_COUNT",
+    "check_count",
+    "check_grid",
+    "check_device",
 ]
 
 _TORCH_TO_NUMPY = {torch.float32: np.float32, torch.float64: np.float64}
@@ -372,3 +376,73 @@ def check_allocation(
             f"{what} needs {format_bytes(nbytes)} ({nbytes} bytes) but only "
             f"{format_bytes(avail)} are available on {torch.device(device)}; reduce the size"
         )
+
+
+# --------------------------------------------------------------------------- sizes
+#: Largest value of any count a user sets (shots, receivers, angles, truths, samples,
+#: shards, channels, batch): a guard against typos far above every real run, applied
+#: before the memory checks so that no product of counts can overflow or mislead.
+MAX_COUNT = 10**7
+
+
+def check_device(name: str, value: Any) -> torch.device:
+    """The device of ``value`` (a tensor, a ``torch.device`` or its name) if it is the CPU
+    or CUDA; :class:`InvalidArgumentError` naming it otherwise (``meta``, ``mps``, …)."""
+    try:
+        device = value.device if isinstance(value, torch.Tensor) else torch.device(value)
+    except (TypeError, RuntimeError):
+        raise InvalidArgumentError(f"{name}={value!r} is not a torch device") from None
+    if device.type not in ("cpu", "cuda"):
+        raise InvalidArgumentError(
+            f"{name} is on the {device.type!r} device; devito_uq computes on 'cpu' or 'cuda'"
+        )
+    return device
+
+
+def check_count(name: str, value: Any, minimum: int = 1, maximum: int = MAX_COUNT) -> int:
+    """``value`` as an ``int`` in ``[minimum, maximum]``: a size the user typed.
+
+    The message of a value above ``maximum`` names both, so that ``nshots=1000000000``
+    is refused at once instead of reaching an allocation minutes later.
+    """
+    v = check_int(name, value, minimum=minimum)
+    if v > maximum:
+        raise InvalidArgumentError(
+            f"{name}={v} must be an integer <= {maximum} (a size this large is a typo or "
+            "needs a machine far beyond this one)"
+        )
+    return v
+
+
+def check_grid(
+    extent: Sequence[float],
+    spacing: float,
+    *,
+    fields: int = 3,
+    itemsize: int = 4,
+    pad: int = 0,
+    available: int | None = None,
+) -> tuple[int, ...]:
+    """Grid points per axis of a box ``extent`` (m) sampled every ``spacing`` (m), checked.
+
+    The grid (``pad`` extra points at each end of every axis, e.g. an absorbing boundary)
+    holding ``fields`` arrays of ``itemsize`` bytes must fit in memory, else
+    :class:`InsufficientMemoryError` names the extent, spacing, grid and bytes before any
+    array exists. ``available`` overrides the measured memory (tests). Returns the points
+    per axis, boundary included.
+    """
+    spacing = check_positive_scalar("spacing", spacing)
+    extent = check_tuple("extent", extent, len(extent))
+    pad = check_nonnegative_int("pad", pad)
+    shape = tuple(int(math.floor(e / spacing + 1e-9)) + 1 + 2 * pad for e in extent)
+    points = math.prod(shape)
+    nbytes = points * int(fields) * int(itemsize)
+    grid = " x ".join(str(n) for n in shape)
+    what = (
+        f"a grid of {grid} points (extent {list(extent)} m at spacing={spacing:g} m, "
+        f"{fields} arrays)"
+    )
+    if points > MAX_COUNT**2:  # far beyond any machine: refuse without asking the OS
+        raise InsufficientMemoryError(f"{what} needs {format_bytes(nbytes)}; reduce the size")
+    check_allocation(what, nbytes, available=available)
+    return shape

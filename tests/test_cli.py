@@ -242,7 +242,7 @@ def test_config_file_errors_through_the_cli(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unknown key 'n_truth'" in err[0] and str(path) in err[0]
     assert main(["calibrate", str(tmp_path / "missing.toml"), "--out", str(out)]) == 2
-    assert "cannot read config file" in capsys.readouterr().err
+    assert "does not exist" in capsys.readouterr().err
     # A valid file with an invalid value is refused by the config's own validation.
     path.write_text("n_truths = 1\n")
     assert main(["calibrate", str(path), "--out", str(out), "--quiet"]) == 2

@@ -19,6 +19,7 @@ from devito_uq.validation import (
     as_float_array,
     check_bool,
     check_choice,
+    check_device,
     check_dtype,
     check_finite,
     check_finite_positive,
@@ -261,3 +262,14 @@ def test_check_allocation_names_what_and_the_size():
     assert issubclass(InsufficientMemoryError, MemoryError)
     assert available_memory() is None or available_memory() > 0
     assert format_bytes(3 * 2**30) == "3.0 GiB" and format_bytes(12) == "12 B"
+
+
+def test_check_device_refuses_meta_and_other_backends():
+    assert check_device("m", torch.zeros(2)) == torch.device("cpu")
+    assert check_device("device", "cuda:0") == torch.device("cuda", 0)
+    with pytest.raises(InvalidArgumentError, match="m is on the 'meta' device"):
+        check_device("m", torch.zeros(2, device="meta"))
+    with pytest.raises(InvalidArgumentError, match="device is on the 'mps' device"):
+        check_device("device", "mps")
+    with pytest.raises(InvalidArgumentError, match="device='gpu9' is not a torch device"):
+        check_device("device", "gpu9")

@@ -36,10 +36,12 @@ from dataclasses import dataclass
 from devito_uq.apps import knob
 from devito_uq.errors import InvalidArgumentError
 from devito_uq.validation import (
+    check_allocation,
     check_choice,
+    check_count,
+    check_grid,
     check_in_range,
     check_nonnegative_int,
-    check_positive_int,
     check_positive_scalar,
     check_scalar,
 )
@@ -112,7 +114,7 @@ class ProfilePosterior:
     def check_profile_posterior(self) -> None:
         """Raise :class:`InvalidArgumentError` naming the first bad field."""
         for name in ("flow_steps", "flow_hidden", "flow_leaf"):
-            check_positive_int(name, getattr(self, name))
+            check_count(name, getattr(self, name))
         for name in ("scale", "lower"):
             check_positive_scalar(name, getattr(self, name))
         check_choice("dtype", self.dtype, ("float32", "float64"))
@@ -175,10 +177,24 @@ class SurfaceSurvey:
             check_in_range(name, getattr(self, name), 0.0, float("inf"))
         for name in ("spacing", "smoothing", "t1", "data_dt"):
             check_positive_scalar(name, getattr(self, name))
-        check_positive_int("nshots", self.nshots)
-        check_positive_int("nreceivers", self.nreceivers)
+        check_count("nshots", self.nshots)
+        check_count("nreceivers", self.nreceivers)
         if self.data_dt >= self.t1:
             raise InvalidArgumentError(f"data_dt={self.data_dt} ms must be below t1={self.t1}")
+        nt = int(self.t1 / self.data_dt) + 1
+        check_allocation(
+            f"the shot records (nshots={self.nshots} x nreceivers={self.nreceivers} x {nt} "
+            f"samples of t1={self.t1:g} ms / data_dt={self.data_dt:g} ms, float32)",
+            4 * self.nshots * self.nreceivers * nt,
+        )
+
+    def check_survey_grid(self, nbl: int) -> None:
+        """Raise :class:`~devito_uq.errors.InsufficientMemoryError` when the window's grid
+        (``width`` x ``depth`` at ``spacing``, ``nbl`` boundary cells each side, a few
+        float32 wavefields) cannot fit in memory; a zero ``width``/``depth`` (the whole
+        model, known once it is read) is checked by the solver instead."""
+        if self.width > 0 and self.depth > 0:
+            check_grid((self.width, self.depth), self.spacing, pad=nbl)
 
 
 @dataclass

@@ -50,6 +50,8 @@ from devito_uq.inference.diagnostics.images import uncertainty_calibration_error
 from devito_uq.inference.diagnostics.ranks import Summary, truth_statistics
 from devito_uq.inference.diagnostics.result import CalibrationResult
 from devito_uq.io._atomic import atomic_path
+from devito_uq.io._files import read_input_json
+from devito_uq.io.records import load_record, save_record
 from devito_uq.parallel import ShotDistribution, allreduce_sum, rank_and_size
 from devito_uq.validation import check_bool, check_int, check_positive_int
 
@@ -78,6 +80,18 @@ def _seeded(seed: int):
         yield
 
 
+def _plain_identity(identity: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``identity`` as plain JSON data with string keys (what the files store)."""
+    if identity is None:
+        return {}
+    if not isinstance(identity, Mapping) or not all(isinstance(k, str) for k in identity):
+        raise InvalidArgumentError(f"identity={identity!r} must be a mapping with string keys")
+    try:
+        return json.loads(json.dumps(dict(identity), allow_nan=False, sort_keys=True))
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgumentError(f"identity={identity!r} is not plain JSON data: {exc}") from None
+
+
 def _draw(prior: Any) -> torch.Tensor:
     x = prior.sample(1)[0] if callable(getattr(prior, "sample", None)) else prior()
     if not isinstance(x, torch.Tensor):
@@ -87,26 +101,30 @@ def _draw(prior: Any) -> torch.Tensor:
 
 def _check_meta(out_dir: Path, meta: dict) -> None:
     path = out_dir / "calibration.json"
-    if path.exists():
-        old = json.loads(path.read_text())
-        for key, value in meta.items():
-            if old.get(key) != value:
+    if os.path.lexists(path):
+        old = read_input_json(path, "calibration file", CheckpointError)
+        if not isinstance(old, dict):
+            raise CheckpointError(f"calibration file {str(path)!r} does not hold a JSON object")
+        for key in sorted(set(meta) | set(old)):
+            if old.get(key) != meta.get(key):
                 raise CheckpointError(
-                    f"{path} was written with {key}={old.get(key)!r}, this run has {value!r}; "
-                    "use another out_dir or the same settings"
+                    f"{path} was written with {key}={old.get(key)!r}, this run has "
+                    f"{meta.get(key)!r}; use another out_dir or the same settings"
                 )
         return
     with atomic_path(path) as tmp:
         Path(tmp).write_text(json.dumps(meta, indent=1))
 
 
-def _load(path: Path, index: int, shape: tuple, k: int) -> dict:
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            rec = {name: z[name] for name in z.files}
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"cannot read {path}: {exc}") from exc
-    if int(rec.get("index", -1)) != index or tuple(rec["ranks"].shape) != shape:
+def _load(path: Path, index: int, shape: tuple, k: int, meta: dict) -> dict:
+    """Truth ``index``'s record from ``path``, verified: its hash, then its run identity."""
+    rec = load_record(path, meta, "calibration result")
+    missing = sorted(
+        {"index", "ranks", "summary_ranks", "log_prob_rank", "tarp_rank", *_METRICS} - set(rec)
+    )
+    if missing:
+        raise CheckpointError(f"{path} lacks the entries {missing}")
+    if int(rec["index"]) != index or tuple(rec["ranks"].shape) != shape:
         raise CheckpointError(f"{path} does not hold truth {index} of shape {list(shape)}")
     if rec["summary_ranks"].shape != (k,):
         raise CheckpointError(f"{path} has {rec['summary_ranks'].size} summaries, expected {k}")
@@ -129,6 +147,7 @@ def run_calibration(
     comm: Any = None,
     sample_chunk: int | None = None,
     progress: bool = False,
+    identity: Mapping[str, Any] | None = None,
 ) -> CalibrationResult:
     """Simulation-based calibration over ``n_truths`` truths (Talts et al. 2018).
 
@@ -173,6 +192,10 @@ def run_calibration(
         As in :func:`~devito_uq.inference.truth_statistics`.
     progress : bool
         tqdm bar over this rank's truths.
+    identity : mapping of str to JSON value, optional
+        The caller's configuration the truths depend on (noise, prior, physics): stored
+        as ``identity.KEY`` in ``calibration.json`` and in every truth file; a resume
+        under another value, or a truth file of another run, is refused naming the key.
 
     Returns
     -------
@@ -204,6 +227,7 @@ def run_calibration(
         raise InvalidArgumentError(
             f"tarp_reference={tarp_reference!r} must be 'prior', a callable or None"
         )
+    identity = _plain_identity(identity)
     summaries = dict(summaries or {})
     names = tuple(summaries)
     rank, _ = rank_and_size(comm)
@@ -211,21 +235,20 @@ def run_calibration(
     with _seeded(user0):
         shape = tuple(_draw(prior).shape)  # every rank learns the shape, even with no truths
     folder = None if out_dir is None else Path(out_dir)
+    ref_kind = "none" if tarp_reference is None else ("prior" if is_prior else "custom")
+    meta = {
+        "format": _FORMAT,
+        "n_samples": n_samples,
+        "seed": seed,
+        "shape": list(shape),
+        "summaries": list(names),
+        "tarp_reference": ref_kind,
+        "tarp_scale": None if tarp_scale is None else "custom",
+        "use_log_prob": use_log_prob,
+        **{f"identity.{k}": v for k, v in identity.items()},
+    }
     if folder is not None:
-        ref_kind = "none" if tarp_reference is None else ("prior" if is_prior else "custom")
-        _check_meta(
-            folder,
-            {
-                "format": _FORMAT,
-                "n_samples": n_samples,
-                "seed": seed,
-                "shape": list(shape),
-                "summaries": list(names),
-                "tarp_reference": ref_kind,
-                "tarp_scale": None if tarp_scale is None else "custom",
-                "use_log_prob": use_log_prob,
-            },
-        )
+        _check_meta(folder, meta)
 
     run = _Run(
         seed,
@@ -247,13 +270,12 @@ def run_calibration(
         bar = tqdm(mine, desc=f"calibration (rank {rank})", leave=False)
     for i in bar:
         path = None if folder is None else folder / f"truth_{i:06d}.npz"
-        if path is not None and path.exists():
-            out.put(i, _load(path, i, shape, len(names)))
+        if path is not None and os.path.lexists(path):
+            out.put(i, _load(path, i, shape, len(names), meta))
             continue
         rec = _one_truth(i, run)
         if path is not None:
-            with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-                np.savez(fh, **rec)
+            save_record(path, rec, meta)
         out.put(i, rec, computed=True)
     return out.result(comm)
 
@@ -280,9 +302,11 @@ def load_calibration(out_dir: str | os.PathLike, n_truths: int | None = None) ->
     """
     folder = Path(out_dir)
     meta_path = folder / "calibration.json"
-    if not meta_path.exists():
+    if not os.path.lexists(meta_path):
         raise CheckpointError(f"{meta_path} does not exist: not a calibration folder")
-    meta = json.loads(meta_path.read_text())
+    meta = read_input_json(meta_path, "calibration file", CheckpointError)
+    if not isinstance(meta, dict) or not {"shape", "summaries", "n_samples", "seed"} <= set(meta):
+        raise CheckpointError(f"calibration file {str(meta_path)!r} is not a calibration manifest")
     found = sorted(folder.glob("truth_*.npz"))
     n = len(found) if n_truths is None else check_int("n_truths", n_truths, minimum=2)
     if n < 2:
@@ -291,9 +315,9 @@ def load_calibration(out_dir: str | os.PathLike, n_truths: int | None = None) ->
     out = _Collector(n, shape, names, meta["n_samples"], meta["seed"])
     for i in range(n):
         path = folder / f"truth_{i:06d}.npz"
-        if not path.exists():
+        if not os.path.lexists(path):
             raise CheckpointError(f"{path} is missing: truth {i} of {n} has not finished")
-        out.put(i, _load(path, i, shape, len(names)))
+        out.put(i, _load(path, i, shape, len(names), meta))
     return out.result(None)
 
 

@@ -30,7 +30,6 @@ import hashlib
 import json
 import math
 import os
-import stat
 import struct
 import sys
 from collections.abc import Iterable, Mapping
@@ -41,7 +40,7 @@ import torch
 
 from devito_uq.errors import CheckpointError
 from devito_uq.io._atomic import atomic_path
-from devito_uq.io._files import check_input_file
+from devito_uq.io._files import read_input_bytes
 
 __all__ = [
     "save_checkpoint",
@@ -209,20 +208,6 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     return path
 
 
-def _read_regular(path: Path) -> bytes:
-    """The bytes of ``path``, refusing anything but a regular file (a FIFO swapped in
-    after the check would block a plain ``open``)."""
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)
-    fd = os.open(path, flags)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise CheckpointError(f"checkpoint {str(path)!r} is not a regular file")
-        with os.fdopen(fd, "rb", closefd=False) as fh:
-            return fh.read()
-    finally:
-        os.close(fd)
-
-
 def load_checkpoint(path: str | os.PathLike, required: Iterable[str] = ()) -> dict[str, Any]:
     """Read and verify a checkpoint written by :func:`save_checkpoint`.
 
@@ -232,12 +217,11 @@ def load_checkpoint(path: str | os.PathLike, required: Iterable[str] = ()) -> di
     versions, which are never unpickled), fails its SHA-256 check (corrupt,
     truncated or edited), or lacks one of the ``required`` keys.
     """
-    path = check_input_file(path, "checkpoint", CheckpointError)
+    path = Path(path)
     where = f"checkpoint {str(path)!r}"
-    try:
-        data = _read_regular(path)
-    except OSError as exc:
-        raise CheckpointError(f"{where} cannot be read: {exc.strerror or exc}") from None
+    # Regular files only (checked again on the open descriptor: a FIFO swapped in after
+    # the check cannot block); no size bound beyond the file's own, which is on disk.
+    data = read_input_bytes(path, "checkpoint", CheckpointError, max_bytes=None)
     if not data.startswith(_MAGIC):
         old = " (a pickle-based file of an older version is never loaded)"
         raise CheckpointError(

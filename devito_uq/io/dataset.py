@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from devito_uq.errors import CheckpointError, InvalidArgumentError, InvalidShapeError
 from devito_uq.io._atomic import atomic_path
+from devito_uq.io._files import read_input_json
 from devito_uq.io.checkpoint import check_identity, load_checkpoint, save_checkpoint
 from devito_uq.parallel import ShotDistribution, allreduce_sum, rank_and_size
 from devito_uq.validation import (
@@ -117,12 +118,9 @@ def _write_meta(folder: Path, meta: dict) -> None:
 
 def _read_meta(folder: Path) -> dict:
     path = folder / _META
-    try:
-        meta = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{str(folder)!r} holds no dataset (no {_META})") from None
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"dataset file {str(path)!r} is unreadable: {exc}") from None
+    if not os.path.lexists(path):
+        raise CheckpointError(f"{str(folder)!r} holds no dataset (no {_META})")
+    meta = read_input_json(path, "dataset file", CheckpointError)
     if not isinstance(meta, dict) or meta.get("format") != DATASET_FORMAT:
         got = meta.get("format") if isinstance(meta, dict) else None
         raise CheckpointError(f"{str(path)!r} has format {got!r}, not {DATASET_FORMAT}")

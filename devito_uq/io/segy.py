@@ -50,7 +50,7 @@ from devito_uq.io._files import check_input_file
 from devito_uq.physics.resample import TimeAxis
 from devito_uq.physics.survey import Survey
 
-__all__ = ["read_shots"]
+__all__ = ["read_shots", "segy_layout", "READABLE_FORMATS"]
 
 _INT32_MAX = 2**31 - 1
 _T = TraceField
@@ -133,12 +133,71 @@ def _text_header(lines: Sequence[str]) -> bytes:
 
 
 # ----------------------------------------------------------------------------- shots
-def _open(path: Path) -> Any:
-    check_input_file(path, "SEG-Y file", SegyError)
+#: Sample formats (binary header bytes 3225-3226) segyio decodes; any other code is
+#: refused (segyio would read it as IBM floats, with only a warning).
+READABLE_FORMATS = frozenset({1, 2, 3, 5, 6, 8, 9, 10, 11, 12, 16})
+_BINARY_END = 3600
+_FORMAT_AT, _BYTE_ORDER_AT = 3224, 3296  # 0-based offsets of the two binary-header words
+
+
+def segy_layout(path: str | os.PathLike) -> dict[str, Any]:
+    """Byte order and sample format of a SEG-Y file, from its binary header alone.
+
+    SEG-Y rev 2 allows little-endian files and marks the byte order with the word
+    ``0x01020304`` at bytes 3297-3300; where that word is absent (rev 0/1 files) the
+    order is the one in which the sample-format code is a known one (big-endian first).
+
+    Returns
+    -------
+    dict
+        ``byte_order`` (``"big"`` or ``"little"``), ``byte_order_from`` (``"rev2 word"``
+        or ``"format code"``) and ``format`` (the code).
+
+    Raises
+    ------
+    SegyError
+        The file is shorter than its headers, or its format code is not one of
+        :data:`READABLE_FORMATS` in either byte order (the message names the code).
+    """
+    path = check_input_file(path, "SEG-Y file", SegyError)
     try:
-        return segyio.open(str(path), "r", ignore_geometry=True)
+        with open(path, "rb") as fh:  # a regular file (checked above): bounded read
+            head = fh.read(_BINARY_END)
+    except OSError as exc:
+        raise SegyError(f"SEG-Y file {str(path)!r} cannot be read: {exc.strerror}") from None
+    if len(head) < _BINARY_END:
+        raise SegyError(
+            f"{str(path)!r} is not a readable SEG-Y file (truncated?): {len(head)} bytes, "
+            f"shorter than the {_BINARY_END}-byte headers"
+        )
+    word = head[_BYTE_ORDER_AT : _BYTE_ORDER_AT + 4]
+    code = {o: int.from_bytes(head[_FORMAT_AT : _FORMAT_AT + 2], o) for o in ("big", "little")}
+    orders = {b"\x01\x02\x03\x04": "big", b"\x04\x03\x02\x01": "little"}
+    if word in orders:
+        order, source = orders[word], "rev2 word"
+    else:
+        order = next((o for o in ("big", "little") if code[o] in READABLE_FORMATS), None)
+        source = "format code"
+    if order is None or code[order] not in READABLE_FORMATS:
+        shown = code[order] if order is not None else f"{code['big']} (big-endian)"
+        raise SegyError(
+            f"{str(path)!r} has the sample-format code {shown} in its binary header (bytes "
+            f"3225-3226), not one of the readable codes {sorted(READABLE_FORMATS)}; its "
+            "samples would be decoded as garbage"
+        )
+    return {"byte_order": order, "byte_order_from": source, "format": code[order]}
+
+
+def _open(path: Path) -> Any:
+    """The open segyio file, in its own byte order; ``f.devito_uq_layout`` holds
+    :func:`segy_layout`."""
+    layout = segy_layout(path)
+    try:
+        f = segyio.open(str(path), "r", ignore_geometry=True, endian=layout["byte_order"])
     except Exception as exc:  # segyio raises RuntimeError/IOError for short or corrupt files
         raise SegyError(f"{str(path)!r} is not a readable SEG-Y file (truncated?): {exc}") from exc
+    f.devito_uq_layout = layout
+    return f
 
 
 def _read_headers(f: Any, path: Path, fields: Sequence[int]) -> tuple[dict[int, np.ndarray], int]:
@@ -272,7 +331,10 @@ def read_shots(
     }
     with _open(path) as f:
         h, interval = _read_headers(f, path, sorted(fields))
+        layout = f.devito_uq_layout
+        geo.check_scalars(h, conv, path)
         xyz = geo.coordinates(h, conv, datum)
+        geo.check_extent(xyz, path)
         shot_of_trace, groups = _group(h, conv, group_by)
         selected = _select(shots, len(groups))
         index = np.concatenate([groups[s] for s in selected])
@@ -283,7 +345,7 @@ def read_shots(
         raise SegyError(f"{str(path)!r}: traces have different delays {np.unique(delays)[:5]} ms")
     geo.check_depths(xyz["src_z"][index], "source", conv, shot_of_trace[index], datum)
     geo.check_depths(xyz["rec_z"][index], "receiver", conv, shot_of_trace[index], datum)
-    report: dict[str, Any] = {"convention": convention, "datum_m": datum}
+    report: dict[str, Any] = {"convention": convention, "datum_m": datum, **layout}
     if dim == 2:
         sx, rx, line = geo.project_line(
             xyz["src_x"], xyz["src_y"], xyz["rec_x"], xyz["rec_y"], line_tolerance

@@ -45,7 +45,22 @@ from segyio import TraceField
 
 from devito_uq.errors import SegyError
 
-__all__ = ["CONVENTIONS", "resolve_convention", "header_fields", "coordinates", "project_line"]
+__all__ = [
+    "CONVENTIONS",
+    "SCALARS",
+    "resolve_convention",
+    "header_fields",
+    "coordinates",
+    "check_scalars",
+    "check_extent",
+    "project_line",
+]
+
+#: Scalar values the SEG-Y standard allows (0 reads as 1).
+SCALARS = frozenset({0, 1, -1, 10, -10, 100, -100, 1000, -1000, 10000, -10000})
+#: A coordinate farther than this many survey extents (at least 1 km) from the survey's
+#: median is refused: a header sentinel (±2³¹) or a corrupt trace, never a real position.
+OUTLIER_EXTENTS = 100.0
 
 _KEYS = ("src_x", "src_y", "rec_x", "rec_y", "xy_scalar", "src_z", "rec_z", "z_scalar")
 
@@ -124,6 +139,62 @@ def coordinates(h: Mapping[int, np.ndarray], conv, datum: float = 0.0) -> dict[s
     out["src_z"] = get("src_z", "z_scalar") + datum
     out["rec_z"] = get("rec_z", "z_scalar") + datum
     return out
+
+
+def bad_scalars(h: Mapping[int, np.ndarray], conv) -> list[tuple[str, int, int]]:
+    """``(field, trace, value)`` of the first scalar outside :data:`SCALARS` in each field."""
+    out = []
+    for key in ("xy_scalar", "z_scalar"):
+        field, _, name = conv[key]
+        values = h[field]
+        bad = np.flatnonzero(~np.isin(values, list(SCALARS)))
+        if bad.size and name not in (n for n, _, _ in out):
+            out.append((name, int(bad[0]), int(values[bad[0]])))
+    return out
+
+
+def check_scalars(h: Mapping[int, np.ndarray], conv, path: Any) -> None:
+    """Refuse a coordinate or elevation scalar outside the standard's ±1 … ±10000."""
+    for name, k, value in bad_scalars(h, conv):
+        raise SegyError(
+            f"{str(path)!r}: trace {k} has {name}={value}; SEG-Y allows 0, ±1, ±10, ±100, "
+            "±1000 and ±10000 (a corrupt header: its coordinates would be scaled by it)"
+        )
+
+
+def outliers(xyz: Mapping[str, np.ndarray]) -> list[tuple[str, int, float, float, float]]:
+    """``(quantity, trace, value, median, extent)`` of coordinates far outside the survey.
+
+    Per axis (x, y), over sources and receivers together: the survey's extent is the
+    spread of the central 90 % of the positions (at least 1 km); a position more than
+    :data:`OUTLIER_EXTENTS` extents from the median is an outlier.
+    """
+    out = []
+    for axis in ("x", "y"):
+        keys = (f"src_{axis}", f"rec_{axis}")
+        allv = np.concatenate([xyz[k] for k in keys])
+        if allv.size == 0:
+            continue
+        med = float(np.median(allv))
+        lo, hi = np.percentile(allv, [5, 95])
+        extent = max(float(hi - lo), 1000.0)
+        for key in keys:
+            dist = np.abs(xyz[key] - med)
+            k = int(np.argmax(dist))
+            if dist[k] > OUTLIER_EXTENTS * extent:
+                out.append((key, k, float(xyz[key][k]), med, extent))
+    return out
+
+
+def check_extent(xyz: Mapping[str, np.ndarray], path: Any) -> None:
+    """Refuse a source or receiver far outside the survey (see :func:`outliers`)."""
+    for key, k, value, med, extent in outliers(xyz):
+        raise SegyError(
+            f"{str(path)!r}: the {'source' if key.startswith('src') else 'receiver'} of trace "
+            f"{k} has {key[-1]} = {value:.6g} m, {abs(value - med) / 1000:.6g} km from the "
+            f"survey's median {med:.6g} m (extent {extent:.6g} m): a corrupt or sentinel "
+            "header, not a position"
+        )
 
 
 def check_depths(z: np.ndarray, what: str, conv, shot_of_trace: np.ndarray, datum: float) -> None:

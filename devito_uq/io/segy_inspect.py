@@ -182,6 +182,7 @@ def segy_info(
 
     with _open(path) as f:
         h, interval_us = _read_headers(f, path, sorted(fields))
+        layout = f.devito_uq_layout
         ntr, ns = f.tracecount, len(f.samples)
         try:
             binary_us = int(f.bin[BinField.Interval])
@@ -218,6 +219,15 @@ def segy_info(
             f"datum >= {need:.6g} m (the elevation of the model's top)"
         )
     xyz = geo.coordinates(h, conv, datum)
+    for name, k, value in geo.bad_scalars(h, conv):
+        warnings.append(
+            f"trace {k} has {name}={value}, outside SEG-Y's 0, ±1 … ±10000: read_shots refuses it"
+        )
+    for key, k, value, med, extent in geo.outliers(xyz):
+        warnings.append(
+            f"the {key} of trace {k} is {value:.6g} m, {abs(value - med) / 1000:.6g} km from the "
+            f"survey's median {med:.6g} m (extent {extent:.6g} m): read_shots refuses it"
+        )
     _, by_source = _group(h, conv, "source")
     _, by_record = _group(h, conv, "field_record")
     groups = by_source if group_by == "source" else by_record
@@ -301,6 +311,7 @@ def segy_info(
     return {
         "path": str(path),
         "format": {"code": fmt, "name": _FORMATS.get(fmt, "unknown")},
+        "byte_order": f"{layout['byte_order']}-endian (from the {layout['byte_order_from']})",
         "traces": int(ntr),
         "samples_per_trace": int(ns),
         "sample_interval_ms": dt_ms,
@@ -361,7 +372,8 @@ def format_segy_info(info: Mapping[str, Any]) -> str:
     nr = info["receivers_per_shot"]
     out = [
         f"SEG-Y file {info['path']}",
-        f"  format      {info['format']['name']} (code {info['format']['code']})",
+        f"  format      {info['format']['name']} (code {info['format']['code']}), "
+        f"{info['byte_order']}",
         f"  traces      {info['traces']}, {dead}",
         f"  shots       {info['shots']} (grouped by {info['grouped_by']}; "
         f"{info['shots_by_source_position']} source positions, "

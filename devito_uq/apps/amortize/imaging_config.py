@@ -18,8 +18,8 @@ from devito_uq.apps.pieces import ImagePrior, SurfaceSurvey, WaveSolver
 from devito_uq.validation import (
     check_bool,
     check_choice,
+    check_count,
     check_nonnegative_scalar,
-    check_positive_int,
     check_positive_scalar,
     check_scalar,
 )
@@ -67,12 +67,13 @@ class ImagingAmortizeConfig(SurfaceSurvey, WaveSolver, ImagePrior, AmortizeTrain
         return ``self``."""
         self.check_training()
         check_choice("flow_kind", self.flow_kind, ("hint", "glow"))
-        check_positive_int("flow_levels", self.flow_levels)
+        check_count("flow_levels", self.flow_levels, maximum=16)  # the grid pads to 2^L
         check_scalar("snr_db", self.snr_db)
         self.check_surface_survey()
         for name in ("width", "depth"):  # a training crop needs a size
             check_positive_scalar(name, getattr(self, name))
         self.check_wave_solver()
+        self.check_survey_grid(self.nbl)
         self.check_image_prior()
         check_choice("condition", self.condition, ("normal", "explicit"))
         check_bool("augment_flip", self.augment_flip)

@@ -97,6 +97,41 @@ def checkpoint_file(config: Config, out: str) -> str:
     return config.checkpoint or os.path.join(out, "amortized.pt")
 
 
+def _check_checkpoint_target(config: Config, out: str) -> None:
+    """Refuse, before any work, to overwrite an existing file at ``config.checkpoint`` that
+    is not a trained amortized posterior of devito_uq (``OUT/amortized.pt`` is ours)."""
+    path = checkpoint_file(config, out)
+    if not config.checkpoint or not os.path.lexists(path):
+        return
+    try:
+        load_checkpoint(path, required=("config", "posterior"))
+    except CheckpointError as exc:
+        raise CheckpointError(
+            f"checkpoint={config.checkpoint!r} names an existing file that is not a trained "
+            f"amortized posterior ({exc}); it is never overwritten: remove it or name "
+            "another path"
+        ) from None
+
+
+def _check_dataset_target(config: Config) -> None:
+    """Refuse, before any work, a ``dataset`` path naming an existing file, or a folder
+    that holds other files but no ``dataset.json`` (someone else's folder)."""
+    path = config.dataset
+    if not path or not os.path.lexists(path):
+        return
+    if not os.path.isdir(path) or os.path.islink(path):
+        raise CheckpointError(
+            f"dataset={path!r} names an existing file, not a dataset folder; it is never "
+            "overwritten: remove it or name another path"
+        )
+    entries = os.listdir(path)
+    if entries and "dataset.json" not in entries:
+        raise CheckpointError(
+            f"dataset={path!r} is a folder of {len(entries)} other files (no dataset.json); "
+            "the training set is never written into it: name an empty or new folder"
+        )
+
+
 def _write_json(path: str, obj: dict) -> None:
     with atomic_path(path) as tmp, open(tmp, "w") as fh:
         json.dump(obj, fh, indent=2)
@@ -117,6 +152,7 @@ def run_simulate(
     finished shards are verified and kept.
     """
     config = config.for_problem().validate()
+    _check_dataset_target(config)
     prepare_output(out, (), True)
     setting = build_setting(config, comm)
     t0 = time.perf_counter()
@@ -154,10 +190,13 @@ def run_train(
     """Train the conditional flow on the dataset by maximum likelihood; write ``amortized.pt``.
 
     Training runs on rank 0 (the flow is small; the PDE solves were in ``simulate``).
-    With ``resume`` a killed training continues from ``OUT/train_checkpoint.pt``.
+    With ``resume`` a killed training continues from ``OUT/train_checkpoint.pt``. A
+    ``checkpoint`` path naming an existing file that is not a trained amortized posterior
+    is refused before any work (never overwritten).
     """
     config = config.for_problem().validate()
     rank, _ = rank_and_size(comm)
+    _check_checkpoint_target(config, out)
     prepare_output(out, (_TRAIN_CKPT,), resume, writer=rank == 0)
     setting = build_setting(config, comm)
     ds = ShardedDataset(dataset_folder(config, out))

@@ -16,7 +16,9 @@ from typing import Any
 from devito_uq.apps import knob
 from devito_uq.errors import InvalidArgumentError
 from devito_uq.validation import (
+    check_allocation,
     check_choice,
+    check_count,
     check_in_range,
     check_int,
     check_nonnegative_int,
@@ -96,6 +98,26 @@ class AmortizeTraining:
             "vi_iterations",
         ):
             check_positive_int(name, getattr(self, name))
+        for name in (
+            "n_train",
+            "n_validation",
+            "shard_size",
+            "flow_hidden",
+            "summary_features",
+            "summary_hidden",
+            "batch_size",
+            "n_samples",
+            "n_truths",
+            "correct_batch_size",
+        ):
+            check_count(name, getattr(self, name))
+        # A lower bound of the flow's weights (hidden x hidden per step, float32, with the
+        # gradient and Adam's two moments): a billion channels is refused here, not in torch.
+        check_allocation(
+            f"the flow's conditioners (flow_hidden={self.flow_hidden}, "
+            f"flow_steps={self.flow_steps}, with Adam)",
+            4 * 4 * self.flow_hidden**2 * self.flow_steps,
+        )
         check_nonnegative_int("correct_iterations", self.correct_iterations)
         check_int("n_truths", self.n_truths, minimum=2)
         for name in ("lr", "correct_lr", "noise_factor"):

@@ -18,6 +18,7 @@ from devito_uq.apps.pieces import ProfilePosterior, ProperPrior, SleipnerNoise
 from devito_uq.errors import InvalidArgumentError
 from devito_uq.validation import (
     check_choice,
+    check_count,
     check_in_range,
     check_int,
     check_positive_int,
@@ -90,6 +91,8 @@ class AVPCalibrationConfig(SleipnerNoise, ProfilePosterior, ProperPrior):
         check_int("n_truths", self.n_truths, minimum=2)
         for name in ("n_samples", "vi_iterations", "batch_size", "mala_chains", "n_windows"):
             check_positive_int(name, getattr(self, name))
+        for name in ("n_truths", "n_samples", "batch_size", "mala_chains"):
+            check_count(name, getattr(self, name))
         check_int("seed", self.seed, minimum=0)
         for name in ("lr", "mala_step_size"):
             check_positive_scalar(name, getattr(self, name))

@@ -19,6 +19,7 @@ from devito_uq.errors import InvalidArgumentError
 from devito_uq.validation import (
     check_allocation,
     check_choice,
+    check_count,
     check_in_range,
     check_int,
     check_nonnegative_int,
@@ -120,6 +121,8 @@ class AVPConfig(SleipnerNoise, ProfilePosterior):
         check_nonnegative_int("mala_burn_in", self.mala_burn_in)
         check_nonnegative_int("checkpoint_every", self.checkpoint_every)
         check_int("n_samples", self.n_samples, minimum=2)  # a std needs two samples
+        for name in ("n_angles", "batch_size", "mala_chains", "n_samples"):
+            check_count(name, getattr(self, name))
         check_int("seed", self.seed)
         if self.mala_steps < self.mala_thin:
             raise InvalidArgumentError(
@@ -167,6 +170,15 @@ class AVPConfig(SleipnerNoise, ProfilePosterior):
         nz, itemsize = 128, 4 if self.dtype == "float32" else 8  # the Sleipner profile
         check_allocation(f"n_samples={self.n_samples}", 2 * self.n_samples * nz * itemsize)
         check_allocation(f"{kept} kept MALA draws", 2 * kept * nz * itemsize)
+        # The data of one forward per VI sample and MALA chain (with its adjoint and
+        # residual): n_angles traces of t1/dt samples each.
+        nt = int(self.t1 / self.dt) + 1
+        check_allocation(
+            f"the AVP gathers of batch_size={self.batch_size} + mala_chains="
+            f"{self.mala_chains} models x n_angles={self.n_angles} x {nt} samples "
+            f"(t1={self.t1:g} ms / dt={self.dt:g} ms)",
+            3 * (self.batch_size + self.mala_chains) * self.n_angles * nt * itemsize,
+        )
         return self
 
     def to_dict(self) -> dict[str, Any]:

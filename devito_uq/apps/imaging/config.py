@@ -27,7 +27,9 @@ from devito_uq.apps import knob as _knob
 from devito_uq.apps.pieces import ImagePrior, LowestVelocity, SurfaceSurvey, WaveSolver
 from devito_uq.errors import InvalidArgumentError
 from devito_uq.validation import (
+    check_allocation,
     check_choice,
+    check_count,
     check_in_range,
     check_int,
     check_nonnegative_int,
@@ -72,6 +74,7 @@ class SimulateConfig(SurfaceSurvey, WaveSolver, LowestVelocity):
             raise InvalidArgumentError(f"model={self.model!r} must be 'marmousi' or a file path")
         self.check_surface_survey()
         self.check_wave_solver()
+        self.check_survey_grid(self.nbl)
         self.check_lowest_velocity(self.vmax)
         check_scalar("snr_db", self.snr_db)
         check_choice("data", self.data, ("nonlinear", "born"))
@@ -191,11 +194,21 @@ class InvertConfig(WaveSolver, LowestVelocity, ImagePrior):
             "checkpoint_every",
         ):
             check_positive_int(name, getattr(self, name))
+        for name in ("flow_levels", "flow_steps", "flow_hidden", "probes", "rank", "batch_size"):
+            check_count(name, getattr(self, name))
+        check_count("flow_levels", self.flow_levels, maximum=16)  # the grid pads to 2^L
         check_nonnegative_int("map_iterations", self.map_iterations)
-        check_nonnegative_int("oversample", self.oversample)
-        check_nonnegative_int("vi_shots", self.vi_shots)
-        check_int("n_samples", self.n_samples, minimum=2)  # a std needs two samples
+        check_count("oversample", self.oversample, minimum=0)
+        check_count("vi_shots", self.vi_shots, minimum=0)
+        check_count("n_samples", self.n_samples, minimum=2)  # a std needs two samples
         check_int("seed", self.seed)
+        # Two 3x3 convolutions of flow_hidden channels per step and level, float32, each
+        # with its gradient and Adam's two moments.
+        check_allocation(
+            f"the flow's conditioners (flow_hidden={self.flow_hidden} channels, "
+            f"flow_steps={self.flow_steps} x flow_levels={self.flow_levels}, with Adam)",
+            4 * 9 * self.flow_hidden**2 * 2 * self.flow_steps * self.flow_levels * 4,
+        )
         if not isinstance(self.label, str):
             raise InvalidArgumentError(f"label={self.label!r} must be a string")
         if not isinstance(self.amortized, str):
@@ -292,7 +305,7 @@ class SummarizeConfig:
     def validate(self) -> SummarizeConfig:
         if not isinstance(self.posterior, str) or not self.posterior:
             raise InvalidArgumentError(f"posterior={self.posterior!r} must be a file path")
-        check_int("n_samples", self.n_samples, minimum=2)
+        check_count("n_samples", self.n_samples, minimum=2)
         check_int("seed", self.seed)
         return self
 
