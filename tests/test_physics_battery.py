@@ -223,3 +223,20 @@ def test_cuda_input_gives_cuda_output(case):
     assert x.grad.device == x.device
     torch.testing.assert_close(d.detach().cpu(), op(case.x).detach(), rtol=0, atol=0)
     torch.testing.assert_close(x.grad.cpu(), _gradient(op, case.x, torch.ones_like(d.cpu())))
+
+
+def test_nan_upstream_gradient_and_foreign_device_refused(case):
+    """A NaN upstream gradient is named before any adjoint solve (it would come back as a
+    NaN model gradient without a word); a tensor on a device Devito cannot reach (meta) is
+    refused by name before anything is compiled."""
+    from devito_uq.errors import DevitoUQError
+
+    op = case.build(1.0)
+    x = case.x.clone().requires_grad_(True)
+    d = op(x)
+    bad = torch.ones_like(d)
+    bad.view(-1)[3] = float("nan")
+    with pytest.raises(DevitoUQError, match="grad_out contains nan"):
+        d.backward(bad)
+    with pytest.raises(DevitoUQError, match="meta"):
+        op(torch.empty(case.x.shape, dtype=case.x.dtype, device="meta"))

@@ -408,7 +408,10 @@ def _one_truth(index: int, run: _Run) -> dict:
     error = st.mean - truth.double().cpu().numpy()
     # >= 100 pixels per bin: the RMSE of n values is biased low by ~1/(4n) (0.25 %).
     uce = uncertainty_calibration_error(
-        error, st.std, n_bins=int(np.clip(error.size // 100, 1, 10))
+        error,
+        st.std,
+        n_bins=int(np.clip(error.size // 100, 1, 10)),
+        n_samples=run.n_samples,  # the std is estimated from L draws: E[e²] = σ²(1 + 1/L)
     )
     return {
         "index": np.int64(index),

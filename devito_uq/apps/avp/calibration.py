@@ -63,6 +63,7 @@ from devito_uq.inference import (
 )
 from devito_uq.inference.diagnostics import expected_z_fraction
 from devito_uq.io._atomic import atomic_path
+from devito_uq.io._files import read_input_json
 from devito_uq.parallel import allreduce_sum, rank_and_size
 
 __all__ = [
@@ -226,7 +227,10 @@ def _prepare(out: Path, config: AVPCalibrationConfig, resume: bool, comm: Any) -
             for sub in ("vi", "mala"):
                 shutil.rmtree(out / sub, ignore_errors=True)
         elif path.exists():
-            saved, now = json.loads(path.read_text()), json.loads(json.dumps(config.to_dict()))
+            saved = read_input_json(path, "calibration config", CheckpointError)
+            if not isinstance(saved, dict):
+                raise CheckpointError(f"{path} holds no calibration configuration (a JSON object)")
+            now = json.loads(json.dumps(config.to_dict()))
             for key in sorted((saved.keys() | now.keys()) - _NOT_IN_RESULTS):
                 if saved.get(key) != now.get(key):
                     raise CheckpointError(
@@ -397,6 +401,8 @@ def run_avp_calibration(
             out_dir=out / name,
             comm=comm,
             progress=progress,
+            # a truth file from another configuration is refused naming the key
+            identity={k: v for k, v in config.to_dict().items() if k not in _NOT_IN_RESULTS},
         )
         wall[name] = time.perf_counter() - t0
         computed += len(results[name].computed)

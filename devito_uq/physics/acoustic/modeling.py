@@ -47,6 +47,7 @@ from devito_uq.physics.solver import cached_solvers, get_solver, new_owner
 from devito_uq.physics.survey import Survey
 from devito_uq.validation import (
     check_allocation,
+    check_device,
     check_dtype,
     check_finite,
     check_finite_positive,
@@ -120,6 +121,7 @@ def _check_input(name: str, x: Any, model: AcousticModel) -> tuple[bool, type]:
     """Validate a model-space tensor; return (batched, numpy dtype)."""
     if not isinstance(x, torch.Tensor):
         raise InvalidArgumentError(f"{name} must be a torch.Tensor; got {type(x).__name__}")
+    check_device(f"{name}.device", x)
     npdtype = check_dtype(f"{name}.dtype", x.dtype)
     if x.dim() == model.dim:
         check_shape(name, x.shape, model.shape)
@@ -237,6 +239,8 @@ class _AcousticFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out: torch.Tensor):
+        # a NaN upstream gradient would come back as a NaN model gradient with no word
+        check_finite("grad_out", grad_out)
         (m,) = ctx.saved_tensors
         module = ctx.module
         survey = module.survey
@@ -357,6 +361,8 @@ class _BornFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out: torch.Tensor):
+        # a NaN upstream gradient would come back as a NaN model gradient with no word
+        check_finite("grad_out", grad_out)
         module = ctx.module
         survey = module.survey
         solver = _solver(module.model, ctx.dtype)

@@ -9,7 +9,6 @@ exact discrete adjoint of the recursion, so dot tests close to machine precision
 ``J(m0)ᵀ``, as :class:`~devito_uq.physics.acoustic.modeling.BornModeling` is for the
 acoustic physics. The model is extended into the absorbing layers by repeating its
 end values (:mod:`devito_uq.physics.padding`), the gradient folded back by the adjoint.
-
 Solves run on the CPU; a CUDA input is copied to the host and results copied back.
 
 References
@@ -45,6 +44,7 @@ from devito_uq.physics.wavelets import bandpass_wavelet
 from devito_uq.validation import (
     as_float_array,
     check_allocation,
+    check_device,
     check_dtype,
     check_finite,
     check_finite_positive,
@@ -109,6 +109,7 @@ class _PlaneWaveFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out: torch.Tensor):
+        check_finite("grad_out", grad_out)
         (m,) = ctx.saved_tensors
         solver = ctx.module._solver(m.shape[0], ctx.dtype)
         # Recomputes the forward if another call reused the wavefield buffer since.
@@ -141,6 +142,7 @@ class _PlaneWaveBornFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out: torch.Tensor):
+        check_finite("grad_out", grad_out)
         module = ctx.module
         solver = module.modeling._solver(ctx.batch, ctx.dtype)
         with module.modeling._counting(solver):
@@ -249,7 +251,6 @@ class PlaneWaveModeling(torch.nn.Module):
         self._cached_inputs: dict[type, tuple] = {}
         self._n_solves = 0
 
-    # ------------------------------------------------------------------ plumbing
     def _solver(self, batch: int, dtype: type) -> Any:
         """The shared solver for ``batch`` models in ``dtype`` (Devito loads on first use)."""
         key = (batch, np.dtype(dtype).name)
@@ -338,7 +339,6 @@ class PlaneWaveModeling(torch.nn.Module):
             f"dt={self.dt}, nbl={self.nbl}, space_order={self.space_order}"
         )
 
-    # ----------------------------------------------------------------- validation
     def check_model(self, m: Any, name: str = "m") -> tuple[torch.Tensor, bool, type]:
         """Validate ``m`` (shape, dtype, m > 0, no evanescence, CFL).
 
@@ -346,6 +346,7 @@ class PlaneWaveModeling(torch.nn.Module):
         """
         if not isinstance(m, torch.Tensor):
             raise InvalidArgumentError(f"{name} must be a torch.Tensor, got {type(m).__name__}")
+        check_device(f"{name}.device", m)
         dtype = check_dtype(f"{name}.dtype", m.dtype)
         squeeze = m.ndim == 1
         mb = m[None] if squeeze else m
@@ -372,7 +373,6 @@ class PlaneWaveModeling(torch.nn.Module):
             )
         return mb, squeeze, dtype
 
-    # ----------------------------------------------------------------- operators
     def forward(self, m: torch.Tensor) -> torch.Tensor:
         """Data ``[batch, p, nt]`` (or ``[p, nt]``) for squared slowness ``m``."""
         mb, squeeze, _ = self.check_model(m)
@@ -433,6 +433,7 @@ class PlaneWaveBornModeling(torch.nn.Module):
         """Born data for the perturbation ``dm`` (s²/km²); see the class docstring."""
         if not isinstance(dm, torch.Tensor):
             raise InvalidArgumentError(f"dm must be a torch.Tensor, got {type(dm).__name__}")
+        check_device("dm.device", dm)
         check_dtype("dm.dtype", dm.dtype)
         squeeze = dm.ndim == 1
         dmb = dm[None] if squeeze else dm
