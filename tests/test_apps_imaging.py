@@ -377,3 +377,18 @@ def test_a_trained_posterior_serves_as_the_prior(born_run, tmp_path):
     assert summary["vi"]["iterations_this_run"] == 3
     with pytest.raises(InvalidArgumentError, match="prior_file"):
         run_invert(InvertConfig(**dict(cfg, prior_file="")), tmp_path, progress=False)
+
+
+def test_a_stale_summary_is_removed_before_the_run_so_a_partial_folder_has_none(tmp_path):
+    """summary.json is written last: a run that stops early (disk full, kill) must not
+    leave the previous run's summary beside its partial outputs."""
+    from devito_uq.apps.imaging.run import _prepare
+
+    (tmp_path / "summary.json").write_text("{}")
+    (tmp_path / "posterior.pt").write_bytes(b"kept")
+    _prepare(str(tmp_path), False, InvertConfig(), True, {})
+    assert not (tmp_path / "summary.json").exists()
+    assert (tmp_path / "posterior.pt").read_bytes() == b"kept"  # nothing else touched
+    (tmp_path / "summary.json").write_text("{}")
+    _prepare(str(tmp_path), False, InvertConfig(), False, {})  # not the writing rank
+    assert (tmp_path / "summary.json").exists()

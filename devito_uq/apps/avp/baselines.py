@@ -33,8 +33,9 @@ import torch
 import devito_uq
 from devito_uq.apps.avp.config import AVPConfig
 from devito_uq.apps.avp.problem import AVPProblem, build_problem
-from devito_uq.errors import DevitoUQError, WorkerError
+from devito_uq.errors import DevitoUQError, InvalidArgumentError, WorkerError
 from devito_uq.inference import MALA, map_estimate
+from devito_uq.io._files import read_input_json
 from devito_uq.io.checkpoint import save_checkpoint
 from devito_uq.threads import configure_threads
 
@@ -209,8 +210,7 @@ class BaselinesProcess:
 
 
 def _config_from_json(path: str) -> AVPConfig:
-    with open(path) as fh:
-        values = json.load(fh)
+    values = read_input_json(path, "the baselines' configuration", InvalidArgumentError)
     tuples = {f for f, v in AVPConfig().to_dict().items() if isinstance(v, tuple)}
     return AVPConfig(**{k: tuple(v) if k in tuples else v for k, v in values.items()})
 

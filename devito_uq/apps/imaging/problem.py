@@ -24,7 +24,6 @@ at 0.5× the exact std after 3,000 steps on a 150-pixel Born problem).
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +43,7 @@ from devito_uq.inference import (
 )
 from devito_uq.inference.likelihood import RankSummedLikelihood
 from devito_uq.io import read_image, read_shots
-from devito_uq.io._files import check_input_file
+from devito_uq.io._files import check_input_file, read_input_json
 from devito_uq.parallel import ShotDistribution
 from devito_uq.physics import AcousticModel, AcousticModeling, BornModeling
 from devito_uq.physics.model import squared_slowness
@@ -147,13 +146,14 @@ def noise_sigma(config: Any, shots_path: Path) -> float:
     if config.sigma > 0:
         return float(config.sigma)
     sidecar = shots_path.parent / "acquisition.json"
-    try:
-        with open(sidecar) as fh:
-            return float(json.load(fh)["noise_sigma"])
-    except (OSError, KeyError, TypeError, ValueError):
+    try:  # a regular file, size-bounded, decoded with one-line errors
+        return float(
+            read_input_json(sidecar, "acquisition.json", InvalidArgumentError)["noise_sigma"]
+        )
+    except (InvalidArgumentError, KeyError, TypeError, ValueError):
         raise InvalidArgumentError(
-            f"sigma=0 asks for the noise level from {str(sidecar)!r}, which is missing or has "
-            "no 'noise_sigma'; give sigma (the data's noise standard deviation)"
+            f"sigma=0 asks for the noise level from {str(sidecar)!r}, which is missing, "
+            "unreadable or has no 'noise_sigma'; give sigma (the data's noise standard deviation)"
         ) from None
 
 

@@ -21,7 +21,6 @@ under the same configuration (compared key by key before any solve).
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import time
 import warnings
@@ -45,7 +44,7 @@ from devito_uq.apps.imaging.problem import (
 from devito_uq.apps.imaging.simulate import run_simulate
 from devito_uq.errors import CheckpointError, InvalidArgumentError
 from devito_uq.inference import VariationalPosterior
-from devito_uq.io._files import check_input_file
+from devito_uq.io._files import check_input_file, read_input_json
 from devito_uq.io.checkpoint import check_identity, load_checkpoint, save_checkpoint
 from devito_uq.parallel import allreduce_sum, rank_and_size
 from devito_uq.physics import AcousticModeling
@@ -165,10 +164,16 @@ def _identity(config: InvertConfig, exclude: frozenset, digests: dict) -> dict[s
 def _prepare(
     out: str, resume: bool, config: InvertConfig, writer: bool, digests: dict
 ) -> dict | None:
-    """Check or clear the checkpoints before any solve; return a valid MAP cache."""
+    """Check or clear the checkpoints before any solve; return a valid MAP cache.
+
+    ``summary.json`` is written last, so its presence marks a finished run: once the
+    checks have passed, a stale one is removed, and a run that stops early (a full disk,
+    a kill) leaves a folder without it.
+    """
     prepare_output(out, ("vi_checkpoint.pt", "map.pt"), resume, writer)
     ckpt, cache = os.path.join(out, "vi_checkpoint.pt"), os.path.join(out, "map.pt")
     if not resume:
+        _drop_summary(out, writer)
         return None
     base = None
     if os.path.lexists(cache):
@@ -181,7 +186,14 @@ def _prepare(
         if not isinstance(saved, dict):
             raise CheckpointError(f"checkpoint {ckpt!r} holds no imaging configuration{_AFRESH}")
         check_identity(ckpt, saved, _identity(config, NOT_IN_VI, digests), hint=_AFRESH)
+    _drop_summary(out, writer)
     return base
+
+
+def _drop_summary(out: str, writer: bool) -> None:
+    path = os.path.join(out, "summary.json")
+    if writer and os.path.isfile(path) and not os.path.islink(path):
+        os.remove(path)
 
 
 def run_invert(
@@ -325,10 +337,12 @@ def run_invert(
 
 def _simulated_as(config: InvertConfig, out: str) -> str:
     """``"born"``/``"nonlinear"`` from ``acquisition.json`` beside the shots, or ``"unknown"``."""
+    sidecar = resolve_path(config.shots, out).parent / "acquisition.json"
     try:
-        with open(resolve_path(config.shots, out).parent / "acquisition.json") as fh:
-            return str(json.load(fh)["config"]["data"])
-    except (OSError, KeyError, TypeError, ValueError):
+        return str(
+            read_input_json(sidecar, "acquisition.json", InvalidArgumentError)["config"]["data"]
+        )
+    except (InvalidArgumentError, KeyError, TypeError, ValueError):
         return "unknown"
 
 
