@@ -39,6 +39,7 @@ extensions = [
     "myst_parser",
     "cli_reference",
     "reexports",
+    "shadowed_modules",
 ]
 
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
