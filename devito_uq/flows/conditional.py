@@ -205,6 +205,8 @@ class ConditionalImageFlow(ImageFlow):
         :class:`~devito_uq.flows.ImageSummary`); its parameters are the flow's, so maximum
         likelihood trains both. ``F`` is read from one call on zeros.
 
+    Notes
+    -----
     Methods as :class:`~devito_uq.flows.ImageFlow`, with the condition mandatory
     (``[1 or n, cond_channels, nx, nz]``; batch 1 is shared by every sample)::
 

@@ -41,6 +41,8 @@ class Flow(nn.Module):
         Shape of ``z`` when it differs from ``shape`` (multiscale networks squeeze space into
         channels); inferred from one forward pass on zeros when omitted.
 
+    Notes
+    -----
     Methods take an optional condition ``c`` (``[batch, ...]`` or ``[1, ...]``, broadcast)
     for conditional networks. ``state_dict`` holds the network's parameters and ActNorm's
     initialization flags, so ``load_state_dict`` restores the exact distribution.

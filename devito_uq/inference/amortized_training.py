@@ -1,9 +1,11 @@
 """Maximum-likelihood training of an :class:`~devito_uq.inference.AmortizedPosterior`.
 
 One function, :func:`fit_amortized`, which *is* :meth:`AmortizedPosterior.fit
-<devito_uq.inference.AmortizedPosterior.fit>`: data checks, condition standardization,
-the minibatch order, validation with best-state keeping. The optimizer loop (fused Adam,
-cosine schedule, checkpoints that resume bit for bit, a NaN loss or gradient raising
+<devito_uq.inference.amortized.AmortizedPosterior.fit>`: data checks,
+condition standardization, the minibatch order, validation with best-state keeping. The
+optimizer loop (fused Adam, cosine schedule, checkpoints that resume bit for bit, a NaN
+loss or gradient raising
+
 :class:`~devito_uq.errors.TrainingDivergedError`) is
 :class:`~devito_uq.inference.training.TrainingLoop`, shared with
 :meth:`VariationalPosterior.fit <devito_uq.inference.VariationalPosterior.fit>`.
@@ -201,8 +203,8 @@ def fit_amortized(
 ) -> dict[str, list[float]]:
     """Train an amortized posterior by maximum likelihood on pairs; return its history.
 
-    :meth:`AmortizedPosterior.fit <devito_uq.inference.AmortizedPosterior.fit>` is this
-    function (``post`` is ``self``).
+    :meth:`AmortizedPosterior.fit <devito_uq.inference.amortized.AmortizedPosterior.fit>`
+    is this function (``post`` is ``self``).
 
     Parameters
     ----------
@@ -258,7 +260,8 @@ def fit_amortized(
     Returns
     -------
     dict of str to list of float
-        :attr:`history`: ``iteration``, ``train_nll``, ``lr`` per step;
+        ``post.history``: ``iteration``, ``train_nll``, ``lr`` per step;
+
         ``val_iteration``, ``val_nll`` per validation. NLLs are ``−log q(m | y)`` of
         models (the Jacobian of ``g`` included) in nats **per model dimension**
         (divided by ``prod(model_shape)``), batch means for training, full-set means

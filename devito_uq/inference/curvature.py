@@ -250,7 +250,7 @@ class WhitenedPrecision:
 
     A product convolution need not be positive semi-definite (truncated, interpolated
     kernels), while the exact ``P ⪰ I``; the dense method therefore projects: eigenvalues of
-    ``P`` below 1 are raised to 1 (:attr:`clamped` counts them).
+    ``P`` below 1 are raised to 1 (``clamped`` counts them).
 
     Parameters
     ----------

@@ -195,7 +195,7 @@ class LaplaceParameterization(Parameterization):
     sqrt : object
         The prior square root ``L``: ``matvec``, ``solve`` and ``logdet`` on
         ``[batch, *model_shape]`` tensors (:class:`DiagonalSqrt`, or
-        :meth:`CorrelatedGaussianPrior.sqrt`).
+        :meth:`~devito_uq.inference.CorrelatedGaussianPrior.sqrt`).
     eigenvalues : torch.Tensor
         ``[r]`` eigenvalues of the prior-whitened misfit Hessian (unitless, >= 0).
     eigenvectors : torch.Tensor

@@ -199,7 +199,7 @@ def plot_loss(
     title: str | None = None,
     path: str | os.PathLike | None = None,
 ):
-    """Training curves from :attr:`VariationalPosterior.history`, one panel per term.
+    """Training curves from ``VariationalPosterior.history``, one panel per term.
 
     Parameters
     ----------

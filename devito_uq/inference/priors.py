@@ -22,7 +22,7 @@ __all__ = ["Prior", "GaussianPrior", "SmoothnessPrior", "TotalVariationPrior", "
 
 
 class Prior(nn.Module):
-    """Base class: subclasses implement :meth:`negative_log`."""
+    """Base class: subclasses implement :meth:`~Prior.negative_log`."""
 
     def negative_log(self, m: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         """−log p(m) up to a constant.

@@ -1,8 +1,8 @@
 r"""Inverse problems with a known posterior, to validate samplers.
 
 * :func:`linear_gaussian_problem` builds :math:`d = A m + \varepsilon`,
-:math:`\varepsilon \sim N(0, \sigma^2 I)`, prior :math:`N(\mu_0, \tau^2 I)`, whose
-posterior is Gaussian with
+  :math:`\varepsilon \sim N(0, \sigma^2 I)`, prior :math:`N(\mu_0, \tau^2 I)`, whose
+  posterior is Gaussian with
 
 .. math::
     \Sigma = (A^\top A / \sigma^2 + I/\tau^2)^{-1}, \qquad

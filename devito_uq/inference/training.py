@@ -157,7 +157,7 @@ class TrainingLoop:
     Parameters
     ----------
     owner : object
-        Holds the run's results: :attr:`history` (``dict[str, list]``),
+        Holds the run's results: ``history`` (``dict[str, list]``),
         ``iteration`` (``int``) and ``resumed_from`` (``int``) are set on it.
     module : nn.Module
         What is trained; its ``state_dict`` is checkpointed under ``module_key``.

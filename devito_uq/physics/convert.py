@@ -49,7 +49,7 @@ class DataAxis:
 
     Parameters
     ----------
-    survey : Survey
+    survey : ~devito_uq.physics.survey.Survey
         Its :meth:`~devito_uq.physics.survey.Survey.resampling` (``None``: the axes
         coincide), :meth:`~devito_uq.physics.survey.Survey.mask`, receiver counts and
         ``nt_data``.

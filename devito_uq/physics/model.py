@@ -272,8 +272,8 @@ def check_model(model: Any, kind: type = Model, error: type = InvalidArgumentErr
 
     Raises
     ------
-    error
-        ``model must be a <kind>; got <type of model>``.
+    ~devito_uq.errors.DevitoUQError
+        Of class ``error``: ``model must be a <kind>; got <type of model>``.
     """
     if not isinstance(model, kind):
         article = "an" if kind.__name__[0] in "AEIOU" else "a"

@@ -101,7 +101,7 @@ class Solver:
 
     The pool of saved forward wavefields lives here, so any physics gets it: a
     subclass that saves wavefields defines :meth:`wavefield_nbytes` and
-    :meth:`_new_buffer`, and its torch layer takes buffers with
+    ``_new_buffer``, and its torch layer takes buffers with
     :meth:`acquire_wavefield` and finds them again by owner token with
     :meth:`find_wavefield`.
 

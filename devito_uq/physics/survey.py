@@ -6,7 +6,7 @@ internally, as Devito's formulas use ms).
 Two time axes
 -------------
 The *solver axis* (``t0``, ``dt``, ``nt``) is where the wave equation steps: ``dt``
-must satisfy the CFL rule. The *data axis* (:attr:`Survey.data_axis`, a
+must satisfy the CFL rule. The *data axis* (``Survey.data_axis``, a
 :class:`~devito_uq.physics.resample.TimeAxis`) is where the observed traces live —
 e.g. a SEG-Y interval of 2–4 ms and a recording delay. By default both are the same
 (no resampling, bit-identical to before). When they differ the modelling operators
@@ -118,6 +118,8 @@ class Survey:
     trace_mask : bool array ``[shot, max_receivers]``, optional
         False marks dead traces (see the module docstring).
 
+    Notes
+    -----
     The solver axis (:func:`~devito_uq.physics.stencil.time_axis_length`) has
     ``nt = ceil((t1 - t0)/dt - 1e-6) + 1`` samples at ``t0 + k·dt``: it covers ``t1``
     as Devito's ``TimeAxis`` does, and is robust to round-off in ``t1``.

@@ -37,10 +37,10 @@ Conditions (``condition``):
 Solves are counted as the solver counts them: a Born solve is 2 (the background and the
 scattered wavefield in one time loop), an adjoint 1, a forward 1.
 
-The flow works in the latent ``x = δm / prior_std`` (:class:`~devito_uq.inference.
-Parameterization` around 0 with scale ``prior_std``): the scale of the per-survey VI's
-Gaussian prior, so both flows live on comparable numbers; no Laplace whitening (it
-depends on the survey, the amortized flow must not).
+The flow works in the latent ``x = δm / prior_std``
+(:class:`~devito_uq.inference.Parameterization` around 0 with scale ``prior_std``): the
+scale of the per-survey VI's Gaussian prior, so both flows live on comparable numbers; no
+Laplace whitening (it depends on the survey, the amortized flow must not).
 """
 
 from __future__ import annotations

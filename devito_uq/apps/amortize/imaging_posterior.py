@@ -61,8 +61,9 @@ def one_padding_flow(base: type) -> type:
 def deconvolving(base: type) -> type:
     """``base`` (:class:`AmortizedPosterior`) whose summary network sees the least-squares
     image ``P y / prior_std`` of the raw migrated image ``y`` (``P`` of
-    :meth:`ImagingSetting.least_squares_operator`, a buffer saved with the posterior) in
-    place of the per-pixel standardized ``y`` (``cond_mean``/``cond_scale`` then go unused).
+    :meth:`~devito_uq.apps.amortize.imaging.ImagingSetting.least_squares_operator`, a
+    buffer saved with the posterior) in place of the per-pixel standardized ``y``
+    (``cond_mean``/``cond_scale`` then go unused).
 
     ``P`` is a fixed invertible linear map of ``y``: nothing is lost, but the deconvolution
     of the migrated image — the part a small CNN learns worst (41×21: relative error 0.45 of

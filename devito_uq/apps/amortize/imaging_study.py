@@ -12,8 +12,9 @@ amortized posterior of the held-out Marmousi section beside per-survey answers:
   × σ): the shifted surveys, simulated in memory by explicit ``J``/``Jᵀ`` calls.
 
 For each survey: the amortized posterior (uncorrected), its latent correction
-(:meth:`AmortizedPosterior.correct`, ``correct_iterations`` of ``correct_batch_size``,
-against the Born likelihood evaluated through the assembled ``JᵀMJ``
+(:meth:`~devito_uq.inference.AmortizedPosterior.correct`, ``correct_iterations`` of
+``correct_batch_size``, against the Born likelihood evaluated through the assembled
+``JᵀMJ``
 (:class:`~devito_uq.apps.amortize.imaging_posterior.NormalLikelihood`: the same function up to a
 constant, no solve; the equivalent solve count is reported) and the correlated Gaussian
 prior of the per-survey VI), and the exact posterior under that Gaussian prior (closed form

@@ -10,7 +10,7 @@ Files in the output folder ``OUT``:
 * ``summary.json`` and the figures of the study.
 
 Every run takes the command's :class:`~devito_uq.apps.amortize.config.AmortizeConfig` or
-a problem's config and works on the latter (:meth:`~AmortizeConfig.for_problem`). Each
+a problem's config and works on the latter (``AmortizeConfig.for_problem()``). Each
 problem module (:mod:`devito_uq.apps.amortize.avp`, :mod:`devito_uq.apps.amortize.imaging`)
 provides ``build_setting(config, comm)`` returning a *setting* with:
 

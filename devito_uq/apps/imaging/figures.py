@@ -1,6 +1,6 @@
 """PNG figures of an imaging posterior (written atomically by ``save_figure``).
 
-* ``posterior.png`` — mean, std, std/|mean| and three samples;
+* ``posterior.png`` — mean, std, ``std/|mean|`` and three samples;
 * ``truth.png`` (with a true model) — truth, mean, error, and where the truth lies outside
   the 90 % band (below the 5 % quantile: −1, above the 95 %: +1);
 * ``illumination.png`` — the std beside the illumination proxy ``diag(JᵀJ)/σ²``.

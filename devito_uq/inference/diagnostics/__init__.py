@@ -1,7 +1,7 @@
 """Diagnostics of posteriors: one home for every number that judges a posterior.
 
 Where each kind lives (pick by what the diagnostic takes as input)
------------------------------------------------------------------
+------------------------------------------------------------------
 statistics.py
     Statistics over many truths, on plain numpy ranks: PIT, the SBC uniformity
     tests (KS, χ², Holm), the rank-histogram band; the conventions of all of them.

@@ -99,7 +99,7 @@ class UCEResult:
     Attributes
     ----------
     uce : float
-        Σ_b (n_b / n) |rmse_b − rms_std_b|, in the model's units.
+        ``Σ_b (n_b / n) |rmse_b − rms_std_b|``, in the model's units.
     relative : float
         ``uce`` divided by the RMS predicted std of the whole image (unitless).
     signed : float
@@ -131,9 +131,9 @@ def uncertainty_calibration_error(
 ) -> UCEResult:
     """UCE of one image: binned RMS error against RMS predicted std.
 
-    Root-mean-squares are compared (not mean |error| with mean std) because for a
+    Root-mean-squares are compared (not mean ``|error|`` with mean std) because for a
     calibrated Gaussian predictive :math:`E|e| = \\sqrt{2/\\pi}\\,\\sigma \\approx 0.8\\sigma`:
-    the |error|-vs-std plot of a perfect posterior sits 20 % below the diagonal.
+    the ``|error|``-vs-std plot of a perfect posterior sits 20 % below the diagonal.
 
     *Bias.* For a calibrated posterior :math:`E[e^2] = \\sigma^2` pixel by pixel, so
     the mean squared error is unbiased for the mean variance whatever the correlation

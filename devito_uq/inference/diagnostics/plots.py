@@ -176,7 +176,8 @@ def plot_tarp(tarp: TARPResult, path: str | os.PathLike | None = None):
     Parameters
     ----------
     tarp : TARPResult
-        From :meth:`CalibrationResult.tarp` or :func:`.statistics.tarp_test`.
+        From :meth:`CalibrationResult.tarp` or
+        :func:`~devito_uq.inference.diagnostics.coverage.tarp_test`.
     path : str or os.PathLike, optional
         Where to write the figure.
 
@@ -223,7 +224,7 @@ def plot_uce(uce: UCEResult, units: str = "", path: str | os.PathLike | None = N
 def plot_image_metrics(
     metrics: ImageMetrics, level: float = 0.9, path: str | os.PathLike | None = None
 ):
-    """Std, |error|, z-score and the level-``level`` coverage map of one truth.
+    """Std, ``|error|``, z-score and the level-``level`` coverage map of one truth.
 
     1-D models are drawn as depth profiles, 2-D models as images (first axis down).
 

@@ -382,7 +382,8 @@ def image_metrics(
 
 
 class CachedDraws:
-    """Posterior draws that carry their exact log-density, for :func:`run_calibration`.
+    """Posterior draws that carry their exact log-density, for
+    :func:`~devito_uq.inference.calibration.run_calibration`.
 
     ``sample(n)`` draws latents from ``flow`` (``rsample_and_log_prob``), maps them by
     ``to_model`` (``x -> (m, log|det J_g(x)|)``) and keeps each draw's ``log q(m) = log q_x(x)

@@ -129,7 +129,7 @@ class CalibrationResult:
             ``"central"``: per-coordinate central intervals, pooled over truths and
             coordinates; ``"hpd"``: highest-density regions (needs ``log_prob``).
         levels : sequence of float, optional
-            As in :func:`.statistics.expected_coverage`.
+            As in :func:`~devito_uq.inference.diagnostics.coverage.expected_coverage`.
 
         Returns
         -------
@@ -150,12 +150,12 @@ class CalibrationResult:
         raise InvalidArgumentError(f"kind={kind!r} must be one of ('central', 'hpd')")
 
     def tarp(self, levels=None) -> TARPResult:
-        """:func:`.statistics.tarp_test` of the TARP ranks.
+        """:func:`~devito_uq.inference.diagnostics.coverage.tarp_test` of the TARP ranks.
 
         Parameters
         ----------
         levels : sequence of float, optional
-            As in :func:`.statistics.expected_coverage`.
+            As in :func:`~devito_uq.inference.diagnostics.coverage.expected_coverage`.
 
         Returns
         -------

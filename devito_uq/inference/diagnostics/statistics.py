@@ -36,7 +36,8 @@ largest coverage error at any level.
 the per-truth values over :math:`\sqrt N` (coordinates of one truth averaged first:
 they may be correlated; truths are independent). Under calibration
 :math:`\mathrm{SE}(A) = 1/\sqrt{12N}` for one value per truth (0.029 at N = 100).
-:func:`judge` labels an estimate only when the evidence exceeds that noise.
+:func:`~devito_uq.inference.diagnostics.coverage.judge` labels an estimate only when the
+evidence exceeds that noise.
 
 References
 ----------

@@ -1,6 +1,8 @@
-"""Acoustic physics: DSL factories (:mod:`.operators`), the compile-once
-:class:`~.solver.AcousticSolver` (:mod:`.solver`, imports Devito) and the torch
-modules :class:`AcousticModeling` and :class:`BornModeling` (:mod:`.modeling`)."""
+"""Acoustic physics: DSL factories (:mod:`~devito_uq.physics.acoustic.operators`), the
+compile-once :class:`~devito_uq.physics.acoustic.solver.AcousticSolver`
+(:mod:`~devito_uq.physics.acoustic.solver`, imports Devito) and the torch modules
+:class:`AcousticModeling` and :class:`BornModeling`
+(:mod:`~devito_uq.physics.acoustic.modeling`)."""
 
 from devito_uq.physics.acoustic.modeling import AcousticModeling, BornModeling
 

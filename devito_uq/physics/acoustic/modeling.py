@@ -271,7 +271,7 @@ class AcousticModeling(nn.Module):
     ----------
     model : AcousticModel
         Grid geometry, absorbing layer and space order.
-    survey : Survey
+    survey : ~devito_uq.physics.survey.Survey
         Shots, receivers, time axis (``dt`` is the solver's time step) and wavelet.
     subsample : int, optional
         Memory-saving gradient: store the forward wavefield every ``subsample``-th
@@ -290,6 +290,8 @@ class AcousticModeling(nn.Module):
         their wavefields would exceed ``max_wavefield_bytes``; ``subsample > 1``
         always solves one model per call.
 
+    Notes
+    -----
     Call ``F(m, shots=None)``: ``m`` ``[nx, nz]`` → ``[shot, time, receiver]``; ``m``
     ``[batch, nx, nz]`` → ``[batch, shot, time, receiver]``. ``shots`` selects shot
     indices (default all). float32 and float64 inputs each use their own compiled
@@ -404,6 +406,19 @@ class BornModeling(nn.Module):
     wavefields of ``m0`` while they fit in ``max_wavefield_bytes`` (LRU; released with
     the module; one larger than it: revolve checkpointing). ``batch_size``
     perturbations share one kernel call (default :data:`BATCH_SIZE`; 1 = one each).
+
+    Parameters
+    ----------
+    model : AcousticModel
+        Grid geometry, absorbing layer and space order.
+    survey : ~devito_uq.physics.survey.Survey
+        Shots, receivers, time axis (``dt`` is the solver's time step) and wavelet.
+    m0 : tensor or array ``[nx, nz]``
+        Background squared slowness (s²/km²).
+    max_wavefield_bytes : int
+        Memory for the background wavefields kept for backward (default 1 GiB).
+    batch_size : int
+        Perturbations per Devito kernel call (default :data:`BATCH_SIZE`).
     """
 
     def __init__(

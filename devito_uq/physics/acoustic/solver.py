@@ -1,14 +1,15 @@
 r"""The compile-once acoustic solver: Devito objects, wavefield pool, shot-by-shot solves.
 
-:class:`AcousticSolver` compiles each operator of :mod:`.operators` once (per model
-geometry and dtype, see :func:`devito_uq.physics.solver.get_solver`; the save mode
-picks the operator) and applies it shot by shot: the per-shot source/receiver
-coordinates and traces are written in place into cached ``SparseTimeFunction``
-objects (one per point count), and the compiled function is called through the
-shared cached argument list (:meth:`devito_uq.physics.solver.Solver.run`). No Devito
-object is created per call, so Devito's symbol cache does not grow; saved-wavefield
-buffers are pooled (``max_wavefield_bytes``) and owned by token. This module imports
-Devito; the torch layer (:mod:`.modeling`) imports it on the first solve.
+:class:`AcousticSolver` compiles each operator of
+:mod:`~devito_uq.physics.acoustic.operators` once (per model geometry and dtype, see
+:func:`devito_uq.physics.solver.get_solver`; the save mode picks the operator) and applies
+it shot by shot: the per-shot source/receiver coordinates and traces are written in place
+into cached ``SparseTimeFunction`` objects (one per point count), and the compiled function
+is called through the shared cached argument list
+(:meth:`devito_uq.physics.solver.Solver.run`). No Devito object is created per call, so
+Devito's symbol cache does not grow; saved-wavefield buffers are pooled
+(``max_wavefield_bytes``) and owned by token. This module imports Devito; the torch layer
+(:mod:`~devito_uq.physics.acoustic.modeling`) imports it on the first solve.
 
 Memory-saving gradient: with ``factor = k > 1`` only every k-th time step of the
 forward wavefield is stored and the imaging condition is evaluated on those steps

@@ -1,6 +1,9 @@
-"""Plane-wave (τ-p) physics: DSL factories (:mod:`.operators`), the compile-once
-:class:`~.solver.PlaneWaveSolver` (:mod:`.solver`, imports Devito) and the torch
-modules :class:`PlaneWaveModeling` and :class:`PlaneWaveBornModeling` (:mod:`.modeling`)."""
+"""Plane-wave (τ-p) physics: DSL factories
+(:mod:`~devito_uq.physics.planewave.operators`), the compile-once
+:class:`~devito_uq.physics.planewave.solver.PlaneWaveSolver`
+(:mod:`~devito_uq.physics.planewave.solver`, imports Devito) and the torch modules
+:class:`PlaneWaveModeling` and :class:`PlaneWaveBornModeling`
+(:mod:`~devito_uq.physics.planewave.modeling`)."""
 
 from devito_uq.physics.planewave.modeling import (
     PlaneWaveBornModeling,

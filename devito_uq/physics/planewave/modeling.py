@@ -1,9 +1,9 @@
 r"""Plane-wave (τ-p) AVP modelling and its Born linearisation as torch modules.
 
-``PlaneWaveModeling`` maps squared slowness ``m [batch, nz]`` (s²/km², first sample
-at the surface, source and receiver depth) to traces ``d [batch, p, nt]``, one per
-ray parameter; ``loss.backward()`` runs the adjoint-state solve. A batch of models ×
-all ray parameters is one Devito kernel call (:mod:`.solver`). The gradient is the
+``PlaneWaveModeling`` maps squared slowness ``m [batch, nz]`` (s²/km², first sample at the
+surface, source and receiver depth) to traces ``d [batch, p, nt]``, one per ray parameter;
+``loss.backward()`` runs the adjoint-state solve. A batch of models × all ray parameters is
+one Devito kernel call (:mod:`~devito_uq.physics.planewave.solver`). The gradient is the
 exact discrete adjoint of the recursion, so dot tests close to machine precision.
 ``PlaneWaveBornModeling(op, m0)`` is the linear map ``δm ↦ J(m0) δm`` with backward
 ``J(m0)ᵀ``, as :class:`~devito_uq.physics.acoustic.modeling.BornModeling` is for the
@@ -190,12 +190,6 @@ class PlaneWaveModeling(torch.nn.Module):
         Peak damping η (ms/m²) of the quadratic ramp in the layers.
     space_order : int
         Order of the depth stencil (even, 2 … 16).
-
-    Attributes
-    ----------
-    model : PlaneWaveModel
-        The depth grid (:mod:`devito_uq.physics.planewave.model`): layers, order, the
-        damping profile and the τ-p stability limit.
     """
 
     def __init__(
@@ -231,7 +225,8 @@ class PlaneWaveModeling(torch.nn.Module):
             int(min(t1 / self.dt, 2.0**62) + 2) * 8 * (3 + p.size * (self.nz + 2 * self.nbl)),
         )
         self.space_order = stencil.check_space_order(space_order)
-        #: The depth grid: layers, order and the τ-p stability limit.
+        #: The depth grid (:mod:`devito_uq.physics.planewave.model`): layers, order, the
+        #: damping profile and the τ-p stability limit.
         self.model = PlaneWaveModel(
             (self.nz,), (self.dz,), nbl=self.nbl, space_order=self.space_order, damping=damping
         )

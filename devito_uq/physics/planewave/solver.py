@@ -1,17 +1,18 @@
 """The compile-once plane-wave solver: a batch of models × ray parameters per call.
 
 :class:`PlaneWaveSolver` holds the Devito objects and compiled operators of
-:mod:`.operators` for one (batch, ray-parameter count, depth samples, layer width,
-time axis, order, dtype, segment), shared through
-:func:`devito_uq.physics.solver.get_solver`. It takes the squared slowness on the
-physical depth axis ``[batch, nz]``, extends it into the absorbing layers
-(:func:`devito_uq.physics.padding.extend`) and forms ``A = m − p²`` per row; gradients
-come back through the adjoint of both. What the adjoint needs from the forward — the
-saved ``∂²_t u`` of every step, or with ``segment > 0`` only checkpoints every
-``segment`` steps (:mod:`.operators`) — is a :class:`~devito_uq.physics.solver.Wavefield`
-owned by the token of the forward solve that filled it; ``u`` and ``λ`` themselves only
-live in a few rolling levels. Arrays the calls write are reached through plain numpy
-views, not Devito's ``.data`` (tens of µs per access). This module imports Devito.
+:mod:`~devito_uq.physics.planewave.operators` for one (batch, ray-parameter count, depth
+samples, layer width, time axis, order, dtype, segment), shared through
+:func:`devito_uq.physics.solver.get_solver`. It takes the squared slowness on the physical
+depth axis ``[batch, nz]``, extends it into the absorbing layers
+(:func:`devito_uq.physics.padding.extend`) and forms ``A = m − p²`` per row; gradients come
+back through the adjoint of both. What the adjoint needs from the forward — the saved
+``∂²_t u`` of every step, or with ``segment > 0`` only checkpoints every ``segment`` steps
+(:mod:`~devito_uq.physics.planewave.operators`) — is a
+:class:`~devito_uq.physics.solver.Wavefield` owned by the token of the forward solve that
+filled it; ``u`` and ``λ`` themselves only live in a few rolling levels. Arrays the calls
+write are reached through plain numpy views, not Devito's ``.data`` (tens of µs per
+access). This module imports Devito.
 """
 
 from __future__ import annotations
@@ -48,11 +49,12 @@ class PlaneWaveSolver(Solver):
     physical sample, index ``nbl``). Inputs are assumed valid (the torch modules check).
     The registry keeps at most ``max_cached`` of them.
 
-    ``segment`` (``S``: 0 or a multiple of ``BLOCK``; ``None``: :data:`SEGMENT`):
-    ``0`` — the forward saves ``D`` of every step and the adjoint reads it; ``S > 0`` —
-    the forward keeps only checkpoints every ``S`` steps and :meth:`jacobian_adjoint`
-    recomputes the forward segment by segment (:mod:`.operators`), the same discrete
-    adjoint (equal to round-off). The full ``D`` is then allocated only if Born is used.
+    ``segment`` (``S``: 0 or a multiple of ``BLOCK``; ``None``: :data:`SEGMENT`): ``0`` —
+    the forward saves ``D`` of every step and the adjoint reads it; ``S > 0`` — the forward
+    keeps only checkpoints every ``S`` steps and :meth:`jacobian_adjoint` recomputes the
+    forward segment by segment (:mod:`~devito_uq.physics.planewave.operators`), the same
+    discrete adjoint (equal to round-off). The full ``D`` is then allocated only if Born is
+    used.
     """
 
     max_cached = 4
@@ -109,7 +111,8 @@ class PlaneWaveSolver(Solver):
             self.useg = TimeFunction(
                 name="us", grid=grid, time_order=2, space_order=so, save=Buffer(seg + 2)
             )
-        #: Scheme coefficients ``(g, c)`` (:mod:`.operators`), ``[rows, nz_ext]``.
+        #: Scheme coefficients ``(g, c)``, ``[rows, nz_ext]``
+        #: (:mod:`~devito_uq.physics.planewave.operators`).
         self.coef = tuple(Function(name=n, grid=grid, space_order=0) for n in ("g", "c"))
         self.grad = Function(name="grad", grid=grid, space_order=0)
         time = grid.time_dim
@@ -267,7 +270,7 @@ class PlaneWaveSolver(Solver):
         Reuses the saved wavefield (or checkpoints) if ``owner`` still owns it, else
         recomputes it (a forward solve per row). The checkpointed adjoint's own
         recomputation of the forward is part of the adjoint: it counts one solve per
-        row in :attr:`n_solves`, as the full-``D`` adjoint does.
+        row in ``n_solves``, as the full-``D`` adjoint does.
         """
         if owner is None or self.wavefield.owner is not owner:
             self._load(m, p2, wavelet, damping)
