@@ -77,8 +77,8 @@ bench: bench-deps
 	@if [ -f outputs/amortize/amortized.pt ]; then $(PY) benchmarks/bench_amortized.py; \
 	else echo 'bench_amortized: skipped, run make amortize first'; fi
 
-# The documentation site (docs/_build/html): Sphinx, offline, warnings are errors except
-# those raised inside docstrings (listed in docs/_build/docstring_warnings.txt; docs/conf.py).
+# The documentation site (docs/_build/html): Sphinx, offline, every warning an error
+# (docstrings included; docs/conf.py).
 $(DOCS_STAMP): $(STAMP)
 	$(PY) -m pip install -q -e '.[docs]' torch==2.13.0
 	touch $@

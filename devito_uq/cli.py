@@ -64,7 +64,7 @@ __all__ = [
 ]
 
 #: Commands served by another application when a config field is set (non-empty):
-#: ``(command, field) -> "module:function"``, called as :attr:`Command.run` is. The
+#: ``(command, field) -> "module:function"``, called as :attr:`~devito_uq.apps.Command.run` is. The
 #: amortized inversion belongs to :mod:`devito_uq.apps.amortize`, which builds on the
 #: imaging application; dispatching here keeps imaging from importing amortize.
 ALTERNATE_RUNS: dict[tuple[str, str], str] = {

@@ -10,9 +10,6 @@ missing document, bad markup — fails the build.
 ``nitpick_ignore_regex`` exempts only the free-form type descriptions of numpy-style
 parameter sections (``tensor [batch, nx, nz]``, ``float, optional``, ``torch.Tensor``),
 which napoleon turns into ``py:class`` references but which name no documented object.
-Until their fixes are merged, the docstring warnings of a few modules (listed in
-``docs/_ext/docstring_warnings.py``) are written to ``docs/_build/docstring_warnings.txt``
-instead; once that list is empty the extension goes.
 """
 
 from __future__ import annotations
@@ -30,7 +27,6 @@ copyright = "2026, devito_uq contributors"
 release = "0.1.0"
 
 extensions = [
-    "docstring_warnings",
     "sphinx.ext.autodoc",
     "sphinx.ext.autosummary",
     "sphinx.ext.napoleon",

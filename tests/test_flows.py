@@ -654,3 +654,18 @@ def test_errors_inputs():
         q.sample(0)
     with pytest.raises(InvalidShapeError, match="log_prob expects \\[batch, \\*\\(4,\\)\\]"):
         q.log_prob(torch.randn(3, 5))
+
+
+def test_log_prob_refuses_nan_models_and_foreign_devices():
+    """A NaN model would give a NaN log-density that silently poisons a loss; a meta
+    tensor cannot be evaluated. Both are named."""
+    from devito_uq.errors import DevitoUQError
+    from devito_uq.flows import HINT, Flow
+
+    flow = Flow(HINT(6, steps=1, hidden=8), (6,))
+    m = torch.zeros(2, 6)
+    m[1, 4] = float("nan")
+    with pytest.raises(DevitoUQError, match="m contains nan at index"):
+        flow.log_prob(m)
+    with pytest.raises(DevitoUQError, match="meta"):
+        flow.log_prob(torch.empty(2, 6, device="meta"))

@@ -1,29 +1,29 @@
 """Knob groups shared by several applications' configs, each declared once.
 
 An application's config dataclass inherits the groups it uses and adds its own fields;
-:func:`dataclasses.fields` of the result stays flat, so the command line (one option per
+``dataclasses.fields`` of the result stays flat, so the command line (one option per
 field, :mod:`devito_uq.cli`) and the TOML keys are the field names. Each group checks
 its own fields (``check_<group>``), called from the application's ``validate()``; an
 application adds the checks that differ (a bound that only it needs).
 
-========================  ====================================================  ============
-group                     fields                                                used by
-========================  ====================================================  ============
-:class:`SleipnerNoise`    ``snr_db``, ``prior_strength``                        avp, calibrate,
-                                                                                amortize avp
-:class:`ProperPrior`      ``prior_norm_std``                                    calibrate,
-                                                                                amortize avp
-:class:`ProfilePosterior` ``scale``, ``lower``, ``flow_steps``,                 avp, calibrate
-                          ``flow_hidden``, ``flow_leaf``, ``dtype``
-:class:`WaveSolver`       ``f0``, ``vmax``, ``nbl``, ``space_order``            simulate, invert,
-                                                                                amortize imaging
-:class:`LowestVelocity`   ``vmin``                                              simulate, invert
-:class:`SurfaceSurvey`    ``x_start``, ``width``, ``depth``, ``spacing``,       simulate,
-                          ``smoothing``, ``nshots``, ``nreceivers``, ``t1``,    amortize imaging
-                          ``data_dt``
-:class:`ImagePrior`       ``prior_std``, ``correlation_length``                 invert,
-                                                                                amortize imaging
-========================  ====================================================  ============
+==========================  ====================================================  ================
+group                       fields                                                used by
+==========================  ====================================================  ================
+:class:`SleipnerNoise`      ``snr_db``, ``prior_strength``                        avp, calibrate,
+                                                                                  amortize avp
+:class:`ProperPrior`        ``prior_norm_std``                                    calibrate,
+                                                                                  amortize avp
+:class:`ProfilePosterior`   ``scale``, ``lower``, ``flow_steps``,                 avp, calibrate
+                            ``flow_hidden``, ``flow_leaf``, ``dtype``
+:class:`WaveSolver`         ``f0``, ``vmax``, ``nbl``, ``space_order``            simulate, invert,
+                                                                                  amortize imaging
+:class:`LowestVelocity`     ``vmin``                                              simulate, invert
+:class:`SurfaceSurvey`      ``x_start``, ``width``, ``depth``, ``spacing``,       simulate,
+                            ``smoothing``, ``nshots``, ``nreceivers``, ``t1``,    amortize imaging
+                            ``data_dt``
+:class:`ImagePrior`         ``prior_std``, ``correlation_length``                 invert,
+                                                                                  amortize imaging
+==========================  ====================================================  ================
 
 Units: squared slowness in s²/km², lengths in m, times in ms, frequencies in Hz,
 velocities in km/s.

@@ -20,7 +20,12 @@ from torch import nn
 
 from devito_uq.errors import InvalidArgumentError, InvalidShapeError
 from devito_uq.flows.invertible import InvertibleModule
-from devito_uq.validation import check_allocation, check_positive_int
+from devito_uq.validation import (
+    check_allocation,
+    check_device,
+    check_finite,
+    check_positive_int,
+)
 
 __all__ = ["Flow"]
 
@@ -132,6 +137,9 @@ class Flow(nn.Module):
         if not isinstance(m, torch.Tensor) or tuple(m.shape[1:]) != self.shape:
             got = tuple(m.shape) if isinstance(m, torch.Tensor) else type(m).__name__
             raise InvalidShapeError(f"log_prob expects [batch, *{self.shape}], got {got}")
+        check_device("m.device", m)
+        # A NaN model would come back as a NaN density that silently poisons a loss.
+        check_finite("m", m.detach())
         z, logdet = self.net(m, self._condition(c, m.shape[0]))
         return self.base_log_prob(z) + logdet
 

@@ -20,7 +20,7 @@ to ``truth_000123.npz`` as it finishes (numpy arrays only, loaded with
 truths are dealt round-robin over MPI ranks and the results summed to every rank.
 
 Reproducibility: truth ``i`` runs with torch's global generators seeded from
-``(seed, i)`` inside :func:`torch.random.fork_rng` (the caller's state is left as
+``(seed, i)`` inside ``torch.random.fork_rng`` (the caller's state is left as
 it was), so its prior draw, data, posterior and samples do not depend on the
 number of ranks, on resuming, or on the other truths.
 

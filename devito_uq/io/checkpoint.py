@@ -14,7 +14,7 @@ into tensors of allow-listed dtypes, so a file planted in an output folder canno
 code, and any change to any byte (a flipped bit, a truncation, an edit) fails the hash
 and is refused with :class:`CheckpointError` naming the file.
 
-Writes go through :func:`devito_uq.io._atomic.atomic_path`: a reader sees the old
+Writes go through ``devito_uq.io._atomic.atomic_path``: a reader sees the old
 file or the new one, never a half-written one; a symbolic link planted at the target
 is replaced, never written through.
 

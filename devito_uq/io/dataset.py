@@ -161,7 +161,7 @@ def simulate_dataset(
     shard_size : int
         Pairs per shard (the unit of work, of resume and of the split).
     seed : int
-        Dataset seed ``>= 0``; shard ``k`` uses :func:`shard_generator(seed, k)`.
+        Dataset seed ``>= 0``; shard ``k`` uses ``shard_generator(seed, k)``.
     identity : dict, optional
         JSON-able dict of whatever else the data depend on (the prior, the survey, the
         noise level), stored and compared on resume.

@@ -28,7 +28,7 @@ IEEE float32 (format 5). The source wavelet is not stored in SEG-Y; give
 ``f0_hz=`` (Ricker) or ``wavelet=`` to :func:`read_shots`.
 
 Every writer validates everything first, writes to a temporary file in the
-target's folder and moves it over the target with :func:`os.replace`: a failure
+target's folder and moves it over the target with ``os.replace``: a failure
 never leaves a half-written file nor touches an existing one.
 """
 
@@ -277,7 +277,8 @@ def read_shots(
     wavelet_dt: float | None = None,
     wavelet_t0: float = 0.0,
 ) -> tuple[Survey, np.ndarray]:
-    """Read shot records written by :func:`write_shots` or in another header convention.
+    """Read shot records written by :func:`~devito_uq.io.segy_write.write_shots` or in
+    another header convention.
 
     Parameters
     ----------

@@ -44,7 +44,8 @@ def write_image(
     so depth is stored in the time fields in devito_uq's unit convention (m where
     ms go): the sample interval field holds ``dz`` in mm (where µs go; a whole
     number of mm) and ``DelayRecordingTime`` the first depth in m (a whole number).
-    ``spacing`` = (dx, dz) m, ``origin`` = (x0, z0) m. Atomic like :func:`write_shots`.
+    ``spacing`` = (dx, dz) m, ``origin`` = (x0, z0) m. Atomic like
+    :func:`~devito_uq.io.segy_write.write_shots`.
     """
     path = Path(path)
     img = _as_numpy("image", image)

@@ -32,7 +32,8 @@ def write_shots(path: str | os.PathLike, survey: Survey, data: Any) -> Path:
     float dtype, stored as float32); shots with fewer receivers than ``max(survey.nreceivers)`` are
     zero-padded there (:func:`~devito_uq.physics.survey.pad_traces`), and the padding is
     not written. Dead traces (``survey.trace_mask`` False) are written with
-    ``TraceIdentificationCode`` 2, so :func:`read_shots` gives back the same mask.
+    ``TraceIdentificationCode`` 2, so :func:`~devito_uq.io.segy.read_shots` gives back
+    the same mask.
     The time axis written is ``survey.data_axis`` (the solver axis unless the survey has
     its own data axis): its ``dt`` must be a whole number of µs and ``t0`` of ms.
 

@@ -10,7 +10,7 @@ training knobs (:class:`~devito_uq.apps.amortize.training_config.AmortizeTrainin
 One TOML file drives the whole workflow of one problem, picked by its ``problem`` key;
 the command line offers every problem's options, so the command's config,
 :class:`AmortizeConfig`, holds the fields of all of them (built from theirs, none
-declared here). :meth:`AmortizeConfig.for_problem` keeps the chosen problem's fields
+declared here). ``AmortizeConfig.for_problem()`` keeps the chosen problem's fields
 (a field of another problem is ignored) and the runs work on that. The defaults are the
 AVP workflow of ``make amortize`` (< 30 min on 2 cores); ``examples/amortize_marmousi.toml``
 sets the 2D case.
@@ -121,7 +121,7 @@ AmortizeConfig = dataclasses.make_dataclass(
     bases=(_Command,),
     namespace={
         "__doc__": "Every amortized problem's fields, for the command line and the TOML "
-        "file; :meth:`for_problem` gives the chosen problem's config.",
+        "file; ``for_problem()`` gives the chosen problem's config.",
         "__module__": __name__,
     },
 )

@@ -33,7 +33,7 @@ __all__ = ["AVPConfig"]
 
 @dataclass
 class AVPConfig(SleipnerNoise, ProfilePosterior):
-    """Every knob of the experiment; :meth:`full` is the original schedule.
+    """Every knob of the experiment; :meth:`~AVPConfig.full` is the original schedule.
 
     The noise rule, prior, parameterization and flow come from the shared groups
     :class:`~devito_uq.apps.pieces.SleipnerNoise` and
