@@ -202,8 +202,8 @@ def load_config_file(path: str | os.PathLike, config: type) -> dict[str, Any]:
     ------
     InvalidArgumentError
         The file is missing, not a regular file (a FIFO, a device), larger than
-        :data:`~devito_uq.io._files.MAX_TEXT_BYTES`, not UTF-8, not TOML or nested
-        deeper than :data:`~devito_uq.io._files.MAX_NESTING`, or a key is not a field of
+        ``MAX_TEXT_BYTES`` (16 MiB), not UTF-8, not TOML or nested
+        deeper than ``MAX_NESTING`` (64), or a key is not a field of
         ``config`` or holds a value of another type (the message names the key and the
         file); or Python 3.10 without the tomli package.
     """

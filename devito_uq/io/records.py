@@ -1,14 +1,14 @@
 """Small resume-side result files: numpy arrays with the run's identity and a SHA-256.
 
 A per-item result of a resumable run (one calibration truth, say) is an ``.npz`` of
-numpy arrays written atomically (:func:`~devito_uq.io._atomic.atomic_path`). Two
+numpy arrays written atomically (``io._atomic.atomic_path``). Two
 entries are added, as a checkpoint carries them (:mod:`devito_uq.io.checkpoint`):
 
 * ``meta``: the run's identity as canonical JSON (the settings the result depends on);
 * ``digest``: the SHA-256 of every other entry's name, dtype, shape and bytes.
 
 :func:`load_record` reads the file eagerly through
-:func:`~devito_uq.io._files.load_input_npz` (regular files only, bounded, never
+``io._files.load_input_npz`` (regular files only, bounded, never
 unpickled), checks the digest (a flipped bit or an edit is refused), then compares the
 identity key by key: a file planted from another run or configuration is refused,
 naming the file and the first key that differs.
