@@ -392,3 +392,14 @@ def test_a_stale_summary_is_removed_before_the_run_so_a_partial_folder_has_none(
     (tmp_path / "summary.json").write_text("{}")
     _prepare(str(tmp_path), False, InvertConfig(), False, {})  # not the writing rank
     assert (tmp_path / "summary.json").exists()
+
+
+def test_a_vi_batch_that_cannot_fit_is_refused_before_any_solve():
+    """batch_size is a count (≤ 10⁷) in validate(); what it costs depends on the grid read
+    from the files, so make_flow (called before the MAP) checks the flow's activations."""
+    from devito_uq.apps.imaging.posterior import make_flow
+    from devito_uq.errors import InsufficientMemoryError
+
+    make_flow(InvertConfig(batch_size=2), (41, 21))
+    with pytest.raises(InsufficientMemoryError, match="batch_size=5000000"):
+        make_flow(InvertConfig(batch_size=5_000_000), (41, 21))

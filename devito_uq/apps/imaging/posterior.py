@@ -22,6 +22,7 @@ from devito_uq.flows import ImageFlow
 from devito_uq.inference import LaplaceParameterization
 from devito_uq.inference.laplace import sqrt_from_state
 from devito_uq.io.checkpoint import load_checkpoint, save_checkpoint
+from devito_uq.validation import check_allocation
 
 __all__ = [
     "FLOW_FIELDS",
@@ -142,7 +143,38 @@ def make_flow(config: Any, shape: tuple[int, int]) -> nn.Module:
     -------
     ImageFlow
     """
+    check_vi_memory(config, shape)
     return image_flow(shape, **{k: getattr(config, k) for k in FLOW_FIELDS})
+
+
+def check_vi_memory(config: Any, shape: tuple[int, int]) -> None:
+    """Refuse a VI batch whose flow activations cannot fit, before any solve.
+
+    A lower bound: ``batch_size`` images of ``flow_hidden`` float32 channels kept for
+    backward in each of the ``flow_levels × flow_steps`` couplings, twice (forward value
+    and gradient). The PDE solves need no such check: their saved wavefields are cut
+    into chunks under ``max_wavefield_bytes``.
+
+    Parameters
+    ----------
+    config : InvertConfig or ImagingConfig
+        ``batch_size``, ``flow_hidden``, ``flow_steps``, ``flow_levels``.
+    shape : tuple of int
+        ``(nx, nz)``.
+
+    Raises
+    ------
+    InsufficientMemoryError
+        With the bytes it implies and those available.
+    """
+    nx, nz = shape
+    layers = config.flow_hidden * config.flow_steps * config.flow_levels
+    check_allocation(
+        f"VI with batch_size={config.batch_size} on the {nx} x {nz} grid (the flow's "
+        f"activations: {config.flow_hidden} channels x {config.flow_steps} steps x "
+        f"{config.flow_levels} levels)",
+        config.batch_size * nx * nz * layers * 4 * 2,
+    )
 
 
 def laplace_parameterization(
