@@ -32,3 +32,16 @@ def test_wavelet_band_and_centre():
 def test_error_wavelet_corners():
     with pytest.raises(InvalidArgumentError, match=r"must be increasing"):
         bandpass_wavelet(801, 0.5, corners=(30, 5, 50, 80))
+
+
+def test_load_wavelet_refuses_an_oversized_file_unread(tmp_path, monkeypatch):
+    """A wavelet path that names some huge file (a SEG-Y, a dump) is refused by its size,
+    before a line of it is read."""
+    from devito_uq.errors import InvalidArgumentError
+    from devito_uq.physics import wavelets
+
+    path = tmp_path / "w.txt"
+    path.write_text("0 0\n1 1\n2 0\n")
+    monkeypatch.setattr(wavelets, "MAX_WAVELET_BYTES", 8)
+    with pytest.raises(InvalidArgumentError, match="more than 8 for a source signature"):
+        wavelets.load_wavelet(path, 1.0)

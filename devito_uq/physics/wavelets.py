@@ -23,6 +23,10 @@ from devito_uq.validation import (
 __all__ = ["ricker", "bandpass_wavelet", "load_wavelet", "resample_wavelet", "shot_wavelets"]
 
 
+#: Largest wavelet file read (bytes): a signature of 10⁶ samples in text is ~25 MB.
+MAX_WAVELET_BYTES = 64 * 2**20
+
+
 def ricker(time: np.ndarray, f0_hz: float, delay: float | None = None) -> np.ndarray:
     """Ricker wavelet with peak frequency ``f0_hz`` (Hz) on ``time`` (ms).
 
@@ -177,6 +181,11 @@ def load_wavelet(
     path = Path(path)
     if not path.is_file():
         raise InvalidArgumentError(f"wavelet file {str(path)!r} is not a readable file")
+    if path.stat().st_size > MAX_WAVELET_BYTES:  # a source signature is kilobytes
+        raise InvalidArgumentError(
+            f"wavelet file {str(path)!r} holds {path.stat().st_size} bytes, more than "
+            f"{MAX_WAVELET_BYTES} for a source signature; is it the right file?"
+        )
     try:
         if path.suffix == ".npy":
             arr = np.load(path, allow_pickle=False)
