@@ -1,7 +1,6 @@
 """Acquisition geometry: shots, receivers, the solver's and the data's time axes, wavelet.
 
-Units: coordinates in m, times in ms, peak frequency in Hz (converted to kHz
-internally, as Devito's formulas use ms).
+Units: coordinates in m, times in ms, peak frequency in Hz (kHz inside, as Devito uses ms).
 
 Two time axes
 -------------

@@ -64,6 +64,7 @@ from devito_uq.inference import (
 from devito_uq.inference.diagnostics import expected_z_fraction
 from devito_uq.io._atomic import atomic_path
 from devito_uq.io._files import read_input_json
+from devito_uq.io.checkpoint import check_identity
 from devito_uq.parallel import allreduce_sum, rank_and_size
 
 __all__ = [
@@ -228,15 +229,11 @@ def _prepare(out: Path, config: AVPCalibrationConfig, resume: bool, comm: Any) -
                 shutil.rmtree(out / sub, ignore_errors=True)
         elif path.exists():
             saved = read_input_json(path, "calibration config", CheckpointError)
-            if not isinstance(saved, dict):
-                raise CheckpointError(f"{path} holds no calibration configuration (a JSON object)")
-            now = json.loads(json.dumps(config.to_dict()))
-            for key in sorted((saved.keys() | now.keys()) - _NOT_IN_RESULTS):
-                if saved.get(key) != now.get(key):
-                    raise CheckpointError(
-                        f"{path} was made with {key}={saved.get(key)!r}, this run has "
-                        f"{key}={now.get(key)!r}; run without --resume to start afresh"
-                    )
+            now = config.to_dict()
+            keys = sorted(
+                (set(saved) | set(now) if isinstance(saved, dict) else set()) - _NOT_IN_RESULTS
+            )
+            check_identity(path, saved, now, keys, hint="; run without --resume to start afresh")
         out.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:
             Path(tmp).write_text(json.dumps(config.to_dict(), indent=1))

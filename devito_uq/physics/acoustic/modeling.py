@@ -34,20 +34,19 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from devito_uq.errors import (
-    InvalidArgumentError,
-    InvalidShapeError,
-    StabilityError,
-)
 from devito_uq.physics import batching
+from devito_uq.physics.acoustic.checks import (
+    check_geometry,
+    check_input,
+    check_solver_memory,
+    check_stability,
+    receiver_count,
+)
 from devito_uq.physics.acoustic.model import AcousticModel
 from devito_uq.physics.convert import DataAxis, to_numpy, to_tensor
-from devito_uq.physics.model import check_model
 from devito_uq.physics.solver import cached_solvers, get_solver, new_owner
 from devito_uq.physics.survey import Survey
 from devito_uq.validation import (
-    check_allocation,
-    check_device,
     check_dtype,
     check_finite,
     check_finite_positive,
@@ -57,12 +56,6 @@ from devito_uq.validation import (
 )
 
 __all__ = ["AcousticModeling", "BornModeling", "check_stability", "BATCH_SIZE"]
-
-# Relative slack on the CFL check: absorbs float32 round-off between a dt computed from
-# a velocity and the limit recomputed from m = 1/v² (the bound itself is exact). At
-# 1e-6 above the bound the Nyquist mode grows by at most 1.003 per step, so round-off
-# noise stays negligible over thousands of steps.
-_CFL_SLACK = 1e-6
 
 #: Default models per Devito kernel call for a batched input (measured in
 #: ``benchmarks/bench_batched.py``: per-sample throughput of Born forward + adjoint).
@@ -91,65 +84,6 @@ def _release_owners(owners: dict) -> None:
         solver.release_owners(tokens)
 
 
-def _check_solver_memory(model: AcousticModel, survey: Survey, dtype: Any) -> None:
-    """Refuse, before anything is built, a geometry whose solver cannot fit in memory."""
-    check_allocation(
-        f"an acoustic solver for the padded grid {list(model.padded_shape)} "
-        f"(model shape {list(model.shape)}, nbl={model.nbl}) with {survey.nt} time steps",
-        model.solver_nbytes(dtype) + 16 * survey.nt * (1 + max(survey.nreceivers)),
-    )
-
-
-def check_stability(model: AcousticModel, survey: Survey, m: Any) -> None:
-    """Raise :class:`StabilityError` if ``survey.dt`` exceeds the CFL limit for ``m``.
-
-    The limit uses the largest velocity in ``m`` (``1/sqrt(min m)``); cheap (one reduction).
-    """
-    if isinstance(m, torch.Tensor) and m.device.type == "cpu":
-        m = m.detach().numpy()  # numpy reduction: see check_finite_positive
-    mmin = float(m.min()) if isinstance(m, torch.Tensor) else float(np.min(m))
-    vmax = 1.0 / np.sqrt(mmin)
-    dtc = model.critical_dt(vmax)
-    if survey.dt > dtc * (1 + _CFL_SLACK):
-        raise StabilityError(
-            f"survey dt={survey.dt:.6g} ms exceeds the stable limit {dtc:.6g} ms for the "
-            f"largest velocity {vmax:.6g} km/s in the model; use dt <= {dtc:.6g} ms"
-        )
-
-
-def _check_input(name: str, x: Any, model: AcousticModel) -> tuple[bool, type]:
-    """Validate a model-space tensor; return (batched, numpy dtype)."""
-    if not isinstance(x, torch.Tensor):
-        raise InvalidArgumentError(f"{name} must be a torch.Tensor; got {type(x).__name__}")
-    check_device(f"{name}.device", x)
-    npdtype = check_dtype(f"{name}.dtype", x.dtype)
-    if x.dim() == model.dim:
-        check_shape(name, x.shape, model.shape)
-        return False, npdtype
-    if x.dim() == model.dim + 1:
-        check_shape(name, x.shape, (None, *model.shape))
-        if x.shape[0] == 0:
-            raise InvalidShapeError(f"{name} has an empty batch: shape {list(x.shape)}")
-        return True, npdtype
-    want = list(model.shape)
-    raise InvalidShapeError(
-        f"{name} has shape {list(x.shape)}; expected {want} or [batch, {', '.join(map(str, want))}]"
-    )
-
-
-def _check_receivers(survey: Survey, shots: list[int]) -> int:
-    """Receiver axis length of the data of ``shots``: the largest count (others padded)."""
-    return max(survey.nreceivers[s] for s in shots)
-
-
-def _check_geometry(model: Any, survey: Any) -> None:
-    """Types of ``model`` and ``survey``, and every source and receiver inside the model."""
-    check_model(model, AcousticModel)  # the acoustic stability limit is applied to it
-    if not isinstance(survey, Survey):
-        raise InvalidArgumentError(f"survey must be a Survey; got {type(survey).__name__}")
-    survey.check_inside(model)
-
-
 class _AcousticFunction(torch.autograd.Function):
     """Nonlinear modeling; backward = adjoint-state gradient (one solve pair per shot)."""
 
@@ -175,7 +109,7 @@ class _AcousticFunction(torch.autograd.Function):
         if factor == 1 and solver.wavefield_nbytes(survey.nt) > module.max_wavefield_bytes:
             keep = 0  # over budget: backward checkpoints (AcousticSolver.jacobian_adjoint)
         owners = [new_owner() for _ in items]  # one per (model, shot) wavefield
-        nrec = _check_receivers(survey, shots)
+        nrec = receiver_count(survey, shots)
         axis = DataAxis(survey, shots, dtype)
         out = np.zeros((mb.shape[0], len(shots), axis.nt, nrec), dtype=dtype)
         for k, (b, i, s) in enumerate(items):
@@ -201,7 +135,7 @@ class _AcousticFunction(torch.autograd.Function):
             (c, i, s) for c in batching.chunks(mb.shape[0], size) for i, s in enumerate(shots)
         ]
         owners = [new_owner() for _ in chunks]
-        nrec = _check_receivers(survey, shots)
+        nrec = receiver_count(survey, shots)
         axis = DataAxis(survey, shots, dtype)
         out = np.zeros((mb.shape[0], len(shots), axis.nt, nrec), dtype=dtype)
         keep = len(chunks)  # all while they fit: the pool evicts the oldest first
@@ -307,21 +241,21 @@ class AcousticModeling(nn.Module):
         batch_size: int = BATCH_SIZE,
     ) -> None:
         super().__init__()
-        _check_geometry(model, survey)
+        check_geometry(model, survey)
         self.model = model
         self.survey = survey
         self.subsample = check_positive_int("subsample", subsample)
         self.batch_size = check_positive_int("batch_size", batch_size)
         self.max_wavefield_bytes = check_nonnegative_int("max_wavefield_bytes", max_wavefield_bytes)
-        _check_solver_memory(model, survey, model.dtype)
+        check_solver_memory(model, survey, model.dtype)
 
     def forward(self, m: torch.Tensor, shots: Any = None) -> torch.Tensor:
         """Shot records for squared slowness ``m`` (s²/km²); see the class docstring."""
-        _check_input("m", m, self.model)
+        check_input("m", m, self.model)
         check_finite_positive("squared slowness m", m.detach())
         check_stability(self.model, self.survey, m.detach())
         idx = self.survey.select(shots)
-        _check_receivers(self.survey, idx)
+        receiver_count(self.survey, idx)
         # Grad mode is off inside Function.forward: decide here whether backward can
         # come, so that no_grad calls skip the (slower) wavefield-saving forward.
         need_grad = torch.is_grad_enabled() and m.requires_grad
@@ -342,7 +276,7 @@ class _BornFunction(torch.autograd.Function):
         survey = module.survey
         m0 = module.m0_numpy.astype(dtype)
         db = to_numpy(dm if batched else dm[None], dtype)
-        nrec = _check_receivers(survey, shots)
+        nrec = receiver_count(survey, shots)
         axis = DataAxis(survey, shots, dtype)
         out = np.zeros((db.shape[0], len(shots), axis.nt, nrec), dtype=dtype)
         size = batching.chunk_size(module.batch_size, db.shape[0], None, module.max_wavefield_bytes)
@@ -430,10 +364,10 @@ class BornModeling(nn.Module):
         batch_size: int = BATCH_SIZE,
     ) -> None:
         super().__init__()
-        _check_geometry(model, survey)
+        check_geometry(model, survey)
         self.batch_size = check_positive_int("batch_size", batch_size)
         self.max_wavefield_bytes = check_nonnegative_int("max_wavefield_bytes", max_wavefield_bytes)
-        _check_solver_memory(model, survey, model.dtype)  # before m0 is validated or copied
+        check_solver_memory(model, survey, model.dtype)  # before m0 is validated or copied
         m0n = m0.detach().cpu().numpy() if isinstance(m0, torch.Tensor) else np.asarray(m0)
         check_shape("m0", m0n.shape, model.shape)
         check_finite_positive("background squared slowness m0", m0n)
@@ -452,10 +386,10 @@ class BornModeling(nn.Module):
 
     def forward(self, dm: torch.Tensor, shots: Any = None) -> torch.Tensor:
         """Born data for the perturbation ``dm`` (s²/km²); see the class docstring."""
-        _check_input("dm", dm, self.model)
+        check_input("dm", dm, self.model)
         check_finite("dm", dm.detach())
         idx = self.survey.select(shots)
-        _check_receivers(self.survey, idx)
+        receiver_count(self.survey, idx)
         return _BornFunction.apply(dm, self, idx)
 
     def extra_repr(self) -> str:
