@@ -23,6 +23,8 @@ __all__ = [
     "JitCacheError",
     "WorkerError",
     "OutputWriteError",
+    "DevitoUQWarning",
+    "SegyHeaderWarning",
 ]
 
 
@@ -82,3 +84,13 @@ class WorkerError(DevitoUQError, RuntimeError):
 class OutputWriteError(DevitoUQError, OSError):
     """Writing an output file failed (disk full, quota, permissions); the message names
     the path, the operation and the bytes written, and the previous file is intact."""
+
+
+class DevitoUQWarning(UserWarning):
+    """A result to check before trusting it (a one-line message). Its facts come from
+    inputs every MPI rank shares, so the command line prints it once, from rank 0."""
+
+
+class SegyHeaderWarning(DevitoUQWarning):
+    """A SEG-Y file's depth fields disagree with the header convention read with (e.g. a
+    convention reading every source at 0 m while another field holds the depths)."""

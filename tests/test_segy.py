@@ -12,7 +12,7 @@ import segyio
 import torch
 from segyio import BinField, TraceField
 
-from devito_uq.errors import InvalidShapeError, SegyError
+from devito_uq.errors import InvalidShapeError, SegyError, SegyHeaderWarning
 from devito_uq.io import read_image, read_shots, write_image, write_shots
 from devito_uq.io import segy_write as segy_write_module
 from devito_uq.physics import Survey, ricker
@@ -347,7 +347,8 @@ def test_judi_preset_zero_binary_interval(tmp_path):
     np.testing.assert_allclose(survey.rec_positions[0][:, 2], 5.0)
     # Read with the default convention the receivers land 5 m above the model: refused.
     with pytest.raises(SegyError, match=r"receiver of trace \d+ \(shot 0\) is at depth -500 m"):
-        read_shots(path, f0_hz=10.0, dim=3)
+        with pytest.warns(SegyHeaderWarning, match="every source at depth 0 m"):
+            read_shots(path, f0_hz=10.0, dim=3)
 
 
 def test_land_elevations_need_an_explicit_datum(tmp_path):
@@ -366,7 +367,10 @@ def test_land_elevations_need_an_explicit_datum(tmp_path):
     np.testing.assert_allclose(survey.rec_positions[0][:, 2], 5.0)
     assert survey.segy_report["datum_m"] == 305.0
     # A mapping names other fields: receiver depth from ReceiverDatumElevation (0 here).
-    mapped, _ = read_shots(path, f0_hz=10.0, dim=3, convention={"rec_z": "ReceiverDatumElevation"})
+    with pytest.warns(SegyHeaderWarning, match="every receiver at depth 0 m"):
+        mapped, _ = read_shots(
+            path, f0_hz=10.0, dim=3, convention={"rec_z": "ReceiverDatumElevation"}
+        )
     np.testing.assert_allclose(mapped.rec_positions[0][:, 2], 0.0)
     with pytest.raises(SegyError, match="convention key 'depth' is not one of"):
         read_shots(path, f0_hz=10.0, convention={"depth": "SourceDepth"})

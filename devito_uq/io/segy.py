@@ -289,8 +289,11 @@ def read_shots(
     group_by : ``"source"`` (traces with equal source x, y, z form a shot; repeated
         shots at one position merge into one) or ``"field_record"`` (equal ``FieldRecord``).
         Shots are ordered by first appearance; receivers keep the file order.
-    convention : ``"devito_uq"``, ``"judi"`` or a mapping of quantities to header
-        fields (:mod:`devito_uq.io.segy_geometry`).
+    convention : ``"devito_uq"``, ``"judi"``, ``"auto"`` (the preset that fits the file,
+        as ``devito-uq info`` detects it; refused when ambiguous) or a mapping of quantities
+        to header fields, or its text form ``"src_z=SourceDepth,..."``
+        (:mod:`devito_uq.io.segy_geometry`). Depth fields that disagree with it give one
+        :class:`~devito_uq.errors.SegyHeaderWarning`.
     datum : metres added to every depth (z down); a depth above 0 after it is refused.
     line_tolerance : largest off-line distance (m) accepted when projecting a 2D line.
     shots : shot indices to read (default all): headers are read first, then only the
@@ -307,7 +310,8 @@ def read_shots(
     -------
     survey : Survey of the selected shots (per-shot receivers, ``trace_mask`` False for
         dead traces: ``TraceIdentificationCode`` 2 or all-zero samples); ``survey.segy_report``
-        holds the convention, datum, line azimuth and off-line distance, shots read.
+        holds the convention (the preset ``"auto"`` chose), datum, line azimuth and
+        off-line distance, shots read.
     data : float32 ``[shot, time, max_receivers]``, zero-padded (see ``survey.mask()``).
     """
     path = Path(path)
@@ -315,7 +319,11 @@ def read_shots(
         raise SegyError(f"dim={dim!r} must be 2 or 3")
     if group_by not in ("source", "field_record"):
         raise SegyError(f"group_by={group_by!r} must be 'source' or 'field_record'")
-    conv = geo.resolve_convention(convention)
+    fields = geo.fields_to_read(convention) | {  # a bad convention: refused before opening
+        _T.FieldRecord,
+        _T.DelayRecordingTime,
+        _T.TraceIdentificationCode,
+    }
     try:
         datum = float(datum)
         line_tolerance = float(line_tolerance)
@@ -325,14 +333,10 @@ def read_shots(
         raise SegyError(f"datum={datum!r} must be finite, line_tolerance={line_tolerance!r} >= 0")
     if (model is None) != (vmax is None):
         raise SegyError("give both model and vmax (to pick the solver's time step) or neither")
-    fields = geo.header_fields(conv) | {
-        _T.FieldRecord,
-        _T.DelayRecordingTime,
-        _T.TraceIdentificationCode,
-    }
     with _open(path) as f:
         h, interval = _read_headers(f, path, sorted(fields))
         layout = f.devito_uq_layout
+        conv, label, hint = geo.choose_convention(convention, h, datum, path)
         geo.check_scalars(h, conv, path)
         xyz = geo.coordinates(h, conv, datum)
         geo.check_extent(xyz, path)
@@ -344,9 +348,9 @@ def read_shots(
     delays = h[_T.DelayRecordingTime]
     if np.ptp(delays) > 0:
         raise SegyError(f"{str(path)!r}: traces have different delays {np.unique(delays)[:5]} ms")
-    geo.check_depths(xyz["src_z"][index], "source", conv, shot_of_trace[index], datum)
-    geo.check_depths(xyz["rec_z"][index], "receiver", conv, shot_of_trace[index], datum)
-    report: dict[str, Any] = {"convention": convention, "datum_m": datum, **layout}
+    for key, what in (("src_z", "source"), ("rec_z", "receiver")):
+        geo.check_depths(xyz[key][index], what, conv, shot_of_trace[index], datum, hint)
+    report: dict[str, Any] = {"convention": label, "datum_m": datum, **layout}
     if dim == 2:
         sx, rx, line = geo.project_line(
             xyz["src_x"], xyz["src_y"], xyz["rec_x"], xyz["rec_y"], line_tolerance
