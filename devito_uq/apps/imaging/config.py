@@ -86,6 +86,11 @@ class SimulateConfig(SurfaceSurvey, WaveSolver, LowestVelocity):
         check_choice("data", self.data, ("nonlinear", "born"))
         check_int("nreceivers", self.nreceivers, minimum=2)
         check_int("seed", self.seed)
+        if round(self.data_dt * 1000) != self.data_dt * 1000:  # before any solve
+            raise InvalidArgumentError(
+                f"data_dt={self.data_dt} ms must be a whole number of µs: SEG-Y stores the "
+                "sample interval in µs"
+            )
         nyquist = 500.0 / self.data_dt
         if 3.0 * self.f0 >= nyquist:  # the Ricker spectrum reaches ~3 f0
             raise InvalidArgumentError(

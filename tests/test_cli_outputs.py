@@ -1,0 +1,70 @@
+"""What an imaging run leaves in ``--out``: another kind of run refused or cleared, never
+mixed; idle MPI ranks named; images that state their quantity."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from devito_uq.apps.imaging.outputs import RUN_FILES, check_run_kind
+from devito_uq.apps.imaging.simulate import idle_ranks
+from devito_uq.errors import DevitoUQWarning, InvalidArgumentError
+
+
+def test_another_kind_of_run_is_refused_or_cleared(tmp_path):
+    out = str(tmp_path)
+    (tmp_path / "shots.sgy").write_bytes(b"input")  # inputs are never touched
+    check_run_kind(out, "born", overwrite=False)
+    assert json.loads((tmp_path / "run.json").read_text()) == {"kind": "born"}
+    for name in ("velocity_mean.sgy", "posterior_mean.sgy", "map.pt"):
+        (tmp_path / name).write_bytes(b"born output")
+    check_run_kind(out, "born", overwrite=False)  # the same kind: a rerun or --resume
+    with pytest.raises(
+        InvalidArgumentError, match=r"holds the outputs of a born run \(run.json, map.pt.*fwi"
+    ):
+        check_run_kind(out, "fwi", overwrite=False)
+    assert (tmp_path / "velocity_mean.sgy").exists()
+    check_run_kind(out, "fwi", overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.json", "shots.sgy"]
+    assert json.loads((tmp_path / "run.json").read_text()) == {"kind": "fwi"}
+
+
+def test_kind_of_an_older_run_from_its_summary(tmp_path):
+    summary = {"config": {"problem": "born", "amortized": "amortized.pt"}}
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    with pytest.raises(InvalidArgumentError, match="outputs of a amortized run"):
+        check_run_kind(str(tmp_path), "born", overwrite=False)
+    (tmp_path / "summary.json").write_text("{not json")
+    with pytest.raises(InvalidArgumentError, match="outputs of another run"):
+        check_run_kind(str(tmp_path), "born", overwrite=False)
+    assert "summary.json" in RUN_FILES and "shots.sgy" not in RUN_FILES
+
+
+class _Comm:
+    """The rank and size of an MPI communicator, without MPI."""
+
+    def __init__(self, rank, size):
+        self.rank, self.size = rank, size
+
+    def Get_rank(self):
+        return self.rank
+
+    def Get_size(self):
+        return self.size
+
+    def Allreduce(self, *args):
+        raise AssertionError("not called")
+
+
+def test_idle_ranks_are_named_in_one_line():
+    with pytest.warns(DevitoUQWarning, match=r"^4 MPI ranks for 2 shots: ranks 2, 3 have no shot"):
+        assert idle_ranks(2, _Comm(0, 4)) == [2, 3]
+    with pytest.warns(DevitoUQWarning, match=r"3 MPI ranks for 2 shots: rank 2 has no shot"):
+        idle_ranks(2, _Comm(0, 3))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert idle_ranks(2, _Comm(1, 4)) == [2, 3]  # rank 0 says it, once
+        assert idle_ranks(4, _Comm(0, 4)) == [] and idle_ranks(3, None) == []
