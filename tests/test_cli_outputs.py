@@ -33,11 +33,11 @@ def test_another_kind_of_run_is_refused_or_cleared(tmp_path):
 def test_kind_of_an_older_run_from_its_summary(tmp_path):
     summary = {"config": {"problem": "born", "amortized": "amortized.pt"}}
     (tmp_path / "summary.json").write_text(json.dumps(summary))
-    with pytest.raises(InvalidArgumentError, match="outputs of a amortized run"):
+    with pytest.raises(InvalidArgumentError, match="outputs of an amortized run"):
         check_run_kind(str(tmp_path), "born", overwrite=False)
-    (tmp_path / "summary.json").write_text("{not json")
-    with pytest.raises(InvalidArgumentError, match="outputs of another run"):
-        check_run_kind(str(tmp_path), "born", overwrite=False)
+    (tmp_path / "summary.json").write_text("{not json")  # a kind nothing says: kept
+    check_run_kind(str(tmp_path), "born", overwrite=False)
+    assert json.loads((tmp_path / "run.json").read_text()) == {"kind": "born"}
     assert "summary.json" in RUN_FILES and "shots.sgy" not in RUN_FILES
 
 
@@ -68,3 +68,15 @@ def test_idle_ranks_are_named_in_one_line():
         warnings.simplefilter("error")
         assert idle_ranks(2, _Comm(1, 4)) == [2, 3]  # rank 0 says it, once
         assert idle_ranks(4, _Comm(0, 4)) == [] and idle_ranks(3, None) == []
+
+
+def test_every_output_image_states_a_quantity_that_fits(tmp_path):
+    """The text header of each posterior image names the statistic, the unknown and unit."""
+    from devito_uq.apps.imaging.outputs import QUANTITIES, UNKNOWNS
+    from devito_uq.io import check_image, image_quantity, write_image
+
+    for unknown in UNKNOWNS.values():
+        for statistic in QUANTITIES.values():
+            check_image((2, 2), (1.0, 1.0), quantity=f"{statistic} {unknown}")
+    path = write_image(tmp_path / "m.sgy", [[1.0, 2.0], [3.0, 4.0]], (50.0, 50.0), quantity="")
+    assert image_quantity(path) is None

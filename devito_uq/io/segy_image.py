@@ -85,7 +85,7 @@ def check_image(
     spacing, origin : (x, z) pairs
         m; any positive spacing, an origin with x to 0.1 mm and z as :func:`write_image`.
     quantity : str
-        The quantity and unit for the textual header (printable ASCII, ≤ 60 characters).
+        The quantity and unit for the textual header (printable ASCII, ≤ 64 characters).
     path : str or os.PathLike
         Named in the messages.
 
@@ -115,8 +115,8 @@ def check_image(
             raise SegyError(f"{name}={value!r} m must be finite and positive")
     if not np.isfinite(x0):
         raise SegyError(f"x origin={x0!r} m must be finite")
-    if not (isinstance(quantity, str) and len(quantity) <= 60 and quantity.isascii()):
-        raise SegyError(f"quantity={quantity!r} must be ASCII text of at most 60 characters")
+    if not (isinstance(quantity, str) and len(quantity) <= 64 and quantity.isascii()):
+        raise SegyError(f"quantity={quantity!r} must be ASCII text of at most 64 characters")
     if not quantity.isprintable():
         raise SegyError(f"quantity={quantity!r} must be printable (one line)")
     delay, delay_scalar = _delay_scalar(z0, path)
@@ -165,7 +165,8 @@ def write_image(
             [
                 "devito_uq image: one trace per x, samples are DEPTH (not time)",
                 _QUANTITY + (quantity or "not stated"),
-                f"{nx} traces x {nz} depth samples; dx = {dx!r} m, dz = {dz!r} m",
+                f"{nx} traces x {nz} depth samples",
+                f"dx = {dx!r} m, dz = {dz!r} m",
                 f"first x = {x0!r} m, first z = {z0!r} m",
                 "x: CDP_X times SourceGroupScalar (m); CDP: 1-based x index",
                 "dz: rev 2 extended sample interval (bytes 3273-3280, double), mm",

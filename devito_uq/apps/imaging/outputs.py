@@ -90,9 +90,10 @@ def check_run_kind(out: str, kind: str, overwrite: bool, writer: bool = True) ->
     """Refuse to mix two kinds of run in one folder, or clear the other one's files.
 
     Called before any solve. ``out`` holding :data:`RUN_FILES` of another kind (``born``,
-    ``fwi``, ``amortized``; from ``run.json``, or ``summary.json`` of older runs, unknown
-    when neither says) is refused naming the files, unless ``overwrite``: then they are
-    removed (by the writer). The writer then records ``kind`` in ``run.json``.
+    ``fwi``, ``amortized``; from ``run.json``, or ``summary.json`` of older runs) is refused
+    naming the files, unless ``overwrite``: then they are removed (by the writer). Files
+    whose kind neither says (e.g. a ``map.pt`` copied in to reuse) are kept. The writer
+    then records ``kind`` in ``run.json``.
 
     Parameters
     ----------
@@ -111,13 +112,14 @@ def check_run_kind(out: str, kind: str, overwrite: bool, writer: bool = True) ->
         Another kind's files are in ``out`` and ``overwrite`` is false.
     """
     present = [n for n in RUN_FILES if os.path.lexists(os.path.join(out, n))]
-    previous = _previous_kind(out) if present else kind
-    if previous != kind:
+    previous = _previous_kind(out) if present else None
+    if previous is not None and previous != kind:
         if not overwrite:
             shown = ", ".join(present[:8]) + (", ..." if len(present) > 8 else "")
             raise InvalidArgumentError(
-                f"out={out!r} holds the outputs of {'a ' + previous if previous else 'another'} "
-                f"run ({shown}); this {kind} run would mix with them: give another --out, or "
+                f"out={out!r} holds the outputs of {'an' if previous[:1] in 'aeiou' else 'a'} "
+                f"{previous} run ({shown}); this {kind} "
+                "run would mix with them: give another --out, or "
                 "--overwrite to remove those files first"
             )
         for name in present if writer else ():
