@@ -102,7 +102,8 @@ def idle_ranks(nshots: int, comm: Any = None) -> list[int]:
         names = ", ".join(map(str, idle))
         warnings.warn(
             f"{dist.size} MPI ranks for {nshots} shots: rank{'s' * (len(idle) > 1)} {names} "
-            f"ha{'ve' if len(idle) > 1 else 's'} no shot and only wait; start at most "
+            f"{'have no shot and only wait' if len(idle) > 1 else 'has no shot and only waits'}; "
+            "start at most "
             f"{nshots} ranks",
             DevitoUQWarning,
             stacklevel=2,
