@@ -70,3 +70,15 @@ def test_every_output_image_states_a_quantity_that_fits(tmp_path):
             check_image((2, 2), (1.0, 1.0), quantity=f"{statistic} {unknown}")
     path = write_image(tmp_path / "m.sgy", [[1.0, 2.0], [3.0, 4.0]], (50.0, 50.0), quantity="")
     assert image_quantity(path) is None
+
+
+def test_simulate_refuses_what_segy_cannot_hold_before_any_solve(tmp_path, capsys):
+    """A sample interval SEG-Y cannot store is refused by the config, not after the solves."""
+    from devito_uq.apps.imaging import SimulateConfig
+    from devito_uq.cli import main
+
+    with pytest.raises(InvalidArgumentError, match=r"data_dt=0.0005 ms must be a whole number"):
+        SimulateConfig(data_dt=0.0005).validate()
+    assert main(["simulate", "--out", str(tmp_path / "s"), "--data-dt", "1.0005"]) == 2
+    assert "data_dt=1.0005 ms must be a whole number of µs" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
