@@ -113,7 +113,9 @@ def check_survey(config: InvertConfig, out: str, setting, trained, path) -> None
         _refuse(path, "background model", f"{gap:.2g} (relative) away from", "another one")
     shots = check_input_file(resolve_path(config.shots, out), "shots file", InvalidArgumentError)
     model = AcousticModel(v0.shape, spacing, origin, nbl=config.nbl, space_order=config.space_order)
-    survey, _ = read_shots(shots, f0_hz=config.f0, model=model, vmax=config.vmax)
+    survey, _ = read_shots(
+        shots, f0_hz=config.f0, model=model, vmax=config.vmax, **config.shot_headers()
+    )
     ref = a["survey"]
     if survey.nshots != ref.nshots:
         _refuse(path, "number of shots", survey.nshots, ref.nshots)
