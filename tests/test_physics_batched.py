@@ -20,7 +20,7 @@ from devito_uq.errors import InvalidArgumentError
 from devito_uq.physics import AcousticModel, AcousticModeling, BornModeling, Survey
 from devito_uq.physics.acoustic.batched import BatchedAcousticSolver
 from devito_uq.physics.acoustic.solver import AcousticSolver
-from devito_uq.physics.batching import OWN_KERNEL_ROWS, chunk_size, plan
+from devito_uq.physics.batching import OWN_KERNEL_WORK, chunk_size, plan
 from devito_uq.physics.solver import cached_solvers, get_solver, total_compiles
 
 SHAPE = (31, 25)
@@ -150,12 +150,34 @@ def test_plan_covers_the_batch_with_one_kernel_size():
 
 def test_a_recurring_short_chunk_gets_its_own_kernel():
     """Batches of 2 under kernel size 8 are solved one model per call until
-    OWN_KERNEL_ROWS of them were; then they get a kernel of 2 (counted per kind)."""
-    seen = Counter()
-    calls = OWN_KERNEL_ROWS // 2
-    assert all(
-        plan(2, 8, seen, "born") == [(slice(0, 1), 1), (slice(1, 2), 1)] for _ in range(calls)
-    )
-    assert plan(2, 8, seen, "born") == [(slice(0, 2), 2)]
-    assert plan(10, 8, seen, "born") == [(slice(0, 8), 8), (slice(8, 10), 2)]
-    assert plan(2, 8, seen, "fwd")[0] == (slice(0, 1), 1)
+    OWN_KERNEL_WORK cell-steps were; then they get a kernel of 2 (counted per kind). A
+    larger grid (more work per model) switches after fewer calls."""
+    for work in (10**6, 10**7):
+        seen = Counter()
+        calls = OWN_KERNEL_WORK // (2 * work)
+        singles = [(slice(0, 1), 1), (slice(1, 2), 1)]
+        assert all(plan(2, 8, seen, "born", work) == singles for _ in range(calls))
+        assert plan(2, 8, seen, "born", work) == [(slice(0, 2), 2)]
+        assert plan(10, 8, seen, "born", work) == [(slice(0, 8), 8), (slice(8, 10), 2)]
+        assert plan(2, 8, seen, "fwd", work)[0] == (slice(0, 1), 1)
+
+
+def test_the_modules_switch_a_recurring_batch_to_its_own_kernel():
+    """Once the solver's count says a batch of 3 came back often enough (set here), Born
+    and the nonlinear gradient solve it in a kernel of 3, with the singles' results."""
+    model, survey, m = _setup()
+    base = get_solver(AcousticSolver, model, np.float64)
+    dm, x = _models(3, 5), torch.tensor(m) + _models(3, 6).abs()
+    for make, v in (
+        (lambda k: BornModeling(model, survey, m, batch_size=k), dm),
+        (lambda k: AcousticModeling(model, survey, batch_size=k), x),
+    ):
+        ref = make(1)(v)
+        for kind in ("born", "fwd-save", "fwd"):
+            base.small_chunks[(kind, 3)] = OWN_KERNEL_WORK
+        three = get_solver(BatchedAcousticSolver, model, np.float64, 3)
+        solves = three.n_solves
+        with torch.no_grad():
+            out = make(8)(v)
+        assert three.n_solves > solves
+        torch.testing.assert_close(out, ref, rtol=0, atol=1e-12 * float(ref.abs().max()))

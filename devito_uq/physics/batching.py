@@ -27,8 +27,12 @@ grid        n   singles  own kernel (n)  ``K = 8`` padded to 8
 
 Padding pays from ``n ≈ 0.7 K`` (the batched kernel's time per row over the single
 call's, 0.70 at these sizes and 0.82 at 256²): :data:`PAD_FRACTION`. A kernel of its own
-for ``n = 2`` saves 12 % per call (2 ms at 41 × 21): its ≈ 1.9 s build is repaid after
-≈ 1,000 calls, for ``n = 4`` after ≈ 250: :data:`OWN_KERNEL_ROWS`.
+for ``n = 2`` saves 12 % per call (1.4 ms at 21 × 11, 2.1 ms at 41 × 21): its ≈ 1.9 s
+build is repaid after ≈ 2,700 and ≈ 1,800 models solved one per call, i.e. after
+2.3 and 2.4·10⁹ cell-steps (padded cells × time steps per model): the threshold
+:data:`OWN_KERNEL_WORK` counts work, so that larger grids switch after fewer models (on
+the 101 × 51 window, 1.6 s, the own kernel of 2 saves 25 % of a VI iteration and is
+repaid after ≈ 140 models; the switch comes after ≈ 360).
 """
 
 from __future__ import annotations
@@ -37,18 +41,21 @@ from collections import Counter
 
 import numpy as np
 
-__all__ = ["PAD_FRACTION", "OWN_KERNEL_ROWS", "chunk_size", "plan", "pad_rows"]
+__all__ = ["PAD_FRACTION", "OWN_KERNEL_WORK", "chunk_size", "plan", "pad_rows"]
 
 #: A last chunk of ``r`` models is padded up to the kernel size ``K`` when ``r ≥ 0.75 K``
 #: (at ``K = 8``: 6 or 7 models); a shorter one is solved one model per call.
 PAD_FRACTION = 0.75
 
-#: Models solved one per call at one chunk size ``r ≥ 2`` (per process and kind) after
-#: which ``r`` gets a batched kernel of its own (≈ 1,000 calls of 2, 500 of 4).
-OWN_KERNEL_ROWS = 2000
+#: Work (cell-steps: padded grid cells × time steps, summed over the models) solved one
+#: model per call at one chunk size ``r ≥ 2`` (per process and kind) after which ``r``
+#: gets a batched kernel of its own.
+OWN_KERNEL_WORK = 2 * 10**9
 
 
-def plan(n: int, size: int, seen: Counter | None = None, kind: object = None) -> list[tuple]:
+def plan(
+    n: int, size: int, seen: Counter | None = None, kind: object = None, work: int = 1
+) -> list[tuple]:
     """``range(n)`` cut into kernel calls: ``(rows, kernel)`` pairs.
 
     Parameters
@@ -58,11 +65,13 @@ def plan(n: int, size: int, seen: Counter | None = None, kind: object = None) ->
     size : int
         The kernel size ``K`` (:func:`chunk_size`); 1 = one call per model.
     seen : Counter, optional
-        Per process and kind: models solved one per call so far, by chunk size (the
-        solver's ``small_chunks``). Updated here; with enough of them a recurring short
-        chunk gets its own kernel (:data:`OWN_KERNEL_ROWS`).
+        Per process and kind: work solved one model per call so far, by chunk size (the
+        solver's ``small_chunks``). Updated here; with enough of it a recurring short
+        chunk gets its own kernel (:data:`OWN_KERNEL_WORK`).
     kind : hashable, optional
         The operator kind ``seen`` is counted under.
+    work : int
+        Cell-steps of one model's solve (padded cells × time steps).
 
     Returns
     -------
@@ -81,10 +90,10 @@ def plan(n: int, size: int, seen: Counter | None = None, kind: object = None) ->
         return out
     if r >= PAD_FRACTION * size:
         return out + [(slice(full, n), size)]
-    if r >= 2 and seen is not None and seen[(kind, r)] >= OWN_KERNEL_ROWS:
+    if r >= 2 and seen is not None and seen[(kind, r)] >= OWN_KERNEL_WORK:
         return out + [(slice(full, n), r)]
     if seen is not None and r >= 2:
-        seen[(kind, r)] += r
+        seen[(kind, r)] += r * work
     return out + [(slice(b, b + 1), 1) for b in range(full, n)]
 
 

@@ -76,6 +76,11 @@ def _batched(model: AcousticModel, dtype: type, batch: int) -> Any:
     return get_solver(BatchedAcousticSolver, model, dtype, batch)
 
 
+def _work(model: AcousticModel, nt: int) -> int:
+    """Cell-steps of one solve: padded grid cells × time steps (:func:`.batching.plan`)."""
+    return int(np.prod(model.padded_shape)) * int(nt)
+
+
 def _release_owners(owners: dict) -> None:
     """Drop the pooled wavefields of ``owners`` (a garbage-collected module's tokens) from
     every cached solver (the pool is the :class:`~devito_uq.physics.solver.Solver` base's)."""
@@ -101,7 +106,8 @@ class _AcousticFunction(torch.autograd.Function):
         size = batching.chunk_size(module.batch_size, one, module.max_wavefield_bytes)
         kind = "fwd-save" if need_grad else "fwd"
         size = size if module.subsample == 1 else 1
-        calls = batching.plan(mb.shape[0], size, solver.small_chunks, kind)
+        work = _work(module.model, survey.nt)
+        calls = batching.plan(mb.shape[0], size, solver.small_chunks, kind, work)
         if any(k > 1 for _, k in calls):
             return _AcousticFunction._forward_batched(ctx, m, module, shots, need_grad, calls)
         items = [(b, i, s) for b in range(mb.shape[0]) for i, s in enumerate(shots)]
@@ -300,7 +306,8 @@ class _BornFunction(torch.autograd.Function):
         axis = DataAxis(survey, shots, dtype)
         out = np.zeros((db.shape[0], len(shots), axis.nt, nrec), dtype=dtype)
         size = batching.chunk_size(module.batch_size, None, module.max_wavefield_bytes)
-        calls = batching.plan(db.shape[0], size, solver.small_chunks, "born")
+        work = _work(module.model, survey.nt)
+        calls = batching.plan(db.shape[0], size, solver.small_chunks, "born", work)
         for c, k in calls:
             if k == 1:
                 for i, s in enumerate(shots):
