@@ -28,11 +28,14 @@ grid        n   singles  own kernel (n)  ``K = 8`` padded to 8
 Padding pays from ``n ≈ 0.7 K`` (the batched kernel's time per row over the single
 call's, 0.70 at these sizes and 0.82 at 256²): :data:`PAD_FRACTION`. A kernel of its own
 for ``n = 2`` saves 12 % per call (1.4 ms at 21 × 11, 2.1 ms at 41 × 21): its ≈ 1.9 s
-build is repaid after ≈ 2,700 and ≈ 1,800 models solved one per call, i.e. after
-2.3 and 2.4·10⁹ cell-steps (padded cells × time steps per model): the threshold
-:data:`OWN_KERNEL_WORK` counts work, so that larger grids switch after fewer models (on
-the 101 × 51 window, 1.6 s, the own kernel of 2 saves 25 % of a VI iteration and is
-repaid after ≈ 140 models; the switch comes after ≈ 360).
+build is repaid after ≈ 2,700 and ≈ 1,800 single-shot solves, i.e. after 2.3 and
+2.4·10⁹ cell-steps (padded cells × time steps, per model and shot). The threshold
+:data:`OWN_KERNEL_WORK` counts work, so that larger grids switch sooner; it is set above
+break-even (3·10⁹) so that the default imaging VI (41 × 21, 200 iterations of 2 models ×
+4 shots: 2.1·10⁹) never builds a kernel it cannot repay. On the 101 × 51 window (1.6 s,
+434 steps) the own kernel saves 14 % of the PDE time at 2 models (128 → 110 ms per shot)
+and 19 % at 4 (248 → 201 ms): its build is repaid within ≈ 30–50 VI iterations of 4
+shots; the switch comes after ≈ 70 (of 2 models) or ≈ 35 (of 4).
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ PAD_FRACTION = 0.75
 #: Work (cell-steps: padded grid cells × time steps, summed over the models) solved one
 #: model per call at one chunk size ``r ≥ 2`` (per process and kind) after which ``r``
 #: gets a batched kernel of its own.
-OWN_KERNEL_WORK = 2 * 10**9
+OWN_KERNEL_WORK = 3 * 10**9
 
 
 def plan(

@@ -77,7 +77,8 @@ def _batched(model: AcousticModel, dtype: type, batch: int) -> Any:
 
 
 def _work(model: AcousticModel, nt: int) -> int:
-    """Cell-steps of one solve: padded grid cells × time steps (:func:`.batching.plan`)."""
+    """Cell-steps of one solve: padded grid cells × time steps (:func:`.batching.plan`
+    counts them per model of a call: times the call's shots)."""
     return int(np.prod(model.padded_shape)) * int(nt)
 
 
@@ -106,7 +107,7 @@ class _AcousticFunction(torch.autograd.Function):
         size = batching.chunk_size(module.batch_size, one, module.max_wavefield_bytes)
         kind = "fwd-save" if need_grad else "fwd"
         size = size if module.subsample == 1 else 1
-        work = _work(module.model, survey.nt)
+        work = _work(module.model, survey.nt) * len(shots)
         calls = batching.plan(mb.shape[0], size, solver.small_chunks, kind, work)
         if any(k > 1 for _, k in calls):
             return _AcousticFunction._forward_batched(ctx, m, module, shots, need_grad, calls)
@@ -306,7 +307,7 @@ class _BornFunction(torch.autograd.Function):
         axis = DataAxis(survey, shots, dtype)
         out = np.zeros((db.shape[0], len(shots), axis.nt, nrec), dtype=dtype)
         size = batching.chunk_size(module.batch_size, None, module.max_wavefield_bytes)
-        work = _work(module.model, survey.nt)
+        work = _work(module.model, survey.nt) * len(shots)
         calls = batching.plan(db.shape[0], size, solver.small_chunks, "born", work)
         for c, k in calls:
             if k == 1:
