@@ -34,13 +34,14 @@ import json
 import os
 import sys
 import typing
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
 from devito_uq.apps import Command, commands
-from devito_uq.errors import DevitoUQError, InvalidArgumentError
+from devito_uq.errors import DevitoUQError, InvalidArgumentError, warning_printer
 from devito_uq.io._files import check_nesting, read_input_text
-from devito_uq.parallel import abort, world
+from devito_uq.parallel import abort, rank_and_size, world
 from devito_uq.threads import configure_threads
 from devito_uq.validation import check_count
 
@@ -407,7 +408,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     -------
     int
         The exit status: 0, or 2 after a user error (one line on stderr; under MPI
-        every rank is aborted).
+        every rank is aborted). Warnings print as one line each
+        (:func:`~devito_uq.errors.warning_printer`).
     """
     args = build_parser().parse_args(argv)
     # Devito prints one INFO line per operator call by default: not for a CLI user.
@@ -415,12 +417,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     comm = world() if _mpi_launch_size() > 1 else None  # failures then end every rank
     cmd: Command = args._command
     try:
-        # Before any torch or Devito work: each process gets its share of the cores (a
-        # billion threads would reach OpenMP: at most 4 per core).
-        if args.threads is not None:
-            check_count("threads", args.threads, maximum=4 * (os.cpu_count() or 1))
-        configure_threads(comm, threads=args.threads)
-        summary = _run(cmd, args, comm)
+        with warnings.catch_warnings():  # one line each, for the command line's user
+            warnings.showwarning = warning_printer(rank_and_size(comm)[0], "devito-uq")
+            # Before any torch or Devito work: each process gets its share of the cores (a
+            # billion threads would reach OpenMP: at most 4 per core).
+            if args.threads is not None:
+                check_count("threads", args.threads, maximum=4 * (os.cpu_count() or 1))
+            configure_threads(comm, threads=args.threads)
+            summary = _run(cmd, args, comm)
     except DevitoUQError as exc:
         # A user error: one line, no traceback.
         message = " ".join(str(exc).split())

@@ -8,6 +8,9 @@ builtin category fits, the subclass also derives from it (``ValueError``,
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
+
 __all__ = [
     "DevitoUQError",
     "InvalidArgumentError",
@@ -23,6 +26,9 @@ __all__ = [
     "JitCacheError",
     "WorkerError",
     "OutputWriteError",
+    "DevitoUQWarning",
+    "SegyHeaderWarning",
+    "warning_printer",
 ]
 
 
@@ -82,3 +88,46 @@ class WorkerError(DevitoUQError, RuntimeError):
 class OutputWriteError(DevitoUQError, OSError):
     """Writing an output file failed (disk full, quota, permissions); the message names
     the path, the operation and the bytes written, and the previous file is intact."""
+
+
+class DevitoUQWarning(UserWarning):
+    """A result to check before trusting it (a one-line message). Its facts come from
+    inputs every MPI rank shares, so the command line prints it once, from rank 0."""
+
+
+class SegyHeaderWarning(DevitoUQWarning):
+    """A SEG-Y file's depth fields disagree with the header convention read with (e.g. a
+    convention reading every source at 0 m while another field holds the depths)."""
+
+
+def warning_printer(rank: int = 0, prog: str = "devito-uq") -> Callable[..., None]:
+    """A :func:`warnings.showwarning` that prints each warning as one line on stderr.
+
+    ``<prog>: warning: <message>``: no category, file or source line, and a message
+    already printed is not repeated. A :class:`DevitoUQWarning` (the same on every MPI
+    rank) is printed by rank 0 only; another warning of rank k > 0 says ``(rank k)``.
+
+    Parameters
+    ----------
+    rank : int
+        This process's MPI rank (0 when serial).
+    prog : str
+        The program name that starts each line.
+
+    Returns
+    -------
+    callable
+        With :func:`warnings.showwarning`'s signature.
+    """
+    seen: set[str] = set()
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        if rank > 0 and issubclass(category, DevitoUQWarning):
+            return
+        text = " ".join(str(message).split())
+        if text not in seen:
+            seen.add(text)
+            who = f" (rank {rank})" if rank > 0 else ""
+            print(f"{prog}: warning{who}: {text}", file=sys.stderr)
+
+    return show

@@ -248,3 +248,49 @@ def test_config_file_errors_through_the_cli(tmp_path, capsys):
     assert main(["calibrate", str(path), "--out", str(out), "--quiet"]) == 2
     assert "n_truths=1 must be an integer >= 2" in capsys.readouterr().err
     assert not out.exists()
+
+
+def _command_paths(parser, prefix=()):
+    """Every command and sub-command of ``parser`` as argument lists."""
+    for action in parser._subparsers._group_actions if parser._subparsers else ():
+        for name, sub in action.choices.items():
+            yield (*prefix, name)
+            yield from _command_paths(sub, (*prefix, name))
+
+
+def test_help_works_for_every_command_and_subcommand(capsys):
+    """``--help`` (a ``%`` in a help text once crashed it) for the program and every command."""
+    paths = list(_command_paths(build_parser()))
+    assert ("amortize", "train") in paths and ("invert",) in paths
+    assert len(paths) == len(commands()) + 1  # the "amortize" group itself
+    for path in [(), *paths]:
+        with pytest.raises(SystemExit) as exc:
+            main([*path, "--help"])
+        assert exc.value.code == 0, path
+        assert "usage: devito-uq" in capsys.readouterr().out, path
+
+
+def test_warnings_print_as_one_line(monkeypatch, capsys):
+    """A warning reaches the command-line user as one line: no category, no file path; a
+    repeated message once; under MPI a DevitoUQWarning only from rank 0."""
+    import warnings
+
+    from devito_uq import cli
+    from devito_uq.errors import SegyHeaderWarning, warning_printer
+
+    def fake_run(cmd, args, comm):
+        for _ in range(2):
+            warnings.warn("the depth fields\n  disagree", SegyHeaderWarning, stacklevel=1)
+        warnings.warn("something else", UserWarning, stacklevel=1)
+        return {}
+
+    monkeypatch.setattr(cli, "_run", fake_run)
+    assert main(["info", "x.sgy"]) == 0
+    assert capsys.readouterr().err.splitlines() == [
+        "devito-uq: warning: the depth fields disagree",
+        "devito-uq: warning: something else",
+    ]
+    show = warning_printer(rank=1)
+    show("same on every rank", SegyHeaderWarning, "f.py", 1)
+    show("only here", UserWarning, "f.py", 1)
+    assert capsys.readouterr().err.splitlines() == ["devito-uq: warning (rank 1): only here"]

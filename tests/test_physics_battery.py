@@ -59,7 +59,7 @@ class Case:
 
 
 # ---------------------------------------------------------------------------- acoustic
-def _acoustic(born: bool, batch_size: int = 8) -> Case:
+def _acoustic(born: bool, batch_size: int = 2) -> Case:
     shape = (41, 41)
     model = AcousticModel(shape, (10.0, 10.0), nbl=10, space_order=4, dtype=np.float64)
     # vmax above the largest 2.5 km/s: the CFL bound is sharp and the tests perturb m.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -12,9 +13,10 @@ import segyio
 import torch
 from segyio import BinField, TraceField
 
-from devito_uq.errors import InvalidShapeError, SegyError
+from devito_uq.errors import InvalidShapeError, SegyError, SegyHeaderWarning
 from devito_uq.io import read_image, read_shots, write_image, write_shots
 from devito_uq.io import segy_write as segy_write_module
+from devito_uq.io.segy_image import check_image, image_quantity
 from devito_uq.physics import Survey, ricker
 
 
@@ -123,6 +125,28 @@ def test_image_round_trip(tmp_path):
     with segyio.open(path, ignore_geometry=True) as f:
         assert f.bin[BinField.Interval] == 5000  # dz in mm, in the µs field
         assert f.header[2][TraceField.CDP] == 3 and f.header[2][TraceField.CDP_X] == 1250
+
+
+@pytest.mark.parametrize("dz", [10.0, 30.0, 50.0, 12.5, 100.0 / 3.0, 0.0125])
+@pytest.mark.parametrize("dx", [10.0, 30.0, 50.0, 12.5])
+def test_image_round_trip_at_any_spacing(tmp_path, dx, dz):
+    """Any depth spacing (the rev 2 double interval; the 16-bit field stops at 32.767 m), a
+    fractional depth origin, the quantity in the text header; a Fortran-ordered image is
+    written without segyio's contiguous-array warning."""
+    img = np.asfortranarray(np.random.default_rng(3).standard_normal((5, 7)))
+    path = tmp_path / "img.sgy"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        write_image(path, img, (dx, dz), (-2.5, 12.25), quantity="velocity, km/s")
+    back, spacing, origin = read_image(path)
+    np.testing.assert_array_equal(back, img.astype(np.float32))
+    assert spacing == (dx, dz) and origin == (-2.5, 12.25)
+    assert image_quantity(path) == "velocity, km/s"
+    with segyio.open(path, ignore_geometry=True) as f:
+        whole = dz * 1000 <= 32767 and dz * 1000 == round(dz * 1000)
+        assert f.bin[BinField.Interval] == (round(dz * 1000) if whole else 0)
+        assert f.header[0][TraceField.ScalarTraceHeader] == -100  # 12.25 m = 1225 / 100
+        assert "dz = " + repr(dz) in bytes(f.text[0]).decode()
 
 
 def test_io_import_is_lazy():
@@ -270,12 +294,18 @@ def test_image_errors(tmp_path):
     path = tmp_path / "img.sgy"
     with pytest.raises(InvalidShapeError, match=r"image has shape \[2, 3, 4\]"):
         write_image(path, np.zeros((2, 3, 4)), (10.0, 10.0))
-    with pytest.raises(SegyError, match="z spacing=0.0001 cannot be stored"):
-        write_image(path, np.zeros((3, 4)), (10.0, 1e-4))
+    with pytest.raises(SegyError, match="z spacing=0.0 m must be finite and positive"):
+        write_image(path, np.zeros((3, 4)), (10.0, 0.0))
     with pytest.raises(SegyError, match="x spacing=-1.0 m must be finite and positive"):
         write_image(path, np.zeros((3, 4)), (-1.0, 10.0))
-    with pytest.raises(SegyError, match="z origin=0.5 cannot be stored"):
-        write_image(path, np.zeros((3, 4)), (10.0, 10.0), (0.0, 0.5))
+    with pytest.raises(SegyError, match=r"z origin=1e-05 m cannot be stored"):
+        write_image(path, np.zeros((3, 4)), (10.0, 10.0), (0.0, 1e-5))
+    with pytest.raises(SegyError, match=r"z origin=inf m cannot be stored"):
+        write_image(path, np.zeros((3, 4)), (10.0, 10.0), (0.0, np.inf))
+    with pytest.raises(SegyError, match="quantity='δm' must be ASCII"):
+        write_image(path, np.zeros((3, 4)), (10.0, 10.0), quantity="δm")
+    with pytest.raises(SegyError, match="nz=70000 depth samples exceeds"):
+        check_image((3, 70000), (10.0, 10.0))
     with pytest.raises(SegyError, match="image contains NaN"):
         write_image(path, np.full((3, 4), np.nan), (10.0, 10.0))
     assert not path.exists()
@@ -347,7 +377,8 @@ def test_judi_preset_zero_binary_interval(tmp_path):
     np.testing.assert_allclose(survey.rec_positions[0][:, 2], 5.0)
     # Read with the default convention the receivers land 5 m above the model: refused.
     with pytest.raises(SegyError, match=r"receiver of trace \d+ \(shot 0\) is at depth -500 m"):
-        read_shots(path, f0_hz=10.0, dim=3)
+        with pytest.warns(SegyHeaderWarning, match="every source at depth 0 m"):
+            read_shots(path, f0_hz=10.0, dim=3)
 
 
 def test_land_elevations_need_an_explicit_datum(tmp_path):
@@ -366,7 +397,10 @@ def test_land_elevations_need_an_explicit_datum(tmp_path):
     np.testing.assert_allclose(survey.rec_positions[0][:, 2], 5.0)
     assert survey.segy_report["datum_m"] == 305.0
     # A mapping names other fields: receiver depth from ReceiverDatumElevation (0 here).
-    mapped, _ = read_shots(path, f0_hz=10.0, dim=3, convention={"rec_z": "ReceiverDatumElevation"})
+    with pytest.warns(SegyHeaderWarning, match="every receiver at depth 0 m"):
+        mapped, _ = read_shots(
+            path, f0_hz=10.0, dim=3, convention={"rec_z": "ReceiverDatumElevation"}
+        )
     np.testing.assert_allclose(mapped.rec_positions[0][:, 2], 0.0)
     with pytest.raises(SegyError, match="convention key 'depth' is not one of"):
         read_shots(path, f0_hz=10.0, convention={"depth": "SourceDepth"})
@@ -482,12 +516,3 @@ def test_varying_receiver_counts_round_trip(tmp_path):
     # Padded data of the wrong width is refused, naming the counts.
     with pytest.raises(InvalidShapeError, match=r"expected .*7\] \(receiver counts \[5, 3, 7\]"):
         write_shots(tmp_path / "bad.sgy", survey, data[..., :5])
-
-
-def test_image_spacing_beyond_the_16_bit_interval_field_is_refused(tmp_path):
-    """The interval fields are signed 16-bit: 50 m (50,000 mm) would read back as 0."""
-    from devito_uq.io import write_image
-
-    with pytest.raises(SegyError, match="32767"):
-        write_image(tmp_path / "a.sgy", np.ones((4, 3)), (50.0, 50.0))
-    assert not (tmp_path / "a.sgy").exists()

@@ -23,6 +23,8 @@ group                       fields                                              
                             ``data_dt``
 :class:`ImagePrior`         ``prior_std``, ``correlation_length``                 invert,
                                                                                   amortize imaging
+:class:`ShotHeaders`        ``convention``, ``datum``, ``line_tolerance``         invert, imaging,
+                                                                                  info
 ==========================  ====================================================  ================
 
 Units: squared slowness in s²/km², lengths in m, times in ms, frequencies in Hz,
@@ -32,6 +34,7 @@ velocities in km/s.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from devito_uq.apps import knob
 from devito_uq.errors import InvalidArgumentError
@@ -51,6 +54,7 @@ __all__ = [
     "LowestVelocity",
     "ProfilePosterior",
     "ProperPrior",
+    "ShotHeaders",
     "SleipnerNoise",
     "SurfaceSurvey",
     "WaveSolver",
@@ -208,3 +212,42 @@ class ImagePrior:
         """Raise :class:`InvalidArgumentError` naming the first bad field."""
         for name in ("prior_std", "correlation_length"):
             check_positive_scalar(name, getattr(self, name))
+
+
+# -- reading shot records --------------------------------------------------------------------
+@dataclass
+class ShotHeaders:
+    """How SEG-Y shot records keep their geometry (:func:`devito_uq.io.read_shots`): every
+    command that reads shots takes these three, and ``devito-uq info`` reports the same."""
+
+    convention: str = knob(
+        "auto",
+        "trace-header convention of the shots: 'auto' (the preset that fits, as devito-uq info "
+        "finds it; refused when ambiguous), 'devito_uq', 'judi' (SegyIO.jl/JUDI), or fields "
+        "such as 'src_z=SourceDepth,rec_z=-ReceiverGroupElevation'",
+    )
+    datum: float = knob(0.0, "metres added to every source and receiver depth (z down)")
+    line_tolerance: float = knob(
+        10.0, "largest distance off the best-fit line of a 2D survey, m (the line is projected)"
+    )
+
+    def check_shot_headers(self) -> None:
+        """Raise :class:`~devito_uq.errors.DevitoUQError` naming the first bad field."""
+        # lazy: segyio's field names are needed only when a command runs, not for --help
+        from devito_uq.io.segy_geometry import fields_to_read
+
+        if not isinstance(self.convention, str) or not self.convention:
+            raise InvalidArgumentError(
+                f"convention={self.convention!r} must be 'auto', a preset name or fields"
+            )
+        fields_to_read(self.convention)  # names every bad preset, key or field
+        check_scalar("datum", self.datum)
+        check_in_range("line_tolerance", self.line_tolerance, 0.0, float("inf"))
+
+    def shot_headers(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`devito_uq.io.read_shots` these fields set."""
+        return {
+            "convention": self.convention,
+            "datum": self.datum,
+            "line_tolerance": self.line_tolerance,
+        }

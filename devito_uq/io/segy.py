@@ -35,7 +35,8 @@ never leaves a half-written file nor touches an existing one.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence
+import struct
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,93 +44,15 @@ import numpy as np
 import segyio
 from segyio import BinField, TraceField
 
-from devito_uq.errors import InvalidShapeError, SegyError
+from devito_uq.errors import SegyError
 from devito_uq.io import segy_geometry as geo
-from devito_uq.io._atomic import atomic_path
 from devito_uq.io._files import check_input_file
 from devito_uq.physics.resample import TimeAxis
 from devito_uq.physics.survey import Survey
 
 __all__ = ["read_shots", "segy_layout", "READABLE_FORMATS"]
 
-_INT32_MAX = 2**31 - 1
 _T = TraceField
-
-
-# --------------------------------------------------------------------------- helpers
-def _as_numpy(name: str, x: Any) -> np.ndarray:
-    """A float64 numpy copy of an array or (CPU/CUDA) torch tensor."""
-    if hasattr(x, "detach"):  # torch tensor, without importing torch here
-        x = x.detach().to("cpu").double().numpy()
-    try:
-        return np.array(x, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise InvalidShapeError(f"{name} must be a numeric array, got {type(x).__name__}") from exc
-
-
-def _scalar_for(values: np.ndarray, what: str, path: Path) -> int:
-    """SEG-Y scalar (1, -10, … -10000) storing ``values`` exactly as int32, else the finest fit."""
-    vmax = float(np.max(np.abs(values))) if values.size else 0.0
-    if vmax > _INT32_MAX:
-        raise SegyError(
-            f"{what} of {vmax:.6g} m exceeds the 32-bit range of SEG-Y headers; cannot write {path}"
-        )
-    best = 1
-    for k in range(5):
-        s = 10**k
-        if vmax * s > _INT32_MAX:
-            break
-        best = -s if k else 1
-        scaled = values * s
-        if np.all(np.abs(scaled - np.round(scaled)) <= 1e-6):
-            return best
-    return best  # not exact at 0.1 mm: rounded to the finest scale that fits
-
-
-def _apply_scalar(raw: np.ndarray, scalar: np.ndarray) -> np.ndarray:
-    s = np.asarray(scalar, dtype=np.float64)
-    s = np.where(s == 0, 1.0, s)
-    return np.where(s > 0, raw * s, raw / np.abs(s))
-
-
-def _scaled(values: np.ndarray, scalar: int) -> np.ndarray:
-    factor = 1.0 / scalar if scalar > 0 else float(-scalar)
-    return np.round(np.asarray(values, dtype=np.float64) * factor).astype(np.int64)
-
-
-def _whole(value: float, factor: float, what: str, lo: int, hi: int, path: Path) -> int:
-    """``value·factor`` as an integer in ``[lo, hi]``, or :class:`SegyError`."""
-    x = float(value) * factor
-    n = round(x)
-    if not np.isfinite(x) or abs(x - n) > 1e-6 * max(1.0, abs(x)) or not lo <= n <= hi:
-        raise SegyError(f"{what}={value!r} cannot be stored in SEG-Y ({path}): {_WHOLE_HINT[what]}")
-    return int(n)
-
-
-_WHOLE_HINT = {
-    "dt": "the sample interval is a whole number of µs in 1…32767 (a signed 16-bit header "
-    "field); use e.g. dt = floor(1000·dt)/1000 ms",
-    "t0": "the delay is a whole number of ms in -32768…32767",
-    "z spacing": "the depth interval is written where µs go, in mm: a whole number "
-    "of mm in 1…32767 (a signed 16-bit field: at most 32.767 m)",
-    "z origin": "the first depth is written as the delay: a whole number of m in -32768…32767",
-}
-
-
-def _atomic_segy(path: Path, nsamples: int, ntraces: int, fill: Callable[[Any], None]) -> Path:
-    """Create a float32 SEG-Y at a temporary name, let ``fill`` write it, move it to ``path``."""
-    with atomic_path(path) as tmp:
-        spec = segyio.spec()
-        spec.format = 5  # 4-byte IEEE float
-        spec.samples = np.arange(nsamples, dtype=np.float64)
-        spec.tracecount = ntraces
-        with segyio.create(tmp, spec) as f:
-            fill(f)
-    return path
-
-
-def _text_header(lines: Sequence[str]) -> bytes:
-    return segyio.tools.create_text_header({i + 1: s for i, s in enumerate(lines[:40])})
 
 
 # ----------------------------------------------------------------------------- shots
@@ -138,6 +61,7 @@ def _text_header(lines: Sequence[str]) -> bytes:
 READABLE_FORMATS = frozenset({1, 2, 3, 5, 6, 8, 9, 10, 11, 12, 16})
 _BINARY_END = 3600
 _FORMAT_AT, _BYTE_ORDER_AT = 3224, 3296  # 0-based offsets of the two binary-header words
+_EXT_INTERVAL_AT, _REVISION_AT = 3272, 3500  # rev 2: the double interval, major revision
 
 
 def segy_layout(path: str | os.PathLike) -> dict[str, Any]:
@@ -151,7 +75,8 @@ def segy_layout(path: str | os.PathLike) -> dict[str, Any]:
     -------
     dict
         ``byte_order`` (``"big"`` or ``"little"``), ``byte_order_from`` (``"rev2 word"``
-        or ``"format code"``) and ``format`` (the code).
+        or ``"format code"``), ``format`` (the code) and ``extended_interval`` (rev 2's
+        double sample interval when the file is rev ≥ 2 and it is positive, else None).
 
     Raises
     ------
@@ -185,7 +110,17 @@ def segy_layout(path: str | os.PathLike) -> dict[str, Any]:
             f"3225-3226), not one of the readable codes {sorted(READABLE_FORMATS)}; its "
             "samples would be decoded as garbage"
         )
-    return {"byte_order": order, "byte_order_from": source, "format": code[order]}
+    ext = None  # rev 2: a non-zero extended interval overrides the 16-bit one
+    if head[_REVISION_AT] >= 2:
+        fmt = ">d" if order == "big" else "<d"
+        ext = struct.unpack(fmt, head[_EXT_INTERVAL_AT : _EXT_INTERVAL_AT + 8])[0]
+        ext = ext if np.isfinite(ext) and ext > 0 else None
+    return {
+        "byte_order": order,
+        "byte_order_from": source,
+        "format": code[order],
+        "extended_interval": ext,
+    }
 
 
 def _open(path: Path) -> Any:
@@ -200,7 +135,7 @@ def _open(path: Path) -> Any:
     return f
 
 
-def _read_headers(f: Any, path: Path, fields: Sequence[int]) -> tuple[dict[int, np.ndarray], int]:
+def _read_headers(f: Any, path: Path, fields: Sequence[int]) -> tuple[dict[int, np.ndarray], float]:
     """Header columns of an open file and its sample interval (µs), checked; no samples read."""
     try:
         ntr = f.tracecount
@@ -221,6 +156,8 @@ def _read_headers(f: Any, path: Path, fields: Sequence[int]) -> tuple[dict[int, 
             f"{str(path)!r}: trace {odd[0]} has {counts[odd[0]]} samples but the file has {ns} "
             "per trace (inconsistent trace lengths)"
         )
+    if f.devito_uq_layout["extended_interval"] is not None:  # rev 2 overrides the 16 bits
+        return cols, f.devito_uq_layout["extended_interval"]
     if interval <= 0:  # JUDI/SegyIO.jl may leave the binary interval 0
         interval = int(intervals[0])
     if interval <= 0:
@@ -289,8 +226,11 @@ def read_shots(
     group_by : ``"source"`` (traces with equal source x, y, z form a shot; repeated
         shots at one position merge into one) or ``"field_record"`` (equal ``FieldRecord``).
         Shots are ordered by first appearance; receivers keep the file order.
-    convention : ``"devito_uq"``, ``"judi"`` or a mapping of quantities to header
-        fields (:mod:`devito_uq.io.segy_geometry`).
+    convention : ``"devito_uq"``, ``"judi"``, ``"auto"`` (the preset that fits the file,
+        as ``devito-uq info`` detects it; refused when ambiguous) or a mapping of quantities
+        to header fields, or its text form ``"src_z=SourceDepth,..."``
+        (:mod:`devito_uq.io.segy_geometry`). Depth fields that disagree with it give one
+        :class:`~devito_uq.errors.SegyHeaderWarning`.
     datum : metres added to every depth (z down); a depth above 0 after it is refused.
     line_tolerance : largest off-line distance (m) accepted when projecting a 2D line.
     shots : shot indices to read (default all): headers are read first, then only the
@@ -307,7 +247,8 @@ def read_shots(
     -------
     survey : Survey of the selected shots (per-shot receivers, ``trace_mask`` False for
         dead traces: ``TraceIdentificationCode`` 2 or all-zero samples); ``survey.segy_report``
-        holds the convention, datum, line azimuth and off-line distance, shots read.
+        holds the convention (the preset ``"auto"`` chose), datum, line azimuth and
+        off-line distance, shots read.
     data : float32 ``[shot, time, max_receivers]``, zero-padded (see ``survey.mask()``).
     """
     path = Path(path)
@@ -315,7 +256,11 @@ def read_shots(
         raise SegyError(f"dim={dim!r} must be 2 or 3")
     if group_by not in ("source", "field_record"):
         raise SegyError(f"group_by={group_by!r} must be 'source' or 'field_record'")
-    conv = geo.resolve_convention(convention)
+    fields = geo.fields_to_read(convention) | {  # a bad convention: refused before opening
+        _T.FieldRecord,
+        _T.DelayRecordingTime,
+        _T.TraceIdentificationCode,
+    }
     try:
         datum = float(datum)
         line_tolerance = float(line_tolerance)
@@ -325,14 +270,10 @@ def read_shots(
         raise SegyError(f"datum={datum!r} must be finite, line_tolerance={line_tolerance!r} >= 0")
     if (model is None) != (vmax is None):
         raise SegyError("give both model and vmax (to pick the solver's time step) or neither")
-    fields = geo.header_fields(conv) | {
-        _T.FieldRecord,
-        _T.DelayRecordingTime,
-        _T.TraceIdentificationCode,
-    }
     with _open(path) as f:
         h, interval = _read_headers(f, path, sorted(fields))
         layout = f.devito_uq_layout
+        conv, label, hint = geo.choose_convention(convention, h, datum, path)
         geo.check_scalars(h, conv, path)
         xyz = geo.coordinates(h, conv, datum)
         geo.check_extent(xyz, path)
@@ -344,9 +285,9 @@ def read_shots(
     delays = h[_T.DelayRecordingTime]
     if np.ptp(delays) > 0:
         raise SegyError(f"{str(path)!r}: traces have different delays {np.unique(delays)[:5]} ms")
-    geo.check_depths(xyz["src_z"][index], "source", conv, shot_of_trace[index], datum)
-    geo.check_depths(xyz["rec_z"][index], "receiver", conv, shot_of_trace[index], datum)
-    report: dict[str, Any] = {"convention": convention, "datum_m": datum, **layout}
+    for key, what in (("src_z", "source"), ("rec_z", "receiver")):
+        geo.check_depths(xyz[key][index], what, conv, shot_of_trace[index], datum, hint)
+    report: dict[str, Any] = {"convention": label, "datum_m": datum, **layout}
     if dim == 2:
         sx, rx, line = geo.project_line(
             xyz["src_x"], xyz["src_y"], xyz["rec_x"], xyz["rec_y"], line_tolerance

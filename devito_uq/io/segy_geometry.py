@@ -22,6 +22,16 @@ leaves SourceDepth = 0 and applies the coordinate scalar to them; its binary-hea
 interval may be 0 (the interval is then read from the trace headers). A custom
 mapping may name any subset; the rest comes from the default convention.
 
+``convention="auto"`` reads the headers of every preset and takes the one that fits
+(:func:`choose_convention`, the detection ``devito-uq info`` reports): every depth at or
+below the datum, preferring a preset that finds non-zero depths. Two presets that both fit
+and read different non-zero depths are ambiguous, and none fitting is refused; each refusal
+names the candidates. Whatever the convention, a preset that fits and finds depths where the
+chosen one reads only zeros (e.g. the default preset on a JUDI file whose receiver depth
+field is 0 reads every source at 0 m) is reported in one warning line
+(:class:`~devito_uq.errors.SegyHeaderWarning`). On the command line a mapping is written
+``"src_z=SourceDepth,rec_z=-ReceiverGroupElevation"``.
+
 Datum: every depth is shifted by ``datum`` m (z = value + datum), e.g. the elevation of
 the model's top when the elevation fields hold land elevations (positive up) read as
 negative depths. A source or receiver that lands above z = 0 after the shift is refused
@@ -37,18 +47,24 @@ y keeps its x coordinates unchanged (no projection).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 from segyio import TraceField
 
-from devito_uq.errors import SegyError
+from devito_uq.errors import SegyError, SegyHeaderWarning
 
 __all__ = [
+    "AUTO",
     "CONVENTIONS",
     "SCALARS",
+    "choose_convention",
+    "convention_depths",
+    "parse_convention",
     "resolve_convention",
+    "suggest_convention",
     "header_fields",
     "coordinates",
     "check_scalars",
@@ -88,12 +104,36 @@ CONVENTIONS: dict[str, dict[str, str]] = {
 }
 
 
+#: The convention name that detects the preset from the file (:func:`choose_convention`).
+AUTO = "auto"
+
+
+def parse_convention(convention: Any) -> Any:
+    """A preset name, ``"auto"`` or a mapping; the text form ``"key=Field,key=-Field"`` of a
+    mapping (the command line's) becomes a dict. Anything else is returned unchanged."""
+    if not isinstance(convention, str) or "=" not in convention:
+        return convention
+    out = {}
+    for item in convention.split(","):
+        key, sep, field = (part.strip() for part in item.partition("="))
+        if not sep or not key or not field:
+            raise SegyError(
+                f"convention={convention!r}: {item.strip()!r} is not key=Field "
+                "(e.g. 'src_z=SourceDepth,rec_z=-ReceiverGroupElevation')"
+            )
+        out[key] = field
+    return out
+
+
 def resolve_convention(convention: Any) -> dict[str, tuple[int, float, str]]:
-    """``{quantity: (TraceField value, sign, field name)}`` for a preset name or a mapping."""
+    """``{quantity: (TraceField value, sign, field name)}`` for a preset name or a mapping
+    (or its text form, :func:`parse_convention`); ``"auto"`` is resolved by
+    :func:`choose_convention`, which needs the headers."""
+    convention = parse_convention(convention)
     if isinstance(convention, str):
         if convention not in CONVENTIONS:
             raise SegyError(
-                f"convention={convention!r} is not one of {sorted(CONVENTIONS)}; "
+                f"convention={convention!r} is not one of {sorted(CONVENTIONS) + [AUTO]}; "
                 "or give a mapping such as {'rec_z': 'ReceiverGroupElevation'}"
             )
         names = CONVENTIONS[convention]
@@ -120,6 +160,104 @@ def resolve_convention(convention: Any) -> dict[str, tuple[int, float, str]]:
 def header_fields(conv: Mapping[str, tuple[int, float, str]]) -> set[int]:
     """The trace-header fields a convention reads."""
     return {f for f, _, _ in conv.values()}
+
+
+def fields_to_read(convention: Any) -> set[int]:
+    """The header fields :func:`choose_convention` needs: every preset's and the given
+    convention's (validated here, before any file is opened)."""
+    fields = set().union(*(header_fields(resolve_convention(n)) for n in CONVENTIONS))
+    if parse_convention(convention) != AUTO:
+        fields |= header_fields(resolve_convention(convention))
+    return fields
+
+
+def convention_depths(h: Mapping[int, np.ndarray], conv: Any, datum: float) -> dict[str, Any]:
+    """Source and receiver depth ranges (m) a convention reads, and whether
+    :func:`~devito_uq.io.read_shots` takes them (no depth above z = 0 after the datum)."""
+    xyz = coordinates(h, conv, datum)
+    zmin = min(float(xyz["src_z"].min()), float(xyz["rec_z"].min()))
+    return {
+        "src_z_m": [float(xyz["src_z"].min()), float(xyz["src_z"].max())],
+        "rec_z_m": [float(xyz["rec_z"].min()), float(xyz["rec_z"].max())],
+        "fits": zmin >= 0,
+        # The datum that would put the shallowest point at z = 0 (None: fits already).
+        "datum_needed_m": None if zmin >= 0 else datum - zmin,
+    }
+
+
+def _finds(depths: Mapping[str, Any]) -> bool:
+    return any(depths[k] != [0.0, 0.0] for k in ("src_z_m", "rec_z_m"))
+
+
+def suggest_convention(table: Mapping[str, Mapping[str, Any]]) -> str | None:
+    """The preset to read with, from :func:`convention_depths` of every preset: the first
+    that fits and finds non-zero depths, else the first that fits, else ``None``."""
+    fits = [name for name in CONVENTIONS if table[name]["fits"]]
+    finds = [name for name in fits if _finds(table[name])]
+    return (finds or fits or [None])[0]
+
+
+def choose_convention(
+    convention: Any, h: Mapping[int, np.ndarray], datum: float, path: Any
+) -> tuple[dict[str, tuple[int, float, str]], Any, str]:
+    """The convention to read ``h`` with, its label and the hint of a depth refusal.
+
+    ``"auto"`` takes :func:`suggest_convention` and refuses when no preset fits or two
+    fitting presets read different non-zero depths (:class:`SegyError` naming them). Any
+    convention: one :class:`~devito_uq.errors.SegyHeaderWarning` when a fitting preset finds
+    depths where the chosen one reads only zeros. The hint never names the convention given.
+    """
+    convention = parse_convention(convention)
+    table = {name: convention_depths(h, resolve_convention(name), datum) for name in CONVENTIONS}
+    if convention == AUTO:
+        label = suggest_convention(table)
+        finds = [n for n in CONVENTIONS if table[n]["fits"] and _finds(table[n])]
+        depths = {n: (table[n]["src_z_m"], table[n]["rec_z_m"]) for n in finds}
+        if label is None or len(set(map(str, depths.values()))) > 1:
+            shown = "; ".join(
+                f"{n!r}: sources z {t['src_z_m']} m, receivers z {t['rec_z_m']} m"
+                + ("" if t["fits"] else f" (needs datum={t['datum_needed_m']:.6g})")
+                for n, t in table.items()
+            )
+            why = "no preset fits" if label is None else "several presets fit with other depths"
+            raise SegyError(
+                f"convention='auto' cannot choose for {str(path)!r}: {why} ({shown}); give "
+                "convention= (a preset or e.g. 'src_z=SourceDepth,rec_z=-ReceiverGroupElevation')"
+                " and datum= (m, added to every depth); devito-uq info FILE shows the fields"
+            )
+        conv = resolve_convention(label)
+        if not table["devito_uq"]["fits"] and label != "devito_uq":
+            warnings.warn(
+                f"{str(path)!r}: convention='auto' reads the elevation fields as depths (down, "
+                f"preset {label!r}); if they are land elevations (up), give "
+                f"convention='devito_uq' and datum >= {table['devito_uq']['datum_needed_m']:.6g}",
+                SegyHeaderWarning,
+                stacklevel=3,
+            )
+    else:
+        conv = resolve_convention(convention)
+        label = convention if isinstance(convention, str) else dict(convention)
+    used = convention_depths(h, conv, datum)
+    for key, what in (("src_z_m", "source"), ("rec_z_m", "receiver")):
+        other = [n for n, t in table.items() if t["fits"] and t[key] != [0.0, 0.0]]
+        if used[key] == [0.0, 0.0] and other:
+            t = table[other[0]]
+            warnings.warn(
+                f"{str(path)!r}: convention={label!r} reads every {what} at depth 0 m, but "
+                f"convention={other[0]!r} finds {what}s at {t[key][0]:g} … {t[key][1]:g} m "
+                f"({conv['src_z' if what == 'source' else 'rec_z'][2]} is 0 where "
+                f"{resolve_convention(other[0])['src_z' if what == 'source' else 'rec_z'][2]} "
+                "is not); check the convention the file was written in",
+                SegyHeaderWarning,
+                stacklevel=3,
+            )
+    fits = [f"convention={n!r}" for n, t in table.items() if t["fits"] and n != label]
+    hint = (
+        f"give datum={used['datum_needed_m']:.6g} (m, added to every depth)"
+        if (used["datum_needed_m"] is not None)
+        else "give datum= (m, added to every depth)"
+    )
+    return conv, label, hint + (f" or {' or '.join(fits)} (the depths fit it)" if fits else "")
 
 
 def _scaled(raw: np.ndarray, scalar: np.ndarray) -> np.ndarray:
@@ -197,8 +335,11 @@ def check_extent(xyz: Mapping[str, np.ndarray], path: Any) -> None:
         )
 
 
-def check_depths(z: np.ndarray, what: str, conv, shot_of_trace: np.ndarray, datum: float) -> None:
-    """Refuse a depth above z = 0 (after the datum shift), naming the trace and its depth."""
+def check_depths(
+    z: np.ndarray, what: str, conv, shot_of_trace: np.ndarray, datum: float, hint: str
+) -> None:
+    """Refuse a depth above z = 0 (after the datum shift), naming the trace and its depth;
+    ``hint`` (from :func:`choose_convention`) says what to give instead."""
     bad = np.flatnonzero(z < 0)
     if bad.size:
         k = int(bad[np.argmin(z[bad])])
@@ -206,8 +347,7 @@ def check_depths(z: np.ndarray, what: str, conv, shot_of_trace: np.ndarray, datu
         raise SegyError(
             f"{what} of trace {k} (shot {int(shot_of_trace[k])}) is at depth {z[k]:.6g} m, above "
             f"the datum z = 0 ({'-' if sign < 0 else ''}{name} read as depth, datum={datum:g} m); "
-            f"{bad.size} traces are above it. Give datum= (m, added to every depth) or the "
-            "convention the file was written with (e.g. convention='judi')"
+            f"{bad.size} traces are above it: {hint}"
         )
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import inspect
 import os
 import re
+import warnings as _warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -78,26 +79,6 @@ def _range(x: np.ndarray) -> list[float]:
     return [float(np.min(x)), float(np.max(x))]
 
 
-def _convention_depths(h: Mapping[int, np.ndarray], conv: Any, datum: float) -> dict[str, Any]:
-    """Source and receiver depth ranges (m) a convention reads, and whether read_shots takes
-    them (no depth above z = 0 after the datum)."""
-    xyz = geo.coordinates(h, conv, datum)
-    zmin = min(float(xyz["src_z"].min()), float(xyz["rec_z"].min()))
-    return {
-        "src_z_m": _range(xyz["src_z"]),
-        "rec_z_m": _range(xyz["rec_z"]),
-        "fits": zmin >= 0,
-        # The datum that would put the shallowest point at z = 0 (None: fits already).
-        "datum_needed_m": None if zmin >= 0 else datum - zmin,
-    }
-
-
-def _suggest(table: Mapping[str, Mapping[str, Any]]) -> str | None:
-    fits = [name for name in geo.CONVENTIONS if table[name]["fits"]]
-    finds = [n for n in fits if any(table[n][k] != [0.0, 0.0] for k in ("src_z_m", "rec_z_m"))]
-    return (finds or fits or [None])[0]
-
-
 def _scan(f: Any, path: Path, ntr: int, ns: int) -> dict[str, Any]:
     """All-zero and non-finite traces and the largest finite |sample|, chunk by chunk."""
     chunk = max(1, _CHUNK_BYTES // (4 * ns))
@@ -135,8 +116,8 @@ def segy_info(
     dim, group_by, datum, line_tolerance : as in :func:`read_shots` (2D line projection,
         shot grouping ``"source"`` or ``"field_record"``, metres added to every depth,
         largest off-line distance in m).
-    convention : a preset name or mapping as in :func:`read_shots`; ``None`` (default)
-        uses the suggested preset (see the module docstring).
+    convention : a preset name or mapping as in :func:`read_shots`; ``None`` or ``"auto"``
+        (default) uses the suggested preset (see the module docstring).
     scan_traces : read the samples (in chunks of about 16 MiB) to count all-zero and
         non-finite traces; ``False`` reads the headers only (dead traces by header).
     read_shots_kwargs : the other options of :func:`read_shots` (``f0_hz``, ``wavelet``,
@@ -172,6 +153,9 @@ def segy_info(
     datum = check_scalar("datum", datum)
     line_tolerance = check_nonnegative_scalar("line_tolerance", line_tolerance)
     scan_traces = check_bool("scan_traces", scan_traces)
+    convention = geo.parse_convention(convention)
+    if convention == geo.AUTO:
+        convention = None
     user_conv = None if convention is None else geo.resolve_convention(convention)
     presets = {name: geo.resolve_convention(name) for name in geo.CONVENTIONS}
     fields = set().union(*(geo.header_fields(c) for c in presets.values()))
@@ -194,14 +178,14 @@ def segy_info(
         scan = _scan(f, path, ntr, ns) if scan_traces else None
 
     warnings: list[str] = []
-    table = {name: _convention_depths(h, c, datum) for name, c in presets.items()}
-    suggested = _suggest(table)
+    table = {name: geo.convention_depths(h, c, datum) for name, c in presets.items()}
+    suggested = geo.suggest_convention(table)
     if user_conv is None:
         label, conv = suggested or "devito_uq", presets[suggested or "devito_uq"]
     else:
         label = convention if isinstance(convention, str) else dict(convention)
         conv = user_conv
-    table_used = _convention_depths(h, conv, datum)
+    table_used = geo.convention_depths(h, conv, datum)
     if not table_used["fits"]:
         warnings.append(
             f"read_shots(convention={label!r}, datum={datum:g}) would refuse the file: a "
@@ -209,6 +193,12 @@ def segy_info(
             f"datum; give datum={table_used['datum_needed_m']:.6g} (land elevations) or "
             + (f"convention={suggested!r}" if suggested else "the convention it was written in")
         )
+
+    if user_conv is not None:  # depth fields the given convention reads as zeros
+        with _warnings.catch_warnings(record=True) as caught:
+            _warnings.simplefilter("always")
+            geo.choose_convention(convention, h, datum, path)
+        warnings += [str(w.message) for w in caught]
 
     notes: list[str] = []
     if suggested == "judi" and not table["devito_uq"]["fits"]:

@@ -10,8 +10,8 @@ import numpy as np
 from segyio import BinField
 
 from devito_uq.errors import InvalidShapeError, SegyError
-from devito_uq.io.segy import (
-    _T,
+from devito_uq.io.segy import _T
+from devito_uq.io.segy_encode import (
     _as_numpy,
     _atomic_segy,
     _scalar_for,

@@ -32,7 +32,7 @@ from __future__ import annotations
 import ctypes
 import sys
 import weakref
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -122,6 +122,9 @@ class Solver:
         self.n_compiles = 0
         #: PDE solves run (a batched call counts one per row solved).
         self.n_solves = 0
+        #: Models a torch layer solved one per call, by (kind, short chunk size): when a
+        #: size keeps coming back it gets a batched kernel (:func:`.batching.plan`).
+        self.small_chunks: Counter = Counter()
         self._pool: OrderedDict[int, Wavefield] = OrderedDict()
         #: Bytes of saved wavefields the pool may hold (the first buffer is always made).
         self.max_wavefield_bytes = int(max_wavefield_bytes)

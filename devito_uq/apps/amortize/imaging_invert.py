@@ -31,7 +31,7 @@ from devito_uq.apps.amortize.imaging_study import survey_condition
 from devito_uq.apps.amortize.run import load_amortized
 from devito_uq.apps.imaging.config import InvertConfig
 from devito_uq.apps.imaging.curvature import gauss_newton_diagonal, gauss_newton_operator
-from devito_uq.apps.imaging.outputs import write_outputs, write_summary
+from devito_uq.apps.imaging.outputs import check_run_kind, write_outputs, write_summary
 from devito_uq.apps.imaging.posterior import ImagingPosterior
 from devito_uq.apps.imaging.problem import (
     build_problem,
@@ -40,6 +40,7 @@ from devito_uq.apps.imaging.problem import (
     resolve_path,
 )
 from devito_uq.apps.imaging.run import file_digest, input_digests
+from devito_uq.apps.imaging.simulate import idle_ranks
 from devito_uq.errors import InvalidArgumentError
 from devito_uq.inference import CorrelatedGaussianPrior, PosteriorTarget
 from devito_uq.io import read_image, read_shots
@@ -113,7 +114,9 @@ def check_survey(config: InvertConfig, out: str, setting, trained, path) -> None
         _refuse(path, "background model", f"{gap:.2g} (relative) away from", "another one")
     shots = check_input_file(resolve_path(config.shots, out), "shots file", InvalidArgumentError)
     model = AcousticModel(v0.shape, spacing, origin, nbl=config.nbl, space_order=config.space_order)
-    survey, _ = read_shots(shots, f0_hz=config.f0, model=model, vmax=config.vmax)
+    survey, _ = read_shots(
+        shots, f0_hz=config.f0, model=model, vmax=config.vmax, **config.shot_headers()
+    )
     ref = a["survey"]
     if survey.nshots != ref.nshots:
         _refuse(path, "number of shots", survey.nshots, ref.nshots)
@@ -191,8 +194,10 @@ def invert_amortized(
             "invert needs one trained with problem='imaging'"
         )
     check_survey(config, out, setting, trained, path)
+    check_run_kind(out, "amortized", config.overwrite, writer=rank == 0)
     prepare_output(out, (_CKPT,), resume, writer=rank == 0)
     problem = build_problem(config, out, comm)
+    idle_ranks(problem.nshots, comm)
     times = {"setup": time.perf_counter() - t_start}
     solves = {"setup": pde_solves()}
 

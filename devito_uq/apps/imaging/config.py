@@ -24,7 +24,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from devito_uq.apps import knob as _knob
-from devito_uq.apps.pieces import ImagePrior, LowestVelocity, SurfaceSurvey, WaveSolver
+from devito_uq.apps.pieces import (
+    ImagePrior,
+    LowestVelocity,
+    ShotHeaders,
+    SurfaceSurvey,
+    WaveSolver,
+)
 from devito_uq.errors import InvalidArgumentError
 from devito_uq.validation import (
     check_allocation,
@@ -80,6 +86,11 @@ class SimulateConfig(SurfaceSurvey, WaveSolver, LowestVelocity):
         check_choice("data", self.data, ("nonlinear", "born"))
         check_int("nreceivers", self.nreceivers, minimum=2)
         check_int("seed", self.seed)
+        if round(self.data_dt * 1000) != self.data_dt * 1000:  # before any solve
+            raise InvalidArgumentError(
+                f"data_dt={self.data_dt} ms must be a whole number of µs: SEG-Y stores the "
+                "sample interval in µs"
+            )
         nyquist = 500.0 / self.data_dt
         if 3.0 * self.f0 >= nyquist:  # the Ricker spectrum reaches ~3 f0
             raise InvalidArgumentError(
@@ -93,7 +104,7 @@ class SimulateConfig(SurfaceSurvey, WaveSolver, LowestVelocity):
 
 
 @dataclass
-class InvertConfig(WaveSolver, LowestVelocity, ImagePrior):
+class InvertConfig(WaveSolver, LowestVelocity, ImagePrior, ShotHeaders):
     """The posterior of a 2D survey (``devito-uq invert``)."""
 
     shots: str = _knob("shots.sgy", "SEG-Y shot records (relative paths: inside --out)")
@@ -157,6 +168,11 @@ class InvertConfig(WaveSolver, LowestVelocity, ImagePrior):
         "physics, `iterations` steps of `batch_size`)",
     )
     seed: int = _knob(1, "flow and sampling seed")
+    overwrite: bool = _knob(
+        False,
+        "remove another kind of run's outputs (born, fwi or amortized) from the output folder "
+        "instead of refusing to mix them",
+    )
     label: str = _knob("short", "schedule name written to summary.json", cli=False)
 
     @classmethod
@@ -180,6 +196,7 @@ class InvertConfig(WaveSolver, LowestVelocity, ImagePrior):
         self.check_wave_solver()
         self.check_lowest_velocity(self.vmax)
         self.check_image_prior()
+        self.check_shot_headers()
         for name in ("tv_weight", "lr"):
             check_positive_scalar(name, getattr(self, name))
         check_in_range("sigma", self.sigma, 0.0, float("inf"))
@@ -215,6 +232,8 @@ class InvertConfig(WaveSolver, LowestVelocity, ImagePrior):
             raise InvalidArgumentError(f"amortized={self.amortized!r} must be a path or ''")
         if not isinstance(self.correct, bool):
             raise InvalidArgumentError(f"correct={self.correct!r} must be true or false")
+        if not isinstance(self.overwrite, bool):
+            raise InvalidArgumentError(f"overwrite={self.overwrite!r} must be true or false")
         if self.correct and not self.amortized:
             raise InvalidArgumentError("correct=True needs amortized=PATH (a trained posterior)")
         return self
@@ -224,7 +243,7 @@ class InvertConfig(WaveSolver, LowestVelocity, ImagePrior):
 
 
 #: InvertConfig fields that do not change the posterior a VI checkpoint holds.
-NOT_IN_VI = frozenset({"checkpoint_every", "n_samples", "label", "truth", "device"})
+NOT_IN_VI = frozenset({"checkpoint_every", "n_samples", "label", "truth", "device", "overwrite"})
 
 
 @dataclass
@@ -314,13 +333,11 @@ class SummarizeConfig:
 
 
 @dataclass
-class InfoConfig:
-    """``devito-uq info SEGY``: what a SEG-Y shot file holds."""
+class InfoConfig(ShotHeaders):
+    """``devito-uq info SEGY``: what a SEG-Y shot file holds, read as ``invert`` would read
+    it with the same ``convention``, ``datum`` and ``line_tolerance``."""
 
     segy: str = _knob("", "SEG-Y file to describe")
-    convention: str = _knob(
-        "", "header convention to read with: 'devito_uq', 'judi' or '' (the one that fits)"
-    )
 
     @classmethod
     def short(cls, **overrides: Any) -> InfoConfig:
@@ -329,7 +346,7 @@ class InfoConfig:
     def validate(self) -> InfoConfig:
         if not isinstance(self.segy, str) or not self.segy:
             raise InvalidArgumentError("give the SEG-Y file: devito-uq info FILE.sgy")
-        check_choice("convention", self.convention, ("", "devito_uq", "judi"))
+        self.check_shot_headers()
         return self
 
     def to_dict(self) -> dict[str, Any]:

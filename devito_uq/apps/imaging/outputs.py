@@ -6,7 +6,8 @@
 * ``posterior_mean.sgy``, ``posterior_std.sgy``, ``posterior_q05/q50/q95.sgy`` — SEG-Y images
   (:func:`devito_uq.io.write_image`: x in ``CDP_X``, depth in the sample axis), in the
   unknown's unit: the image ``δm`` (s²/km²) for ``born``, the velocity (km/s) for ``fwi``;
-  for ``born`` also ``velocity_mean.sgy`` = ``1/√(m0 + E δm)``;
+  for ``born`` also ``velocity_mean.sgy`` = ``1/√(m0 + E δm)``; each file's text header
+  states its quantity and unit (:data:`QUANTITIES`);
 * PNG figures (:mod:`devito_uq.apps.imaging.figures`), ``posterior_samples.pt`` and the
   metrics of ``summary.json`` (with a truth: relative L2, SSIM, 90 % band coverage; always:
   the correlation of the std with the illumination ``diag(JᵀJ)/σ²``).
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 
 from devito_uq.apps.imaging.posterior import ImagingPosterior
+from devito_uq.errors import InvalidArgumentError
 from devito_uq.inference import summarize
 from devito_uq.inference.diagnostics import images as metrics
 from devito_uq.io import write_image
@@ -30,7 +32,104 @@ from devito_uq.io._atomic import atomic_path
 from devito_uq.io.checkpoint import save_checkpoint
 from devito_uq.parallel import rank_and_size
 
-__all__ = ["summary_metrics", "write_history", "write_outputs", "write_summary"]
+__all__ = [
+    "RUN_FILES",
+    "QUANTITIES",
+    "check_run_kind",
+    "UNKNOWNS",
+    "summary_metrics",
+    "write_history",
+    "write_outputs",
+    "write_summary",
+]
+
+#: The unknown of each problem, as the SEG-Y text headers state it (ASCII).
+UNKNOWNS = {"born": "image dm (squared slowness), s2/km2", "fwi": "velocity, km/s"}
+#: What each image file holds: ``name -> (statistic, ...)``, completed by the unknown.
+QUANTITIES = {
+    "posterior_mean": "posterior mean of",
+    "posterior_std": "posterior std of",
+    "posterior_q05": "posterior 5% quantile of",
+    "posterior_q50": "posterior median of",
+    "posterior_q95": "posterior 95% quantile of",
+}
+#: What an invert run writes into its folder (never its inputs: shots, models,
+#: acquisition.json); ``run.json`` records the kind of run (born, fwi or amortized).
+RUN_FILES = (
+    "run.json",
+    "summary.json",
+    "summary_samples.json",
+    "history.csv",
+    "map.pt",
+    "vi_checkpoint.pt",
+    "correct_checkpoint.pt",
+    "posterior.pt",
+    "posterior_samples.pt",
+    *(f"{name}.sgy" for name in (*QUANTITIES, "velocity_mean")),
+    *(f"{name}.png" for name in ("posterior", "illumination", "truth")),
+)
+
+
+def _previous_kind(out: str) -> str | None:
+    """The kind of run that wrote ``out``: ``run.json``, else ``summary.json``'s config."""
+    for name in ("run.json", "summary.json"):
+        try:
+            with open(os.path.join(out, name)) as fh:
+                data = json.load(fh)
+            if name == "run.json":
+                return str(data["kind"])
+            return (
+                "amortized" if data["config"].get("amortized") else str(data["config"]["problem"])
+            )
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            continue
+    return None
+
+
+def check_run_kind(out: str, kind: str, overwrite: bool, writer: bool = True) -> None:
+    """Refuse to mix two kinds of run in one folder, or clear the other one's files.
+
+    Called before any solve. ``out`` holding :data:`RUN_FILES` of another kind (``born``,
+    ``fwi``, ``amortized``; from ``run.json``, or ``summary.json`` of older runs) is refused
+    naming the files, unless ``overwrite``: then they are removed (by the writer). Files
+    whose kind neither says (e.g. a ``map.pt`` copied in to reuse) are kept. The writer
+    then records ``kind`` in ``run.json``.
+
+    Parameters
+    ----------
+    out : str
+        The output folder.
+    kind : str
+        This run's kind.
+    overwrite : bool
+        Remove another kind's files instead of refusing.
+    writer : bool
+        Whether this process removes and writes (rank 0 under MPI).
+
+    Raises
+    ------
+    InvalidArgumentError
+        Another kind's files are in ``out`` and ``overwrite`` is false.
+    """
+    present = [n for n in RUN_FILES if os.path.lexists(os.path.join(out, n))]
+    previous = _previous_kind(out) if present else None
+    if previous is not None and previous != kind:
+        if not overwrite:
+            shown = ", ".join(present[:8]) + (", ..." if len(present) > 8 else "")
+            raise InvalidArgumentError(
+                f"out={out!r} holds the outputs of {'an' if previous[:1] in 'aeiou' else 'a'} "
+                f"{previous} run ({shown}); this {kind} "
+                "run would mix with them: give another --out, or "
+                "--overwrite to remove those files first"
+            )
+        for name in present if writer else ():
+            path = os.path.join(out, name)
+            if os.path.islink(path) or not os.path.isdir(path):
+                os.remove(path)
+    if writer:
+        os.makedirs(out, exist_ok=True)
+        with atomic_path(os.path.join(out, "run.json")) as tmp, open(tmp, "w") as fh:
+            json.dump({"kind": kind}, fh)
 
 
 def write_history(out: str, history: dict[str, list[float]]) -> None:
@@ -172,7 +271,12 @@ def write_outputs(
     if post.kind == "born":
         images["velocity_mean"] = _velocity(post.m0.double() + s.mean)
     for name, img in images.items():
-        write_image(os.path.join(out, f"{name}.sgy"), img, post.spacing, post.origin)
+        quantity = (
+            f"{QUANTITIES[name]} {UNKNOWNS[post.kind]}"
+            if name in QUANTITIES
+            else "velocity 1/sqrt(m0 + mean dm), km/s"
+        )
+        write_image(os.path.join(out, f"{name}.sgy"), img, post.spacing, post.origin, quantity)
     save_checkpoint(os.path.join(out, "posterior_samples.pt"), {"samples": samples})
     summary["files"] = sorted(f"{n}.sgy" for n in images)
     if figures:

@@ -208,7 +208,10 @@ def build_problem(config: Any, base: str | os.PathLike, comm: Any = None) -> Ima
     sigma = noise_sigma(config, shots_path)
     model = AcousticModel(v0.shape, spacing, origin, nbl=config.nbl, space_order=config.space_order)
     # Shot count from the headers; then each rank reads the samples of its own shots.
-    probe, _ = read_shots(shots_path, f0_hz=config.f0, model=model, vmax=config.vmax, shots=[0])
+    headers = config.shot_headers()  # convention, datum, line_tolerance
+    probe, _ = read_shots(
+        shots_path, f0_hz=config.f0, model=model, vmax=config.vmax, shots=[0], **headers
+    )
     nshots = int(probe.segy_report["nshots_in_file"])
     mine = ShotDistribution(nshots, comm).shots
     m0 = torch.from_numpy(squared_slowness(v0.astype(np.float64))).float()
@@ -217,7 +220,7 @@ def build_problem(config: Any, base: str | os.PathLike, comm: Any = None) -> Ima
     op: nn.Module | None = None
     if mine:
         survey, d = read_shots(
-            shots_path, f0_hz=config.f0, model=model, vmax=config.vmax, shots=mine
+            shots_path, f0_hz=config.f0, model=model, vmax=config.vmax, shots=mine, **headers
         )
         data = torch.from_numpy(d)
         mask = torch.from_numpy(survey.mask())[:, None, :]

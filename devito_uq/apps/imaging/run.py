@@ -31,7 +31,12 @@ import torch
 from devito_uq.apps import prepare_output
 from devito_uq.apps.imaging.config import NOT_IN_VI, ImagingConfig, InvertConfig
 from devito_uq.apps.imaging.curvature import laplace_baseline
-from devito_uq.apps.imaging.outputs import write_history, write_outputs, write_summary
+from devito_uq.apps.imaging.outputs import (
+    check_run_kind,
+    write_history,
+    write_outputs,
+    write_summary,
+)
 from devito_uq.apps.imaging.posterior import laplace_parameterization, make_flow, save_posterior
 from devito_uq.apps.imaging.problem import (
     ImagingProblem,
@@ -41,9 +46,10 @@ from devito_uq.apps.imaging.problem import (
     pde_solves,
     resolve_path,
 )
-from devito_uq.apps.imaging.simulate import run_simulate
-from devito_uq.errors import CheckpointError, InvalidArgumentError
+from devito_uq.apps.imaging.simulate import idle_ranks, run_simulate
+from devito_uq.errors import CheckpointError, DevitoUQWarning, InvalidArgumentError
 from devito_uq.inference import VariationalPosterior
+from devito_uq.io import check_image
 from devito_uq.io._files import check_input_file, read_input_json
 from devito_uq.io.checkpoint import check_identity, load_checkpoint, save_checkpoint
 from devito_uq.parallel import allreduce_sum, rank_and_size
@@ -250,8 +256,12 @@ def run_invert(
     if os.path.exists(out) and not os.path.isdir(out):
         raise InvalidArgumentError(f"out={out!r} exists and is not a folder")
     digests = input_digests(config, out)
+    check_run_kind(out, config.problem, config.overwrite, writer=rank == 0)
     cached = _prepare(out, resume, config, rank == 0, digests)
     problem = build_problem(config, out, comm)
+    idle_ranks(problem.nshots, comm)
+    # The output images' grid (the background's): refused now, not after the solves.
+    check_image(problem.shape, problem.spacing, problem.origin, path=os.path.join(out, "*.sgy"))
     make_flow(config, problem.shape)  # the flow's fields, before any solve
     prior = make_prior(config, problem, out)
     timings: dict[str, float] = {"setup": time.perf_counter() - t_start}
@@ -322,7 +332,7 @@ def run_invert(
         )
         summary["laplace"]["warning"] = message
         if rank == 0:
-            warnings.warn(message, stacklevel=2)
+            warnings.warn(message, DevitoUQWarning, stacklevel=2)
     summary["config"] = config.to_dict()
     if problem.truth is not None and problem.kind == "born":
         # How far the wave equation's data of the truth are from its Born data: the model
@@ -401,6 +411,8 @@ def run_imaging(
     config.validate()
     sim = config.simulate_config()
     inv = config.invert_config()
+    # Another kind of run in ``out`` is refused before the simulation rewrites its inputs.
+    check_run_kind(os.fspath(out), inv.problem, inv.overwrite, rank_and_size(comm)[0] == 0)
     acquisition = run_simulate(sim, out, progress=progress, figures=figures, comm=comm)
     summary = run_invert(inv, out, resume=resume, progress=progress, figures=figures, comm=comm)
     summary["acquisition"] = {k: v for k, v in acquisition.items() if k != "config"}

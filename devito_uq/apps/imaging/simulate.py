@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from typing import Any
 
 import numpy as np
@@ -33,17 +34,20 @@ from devito_uq.apps.scenarios import (
     resample_window,
     smooth_background,
 )
-from devito_uq.errors import InvalidArgumentError
+from devito_uq.errors import DevitoUQWarning, InvalidArgumentError
 from devito_uq.inference import sigma_from_snr
-from devito_uq.io import read_image, write_image, write_shots
+from devito_uq.io import check_image, read_image, write_image, write_shots
 from devito_uq.io._atomic import atomic_path
 from devito_uq.io._files import check_input_file
-from devito_uq.parallel import allreduce_sum, my_shots, rank_and_size
+from devito_uq.parallel import ShotDistribution, allreduce_sum, my_shots, rank_and_size
 from devito_uq.physics import AcousticModel, AcousticModeling, BornModeling, Survey
 from devito_uq.physics.model import squared_slowness
 from devito_uq.physics.resample import TimeAxis
 
-__all__ = ["true_velocity", "run_simulate"]
+__all__ = ["VELOCITY", "idle_ranks", "true_velocity", "run_simulate"]
+
+#: The quantity the velocity images state in their SEG-Y text header.
+VELOCITY = "velocity, km/s"
 
 
 def true_velocity(config: SimulateConfig) -> tuple[np.ndarray, tuple[float, float]]:
@@ -75,6 +79,36 @@ def true_velocity(config: SimulateConfig) -> tuple[np.ndarray, tuple[float, floa
     return resample_window(
         v, spacing, origin, config.x_start, config.width, config.depth, config.spacing
     )
+
+
+def idle_ranks(nshots: int, comm: Any = None) -> list[int]:
+    """The ranks that own none of ``nshots`` shots; rank 0 names them in one warning line.
+
+    Parameters
+    ----------
+    nshots : int
+        The survey's shots.
+    comm : mpi4py communicator or None
+        The ranks sharing them (as :class:`~devito_uq.parallel.ShotDistribution` does).
+
+    Returns
+    -------
+    list of int
+        The idle ranks (empty when every rank has a shot).
+    """
+    dist = ShotDistribution(nshots, comm)
+    idle = [r for r in range(dist.size) if not dist.shots_of(r)]
+    if idle and dist.rank == 0:
+        names = ", ".join(map(str, idle))
+        warnings.warn(
+            f"{dist.size} MPI ranks for {nshots} shots: rank{'s' * (len(idle) > 1)} {names} "
+            f"{'have no shot and only wait' if len(idle) > 1 else 'has no shot and only waits'}; "
+            "start at most "
+            f"{nshots} ranks",
+            DevitoUQWarning,
+            stacklevel=2,
+        )
+    return idle
 
 
 def _check_velocity(v: np.ndarray, config: SimulateConfig) -> None:
@@ -126,8 +160,9 @@ def run_simulate(
     rank, _ = rank_and_size(comm)
     v_true, origin = true_velocity(config)
     _check_velocity(v_true, config)
-    v0 = smooth_background(v_true, config.spacing, config.smoothing)
     spacing = (config.spacing, config.spacing)
+    check_image(v_true.shape, spacing, origin, path=os.path.join(out, "true_model.sgy"))
+    v0 = smooth_background(v_true, config.spacing, config.smoothing)
     model = AcousticModel(
         v_true.shape, spacing, origin, nbl=config.nbl, space_order=config.space_order
     )
@@ -144,6 +179,7 @@ def run_simulate(
         f0_hz=config.f0,
     )
     os.makedirs(out, exist_ok=True)
+    idle_ranks(survey.nshots, comm)
     mine = my_shots(survey.nshots, comm)
     F = AcousticModeling(model, survey)
     shape = (survey.nshots, survey.nt_data, survey.nreceivers[0])
@@ -185,8 +221,8 @@ def run_simulate(
     }
     if rank == 0:
         write_shots(os.path.join(out, "shots.sgy"), survey, noisy)
-        write_image(os.path.join(out, "true_model.sgy"), v_true, spacing, origin)
-        write_image(os.path.join(out, "background.sgy"), v0, spacing, origin)
+        for name, v in (("true_model", v_true), ("background", v0)):
+            write_image(os.path.join(out, f"{name}.sgy"), v, spacing, origin, VELOCITY)
         summary["wall_time_s"] = time.perf_counter() - t_start
         with atomic_path(os.path.join(out, "acquisition.json")) as tmp, open(tmp, "w") as fh:
             json.dump(summary, fh, indent=2)

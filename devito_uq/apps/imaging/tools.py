@@ -79,7 +79,8 @@ def run_info(
     Parameters
     ----------
     config : InfoConfig
-        ``segy`` (the file) and ``convention`` (the header convention, '' to detect it).
+        ``segy`` (the file), ``convention`` (``"auto"``: the preset that fits), ``datum``
+        and ``line_tolerance``.
     out : str or os.PathLike
         Unused (the command writes nothing).
     resume, progress, figures : bool
@@ -91,6 +92,6 @@ def run_info(
         Shots, traces, axes and header conventions (:func:`devito_uq.io.segy_info`).
     """
     config.validate()
-    info = segy_info(config.segy, convention=config.convention or None)
+    info = segy_info(config.segy, **config.shot_headers())
     print(format_segy_info(info))
     return info

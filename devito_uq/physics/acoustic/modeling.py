@@ -76,6 +76,12 @@ def _batched(model: AcousticModel, dtype: type, batch: int) -> Any:
     return get_solver(BatchedAcousticSolver, model, dtype, batch)
 
 
+def _work(model: AcousticModel, nt: int) -> int:
+    """Cell-steps of one solve: padded grid cells × time steps (:func:`.batching.plan`
+    counts them per model of a call: times the call's shots)."""
+    return int(np.prod(model.padded_shape)) * int(nt)
+
+
 def _release_owners(owners: dict) -> None:
     """Drop the pooled wavefields of ``owners`` (a garbage-collected module's tokens) from
     every cached solver (the pool is the :class:`~devito_uq.physics.solver.Solver` base's)."""
@@ -98,9 +104,13 @@ class _AcousticFunction(torch.autograd.Function):
         survey = module.survey
         mb = to_numpy(m if batched else m[None], dtype)
         one = solver.wavefield_nbytes(survey.nt) if need_grad else None
-        size = batching.chunk_size(module.batch_size, mb.shape[0], one, module.max_wavefield_bytes)
-        if size > 1 and module.subsample == 1:
-            return _AcousticFunction._forward_batched(ctx, m, module, shots, need_grad, size)
+        size = batching.chunk_size(module.batch_size, one, module.max_wavefield_bytes)
+        kind = "fwd-save" if need_grad else "fwd"
+        size = size if module.subsample == 1 else 1
+        work = _work(module.model, survey.nt) * len(shots)
+        calls = batching.plan(mb.shape[0], size, solver.small_chunks, kind, work)
+        if any(k > 1 for _, k in calls):
+            return _AcousticFunction._forward_batched(ctx, m, module, shots, need_grad, calls)
         items = [(b, i, s) for b in range(mb.shape[0]) for i, s in enumerate(shots)]
         factor = module.subsample
         # Keep the forward wavefields of the last items that fit in the pool: backward
@@ -125,30 +135,35 @@ class _AcousticFunction(torch.autograd.Function):
         return to_tensor(out if batched else out[0], m.device)
 
     @staticmethod
-    def _forward_batched(ctx, m, module, shots: list[int], need_grad: bool, size: int):
-        """Forward in chunks of ``size`` models per kernel (saving their wavefields)."""
+    def _forward_batched(ctx, m, module, shots: list[int], need_grad: bool, calls: list):
+        """Forward by ``calls`` (:func:`~devito_uq.physics.batching.plan`): batched kernels
+        of ``k`` models (a short chunk padded with copies of its last model), or one call
+        per model; the wavefields saved for backward."""
         dtype = check_dtype("m.dtype", m.dtype)
         batched = m.dim() == module.model.dim + 1
-        survey = module.survey
+        survey, budget = module.survey, module.max_wavefield_bytes
+        solver = _solver(module.model, dtype)
         mb = to_numpy(m if batched else m[None], dtype)
-        chunks = [
-            (c, i, s) for c in batching.chunks(mb.shape[0], size) for i, s in enumerate(shots)
-        ]
-        owners = [new_owner() for _ in chunks]
+        items = [(c, k, i, s) for c, k in calls for i, s in enumerate(shots)]
+        owners = [new_owner() for _ in items]
         nrec = receiver_count(survey, shots)
         axis = DataAxis(survey, shots, dtype)
         out = np.zeros((mb.shape[0], len(shots), axis.nt, nrec), dtype=dtype)
-        keep = len(chunks)  # all while they fit: the pool evicts the oldest first
-        for k, (c, i, s) in enumerate(chunks):
-            bs = _batched(module.model, dtype, c.stop - c.start)
-            bs.max_wavefield_bytes = module.max_wavefield_bytes
-            buf = None
-            if need_grad and k >= len(chunks) - keep:
-                buf = bs.acquire_wavefield(survey.nt, owner=owners[k])
-            tr = bs.forward(mb[c], survey.shot(s), survey.dt, buf)
-            for j in range(tr.shape[0]):
+        # A single model's wavefield over budget is not stored: backward checkpoints it.
+        save_one = need_grad and solver.wavefield_nbytes(survey.nt) <= budget
+        for (c, k, i, s), owner in zip(items, owners):
+            if k == 1:
+                buf = solver.acquire_wavefield(survey.nt, owner=owner) if save_one else None
+                tr = solver.forward(mb[c.start], survey.shot(s), survey.dt, buf)
+                out[c.start, i, :, : tr.shape[1]] = axis.to_data(tr, i)
+                continue
+            bs = _batched(module.model, dtype, k)
+            bs.max_wavefield_bytes = budget
+            buf = bs.acquire_wavefield(survey.nt, owner=owner) if need_grad else None
+            tr = bs.forward(batching.pad_rows(mb[c], k, True), survey.shot(s), survey.dt, buf)
+            for j in range(c.stop - c.start):
                 out[c.start + j, i, :, : tr.shape[2]] = axis.to_data(tr[j], i)
-        ctx.axis, ctx.chunks = axis, chunks
+        ctx.axis, ctx.chunks = axis, items
         ctx.module, ctx.shots, ctx.owners, ctx.items = module, shots, owners, None
         ctx.batched, ctx.dtype, ctx.device = batched, dtype, m.device
         ctx.save_for_backward(m)
@@ -157,16 +172,26 @@ class _AcousticFunction(torch.autograd.Function):
     @staticmethod
     def _backward_batched(ctx, mb: np.ndarray, gb: np.ndarray) -> np.ndarray:
         survey = ctx.module.survey
+        solver = _solver(ctx.module.model, ctx.dtype)
         grad = np.zeros_like(mb)
-        for (c, i, s), owner in zip(reversed(ctx.chunks), reversed(ctx.owners)):
-            bs = _batched(ctx.module.model, ctx.dtype, c.stop - c.start)
+        for (c, k, i, s), owner in zip(reversed(ctx.chunks), reversed(ctx.owners)):
             shot = survey.shot(s)
+            if k == 1:  # the pooled wavefield, or recomputed (checkpointed over budget)
+                buf = solver.find_wavefield(owner)
+                r = ctx.axis.to_solver(gb[c.start, i], i)
+                grad[c.start] += solver.jacobian_adjoint(mb[c.start], shot, survey.dt, r, buf)
+                if buf is not None:
+                    buf.owner = None
+                continue
+            bs = _batched(ctx.module.model, ctx.dtype, k)
+            mc = batching.pad_rows(mb[c], k, True)
             buf = bs.find_wavefield(owner)
             if buf is None:  # evicted: recompute the chunk's wavefields
                 buf = bs.acquire_wavefield(survey.nt, owner=owner)
-                bs.forward(mb[c], shot, survey.dt, buf)
+                bs.forward(mc, shot, survey.dt, buf)
             r = np.stack([ctx.axis.to_solver(gb[b, i], i) for b in range(c.start, c.stop)])
-            grad[c] += bs.gradient(mb[c], shot, survey.dt, r, buf)
+            g = bs.gradient(mc, shot, survey.dt, batching.pad_rows(r, k, False), buf)
+            grad[c] += g[: c.stop - c.start]
             buf.owner = None  # free for reuse
         return grad
 
@@ -222,7 +247,9 @@ class AcousticModeling(nn.Module):
         Models of a batched input solved per Devito kernel call (default
         :data:`BATCH_SIZE`; 1 = one call per model). A saving forward uses fewer when
         their wavefields would exceed ``max_wavefield_bytes``; ``subsample > 1``
-        always solves one model per call.
+        always solves one model per call. One kernel size per process: a short last
+        chunk is padded up to it or solved one model per call
+        (:func:`~devito_uq.physics.batching.plan`).
 
     Notes
     -----
@@ -279,17 +306,21 @@ class _BornFunction(torch.autograd.Function):
         nrec = receiver_count(survey, shots)
         axis = DataAxis(survey, shots, dtype)
         out = np.zeros((db.shape[0], len(shots), axis.nt, nrec), dtype=dtype)
-        size = batching.chunk_size(module.batch_size, db.shape[0], None, module.max_wavefield_bytes)
-        for c in batching.chunks(db.shape[0], size) if size > 1 else ():
-            bs = _batched(module.model, dtype, c.stop - c.start)
+        size = batching.chunk_size(module.batch_size, None, module.max_wavefield_bytes)
+        work = _work(module.model, survey.nt) * len(shots)
+        calls = batching.plan(db.shape[0], size, solver.small_chunks, "born", work)
+        for c, k in calls:
+            if k == 1:
+                for i, s in enumerate(shots):
+                    tr = solver.jacobian(m0, db[c.start], survey.shot(s), survey.dt)
+                    out[c.start, i, :, : tr.shape[1]] = axis.to_data(tr, i)
+                continue
+            bs, dc = _batched(module.model, dtype, k), batching.pad_rows(db[c], k, False)
             for i, s in enumerate(shots):
-                tr = bs.jacobian(m0, db[c], survey.shot(s), survey.dt)
-                for j in range(tr.shape[0]):
+                tr = bs.jacobian(m0, dc, survey.shot(s), survey.dt)
+                for j in range(c.stop - c.start):
                     out[c.start + j, i, :, : tr.shape[2]] = axis.to_data(tr[j], i)
-        for b in range(db.shape[0]) if size <= 1 else ():
-            for i, s in enumerate(shots):
-                tr = solver.jacobian(m0, db[b], survey.shot(s), survey.dt)
-                out[b, i, :, : tr.shape[1]] = axis.to_data(tr, i)
+        ctx.calls = calls  # backward solves the same chunks with the same kernels
         ctx.axis, ctx.module, ctx.shots, ctx.batched = axis, module, shots, batched
         ctx.dtype, ctx.device, ctx.nbatch = dtype, dm.device, db.shape[0]
         return to_tensor(out if batched else out[0], dm.device)
@@ -318,14 +349,18 @@ class _BornFunction(torch.autograd.Function):
             if buf is None:
                 buf = solver.acquire_wavefield(survey.nt, 1, owner=owner)
                 solver.forward(m0, survey.shot(s), survey.dt, wavefield=buf)
-            size = min(module.batch_size, ctx.nbatch)
-            for c in batching.chunks(ctx.nbatch, size) if size > 1 else ():
-                bs = _batched(module.model, ctx.dtype, c.stop - c.start)
+            for c, k in ctx.calls:
+                if k == 1:
+                    r = ctx.axis.to_solver(gb[c.start, i], i)
+                    grad[c.start] += solver.jacobian_adjoint(
+                        m0, survey.shot(s), survey.dt, r, wavefield=buf
+                    )
+                    continue
+                bs = _batched(module.model, ctx.dtype, k)
                 r = np.stack([ctx.axis.to_solver(gb[b, i], i) for b in range(c.start, c.stop)])
-                grad[c] += bs.jacobian_adjoint(m0, survey.shot(s), survey.dt, r, buf)
-            for b in range(ctx.nbatch) if size <= 1 else ():
-                r = ctx.axis.to_solver(gb[b, i], i)
-                grad[b] += solver.jacobian_adjoint(m0, survey.shot(s), survey.dt, r, wavefield=buf)
+                r = batching.pad_rows(r, k, False)
+                g = bs.jacobian_adjoint(m0, survey.shot(s), survey.dt, r, buf)
+                grad[c] += g[: c.stop - c.start]
         g = to_tensor(grad if ctx.batched else grad[0], ctx.device)
         return g, None, None  # dm, module (not a tensor), shots (not a tensor)
 
@@ -352,7 +387,8 @@ class BornModeling(nn.Module):
     max_wavefield_bytes : int
         Memory for the background wavefields kept for backward (default 1 GiB).
     batch_size : int
-        Perturbations per Devito kernel call (default :data:`BATCH_SIZE`).
+        Perturbations per Devito kernel call (default :data:`BATCH_SIZE`; a short last
+        chunk as in :class:`AcousticModeling`).
     """
 
     def __init__(
