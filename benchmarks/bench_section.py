@@ -47,8 +47,8 @@ from devito_uq.apps.imaging import InvertConfig, SimulateConfig  # noqa: E402
 from devito_uq.apps.imaging.problem import build_problem, make_prior  # noqa: E402
 from devito_uq.apps.imaging.simulate import run_simulate  # noqa: E402
 from devito_uq.inference import low_rank_eigh  # noqa: E402
-from devito_uq.inference.curvature import local_symbol  # noqa: E402
 from devito_uq.inference.laplace import residual_shrink  # noqa: E402
+from devito_uq.inference.local_symbol import local_symbol  # noqa: E402
 from devito_uq.inference.rto import conjugate_gradient  # noqa: E402
 from devito_uq.physics import BornModeling  # noqa: E402
 
