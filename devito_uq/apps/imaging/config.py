@@ -51,6 +51,13 @@ def _fields_dict(obj: Any) -> dict[str, Any]:
     return dataclasses.asdict(obj)
 
 
+def _number(name: str, value: Any) -> float:
+    """``value`` of a number-or-``'auto'`` field as a float, or a refusal naming it."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidArgumentError(f"{name}={value!r} must be a number or 'auto'")
+    return float(value)
+
+
 @dataclass
 class SimulateConfig(SurfaceSurvey, WaveSolver, LowestVelocity):
     """Model and acquisition of a synthetic survey (``devito-uq simulate``)."""
@@ -115,8 +122,17 @@ class InvertConfig(WaveSolver, LowestVelocity, ImagePrior, ShotHeaders):
     )
     truth: str = _knob("true_model.sgy", "SEG-Y true velocity for the metrics ('': none)")
     problem: str = _knob("born", "'born' (linearized image δm around the background) or 'fwi'")
-    sigma: float = _knob(
-        0.0, "noise standard deviation of the data (0: from acquisition.json beside the shots)"
+    sigma: float | str = _knob(
+        0.0,
+        "noise standard deviation of the data (0: from acquisition.json beside the shots; "
+        "'auto': estimated from the samples before the first arrivals, as devito-uq info "
+        "reports it)",
+    )
+    sigma_inflation: float | str = _knob(
+        1.0,
+        "factor on sigma (>= 1), or 'auto': when the data misfit at the MAP says the "
+        "Gaussian-noise model does not hold (summary.json model_check), sigma is inflated "
+        "by the measured misfit and linearization error and the MAP and Laplace redone",
     )
     prior: str = _knob(
         "gaussian",
@@ -199,7 +215,12 @@ class InvertConfig(WaveSolver, LowestVelocity, ImagePrior, ShotHeaders):
         self.check_shot_headers()
         for name in ("tv_weight", "lr"):
             check_positive_scalar(name, getattr(self, name))
-        check_in_range("sigma", self.sigma, 0.0, float("inf"))
+        if self.sigma != "auto":
+            check_in_range("sigma", _number("sigma", self.sigma), 0.0, float("inf"))
+        if self.sigma_inflation != "auto":
+            check_in_range(
+                "sigma_inflation", _number("sigma_inflation", self.sigma_inflation), 1.0, 1e6
+            )
         for name in (
             "flow_levels",
             "flow_steps",
@@ -338,6 +359,14 @@ class InfoConfig(ShotHeaders):
     it with the same ``convention``, ``datum`` and ``line_tolerance``."""
 
     segy: str = _knob("", "SEG-Y file to describe")
+    f0: float = _knob(
+        8.0, "Ricker peak frequency of the source, Hz (when its wavelet starts: the noise estimate)"
+    )
+    vmax: float = _knob(
+        4.8,
+        "fastest velocity of the medium, km/s: samples before onset + offset/vmax give the "
+        "noise estimate (sigma = 'auto' of invert)",
+    )
 
     @classmethod
     def short(cls, **overrides: Any) -> InfoConfig:
@@ -347,6 +376,8 @@ class InfoConfig(ShotHeaders):
         if not isinstance(self.segy, str) or not self.segy:
             raise InvalidArgumentError("give the SEG-Y file: devito-uq info FILE.sgy")
         self.check_shot_headers()
+        for name in ("f0", "vmax"):
+            check_positive_scalar(name, getattr(self, name))
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from devito_uq.apps.imaging.noise import MIN_WINDOW_SAMPLES, noise_sigma, pre_arrival_sigma
 from devito_uq.apps.imaging.posterior import load_posterior
 from devito_uq.errors import InvalidArgumentError
 from devito_uq.inference import (
@@ -43,7 +44,7 @@ from devito_uq.inference import (
 )
 from devito_uq.inference.likelihood import RankSummedLikelihood
 from devito_uq.io import read_image, read_shots
-from devito_uq.io._files import check_input_file, read_input_json
+from devito_uq.io._files import check_input_file
 from devito_uq.parallel import ShotDistribution
 from devito_uq.physics import AcousticModel, AcousticModeling, BornModeling
 from devito_uq.physics.model import squared_slowness
@@ -53,7 +54,6 @@ __all__ = [
     "ImagingProblem",
     "build_problem",
     "make_prior",
-    "noise_sigma",
     "pde_solve_report",
     "pde_solves",
     "resolve_path",
@@ -124,39 +124,6 @@ def resolve_path(path: str, base: str | os.PathLike) -> Path:
     return p if p.is_absolute() else Path(base) / p
 
 
-def noise_sigma(config: Any, shots_path: Path) -> float:
-    """The data's noise standard deviation.
-
-    Parameters
-    ----------
-    config : InvertConfig
-        ``sigma`` (> 0: the answer; 0: read it from the file).
-    shots_path : pathlib.Path
-        The shots file; ``acquisition.json`` beside it holds ``noise_sigma``.
-
-    Returns
-    -------
-    float
-
-    Raises
-    ------
-    InvalidArgumentError
-        ``sigma = 0`` and ``acquisition.json`` is missing or has no ``noise_sigma``.
-    """
-    if config.sigma > 0:
-        return float(config.sigma)
-    sidecar = shots_path.parent / "acquisition.json"
-    try:  # a regular file, size-bounded, decoded with one-line errors
-        return float(
-            read_input_json(sidecar, "acquisition.json", InvalidArgumentError)["noise_sigma"]
-        )
-    except (InvalidArgumentError, KeyError, TypeError, ValueError):
-        raise InvalidArgumentError(
-            f"sigma=0 asks for the noise level from {str(sidecar)!r}, which is missing, "
-            "unreadable or has no 'noise_sigma'; give sigma (the data's noise standard deviation)"
-        ) from None
-
-
 def build_problem(config: Any, base: str | os.PathLike, comm: Any = None) -> ImagingProblem:
     """Read the files of ``config`` and assemble this rank's share of the problem.
 
@@ -215,13 +182,28 @@ def build_problem(config: Any, base: str | os.PathLike, comm: Any = None) -> Ima
     nshots = int(probe.segy_report["nshots_in_file"])
     mine = ShotDistribution(nshots, comm).shots
     m0 = torch.from_numpy(squared_slowness(v0.astype(np.float64))).float()
-    local = survey = d_background = None
-    data = torch.zeros(0)
+    local = survey = d_background = d = None
     op: nn.Module | None = None
     if mine:
         survey, d = read_shots(
             shots_path, f0_hz=config.f0, model=model, vmax=config.vmax, shots=mine, **headers
         )
+    given = "acquisition.json" if sigma != config.sigma else "config"
+    noise: dict[str, Any] = {"sigma_from": given}
+    if sigma is None:  # sigma = "auto": every rank joins the sum, before any solve
+        noise = pre_arrival_sigma(survey, d, config.vmax, comm)
+        if noise["samples"] < MIN_WINDOW_SAMPLES:
+            raise InvalidArgumentError(
+                f"sigma='auto' found {noise['samples']} samples before the first arrivals "
+                f"(t < onset + offset/vmax, vmax={config.vmax} km/s), fewer than "
+                f"{MIN_WINDOW_SAMPLES}; give sigma (the data's noise standard deviation)"
+            )
+        sigma = noise["sigma"]
+        noise["sigma_from"] = "estimate"
+    noise["sigma_before_inflation"] = sigma
+    sigma *= 1.0 if config.sigma_inflation == "auto" else float(config.sigma_inflation)
+    data = torch.zeros(0)
+    if mine:
         data = torch.from_numpy(d)
         mask = torch.from_numpy(survey.mask())[:, None, :]
         if config.problem == "born":
@@ -252,6 +234,7 @@ def build_problem(config: Any, base: str | os.PathLike, comm: Any = None) -> Ima
         "spacing_m": list(spacing),
         "origin_m": list(origin),
         "noise_sigma": sigma,
+        "noise": noise,
     }
     if survey is not None:
         report.update(
