@@ -25,6 +25,8 @@ from devito_uq.apps.imaging.tools import noise_estimate
 from devito_uq.errors import InvalidArgumentError
 from devito_uq.io import read_shots, write_image
 
+NT = 176  # samples per trace: 350 ms at 2 ms
+
 
 @pytest.fixture(scope="module")
 def survey(tmp_path_factory) -> tuple[Path, float]:
@@ -36,10 +38,10 @@ def survey(tmp_path_factory) -> tuple[Path, float]:
 
 def test_the_pre_arrival_estimate_is_within_20_percent(survey):
     out, sigma = survey
-    est = noise_estimate(InfoConfig(segy=str(out / "shots.sgy"), f0=SIM["f0"], vmax=2.6), 2)
+    est = noise_estimate(InfoConfig(segy=str(out / "shots.sgy"), f0=SIM["f0"], vmax=2.6), 2, NT)
     assert est["samples"] >= 200 and abs(est["sigma"] / sigma - 1) < 0.2, (est, sigma)
     # A window that reaches the arrivals (vmax far too slow) is no noise estimate.
-    wrong = noise_estimate(InfoConfig(segy=str(out / "shots.sgy"), f0=SIM["f0"], vmax=0.3), 2)
+    wrong = noise_estimate(InfoConfig(segy=str(out / "shots.sgy"), f0=SIM["f0"], vmax=0.3), 2, NT)
     assert wrong["sigma"] > 3 * sigma
 
 

@@ -27,6 +27,7 @@ from devito_uq.apps import knob as _knob
 from devito_uq.apps.pieces import (
     ImagePrior,
     LowestVelocity,
+    ModelUnits,
     ShotHeaders,
     SurfaceSurvey,
     WaveSolver,
@@ -59,13 +60,13 @@ def _number(name: str, value: Any) -> float:
 
 
 @dataclass
-class SimulateConfig(SurfaceSurvey, WaveSolver, LowestVelocity):
+class SimulateConfig(SurfaceSurvey, WaveSolver, LowestVelocity, ModelUnits):
     """Model and acquisition of a synthetic survey (``devito-uq simulate``)."""
 
     model: str = _knob(
         "marmousi",
-        "true velocity: 'marmousi' (the shipped Marmousi-II model) or a SEG-Y image (km/s) "
-        "written by devito_uq.io.write_image",
+        "true velocity: 'marmousi' (the shipped Marmousi-II model) or a SEG-Y image in "
+        "model_units (x in CDP_X, depth down the samples, any origin: devito_uq.io.write_image)",
     )
     data: str = _knob(
         "nonlinear",
@@ -76,6 +77,22 @@ class SimulateConfig(SurfaceSurvey, WaveSolver, LowestVelocity):
         20.0, "signal-to-noise ratio of the scattered data (shots minus background shots), dB"
     )
     seed: int = _knob(1, "noise seed")
+    z_start: float | str = _knob(
+        "auto",
+        "depth of the window's top, m, in the model's depth frame (on its grid; 'auto': the "
+        "model's first depth)",
+    )
+    src_depth: float | str = _knob(
+        "auto", "source depth, m (z down; 'auto': two grid cells below the window's top)"
+    )
+    rec_depth: float | str = _knob(
+        "auto", "receiver depth, m (z down; 'auto': one grid cell below the window's top)"
+    )
+    record_delay: float = _knob(
+        0.0,
+        "time of the first recorded sample, ms (SEG-Y DelayRecordingTime: whole ms; the "
+        "source fires at 0)",
+    )
 
     @classmethod
     def short(cls, **overrides: Any) -> SimulateConfig:
@@ -89,10 +106,20 @@ class SimulateConfig(SurfaceSurvey, WaveSolver, LowestVelocity):
         self.check_wave_solver()
         self.check_survey_grid(self.nbl)
         self.check_lowest_velocity(self.vmax)
+        self.check_model_units()
         check_scalar("snr_db", self.snr_db)
         check_choice("data", self.data, ("nonlinear", "born"))
         check_int("nreceivers", self.nreceivers, minimum=2)
         check_int("seed", self.seed)
+        for name in ("z_start", "src_depth", "rec_depth"):
+            if getattr(self, name) != "auto":
+                check_scalar(name, _number(name, getattr(self, name)))
+        check_in_range("record_delay", self.record_delay, -32768.0, 32767.0)
+        if self.record_delay != round(self.record_delay) or self.record_delay >= self.t1:
+            raise InvalidArgumentError(
+                f"record_delay={self.record_delay} ms must be a whole number of ms (SEG-Y "
+                f"stores it so) below t1={self.t1}"
+            )
         if round(self.data_dt * 1000) != self.data_dt * 1000:  # before any solve
             raise InvalidArgumentError(
                 f"data_dt={self.data_dt} ms must be a whole number of µs: SEG-Y stores the "
@@ -111,16 +138,18 @@ class SimulateConfig(SurfaceSurvey, WaveSolver, LowestVelocity):
 
 
 @dataclass
-class InvertConfig(WaveSolver, LowestVelocity, ImagePrior, ShotHeaders):
+class InvertConfig(WaveSolver, LowestVelocity, ImagePrior, ShotHeaders, ModelUnits):
     """The posterior of a 2D survey (``devito-uq invert``)."""
 
     shots: str = _knob("shots.sgy", "SEG-Y shot records (relative paths: inside --out)")
     background: str = _knob(
         "background.sgy",
-        "SEG-Y velocity image (km/s) of the background (born) or starting model (fwi); "
-        "it sets the grid",
+        "SEG-Y velocity image (model_units) of the background (born) or starting model "
+        "(fwi); it sets the grid and its origin",
     )
-    truth: str = _knob("true_model.sgy", "SEG-Y true velocity for the metrics ('': none)")
+    truth: str = _knob(
+        "true_model.sgy", "SEG-Y true velocity (model_units) for the metrics ('': none)"
+    )
     problem: str = _knob("born", "'born' (linearized image δm around the background) or 'fwi'")
     sigma: float | str = _knob(
         0.0,
@@ -213,6 +242,7 @@ class InvertConfig(WaveSolver, LowestVelocity, ImagePrior, ShotHeaders):
         self.check_lowest_velocity(self.vmax)
         self.check_image_prior()
         self.check_shot_headers()
+        self.check_model_units()
         for name in ("tv_weight", "lr"):
             check_positive_scalar(name, getattr(self, name))
         if self.sigma != "auto":

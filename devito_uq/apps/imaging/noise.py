@@ -26,6 +26,7 @@ from devito_uq.errors import InvalidArgumentError
 from devito_uq.io._files import read_input_json
 from devito_uq.parallel import allreduce_sum
 from devito_uq.physics import AcousticModeling
+from devito_uq.physics.wavelets import ricker
 
 __all__ = [
     "EXCESS_LIMIT",
@@ -36,6 +37,7 @@ __all__ = [
     "model_check_line",
     "noise_sigma",
     "pre_arrival_sigma",
+    "ricker_onset",
     "set_noise_sigma",
 ]
 
@@ -85,8 +87,21 @@ def noise_sigma(config: Any, shots_path: Path) -> float | None:
         ) from None
 
 
+def ricker_onset(f0_hz: float) -> float:
+    """When a Ricker of peak ``f0_hz`` (Hz) centred at ``1/f0`` first exceeds 10⁻³ of its
+    peak, ms (the default wavelet of ``invert``)."""
+    td = 1000.0 / f0_hz
+    t = np.linspace(0.0, 2 * td, 20001)
+    w = np.abs(ricker(t, f0_hz, td))
+    return float(t[np.argmax(w > 1e-3 * w.max())])
+
+
 def pre_arrival_sigma(
-    survey: Any, data: np.ndarray | torch.Tensor | None, vmax: float, comm: Any = None
+    survey: Any,
+    data: np.ndarray | torch.Tensor | None,
+    vmax: float,
+    comm: Any = None,
+    onset_ms: float | None = None,
 ) -> dict[str, Any]:
     """σ from the samples recorded before any wave can arrive (summed over ranks).
 
@@ -105,6 +120,8 @@ def pre_arrival_sigma(
         The fastest velocity of the medium, km/s.
     comm : mpi4py communicator or None
         The ranks that share the shots.
+    onset_ms : float or None
+        ``t_onset``, ms (``None``: from ``survey.wavelet``).
 
     Returns
     -------
@@ -116,7 +133,7 @@ def pre_arrival_sigma(
     if survey is not None:
         d = torch.as_tensor(data).double()
         w = np.abs(survey.wavelet[0])
-        onset = float(survey.time[np.argmax(w > 1e-3 * w.max())])
+        onset = onset_ms if onset_ms is not None else survey.time[np.argmax(w > 1e-3 * w.max())]
         t = torch.from_numpy(survey.data_axis.times)  # [time]
         for s in range(survey.nshots):
             rec = survey.rec_positions[s]

@@ -43,7 +43,7 @@ from devito_uq.inference import (
     TotalVariationPrior,
 )
 from devito_uq.inference.likelihood import RankSummedLikelihood
-from devito_uq.io import read_image, read_shots
+from devito_uq.io import read_shots, read_velocity
 from devito_uq.io._files import check_input_file
 from devito_uq.parallel import ShotDistribution
 from devito_uq.physics import AcousticModel, AcousticModeling, BornModeling
@@ -152,20 +152,15 @@ def build_problem(config: Any, base: str | os.PathLike, comm: Any = None) -> Ima
     bg_path = resolve_path(config.background, base)
     check_input_file(shots_path, "shots file", InvalidArgumentError)
     check_input_file(bg_path, "background model", InvalidArgumentError)
-    v0, spacing, origin = read_image(bg_path)
-    if not (np.all(np.isfinite(v0)) and v0.min() > 0):
-        raise InvalidArgumentError(f"background {str(bg_path)!r} holds non-positive velocities")
-    if v0.min() < config.vmin or v0.max() > config.vmax:
-        raise InvalidArgumentError(
-            f"background velocities {v0.min():.3f}..{v0.max():.3f} km/s leave "
-            f"[vmin={config.vmin}, vmax={config.vmax}]"
-        )
+    v0, spacing, origin, units = read_velocity(bg_path, config.model_units)
+    config.check_model_velocity(v0, config.vmax, f"background {str(bg_path)!r}", units)
     v_true = truth = None
+    model_units = {"background": units}
     if config.truth:
         truth_path = check_input_file(
             resolve_path(config.truth, base), "true model", InvalidArgumentError
         )
-        vt, sp_t, _ = read_image(truth_path)
+        vt, sp_t, _, model_units["truth"] = read_velocity(truth_path, config.model_units)
         if vt.shape != v0.shape or not np.allclose(sp_t, spacing):
             raise InvalidArgumentError(
                 f"truth {config.truth!r} has grid {vt.shape} at {sp_t} m; the background has "
@@ -235,6 +230,7 @@ def build_problem(config: Any, base: str | os.PathLike, comm: Any = None) -> Ima
         "origin_m": list(origin),
         "noise_sigma": sigma,
         "noise": noise,
+        "model_units": model_units,
     }
     if survey is not None:
         report.update(

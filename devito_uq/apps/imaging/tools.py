@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from devito_uq.apps.imaging.config import InfoConfig, InvertConfig, SummarizeConfig
-from devito_uq.apps.imaging.noise import MIN_WINDOW_SAMPLES, pre_arrival_sigma
+from devito_uq.apps.imaging.noise import MIN_WINDOW_SAMPLES, pre_arrival_sigma, ricker_onset
 from devito_uq.apps.imaging.outputs import write_outputs
 from devito_uq.apps.imaging.posterior import load_posterior
 from devito_uq.errors import DevitoUQError, InvalidArgumentError
@@ -110,7 +110,8 @@ def run_info(
     config.validate()
     info = segy_info(config.segy, **config.shot_headers())
     print(format_segy_info(info))
-    estimate = info["noise_sigma_estimate"] = noise_estimate(config, info["shots"])
+    estimate = noise_estimate(config, info["shots"], info["samples_per_trace"])
+    info["noise_sigma_estimate"] = estimate
     if "sigma" in estimate:
         print(
             f"  noise sigma {estimate['sigma']:.4g} ({estimate['samples']} samples before "
@@ -122,15 +123,15 @@ def run_info(
     return info
 
 
-def noise_estimate(config: InfoConfig, nshots: int, most: int = 8) -> dict[str, Any]:
+def noise_estimate(config: InfoConfig, nshots: int, ns: int, most: int = 8) -> dict[str, Any]:
     """``sigma = "auto"``'s estimate from up to ``most`` shots spread over the file.
 
     Parameters
     ----------
     config : InfoConfig
         The file, its header fields, ``f0`` (the wavelet's onset) and ``vmax``.
-    nshots : int
-        The shots in the file.
+    nshots, ns : int
+        The shots in the file and its samples per trace.
     most : int
         Shots read (evenly spread).
 
@@ -145,12 +146,14 @@ def noise_estimate(config: InfoConfig, nshots: int, most: int = 8) -> dict[str, 
     try:
         with warnings.catch_warnings():  # the header summary above already warned
             warnings.simplefilter("ignore")
+            # The geometry and samples only: the wavelet's onset is the Ricker's of f0.
             survey, data = read_shots(
-                config.segy, f0_hz=config.f0, shots=shots, **config.shot_headers()
+                config.segy, wavelet=np.zeros(ns), shots=shots, **config.shot_headers()
             )
     except DevitoUQError as exc:
         return {"reason": " ".join(str(exc).split()), "shots": shots}
-    est = {**pre_arrival_sigma(survey, data, config.vmax), "shots": shots}
+    onset = ricker_onset(config.f0)
+    est = {**pre_arrival_sigma(survey, data, config.vmax, onset_ms=onset), "shots": shots}
     if est["samples"] < MIN_WINDOW_SAMPLES:
         reason = f"{est['samples']} samples before the first arrivals, fewer than "
         return {"reason": reason + f"{MIN_WINDOW_SAMPLES}", "shots": shots}
