@@ -311,7 +311,8 @@ def model_check_line(check: dict[str, Any]) -> str | None:
     head = (
         f"the data misfit at the MAP is chi2/n = {check['chi2_per_datum']:.3g} (expected "
         f"{check['expected']:.3g} +- {check['spread']:.2g}{lin}): the Gaussian-noise model "
-        "does not hold and the band is over-confident; "
+        "does not hold (or the MAP stopped early: raise map_iterations) and the band is "
+        "over-confident; "
     )
     if "after_inflation" in check:
         return head + (
