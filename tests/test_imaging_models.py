@@ -7,11 +7,14 @@ import json
 
 import numpy as np
 import pytest
-from test_apps_imaging import INV, SIM, H, _true_velocity
+import torch
+from test_apps_imaging import INV, NX, NZ, SIM, H, _true_velocity
 
 from devito_uq.apps.imaging import InvertConfig, SimulateConfig
 from devito_uq.apps.imaging.problem import build_problem
+from devito_uq.apps.imaging.run import run_invert
 from devito_uq.apps.imaging.simulate import run_simulate
+from devito_uq.apps.scenarios import water_mask
 from devito_uq.errors import InvalidArgumentError, SegyError
 from devito_uq.io import read_image, read_shots, read_velocity, write_image
 
@@ -96,3 +99,36 @@ def test_refusals_name_the_unit_and_never_ask_for_a_run_that_cannot_end(field):
     slow = InvertConfig(**dict(INV, vmax=1.9))  # a real bound problem: the bound is named
     with pytest.raises(InvalidArgumentError, match=r"vmax >= 2\.[0-9]+ \(the solver"):
         build_problem(slow, out)
+
+
+def test_known_water_is_held_fixed_and_left_out_of_the_metrics(tmp_path):
+    """``fixed_water``: the water of the tiny model (its top rows, where the lens does not
+    reach) reaches neither the data nor the posterior (std 0, δm 0 there), and the band's
+    coverage counts the pixels below it."""
+    write_image(tmp_path / "model.sgy", V, (H, H))
+    run_simulate(SimulateConfig(model=str(tmp_path / "model.sgy"), **SIM), tmp_path)
+    cfg = dict(INV, fixed_water=True, iterations=5, rank=10, map_iterations=5, n_samples=64)
+    cfg = InvertConfig(**cfg)
+    problem = build_problem(cfg, tmp_path)
+    water = problem.water.numpy()
+    assert np.array_equal(water, water_mask(read_image(tmp_path / "background.sgy")[0]))
+    assert NX * 2 < water.sum() <= NX * 3 and not water[:, 3:].any()  # the lens reaches up
+    assert problem.report["water_held_fixed"]["pixels"] == water.sum()
+    in_water, below = torch.zeros(2, NX, NZ)
+    in_water[water], below[:, 5] = 0.05, 0.05
+    with torch.no_grad():
+        assert float(problem.operator(in_water[None]).abs().max()) == 0.0
+        assert float(problem.operator(below[None]).abs().max()) > 0.0
+    summary = run_invert(cfg, tmp_path, progress=False, figures=False)
+    std, mean = (read_image(tmp_path / f"posterior_{k}.sgy")[0] for k in ("std", "mean"))
+    assert np.all(std[water] == 0) and np.all(mean[water] == 0) and np.all(std[~water] > 0)
+    m = summary["metrics"]
+    assert m["metrics_over"] == f"{NX * NZ - water.sum()} pixels below the water bottom"
+    per_depth = m["truth_inside_90pct_band_per_depth"]
+    assert [k for k, c in enumerate(per_depth) if c is None] == [
+        k for k in range(NZ) if water[:, k].all()
+    ]
+    lo, hi = (read_image(tmp_path / f"posterior_q{q}.sgy")[0] for q in ("05", "95"))
+    truth = problem.truth.numpy()
+    inside = (truth >= lo) & (truth <= hi)
+    assert m["truth_inside_90pct_band"] == pytest.approx(inside[~water].mean(), abs=1e-6)

@@ -163,6 +163,11 @@ class InvertConfig(WaveSolver, LowestVelocity, ImagePrior, ShotHeaders, ModelUni
         "Gaussian-noise model does not hold (summary.json model_check), sigma is inflated "
         "by the measured misfit and linearization error and the MAP and Laplace redone",
     )
+    fixed_water: bool = _knob(
+        False,
+        "hold the background's water layer fixed (the leading run of its top velocity, "
+        "<= 1.55 km/s, in each column) in both problems, and leave it out of the metrics",
+    )
     prior: str = _knob(
         "gaussian",
         "'gaussian' (correlated, exponential kernel), 'tv', or 'flow' (a trained posterior)",
@@ -283,6 +288,8 @@ class InvertConfig(WaveSolver, LowestVelocity, ImagePrior, ShotHeaders, ModelUni
             raise InvalidArgumentError(f"amortized={self.amortized!r} must be a path or ''")
         if not isinstance(self.correct, bool):
             raise InvalidArgumentError(f"correct={self.correct!r} must be true or false")
+        if not isinstance(self.fixed_water, bool):
+            raise InvalidArgumentError(f"fixed_water={self.fixed_water!r} must be true or false")
         if not isinstance(self.overwrite, bool):
             raise InvalidArgumentError(f"overwrite={self.overwrite!r} must be true or false")
         if self.correct and not self.amortized:

@@ -212,6 +212,7 @@ def summary_metrics(
     lo: np.ndarray,
     hi: np.ndarray,
     velocity_bounds: tuple[float, float] | None = None,
+    water: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """The metrics of ``summary.json``, from the posterior's statistics.
 
@@ -229,16 +230,24 @@ def summary_metrics(
     velocity_bounds : tuple of float or None
         ``(vmin, vmax)`` km/s: (born) the mean velocity is clipped to them
         (:func:`bounded_velocity`).
+    water : numpy.ndarray or None
+        ``[nx, nz]`` bool, the water held fixed: the coverage and relative L2 are then over
+        the pixels below the water bottom (SSIM over the whole image, the water being equal
+        in both), and ``truth_inside_90pct_band_per_depth`` lists the coverage of each depth
+        row there (``None`` for a row of water only).
 
     Returns
     -------
     dict
     """
     illum = post.illumination.double().numpy()
+    keep = np.ones(illum.shape, bool) if water is None else ~np.asarray(water, bool)
     res: dict[str, Any] = {
-        "mean_std": float(std.mean()),
-        "std_vs_illumination_correlation": metrics.correlation(std, illum),
-        "log_std_vs_log_illumination_correlation": metrics.correlation(np.log(std), np.log(illum)),
+        "mean_std": float(std[keep].mean()),
+        "std_vs_illumination_correlation": metrics.correlation(std[keep], illum[keep]),
+        "log_std_vs_log_illumination_correlation": metrics.correlation(
+            np.log(std[keep]), np.log(illum[keep])
+        ),
     }
     if post.truth is None:
         return res
@@ -248,19 +257,26 @@ def summary_metrics(
     v0 = _velocity(m0)
     born_mean = m0 + torch.from_numpy(mean)
     v_mean = bounded_velocity(born_mean, velocity_bounds)[0] if post.kind == "born" else mean
+    inside = (truth >= lo) & (truth <= hi)
     res.update(
-        truth_inside_90pct_band=metrics.coverage(lo, hi, truth),
+        truth_inside_90pct_band=float(inside[keep].mean()),
         velocity_relative_l2={
-            "start": metrics.relative_l2(v0, v_true),
-            "posterior_mean": metrics.relative_l2(v_mean, v_true),
+            "start": metrics.relative_l2(v0[keep], v_true[keep]),
+            "posterior_mean": metrics.relative_l2(v_mean[keep], v_true[keep]),
         },
         velocity_ssim={
             "start": metrics.ssim(v0, v_true),
             "posterior_mean": metrics.ssim(v_mean, v_true),
         },
     )
+    if water is not None:
+        res["metrics_over"] = f"{int(keep.sum())} pixels below the water bottom"
+        res["truth_inside_90pct_band_per_depth"] = [
+            float(inside[:, k][keep[:, k]].mean()) if keep[:, k].any() else None
+            for k in range(truth.shape[1])
+        ]
     if post.kind == "born":
-        res["image_relative_l2"] = metrics.relative_l2(mean, truth)
+        res["image_relative_l2"] = metrics.relative_l2(mean[keep], truth[keep])
         res["image_ssim"] = metrics.ssim(mean, truth)
     return res
 
@@ -273,6 +289,7 @@ def write_outputs(
     figures: bool = True,
     comm: Any = None,
     velocity_bounds: tuple[float, float] | None = None,
+    water: torch.Tensor | None = None,
 ) -> dict[str, Any]:
     """Draw ``n_samples``, write the images, samples and figures (rank 0).
 
@@ -293,6 +310,9 @@ def write_outputs(
     velocity_bounds : tuple of float or None
         ``(vmin, vmax)`` km/s of ``velocity_mean.sgy`` (born): pixels outside are clipped,
         counted in ``velocity_mean_clipped`` and named in one warning line.
+    water : torch.Tensor or None
+        ``[nx, nz]`` bool, the water held fixed: every sample holds the background there
+        (born: ``δm = 0``), and the metrics leave it out (:func:`summary_metrics`).
 
     Returns
     -------
@@ -302,13 +322,24 @@ def write_outputs(
     """
 
     samples = post.to_output_unit(post.sample(n_samples, seed))
+    if water is not None:  # the known water: the background, exactly
+        held = torch.zeros_like(post.m0) if post.kind == "born" else post.m0
+        samples[:, water] = post.to_output_unit(held)[water].to(samples.dtype)
     s = summarize(samples.double(), quantiles=(0.05, 0.5, 0.95))
     mean, std = s.mean.numpy(), s.std.numpy()
     q = s.quantiles.numpy()
     summary = {
         "unknown": "image δm, s²/km²" if post.kind == "born" else "velocity, km/s",
         "n_samples": n_samples,
-        "metrics": summary_metrics(post, mean, std, q[0], q[2], velocity_bounds),
+        "metrics": summary_metrics(
+            post,
+            mean,
+            std,
+            q[0],
+            q[2],
+            velocity_bounds,
+            None if water is None else water.numpy(),
+        ),
     }
     v_mean = None
     if post.kind == "born":

@@ -35,6 +35,7 @@ from torch import nn
 
 from devito_uq.apps.imaging.noise import MIN_WINDOW_SAMPLES, noise_sigma, pre_arrival_sigma
 from devito_uq.apps.imaging.posterior import load_posterior
+from devito_uq.apps.scenarios import water_mask
 from devito_uq.errors import InvalidArgumentError
 from devito_uq.inference import (
     CorrelatedGaussianPrior,
@@ -51,6 +52,7 @@ from devito_uq.physics.model import squared_slowness
 from devito_uq.physics.solver import cached_solvers
 
 __all__ = [
+    "HeldFixed",
     "ImagingProblem",
     "build_problem",
     "make_prior",
@@ -80,6 +82,8 @@ class ImagingProblem:
         This rank's shot indices in the file.
     d_background : torch.Tensor or None
         (born) ``F(m0)`` of those shots, ``[shot, time, receiver]``.
+    water : torch.Tensor or None
+        ``[nx, nz]`` bool, the water held fixed (``fixed_water``), or ``None``.
     """
 
     kind: str
@@ -100,10 +104,36 @@ class ImagingProblem:
     comm: Any
     report: dict[str, Any]
     d_background: torch.Tensor | None = None
+    water: torch.Tensor | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
         return tuple(self.m0.shape)
+
+
+class HeldFixed(nn.Module):
+    """``m ↦ F(m)`` with ``m`` replaced by ``fill`` where ``mask`` (known water): those
+    pixels then reach neither the data nor the gradient.
+
+    Parameters
+    ----------
+    operator : torch.nn.Module
+        ``F``, ``[batch, nx, nz] -> [batch, shot, time, receiver]``, accepting ``shots=``.
+    mask : torch.Tensor
+        ``[nx, nz]`` bool, True where held.
+    fill : torch.Tensor
+        ``[nx, nz]`` the held values (born: 0; fwi: ``m0``), s²/km².
+    """
+
+    def __init__(self, operator: nn.Module, mask: torch.Tensor, fill: torch.Tensor) -> None:
+        super().__init__()
+        self.operator = operator
+        self.register_buffer("mask", mask)
+        self.register_buffer("fill", fill)
+
+    def forward(self, m: torch.Tensor, shots: Any = None) -> torch.Tensor:
+        held = torch.where(self.mask, self.fill.to(m), m)
+        return self.operator(held) if shots is None else self.operator(held, shots=shots)
 
 
 def resolve_path(path: str, base: str | os.PathLike) -> Path:
@@ -197,6 +227,9 @@ def build_problem(config: Any, base: str | os.PathLike, comm: Any = None) -> Ima
         noise["sigma_from"] = "estimate"
     noise["sigma_before_inflation"] = sigma
     sigma *= 1.0 if config.sigma_inflation == "auto" else float(config.sigma_inflation)
+    water = None
+    if config.fixed_water:  # the background's water layer (scenarios.water_mask)
+        water = torch.from_numpy(water_mask(v0))
     data = torch.zeros(0)
     if mine:
         data = torch.from_numpy(d)
@@ -208,6 +241,8 @@ def build_problem(config: Any, base: str | os.PathLike, comm: Any = None) -> Ima
             op = BornModeling(model, survey, m0)
         else:
             op = AcousticModeling(model, survey)
+        if water is not None and water.any():
+            op = HeldFixed(op, water, torch.zeros_like(m0) if config.problem == "born" else m0)
         local = GaussianLikelihood(op, data, sigma=sigma, mask=mask)
     # VI's random shot subsets (0 or ≥ nshots: all): the same on every rank (same seed).
     vi_shots = getattr(config, "vi_shots", 0)
@@ -232,6 +267,11 @@ def build_problem(config: Any, base: str | os.PathLike, comm: Any = None) -> Ima
         "noise": noise,
         "model_units": model_units,
     }
+    if water is not None:
+        report["water_held_fixed"] = {
+            "pixels": int(water.sum()),
+            "fraction": float(water.double().mean()),
+        }
     if survey is not None:
         report.update(
             solver_dt_ms=survey.dt, data_dt_ms=survey.data_axis.dt, nt_data=survey.nt_data
@@ -255,6 +295,7 @@ def build_problem(config: Any, base: str | os.PathLike, comm: Any = None) -> Ima
         comm,
         report,
         d_background,
+        water,
     )
 
 

@@ -314,6 +314,7 @@ def run_invert(
         figures=figures,
         comm=comm,
         velocity_bounds=(config.vmin, config.vmax),
+        water=problem.water,
     )
     summary["model_check"] = base["model_check"]
     summary["vi"] = {

@@ -9,11 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from devito_uq.apps.imaging.config import InfoConfig, InvertConfig, SummarizeConfig
 from devito_uq.apps.imaging.noise import MIN_WINDOW_SAMPLES, pre_arrival_sigma, ricker_onset
 from devito_uq.apps.imaging.outputs import write_outputs
 from devito_uq.apps.imaging.posterior import load_posterior
+from devito_uq.apps.scenarios import water_mask
 from devito_uq.errors import DevitoUQError, InvalidArgumentError
 from devito_uq.io import format_segy_info, read_shots, segy_info
 from devito_uq.io._atomic import atomic_path
@@ -64,9 +66,16 @@ def run_summarize(
     check_input_file(path, "posterior", InvalidArgumentError)
     post = load_posterior(path)
     os.makedirs(out, exist_ok=True)
-    bounds = _run_bounds(path.parent / "summary.json")
+    bounds, fixed_water = _run_settings(path.parent / "summary.json")
+    water = torch.from_numpy(water_mask(post.m0.double().rsqrt().numpy())) if fixed_water else None
     summary = write_outputs(
-        os.fspath(out), post, config.n_samples, config.seed, figures, velocity_bounds=bounds
+        os.fspath(out),
+        post,
+        config.n_samples,
+        config.seed,
+        figures,
+        velocity_bounds=bounds,
+        water=water,
     )
     summary["posterior"] = str(path)
     with atomic_path(os.path.join(out, "summary_samples.json")) as tmp, open(tmp, "w") as fh:
@@ -74,13 +83,14 @@ def run_summarize(
     return summary
 
 
-def _run_bounds(path: Path) -> tuple[float, float]:
-    """``(vmin, vmax)`` of the run whose ``summary.json`` is ``path`` (else the defaults)."""
+def _run_settings(path: Path) -> tuple[tuple[float, float], bool]:
+    """``((vmin, vmax), fixed_water)`` of the run whose ``summary.json`` is ``path`` (else
+    the defaults)."""
     try:
         run = read_input_json(path, "summary.json", InvalidArgumentError)["config"]
-        return float(run["vmin"]), float(run["vmax"])
+        return (float(run["vmin"]), float(run["vmax"])), bool(run.get("fixed_water", False))
     except (InvalidArgumentError, KeyError, TypeError, ValueError):
-        return InvertConfig.vmin, InvertConfig.vmax
+        return (InvertConfig.vmin, InvertConfig.vmax), InvertConfig.fixed_water
 
 
 def run_info(
