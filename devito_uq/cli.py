@@ -33,6 +33,7 @@ import importlib
 import json
 import os
 import sys
+import types
 import typing
 import warnings
 from collections.abc import Sequence
@@ -116,7 +117,9 @@ def add_config_options(
         help_text = f"{f.metadata.get('help', '')} ({default})".replace("%", "%%")
         kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "help": help_text}
         origin = typing.get_origin(kind)
-        if origin is tuple:
+        if _union_arms(kind):
+            kwargs.update(type=_number_or_word, metavar=f.name.upper())
+        elif origin is tuple:
             items = typing.get_args(kind)
             kwargs.update(type=items[0], nargs=len(items), metavar=f.name.upper())
         elif kind is bool:
@@ -151,8 +154,29 @@ def config_overrides(args: argparse.Namespace, config: type) -> dict[str, Any]:
     return out
 
 
+def _union_arms(kind: Any) -> tuple[Any, ...]:
+    """The types of a ``float | str`` field (a number or a word such as ``'auto'``), else ()."""
+    if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
+        return typing.get_args(kind)
+    return ()
+
+
+def _number_or_word(text: str) -> float | str:
+    """A command-line value of a ``float | str`` field: a float when it reads as one."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
 def _toml_value(kind: Any, value: Any) -> tuple[bool, Any]:
     """``(ok, value)``: whether a TOML value fits a field of type ``kind``, converted."""
+    for arm in _union_arms(kind):  # the first type that fits
+        ok, converted = _toml_value(arm, value)
+        if ok:
+            return ok, converted
+    if _union_arms(kind):
+        return False, value
     if kind is bool:
         return isinstance(value, bool), value
     if isinstance(value, bool):  # bool is an int subclass: never a number here
@@ -174,6 +198,8 @@ def _toml_value(kind: Any, value: Any) -> tuple[bool, Any]:
 
 
 def _type_name(kind: Any) -> str:
+    if _union_arms(kind):
+        return " or ".join(_type_name(arm) for arm in _union_arms(kind))
     if typing.get_origin(kind) is tuple:
         items = typing.get_args(kind)
         return f"an array of {len(items)} {items[0].__name__}s"

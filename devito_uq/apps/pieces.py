@@ -18,6 +18,7 @@ group                       fields                                              
 :class:`WaveSolver`         ``f0``, ``vmax``, ``nbl``, ``space_order``            simulate, invert,
                                                                                   amortize imaging
 :class:`LowestVelocity`     ``vmin``                                              simulate, invert
+:class:`ModelUnits`         ``model_units``                                       simulate, invert
 :class:`SurfaceSurvey`      ``x_start``, ``width``, ``depth``, ``spacing``,       simulate,
                             ``smoothing``, ``nshots``, ``nreceivers``, ``t1``,    amortize imaging
                             ``data_dt``
@@ -52,6 +53,7 @@ from devito_uq.validation import (
 __all__ = [
     "ImagePrior",
     "LowestVelocity",
+    "ModelUnits",
     "ProfilePosterior",
     "ProperPrior",
     "ShotHeaders",
@@ -155,6 +157,56 @@ class LowestVelocity:
         check_positive_scalar("vmin", self.vmin)
         if self.vmin >= vmax:
             raise InvalidArgumentError(f"vmin={self.vmin} km/s must be below vmax={vmax}")
+
+    def check_model_velocity(self, v: Any, vmax: float, what: str, units: str) -> None:
+        """Refuse a model whose velocities leave ``[vmin, vmax]``, with a hint that never
+        starts a run that cannot end (a vmax of 1,500 km/s for m/s read as km/s).
+
+        Parameters
+        ----------
+        v : numpy.ndarray
+            The velocities, km/s.
+        vmax : float
+            The solver's largest velocity, km/s.
+        what : str
+            The model's name and file, for the message.
+        units : str
+            What the file was read as (:func:`devito_uq.io.read_velocity`).
+        """
+        lo, hi = float(v.min()), float(v.max())
+        if self.vmin <= lo and hi <= vmax:
+            return
+        if 0.3 <= lo / 1000 and hi / 1000 <= 20 and units.startswith("km/s"):
+            hint = "they look like m/s read as km/s: set model_units='m/s' (or 'auto')"
+        elif lo < 0.3 or hi > 20:  # no rock or fluid: the unit is wrong, not the bounds
+            hint = "no medium is that slow or fast: state the file's model_units"
+        else:
+            hint = (
+                f"set vmin <= {lo:.4g} and vmax >= {hi:.4g} (the solver's time step shrinks "
+                "as 1/vmax)"
+            )
+        raise InvalidArgumentError(
+            f"{what} velocities {lo:.4g}..{hi:.4g} km/s (read as {units}) leave "
+            f"[vmin={self.vmin}, vmax={vmax}]; {hint}"
+        )
+
+
+@dataclass
+class ModelUnits:
+    """The unit of the model files a command reads (:func:`devito_uq.io.read_velocity`)."""
+
+    model_units: str = knob(
+        "auto",
+        "unit of the model SEG-Y files: 'auto' (from the magnitude: km/s, m/s, or squared "
+        "slowness s2/km2 or s2/m2; reported), 'km/s', 'm/s', 's2/km2' or 's2/m2'",
+    )
+
+    def check_model_units(self) -> None:
+        """Raise :class:`~devito_uq.errors.InvalidArgumentError` for an unknown unit."""
+        # lazy: the SEG-Y module is needed only when a command runs, not for --help
+        from devito_uq.io.segy_image import MODEL_UNITS
+
+        check_choice("model_units", self.model_units, ("auto", *MODEL_UNITS))
 
 
 @dataclass

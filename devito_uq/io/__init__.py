@@ -16,6 +16,7 @@ _WHERE = {
     "format_segy_info": "devito_uq.io.segy_inspect",
     "write_image": "devito_uq.io.segy_image",
     "read_image": "devito_uq.io.segy_image",
+    "read_velocity": "devito_uq.io.segy_image",
     "check_image": "devito_uq.io.segy_image",
     "image_quantity": "devito_uq.io.segy_image",
     "save_checkpoint": "devito_uq.io.checkpoint",

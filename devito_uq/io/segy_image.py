@@ -43,7 +43,14 @@ from devito_uq.io.segy_encode import (
     _text_header,
 )
 
-__all__ = ["check_image", "image_quantity", "read_image", "write_image"]
+__all__ = [
+    "MODEL_UNITS",
+    "check_image",
+    "image_quantity",
+    "read_image",
+    "read_velocity",
+    "write_image",
+]
 
 _T = TraceField
 _INT16 = (-32768, 32767)
@@ -235,3 +242,65 @@ def image_quantity(path: str | os.PathLike) -> str | None:
             value = body[len(_QUANTITY) :]
             return None if value == "not stated" else value
     return None
+
+
+#: Units a velocity model may come in: name → (km/s from the stored value, median range
+#: that detects it). Squared slowness ``m`` gives ``1/√m``.
+MODEL_UNITS = {
+    "km/s": (lambda a: a, (1.0, 20.0)),
+    "m/s": (lambda a: a / 1000.0, (100.0, 20000.0)),
+    "s2/km2": (lambda a: 1.0 / np.sqrt(a), (0.0025, 1.0)),
+    "s2/m2": (lambda a: 1e-3 / np.sqrt(a), (2.5e-9, 1e-6)),
+}
+
+
+def read_velocity(
+    path: str | os.PathLike, units: str = "auto"
+) -> tuple[np.ndarray, tuple[float, float], tuple[float, float], str]:
+    """Read a model image (:func:`read_image`) as velocity in km/s, whatever it stores.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A SEG-Y image, ``[nx, nz]``, any origin.
+    units : str
+        ``"auto"`` (detected from the median value: km/s in 1–20, m/s in 100–20,000,
+        squared slowness s²/km² in 0.0025–1 or s²/m² in 2.5·10⁻⁹–10⁻⁶) or one of
+        :data:`MODEL_UNITS`.
+
+    Returns
+    -------
+    v : numpy.ndarray
+        ``[nx, nz]`` float32 velocity, km/s.
+    spacing, origin : tuple of float
+        m.
+    units : str
+        What the file held (``"m/s (detected)"`` when detected).
+
+    Raises
+    ------
+    SegyError
+        A bad file, non-finite or non-positive values, ``units`` unknown, or (``"auto"``)
+        a median no unit explains (the message names it and asks for ``model_units``).
+    """
+    if units != "auto" and units not in MODEL_UNITS:
+        raise SegyError(f"model_units={units!r} must be 'auto' or one of {sorted(MODEL_UNITS)}")
+    a, spacing, origin = read_image(path)
+    if not np.all(np.isfinite(a)) or a.min() <= 0:
+        raise SegyError(
+            f"{str(path)!r} holds non-positive or non-finite values ({np.nanmin(a):.4g}): "
+            "not a velocity or squared-slowness model"
+        )
+    label = units
+    if units == "auto":
+        median = float(np.median(a))
+        found = [k for k, (_, (lo, hi)) in MODEL_UNITS.items() if lo <= median <= hi]
+        if len(found) != 1:
+            raise SegyError(
+                f"{str(path)!r}: median value {median:.4g} is not a velocity in km/s (1-20) "
+                "or m/s (100-20000) nor a squared slowness in s2/km2 (0.0025-1) or s2/m2; "
+                f"state model_units ({', '.join(sorted(MODEL_UNITS))})"
+            )
+        units, label = found[0], f"{found[0]} (detected)"
+    v = MODEL_UNITS[units][0](a.astype(np.float64))
+    return v.astype(np.float32), spacing, origin, label

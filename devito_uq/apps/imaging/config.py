@@ -27,6 +27,7 @@ from devito_uq.apps import knob as _knob
 from devito_uq.apps.pieces import (
     ImagePrior,
     LowestVelocity,
+    ModelUnits,
     ShotHeaders,
     SurfaceSurvey,
     WaveSolver,
@@ -51,14 +52,21 @@ def _fields_dict(obj: Any) -> dict[str, Any]:
     return dataclasses.asdict(obj)
 
 
+def _number(name: str, value: Any) -> float:
+    """``value`` of a number-or-``'auto'`` field as a float, or a refusal naming it."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidArgumentError(f"{name}={value!r} must be a number or 'auto'")
+    return float(value)
+
+
 @dataclass
-class SimulateConfig(SurfaceSurvey, WaveSolver, LowestVelocity):
+class SimulateConfig(SurfaceSurvey, WaveSolver, LowestVelocity, ModelUnits):
     """Model and acquisition of a synthetic survey (``devito-uq simulate``)."""
 
     model: str = _knob(
         "marmousi",
-        "true velocity: 'marmousi' (the shipped Marmousi-II model) or a SEG-Y image (km/s) "
-        "written by devito_uq.io.write_image",
+        "true velocity: 'marmousi' (the shipped Marmousi-II model) or a SEG-Y image in "
+        "model_units (x in CDP_X, depth down the samples, any origin: devito_uq.io.write_image)",
     )
     data: str = _knob(
         "nonlinear",
@@ -69,6 +77,22 @@ class SimulateConfig(SurfaceSurvey, WaveSolver, LowestVelocity):
         20.0, "signal-to-noise ratio of the scattered data (shots minus background shots), dB"
     )
     seed: int = _knob(1, "noise seed")
+    z_start: float | str = _knob(
+        "auto",
+        "depth of the window's top, m, in the model's depth frame (on its grid; 'auto': the "
+        "model's first depth)",
+    )
+    src_depth: float | str = _knob(
+        "auto", "source depth, m (z down; 'auto': two grid cells below the window's top)"
+    )
+    rec_depth: float | str = _knob(
+        "auto", "receiver depth, m (z down; 'auto': one grid cell below the window's top)"
+    )
+    record_delay: float = _knob(
+        0.0,
+        "time of the first recorded sample, ms (SEG-Y DelayRecordingTime: whole ms; the "
+        "source fires at 0)",
+    )
 
     @classmethod
     def short(cls, **overrides: Any) -> SimulateConfig:
@@ -82,10 +106,20 @@ class SimulateConfig(SurfaceSurvey, WaveSolver, LowestVelocity):
         self.check_wave_solver()
         self.check_survey_grid(self.nbl)
         self.check_lowest_velocity(self.vmax)
+        self.check_model_units()
         check_scalar("snr_db", self.snr_db)
         check_choice("data", self.data, ("nonlinear", "born"))
         check_int("nreceivers", self.nreceivers, minimum=2)
         check_int("seed", self.seed)
+        for name in ("z_start", "src_depth", "rec_depth"):
+            if getattr(self, name) != "auto":
+                check_scalar(name, _number(name, getattr(self, name)))
+        check_in_range("record_delay", self.record_delay, -32768.0, 32767.0)
+        if self.record_delay != round(self.record_delay) or self.record_delay >= self.t1:
+            raise InvalidArgumentError(
+                f"record_delay={self.record_delay} ms must be a whole number of ms (SEG-Y "
+                f"stores it so) below t1={self.t1}"
+            )
         if round(self.data_dt * 1000) != self.data_dt * 1000:  # before any solve
             raise InvalidArgumentError(
                 f"data_dt={self.data_dt} ms must be a whole number of µs: SEG-Y stores the "
@@ -104,19 +138,35 @@ class SimulateConfig(SurfaceSurvey, WaveSolver, LowestVelocity):
 
 
 @dataclass
-class InvertConfig(WaveSolver, LowestVelocity, ImagePrior, ShotHeaders):
+class InvertConfig(WaveSolver, LowestVelocity, ImagePrior, ShotHeaders, ModelUnits):
     """The posterior of a 2D survey (``devito-uq invert``)."""
 
     shots: str = _knob("shots.sgy", "SEG-Y shot records (relative paths: inside --out)")
     background: str = _knob(
         "background.sgy",
-        "SEG-Y velocity image (km/s) of the background (born) or starting model (fwi); "
-        "it sets the grid",
+        "SEG-Y velocity image (model_units) of the background (born) or starting model "
+        "(fwi); it sets the grid and its origin",
     )
-    truth: str = _knob("true_model.sgy", "SEG-Y true velocity for the metrics ('': none)")
+    truth: str = _knob(
+        "true_model.sgy", "SEG-Y true velocity (model_units) for the metrics ('': none)"
+    )
     problem: str = _knob("born", "'born' (linearized image δm around the background) or 'fwi'")
-    sigma: float = _knob(
-        0.0, "noise standard deviation of the data (0: from acquisition.json beside the shots)"
+    sigma: float | str = _knob(
+        0.0,
+        "noise standard deviation of the data (0: from acquisition.json beside the shots; "
+        "'auto': estimated from the samples before the first arrivals, as devito-uq info "
+        "reports it)",
+    )
+    sigma_inflation: float | str = _knob(
+        1.0,
+        "factor on sigma (>= 1), or 'auto': when the data misfit at the MAP says the "
+        "Gaussian-noise model does not hold (summary.json model_check), sigma is inflated "
+        "by the measured misfit and linearization error and the MAP and Laplace redone",
+    )
+    fixed_water: bool = _knob(
+        False,
+        "hold the background's water layer fixed (the leading run of its top velocity, "
+        "<= 1.55 km/s, in each column) in both problems, and leave it out of the metrics",
     )
     prior: str = _knob(
         "gaussian",
@@ -197,9 +247,15 @@ class InvertConfig(WaveSolver, LowestVelocity, ImagePrior, ShotHeaders):
         self.check_lowest_velocity(self.vmax)
         self.check_image_prior()
         self.check_shot_headers()
+        self.check_model_units()
         for name in ("tv_weight", "lr"):
             check_positive_scalar(name, getattr(self, name))
-        check_in_range("sigma", self.sigma, 0.0, float("inf"))
+        if self.sigma != "auto":
+            check_in_range("sigma", _number("sigma", self.sigma), 0.0, float("inf"))
+        if self.sigma_inflation != "auto":
+            check_in_range(
+                "sigma_inflation", _number("sigma_inflation", self.sigma_inflation), 1.0, 1e6
+            )
         for name in (
             "flow_levels",
             "flow_steps",
@@ -232,6 +288,8 @@ class InvertConfig(WaveSolver, LowestVelocity, ImagePrior, ShotHeaders):
             raise InvalidArgumentError(f"amortized={self.amortized!r} must be a path or ''")
         if not isinstance(self.correct, bool):
             raise InvalidArgumentError(f"correct={self.correct!r} must be true or false")
+        if not isinstance(self.fixed_water, bool):
+            raise InvalidArgumentError(f"fixed_water={self.fixed_water!r} must be true or false")
         if not isinstance(self.overwrite, bool):
             raise InvalidArgumentError(f"overwrite={self.overwrite!r} must be true or false")
         if self.correct and not self.amortized:
@@ -338,6 +396,14 @@ class InfoConfig(ShotHeaders):
     it with the same ``convention``, ``datum`` and ``line_tolerance``."""
 
     segy: str = _knob("", "SEG-Y file to describe")
+    f0: float = _knob(
+        8.0, "Ricker peak frequency of the source, Hz (when its wavelet starts: the noise estimate)"
+    )
+    vmax: float = _knob(
+        4.8,
+        "fastest velocity of the medium, km/s: samples before onset + offset/vmax give the "
+        "noise estimate (sigma = 'auto' of invert)",
+    )
 
     @classmethod
     def short(cls, **overrides: Any) -> InfoConfig:
@@ -347,6 +413,8 @@ class InfoConfig(ShotHeaders):
         if not isinstance(self.segy, str) or not self.segy:
             raise InvalidArgumentError("give the SEG-Y file: devito-uq info FILE.sgy")
         self.check_shot_headers()
+        for name in ("f0", "vmax"):
+            check_positive_scalar(name, getattr(self, name))
         return self
 
     def to_dict(self) -> dict[str, Any]:

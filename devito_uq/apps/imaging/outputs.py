@@ -18,13 +18,14 @@ from __future__ import annotations
 import csv
 import json
 import os
+import warnings
 from typing import Any
 
 import numpy as np
 import torch
 
 from devito_uq.apps.imaging.posterior import ImagingPosterior
-from devito_uq.errors import InvalidArgumentError
+from devito_uq.errors import DevitoUQWarning, InvalidArgumentError
 from devito_uq.inference import summarize
 from devito_uq.inference.diagnostics import images as metrics
 from devito_uq.io import write_image
@@ -35,6 +36,7 @@ from devito_uq.parallel import rank_and_size
 __all__ = [
     "RUN_FILES",
     "QUANTITIES",
+    "bounded_velocity",
     "check_run_kind",
     "UNKNOWNS",
     "summary_metrics",
@@ -167,8 +169,50 @@ def _velocity(m: torch.Tensor) -> np.ndarray:
     return m.double().clamp_min(1e-6).rsqrt().numpy()
 
 
+def bounded_velocity(
+    m: torch.Tensor, bounds: tuple[float, float] | None
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """The velocity of the squared slowness ``m``, clipped to ``bounds``, and what was clipped.
+
+    A Born mean ``m0 + E δm`` may leave the physical range (``≤ 0`` where the image is
+    stronger than the background): such pixels are never written as a velocity.
+
+    Parameters
+    ----------
+    m : torch.Tensor
+        ``[nx, nz]`` squared slowness, s²/km².
+    bounds : tuple of float or None
+        ``(vmin, vmax)``, km/s (``None``: ``(0.1, 100)``, beyond any rock).
+
+    Returns
+    -------
+    v : numpy.ndarray
+        ``[nx, nz]`` float64 velocity inside the bounds, km/s.
+    report : dict
+        ``pixels`` outside the bounds (clipped), their ``fraction``, ``non_positive`` (the
+        pixels with ``m ≤ 0``) and ``bounds_km_s``.
+    """
+    vmin, vmax = bounds if bounds is not None else (0.1, 100.0)
+    m = m.double()
+    lo, hi = 1.0 / vmax**2, 1.0 / vmin**2
+    outside = (m < lo) | (m > hi)
+    report = {
+        "pixels": int(outside.sum()),
+        "fraction": float(outside.double().mean()),
+        "non_positive": int((m <= 0).sum()),
+        "bounds_km_s": [float(vmin), float(vmax)],
+    }
+    return m.clamp(lo, hi).rsqrt().numpy(), report
+
+
 def summary_metrics(
-    post: ImagingPosterior, mean: np.ndarray, std: np.ndarray, lo: np.ndarray, hi: np.ndarray
+    post: ImagingPosterior,
+    mean: np.ndarray,
+    std: np.ndarray,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    velocity_bounds: tuple[float, float] | None = None,
+    water: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """The metrics of ``summary.json``, from the posterior's statistics.
 
@@ -183,16 +227,27 @@ def summary_metrics(
     mean, std, lo, hi : numpy.ndarray
         ``[nx, nz]`` mean, std, 5 % and 95 % quantiles in the output unit
         (:meth:`ImagingPosterior.to_output_unit`).
+    velocity_bounds : tuple of float or None
+        ``(vmin, vmax)`` km/s: (born) the mean velocity is clipped to them
+        (:func:`bounded_velocity`).
+    water : numpy.ndarray or None
+        ``[nx, nz]`` bool, the water held fixed: the coverage and relative L2 are then over
+        the pixels below the water bottom (SSIM over the whole image, the water being equal
+        in both), and ``truth_inside_90pct_band_per_depth`` lists the coverage of each depth
+        row there (``None`` for a row of water only).
 
     Returns
     -------
     dict
     """
     illum = post.illumination.double().numpy()
+    keep = np.ones(illum.shape, bool) if water is None else ~np.asarray(water, bool)
     res: dict[str, Any] = {
-        "mean_std": float(std.mean()),
-        "std_vs_illumination_correlation": metrics.correlation(std, illum),
-        "log_std_vs_log_illumination_correlation": metrics.correlation(np.log(std), np.log(illum)),
+        "mean_std": float(std[keep].mean()),
+        "std_vs_illumination_correlation": metrics.correlation(std[keep], illum[keep]),
+        "log_std_vs_log_illumination_correlation": metrics.correlation(
+            np.log(std[keep]), np.log(illum[keep])
+        ),
     }
     if post.truth is None:
         return res
@@ -200,20 +255,28 @@ def summary_metrics(
     m0 = post.m0.double()
     v_true = _velocity(m0 + post.truth) if post.kind == "born" else truth
     v0 = _velocity(m0)
-    v_mean = _velocity(m0 + torch.from_numpy(mean)) if post.kind == "born" else mean
+    born_mean = m0 + torch.from_numpy(mean)
+    v_mean = bounded_velocity(born_mean, velocity_bounds)[0] if post.kind == "born" else mean
+    inside = (truth >= lo) & (truth <= hi)
     res.update(
-        truth_inside_90pct_band=metrics.coverage(lo, hi, truth),
+        truth_inside_90pct_band=float(inside[keep].mean()),
         velocity_relative_l2={
-            "start": metrics.relative_l2(v0, v_true),
-            "posterior_mean": metrics.relative_l2(v_mean, v_true),
+            "start": metrics.relative_l2(v0[keep], v_true[keep]),
+            "posterior_mean": metrics.relative_l2(v_mean[keep], v_true[keep]),
         },
         velocity_ssim={
             "start": metrics.ssim(v0, v_true),
             "posterior_mean": metrics.ssim(v_mean, v_true),
         },
     )
+    if water is not None:
+        res["metrics_over"] = f"{int(keep.sum())} pixels below the water bottom"
+        res["truth_inside_90pct_band_per_depth"] = [
+            float(inside[:, k][keep[:, k]].mean()) if keep[:, k].any() else None
+            for k in range(truth.shape[1])
+        ]
     if post.kind == "born":
-        res["image_relative_l2"] = metrics.relative_l2(mean, truth)
+        res["image_relative_l2"] = metrics.relative_l2(mean[keep], truth[keep])
         res["image_ssim"] = metrics.ssim(mean, truth)
     return res
 
@@ -225,6 +288,8 @@ def write_outputs(
     seed: int = 0,
     figures: bool = True,
     comm: Any = None,
+    velocity_bounds: tuple[float, float] | None = None,
+    water: torch.Tensor | None = None,
 ) -> dict[str, Any]:
     """Draw ``n_samples``, write the images, samples and figures (rank 0).
 
@@ -242,25 +307,55 @@ def write_outputs(
         Write the PNG figures.
     comm : mpi4py communicator or None
         Only rank 0 writes.
+    velocity_bounds : tuple of float or None
+        ``(vmin, vmax)`` km/s of ``velocity_mean.sgy`` (born): pixels outside are clipped,
+        counted in ``velocity_mean_clipped`` and named in one warning line.
+    water : torch.Tensor or None
+        ``[nx, nz]`` bool, the water held fixed: every sample holds the background there
+        (born: ``δm = 0``), and the metrics leave it out (:func:`summary_metrics`).
 
     Returns
     -------
     dict
-        ``unknown``, ``n_samples``, ``metrics`` (:func:`summary_metrics`); on rank 0 also
-        ``files`` and ``figures``.
+        ``unknown``, ``n_samples``, ``metrics`` (:func:`summary_metrics`), for born
+        ``velocity_mean_clipped``; on rank 0 also ``files`` and ``figures``.
     """
 
     samples = post.to_output_unit(post.sample(n_samples, seed))
+    if water is not None:  # the known water: the background, exactly
+        held = torch.zeros_like(post.m0) if post.kind == "born" else post.m0
+        samples[:, water] = post.to_output_unit(held)[water].to(samples.dtype)
     s = summarize(samples.double(), quantiles=(0.05, 0.5, 0.95))
     mean, std = s.mean.numpy(), s.std.numpy()
     q = s.quantiles.numpy()
     summary = {
         "unknown": "image δm, s²/km²" if post.kind == "born" else "velocity, km/s",
         "n_samples": n_samples,
-        "metrics": summary_metrics(post, mean, std, q[0], q[2]),
+        "metrics": summary_metrics(
+            post,
+            mean,
+            std,
+            q[0],
+            q[2],
+            velocity_bounds,
+            None if water is None else water.numpy(),
+        ),
     }
+    v_mean = None
+    if post.kind == "born":
+        v_mean, clipped = bounded_velocity(post.m0.double() + s.mean, velocity_bounds)
+        summary["velocity_mean_clipped"] = clipped
     if rank_and_size(comm)[0] != 0:
         return summary
+    if v_mean is not None and clipped["pixels"]:
+        warnings.warn(
+            f"velocity_mean.sgy: {clipped['pixels']} of {v_mean.size} pixels "
+            f"({100 * clipped['fraction']:.1f} %) of m0 + mean dm leave [vmin, vmax] = "
+            f"{clipped['bounds_km_s']} km/s ({clipped['non_positive']} non-positive) and are "
+            "clipped to them: the Born image is larger than the background allows there",
+            DevitoUQWarning,
+            stacklevel=2,
+        )
     images = {
         "posterior_mean": mean,
         "posterior_std": std,
@@ -268,13 +363,13 @@ def write_outputs(
         "posterior_q50": q[1],
         "posterior_q95": q[2],
     }
-    if post.kind == "born":
-        images["velocity_mean"] = _velocity(post.m0.double() + s.mean)
+    if v_mean is not None:
+        images["velocity_mean"] = v_mean
     for name, img in images.items():
         quantity = (
             f"{QUANTITIES[name]} {UNKNOWNS[post.kind]}"
             if name in QUANTITIES
-            else "velocity 1/sqrt(m0 + mean dm), km/s"
+            else "velocity 1/sqrt(m0 + mean dm) in [vmin, vmax], km/s"
         )
         write_image(os.path.join(out, f"{name}.sgy"), img, post.spacing, post.origin, quantity)
     save_checkpoint(os.path.join(out, "posterior_samples.pt"), {"samples": samples})

@@ -33,7 +33,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from devito_uq.apps.imaging.noise import MIN_WINDOW_SAMPLES, noise_sigma, pre_arrival_sigma
 from devito_uq.apps.imaging.posterior import load_posterior
+from devito_uq.apps.scenarios import water_mask
 from devito_uq.errors import InvalidArgumentError
 from devito_uq.inference import (
     CorrelatedGaussianPrior,
@@ -42,18 +44,18 @@ from devito_uq.inference import (
     TotalVariationPrior,
 )
 from devito_uq.inference.likelihood import RankSummedLikelihood
-from devito_uq.io import read_image, read_shots
-from devito_uq.io._files import check_input_file, read_input_json
+from devito_uq.io import read_shots, read_velocity
+from devito_uq.io._files import check_input_file
 from devito_uq.parallel import ShotDistribution
 from devito_uq.physics import AcousticModel, AcousticModeling, BornModeling
 from devito_uq.physics.model import squared_slowness
 from devito_uq.physics.solver import cached_solvers
 
 __all__ = [
+    "HeldFixed",
     "ImagingProblem",
     "build_problem",
     "make_prior",
-    "noise_sigma",
     "pde_solve_report",
     "pde_solves",
     "resolve_path",
@@ -80,6 +82,8 @@ class ImagingProblem:
         This rank's shot indices in the file.
     d_background : torch.Tensor or None
         (born) ``F(m0)`` of those shots, ``[shot, time, receiver]``.
+    water : torch.Tensor or None
+        ``[nx, nz]`` bool, the water held fixed (``fixed_water``), or ``None``.
     """
 
     kind: str
@@ -100,10 +104,36 @@ class ImagingProblem:
     comm: Any
     report: dict[str, Any]
     d_background: torch.Tensor | None = None
+    water: torch.Tensor | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
         return tuple(self.m0.shape)
+
+
+class HeldFixed(nn.Module):
+    """``m ↦ F(m)`` with ``m`` replaced by ``fill`` where ``mask`` (known water): those
+    pixels then reach neither the data nor the gradient.
+
+    Parameters
+    ----------
+    operator : torch.nn.Module
+        ``F``, ``[batch, nx, nz] -> [batch, shot, time, receiver]``, accepting ``shots=``.
+    mask : torch.Tensor
+        ``[nx, nz]`` bool, True where held.
+    fill : torch.Tensor
+        ``[nx, nz]`` the held values (born: 0; fwi: ``m0``), s²/km².
+    """
+
+    def __init__(self, operator: nn.Module, mask: torch.Tensor, fill: torch.Tensor) -> None:
+        super().__init__()
+        self.operator = operator
+        self.register_buffer("mask", mask)
+        self.register_buffer("fill", fill)
+
+    def forward(self, m: torch.Tensor, shots: Any = None) -> torch.Tensor:
+        held = torch.where(self.mask, self.fill.to(m), m)
+        return self.operator(held) if shots is None else self.operator(held, shots=shots)
 
 
 def resolve_path(path: str, base: str | os.PathLike) -> Path:
@@ -122,39 +152,6 @@ def resolve_path(path: str, base: str | os.PathLike) -> Path:
     """
     p = Path(path).expanduser()
     return p if p.is_absolute() else Path(base) / p
-
-
-def noise_sigma(config: Any, shots_path: Path) -> float:
-    """The data's noise standard deviation.
-
-    Parameters
-    ----------
-    config : InvertConfig
-        ``sigma`` (> 0: the answer; 0: read it from the file).
-    shots_path : pathlib.Path
-        The shots file; ``acquisition.json`` beside it holds ``noise_sigma``.
-
-    Returns
-    -------
-    float
-
-    Raises
-    ------
-    InvalidArgumentError
-        ``sigma = 0`` and ``acquisition.json`` is missing or has no ``noise_sigma``.
-    """
-    if config.sigma > 0:
-        return float(config.sigma)
-    sidecar = shots_path.parent / "acquisition.json"
-    try:  # a regular file, size-bounded, decoded with one-line errors
-        return float(
-            read_input_json(sidecar, "acquisition.json", InvalidArgumentError)["noise_sigma"]
-        )
-    except (InvalidArgumentError, KeyError, TypeError, ValueError):
-        raise InvalidArgumentError(
-            f"sigma=0 asks for the noise level from {str(sidecar)!r}, which is missing, "
-            "unreadable or has no 'noise_sigma'; give sigma (the data's noise standard deviation)"
-        ) from None
 
 
 def build_problem(config: Any, base: str | os.PathLike, comm: Any = None) -> ImagingProblem:
@@ -185,20 +182,15 @@ def build_problem(config: Any, base: str | os.PathLike, comm: Any = None) -> Ima
     bg_path = resolve_path(config.background, base)
     check_input_file(shots_path, "shots file", InvalidArgumentError)
     check_input_file(bg_path, "background model", InvalidArgumentError)
-    v0, spacing, origin = read_image(bg_path)
-    if not (np.all(np.isfinite(v0)) and v0.min() > 0):
-        raise InvalidArgumentError(f"background {str(bg_path)!r} holds non-positive velocities")
-    if v0.min() < config.vmin or v0.max() > config.vmax:
-        raise InvalidArgumentError(
-            f"background velocities {v0.min():.3f}..{v0.max():.3f} km/s leave "
-            f"[vmin={config.vmin}, vmax={config.vmax}]"
-        )
+    v0, spacing, origin, units = read_velocity(bg_path, config.model_units)
+    config.check_model_velocity(v0, config.vmax, f"background {str(bg_path)!r}", units)
     v_true = truth = None
+    model_units = {"background": units}
     if config.truth:
         truth_path = check_input_file(
             resolve_path(config.truth, base), "true model", InvalidArgumentError
         )
-        vt, sp_t, _ = read_image(truth_path)
+        vt, sp_t, _, model_units["truth"] = read_velocity(truth_path, config.model_units)
         if vt.shape != v0.shape or not np.allclose(sp_t, spacing):
             raise InvalidArgumentError(
                 f"truth {config.truth!r} has grid {vt.shape} at {sp_t} m; the background has "
@@ -215,13 +207,31 @@ def build_problem(config: Any, base: str | os.PathLike, comm: Any = None) -> Ima
     nshots = int(probe.segy_report["nshots_in_file"])
     mine = ShotDistribution(nshots, comm).shots
     m0 = torch.from_numpy(squared_slowness(v0.astype(np.float64))).float()
-    local = survey = d_background = None
-    data = torch.zeros(0)
+    local = survey = d_background = d = None
     op: nn.Module | None = None
     if mine:
         survey, d = read_shots(
             shots_path, f0_hz=config.f0, model=model, vmax=config.vmax, shots=mine, **headers
         )
+    given = "acquisition.json" if sigma != config.sigma else "config"
+    noise: dict[str, Any] = {"sigma_from": given}
+    if sigma is None:  # sigma = "auto": every rank joins the sum, before any solve
+        noise = pre_arrival_sigma(survey, d, config.vmax, comm)
+        if noise["samples"] < MIN_WINDOW_SAMPLES:
+            raise InvalidArgumentError(
+                f"sigma='auto' found {noise['samples']} samples before the first arrivals "
+                f"(t < onset + offset/vmax, vmax={config.vmax} km/s), fewer than "
+                f"{MIN_WINDOW_SAMPLES}; give sigma (the data's noise standard deviation)"
+            )
+        sigma = noise["sigma"]
+        noise["sigma_from"] = "estimate"
+    noise["sigma_before_inflation"] = sigma
+    sigma *= 1.0 if config.sigma_inflation == "auto" else float(config.sigma_inflation)
+    water = None
+    if config.fixed_water:  # the background's water layer (scenarios.water_mask)
+        water = torch.from_numpy(water_mask(v0))
+    data = torch.zeros(0)
+    if mine:
         data = torch.from_numpy(d)
         mask = torch.from_numpy(survey.mask())[:, None, :]
         if config.problem == "born":
@@ -231,6 +241,8 @@ def build_problem(config: Any, base: str | os.PathLike, comm: Any = None) -> Ima
             op = BornModeling(model, survey, m0)
         else:
             op = AcousticModeling(model, survey)
+        if water is not None and water.any():
+            op = HeldFixed(op, water, torch.zeros_like(m0) if config.problem == "born" else m0)
         local = GaussianLikelihood(op, data, sigma=sigma, mask=mask)
     # VI's random shot subsets (0 or ≥ nshots: all): the same on every rank (same seed).
     vi_shots = getattr(config, "vi_shots", 0)
@@ -252,7 +264,14 @@ def build_problem(config: Any, base: str | os.PathLike, comm: Any = None) -> Ima
         "spacing_m": list(spacing),
         "origin_m": list(origin),
         "noise_sigma": sigma,
+        "noise": noise,
+        "model_units": model_units,
     }
+    if water is not None:
+        report["water_held_fixed"] = {
+            "pixels": int(water.sum()),
+            "fraction": float(water.double().mean()),
+        }
     if survey is not None:
         report.update(
             solver_dt_ms=survey.dt, data_dt_ms=survey.data_axis.dt, nt_data=survey.nt_data
@@ -276,6 +295,7 @@ def build_problem(config: Any, base: str | os.PathLike, comm: Any = None) -> Ima
         comm,
         report,
         d_background,
+        water,
     )
 
 

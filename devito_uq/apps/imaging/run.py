@@ -31,6 +31,12 @@ import torch
 from devito_uq.apps import prepare_output
 from devito_uq.apps.imaging.config import NOT_IN_VI, ImagingConfig, InvertConfig
 from devito_uq.apps.imaging.curvature import laplace_baseline
+from devito_uq.apps.imaging.noise import (
+    checked_baseline,
+    linearization_error,
+    model_check_line,
+    set_noise_sigma,
+)
 from devito_uq.apps.imaging.outputs import (
     check_run_kind,
     write_history,
@@ -39,7 +45,6 @@ from devito_uq.apps.imaging.outputs import (
 )
 from devito_uq.apps.imaging.posterior import laplace_parameterization, make_flow, save_posterior
 from devito_uq.apps.imaging.problem import (
-    ImagingProblem,
     build_problem,
     make_prior,
     pde_solve_report,
@@ -52,13 +57,11 @@ from devito_uq.inference import VariationalPosterior
 from devito_uq.io import check_image
 from devito_uq.io._files import check_input_file, read_input_json
 from devito_uq.io.checkpoint import check_identity, load_checkpoint, save_checkpoint
-from devito_uq.parallel import allreduce_sum, rank_and_size
-from devito_uq.physics import AcousticModeling
+from devito_uq.parallel import rank_and_size
 
 __all__ = [
     "file_digest",
     "input_digests",
-    "linearization_error",
     "resolve_device",
     "run_imaging",
     "run_invert",
@@ -77,6 +80,7 @@ _NOT_IN_MAP = NOT_IN_VI | {
 }
 _AFRESH = "; run without --resume to start afresh"
 _CACHE_KEYS = ("identity", "map", "illumination", "sqrt", "eigenvalues", "eigenvectors")
+_CACHE_KEYS += ("model_check", "noise_sigma")
 
 
 def resolve_device(device: str) -> torch.device:
@@ -266,8 +270,8 @@ def run_invert(
     prior = make_prior(config, problem, out)
     timings: dict[str, float] = {"setup": time.perf_counter() - t_start}
     solves: dict[str, int] = {"setup": pde_solves()}
-    if cached is None:
-        base = laplace_baseline(problem, prior, config, progress)
+    if cached is None:  # with the noise model's check at the MAP (and σ inflated)
+        base = checked_baseline(problem, prior, config, progress, laplace_baseline)
         if rank == 0:
             save_checkpoint(
                 os.path.join(out, "map.pt"),
@@ -275,6 +279,11 @@ def run_invert(
             )
     else:
         base = cached
+        set_noise_sigma(problem, float(base["noise_sigma"]))
+    problem.report["noise_sigma"] = problem.sigma
+    check_line = model_check_line(base["model_check"])
+    if check_line is not None and rank == 0:  # before VI: the user may stop here
+        warnings.warn(check_line, DevitoUQWarning, stacklevel=2)
     timings.update(base["time_s"])
     solves.update(base["pde_solves"])
 
@@ -298,8 +307,16 @@ def run_invert(
     iters = config.iterations - vi.resumed_from
     posterior = save_posterior(out, vi, problem, base, config, write=rank == 0)
     summary = write_outputs(
-        out, posterior, config.n_samples, config.seed, figures=figures, comm=comm
+        out,
+        posterior,
+        config.n_samples,
+        config.seed,
+        figures=figures,
+        comm=comm,
+        velocity_bounds=(config.vmin, config.vmax),
+        water=problem.water,
     )
+    summary["model_check"] = base["model_check"]
     summary["vi"] = {
         "iterations": config.iterations,
         "iterations_this_run": iters,
@@ -336,7 +353,7 @@ def run_invert(
     summary["config"] = config.to_dict()
     if problem.truth is not None and problem.kind == "born":
         # How far the wave equation's data of the truth are from its Born data: the model
-        # error a Born posterior ignores (0 when the shots were simulated as Born data).
+        # error a Born posterior ignores (model_check estimates it at the MAP, no truth).
         summary["linearization_error"] = linearization_error(problem)
         summary["data_simulated_as"] = _simulated_as(config, out)
     if rank == 0:
@@ -354,34 +371,6 @@ def _simulated_as(config: InvertConfig, out: str) -> str:
         )
     except (InvalidArgumentError, KeyError, TypeError, ValueError):
         return "unknown"
-
-
-def linearization_error(problem: ImagingProblem) -> float:
-    """The model error a Born posterior ignores, over all shots (summed over ranks).
-
-    ``‖(F(m_true) − F(m0)) − J δm_true‖ / ‖F(m_true) − F(m0)‖`` on the live traces.
-
-    Parameters
-    ----------
-    problem : ImagingProblem
-        A born problem with a truth.
-
-    Returns
-    -------
-    float
-        0 when the shots were simulated as Born data.
-    """
-    num = den = torch.zeros((), dtype=torch.float64)
-    if problem.survey is not None:
-        F = AcousticModeling(problem.model, problem.survey)
-        with torch.no_grad():  # F(m0) was computed when the data were read
-            scattered = F(problem.m0 + problem.truth) - problem.d_background
-            born = problem.operator(problem.truth)
-        mask = torch.from_numpy(problem.survey.mask())[:, None, :]
-        num = ((scattered - born) * mask).double().pow(2).sum()
-        den = (scattered * mask).double().pow(2).sum()
-    pair = allreduce_sum(torch.stack([num, den]), problem.comm)
-    return float((pair[0] / pair[1]).sqrt())
 
 
 def run_imaging(

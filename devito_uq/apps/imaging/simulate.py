@@ -36,7 +36,7 @@ from devito_uq.apps.scenarios import (
 )
 from devito_uq.errors import DevitoUQWarning, InvalidArgumentError
 from devito_uq.inference import sigma_from_snr
-from devito_uq.io import check_image, read_image, write_image, write_shots
+from devito_uq.io import check_image, read_velocity, write_image, write_shots
 from devito_uq.io._atomic import atomic_path
 from devito_uq.io._files import check_input_file
 from devito_uq.parallel import ShotDistribution, allreduce_sum, my_shots, rank_and_size
@@ -50,7 +50,7 @@ __all__ = ["VELOCITY", "idle_ranks", "true_velocity", "run_simulate"]
 VELOCITY = "velocity, km/s"
 
 
-def true_velocity(config: SimulateConfig) -> tuple[np.ndarray, tuple[float, float]]:
+def true_velocity(config: SimulateConfig) -> tuple[np.ndarray, tuple[float, float], str]:
     """The true velocity on the inversion grid.
 
     Parameters
@@ -64,6 +64,8 @@ def true_velocity(config: SimulateConfig) -> tuple[np.ndarray, tuple[float, floa
         ``[nx, nz]`` float32 velocity, km/s.
     origin : tuple of float
         m.
+    units : str
+        What the model file held (:func:`devito_uq.io.read_velocity`).
 
     Raises
     ------
@@ -72,13 +74,23 @@ def true_velocity(config: SimulateConfig) -> tuple[np.ndarray, tuple[float, floa
     """
     if config.model == "marmousi":
         v = load_marmousi()
-        spacing, origin = (MARMOUSI_SPACING, MARMOUSI_SPACING), (0.0, 0.0)
+        spacing, origin, units = (MARMOUSI_SPACING, MARMOUSI_SPACING), (0.0, 0.0), "km/s"
     else:
         check_input_file(config.model, "model", InvalidArgumentError)
-        v, spacing, origin = read_image(config.model)
-    return resample_window(
+        v, spacing, origin, units = read_velocity(config.model, config.model_units)
+    if config.z_start != "auto":  # the window starts at a depth of the model's grid
+        k = (config.z_start - origin[1]) / spacing[1]
+        if abs(k - round(k)) > 1e-6 or not 0 <= round(k) < v.shape[1] - 1:
+            raise InvalidArgumentError(
+                f"z_start={config.z_start} m is not a depth of the model's grid "
+                f"({origin[1]:g}, {origin[1] + spacing[1]:g}, ... "
+                f"{origin[1] + spacing[1] * (v.shape[1] - 1):g} m)"
+            )
+        v, origin = v[:, round(k) :], (origin[0], origin[1] + round(k) * spacing[1])
+    v, origin = resample_window(
         v, spacing, origin, config.x_start, config.width, config.depth, config.spacing
     )
+    return v, origin, units
 
 
 def idle_ranks(nshots: int, comm: Any = None) -> list[int]:
@@ -109,14 +121,6 @@ def idle_ranks(nshots: int, comm: Any = None) -> list[int]:
             stacklevel=2,
         )
     return idle
-
-
-def _check_velocity(v: np.ndarray, config: SimulateConfig) -> None:
-    if not np.all(np.isfinite(v)) or v.min() < config.vmin or v.max() > config.vmax:
-        raise InvalidArgumentError(
-            f"the model's velocities {np.nanmin(v):.3f}..{np.nanmax(v):.3f} km/s leave "
-            f"[vmin={config.vmin}, vmax={config.vmax}]; widen them"
-        )
 
 
 def run_simulate(
@@ -158,23 +162,32 @@ def run_simulate(
     config.validate()
     t_start = time.perf_counter()
     rank, _ = rank_and_size(comm)
-    v_true, origin = true_velocity(config)
-    _check_velocity(v_true, config)
+    v_true, origin, units = true_velocity(config)
+    config.check_model_velocity(v_true, config.vmax, f"model {config.model!r}", units)
     spacing = (config.spacing, config.spacing)
     check_image(v_true.shape, spacing, origin, path=os.path.join(out, "true_model.sgy"))
     v0 = smooth_background(v_true, config.spacing, config.smoothing)
     model = AcousticModel(
         v_true.shape, spacing, origin, nbl=config.nbl, space_order=config.space_order
     )
+    depths = {k: getattr(config, k) for k in ("src_depth", "rec_depth")}
     line = Survey.surface(
-        model, config.nshots, config.nreceivers, t1=config.t1, f0_hz=config.f0, vmax=config.vmax
+        model,
+        config.nshots,
+        config.nreceivers,
+        t1=config.t1,
+        f0_hz=config.f0,
+        vmax=config.vmax,
+        **{k: None if v == "auto" else v for k, v in depths.items()},
     )
-    nt = int(np.floor(config.t1 / config.data_dt + 1e-9)) + 1
+    line.check_inside(model)  # depths inside the window, before any solve
+    t0 = config.record_delay
+    nt = int(np.floor((config.t1 - t0) / config.data_dt + 1e-9)) + 1
     survey = Survey.for_data(
         model,
         line.src_positions,
         line.rec_positions,
-        TimeAxis(0.0, config.data_dt, nt),
+        TimeAxis(t0, config.data_dt, nt),
         config.vmax,
         f0_hz=config.f0,
     )
@@ -208,9 +221,13 @@ def run_simulate(
         "nreceivers": config.nreceivers,
         "data_dt_ms": config.data_dt,
         "nt_data": survey.nt_data,
+        "record_delay_ms": t0,
+        "src_depth_m": float(line.src_positions[0, 1]),
+        "rec_depth_m": float(line.rec_positions[0][0, 1]),
         "solver_dt_ms": survey.dt,
         "wavelet": {"kind": "ricker", "f0_hz": config.f0},
         "velocity_range_km_s": [float(v_true.min()), float(v_true.max())],
+        "model_units": units,
         "config": config.to_dict(),
         "provenance": (
             "Marmousi-II (Martin, Wiley and Marfurt, 2006), Allied Geophysics Laboratory, "
