@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from devito_uq.apps.imaging.config import InvertConfig
 from devito_uq.apps.imaging.posterior import laplace_parameterization
-from devito_uq.apps.imaging.problem import ImagingProblem, pde_solves
+from devito_uq.apps.imaging.problem import HeldFixed, ImagingProblem, pde_solves
 from devito_uq.inference import (
     DiagonalSqrt,
     Parameterization,
@@ -94,6 +94,9 @@ def gauss_newton_operator(
             if problem.kind == "born"
             else BornModeling(problem.model, problem.survey, m)
         )
+        if problem.kind != "born" and problem.water is not None and problem.water.any():
+            # Known water is held fixed (the Born operator already is): no curvature there.
+            J = HeldFixed(J, problem.water, torch.zeros_like(problem.m0))
         mask = torch.from_numpy(problem.survey.mask())[:, None, :]
 
     def apply(v: torch.Tensor) -> torch.Tensor:
