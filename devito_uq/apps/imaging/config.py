@@ -180,7 +180,11 @@ class InvertConfig(WaveSolver, LowestVelocity, ImagePrior, ShotHeaders, ModelUni
     flow_levels: int = _knob(2, "multiscale levels (the grid is padded to a multiple of 2^L)")
     flow_steps: int = _knob(2, "flow steps per level")
     flow_hidden: int = _knob(32, "conditioner channels")
-    map_iterations: int = _knob(40, "L-BFGS iterations of the MAP estimate (the flow's centre)")
+    map_iterations: int = _knob(
+        40,
+        "L-BFGS iterations of the MAP estimate, the flow's centre (FWI; Born with a Gaussian "
+        "prior solves for it by CG to a relative residual of 1e-5 instead); 0: no MAP",
+    )
     probes: int = _knob(4, "random probes of the illumination diag(JᵀJ)/σ²")
     rank: int = _knob(
         1000,

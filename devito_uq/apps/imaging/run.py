@@ -340,16 +340,29 @@ def run_invert(
         "unknowns": int(problem.m0.numel()),
     }
     if lam.numel() < problem.m0.numel() and float(lam[-1]) > 1.0:
-        # The directions beyond the rank still carry information the start ignores: the MAP
-        # is not converged there and VI over-contracts (README, "where it stops being
-        # calibrated"); say so where the user looks.
+        # The directions beyond the rank still carry information the start ignores: it keeps
+        # the prior's spread there and VI over-contracts from it (docs/results/imaging.md,
+        # "where it stops being calibrated"); say so where the user looks.
         message = (
             f"Laplace rank {lam.numel()} of {problem.m0.numel()} unknowns stops at eigenvalue "
-            f"{float(lam[-1]):.3g} > 1: the posterior is not calibrated; raise rank"
+            f"{float(lam[-1]):.3g} > 1: the error bars are not calibrated (the start keeps the "
+            f"prior's spread beyond the rank); raise rank (rank {problem.m0.numel()}: exact)"
         )
         summary["laplace"]["warning"] = message
         if rank == 0:
             warnings.warn(message, DevitoUQWarning, stacklevel=2)
+    solve = base.get("map_solve")
+    if solve is not None:  # the Born MAP by CG: its residual says whether it is the mean
+        summary["map"] = dict(solve)
+        if not solve["converged"]:
+            message = (
+                f"the Born MAP's CG stopped at relative residual {solve['relative_residual']:.2g}"
+                f" > {solve['rtol']:g} after {solve['iterations']} Gauss-Newton products: the "
+                "posterior mean is not converged; raise rank (a better preconditioner)"
+            )
+            summary["map"]["warning"] = message
+            if rank == 0:
+                warnings.warn(message, DevitoUQWarning, stacklevel=2)
     summary["config"] = config.to_dict()
     if problem.truth is not None and problem.kind == "born":
         # How far the wave equation's data of the truth are from its Born data: the model
