@@ -5,7 +5,12 @@ import pytest
 import torch
 from checks import dot_test, slopes, taylor_test
 
-from devito_uq.errors import InvalidArgumentError, InvalidSurveyError, StabilityError
+from devito_uq.errors import (
+    InsufficientMemoryError,
+    InvalidArgumentError,
+    InvalidSurveyError,
+    StabilityError,
+)
 from devito_uq.physics import AcousticModel, AcousticModeling, BornModeling, Survey, ricker
 from devito_uq.physics.resample import TimeAxis
 from devito_uq.physics.survey import pad_traces
@@ -179,3 +184,13 @@ def test_dead_trace_mask_born_dot_test(model):
         return g
 
     assert dot_test(J, adjoint, x, y) < 1e-10
+
+
+def test_an_absurd_vmax_is_refused_before_its_resampling_matrix_is_built():
+    """vmax = 10⁶ km/s makes the stable step tiny: the dense solver-to-data matrix
+    (tens of GiB) is refused by size, not attempted (a MemoryError is not an answer)."""
+    model = AcousticModel((31, 21), (10.0, 10.0), nbl=10, space_order=4)
+    src = np.array([[150.0, 10.0]])
+    rec = np.stack([np.linspace(0.0, 300.0, 11), np.full(11, 10.0)], axis=1)
+    with pytest.raises(InsufficientMemoryError, match="resampling matrix"):
+        Survey.for_data(model, src, rec, TimeAxis(0.0, 2.0, 501), vmax=1e6, f0_hz=15.0)

@@ -201,6 +201,11 @@ class Survey:
             raise _err(f"data_axis must be a TimeAxis; got {type(data_axis).__name__}")
         self.data_axis = self.solver_axis if data_axis is None else data_axis
         same = self.data_axis.same_as(self.solver_axis)
+        if not same:  # the dense [nt_data, nt] float64 matrix below (a huge vmax: a tiny dt)
+            check_allocation(
+                f"a solver-to-data resampling matrix of {self.data_axis.nt} × {self.nt}",
+                int(self.data_axis.nt) * int(self.nt) * 8,
+            )
         # None when the axes coincide: the operators then skip resampling entirely.
         self._resampling = None if same else resampling_matrix(self.solver_axis, self.data_axis)
         self.wavelet = self._make_wavelet(f0_hz, wavelet, delay, wavelet_dt, wavelet_t0)
