@@ -436,3 +436,14 @@ def test_born_map_is_the_exact_posterior_mean_at_any_rank(survey_dir, rank):
         capped, report = born_map(problem, prior, sqrt, gn, lam, vec, maxiter=2)
         assert not report["converged"] and report["iterations"] == 2
         assert float((capped.double() - mean).norm() / mean.norm()) > 10 * err
+
+
+def test_the_curvature_cost_is_estimated_before_it_is_spent(born_run):
+    """summary.json keeps the estimate said before the Laplace phase: its products are the
+    eigensolver's (N at full rank) and the measured time per product is positive."""
+    _, summary = born_run
+    est = summary["laplace"]["estimate_before"]
+    assert est["gauss_newton_products"] == NX * NZ
+    assert est["seconds_per_product"] > 0
+    assert est["estimated_s"] == pytest.approx(NX * NZ * est["seconds_per_product"])
+    assert summary["map"]["converged"] and summary["map"]["iterations"] <= 3

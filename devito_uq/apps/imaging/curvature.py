@@ -285,8 +285,22 @@ def laplace_baseline(
         "illumination",
         lambda: gauss_newton_diagonal(gn0, problem.shape, config.probes, config.seed),
     )
+    n = problem.m0.numel()
+    k = min(config.rank + config.oversample, n)
+    products = n if k == n else 2 * k  # low_rank_eigh: one pass on the identity, or two
+    per_product = times["illumination"] / max(config.probes, 1)
+    base_estimate = {
+        "gauss_newton_products": products,
+        "seconds_per_product": per_product,
+        "estimated_s": products * per_product,
+    }
+    if show:  # before the long phase, so that a user can stop early
+        tqdm.write(
+            f"Laplace: {products} Gauss-Newton products at {per_product:.3g} s each (measured "
+            f"on the illumination probes): about {products * per_product / 60:.1f} min"
+        )
     sqrt = prior_sqrt(config, prior, problem.m0)
-    base: dict[str, Any] = {"illumination": illum, "sqrt": sqrt.state()}
+    base: dict[str, Any] = {"illumination": illum, "sqrt": sqrt.state(), "estimate": base_estimate}
 
     def laplace(gn):
         def whitened(v: torch.Tensor) -> torch.Tensor:  # Lᵀ H_d L v

@@ -338,6 +338,7 @@ def run_invert(
         "eigenvalues_above_1": int((lam > 1).sum()),
         "residual_shrink": float(base.get("residual", 1.0)),
         "unknowns": int(problem.m0.numel()),
+        "estimate_before": base.get("estimate"),  # products × s/product, said before the phase
     }
     if lam.numel() < problem.m0.numel() and float(lam[-1]) > 1.0:
         # The directions beyond the rank still carry information the start ignores: it keeps
