@@ -447,3 +447,18 @@ def test_the_curvature_cost_is_estimated_before_it_is_spent(born_run):
     assert est["seconds_per_product"] > 0
     assert est["estimated_s"] == pytest.approx(NX * NZ * est["seconds_per_product"])
     assert summary["map"]["converged"] and summary["map"]["iterations"] <= 3
+
+
+def test_std_map_has_no_stripes_at_the_flow_period(born_run):
+    """The multiscale flow squeezes 2 × 2 blocks at each of its levels: an artifact of that
+    would show as power at the period 2^levels in the std map's error. Along x (16 cells,
+    period 4: bin 4) that power must not stand out from the other wavenumbers."""
+    out, _ = born_run
+    _, std, _ = _exact_posterior(out)
+    samples = load_checkpoint(out / "posterior_samples.pt")["samples"].double()
+    err = samples.std(0) / std - 1
+    power = (torch.fft.rfft(err - err.mean(), dim=0).abs() ** 2).mean(1)  # [NX // 2 + 1]
+    period = 2 ** INV["flow_levels"]
+    at = NX // period
+    others = torch.cat([power[1:at], power[at + 1 :]])
+    assert float(power[at]) <= 3.0 * float(others.median()), (power, at)
