@@ -101,7 +101,7 @@ class SegyHeaderWarning(DevitoUQWarning):
 
 
 def warning_printer(rank: int = 0, prog: str = "devito-uq") -> Callable[..., None]:
-    """A :func:`warnings.showwarning` that prints each warning as one line on stderr.
+    """A ``warnings.showwarning`` that prints each warning as one line on stderr.
 
     ``<prog>: warning: <message>``: no category, file or source line, and a message
     already printed is not repeated. A :class:`DevitoUQWarning` (the same on every MPI
@@ -117,7 +117,7 @@ def warning_printer(rank: int = 0, prog: str = "devito-uq") -> Callable[..., Non
     Returns
     -------
     callable
-        With :func:`warnings.showwarning`'s signature.
+        With ``warnings.showwarning``'s signature.
     """
     seen: set[str] = set()
 

@@ -122,8 +122,9 @@ class Solver:
         self.n_compiles = 0
         #: PDE solves run (a batched call counts one per row solved).
         self.n_solves = 0
-        #: Models a torch layer solved one per call, by (kind, short chunk size): when a
-        #: size keeps coming back it gets a batched kernel (:func:`.batching.plan`).
+        #: Models a torch layer solved one per call, keyed by the operator's name and the
+        #: short chunk size: a size that keeps coming back gets a batched kernel
+        #: (``devito_uq.physics.batching.plan``).
         self.small_chunks: Counter = Counter()
         self._pool: OrderedDict[int, Wavefield] = OrderedDict()
         #: Bytes of saved wavefields the pool may hold (the first buffer is always made).

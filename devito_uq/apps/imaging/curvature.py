@@ -187,7 +187,7 @@ def born_map(
         This rank's share (``likelihood(m, full=True)`` is summed over ranks).
     prior : torch.nn.Module
         A Gaussian prior whose covariance is ``sqrt``'s ``LLᵀ``.
-    sqrt : operator
+    sqrt : devito_uq.inference.priors_gaussian.KroneckerSqrt
         ``L``: ``matvec``/``rmatvec`` on ``[k, nx, nz]``.
     gn : callable
         ``[k, nx, nz] -> [k, nx, nz]`` float64: ``JᵀMJ/σ²`` summed over ranks.

@@ -112,7 +112,7 @@ def pre_arrival_sigma(
 
     Parameters
     ----------
-    survey : Survey or None
+    survey : devito_uq.physics.Survey or None
         This rank's shots (positions, data axis, wavelet, trace mask); ``None``: no shots.
     data : numpy.ndarray or torch.Tensor or None
         ``[shot, time, receiver]`` the raw records of those shots.
