@@ -33,12 +33,12 @@ import importlib
 import json
 import os
 import sys
-import types
 import typing
 import warnings
 from collections.abc import Sequence
 from typing import Any
 
+from devito_uq._field_types import number_or_word, toml_value, type_name, union_arms
 from devito_uq.apps import Command, commands
 from devito_uq.errors import DevitoUQError, InvalidArgumentError, warning_printer
 from devito_uq.io._files import check_nesting, read_input_text
@@ -117,8 +117,8 @@ def add_config_options(
         help_text = f"{f.metadata.get('help', '')} ({default})".replace("%", "%%")
         kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "help": help_text}
         origin = typing.get_origin(kind)
-        if _union_arms(kind):
-            kwargs.update(type=_number_or_word, metavar=f.name.upper())
+        if union_arms(kind):
+            kwargs.update(type=number_or_word, metavar=f.name.upper())
         elif origin is tuple:
             items = typing.get_args(kind)
             kwargs.update(type=items[0], nargs=len(items), metavar=f.name.upper())
@@ -152,59 +152,6 @@ def config_overrides(args: argparse.Namespace, config: type) -> dict[str, Any]:
             value = getattr(args, f.name)
             out[f.name] = tuple(value) if isinstance(value, list) else value
     return out
-
-
-def _union_arms(kind: Any) -> tuple[Any, ...]:
-    """The types of a ``float | str`` field (a number or a word such as ``'auto'``), else ()."""
-    if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
-        return typing.get_args(kind)
-    return ()
-
-
-def _number_or_word(text: str) -> float | str:
-    """A command-line value of a ``float | str`` field: a float when it reads as one."""
-    try:
-        return float(text)
-    except ValueError:
-        return text
-
-
-def _toml_value(kind: Any, value: Any) -> tuple[bool, Any]:
-    """``(ok, value)``: whether a TOML value fits a field of type ``kind``, converted."""
-    for arm in _union_arms(kind):  # the first type that fits
-        ok, converted = _toml_value(arm, value)
-        if ok:
-            return ok, converted
-    if _union_arms(kind):
-        return False, value
-    if kind is bool:
-        return isinstance(value, bool), value
-    if isinstance(value, bool):  # bool is an int subclass: never a number here
-        return False, value
-    if kind is int:
-        return isinstance(value, int), value
-    if kind is float:  # a TOML integer (1) is a fine float (1.0)
-        ok = isinstance(value, (int, float))
-        return ok, float(value) if ok else value
-    if kind is str:
-        return isinstance(value, str), value
-    if typing.get_origin(kind) is tuple:
-        items = typing.get_args(kind)
-        if not isinstance(value, list) or len(value) != len(items):
-            return False, value
-        pairs = [_toml_value(k, v) for k, v in zip(items, value)]
-        return all(ok for ok, _ in pairs), tuple(v for _, v in pairs)
-    return False, value
-
-
-def _type_name(kind: Any) -> str:
-    if _union_arms(kind):
-        return " or ".join(_type_name(arm) for arm in _union_arms(kind))
-    if typing.get_origin(kind) is tuple:
-        items = typing.get_args(kind)
-        return f"an array of {len(items)} {items[0].__name__}s"
-    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
-    return names.get(kind, str(kind))
 
 
 def load_config_file(path: str | os.PathLike, config: type) -> dict[str, Any]:
@@ -258,10 +205,10 @@ def load_config_file(path: str | os.PathLike, config: type) -> dict[str, Any]:
                 f"unknown key {key!r} in config file {path!r}; {config.__name__} has "
                 f"{', '.join(sorted(fields))}"
             )
-        ok, converted = _toml_value(hints[key], value)
+        ok, converted = toml_value(hints[key], value)
         if not ok:
             raise InvalidArgumentError(
-                f"{key}={value!r} in config file {path!r} must be {_type_name(hints[key])}"
+                f"{key}={value!r} in config file {path!r} must be {type_name(hints[key])}"
             )
         out[key] = converted
     return out

@@ -7,13 +7,12 @@ Two time axes
 The *solver axis* (``t0``, ``dt``, ``nt``) is where the wave equation steps: ``dt``
 must satisfy the CFL rule. The *data axis* (``Survey.data_axis``, a
 :class:`~devito_uq.physics.resample.TimeAxis`) is where the observed traces live —
-e.g. a SEG-Y interval of 2–4 ms and a recording delay. By default both are the same
-(no resampling, bit-identical to before). When they differ the modelling operators
-resample their traces onto the data axis with
-:func:`~devito_uq.physics.resample.resampling_matrix` (and apply its transpose in
-backward). :meth:`Survey.for_data` builds a survey for a given data axis and picks the
-solver axis itself: a stable ``dt`` that divides the data interval, starting early
-enough for the wavelet (a negative time shift) and for the data's first sample.
+e.g. a SEG-Y interval of 2–4 ms and a recording delay. By default both are the same (no
+resampling); otherwise the operators resample their traces onto the data axis with
+:func:`~devito_uq.physics.resample.resampling_matrix` (its transpose in backward).
+:meth:`Survey.for_data` builds a survey for a given data axis and picks the solver axis: a
+stable ``dt`` that divides the data interval, starting early enough for the wavelet (a
+negative time shift) and for the data's first sample.
 
 Dead and missing traces
 -----------------------
@@ -201,11 +200,8 @@ class Survey:
             raise _err(f"data_axis must be a TimeAxis; got {type(data_axis).__name__}")
         self.data_axis = self.solver_axis if data_axis is None else data_axis
         same = self.data_axis.same_as(self.solver_axis)
-        if not same:  # the dense [nt_data, nt] float64 matrix below (a huge vmax: a tiny dt)
-            check_allocation(
-                f"a solver-to-data resampling matrix of {self.data_axis.nt} × {self.nt}",
-                int(self.data_axis.nt) * int(self.nt) * 8,
-            )
+        if not same:  # a dense [nt_data, nt] float64 matrix (a huge vmax: a tiny dt, huge nt)
+            check_allocation("a resampling matrix", self.data_axis.nt * self.nt * 8)
         # None when the axes coincide: the operators then skip resampling entirely.
         self._resampling = None if same else resampling_matrix(self.solver_axis, self.data_axis)
         self.wavelet = self._make_wavelet(f0_hz, wavelet, delay, wavelet_dt, wavelet_t0)
@@ -306,7 +302,6 @@ class Survey:
             f"dt={self.dt}, nt={self.nt})"
         )
 
-    # --------------------------------------------------------------- validation
     def select(self, shots: Any = None) -> list[int]:
         """Validated list of shot indices (all shots for ``None``)."""
         if shots is None:
