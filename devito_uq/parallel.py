@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import atexit
 import sys
+import time
 import traceback
 from typing import Any
 
@@ -111,11 +112,17 @@ def abort(status: int = 1, message: str | None = None) -> None:
         except (OSError, ValueError):  # a closed pipe must not stop the abort
             pass
     if size > 1:
+        # The launcher forwards this rank's stderr through a pipe and tears every rank down
+        # at MPI_Abort: without a pause the last line (the message above) was lost now and
+        # then on a loaded machine (tests/test_parallel_faults.py).
+        time.sleep(ABORT_GRACE_S)
         mpi.COMM_WORLD.Abort(int(status) if status else 1)
     _EXIT["original"](status)
 
 
 _EXIT: dict[str, Any] = {"original": sys.exit, "installed": False}
+#: Seconds a failing rank waits between printing its message and ``MPI_Abort``.
+ABORT_GRACE_S = 0.5
 
 
 def _exit_status(code: Any) -> tuple[int, str | None]:
