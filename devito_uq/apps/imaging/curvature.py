@@ -311,14 +311,12 @@ def laplace_baseline(
         def whitened(v: torch.Tensor) -> torch.Tensor:  # Lᵀ H_d L v
             return sqrt.rmatvec(gn(sqrt.matvec(v)))
 
-        rank = min(config.rank, problem.m0.numel())
+        rank = min(config.rank, n)
         lam, vec = low_rank_eigh(whitened, problem.shape, rank, config.oversample, config.seed)
         base.update(
             eigenvalues=lam.float(),
             eigenvectors=vec.float(),
-            residual=(
-                residual_shrink(lam, problem.m0.numel()) if config.residual == "tail" else 1.0
-            ),
+            residual=(residual_shrink(lam, n) if config.residual == "tail" else 1.0),
         )
         return lam, vec  # float64: the MAP's preconditioner needs orthonormal columns
 
