@@ -17,10 +17,10 @@ def _gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def _stationary_dense(scale: torch.Tensor) -> torch.Tensor:
+def _stationary_dense(scale: torch.Tensor, seed: int = 0) -> torch.Tensor:
     """``S T S`` with ``T(x, x') = K(x − x')``, ``K(d) = Σ_e g(e + d) g(e)ᵀ``: the restriction
     to the line of a PSD block-Toeplitz operator (``T = G Gᵀ`` on the infinite line)."""
-    g = torch.randn(2 * REACH + 1, NZ, NZ, dtype=torch.float64, generator=_gen(0))
+    g = torch.randn(2 * REACH + 1, NZ, NZ, dtype=torch.float64, generator=_gen(seed))
     kernel = {}
     for d in range(-2 * REACH, 2 * REACH + 1):
         kernel[d] = sum(
@@ -54,7 +54,7 @@ def test_a_laterally_stationary_operator_is_recovered_to_round_off():
     h = _stationary_dense(depth_scale.expand(NX, NZ))
     for probes in (0, 8):
         op = lateral_stationary_hessian(_apply(h), (NX, NZ), probes=probes, smooth=(3, 0))
-        assert op.products == NZ + probes + 4
+        assert op.products == 2 * NZ + probes + 4  # two node traces by default
         torch.testing.assert_close(_dense_of(op), h, rtol=0, atol=1e-10 * float(h.abs().max()))
         assert op.check_error < 1e-10
 
@@ -95,6 +95,35 @@ def test_symmetric_positive_semidefinite_whatever_it_is_given():
     torch.testing.assert_close(op2.diagonal().flatten(), dense2.diagonal())
 
 
+def test_several_traces_inform_no_more_than_each():
+    """The harmonic mean of the traces' symbols: a direction is informed only as far as
+    every trace's kernel says (Loewner order: below their arithmetic mean), and one trace
+    repeated is itself."""
+    h = _stationary_dense(torch.ones(NX, NZ, dtype=torch.float64))
+    left = _dense_of(lateral_stationary_hessian(_apply(h), (NX, NZ), nodes=[7], probes=0))
+    torch.testing.assert_close(
+        left, _dense_of(lateral_stationary_hessian(_apply(h), (NX, NZ), nodes=[7, 16], probes=0))
+    )
+    # another kernel (another "dip") on the right half, no coupling across the middle
+    half = (torch.arange(NX) < NX // 2).double()[:, None].expand(NX, NZ).flatten()
+    other = _stationary_dense(torch.ones(NX, NZ, dtype=torch.float64), seed=1)
+
+    def unit(a):  # unit diagonal: every variant then has the same scale S = 1
+        d = a.diagonal().rsqrt()
+        return d[:, None] * a * d[None, :]
+
+    h, other = unit(h), unit(other)
+    bent = half[:, None] * h * half[None, :] + (1 - half)[:, None] * other * (1 - half)[None, :]
+    one = {
+        n: _dense_of(lateral_stationary_hessian(_apply(bent), (NX, NZ), nodes=[n], probes=0))
+        for n in (7, 16)
+    }
+    both = _dense_of(lateral_stationary_hessian(_apply(bent), (NX, NZ), nodes=[7, 16], probes=0))
+    gap = torch.linalg.eigvalsh(0.5 * (one[7] + one[16]) - both)
+    assert float(gap.min()) > -1e-9 * float(both.abs().max())
+    assert float(gap.max()) > 1e-3 * float(both.abs().max())
+
+
 def test_noise_has_the_operator_as_covariance():
     h = _stationary_dense(torch.ones(NX, NZ, dtype=torch.float64))
     op = lateral_stationary_hessian(_apply(h), (NX, NZ), probes=0, check=0)
@@ -112,7 +141,9 @@ def test_bad_input_is_refused_before_any_product():
         return v
 
     with pytest.raises(InvalidArgumentError, match="node=30"):
-        lateral_stationary_hessian(apply, (NX, NZ), node=30)
+        lateral_stationary_hessian(apply, (NX, NZ), nodes=[30])
+    with pytest.raises(InvalidArgumentError, match="distinct"):
+        lateral_stationary_hessian(apply, (NX, NZ), nodes=[3, 3])
     with pytest.raises(InvalidArgumentError, match="probes"):
         lateral_stationary_hessian(apply, (NX, NZ), probes=-1)
     assert calls == []

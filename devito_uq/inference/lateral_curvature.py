@@ -1,4 +1,4 @@
-r"""A laterally stationary, positive semi-definite Gauss–Newton Hessian from ``nz + p`` products.
+r"""A laterally stationary, positive semi-definite Gauss–Newton Hessian from a few products.
 
 On a 2D section with a surface acquisition the Born Hessian :math:`H = J^\top J/\sigma^2` is
 *not* local (its columns spread along isochrones across most of the line: at 5,151
@@ -14,14 +14,16 @@ truncated point-spread-function kernels, :mod:`~devito_uq.inference.curvature`),
 a kernel that couples every pair of depths and depends on the lateral offset only
 (block-Toeplitz along x, dense along z):
 
-1. **Columns at one trace.** ``nz`` products :math:`H e_{(x_0, z')}` (one spike per depth
-   at the node trace :math:`x_0`) give
+1. **Columns at a few traces.** ``nz`` products :math:`H e_{(x_0, z')}` per node trace
+   :math:`x_0` (one spike per depth) give
    :math:`K_{zz'}(d) = H\big((x_0+d, z), (x_0, z')\big) / (S_{x_0+d,z} S_{x_0,z'})` for every
    offset the section holds on both sides of :math:`x_0`; symmetrized,
-   :math:`K(-d) = K(d)^\top`.
+   :math:`K(-d) = K(d)^\top`. Several node traces are combined by the harmonic mean of
+   their symbols (below): a direction counts as informed only as far as every trace says.
 2. **Positive semi-definite by construction.** Zero-padded to ``2 nx`` traces, the
    Fourier transform along x turns :math:`T` into one Hermitian ``[nz, nz]`` block
-   :math:`B(k)` per lateral wavenumber; negative eigenvalues of each block are set to 0.
+   :math:`B(k)` per lateral wavenumber; negative eigenvalues of each block are set to 0
+   (several traces: :math:`m\,(\sum_i B_i(k)^{+})^{-1}`).
    :math:`\hat H` is then PSD (a restriction of a PSD circulant), so
    :math:`I + L^\top \hat H L \succeq I` is a valid posterior precision and
    preconditioner (:class:`~devito_uq.inference.curvature.WhitenedPrecision`), and
@@ -31,26 +33,31 @@ a kernel that couples every pair of depths and depends on the lateral offset onl
    :math:`\operatorname{diag}(H) \approx \operatorname{diag}(\hat H) + \operatorname{mean}_i\,
    z_i \odot (H z_i - \hat H z_i)` (Rademacher :math:`z_i`; the control variate removes
    most of the variance of Bekas et al.'s estimator), smoothed over a box of
-   ``smooth`` cells, iterated a few times without new products; the node trace keeps its
-   exact diagonal.
+   ``smooth`` cells, iterated a few times without new products; the node traces keep
+   their exact diagonal.
 
-Cost: ``nz + probes + check`` Hessian products whatever the line length; applying
+Cost: ``nodes·nz + probes + check`` Hessian products whatever the line length; applying
 :math:`\hat H` costs two FFTs along x and ``2 nx`` dense ``[nz, nz]`` products per vector.
 ``check`` held-out Gaussian probes give an honest relative operator error.
 
-Measured on the 5,151-unknown Marmousi window (101 × 51, 16 shots, Born at 20 dB; exact
-dense posterior as reference; ``benchmarks/results/bench_lateral.md``): from 51 + 32 + 4
-products the posterior std of :math:`(I + L^\top \hat H L)^{-1}` has a median ratio of
-0.96–1.00 and the truth inside its 90 % band at 85–88 % of pixels, but a mean pointwise
-error of 24–48 % depending on the node trace (mid-depth pixels too narrow where the
-section's lateral variation breaks stationarity); the app's rank-1,000 Laplace spends
-2,020 products for a median ratio of 1.21 and a mean error of 310 %. As a preconditioner
-of the exact MAP solve it is weak (1,000–3,400 products to rtol 1e-5).
+Measured (``benchmarks/results/bench_lateral.md``, exact dense Born posteriors as the
+reference; not a calibrated error bar, see the numbers): on the 5,151-unknown Marmousi
+window (101 × 51, 16 shots, Born at 20 dB), from 51–102 + 36 products, the posterior std
+of :math:`(I + L^\top \hat H L)^{-1}` has a median ratio of 0.96–1.00 and the truth inside
+its 90 % band at 85–94 % of pixels, but a mean pointwise error of 24–48 % for one node
+trace (which trace matters: mid-depth pixels come out too narrow where the section's
+lateral variation breaks stationarity), and 16 % / 14 % for the default pair with the
+app's low-rank eigenpairs deflated in (rank 200 / 400: 11 % / 19 % of the products of full
+rank; band 91 % / 90 %) — a recipe chosen on that window:
+on the imaging default case (41 × 21) the same recipe leaves 37–59 % with a median ratio
+of 0.55–0.88. The app's rank-1,000 Laplace spends 2,020 products there for a median ratio
+of 1.21 and a mean error of 310 %. As a preconditioner of the exact MAP solve it is weak
+(1,000–3,400 products to rtol 1e-5).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -72,6 +79,9 @@ DIAGONAL_FLOOR = 1e-6
 #: estimate is noisy where the illumination is weak, and a negative or near-zero value
 #: there divides the normalized kernel by ~0.
 LATERAL_FLOOR = 1e-2
+#: Regularization of the harmonic mean of several traces' blocks, relative to the largest
+#: eigenvalue of any block.
+HARMONIC_FLOOR = 1e-12
 
 
 class LateralStationaryHessian:
@@ -149,49 +159,78 @@ def _smooth(d: torch.Tensor, width: tuple[int, int]) -> torch.Tensor:
     return num / den
 
 
-def _symbol(columns: torch.Tensor, scale: torch.Tensor, node: int) -> tuple[torch.Tensor, float]:
-    """PSD blocks ``B(k)`` ``[2nx, nz, nz]`` from the node-trace columns ``[nz', nx, nz]``."""
+def _kernel_blocks(columns: torch.Tensor, scale: torch.Tensor, node: int) -> torch.Tensor:
+    """Hermitian blocks ``B(k)`` ``[2nx, nz, nz]`` from one trace's columns ``[nz', nx, nz]``."""
     nz, nx, _ = columns.shape
     kernel = torch.zeros(2 * nx, nz, nz, dtype=torch.float64)
-    xs = torch.arange(nx)
-    lag = (xs - node) % (2 * nx)  # offset of trace x from the node, wrapped on the padded line
+    lag = (torch.arange(nx) - node) % (2 * nx)  # offset from the node, wrapped on the padded line
     # K[d][z, z'] = H((node+d, z), (node, z')) / (S[node+d, z] S[node, z'])
     kernel[lag] = columns.permute(1, 2, 0) / (scale[:, :, None] * scale[node][None, None, :])
     mirror = (-torch.arange(2 * nx)) % (2 * nx)
     kernel = 0.5 * (kernel + kernel[mirror].transpose(1, 2))  # K(−d) = K(d)ᵀ: T symmetric
     blocks = torch.fft.fft(kernel.to(torch.complex128), dim=0)
-    blocks = 0.5 * (blocks + blocks.mH)
-    w, v = torch.linalg.eigh(blocks)
-    clipped = float(w.clamp(max=0).abs().sum() / w.abs().sum().clamp_min(1e-300))
-    return (v * w.clamp_min(0)[:, None, :].to(v.dtype)) @ v.mH, clipped
+    return 0.5 * (blocks + blocks.mH)
+
+
+def _symbol(columns: dict[int, torch.Tensor], scale: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """PSD blocks from the columns of one or more traces, and the clipped share.
+
+    One trace: its blocks with negative eigenvalues set to 0. Several: the harmonic mean
+    ``m (Σ_i B_i⁺)⁻¹`` of their clipped blocks — a direction counts as informed only as
+    far as every trace's kernel says so (on the 5,151-unknown Marmousi window the
+    arithmetic mean, or windows blending the traces, made the posterior too narrow: each
+    trace's kernel informs directions, e.g. its dip, that are null elsewhere).
+    """
+    total, clipped, inverse = 0.0, 0.0, 0
+    clean = []
+    for node, cols in columns.items():
+        w, v = torch.linalg.eigh(_kernel_blocks(cols, scale, node))
+        clipped += float(w.clamp(max=0).abs().sum())
+        total += float(w.abs().sum())
+        clean.append((w.clamp_min(0), v))
+    if len(clean) == 1:
+        w, v = clean[0]
+        return (v * w[:, None, :].to(v.dtype)) @ v.mH, clipped / max(total, 1e-300)
+    # a floor far below the largest eigenvalue keeps the inverses finite (null directions
+    # stay null: their inverse dominates the sum)
+    floor = HARMONIC_FLOOR * max(float(w.max()) for w, _ in clean)
+    for w, v in clean:
+        inverse = inverse + (v / (w + floor)[:, None, :].to(v.dtype)) @ v.mH
+    w, v = torch.linalg.eigh(0.5 * (inverse + inverse.mH))
+    mean = (len(clean) / w - floor).clamp_min(0)
+    return (v * mean[:, None, :].to(v.dtype)) @ v.mH, clipped / max(total, 1e-300)
 
 
 def lateral_stationary_hessian(
     apply: Batch,
     shape: tuple[int, int],
-    node: int | None = None,
+    nodes: Sequence[int] | None = None,
     probes: int = 32,
     check: int = 4,
     smooth: tuple[int, int] = (4, 1),
     iterations: int = 3,
     seed: int = 0,
 ) -> LateralStationaryHessian:
-    """Build :class:`LateralStationaryHessian` from ``nz + probes + check`` products of ``H``.
+    """Build :class:`LateralStationaryHessian` from ``len(nodes)·nz + probes + check``
+    products of ``H``.
 
     Parameters
     ----------
     apply : callable
         ``H``: ``[k, nx, nz] -> [k, nx, nz]`` float64 (Gauss–Newton products, symmetric),
-        called three times: with the ``nz`` node-trace spikes, the ``probes`` and the
-        ``check`` vectors.
+        called three times: with the node traces' spikes (one per depth and node), the
+        ``probes`` and the ``check`` vectors.
     shape : tuple of int
         ``(nx, nz)``: traces along the line, cells in depth.
-    node : int, optional
-        The trace whose columns define the kernel; default the centre ``nx // 2`` (the
-        kernel then reaches ``nx/2`` traces either side; beyond that the coupling is 0).
+    nodes : sequence of int, optional
+        The traces whose columns define the kernel (``nz`` products each), combined by the
+        harmonic mean of their symbols; default the traces at 30 % and 70 % of the line
+        (the best of the single traces and pairs tried on the 5,151-unknown Marmousi
+        window, ``benchmarks/results/bench_lateral.md``). A kernel reaches as far from
+        its trace as the line allows; beyond that the coupling is 0.
     probes : int
-        Rademacher probes for the diagonal; 0 takes the node trace's diagonal for every
-        trace (no lateral illumination change).
+        Rademacher probes for the diagonal; 0 takes the nearest node trace's diagonal for
+        every trace (no lateral illumination change).
     check : int
         Held-out Gaussian probes for :attr:`~LateralStationaryHessian.check_error`.
     smooth : tuple of int
@@ -210,12 +249,17 @@ def lateral_stationary_hessian(
     InvalidShapeError
         ``shape`` not two positive ints, or ``apply`` returns another shape.
     InvalidArgumentError
-        ``node`` outside the line, negative counts.
+        A node outside the line, repeated nodes, negative counts.
     """
     nx, nz = check_int_tuple("shape", shape, 2, minimum=1)
-    node = nx // 2 if node is None else node
-    if not isinstance(node, int) or not 0 <= node < nx:
-        raise InvalidArgumentError(f"node={node!r} is not a trace of the line: 0 ≤ node < {nx}")
+    if nodes is None:
+        nodes = sorted({round(0.3 * (nx - 1)), round(0.7 * (nx - 1))})
+    nodes = list(nodes) if isinstance(nodes, (list, tuple)) else [nodes]
+    for node in nodes:
+        if isinstance(node, bool) or not isinstance(node, int) or not 0 <= node < nx:
+            raise InvalidArgumentError(f"node={node!r} is not a trace of the line: 0 ≤ node < {nx}")
+    if not nodes or len(set(nodes)) != len(nodes):
+        raise InvalidArgumentError(f"nodes={nodes!r} must be distinct traces, at least one")
     probes = check_nonnegative_int("probes", probes)
     check = check_nonnegative_int("check", check)
     iterations = check_nonnegative_int("iterations", iterations)
@@ -230,26 +274,35 @@ def lateral_stationary_hessian(
             raise InvalidShapeError(f"apply returned {tuple(out.shape)} for {tuple(v.shape)}")
         return out.double()
 
-    spikes = torch.zeros(nz, nx, nz, dtype=torch.float64)
-    spikes[torch.arange(nz), node, torch.arange(nz)] = 1.0
-    columns = products(spikes)  # columns[z'] = H e_(node, z')
-    node_diag = columns[torch.arange(nz), node, torch.arange(nz)].clamp_min(0)
-    diag = node_diag.expand(nx, nz).clone()
+    spikes = torch.zeros(len(nodes) * nz, nx, nz, dtype=torch.float64)
+    for i, node in enumerate(nodes):
+        spikes[i * nz + torch.arange(nz), node, torch.arange(nz)] = 1.0
+    hit = products(spikes)
+    columns = {node: hit[i * nz : (i + 1) * nz] for i, node in enumerate(nodes)}
+    # columns[node][z'] = H e_(node, z'); its value at (node, z') is the exact diagonal there
+    exact = {
+        n_: c[torch.arange(nz), n_, torch.arange(nz)].clamp_min(0) for n_, c in columns.items()
+    }
+    # until probed: each trace takes the diagonal of the nearest node trace
+    near = torch.tensor(nodes)[(torch.arange(nx)[:, None] - torch.tensor(nodes)).abs().argmin(1)]
+    diag = torch.stack([exact[int(n_)] for n_ in near])
+    node_diag = diag.max(0).values
     floor = DIAGONAL_FLOOR * float(diag.max().clamp_min(1e-300))
     z = y = None
     if probes:
         z = (torch.randint(0, 2, (probes, nx, nz), generator=gen) * 2 - 1).double()
         y = products(z)
-    blocks, clipped = _symbol(columns, diag.clamp_min(floor).sqrt(), node)
+    blocks, clipped = _symbol(columns, diag.clamp_min(floor).sqrt())
     for _ in range(iterations if probes else 0):
         approx = LateralStationaryHessian(blocks, diag.clamp_min(floor).sqrt())
         estimate = approx.diagonal() + (z * (y - approx(z))).mean(0)
         diag = torch.maximum(_smooth(estimate, smooth), LATERAL_FLOOR * node_diag).clamp_min(floor)
-        diag[node] = node_diag.clamp_min(floor)
-        blocks, clipped = _symbol(columns, diag.sqrt(), node)
+        for node in nodes:
+            diag[node] = exact[node].clamp_min(floor)
+        blocks, clipped = _symbol(columns, diag.sqrt())
     out = LateralStationaryHessian(blocks, diag.clamp_min(floor).sqrt())
     out.clipped = clipped
-    out.products = nz + probes + check
+    out.products = len(nodes) * nz + probes + check
     if check:
         v = torch.randn(check, nx, nz, generator=gen, dtype=torch.float64)
         out.check_error = float(relative_operator_error(out, v, products(v)).mean())
