@@ -427,8 +427,23 @@ def test_born_map_is_the_exact_posterior_mean_at_any_rank(survey_dir, rank):
     assert err <= 5e-3, err  # float32 products against a float64 dense solve
     if rank == NX * NZ:
         assert solve["iterations"] <= 3, solve
+        assert "coverage" not in base  # full rank: nothing to check
     else:
         assert solve["iterations"] > 3, solve  # the truncated preconditioner makes it work
+        # the coverage check said before the eigensolve how many directions the data inform
+        _, _, precision = _exact_posterior(survey_dir)
+        sigma = prior.covariance_matrix().double()
+        chol = torch.linalg.cholesky(sigma)
+        whitened = chol.T @ (precision - torch.linalg.inv(sigma)) @ chol
+        lam = torch.linalg.eigvalsh(0.5 * (whitened + whitened.T))
+        exact, log_det = int((lam > 1).sum()), float(torch.log1p(lam.clamp_min(0)).sum())
+        cover = base[
+            "coverage"
+        ]  # measured: 118 for 115; 791 / 751 and 2,045 / 2,125 in bench_lateral
+        assert abs(cover["eigenvalues_above_1"] - exact) <= 0.1 * exact, (cover, exact)
+        assert cover["log_det"] == pytest.approx(log_det, rel=0.1), (cover, log_det)
+        assert cover["gauss_newton_products"] == 2 * NZ + 36
+        assert base["pde_solves"]["coverage"] > 0
         sqrt = prior.sqrt()
         gn = gauss_newton_operator(problem, problem.m0)
         lam = base["eigenvalues"].double()

@@ -193,6 +193,12 @@ class InvertConfig(WaveSolver, LowestVelocity, ImagePrior, ShotHeaders, ModelUni
         "eigenvalues > 1 for a calibrated start)",
     )
     oversample: int = _knob(10, "extra random vectors of the randomized eigensolver")
+    coverage_check: bool = _knob(
+        True,
+        "when rank < N ≤ 6000 unknowns: before the Laplace phase, estimate how many directions "
+        "the data inform (a laterally stationary Hessian from 2·nz + 36 Gauss-Newton products) "
+        "and say whether rank covers them",
+    )
     residual: str = _knob(
         "prior",
         "spread of the directions beyond rank: 'prior' (conservative) or 'tail' (a power-law "
@@ -292,6 +298,10 @@ class InvertConfig(WaveSolver, LowestVelocity, ImagePrior, ShotHeaders, ModelUni
             raise InvalidArgumentError(f"amortized={self.amortized!r} must be a path or ''")
         if not isinstance(self.correct, bool):
             raise InvalidArgumentError(f"correct={self.correct!r} must be true or false")
+        if not isinstance(self.coverage_check, bool):
+            raise InvalidArgumentError(
+                f"coverage_check={self.coverage_check!r} must be true or false"
+            )
         if not isinstance(self.fixed_water, bool):
             raise InvalidArgumentError(f"fixed_water={self.fixed_water!r} must be true or false")
         if not isinstance(self.overwrite, bool):

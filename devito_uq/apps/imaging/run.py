@@ -339,6 +339,7 @@ def run_invert(
         "residual_shrink": float(base.get("residual", 1.0)),
         "unknowns": int(problem.m0.numel()),
         "estimate_before": base.get("estimate"),  # products × s/product, said before the phase
+        "coverage_before": base.get("coverage"),  # informed directions, said before the phase
     }
     if lam.numel() < problem.m0.numel() and float(lam[-1]) > 1.0:
         # The directions beyond the rank still carry information the start ignores: it keeps
@@ -349,6 +350,11 @@ def run_invert(
             f"{float(lam[-1]):.3g} > 1: the error bars are not calibrated (the start keeps the "
             f"prior's spread beyond the rank); raise rank (rank {problem.m0.numel()}: exact)"
         )
+        cover = base.get("coverage")
+        if cover is not None:
+            message += (
+                f"; about {cover['eigenvalues_above_1']} directions are informed (coverage_check)"
+            )
         summary["laplace"]["warning"] = message
         if rank == 0:
             warnings.warn(message, DevitoUQWarning, stacklevel=2)
