@@ -1,4 +1,4 @@
-"""devito_uq.io: SEG-Y shot records and images, verified training checkpoints.
+"""devito_uq.io: SEG-Y shot records and images, HDF5 models, verified training checkpoints.
 
 Names resolve lazily (PEP 562): ``import devito_uq.io.checkpoint`` loads neither
 Devito nor segyio; ``from devito_uq.io import read_shots`` loads the SEG-Y module
@@ -17,6 +17,8 @@ _WHERE = {
     "write_image": "devito_uq.io.segy_image",
     "read_image": "devito_uq.io.segy_image",
     "read_velocity": "devito_uq.io.segy_image",
+    "read_hdf5": "devito_uq.io.hdf5",
+    "read_hdf5_model": "devito_uq.io.hdf5",
     "check_image": "devito_uq.io.segy_image",
     "image_quantity": "devito_uq.io.segy_image",
     "save_checkpoint": "devito_uq.io.checkpoint",

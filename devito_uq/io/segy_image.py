@@ -33,6 +33,7 @@ import numpy as np
 from segyio import BinField, TraceField
 
 from devito_uq.errors import InvalidShapeError, SegyError
+from devito_uq.io.hdf5 import MODEL_DATASETS, is_hdf5, read_hdf5_model
 from devito_uq.io.segy import _open, _read_all
 from devito_uq.io.segy_encode import (
     _apply_scalar,
@@ -255,18 +256,23 @@ MODEL_UNITS = {
 
 
 def read_velocity(
-    path: str | os.PathLike, units: str = "auto"
+    path: str | os.PathLike, units: str = "auto", datasets: Sequence[str] = MODEL_DATASETS
 ) -> tuple[np.ndarray, tuple[float, float], tuple[float, float], str]:
-    """Read a model image (:func:`read_image`) as velocity in km/s, whatever it stores.
+    """Read a model (a SEG-Y image, :func:`read_image`, or HDF5 in JUDI's layout,
+    :func:`~devito_uq.io.hdf5.read_hdf5_model`) as velocity in km/s, whatever it stores.
 
     Parameters
     ----------
     path : str or os.PathLike
-        A SEG-Y image, ``[nx, nz]``, any origin.
+        A SEG-Y image ``[nx, nz]`` or an HDF5 file (``m``/``m0`` ``[nz, nx]``, ``d``,
+        ``o``), any origin; told apart by the file's signature.
     units : str
         ``"auto"`` (detected from the median value: km/s in 1–20, m/s in 100–20,000,
         squared slowness s²/km² in 0.0025–1 or s²/m² in 2.5·10⁻⁹–10⁻⁶) or one of
         :data:`MODEL_UNITS`.
+    datasets : sequence of str
+        HDF5 only: the model's dataset names in order of preference (a background
+        reads ``("m0", "m", …)``).
 
     Returns
     -------
@@ -285,7 +291,10 @@ def read_velocity(
     """
     if units != "auto" and units not in MODEL_UNITS:
         raise SegyError(f"model_units={units!r} must be 'auto' or one of {sorted(MODEL_UNITS)}")
-    a, spacing, origin = read_image(path)
+    if is_hdf5(path):  # JUDI's layout (devito_uq.io.hdf5)
+        a, spacing, origin, name = read_hdf5_model(path, datasets)
+    else:
+        a, spacing, origin = read_image(path)
     if not np.all(np.isfinite(a)) or a.min() <= 0:
         raise SegyError(
             f"{str(path)!r} holds non-positive or non-finite values ({np.nanmin(a):.4g}): "
@@ -302,5 +311,7 @@ def read_velocity(
                 f"state model_units ({', '.join(sorted(MODEL_UNITS))})"
             )
         units, label = found[0], f"{found[0]} (detected)"
+    if is_hdf5(path):
+        label += f", HDF5 dataset {name!r}"
     v = MODEL_UNITS[units][0](a.astype(np.float64))
     return v.astype(np.float32), spacing, origin, label

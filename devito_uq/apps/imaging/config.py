@@ -65,8 +65,9 @@ class SimulateConfig(SurfaceSurvey, WaveSolver, LowestVelocity, ModelUnits):
 
     model: str = _knob(
         "marmousi",
-        "true velocity: 'marmousi' (the shipped Marmousi-II model) or a SEG-Y image in "
-        "model_units (x in CDP_X, depth down the samples, any origin: devito_uq.io.write_image)",
+        "true velocity: 'marmousi' (the shipped Marmousi-II model), a SEG-Y image in "
+        "model_units (x in CDP_X, depth down the samples, any origin: devito_uq.io.write_image) "
+        "or HDF5 in JUDI's layout (m [nz, nx], d, o)",
     )
     data: str = _knob(
         "nonlinear",
@@ -145,10 +146,11 @@ class InvertConfig(WaveSolver, LowestVelocity, ImagePrior, ShotHeaders, ModelUni
     background: str = _knob(
         "background.sgy",
         "SEG-Y velocity image (model_units) of the background (born) or starting model "
-        "(fwi); it sets the grid and its origin",
+        "(fwi), or HDF5 in JUDI's layout (m0, else m); it sets the grid and its origin",
     )
     truth: str = _knob(
-        "true_model.sgy", "SEG-Y true velocity (model_units) for the metrics ('': none)"
+        "true_model.sgy",
+        "SEG-Y (or JUDI HDF5) true velocity (model_units) for the metrics ('': none)",
     )
     problem: str = _knob("born", "'born' (linearized image δm around the background) or 'fwi'")
     sigma: float | str = _knob(
