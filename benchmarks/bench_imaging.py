@@ -312,8 +312,11 @@ def bench_fwi(
 # -- 3. one VI iteration at the Marmousi size (run in a child process) --------------------------
 
 
-def split_worker(out: Path, reps: int) -> dict:
-    """Time the pieces of one imaging VI iteration on the Marmousi default case."""
+def split_worker(out: Path, reps: int, physics_batch: int = 0) -> dict:
+    """Time the pieces of one imaging VI iteration on the Marmousi default case.
+
+    ``physics_batch`` > 0 sets the Born operator's models per Devito kernel call (1: one
+    call per sample, the pre-batching path); 0 keeps the module's default."""
     from devito_uq.apps.imaging.posterior import make_flow
     from devito_uq.apps.imaging.problem import build_problem, make_prior
     from devito_uq.apps.imaging.simulate import run_simulate
@@ -327,6 +330,9 @@ def split_worker(out: Path, reps: int) -> dict:
     t_sim = time.perf_counter() - t0
     inv = cfg.invert_config()
     problem = build_problem(inv, out)
+    if physics_batch:
+        operator = getattr(problem.likelihood, "local", problem.likelihood).operator
+        operator.batch_size = physics_batch
     prior = make_prior(inv, problem)
     sqrt = prior.sqrt() if callable(getattr(prior, "sqrt", None)) else None
     sqrt = sqrt or DiagonalSqrt(torch.full_like(problem.m0, inv.prior_std))
@@ -407,6 +413,9 @@ def split_worker(out: Path, reps: int) -> dict:
         "flow_kind": inv.flow,
         "rank": inv.rank,
         "peak_rss_mb": _vm_hwm_mb(),
+        "physics_batch": int(
+            getattr(problem.likelihood, "local", problem.likelihood).operator.batch_size
+        ),
     }
 
 
@@ -694,6 +703,7 @@ def main() -> None:
     parser.add_argument("--sections", default="1,2,3,4", help="which sections, e.g. 1,3")
     parser.add_argument("--split-worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--reps", type=int, default=5, help=argparse.SUPPRESS)
+    parser.add_argument("--physics-batch", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--no-write", action="store_true", help="do not write the md file")
     parser.add_argument(
         "--merge",
@@ -707,7 +717,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.split_worker:
-        print(json.dumps(split_worker(Path(args.split_worker), args.reps)))
+        print(json.dumps(split_worker(Path(args.split_worker), args.reps, args.physics_batch)))
         return
     sections = {int(s) for s in args.sections.split(",") if s}
     q = args.quick
