@@ -114,8 +114,7 @@ class LateralStationaryHessian:
             )
         self.symbol, self.scale = symbol, scale
         self.shape = tuple(scale.shape)
-        w, v = torch.linalg.eigh(symbol)
-        self._sqrt = (v * w.clamp_min(0).sqrt()[:, None, :].to(v.dtype)) @ v.mH
+        self._sqrt: torch.Tensor | None = None  # B^{1/2}, built on the first noise() call
         self.products = 0
         self.check_error: float | None = None
         self.clipped = 0.0
@@ -146,6 +145,9 @@ class LateralStationaryHessian:
         k = check_positive_int("k", k)
         nx, nz = self.shape
         xi = torch.randn(k, 2 * nx, nz, generator=generator, dtype=torch.float64)
+        if self._sqrt is None:
+            w, v = torch.linalg.eigh(self.symbol)
+            self._sqrt = (v * w.clamp_min(0).sqrt()[:, None, :].to(v.dtype)) @ v.mH
         return self.scale * self._circulant(self._sqrt, xi)[:, :nx]
 
 

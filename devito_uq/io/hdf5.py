@@ -22,13 +22,22 @@ import numpy as np
 
 from devito_uq.errors import SegyError
 
-__all__ = ["HDF5_SIGNATURE", "MODEL_DATASETS", "is_hdf5", "read_hdf5", "read_hdf5_model"]
+__all__ = [
+    "BACKGROUND_DATASETS",
+    "HDF5_SIGNATURE",
+    "MODEL_DATASETS",
+    "is_hdf5",
+    "read_hdf5",
+    "read_hdf5_model",
+]
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 UNDEFINED = 0xFFFFFFFFFFFFFFFF
 #: Dataset names of a model, in order of preference: JUDI's squared slowness ``m``, its
 #: background ``m0``, then a velocity ``v`` / ``vp``.
 MODEL_DATASETS = ("m", "m0", "v", "vp")
+#: The same for a background model: JUDI's ``m0`` first.
+BACKGROUND_DATASETS = ("m0", "m", "v", "vp")
 
 
 class HDF5Error(SegyError):
@@ -139,9 +148,9 @@ class _Reader:
                 name = self.raw[start:end].decode("utf-8", "replace")
                 members[name] = entry
 
-    def dataset(self, name: str, entry: dict) -> np.ndarray:
+    def dataset(self, name: str, messages: list[tuple[int, int, int]]) -> np.ndarray:
         shape = dtype = layout = None
-        for kind, pos, _ in self.messages(entry["header"]):
+        for kind, pos, _ in messages:
             if kind == 0x01:
                 shape = self._dataspace(pos)
             elif kind == 0x03:
@@ -183,10 +192,8 @@ class _Reader:
             if kind == 1:
                 return self.uint(pos + 2, self.o), self.uint(pos + 2 + self.o, self.l)
         elif version in (1, 2):
-            ndims, kind = self.uint(pos + 1, 1), self.uint(pos + 2, 1)
-            if kind == 1:
+            if self.uint(pos + 2, 1) == 1:  # contiguous
                 # no byte count in these versions: the end of the file bounds the read
-                del ndims
                 return self.uint(pos + 8, self.o), 1 << 62
         self.fail(f"dataset {name!r} is chunked (layout v{version}): write it contiguous")
 
@@ -216,9 +223,9 @@ def read_hdf5(path: str | os.PathLike) -> dict[str, np.ndarray]:
         members = reader.group(reader.root)
         out = {}
         for name, entry in members.items():
-            kinds = {kind for kind, _, _ in reader.messages(entry["header"])}
-            if 0x08 in kinds:  # a dataset (groups have a symbol table message instead)
-                out[name] = reader.dataset(name, entry)
+            messages = reader.messages(entry["header"])
+            if any(kind == 0x08 for kind, _, _ in messages):  # a dataset, not a group
+                out[name] = reader.dataset(name, messages)
     except HDF5Error:
         raise
     except OSError as exc:

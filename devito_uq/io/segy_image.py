@@ -291,7 +291,8 @@ def read_velocity(
     """
     if units != "auto" and units not in MODEL_UNITS:
         raise SegyError(f"model_units={units!r} must be 'auto' or one of {sorted(MODEL_UNITS)}")
-    if is_hdf5(path):  # JUDI's layout (devito_uq.io.hdf5)
+    hdf5 = is_hdf5(path)  # JUDI's layout (devito_uq.io.hdf5), told apart by its signature
+    if hdf5:
         a, spacing, origin, name = read_hdf5_model(path, datasets)
     else:
         a, spacing, origin = read_image(path)
@@ -311,7 +312,7 @@ def read_velocity(
                 f"state model_units ({', '.join(sorted(MODEL_UNITS))})"
             )
         units, label = found[0], f"{found[0]} (detected)"
-    if is_hdf5(path):
+    if hdf5:
         label += f", HDF5 dataset {name!r}"
     v = MODEL_UNITS[units][0](a.astype(np.float64))
     return v.astype(np.float32), spacing, origin, label

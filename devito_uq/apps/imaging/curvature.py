@@ -274,6 +274,7 @@ def coverage_estimate(gn, sqrt, shape: tuple[int, int], seed: int = 0) -> dict[s
     approx = lateral_stationary_hessian(gn, shape, seed=seed)
     precision = WhitenedPrecision(approx, sqrt, shape, method="dense")
     return {
+        # eigenvalues of P = I + LᵀĤL: above 2 is an eigenvalue of LᵀĤL above 1
         "eigenvalues_above_1": int((precision.eigenvalues > 2.0).sum()),
         "log_det": precision.logdet(),
         "gauss_newton_products": approx.products,

@@ -46,7 +46,7 @@ from devito_uq.inference import (
 from devito_uq.inference.likelihood import RankSummedLikelihood
 from devito_uq.io import read_shots, read_velocity
 from devito_uq.io._files import check_input_file
-from devito_uq.io.hdf5 import MODEL_DATASETS
+from devito_uq.io.hdf5 import BACKGROUND_DATASETS
 from devito_uq.parallel import ShotDistribution
 from devito_uq.physics import AcousticModel, AcousticModeling, BornModeling
 from devito_uq.physics.model import squared_slowness
@@ -184,7 +184,7 @@ def build_problem(config: Any, base: str | os.PathLike, comm: Any = None) -> Ima
     check_input_file(shots_path, "shots file", InvalidArgumentError)
     check_input_file(bg_path, "background model", InvalidArgumentError)
     # an HDF5 background is JUDI's m0 where the file has one
-    v0, spacing, origin, units = read_velocity(bg_path, config.model_units, ("m0", *MODEL_DATASETS))
+    v0, spacing, origin, units = read_velocity(bg_path, config.model_units, BACKGROUND_DATASETS)
     config.check_model_velocity(v0, config.vmax, f"background {str(bg_path)!r}", units)
     v_true = truth = None
     model_units = {"background": units}
