@@ -300,6 +300,7 @@ def test_bad_input_is_refused_before_any_solve(survey_dir, tmp_path):
         (dict(rank=0), "rank=0"),
         (dict(device="tpu"), "device='tpu'"),
         (dict(prior_std=-0.1), "prior_std"),
+        (dict(coverage_check="yes"), "coverage_check='yes' must be true or false"),
     ]:
         with pytest.raises(InvalidArgumentError, match=match):
             InvertConfig(**dict(INV, **bad)).validate()
