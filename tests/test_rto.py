@@ -11,6 +11,7 @@ from devito_uq.inference import CorrelatedGaussianPrior
 from devito_uq.inference.rto import (
     conjugate_gradient,
     monte_carlo_std_error,
+    operator_norm,
     randomize_then_optimize,
 )
 
@@ -56,6 +57,72 @@ def test_cg_solves_every_right_hand_side_to_the_tolerance():
     # Too few iterations: reported, not hidden.
     short = conjugate_gradient(_batched(a), b, rtol=1e-8, maxiter=3)
     assert not bool(short.converged.any()) and short.iterations.tolist() == [3] * 5
+
+
+def test_cg_error_estimate_stops_where_the_error_is_small_not_the_residual():
+    """An imaging-like whitened system ``I + H̃`` (eigenvalues 1 + 10⁻³ … 10⁷, a top-40
+    low-rank preconditioner, a solution spread over every direction): a relative residual
+    of 1e-5 leaves the solution far off, because ``b`` is dominated by the large
+    eigenvalues; the error estimate (``etol``) stops where the error of the mapped iterate
+    is near ``etol`` — while the 2-norm error first grows 15-fold, which fools an
+    estimate from the iterates' increments — and not absurdly far below it."""
+    n, k = 400, 40
+    g = torch.Generator().manual_seed(3)
+    q, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
+    lam = torch.logspace(7, -3, n, dtype=torch.float64)
+    a = q @ torch.diag(1 + lam) @ q.T
+    w = q @ torch.randn(n, generator=g, dtype=torch.float64)
+    b = (a @ w)[None]
+    shrink = lam[:k] / (1 + lam[:k])
+    vec = q[:, :k]
+
+    def precondition(r):
+        return r - ((r @ vec) * shrink) @ vec.T
+
+    scale = torch.linspace(0.5, 2.0, n, dtype=torch.float64)  # a model-space map, e.g. L
+    truth = w * scale
+
+    def err(x):
+        return float((x[0] * scale - truth).norm() / truth.norm())
+
+    by_residual = conjugate_gradient(_batched(a), b, precondition, rtol=1e-5, maxiter=5000)
+    assert bool(by_residual.converged[0]) and by_residual.errors is None
+    assert err(by_residual.x) > 0.05  # a small residual, a large error
+    for etol in (0.02, 0.005):
+        res = conjugate_gradient(
+            _batched(a),
+            b,
+            precondition,
+            rtol=1e-14,
+            maxiter=5000,
+            etol=etol,
+            error_map=lambda v: v * scale,
+            error_scale=2.0,  # ‖diag(scale)‖₂
+        )
+        true = err(res.x)
+        assert bool(res.converged[0]) and float(res.errors[0]) <= etol
+        # measured: 0.024 at etol 0.02 (the delay-20 sum is a lower bound of ‖e‖²_A)
+        assert true <= 1.5 * etol, (etol, true, float(res.errors[0]))
+        assert true >= 0.02 * etol, (etol, true)  # nor far past it
+    # A column that never gets there is reported, with its estimate.
+    short = conjugate_gradient(_batched(a), b, precondition, rtol=1e-14, maxiter=50, etol=0.01)
+    assert not bool(short.converged[0]) and float(short.errors[0]) > 0.01
+    with pytest.raises(InvalidArgumentError, match="etol=1.5"):
+        conjugate_gradient(_batched(a), b, precondition, etol=1.5)
+    with pytest.raises(InvalidArgumentError, match="error_scale"):
+        conjugate_gradient(_batched(a), b, precondition, etol=0.1, error_scale=-1.0)
+
+
+def test_operator_norm_is_the_largest_singular_value():
+    g = torch.Generator().manual_seed(4)
+    m = torch.randn(30, 20, generator=g, dtype=torch.float64)
+    got = operator_norm(
+        lambda v: (v.reshape(1, -1) @ m.T).reshape(1, 5, 6),
+        lambda v: (v.reshape(1, -1) @ m).reshape(1, 4, 5),
+        (4, 5),
+        iterations=200,
+    )
+    assert got == pytest.approx(float(torch.linalg.matrix_norm(m, 2)), rel=1e-6)
 
 
 def test_rto_draws_match_the_closed_form_posterior(problem):

@@ -9,6 +9,7 @@ starts from.
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -30,7 +31,7 @@ from devito_uq.inference import (
 from devito_uq.inference.curvature import WhitenedPrecision
 from devito_uq.inference.laplace import residual_shrink
 from devito_uq.inference.lateral_curvature import lateral_stationary_hessian
-from devito_uq.inference.rto import conjugate_gradient
+from devito_uq.inference.rto import conjugate_gradient, operator_norm
 from devito_uq.parallel import allreduce_sum, rank_and_size
 from devito_uq.physics import BornModeling
 
@@ -156,11 +157,12 @@ def gauss_newton_diagonal(
     return torch.from_numpy(np.maximum(diag, 1e-3 * diag.max()))
 
 
-#: Relative residual at which the Born MAP's CG stops. The Gauss–Newton products are float32
-#: by default, which caps the reachable residual near 1e-6; on the imaging default case
-#: (cond(I + H̃) = 1.9·10⁷) rtol 1e-5 left the MAP 0.6 % from the exact posterior mean and
-#: 1e-3 left it 30 % off (benchmarks/results/bench_curvature.md, dense emulation).
-MAP_RTOL = 1e-5
+#: Estimated relative model-space error at which the Born MAP's CG stops (``etol`` of
+#: ``conjugate_gradient``): on the 5,151-unknown window a residual rule (rtol 1e-5) left the
+#: mean 8–13 % off at rank 100–1,000, this rule 0.08–0.26 % (bench_cg_stopping.md).
+MAP_ETOL = 0.01
+#: Residual floor of that CG, and iterations between the estimate's checkpoints.
+MAP_RTOL, MAP_DELAY = 1e-10, 20
 
 
 def born_map(
@@ -172,6 +174,7 @@ def born_map(
     eigenvectors: torch.Tensor,
     rtol: float = MAP_RTOL,
     maxiter: int | None = None,
+    etol: float = MAP_ETOL,
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     r"""The Born MAP (the posterior mean) by preconditioned CG in the whitened variable.
 
@@ -180,9 +183,9 @@ def born_map(
     ``(I + H̃) w = b`` with ``b = −Lᵀ∇f(0)`` (``f`` = negative log-likelihood + negative
     log-prior, any prior mean). CG is preconditioned by the Laplace eigenpairs,
     ``(I + VΛVᵀ)⁻¹ = I − V diag(λ/(1+λ)) Vᵀ``: exact when the rank covers every unknown
-    (one or two products), and otherwise iterating until the residual says the solve is
-    done — unlike a fixed number of L-BFGS steps in the truncated latent, which on the
-    imaging default case left the mean 20–300 % off at rank 100–400.
+    (one or two products), and otherwise iterating until the estimated error of the mean
+    ``m = L w`` is below ``etol`` — unlike L-BFGS in the truncated latent (20–300 % off at
+    rank 100–400 on the imaging default case) or a residual rule (:data:`MAP_ETOL`).
 
     Parameters
     ----------
@@ -197,10 +200,12 @@ def born_map(
     eigenvalues, eigenvectors : torch.Tensor
         ``[r]`` and ``[N, r]``: the Laplace factor of ``H̃``.
     rtol : float
-        Stop at ``‖b − (I + H̃)w‖ ≤ rtol‖b‖``.
+        Also stop at ``‖b − (I + H̃)w‖ ≤ rtol‖b‖`` (a floor).
     maxiter : int, optional
         Most CG iterations (Gauss–Newton products); default ``N`` — an exact assembly's
         cost.
+    etol : float
+        Stop once the estimated relative error of the mean is at most ``etol``.
 
     Returns
     -------
@@ -208,7 +213,8 @@ def born_map(
         ``[nx, nz]`` in the problem's dtype (s²/km², δm).
     report : dict
         ``method``, ``iterations`` (= Gauss–Newton products), ``relative_residual``,
-        ``rtol``, ``converged``.
+        ``rtol``, ``estimated_error`` (``None`` before the third checkpoint), ``etol``,
+        ``converged``.
     """
     shape = problem.shape
     n = problem.m0.numel()
@@ -227,12 +233,25 @@ def born_map(
         flat = r.reshape(r.shape[0], n)
         return (flat - ((flat @ vec) * shrink) @ vec.T).reshape(r.shape)
 
-    res = conjugate_gradient(precision, b, precondition, rtol=rtol, maxiter=maxiter or n)
+    res = conjugate_gradient(
+        precision,
+        b,
+        precondition,
+        rtol=rtol,
+        maxiter=maxiter or n,
+        etol=etol,
+        error_map=sqrt.matvec,
+        error_scale=operator_norm(sqrt.matvec, sqrt.rmatvec, shape),
+        delay=1 if vec.shape[1] >= n else MAP_DELAY,  # full rank: a direct solve
+    )
+    error = float(res.errors[0])
     report = {
         "method": "preconditioned CG (whitened, Laplace eigenpairs)",
         "iterations": int(res.iterations[0]),
         "relative_residual": float(res.residuals[0]),
         "rtol": rtol,
+        "estimated_error": None if math.isnan(error) else error,
+        "etol": etol,
         "converged": bool(res.converged[0]),
     }
     return sqrt.matvec(res.x)[0].to(problem.m0.dtype), report

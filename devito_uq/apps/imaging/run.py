@@ -359,13 +359,16 @@ def run_invert(
         if rank == 0:
             warnings.warn(message, DevitoUQWarning, stacklevel=2)
     solve = base.get("map_solve")
-    if solve is not None:  # the Born MAP by CG: its residual says whether it is the mean
+    if solve is not None:  # the Born MAP by CG: its error estimate says whether it is the mean
         summary["map"] = dict(solve)
         if not solve["converged"]:
+            error = solve.get("estimated_error")
             message = (
-                f"the Born MAP's CG stopped at relative residual {solve['relative_residual']:.2g}"
-                f" > {solve['rtol']:g} after {solve['iterations']} Gauss-Newton products: the "
-                "posterior mean is not converged; raise rank (a better preconditioner)"
+                f"the Born MAP's CG stopped after {solve['iterations']} Gauss-Newton products "
+                f"at an estimated error of the mean of "
+                f"{'(not yet estimated)' if error is None else f'{error:.2g}'} > "
+                f"{solve['etol']:g}: the posterior mean is not converged; raise rank (a "
+                "better preconditioner)"
             )
             summary["map"]["warning"] = message
             if rank == 0:
