@@ -150,6 +150,29 @@ def test_rto_draws_match_the_closed_form_posterior(problem):
     assert float((emp - cov).norm() / cov.norm()) < 0.08
 
 
+def test_rto_to_a_stated_model_error(problem):
+    """With ``etol`` every draw stops at an estimated model-space error ≤ ``etol``, and is
+    within that of the same draw solved to round-off (same seed)."""
+    jac, d, prior, mean, _ = problem
+    h = jac.T @ jac / SIGMA**2
+    grad = (jac.T @ (d - jac @ prior.mean.flatten()) / SIGMA**2).reshape(NX, NZ)
+
+    def noise(k, gen):
+        eta = torch.randn(k, NDATA, generator=gen, dtype=torch.float64)
+        return (eta @ jac / SIGMA).reshape(k, NX, NZ)
+
+    args = (_batched(h), prior.sqrt(), grad, noise, 16)
+    exact = randomize_then_optimize(*args, rtol=1e-12)
+    res = randomize_then_optimize(*args, rtol=1e-14, etol=0.01)
+    assert exact.errors is None and res.errors.shape == (17,)
+    assert float(res.errors.max()) <= 0.01 and res.products < exact.products
+    # the error is relative to L w, the draw's departure from the prior mean
+    got, ref = (torch.cat([r.samples, r.mean[None]]) - prior.mean for r in (res, exact))
+    err = (got - ref).flatten(1).norm(dim=1) / ref.flatten(1).norm(dim=1)
+    assert float(err.max()) <= 0.01, err
+    assert float(err.max()) >= 1e-6  # it stopped early, not at round-off
+
+
 def test_preconditioned_rto_takes_fewer_iterations_and_gives_the_same_draws(problem):
     jac, d, prior, _, _ = problem
     h = jac.T @ jac / SIGMA**2

@@ -258,6 +258,8 @@ class RTOResult:
         The tolerance the solves were run to.
     products : int
         Hessian products spent by CG (each one Born and one adjoint solve per shot).
+    errors : torch.Tensor or None
+        ``[n + 1]`` (with ``etol``) each solve's estimated relative model-space error.
     """
 
     samples: torch.Tensor
@@ -266,6 +268,7 @@ class RTOResult:
     residuals: torch.Tensor
     rtol: float
     products: int
+    errors: torch.Tensor | None = None
 
 
 def randomize_then_optimize(
@@ -279,6 +282,7 @@ def randomize_then_optimize(
     rtol: float = 1e-6,
     maxiter: int = 500,
     seed: int = 0,
+    etol: float | None = None,
 ) -> RTOResult:
     """``n`` exact posterior draws and the posterior mean, all solved as one CG batch.
 
@@ -306,6 +310,12 @@ def randomize_then_optimize(
         Most CG iterations.
     seed : int
         Seed of ``ε`` and of the generator passed to ``noise``.
+    etol : float, optional
+        Also stop each solve once its estimated relative error in model space
+        (``‖L(w − w*)‖/‖L w‖``, :func:`conjugate_gradient`'s ``etol`` with ``error_map = L``)
+        is at most ``etol`` — the tolerance to state when ``I + LᵀHL`` is ill-conditioned,
+        where a residual tolerance says little about the draws (module docstring); keep
+        ``rtol`` small then.
 
     Returns
     -------
@@ -335,9 +345,13 @@ def randomize_then_optimize(
     def precision(w: torch.Tensor) -> torch.Tensor:
         return w + sqrt.rmatvec(hessian(sqrt.matvec(w)))
 
-    res = conjugate_gradient(precision, rhs, preconditioner, rtol=rtol, maxiter=maxiter)
+    extra = {}
+    if etol is not None:
+        scale = operator_norm(sqrt.matvec, sqrt.rmatvec, shape)
+        extra = dict(etol=etol, error_map=sqrt.matvec, error_scale=scale)
+    res = conjugate_gradient(precision, rhs, preconditioner, rtol=rtol, maxiter=maxiter, **extra)
     m = mu + sqrt.matvec(res.x)
-    return RTOResult(m[:n], m[n], res.iterations, res.residuals, rtol, res.products)
+    return RTOResult(m[:n], m[n], res.iterations, res.residuals, rtol, res.products, res.errors)
 
 
 def operator_norm(
