@@ -26,7 +26,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,6 +33,9 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("DEVITO_LOGGING", "ERROR")
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_vi_batching import run_json  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_rank_memory.md"
 HERE = Path(__file__).resolve()
@@ -136,13 +138,9 @@ def worker(out: Path, vi_batch: int, budget: int, iterations: int) -> None:
 
 def run_case(out: Path, ranks: int, vi_batch: int, budget: int, iterations: int) -> list[dict]:
     mpiexec = Path(sys.executable).parent / "mpiexec"
-    env = dict(os.environ, OMP_NUM_THREADS="1", DEVITO_LOGGING="ERROR")
     cmd = [str(mpiexec), "-n", str(ranks), sys.executable, str(HERE), "--worker", str(out)]
     cmd += ["--vi-batch", str(vi_batch), "--budget", str(budget), "--iterations", str(iterations)]
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_json(cmd)
 
 
 def main() -> None:

@@ -28,14 +28,18 @@ RESULTS = Path(__file__).resolve().parent / "results" / "bench_vi_batching.md"
 HERE = Path(__file__).resolve().parent
 
 
-def worker(out: Path, reps: int, physics_batch: int) -> dict:
+def run_json(cmd: list[str]) -> dict | list:
+    """Run a benchmark child (one thread, Devito quiet); its last stdout line, as JSON."""
     env = dict(os.environ, OMP_NUM_THREADS="1", DEVITO_LOGGING="ERROR")
-    cmd = [sys.executable, str(HERE / "bench_imaging.py"), "--split-worker", str(out)]
-    cmd += ["--reps", str(reps), "--physics-batch", str(physics_batch)]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if done.returncode != 0:
-        raise RuntimeError(f"worker failed ({done.returncode}):\n{done.stderr[-3000:]}")
+        raise RuntimeError(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def worker(out: Path, reps: int, physics_batch: int) -> dict:
+    cmd = [sys.executable, str(HERE / "bench_imaging.py"), "--split-worker", str(out)]
+    return run_json(cmd + ["--reps", str(reps), "--physics-batch", str(physics_batch)])
 
 
 def main() -> None:
