@@ -158,8 +158,7 @@ class CalibrationSetting:
         return PosteriorTarget(lik, self.prior, self.problem.parameterization)
 
     def vi(self, data: torch.Tensor) -> FlowDraws:
-        """A fresh HINT flow trained by VI on ``data`` (``vi_iterations · batch_size``
-        likelihood gradients)."""
+        """A fresh HINT flow trained by VI on ``data`` (``vi_iterations · batch_size`` grads)."""
         c = self.config
         seed = int(torch.randint(0, 2**31 - 1, ()))
         # The flow's weights: the global generator as seeded for this truth.
@@ -171,6 +170,7 @@ class CalibrationSetting:
             lr=c.lr,
             lr_final=c.lr_final,
             seed=seed,
+            estimator=c.vi_estimator,
         )
         return FlowDraws(vi)
 
