@@ -49,6 +49,9 @@ class AVPCalibrationConfig(SleipnerNoise, ProfilePosterior, ProperPrior):
     vi_estimator: str = _knob(
         "reparameterization", "VI gradient: reparameterization or path (sticking the landing)"
     )
+    vi_temper_iterations: int = _knob(
+        0, "VI iterations over which the target's tempering rises from 0.1 to 1 (0: none)"
+    )
     mala_chains: int = _knob(8, "parallel MALA chains (the budget is shared among them)")
     mala_burn_in_fraction: float = _knob(0.5, "fraction of MALA steps spent on burn-in")
     mala_step_size: float = _knob(0.05, "initial MALA step, latent units² (adapted in burn-in)")
@@ -109,6 +112,7 @@ class AVPCalibrationConfig(SleipnerNoise, ProfilePosterior, ProperPrior):
         )
         check_choice("methods", self.methods, _METHODS)
         check_choice("vi_estimator", self.vi_estimator, _ESTIMATORS)
+        check_int("vi_temper_iterations", self.vi_temper_iterations, minimum=0)
         if self.n_windows > 128:
             raise InvalidArgumentError(f"n_windows={self.n_windows} exceeds the 128 depths")
         self.mala_schedule()
