@@ -13,8 +13,7 @@ which equals :math:`\mathrm{KL}(q_m \| p(\cdot\mid d)) - \log Z`. ``log q_x(x)``
 (the flow's ``rsample_and_log_prob``) already contains
 :math:`-\log|\det J_{T_\theta}(z)|`, the seed talk's log-determinant term.
 
-The optimizer loop (checkpoints, resume, divergence) is
-:class:`~devito_uq.inference.training.TrainingLoop`, shared with amortized training.
+The optimizer loop is :class:`~devito_uq.inference.training.TrainingLoop` (shared).
 
 References
 ----------
@@ -34,6 +33,7 @@ from torch import nn
 
 from devito_uq.errors import InvalidArgumentError
 from devito_uq.inference.parameterization import Parameterization
+from devito_uq.inference.path_gradient import ESTIMATORS, frozen_log_prob
 from devito_uq.inference.priors import Prior
 from devito_uq.inference.summary import DEFAULT_QUANTILES, PosteriorSummary, summarize
 from devito_uq.inference.target import PosteriorTarget, as_target
@@ -41,6 +41,7 @@ from devito_uq.inference.training import SCHEDULES, TrainingLoop, lr_scheduler, 
 from devito_uq.validation import (
     check_allocation,
     check_bool,
+    check_choice,
     check_in_range,
     check_int,
     check_positive_int,
@@ -137,7 +138,9 @@ class VariationalPosterior:
         """
         return self.target.to_model(x)
 
-    def loss_terms(self, batch_size: int, beta: float = 1.0) -> dict[str, torch.Tensor]:
+    def loss_terms(
+        self, batch_size: int, beta: float = 1.0, estimator: str = "reparameterization"
+    ) -> dict[str, torch.Tensor]:
         """Monte-Carlo estimate of the objective and its three terms (batch means).
 
         Parameters
@@ -146,6 +149,9 @@ class VariationalPosterior:
             Latent samples drawn from the flow.
         beta : float
             Tempering of the target: ``beta · (misfit + prior) + log q_m``.
+        estimator : str
+            ``loss``'s gradient: ``"reparameterization"`` or ``"path"`` (the score term
+            dropped, :mod:`~devito_uq.inference.path_gradient`; one more flow pass).
 
         Returns
         -------
@@ -153,6 +159,8 @@ class VariationalPosterior:
             Scalars ``loss`` (differentiable), ``misfit``, ``prior``, ``neg_entropy``.
         """
         x, log_qx = self.flow.rsample_and_log_prob(batch_size)
+        if check_choice("estimator", estimator, ESTIMATORS) == "path":
+            log_qx = frozen_log_prob(self.flow, x)
         # full=False: a stochastic likelihood draws its shot subset (unbiased gradient).
         t = self.target.terms(x, full=False)
         neg_entropy = log_qx - t.logdet
@@ -182,6 +190,7 @@ class VariationalPosterior:
         callback: Callable[[int, dict[str, float]], None] | None = None,
         lr_final: float = 0.01,
         identity: dict[str, Any] | None = None,
+        estimator: str = "reparameterization",
     ) -> dict[str, list[float]]:
         """Minimize the reverse-KL objective with Adam; return :attr:`history`.
 
@@ -232,6 +241,8 @@ class VariationalPosterior:
         identity : dict, optional
             JSON-able, whatever else the run depends on (an application's
             configuration), stored in the checkpoint and compared on resume.
+        estimator : str
+            ``"reparameterization"`` or ``"path"``, as in :meth:`loss_terms`.
 
         Returns
         -------
@@ -264,11 +275,11 @@ class VariationalPosterior:
                 f"the final learning rate lr*lr_final={lr}*{lr_final} underflows to 0"
             )
         seed = check_int("seed", seed)
+        estimator = check_choice("estimator", estimator, ESTIMATORS)
         progress = check_bool("progress", progress)
         if identity is not None and not isinstance(identity, dict):
-            raise InvalidArgumentError(
-                f"identity must be a dict or None, got {type(identity).__name__}"
-            )
+            what = type(identity).__name__
+            raise InvalidArgumentError(f"identity must be a dict or None, got {what}")
         params = [p for p in self.flow.parameters() if p.requires_grad]
         if not params:
             raise InvalidArgumentError("the flow has no trainable parameters")
@@ -276,20 +287,12 @@ class VariationalPosterior:
         # (~50 small tensors for a HINT: 3-14 ms of an AVP VI step, 0.5 ms fused).
         optimizer = torch.optim.Adam(params, lr=lr, fused=True)
         scheduler = lr_scheduler(lr_schedule, optimizer, iterations, lr_final)
-        run = {
-            "seed": seed,
-            "batch_size": batch_size,
-            "iterations": iterations,
-            "lr": lr,
-            "lr_schedule": schedule_name(lr_schedule),
-            "lr_final": lr_final,
-            "clip_grad": clip_grad,
-            "temper_iterations": temper_iterations,
-            "temper_start": temper_start,
-            "identity": identity,
-        }
+        run = dict(seed=seed, batch_size=batch_size, iterations=iterations, lr=lr)
+        run.update(lr_schedule=schedule_name(lr_schedule), lr_final=lr_final)
+        run.update(clip_grad=clip_grad, temper_iterations=temper_iterations)
+        run.update(temper_start=temper_start, identity=identity, estimator=estimator)
         keys = ["seed", "batch_size", "lr", "lr_schedule", "clip_grad"]
-        keys += ["temper_iterations", "temper_start"]
+        keys += ["temper_iterations", "temper_start", "estimator"]
         if scheduler is not None:
             # A schedule depends on the total iteration count; without one, a finished
             # run may be extended by asking for more iterations.
@@ -323,7 +326,7 @@ class VariationalPosterior:
 
         def step(it: int) -> tuple[torch.Tensor, tuple[dict[str, torch.Tensor], float]]:
             beta = 1.0 if it >= temper_iterations else temper_start ** (1 - it / temper_iterations)
-            terms = self.loss_terms(batch_size, beta)
+            terms = self.loss_terms(batch_size, beta, estimator)
             return terms["loss"], (terms, beta)
 
         def record(it: int, aux, lr: float) -> dict[str, float]:

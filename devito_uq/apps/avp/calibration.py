@@ -158,12 +158,10 @@ class CalibrationSetting:
         return PosteriorTarget(lik, self.prior, self.problem.parameterization)
 
     def vi(self, data: torch.Tensor) -> FlowDraws:
-        """A fresh HINT flow trained by VI on ``data`` (``vi_iterations · batch_size``
-        likelihood gradients)."""
+        """A fresh HINT flow trained by VI on ``data`` (``vi_iterations · batch_size`` grads)."""
         c = self.config
-        seed = int(torch.randint(0, 2**31 - 1, ()))
-        # The flow's weights: the global generator as seeded for this truth.
-        vi = fit_vi(
+        seed = int(torch.randint(0, 2**31 - 1, ()))  # the flow's weights: the global
+        vi = fit_vi(  # generator as seeded for this truth
             self.problem,
             c.vi_iterations,
             target=self.target(data),
@@ -171,6 +169,8 @@ class CalibrationSetting:
             lr=c.lr,
             lr_final=c.lr_final,
             seed=seed,
+            estimator=c.vi_estimator,
+            temper_iterations=c.vi_temper_iterations,
         )
         return FlowDraws(vi)
 

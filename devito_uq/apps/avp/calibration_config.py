@@ -28,6 +28,7 @@ from devito_uq.validation import (
 __all__ = ["AVPCalibrationConfig"]
 
 _METHODS = ("both", "vi", "mala")
+_ESTIMATORS = ("reparameterization", "path")  # inference.path_gradient's, without torch
 
 
 @dataclass
@@ -45,6 +46,12 @@ class AVPCalibrationConfig(SleipnerNoise, ProfilePosterior, ProperPrior):
     batch_size: int = _knob(8, "flow samples per VI iteration (likelihood gradients)")
     lr: float = _knob(2e-3, "Adam learning rate at the start")
     lr_final: float = _knob(0.1, "learning rate at the end as a fraction of lr (exponential)")
+    vi_estimator: str = _knob(
+        "reparameterization", "VI gradient: reparameterization or path (sticking the landing)"
+    )
+    vi_temper_iterations: int = _knob(
+        0, "VI iterations over which the target's tempering rises from 0.1 to 1 (0: none)"
+    )
     mala_chains: int = _knob(8, "parallel MALA chains (the budget is shared among them)")
     mala_burn_in_fraction: float = _knob(0.5, "fraction of MALA steps spent on burn-in")
     mala_step_size: float = _knob(0.05, "initial MALA step, latent units² (adapted in burn-in)")
@@ -104,6 +111,8 @@ class AVPCalibrationConfig(SleipnerNoise, ProfilePosterior, ProperPrior):
             "mala_burn_in_fraction", self.mala_burn_in_fraction, 0.0, 1.0, high_open=True
         )
         check_choice("methods", self.methods, _METHODS)
+        check_choice("vi_estimator", self.vi_estimator, _ESTIMATORS)
+        check_int("vi_temper_iterations", self.vi_temper_iterations, minimum=0)
         if self.n_windows > 128:
             raise InvalidArgumentError(f"n_windows={self.n_windows} exceeds the 128 depths")
         self.mala_schedule()

@@ -156,6 +156,8 @@ def fit_vi(
     lr_final: float = 0.01,
     init_seed: int | None = None,
     progress: bool = False,
+    estimator: str = "reparameterization",
+    temper_iterations: int = 0,
     **checkpointing: Any,
 ) -> VariationalPosterior:
     """A fresh HINT flow over the profile fitted by VI: the per-survey fit of the AVP
@@ -167,7 +169,7 @@ def fit_vi(
         The flow is :func:`make_flow` of ``problem.config`` over its ``nz`` depths.
     iterations : int
         VI iterations of ``batch_size`` flow samples each.
-    batch_size, lr, seed, lr_schedule, lr_final, progress
+    batch_size, lr, seed, lr_schedule, lr_final, progress, estimator, temper_iterations
         As :meth:`VariationalPosterior.fit` (``seed`` seeds torch's global generator at
         a fresh start).
     target : PosteriorTarget, optional
@@ -200,6 +202,8 @@ def fit_vi(
         lr_final=lr_final,
         seed=seed,
         progress=progress,
+        estimator=estimator,
+        temper_iterations=temper_iterations,
         **checkpointing,
     )
     return vi

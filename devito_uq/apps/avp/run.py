@@ -58,6 +58,7 @@ _NOT_IN_BASELINES = frozenset(
         "lr",
         "lr_decay",
         "lr_decay_every",
+        "temper_fraction",
         "checkpoint_every",
         "concurrent",
         "n_samples",
@@ -192,7 +193,7 @@ def train_vi(
         Built from ``config`` (:func:`build_problem`).
     config : AVPConfig
         The schedule: ``iterations``, ``batch_size``, ``lr`` decayed ×``lr_decay`` every
-        ``lr_decay_every`` iterations, ``checkpoint_every``, ``seed``.
+        ``lr_decay_every`` iterations, ``temper_fraction``, ``checkpoint_every``, ``seed``.
     checkpoint_path : str or os.PathLike
         VI checkpoint, written every :func:`vi_checkpoint_every` iterations; it stores
         the configuration fields VI depends on.
@@ -218,6 +219,7 @@ def train_vi(
         lr=config.lr,
         seed=config.seed,
         lr_schedule=schedule,
+        temper_iterations=round(config.temper_fraction * config.iterations),
         init_seed=config.seed,
         progress=progress,
         checkpoint_path=checkpoint_path,
