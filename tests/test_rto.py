@@ -111,6 +111,8 @@ def test_cg_error_estimate_stops_where_the_error_is_small_not_the_residual():
         conjugate_gradient(_batched(a), b, precondition, etol=1.5)
     with pytest.raises(InvalidArgumentError, match="error_scale"):
         conjugate_gradient(_batched(a), b, precondition, etol=0.1, error_scale=-1.0)
+    with pytest.raises(InvalidArgumentError, match="delay"):
+        conjugate_gradient(_batched(a), b, precondition, etol=0.1, delay=0)
 
 
 def test_operator_norm_is_the_largest_singular_value():
@@ -123,6 +125,8 @@ def test_operator_norm_is_the_largest_singular_value():
         iterations=200,
     )
     assert got == pytest.approx(float(torch.linalg.matrix_norm(m, 2)), rel=1e-6)
+    with pytest.raises(InvalidArgumentError, match="iterations"):
+        operator_norm(lambda v: v, lambda v: v, (4, 5), iterations=0)
 
 
 def test_rto_draws_match_the_closed_form_posterior(problem):

@@ -156,7 +156,7 @@ def gauss_newton_diagonal(
 #: ``conjugate_gradient``): on the 5,151-unknown window a residual rule (rtol 1e-5) left the
 #: mean 8–13 % off at rank 100–1,000, this rule 0.08–0.26 % (bench_cg_stopping.md).
 MAP_ETOL = 0.01
-#: Residual floor of that CG, and iterations between the estimate's checkpoints.
+#: Residual floor of that CG, and the iterations its error estimate sums over.
 MAP_RTOL, MAP_DELAY = 1e-10, 20
 
 
@@ -208,7 +208,7 @@ def born_map(
         ``[nx, nz]`` in the problem's dtype (s²/km², δm).
     report : dict
         ``method``, ``iterations`` (= Gauss–Newton products), ``relative_residual``,
-        ``rtol``, ``estimated_error`` (``None`` before the third checkpoint), ``etol``,
+        ``rtol``, ``estimated_error`` (``None`` before :data:`MAP_DELAY` iterations), ``etol``,
         ``converged``.
     """
     shape = problem.shape
