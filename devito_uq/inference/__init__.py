@@ -32,6 +32,7 @@ from devito_uq.inference.likelihood import (
 from devito_uq.inference.map import MAPResult, map_estimate
 from devito_uq.inference.mcmc import MALA, SGLD, MCMCResult
 from devito_uq.inference.parameterization import Parameterization
+from devito_uq.inference.pcn import PCN
 from devito_uq.inference.priors import (
     FlowPrior,
     GaussianPrior,
@@ -87,6 +88,7 @@ __all__ = [
     "ConditionedFlow",
     "LatentCorrection",
     "MALA",
+    "PCN",
     "SGLD",
     "MCMCResult",
     "map_estimate",

@@ -103,9 +103,10 @@ def low_rank_eigh(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Top ``rank`` eigenpairs of a symmetric PSD operator by a two-pass randomized method.
 
-    Costs two batches of ``rank + oversample`` products, or one of ``N`` when
-    ``rank + oversample ≥ N`` (then the operator is assembled on the identity and the
-    result is exact).
+    Costs two batches of ``k = rank + oversample`` products, or one of ``N`` when
+    ``2k ≥ N``: the two passes would cost at least an assembly, so the operator is
+    assembled on the identity instead and the result is exact (never more products than
+    ``N``).
 
     Parameters
     ----------
@@ -133,7 +134,7 @@ def low_rank_eigh(
     oversample = check_nonnegative_int("oversample", oversample)
     n = math.prod(shape)
     k = min(rank + oversample, n)
-    if k == n:  # the sketch would span everything: one pass on the identity is exact
+    if 2 * k >= n:  # two passes cost at least an assembly: one pass on the identity, exact
         eye = torch.eye(n, dtype=dtype)
         h = matvec(eye.reshape(n, *shape)).reshape(n, n).to(dtype)
         lam, u = torch.linalg.eigh(0.5 * (h + h.T))

@@ -69,7 +69,7 @@ class MCMCResult:
         Likelihood gradients spent, counted per chain and in full-data equivalents
         (a batch of ``n`` of ``N`` shots counts ``n/N``).
     method : str
-        ``"MALA"`` or ``"SGLD"``.
+        ``"MALA"``, ``"SGLD"`` or ``"pCN"``.
     last : torch.Tensor
         ``[n_chains, *model_shape]`` final state, to continue a run.
     """

@@ -190,9 +190,9 @@ class InvertConfig(WaveSolver, LowestVelocity, ImagePrior, ShotHeaders, ModelUni
     probes: int = _knob(4, "random probes of the illumination diag(JᵀJ)/σ²")
     rank: int = _knob(
         1000,
-        "rank of the Laplace approximation the flow starts from (2·(rank+10) Gauss-Newton "
-        "products, or N when rank ≥ N unknowns: exact; at least the number of unknowns with "
-        "eigenvalues > 1 for a calibrated start)",
+        "rank of the Laplace approximation the flow starts from (2·(rank+oversample) "
+        "Gauss-Newton products, or N for N unknowns when that is no more: exact, full rank; "
+        "at least the number of unknowns with eigenvalues > 1 for a calibrated start)",
     )
     oversample: int = _knob(10, "extra random vectors of the randomized eigensolver")
     coverage_check: bool = _knob(

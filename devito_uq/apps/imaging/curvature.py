@@ -354,7 +354,10 @@ def laplace_baseline(
     )
     n = problem.m0.numel()
     k = min(config.rank + config.oversample, n)
-    products = n if k == n else 2 * k  # low_rank_eigh: one pass on the identity, or two
+    # low_rank_eigh: two passes of k products, or one on the identity (exact) when that
+    # costs no more; then the Laplace keeps every eigenpair it paid for.
+    exact = 2 * k >= n
+    products = n if exact else 2 * k
     per_product = (times["illumination"] - warm) / max(config.probes, 1)
     base_estimate = {
         "gauss_newton_products": products,
@@ -368,7 +371,7 @@ def laplace_baseline(
         )
     sqrt = prior_sqrt(config, prior, problem.m0)
     base: dict[str, Any] = {"illumination": illum, "sqrt": sqrt.state(), "estimate": base_estimate}
-    if config.coverage_check and k < n <= COVERAGE_MAX_UNKNOWNS:
+    if config.coverage_check and not exact and n <= COVERAGE_MAX_UNKNOWNS:
         # A truncated rank keeps the prior's spread beyond it: say how far short it falls
         # before the long phase, not only after it (issue 23).
         cover = phase("coverage", lambda: coverage_estimate(gn0, sqrt, problem.shape, config.seed))
@@ -392,7 +395,7 @@ def laplace_baseline(
         def whitened(v: torch.Tensor) -> torch.Tensor:  # Lᵀ H_d L v
             return sqrt.rmatvec(gn(sqrt.matvec(v)))
 
-        rank = min(config.rank, n)
+        rank = n if exact else config.rank
         lam, vec = low_rank_eigh(whitened, problem.shape, rank, config.oversample, config.seed)
         base.update(
             eigenvalues=lam.float(),
