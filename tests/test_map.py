@@ -67,3 +67,30 @@ def test_map_errors(problem):
         map_estimate(lik, problem.prior)
     with pytest.raises(InvalidArgumentError, match="either a PosteriorTarget or"):
         map_estimate(PosteriorTarget(lik), problem.prior, torch.zeros(32))
+
+
+def test_map_stops_on_a_stall_and_says_whether_the_cap_came_first():
+    """stall_nats turns iterations into a cap: on an ill-conditioned quadratic (float64, so
+    round-off does not fake a stall) L-BFGS stops once 10 iterations gain < 1e-8 nats,
+    well before 500, at the exact mode; a cap of 5 comes first and is reported as not
+    converged. The search continues across windows with its curvature pairs: the stalled
+    run matches one uninterrupted run of as many iterations."""
+    p = linear_gaussian_problem(n=32, singular_values=(0.01, 100.0), seed=1, dtype=torch.float64)
+    x0 = torch.zeros(32, dtype=torch.float64)
+    res = map_estimate(p.likelihood(), p.prior, x0, iterations=500, stall_nats=1e-8)
+    err = float((res.model - p.posterior_mean).norm() / p.posterior_mean.norm())
+    assert res.converged is True and 10 < res.iterations < 500, res.iterations
+    assert err < 1e-4, err
+    whole = map_estimate(p.likelihood(), p.prior, x0, iterations=res.iterations)
+    assert whole.converged is None
+    torch.testing.assert_close(whole.model, res.model, atol=1e-9, rtol=0)
+    short = map_estimate(p.likelihood(), p.prior, x0, iterations=5, stall_nats=1e-8)
+    assert short.converged is False and short.iterations == 5
+    adam = map_estimate(
+        p.likelihood(), p.prior, x0, method="adam", lr=0.05, iterations=20000, stall_nats=1e-6
+    )
+    assert adam.converged is True and adam.iterations < 20000 and adam.iterations % 10 == 0
+    with pytest.raises(InvalidArgumentError, match=r"stall_nats=0.0 must be finite and positive"):
+        map_estimate(p.likelihood(), p.prior, x0, stall_nats=0.0)
+    with pytest.raises(InvalidArgumentError, match=r"stall_window=0 must be an integer >= 1"):
+        map_estimate(p.likelihood(), p.prior, x0, stall_nats=1.0, stall_window=0)

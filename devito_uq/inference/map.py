@@ -45,12 +45,19 @@ class MAPResult:
         Objective per iteration (L-BFGS: per evaluation).
     gradient_evaluations : int
         Objective gradients spent.
+    iterations : int
+        Iterations run (L-BFGS: its own count; Adam: steps).
+    converged : bool or None
+        With ``stall_nats``: whether the objective stalled (or the gradient met
+        ``tolerance``) before the cap of ``iterations``; ``None`` without a criterion.
     """
 
     model: torch.Tensor
     objective: float
     history: list[float]
     gradient_evaluations: int
+    iterations: int = 0
+    converged: bool | None = None
 
 
 def map_estimate(
@@ -63,6 +70,8 @@ def map_estimate(
     parameterization: Parameterization | None = None,
     tolerance: float = 1e-9,
     progress: bool = False,
+    stall_nats: float | None = None,
+    stall_window: int = 10,
 ) -> MAPResult:
     """Minimize ``misfit(m) + prior(m)`` from the starting model ``x0`` ``[*model_shape]``.
 
@@ -84,7 +93,16 @@ def map_estimate(
     tolerance : float
         L-BFGS stops when the gradient's max-norm falls below it.
     progress : bool
-        Show a tqdm bar (Adam).
+        Show a tqdm bar.
+    stall_nats : float, optional
+        Stop once ``stall_window`` iterations lowered the objective by less than this
+        many nats in all (``None``: run all ``iterations``). The objective is a negative
+        log density, so a stall of about a nat means what is left to gain is below the
+        posterior's own resolution; ``iterations`` is then a cap, and
+        :attr:`MAPResult.converged` says whether the stall (or ``tolerance``) was met
+        before it.
+    stall_window : int
+        Iterations the stall is measured over.
 
     Returns
     -------
@@ -103,6 +121,9 @@ def map_estimate(
     lr = check_positive_scalar("lr", lr)
     tolerance = check_nonnegative_scalar("tolerance", tolerance)
     progress = check_bool("progress", progress)
+    if stall_nats is not None:
+        stall_nats = check_positive_scalar("stall_nats", stall_nats)
+    stall_window = check_positive_int("stall_window", stall_window)
     if not isinstance(x0, torch.Tensor) or not x0.is_floating_point():
         raise InvalidArgumentError(f"x0 must be a floating-point tensor, got {type(x0).__name__}")
     check_finite("x0", x0)
@@ -121,42 +142,75 @@ def map_estimate(
             )
         return value
 
+    # Objective after each window of iterations: the stall test compares the last two.
+    marks: list[float] = []
+    done = 0
+    stalled = False
+    bar = tqdm(total=iterations, disable=not progress, desc="MAP")
     if method == "lbfgs":
-        # One step() call runs all iterations: L-BFGS keeps its curvature pairs and
-        # line-search state inside a call (restarting it each iteration stalls).
+        # L-BFGS keeps its curvature pairs and line-search state across step() calls
+        # (restarting it each iteration stalls), so the run is cut into windows of
+        # ``stall_window`` iterations without losing them.
+        window = stall_window if stall_nats is not None else iterations
         opt = torch.optim.LBFGS(
             [x],
             lr=lr,
-            max_iter=iterations,
-            max_eval=2 * iterations,
+            max_iter=window,
+            max_eval=2 * window,
             history_size=20,
             line_search_fn="strong_wolfe",
             tolerance_grad=tolerance,
             tolerance_change=0.0,
         )
-        bar = tqdm(total=2 * iterations, disable=not progress, desc="MAP")
 
         def closure() -> torch.Tensor:
             opt.zero_grad()
             value = objective()
             value.backward()
             history.append(float(value.detach()))
-            bar.update()
             return value
 
-        opt.step(closure)
-        bar.close()
+        while done < iterations and not stalled:
+            opt.param_groups[0]["max_iter"] = min(window, iterations - done)
+            opt.param_groups[0]["max_eval"] = 2 * opt.param_groups[0]["max_iter"]
+            before = opt.state[x].get("n_iter", 0)
+            opt.step(closure)
+            ran = opt.state[x].get("n_iter", 0) - before
+            done += ran
+            bar.update(ran)
+            grad = x.grad
+            if grad is not None and float(grad.abs().max()) <= tolerance:
+                stalled = True  # the gradient criterion: converged
+            marks.append(history[-1])
+            if stall_nats is not None:  # the first window is measured from the start
+                previous = marks[-2] if len(marks) > 1 else history[0]
+                stalled = stalled or previous - marks[-1] < stall_nats
+            if stall_nats is None or ran == 0:
+                # One call without a stall criterion (as before it existed); no step made
+                # (a flat line search): nothing more to gain.
+                break
     else:
         opt = torch.optim.Adam([x], lr=lr)
-        for _ in tqdm(range(iterations), disable=not progress, desc="MAP"):
+        while done < iterations and not stalled:
             opt.zero_grad()
             value = objective()
             value.backward()
             opt.step()
             history.append(float(value.detach()))
+            done += 1
+            bar.update()
+            if stall_nats is not None and done % stall_window == 0:
+                marks.append(history[-1])
+                stalled = len(marks) > 1 and marks[-2] - marks[-1] < stall_nats
+    bar.close()
     with torch.no_grad():
         final = float(target.value(x, jacobian=False).sum())
         model = target.to_model(x)[0][0].detach()
     return MAPResult(
-        model=model, objective=final, history=history, gradient_evaluations=evaluations
+        model=model,
+        objective=final,
+        history=history,
+        gradient_evaluations=evaluations,
+        iterations=done,
+        converged=stalled if stall_nats is not None else None,
     )

@@ -21,8 +21,14 @@ from tqdm.auto import tqdm
 
 from devito_uq.apps.imaging.config import InvertConfig
 from devito_uq.apps.imaging.posterior import laplace_parameterization
-from devito_uq.apps.imaging.problem import HeldFixed, ImagingProblem, pde_solves
-from devito_uq.inference import DiagonalSqrt, Parameterization, low_rank_eigh, map_estimate
+from devito_uq.apps.imaging.problem import (
+    HeldFixed,
+    ImagingProblem,
+    map_search,
+    pde_solves,
+    prior_precision_diagonal,
+)
+from devito_uq.inference import DiagonalSqrt, Parameterization, low_rank_eigh
 from devito_uq.inference.curvature import WhitenedPrecision
 from devito_uq.inference.laplace import residual_shrink
 from devito_uq.inference.lateral_curvature import lateral_stationary_hessian
@@ -405,16 +411,8 @@ def laplace_baseline(
         return lam, vec  # float64: the MAP's preconditioner needs orthonormal columns
 
     def map_from(start, g):
-        if not config.map_iterations:
-            return start.clone()
-        return map_estimate(
-            problem.likelihood,
-            prior,
-            x0=start,
-            parameterization=g,
-            iterations=config.map_iterations,
-            progress=progress,
-        ).model.detach()
+        model, base["map_search"] = map_search(config, problem, prior, start, g, progress)
+        return model
 
     if problem.kind == "born":
         lam, vec = phase("laplace", lambda: laplace(gn0))
@@ -430,7 +428,7 @@ def laplace_baseline(
             g = laplace_parameterization(start, base, problem.bounds)
             base["map"] = phase("map", lambda: map_from(start, g))
     else:
-        precision = illum + _prior_precision_diagonal(prior, illum)
+        precision = illum + prior_precision_diagonal(prior, illum)
         lo, hi = problem.bounds
         g = Parameterization(problem.m0, precision.rsqrt().float(), lower=lo, upper=hi)
         base["map"] = phase("map", lambda: map_from(problem.m0, g))
@@ -443,8 +441,3 @@ def laplace_baseline(
     )
     return base
 
-
-def _prior_precision_diagonal(prior, like: torch.Tensor) -> torch.Tensor:
-    """``diag`` of the prior's precision where it has one (Gaussian), else zeros."""
-    diag = getattr(prior, "precision_diagonal", None)
-    return diag().to(like) if callable(diag) else torch.zeros_like(like)

@@ -42,6 +42,7 @@ from devito_uq.inference import (
     FlowPrior,
     GaussianLikelihood,
     TotalVariationPrior,
+    map_estimate,
 )
 from devito_uq.inference.likelihood import RankSummedLikelihood
 from devito_uq.io import read_shots, read_velocity
@@ -57,6 +58,7 @@ __all__ = [
     "ImagingProblem",
     "build_problem",
     "make_prior",
+    "map_search",
     "pde_solve_report",
     "pde_solves",
     "resolve_path",
@@ -347,6 +349,57 @@ def make_prior(config: Any, problem: ImagingProblem, base: str | os.PathLike = "
             f"this run is {problem.kind} on {problem.shape}"
         )
     return FlowPrior(post.flow, post.parameterization)
+
+
+#: The L-BFGS MAP stops once 10 iterations lower −log posterior by less than this (nats):
+#: what is left is below the posterior's own resolution. A fixed 40 iterations had left the
+#: FWI MAP 4,300 nats above its optimum on a 2,048-unknown Marmousi window (velocity error
+#: 3.2 % instead of 2.0 %), its Laplace and VI bands holding the truth at 42–47 %.
+MAP_STALL_NATS = 1.0
+
+
+def map_search(
+    config: Any,
+    problem: ImagingProblem,
+    prior: nn.Module,
+    start: torch.Tensor,
+    g: Any,
+    progress: bool = False,
+) -> tuple[torch.Tensor, dict[str, Any] | None]:
+    """The MAP by L-BFGS in the latent of ``g`` from ``start`` ``[nx, nz]``: at most
+    ``config.map_iterations`` iterations, stopped at a stall of :data:`MAP_STALL_NATS`.
+
+    Returns the model and what the search did (``iterations``, ``cap``, ``converged``,
+    ``objective`` in nats, ``stall_nats``, ``gradient_evaluations``; ``None`` when
+    ``map_iterations`` is 0 and the start is returned). Collective under MPI.
+    """
+    if not config.map_iterations:
+        return start.clone(), None
+    res = map_estimate(
+        problem.likelihood,
+        prior,
+        x0=start,
+        parameterization=g,
+        iterations=config.map_iterations,
+        progress=progress,
+        stall_nats=MAP_STALL_NATS,
+    )
+    info = {
+        "method": "L-BFGS",
+        "iterations": res.iterations,
+        "cap": config.map_iterations,
+        "converged": bool(res.converged),
+        "objective": res.objective,
+        "stall_nats": MAP_STALL_NATS,
+        "gradient_evaluations": res.gradient_evaluations,
+    }
+    return res.model.detach(), info
+
+
+def prior_precision_diagonal(prior: nn.Module, like: torch.Tensor) -> torch.Tensor:
+    """``diag`` of the prior's precision where it has one (Gaussian), else zeros."""
+    diag = getattr(prior, "precision_diagonal", None)
+    return diag().to(like) if callable(diag) else torch.zeros_like(like)
 
 
 def pde_solves() -> int:

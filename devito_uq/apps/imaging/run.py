@@ -373,6 +373,19 @@ def run_invert(
             summary["map"]["warning"] = message
             if rank == 0:
                 warnings.warn(message, DevitoUQWarning, stacklevel=2)
+    search = base.get("map_search")
+    if search is not None:  # the L-BFGS MAP (FWI, or a non-Gaussian prior)
+        summary["map"] = dict(search)
+        if not search["converged"]:
+            message = (
+                f"the MAP's L-BFGS reached its cap of {search['cap']} iterations before 10 "
+                f"iterations gained less than {search['stall_nats']:g} nat: the posterior is "
+                "centred on an unconverged point (too narrow around it, off the truth); raise "
+                "map_iterations"
+            )
+            summary["map"]["warning"] = message
+            if rank == 0:
+                warnings.warn(message, DevitoUQWarning, stacklevel=2)
     summary["config"] = config.to_dict()
     if problem.truth is not None and problem.kind == "born":
         # How far the wave equation's data of the truth are from its Born data: the model
