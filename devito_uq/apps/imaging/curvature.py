@@ -440,4 +440,3 @@ def laplace_baseline(
         eigenvalues_above_1=int((base["eigenvalues"] > 1).sum()),
     )
     return base
-
