@@ -87,9 +87,9 @@ class PCN(_Langevin):
 
     Notes
     -----
-    :attr:`MCMCResult.gradient_evaluations` counts the misfits spent (per chain,
+    ``MCMCResult.gradient_evaluations`` counts the misfits spent (per chain,
     starting point included): pCN takes no gradient, so each is one set of forward
-    solves. :attr:`MCMCResult.step_size` is the final ``β``.
+    solves. ``MCMCResult.step_size`` is the final ``β``.
     """
 
     method = "pCN"
