@@ -101,6 +101,13 @@ class _Langevin:
         self.step_size = check_positive_scalar("step_size", step_size)
         self.result: MCMCResult | None = None
 
+    def _adaptation(self, target_acceptance: float, adapt: bool) -> None:
+        """Set the burn-in adaptation of a Metropolis–Hastings kernel (MALA, pCN)."""
+        self.target_acceptance = check_in_range(
+            "target_acceptance", target_acceptance, 0.0, 1.0, low_open=True, high_open=True
+        )
+        self.adapt = check_bool("adapt", adapt)
+
     def _start(self, n_steps, n_chains, x0, burn_in, thin, seed):
         """Validate :meth:`run`'s arguments; return ``(n_chains, generator, x_start)``."""
         n_steps = check_int("n_steps", n_steps, minimum=1)
@@ -286,10 +293,7 @@ class MALA(_Langevin):
         adapt: bool = True,
     ) -> None:
         super().__init__(likelihood, prior, parameterization, step_size)
-        self.target_acceptance = check_in_range(
-            "target_acceptance", target_acceptance, 0.0, 1.0, low_open=True, high_open=True
-        )
-        self.adapt = check_bool("adapt", adapt)
+        self._adaptation(target_acceptance, adapt)
 
     def _chain(self, x, gen, burn_in, n_steps, thin, progress):
         n_chains = x.shape[0]

@@ -50,7 +50,7 @@ from devito_uq.errors import InvalidArgumentError
 from devito_uq.inference.mcmc import _Langevin
 from devito_uq.inference.parameterization import Parameterization
 from devito_uq.inference.target import PosteriorTarget
-from devito_uq.validation import check_bool, check_in_range
+from devito_uq.validation import check_in_range
 
 __all__ = ["PCN"]
 
@@ -105,10 +105,7 @@ class PCN(_Langevin):
     ) -> None:
         check_in_range("step_size", step_size, 0.0, 1.0, low_open=True)
         super().__init__(likelihood, prior, parameterization, step_size)
-        self.target_acceptance = check_in_range(
-            "target_acceptance", target_acceptance, 0.0, 1.0, low_open=True, high_open=True
-        )
-        self.adapt = check_bool("adapt", adapt)
+        self._adaptation(target_acceptance, adapt)
 
     def _phi(self, x: torch.Tensor) -> torch.Tensor:
         """``[n_chains]`` potential minus the reference's ``½‖x‖²`` (no gradient)."""
