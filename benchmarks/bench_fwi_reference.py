@@ -54,20 +54,41 @@ def split_rhat(chains: torch.Tensor) -> torch.Tensor:
     return (var / within).sqrt()
 
 
+def band90(draws: torch.Tensor, truth: torch.Tensor) -> float:
+    """Share of pixels whose truth lies inside the central 90 % band of ``draws`` ``[n, ...]``."""
+    lo, hi = torch.quantile(draws.flatten(1), torch.tensor([0.05, 0.95], dtype=draws.dtype), 0)
+    return float(((truth.flatten() >= lo) & (truth.flatten() <= hi)).double().mean())
+
+
+def rel_l2(a: torch.Tensor, truth: torch.Tensor) -> float:
+    return float((a - truth).norm() / truth.norm())
+
+
+def chains(sampler, args, steps: int, burn_in: int, x0, seed: int):
+    """Run ``sampler``; its result, seconds, velocity chains ``[draws, chains, nx, nz]``
+    (km/s) and their ESS per pixel."""
+    from devito_uq.inference import effective_sample_size
+
+    t0 = time.perf_counter()
+    res = sampler.run(
+        steps, n_chains=args.chains, x0=x0, burn_in=burn_in, seed=seed, progress=args.progress
+    )
+    v = res.samples.double().rsqrt()
+    return res, time.perf_counter() - t0, v, effective_sample_size(v)
+
+
 def compare(draws: torch.Tensor, ref: torch.Tensor, truth: torch.Tensor) -> dict:
     """Statistics of ``draws`` ``[n, nx, nz]`` against reference draws, in velocity."""
     sd, sd_ref = draws.std(0), ref.std(0)
     ratio = sd / sd_ref
-    lo, hi = torch.quantile(draws.flatten(1), torch.tensor([0.05, 0.95], dtype=draws.dtype), 0)
-    inside = ((truth.flatten() >= lo) & (truth.flatten() <= hi)).double().mean()
     return {
         "std_ratio_median": float(ratio.median()),
         "std_abs_rel_err_mean": float((ratio - 1).abs().mean()),
         "mean_shift_in_ref_std_median": float(
             ((draws.mean(0) - ref.mean(0)).abs() / sd_ref).median()
         ),
-        "band90": float(inside),
-        "mean_rel_l2_vs_truth": float((draws.mean(0) - truth).norm() / truth.norm()),
+        "band90": band90(draws, truth),
+        "mean_rel_l2_vs_truth": rel_l2(draws.mean(0), truth),
         "draws": int(draws.shape[0]),
     }
 
@@ -76,7 +97,7 @@ def run(args) -> dict:
     from devito_uq.apps.imaging.posterior import laplace_parameterization, load_posterior
     from devito_uq.apps.imaging.problem import build_problem, make_prior
     from devito_uq.apps.imaging.run import run_imaging
-    from devito_uq.inference import MALA, PCN, PosteriorTarget, effective_sample_size
+    from devito_uq.inference import MALA, PCN, PosteriorTarget
 
     root = Path(args.out)
     ranks = [int(r) for r in args.ranks.split(",")]
@@ -123,7 +144,9 @@ def run(args) -> dict:
             },
             "app_band90": summary["metrics"]["truth_inside_90pct_band"],
             "map": summary.get("map"),
-            "map_rel_l2_vs_truth": None,
+            "map_rel_l2_vs_truth": rel_l2(
+                base["map"].double().rsqrt(), torch.from_numpy(problem.v_true).double()
+            ),
         }
         draws[rank] = (vi_v, laplace_v)
     # The reference runs in the last (highest-rank) run's latent: the best preconditioner.
@@ -131,19 +154,9 @@ def run(args) -> dict:
     truth = torch.from_numpy(problem.v_true).double()
     with torch.no_grad():
         x0 = g(torch.randn(args.chains, nx, nz, generator=gen, dtype=base["map"].dtype))[0]
-    t0 = time.perf_counter()
-    pcn = PCN(target, step_size=args.beta)
-    res = pcn.run(
-        args.steps,
-        n_chains=args.chains,
-        x0=x0,
-        burn_in=args.burn_in,
-        seed=3,
-        progress=args.progress,
+    res, t_pcn, chains_v, ess = chains(
+        PCN(target, step_size=args.beta), args, args.steps, args.burn_in, x0, seed=3
     )
-    t_pcn = time.perf_counter() - t0
-    chains_v = res.samples.double().rsqrt()  # [draws, chains, nx, nz] km/s
-    ess = effective_sample_size(chains_v)
     rhat = split_rhat(chains_v)
     ref = chains_v.flatten(0, 1)
     nshots = problem.nshots
@@ -186,34 +199,22 @@ def run(args) -> dict:
             "rhat_max": float(rhat.max()),
             "rhat_median": float(rhat.median()),
             "std_mc_rel_err_median": float((0.5 / ess).sqrt().median()),
-            "mean_rel_l2_vs_truth": float((ref.mean(0) - truth).norm() / truth.norm()),
-            "band90": compare(ref, ref, truth)["band90"],
+            "mean_rel_l2_vs_truth": rel_l2(ref.mean(0), truth),
+            "band90": band90(ref, truth),
         },
-        "map_rel_l2_vs_truth": float((base["map"].double().rsqrt() - truth).norm() / truth.norm()),
-        "background_rel_l2_vs_truth": float(
-            (problem.m0.double().rsqrt() - truth).norm() / truth.norm()
-        ),
+        "map_rel_l2_vs_truth": rel_l2(base["map"].double().rsqrt(), truth),
+        "background_rel_l2_vs_truth": rel_l2(problem.m0.double().rsqrt(), truth),
     }
     if args.mala_steps:
-        t0 = time.perf_counter()
         mala = MALA(target, step_size=0.2)
-        mres = mala.run(
-            args.mala_steps,
-            n_chains=args.chains,
-            x0=x0,
-            burn_in=args.mala_burn_in,
-            seed=4,
-            progress=args.progress,
-        )
-        mv = mres.samples.double().rsqrt()
-        mess = effective_sample_size(mv)
+        mres, t_mala, mv, mess = chains(mala, args, args.mala_steps, args.mala_burn_in, x0, 4)
         result["mala"] = {
             "chains": args.chains,
             "burn_in": args.mala_burn_in,
             "steps": args.mala_steps,
             "step": mres.step_size,
             "acceptance": mres.acceptance_rate,
-            "seconds": time.perf_counter() - t0,
+            "seconds": t_mala,
             "solves": 2 * mres.gradient_evaluations * nshots,
             "ess_min": float(mess.min()),
             "ess_median": float(mess.median()),
@@ -266,7 +267,6 @@ def report(r: dict, args, wall: float) -> str:
         )
 
     for rank, run in r["runs"].items():
-        lap = run["laplace"]
         label = f"rank {rank}" + (" (full: exact GN)" if int(rank) >= r["unknowns"] else "")
         lines.append(row(f"app VI, {label}", run["vi"], f"{run['app_s'] / 60:.1f}"))
         lines.append(row(f"its Laplace start alone, {label}", run["laplace_start"]))
