@@ -80,6 +80,7 @@ def _tiny_toml(path: Path) -> Path:
     path.write_text(
         "n_truths = 3\nn_samples = 6\nvi_iterations = 6\nbatch_size = 2\nmala_chains = 2\n"
         "flow_steps = 1\nflow_hidden = 8\nflow_leaf = 8\nn_windows = 2\nseed = 5\n"
+        "refine_steps = 6\nrefine_chains = 2\nrefine_burn_in = 2\n"
     )
     return path
 
@@ -100,7 +101,8 @@ def test_calibrate_end_to_end_writes_files_and_resumes(tmp_path, capsys):
         assert {"sbc", "coverage_central", "tarp", "verdict", "seconds_per_truth"} <= set(rep[name])
         assert rep[name]["verdict"].startswith(name.upper() + ":")
     assert "coverage_hpd" in rep["vi"] and "coverage_hpd" not in rep["mala"]  # flows only
-    assert rep["setting"]["likelihood_gradients_per_truth"] == {"vi": 12, "mala": 12}
+    grads = rep["setting"]["likelihood_gradients_per_truth"]
+    assert grads == {"vi": 12, "mala": 12, "refined": 12 + 2 * (2 + 6 + 1)}
     assert rep["config"]["n_truths"] == 3 and rep["config"]["seed"] == 5
     for png in ("coverage", "tarp", "prior", "vi_ranks", "mala_ranks"):
         assert (out / f"calibration_{png}.png").stat().st_size > 1000
@@ -182,16 +184,19 @@ def test_calibrate_under_mpiexec_matches_the_serial_run(tmp_path):
     cfg = _tiny_toml(tmp_path / "tiny.toml")
     out = tmp_path / "mpi"
     cmd = [str(exe), "-n", "2", sys.executable, "-m", "devito_uq.cli", "calibrate", str(cfg)]
-    cmd += ["--out", str(out), "--quiet", "--no-figures", "--threads", "1"]
+    cmd += ["--out", str(out), "--quiet", "--no-figures", "--threads", "1", "--methods", "all"]
     env = dict(os.environ, OMP_NUM_THREADS="1", DEVITO_LOGGING="ERROR")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=280, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.count("results written to") == 1  # printed by rank 0 only
     rep = json.loads((out / "report.json").read_text())
-    assert rep["costs"]["ranks"] == 2 and rep["costs"]["truths_computed_this_run"] == 6
+    assert rep["costs"]["ranks"] == 2 and rep["costs"]["truths_computed_this_run"] == 9
+    # the refinement chains' diagnostics of every truth, gathered from both ranks
+    assert rep["refined"]["chains"]["truths"] == 3
     serial = AVPCalibrationConfig.standard(**load_config_file(cfg, AVPCalibrationConfig))
+    serial.methods = "all"
     run_avp_calibration(serial, tmp_path / "serial", progress=False, figures=False)
-    for name in ("vi", "mala"):
+    for name in ("vi", "mala", "refined"):
         for i in range(3):
             a = np.load(out / name / f"truth_{i:06d}.npz")
             b = np.load(tmp_path / "serial" / name / f"truth_{i:06d}.npz")

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from devito_uq.apps.avp import AVPConfig, build_problem, load_sleipner, run_avp, train_vi
-from devito_uq.errors import CheckpointError, InvalidArgumentError
+from devito_uq.errors import CheckpointError, DevitoUQWarning, InvalidArgumentError
 from devito_uq.io import load_checkpoint
 
 FIGURES = ("models.png", "std.png", "interval.png", "samples.png", "data_fit.png", "loss.png")
@@ -26,6 +26,9 @@ def _tiny(**kw) -> AVPConfig:
         mala_thin=1,
         mala_chains=2,
         n_samples=16,
+        refine_steps=4,
+        refine_chains=2,
+        refine_burn_in=1,
     )
     base.update(kw)
     return AVPConfig.short(**base)
@@ -66,8 +69,13 @@ def short_run(tmp_path_factory):
         mala_burn_in=10,
         mala_thin=1,
         n_samples=256,
+        refine_steps=20,
+        refine_chains=4,
+        refine_burn_in=10,
     )
-    return cfg, out, run_avp(cfg, out, progress=False)
+    with pytest.warns(DevitoUQWarning, match="refinement chains have not converged"):
+        summary = run_avp(cfg, out, progress=False)  # 20 steps: R̂ says so
+    return cfg, out, summary
 
 
 def test_short_run_beats_the_background(short_run):
@@ -93,6 +101,15 @@ def test_short_run_coverage_and_samples(short_run):
         inside = ((m_true >= lo) & (m_true <= hi)).double().mean().item()
         assert summary["truth_inside_90pct_interval"][method] == pytest.approx(inside)
     assert bool(torch.all(samples["vi"] >= cfg.lower))
+    refined = summary["refined"]
+    assert samples["refined"].shape == (cfg.refine_chains * cfg.refine_steps, 128)
+    assert refined["draws"] == cfg.refine_chains * cfg.refine_steps
+    s = samples["refined"].double()
+    lo, hi = torch.quantile(s, 0.05, dim=0), torch.quantile(s, 0.95, dim=0)
+    inside = ((m_true >= lo) & (m_true <= hi)).double().mean().item()
+    assert refined["truth_inside_90pct_interval"] == pytest.approx(inside)
+    assert refined["sampler"] == "MALA in the flow latent" and not refined["converged"]
+    assert 0.0 < refined["acceptance_rate"] <= 1.0 and refined["rhat_max"] > 1.05
     for name in FIGURES:
         assert (out / name).read_bytes()[:4] == b"\x89PNG", name
 
@@ -108,6 +125,8 @@ def test_short_run_counts_every_pde_solve(short_run):
     steps = cfg.mala_burn_in + cfg.mala_steps + 1
     assert by_phase["mala"] == cfg.mala_chains * steps * N_P * 2
     assert (by_phase["map"] - N_P) % (2 * N_P) == 0 and by_phase["map"] > 2 * N_P
+    refine = cfg.refine_chains * (cfg.refine_burn_in + cfg.refine_steps + 1)
+    assert by_phase["refine"] == refine * N_P * 2  # MALA in the flow latent
     # The phases ran inside the wall-clock interval.
     assert summary["wall_time_s"] >= sum(summary["time_s"].values())
 
@@ -169,6 +188,9 @@ def test_cache_refused_for_another_configuration(tmp_path):
         ("mala_thin", 50, r"mala_thin=50 must not exceed mala_steps=20"),
         ("n_samples", 1, r"n_samples=1 must be an integer >= 2"),
         ("temper_fraction", 1.5, r"temper_fraction=1.5 must lie in \[0, 1\]"),
+        ("refine_chains", 1, r"refine_chains=1 must be an integer >= 2"),
+        ("refine_steps", 3, r"refine_steps=3 must be an integer >= 4"),
+        ("refine_burn_in", -1, r"refine_burn_in=-1 must be"),
     ],
 )
 def test_config_errors(field, value, message):

@@ -12,8 +12,13 @@ import torch
 from test_avp import _tiny  # the tiny schedule of the serial tests
 
 from devito_uq.apps.avp import AVPConfig, build_problem, run_avp
-from devito_uq.apps.avp.baselines import BaselinesProcess, data_digest
-from devito_uq.apps.avp.run import _concurrent, _TakeFreeCores, _threads
+from devito_uq.apps.avp.baselines import (
+    BaselinesProcess,
+    TakeFreeCores,
+    concurrent_baselines,
+    data_digest,
+    thread_share,
+)
 from devito_uq.errors import InvalidArgumentError, WorkerError
 from devito_uq.io import load_checkpoint
 
@@ -41,15 +46,15 @@ def test_concurrent_run_equals_the_serial_run(tmp_path):
 
 def test_auto_follows_the_cores_this_process_may_use(monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
-    assert not _concurrent(_tiny())
+    assert not concurrent_baselines(_tiny())
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
-    assert not _concurrent(_tiny())  # 8 MALA steps: not worth a second interpreter
-    assert _concurrent(_tiny(mala_steps=900, mala_burn_in=100))
-    assert not _concurrent(_tiny(mala_steps=899, mala_burn_in=100))
-    assert _concurrent(AVPConfig.short())  # make demo's schedule
-    assert not _concurrent(_tiny(concurrent="no"))
+    assert not concurrent_baselines(_tiny())  # 8 MALA steps: not worth a second interpreter
+    assert concurrent_baselines(_tiny(mala_steps=900, mala_burn_in=100))
+    assert not concurrent_baselines(_tiny(mala_steps=899, mala_burn_in=100))
+    assert concurrent_baselines(AVPConfig.short())  # make demo's schedule
+    assert not concurrent_baselines(_tiny(concurrent="no"))
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
-    assert _concurrent(_tiny(concurrent="yes"))
+    assert concurrent_baselines(_tiny(concurrent="yes"))
 
 
 def test_concurrent_value_is_checked():
@@ -90,8 +95,8 @@ def test_vi_takes_the_free_cores_once_mala_is_done():
             return self.finished
 
     child = Child()
-    hook = _TakeFreeCores(child, threads=2, every=4)
-    with _threads(1):
+    hook = TakeFreeCores(child, threads=2, every=4)
+    with thread_share(1):
         for it in range(1, 9):
             hook(it, {})
         assert hook.iteration is None and solver_threads() == 1  # MALA still running

@@ -35,9 +35,13 @@ TINY = dict(
     mala_thin=1,
     mala_chains=2,
     n_samples=8,
+    refine_steps=4,
+    refine_chains=2,
+    refine_burn_in=1,
 )
 CLI_TINY = ["--iterations", "3", "--map-iterations", "2", "--mala-steps", "3"]
 CLI_TINY += ["--mala-burn-in", "1", "--mala-thin", "1", "--mala-chains", "2", "--n-samples", "8"]
+CLI_TINY += ["--refine-steps", "4", "--refine-chains", "2", "--refine-burn-in", "1"]
 
 
 def _tiny(**kw) -> AVPConfig:

@@ -23,6 +23,12 @@ from devito_uq.inference.diagnostics import (
     truth_statistics,
     window_mean,
 )
+from devito_uq.inference.flow_mcmc import (
+    FlowMCMCResult,
+    FlowParameterization,
+    refine_with_mcmc,
+    split_rhat,
+)
 from devito_uq.inference.laplace import DiagonalSqrt, LaplaceParameterization, low_rank_eigh
 from devito_uq.inference.likelihood import (
     GaussianLikelihood,
@@ -91,6 +97,10 @@ __all__ = [
     "PCN",
     "SGLD",
     "MCMCResult",
+    "FlowParameterization",
+    "FlowMCMCResult",
+    "refine_with_mcmc",
+    "split_rhat",
     "map_estimate",
     "MAPResult",
     "PosteriorSummary",

@@ -108,7 +108,7 @@ class _Langevin:
         )
         self.adapt = check_bool("adapt", adapt)
 
-    def _start(self, n_steps, n_chains, x0, burn_in, thin, seed):
+    def _start(self, n_steps, n_chains, x0, burn_in, thin, seed, latent0=None):
         """Validate :meth:`run`'s arguments; return ``(n_chains, generator, x_start)``."""
         n_steps = check_int("n_steps", n_steps, minimum=1)
         n_chains = check_int("n_chains", n_chains, minimum=1)
@@ -119,7 +119,15 @@ class _Langevin:
         gen = torch.Generator()
         seed = check_int("seed", seed) if seed is not None else int(torch.randint(2**62, ()))
         gen.manual_seed(seed)
-        return n_chains, gen, self._initial(x0, n_chains)
+        if latent0 is None:
+            return n_chains, gen, self._initial(x0, n_chains)
+        if x0 is not None:
+            raise InvalidArgumentError("give x0 or latent0, not both")
+        if not isinstance(latent0, torch.Tensor) or latent0.shape[:1] != (n_chains,):
+            got = tuple(latent0.shape) if isinstance(latent0, torch.Tensor) else type(latent0)
+            raise InvalidShapeError(f"latent0 must be [n_chains={n_chains}, ...], got {got}")
+        check_finite("latent0", latent0)
+        return n_chains, gen, latent0.detach().clone()
 
     def run(
         self,
@@ -130,6 +138,7 @@ class _Langevin:
         thin: int = 1,
         seed: int | None = None,
         progress: bool = True,
+        latent0: torch.Tensor | None = None,
     ) -> MCMCResult:
         """Run ``burn_in + n_steps`` steps; keep every ``thin``-th after burn-in.
 
@@ -151,6 +160,9 @@ class _Langevin:
             Seeds a private generator (``None``: drawn from torch's global one).
         progress : bool
             Show a tqdm bar.
+        latent0 : torch.Tensor, optional
+            Starting latents ``[n_chains, ...]`` instead of ``x0`` (no ``g⁻¹`` round
+            trip: a start on a bound that ``g`` reaches only in floating point is kept).
 
         Returns
         -------
@@ -167,7 +179,7 @@ class _Langevin:
         TrainingDivergedError
             If a chain becomes non-finite.
         """
-        n_chains, gen, x = self._start(n_steps, n_chains, x0, burn_in, thin, seed)
+        n_chains, gen, x = self._start(n_steps, n_chains, x0, burn_in, thin, seed, latent0)
         kept, x, acceptance, step, evaluations = self._chain(
             x, gen, burn_in, n_steps, thin, progress
         )

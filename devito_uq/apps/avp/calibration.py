@@ -39,7 +39,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,16 +48,17 @@ import torch
 
 from devito_uq.apps.avp.calibration_config import AVPCalibrationConfig
 from devito_uq.apps.avp.problem import SLEIPNER_DZ, AVPProblem, build_problem, fit_vi
-from devito_uq.errors import CheckpointError, InvalidArgumentError
+from devito_uq.apps.avp.truth_prior import TruncatedGaussianPrior, smoothness_precision
+from devito_uq.errors import CheckpointError
 from devito_uq.inference import (
     MALA,
     CachedDraws,
     CalibrationResult,
     GaussianLikelihood,
-    GaussianPrior,
     PosteriorTarget,
     SmoothnessPrior,
     VariationalPosterior,
+    refine_with_mcmc,
     run_calibration,
     window_mean,
 )
@@ -82,47 +83,6 @@ __all__ = [
 _NOT_IN_RESULTS = frozenset({"n_truths", "methods", "label"})
 
 
-def smoothness_precision(n: int, dz: float, sigma_p: float, sigma_0: float) -> torch.Tensor:
-    """``[n, n]`` float64 precision ``DᵀD/σ_p² + I/σ₀²`` of :class:`SmoothnessPrior`
-    with ``sigma=σ_p``, ``spacing=dz``, ``sigma_norm=σ₀`` (``D``: forward difference / dz)."""
-    eye = torch.eye(n, dtype=torch.float64)
-    d = (eye[1:] - eye[:-1]) / dz
-    return d.T @ d / sigma_p**2 + eye / sigma_0**2
-
-
-class TruncatedGaussianPrior:
-    """``N(mean, precision⁻¹)`` restricted to ``m > lower`` everywhere, by rejection.
-
-    Draws use torch's global generator (seeded per truth by the calibration), so a
-    truth depends only on its seed. ``std`` is the untruncated marginal std ``[n]``.
-    """
-
-    def __init__(self, mean: torch.Tensor, precision: torch.Tensor, lower: float) -> None:
-        self.gaussian = GaussianPrior(mean.double(), precision=precision)
-        self.lower = float(lower)
-        if not bool((mean > self.lower).all()):
-            raise InvalidArgumentError(f"the prior mean must lie above lower={lower}")
-        self.std = torch.linalg.inv(precision).diagonal().sqrt()
-        self.drawn = 0  # Gaussian draws made, for the acceptance rate
-        self.accepted = 0
-
-    def sample(self, n: int, max_rounds: int = 1000) -> torch.Tensor:
-        """``[n, *shape]`` float64 draws above ``lower``."""
-        out: list[torch.Tensor] = []
-        for _ in range(max_rounds):
-            x = self.gaussian.sample(max(n, 4))
-            keep = x[(x > self.lower).flatten(1).all(1)]
-            self.drawn += x.shape[0]
-            self.accepted += keep.shape[0]
-            out.append(keep)
-            if sum(len(o) for o in out) >= n:
-                return torch.cat(out)[:n]
-        raise InvalidArgumentError(
-            f"fewer than {n} prior draws above lower={self.lower} in {max_rounds} rounds: "
-            "the bound is too tight for this prior"
-        )
-
-
 class FlowDraws(CachedDraws):
     """A trained VI posterior's draws with their exact log-density (:class:`CachedDraws`)."""
 
@@ -141,6 +101,7 @@ class CalibrationSetting:
     prior: SmoothnessPrior
     truth_prior: TruncatedGaussianPrior
     summaries: dict[str, Any]
+    refine_log: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -189,6 +150,22 @@ class CalibrationSetting:
             progress=False,
         )
         return res.flat()[-c.n_samples :]
+
+    def refined(self, data: torch.Tensor) -> torch.Tensor:
+        """``[n_samples, nz]`` draws of VI's flow refined by MALA in its latent
+        (:func:`~devito_uq.inference.refine_with_mcmc`), spread evenly over every chain's
+        kept steps; the run's diagnostics are appended to :attr:`refine_log`."""
+        c = self.config
+        vi = self.vi(data).vi
+        seed = int(torch.randint(0, 2**31 - 1, ()))
+        res = refine_with_mcmc(
+            vi, c.refine_steps, n_chains=c.refine_chains, burn_in=c.refine_burn_in, seed=seed
+        )
+        self.refine_log.append(res.to_dict())
+        draws = res.chains.samples  # [steps, chains, nz]
+        per_chain = math.ceil(c.n_samples / c.refine_chains)
+        steps = torch.linspace(0, draws.shape[0] - 1, per_chain).round().long()
+        return draws[steps].reshape(-1, draws.shape[-1])[: c.n_samples]
 
 
 def build_setting(config: AVPCalibrationConfig) -> CalibrationSetting:
@@ -335,6 +312,20 @@ def _figures(out: Path, setting: CalibrationSetting, results: dict[str, Calibrat
     plt.close(fig)
 
 
+def _refine_diagnostics(log: list[dict[str, Any]], comm: Any) -> dict[str, Any]:
+    """The refinement chains' diagnostics over the truths computed this run (all ranks)."""
+    if rank_and_size(comm)[1] > 1:
+        log = [d for part in comm.allgather(log) for d in part]
+    if not log:
+        return {"truths": 0}
+    keys = ("acceptance_rate", "step_size", "rhat_max", "ess_min", "ess_median", "seconds")
+    out: dict[str, Any] = {"truths": len(log), "converged": sum(d["converged"] for d in log)}
+    for key in keys:
+        v = np.array([d[key] for d in log], dtype=float)
+        out[key] = {"median": float(np.median(v)), "min": float(v.min()), "max": float(v.max())}
+    return out
+
+
 def run_avp_calibration(
     config: AVPCalibrationConfig,
     out: str | os.PathLike,
@@ -378,8 +369,9 @@ def run_avp_calibration(
     _prepare(out, config, resume, comm)
     setting = build_setting(config)
     setup_s = time.perf_counter() - t_start
-    build = {"vi": setting.vi, "mala": setting.mala}
-    methods = ("vi", "mala") if config.methods == "both" else (config.methods,)
+    build = {"vi": setting.vi, "mala": setting.mala, "refined": setting.refined}
+    groups = {"both": ("vi", "mala"), "all": ("vi", "mala", "refined")}
+    methods = groups.get(config.methods, (config.methods,))
     results: dict[str, CalibrationResult] = {}
     wall: dict[str, float] = {}
     computed = 0
@@ -422,12 +414,16 @@ def run_avp_calibration(
             "likelihood_gradients_per_truth": {
                 "vi": config.vi_iterations * config.batch_size,
                 "mala": config.mala_chains * (s["burn_in"] + s["steps"] + 1),
+                "refined": config.vi_iterations * config.batch_size
+                + config.refine_chains * (config.refine_burn_in + config.refine_steps + 1),
             },
             "mala_schedule": {"chains": config.mala_chains, **s},
         },
         **{name: method_report(name.upper(), res) for name, res in results.items()},
     }
     report["verdict"] = {name: report[name]["verdict"] for name in results}
+    if "refined" in results:
+        report["refined"]["chains"] = _refine_diagnostics(setting.refine_log, comm)
     report["costs"] = {
         "ranks": size,
         "threads_per_rank": torch.get_num_threads(),

@@ -27,7 +27,7 @@ from devito_uq.validation import (
 
 __all__ = ["AVPCalibrationConfig"]
 
-_METHODS = ("both", "vi", "mala")
+_METHODS = ("both", "vi", "mala", "refined", "all")
 _ESTIMATORS = ("reparameterization", "path")  # inference.path_gradient's, without torch
 
 
@@ -55,7 +55,14 @@ class AVPCalibrationConfig(SleipnerNoise, ProfilePosterior, ProperPrior):
     mala_chains: int = _knob(8, "parallel MALA chains (the budget is shared among them)")
     mala_burn_in_fraction: float = _knob(0.5, "fraction of MALA steps spent on burn-in")
     mala_step_size: float = _knob(0.05, "initial MALA step, latent units² (adapted in burn-in)")
-    methods: str = _knob("both", "posteriors to calibrate: both, vi or mala")
+    refine_chains: int = _knob(16, "MALA chains in the flow latent that refine VI (refined)")
+    refine_steps: int = _knob(1000, "refinement steps per chain after burn-in (refined)")
+    refine_burn_in: int = _knob(200, "refinement burn-in steps per chain (refined)")
+    methods: str = _knob(
+        "both",
+        "posteriors to calibrate: both (vi and mala), vi, mala, refined (VI, then MALA in "
+        "the flow's latent) or all",
+    )
     n_windows: int = _knob(4, "depth windows whose mean is ranked as a summary")
     seed: int = _knob(0, "seeds truth i through (seed, i): truths, noise, flow, chains")
     label: str = _knob("standard", "schedule name written to report.json", cli=False)
@@ -96,8 +103,22 @@ class AVPCalibrationConfig(SleipnerNoise, ProfilePosterior, ProperPrior):
     def validate(self) -> AVPCalibrationConfig:
         """Raise :class:`InvalidArgumentError` naming the first bad value; return ``self``."""
         check_int("n_truths", self.n_truths, minimum=2)
-        for name in ("n_samples", "vi_iterations", "batch_size", "mala_chains", "n_windows"):
+        for name in (
+            "n_samples",
+            "vi_iterations",
+            "batch_size",
+            "mala_chains",
+            "n_windows",
+            "refine_steps",
+        ):
             check_positive_int(name, getattr(self, name))
+        check_int("refine_chains", self.refine_chains, minimum=2)  # R̂ compares chains
+        check_int("refine_burn_in", self.refine_burn_in, minimum=0)
+        if self.refine_steps < 4 or self.refine_chains * self.refine_steps < self.n_samples:
+            raise InvalidArgumentError(
+                f"refine_chains={self.refine_chains} x refine_steps={self.refine_steps} "
+                f"cannot give n_samples={self.n_samples} draws (and R̂ needs 4 steps)"
+            )
         for name in ("n_truths", "n_samples", "batch_size", "mala_chains"):
             check_count(name, getattr(self, name))
         check_int("seed", self.seed, minimum=0)

@@ -67,6 +67,13 @@ class AVPConfig(SleipnerNoise, ProfilePosterior):
     mala_burn_in: int = _knob(2000, "MALA burn-in steps")
     mala_thin: int = _knob(10, "keep every n-th MALA draw")
     mala_step_size: float = _knob(0.05, "initial MALA step (latent units²)")
+    refine_steps: int = _knob(
+        2000,
+        "steps per chain of MALA in the trained flow's latent after burn-in, which turns "
+        "VI's draws into exact ones (0: no refinement)",
+    )
+    refine_chains: int = _knob(16, "refinement chains, each started at a flow draw")
+    refine_burn_in: int = _knob(200, "refinement burn-in steps (the MALA step adapts)")
     concurrent: str = _knob(
         "auto",
         "MAP + MALA in a second process beside VI: auto (when this process may run on two "
@@ -97,6 +104,7 @@ class AVPConfig(SleipnerNoise, ProfilePosterior):
             mala_steps=2000,
             mala_burn_in=500,
             mala_thin=5,
+            refine_steps=1000,
             label="short",
         )
         base.update(overrides)
@@ -124,6 +132,10 @@ class AVPConfig(SleipnerNoise, ProfilePosterior):
         ):
             check_positive_int(name, getattr(self, name))
         check_nonnegative_int("mala_burn_in", self.mala_burn_in)
+        check_nonnegative_int("refine_burn_in", self.refine_burn_in)
+        check_int("refine_chains", self.refine_chains, minimum=2)  # R̂ compares chains
+        if self.refine_steps != 0:
+            check_int("refine_steps", self.refine_steps, minimum=4)  # R̂ splits each chain
         check_in_range("temper_fraction", self.temper_fraction, 0.0, 1.0)
         check_nonnegative_int("checkpoint_every", self.checkpoint_every)
         check_int("n_samples", self.n_samples, minimum=2)  # a std needs two samples

@@ -19,16 +19,23 @@ checkpoints are verified and compared with the configuration before any solve.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import time
+import warnings
 from typing import Any
 
 import torch
 
 from devito_uq.apps import prepare_output
-from devito_uq.apps.avp.baselines import BaselinesProcess, data_digest, run_baselines
+from devito_uq.apps.avp.baselines import (
+    BaselinesProcess,
+    TakeFreeCores,
+    concurrent_baselines,
+    data_digest,
+    run_baselines,
+    thread_share,
+)
 from devito_uq.apps.avp.config import AVPConfig
 from devito_uq.apps.avp.problem import (
     AVPProblem,
@@ -38,11 +45,15 @@ from devito_uq.apps.avp.problem import (
     load_sleipner,
     make_flow,
 )
-from devito_uq.errors import CheckpointError
-from devito_uq.inference import PosteriorSummary, VariationalPosterior, summarize
+from devito_uq.errors import CheckpointError, DevitoUQWarning
+from devito_uq.inference import (
+    PosteriorSummary,
+    VariationalPosterior,
+    refine_with_mcmc,
+    summarize,
+)
 from devito_uq.io._atomic import atomic_path
 from devito_uq.io.checkpoint import check_identity, load_checkpoint, save_checkpoint
-from devito_uq.threads import available_cores, set_solver_threads
 
 __all__ = ["run_avp", "train_vi", "vi_checkpoint_every"]
 
@@ -59,6 +70,9 @@ _NOT_IN_BASELINES = frozenset(
         "lr_decay",
         "lr_decay_every",
         "temper_fraction",
+        "refine_steps",
+        "refine_chains",
+        "refine_burn_in",
         "checkpoint_every",
         "concurrent",
         "n_samples",
@@ -76,6 +90,9 @@ _NOT_IN_VI = frozenset(
         "mala_burn_in",
         "mala_thin",
         "mala_step_size",
+        "refine_steps",
+        "refine_chains",
+        "refine_burn_in",
         "checkpoint_every",
         "concurrent",
         "n_samples",
@@ -83,9 +100,6 @@ _NOT_IN_VI = frozenset(
         "extra",
     }
 )
-#: ``concurrent="auto"`` starts the MAP + MALA process only for at least this many MALA
-#: steps (burn-in included): ≈ 15 s of MALA, several times the child's start-up.
-_CONCURRENT_MIN_MALA_STEPS = 1000
 _CACHE_KEYS = ("config", "map", "mala", "info", "timings", "solves")
 _AFRESH = "; run without resume to start afresh"
 
@@ -129,46 +143,6 @@ def _prepare_output(out: str, resume: bool, config: AVPConfig) -> dict[str, Any]
     if os.path.lexists(ckpt):
         _check_vi_checkpoint(ckpt, config)
     return base
-
-
-def _concurrent(config: AVPConfig) -> bool:
-    """Whether MAP + MALA run in a second process beside VI (``config.concurrent``)."""
-    if config.concurrent == "auto":
-        # Two single-threaded processes never wait on each other (no barrier between
-        # them), so even on a busy machine they cost at most the serial run's time; a
-        # short MALA is not worth starting a second interpreter (≈ 3 s of imports).
-        steps = config.mala_steps + config.mala_burn_in
-        return available_cores() >= 2 and steps >= _CONCURRENT_MIN_MALA_STEPS
-    return config.concurrent == "yes"
-
-
-@contextlib.contextmanager
-def _threads(n: int):
-    """torch's intra-op threads and the solvers' threads set to ``n`` inside the block,
-    both restored after."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    solver_before = set_solver_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-        set_solver_threads(solver_before)
-
-
-class _TakeFreeCores:
-    """VI callback: once the MAP + MALA process is done, VI's plane-wave solves take all
-    ``threads`` (rows split over threads: bit-identical results, about twice the speed on
-    two cores). Polls the child every ``every`` iterations; ``iteration`` records when."""
-
-    def __init__(self, worker: BaselinesProcess, threads: int, every: int = 16) -> None:
-        self.worker, self.threads, self.every = worker, threads, every
-        self.iteration: int | None = None
-
-    def __call__(self, iteration: int, values: dict) -> None:
-        if self.iteration is None and iteration % self.every == 0 and self.worker.done():
-            set_solver_threads(self.threads)
-            self.iteration = iteration
 
 
 def vi_checkpoint_every(config: AVPConfig) -> int:
@@ -239,6 +213,47 @@ def _inside(summary: PosteriorSummary, truth: torch.Tensor) -> float:
     return ((truth >= lo) & (truth <= hi)).double().mean().item()
 
 
+def _refine(vi, config: AVPConfig, op, timings: dict, solves: dict, progress: bool):
+    """VI's flow refined by MALA in its latent (``None`` with ``refine_steps=0``); warns
+    when the chains' own diagnostics say they have not converged."""
+    if not config.refine_steps:
+        return None
+    t0, s0 = time.perf_counter(), op.n_solves
+    res = refine_with_mcmc(
+        vi,
+        config.refine_steps,
+        n_chains=config.refine_chains,
+        burn_in=config.refine_burn_in,
+        seed=config.seed,
+        progress=progress,
+    )
+    timings["refine"], solves["refine"] = time.perf_counter() - t0, op.n_solves - s0
+    if not res.converged:
+        warnings.warn(
+            f"the refinement chains have not converged (split-R̂ up to {res.rhat_max:.3g}, "
+            f"ESS down to {res.ess_min:.0f}; wanted ≤ 1.05 and ≥ 100): their draws are "
+            "exact only in the limit; raise refine_steps",
+            DevitoUQWarning,
+            stacklevel=3,
+        )
+    return res
+
+
+def _refined_summary(res, vi_sum, mala_sum, m_true) -> dict[str, Any] | None:
+    """The refined posterior's diagnostics and its spread against VI's and MALA's."""
+    if res is None:
+        return None
+    s = summarize(res.flat().double())
+    return {
+        **res.to_dict(),
+        "truth_inside_90pct_interval": _inside(s, m_true),
+        "relative_error_of_mean": _rel(s.mean, m_true),
+        "std_over_vi_std_median": float((s.std / vi_sum.std).median()),
+        "std_over_mala_std_median": float((s.std / mala_sum.std).median()),
+        "mean_std": float(s.std.mean()),
+    }
+
+
 def run_avp(
     config: AVPConfig,
     out: str | os.PathLike,
@@ -301,7 +316,7 @@ def run_avp(
     timings: dict[str, float] = {"setup": time.perf_counter() - t_start}
     solves: dict[str, int] = {"setup": op.n_solves}
 
-    concurrent = cached is None and _concurrent(config)
+    concurrent = cached is None and concurrent_baselines(config)
     if cached is not None:
         base = cached
     elif not concurrent:
@@ -318,8 +333,8 @@ def run_avp(
         own = max(1, threads - child)
         # the child's threads come back to VI when it exits (even where the thread policy
         # gave this process a single thread: the two processes used two cores together)
-        take_free_cores = _TakeFreeCores(worker, own + child)
-        with worker, _threads(own):
+        take_free_cores = TakeFreeCores(worker, own + child)
+        with worker, thread_share(own):
             if progress:
                 print(f"MAP + MALA run in process {worker.pid} (log: {log})", flush=True)
             vi = train_vi(problem, config, ckpt, progress, callback=take_free_cores)
@@ -339,6 +354,8 @@ def run_avp(
     t0 = time.perf_counter()
     vi_samples = vi.sample(config.n_samples)
     timings["vi_sampling"] = time.perf_counter() - t0
+
+    refined = _refine(vi, config, op, timings, solves, progress)
 
     vi_sum, mala_sum = summarize(vi_samples.double()), summarize(base["mala"].double())
     with torch.no_grad():
@@ -375,6 +392,7 @@ def run_avp(
             "final_loss": history["loss"][-1] if history["loss"] else None,
         },
         "mala": base["info"],
+        "refined": _refined_summary(refined, vi_sum, mala_sum, m_true),
         "wall_time_s": time.perf_counter() - t_start,
         # MAP + MALA ran in a second process beside VI (time_s then overlap); VI's
         # solves took every thread from this iteration on (None: never)
@@ -397,7 +415,12 @@ def run_avp(
     }
     save_checkpoint(
         os.path.join(out, "posterior_samples.pt"),
-        {"vi": vi_samples, "mala": base["mala"], "map": base["map"]},
+        {
+            "vi": vi_samples,
+            "mala": base["mala"],
+            "map": base["map"],
+            **({"refined": refined.flat()} if refined else {}),
+        },
     )
     if figures:
         from devito_uq.apps.avp.figures import write_figures  # lazy: matplotlib
