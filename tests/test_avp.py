@@ -191,6 +191,7 @@ def test_cache_refused_for_another_configuration(tmp_path):
         ("refine_chains", 1, r"refine_chains=1 must be an integer >= 2"),
         ("refine_steps", 3, r"refine_steps=3 must be an integer >= 4"),
         ("refine_burn_in", -1, r"refine_burn_in=-1 must be"),
+        ("refine_steps", 10**12, r"8000000000000 refined draws .* needs .* available"),
     ],
 )
 def test_config_errors(field, value, message):

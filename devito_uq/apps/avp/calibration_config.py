@@ -55,8 +55,8 @@ class AVPCalibrationConfig(SleipnerNoise, ProfilePosterior, ProperPrior):
     mala_chains: int = _knob(8, "parallel MALA chains (the budget is shared among them)")
     mala_burn_in_fraction: float = _knob(0.5, "fraction of MALA steps spent on burn-in")
     mala_step_size: float = _knob(0.05, "initial MALA step, latent units² (adapted in burn-in)")
-    refine_chains: int = _knob(16, "MALA chains in the flow latent that refine VI (refined)")
-    refine_steps: int = _knob(1000, "refinement steps per chain after burn-in (refined)")
+    refine_chains: int = _knob(8, "MALA chains in the flow latent that refine VI (refined)")
+    refine_steps: int = _knob(3000, "refinement steps per chain after burn-in (refined)")
     refine_burn_in: int = _knob(200, "refinement burn-in steps per chain (refined)")
     methods: str = _knob(
         "both",

@@ -68,11 +68,11 @@ class AVPConfig(SleipnerNoise, ProfilePosterior):
     mala_thin: int = _knob(10, "keep every n-th MALA draw")
     mala_step_size: float = _knob(0.05, "initial MALA step (latent units²)")
     refine_steps: int = _knob(
-        2000,
+        6000,
         "steps per chain of MALA in the trained flow's latent after burn-in, which turns "
         "VI's draws into exact ones (0: no refinement)",
     )
-    refine_chains: int = _knob(16, "refinement chains, each started at a flow draw")
+    refine_chains: int = _knob(8, "refinement chains, each started at a flow draw")
     refine_burn_in: int = _knob(200, "refinement burn-in steps (the MALA step adapts)")
     concurrent: str = _knob(
         "auto",
@@ -92,8 +92,9 @@ class AVPConfig(SleipnerNoise, ProfilePosterior):
     @classmethod
     def short(cls, **overrides: Any) -> AVPConfig:
         """``make demo``'s schedule (< 5 min on 2 cores): 2,000 VI iterations at a
-        faster-decaying 2·10⁻³ rate, the target tempered over the first 3/4 (calibrated
-        in docs/results/calibration.md), and 2,500 MALA steps of 8 chains."""
+        faster-decaying 2·10⁻³ rate, the target tempered over the first 3/4, refined by
+        8 chains × 3,000 MALA steps in the flow's latent (calibrated in
+        docs/results/calibration.md), and 2,500 MALA steps of 8 chains."""
         base = dict(
             iterations=2000,
             lr=2e-3,
@@ -104,7 +105,7 @@ class AVPConfig(SleipnerNoise, ProfilePosterior):
             mala_steps=2000,
             mala_burn_in=500,
             mala_thin=5,
-            refine_steps=1000,
+            refine_steps=3000,
             label="short",
         )
         base.update(overrides)
@@ -188,6 +189,10 @@ class AVPConfig(SleipnerNoise, ProfilePosterior):
         nz, itemsize = 128, 4 if self.dtype == "float32" else 8  # the Sleipner profile
         check_allocation(f"n_samples={self.n_samples}", 2 * self.n_samples * nz * itemsize)
         check_allocation(f"{kept} kept MALA draws", 2 * kept * nz * itemsize)
+        refined = self.refine_chains * self.refine_steps
+        check_allocation(
+            f"{refined} refined draws (refine_chains x refine_steps)", 2 * refined * nz * itemsize
+        )
         # The data of one forward per VI sample and MALA chain (with its adjoint and
         # residual): n_angles traces of t1/dt samples each.
         nt = int(self.t1 / self.dt) + 1
