@@ -30,7 +30,7 @@ def write_figures(out: str | os.PathLike, problem: AVPProblem, results: AVPResul
         What MAP, MALA and VI produced.
     """
     m_map, vi_samples, history = results.m_map, results.vi_samples, results.history
-    vi_sum, mala_sum = results.vi_summary, results.mala_summary
+    vi_sum, mala_sum, refined = results.vi_summary, results.mala_summary, results.refined_summary
     d_mean, d_bg = results.d_mean, results.d_background
     z = problem.depth.numpy()
 
@@ -57,6 +57,16 @@ def write_figures(out: str | os.PathLike, problem: AVPProblem, results: AVPResul
         [
             (vi_sum.std.numpy(), dict(color="C0", label="VI (HINT)")),
             (mala_sum.std.numpy(), dict(color="C2", label="MALA")),
+            *(
+                [
+                    (
+                        refined.std.numpy(),
+                        dict(color="C3", ls="--", label="VI refined (MALA in its latent)"),
+                    )
+                ]
+                if refined is not None
+                else []
+            ),
         ],
     )
     draws = [(vel(s), dict(color="C0", lw=0.5, alpha=0.5)) for s in vi_samples[:30]]
@@ -68,8 +78,11 @@ def write_figures(out: str | os.PathLike, problem: AVPProblem, results: AVPResul
         title="VI posterior samples",
     )
 
-    fig, axes = plt.subplots(1, 2, figsize=(8, 6), sharey=True)
-    for ax, s, name, color in ((axes[0], vi_sum, "VI", "C0"), (axes[1], mala_sum, "MALA", "C2")):
+    panels = [(vi_sum, "VI", "C0"), (mala_sum, "MALA", "C2")]
+    if refined is not None:
+        panels.append((refined, "VI refined", "C3"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 6), sharey=True)
+    for ax, (s, name, color) in zip(axes, panels):
         lo, hi = s.credible_interval(0.9)
         ax.fill_betweenx(z, lo.numpy(), hi.numpy(), color=color, alpha=0.3, label="90% interval")
         ax.plot(s.mean.numpy(), z, color=color, label="posterior mean")

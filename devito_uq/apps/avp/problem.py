@@ -215,7 +215,8 @@ class AVPResults:
 
     ``m_map`` ``[nz]``; ``vi_samples`` / ``mala_samples`` ``[n, nz]`` (s²/km²);
     ``d_mean`` / ``d_background`` ``[p, nt]``, the data of the VI mean and of the
-    background model.
+    background model; ``refined_summary`` that of VI refined by MCMC in its latent
+    (``None`` without refinement).
     """
 
     m_map: torch.Tensor
@@ -226,3 +227,4 @@ class AVPResults:
     history: dict[str, list[float]]
     d_mean: torch.Tensor
     d_background: torch.Tensor
+    refined_summary: PosteriorSummary | None = None

@@ -239,11 +239,10 @@ def _refine(vi, config: AVPConfig, op, timings: dict, solves: dict, progress: bo
     return res
 
 
-def _refined_summary(res, vi_sum, mala_sum, m_true) -> dict[str, Any] | None:
+def _refined_summary(res, s, vi_sum, mala_sum, m_true) -> dict[str, Any] | None:
     """The refined posterior's diagnostics and its spread against VI's and MALA's."""
     if res is None:
         return None
-    s = summarize(res.flat().double())
     return {
         **res.to_dict(),
         "truth_inside_90pct_interval": _inside(s, m_true),
@@ -361,8 +360,17 @@ def run_avp(
     with torch.no_grad():
         d_mean = op(vi_sum.mean.to(problem.data.dtype))
         d_bg = op(problem.m_background.to(problem.data.dtype))
+    refined_sum = summarize(refined.flat().double()) if refined else None
     results = AVPResults(
-        base["map"], vi_samples, base["mala"], vi_sum, mala_sum, vi.history, d_mean, d_bg
+        base["map"],
+        vi_samples,
+        base["mala"],
+        vi_sum,
+        mala_sum,
+        vi.history,
+        d_mean,
+        d_bg,
+        refined_sum,
     )
     m_true, m_bg = problem.m_true, problem.m_background
     inside = _inside(vi_sum, m_true)
@@ -392,7 +400,7 @@ def run_avp(
             "final_loss": history["loss"][-1] if history["loss"] else None,
         },
         "mala": base["info"],
-        "refined": _refined_summary(refined, vi_sum, mala_sum, m_true),
+        "refined": _refined_summary(refined, refined_sum, vi_sum, mala_sum, m_true),
         "wall_time_s": time.perf_counter() - t_start,
         # MAP + MALA ran in a second process beside VI (time_s then overlap); VI's
         # solves took every thread from this iteration on (None: never)
