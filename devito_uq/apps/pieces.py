@@ -15,6 +15,8 @@ group                       fields                                              
                                                                                   amortize avp
 :class:`ProfilePosterior`   ``scale``, ``lower``, ``flow_steps``,                 avp, calibrate
                             ``flow_hidden``, ``flow_leaf``, ``dtype``
+:class:`FlowRefinement`     ``refine_steps``, ``refine_chains``,                  avp, calibrate
+                            ``refine_burn_in``
 :class:`WaveSolver`         ``f0``, ``vmax``, ``nbl``, ``space_order``            simulate, invert,
                                                                                   amortize imaging
 :class:`LowestVelocity`     ``vmin``                                              simulate, invert
@@ -45,12 +47,14 @@ from devito_uq.validation import (
     check_count,
     check_grid,
     check_in_range,
+    check_int,
     check_nonnegative_int,
     check_positive_scalar,
     check_scalar,
 )
 
 __all__ = [
+    "FlowRefinement",
     "ImagePrior",
     "LowestVelocity",
     "ModelUnits",
@@ -124,6 +128,34 @@ class ProfilePosterior:
         for name in ("scale", "lower"):
             check_positive_scalar(name, getattr(self, name))
         check_choice("dtype", self.dtype, ("float32", "float64"))
+
+
+@dataclass
+class FlowRefinement:
+    """MALA chains in a trained flow's latent that turn VI's draws into exact ones
+    (:func:`devito_uq.inference.refine_with_mcmc`)."""
+
+    refine_steps: int = knob(
+        3000,
+        "steps per chain of MALA in the trained flow's latent after burn-in, which turns "
+        "VI's draws into exact ones (0: no refinement)",
+    )
+    refine_chains: int = knob(8, "refinement chains, each started at a flow draw")
+    refine_burn_in: int = knob(200, "refinement burn-in steps (the MALA step adapts)")
+
+    def check_flow_refinement(self, n_model: int, itemsize: int) -> None:
+        """Raise :class:`InvalidArgumentError` naming the first bad field, or when the kept
+        draws (``[refine_chains · refine_steps, n_model]`` of ``itemsize`` bytes, twice
+        over for their summary) would not fit in memory."""
+        check_int("refine_steps", self.refine_steps, minimum=0)
+        if self.refine_steps != 0:
+            check_int("refine_steps", self.refine_steps, minimum=4)  # R̂ splits each chain
+        check_int("refine_chains", self.refine_chains, minimum=2)  # R̂ compares chains
+        check_nonnegative_int("refine_burn_in", self.refine_burn_in)
+        kept = self.refine_chains * self.refine_steps
+        check_allocation(
+            f"{kept} refined draws (refine_chains x refine_steps)", 2 * kept * n_model * itemsize
+        )
 
 
 # -- 2D imaging ------------------------------------------------------------------------------

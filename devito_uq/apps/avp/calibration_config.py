@@ -14,7 +14,7 @@ from typing import Any
 
 from devito_uq.apps import knob as _knob
 from devito_uq.apps.avp.config import AVPConfig
-from devito_uq.apps.pieces import ProfilePosterior, ProperPrior, SleipnerNoise
+from devito_uq.apps.pieces import FlowRefinement, ProfilePosterior, ProperPrior, SleipnerNoise
 from devito_uq.errors import InvalidArgumentError
 from devito_uq.validation import (
     check_choice,
@@ -32,7 +32,7 @@ _ESTIMATORS = ("reparameterization", "path")  # inference.path_gradient's, witho
 
 
 @dataclass
-class AVPCalibrationConfig(SleipnerNoise, ProfilePosterior, ProperPrior):
+class AVPCalibrationConfig(SleipnerNoise, ProfilePosterior, ProperPrior, FlowRefinement):
     """Simulation-based calibration of VI and MALA for the Sleipner AVP setting.
 
     Per truth VI trains a fresh HINT flow for ``vi_iterations`` steps of ``batch_size``
@@ -55,9 +55,6 @@ class AVPCalibrationConfig(SleipnerNoise, ProfilePosterior, ProperPrior):
     mala_chains: int = _knob(8, "parallel MALA chains (the budget is shared among them)")
     mala_burn_in_fraction: float = _knob(0.5, "fraction of MALA steps spent on burn-in")
     mala_step_size: float = _knob(0.05, "initial MALA step, latent units² (adapted in burn-in)")
-    refine_chains: int = _knob(8, "MALA chains in the flow latent that refine VI (refined)")
-    refine_steps: int = _knob(3000, "refinement steps per chain after burn-in (refined)")
-    refine_burn_in: int = _knob(200, "refinement burn-in steps per chain (refined)")
     methods: str = _knob(
         "both",
         "posteriors to calibrate: both (vi and mala), vi, mala, refined (VI, then MALA in "
@@ -109,15 +106,13 @@ class AVPCalibrationConfig(SleipnerNoise, ProfilePosterior, ProperPrior):
             "batch_size",
             "mala_chains",
             "n_windows",
-            "refine_steps",
         ):
             check_positive_int(name, getattr(self, name))
-        check_int("refine_chains", self.refine_chains, minimum=2)  # R̂ compares chains
-        check_int("refine_burn_in", self.refine_burn_in, minimum=0)
-        if self.refine_steps < 4 or self.refine_chains * self.refine_steps < self.n_samples:
+        self.check_flow_refinement(128, 8)  # the Sleipner profile, float64 at most
+        if self.refine_chains * self.refine_steps < self.n_samples:
             raise InvalidArgumentError(
                 f"refine_chains={self.refine_chains} x refine_steps={self.refine_steps} "
-                f"cannot give n_samples={self.n_samples} draws (and R̂ needs 4 steps)"
+                f"cannot give n_samples={self.n_samples} refined draws"
             )
         for name in ("n_truths", "n_samples", "batch_size", "mala_chains"):
             check_count(name, getattr(self, name))

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from devito_uq.apps import knob as _knob
-from devito_uq.apps.pieces import ProfilePosterior, SleipnerNoise
+from devito_uq.apps.pieces import FlowRefinement, ProfilePosterior, SleipnerNoise
 from devito_uq.errors import InvalidArgumentError
 from devito_uq.validation import (
     check_allocation,
@@ -32,7 +32,7 @@ __all__ = ["AVPConfig"]
 
 
 @dataclass
-class AVPConfig(SleipnerNoise, ProfilePosterior):
+class AVPConfig(SleipnerNoise, ProfilePosterior, FlowRefinement):
     """Every knob of the experiment; :meth:`~AVPConfig.full` is the original schedule.
 
     The noise rule, prior, parameterization and flow come from the shared groups
@@ -67,13 +67,6 @@ class AVPConfig(SleipnerNoise, ProfilePosterior):
     mala_burn_in: int = _knob(2000, "MALA burn-in steps")
     mala_thin: int = _knob(10, "keep every n-th MALA draw")
     mala_step_size: float = _knob(0.05, "initial MALA step (latent units²)")
-    refine_steps: int = _knob(
-        6000,
-        "steps per chain of MALA in the trained flow's latent after burn-in, which turns "
-        "VI's draws into exact ones (0: no refinement)",
-    )
-    refine_chains: int = _knob(8, "refinement chains, each started at a flow draw")
-    refine_burn_in: int = _knob(200, "refinement burn-in steps (the MALA step adapts)")
     concurrent: str = _knob(
         "auto",
         "MAP + MALA in a second process beside VI: auto (when this process may run on two "
@@ -105,7 +98,6 @@ class AVPConfig(SleipnerNoise, ProfilePosterior):
             mala_steps=2000,
             mala_burn_in=500,
             mala_thin=5,
-            refine_steps=3000,
             label="short",
         )
         base.update(overrides)
@@ -133,10 +125,6 @@ class AVPConfig(SleipnerNoise, ProfilePosterior):
         ):
             check_positive_int(name, getattr(self, name))
         check_nonnegative_int("mala_burn_in", self.mala_burn_in)
-        check_nonnegative_int("refine_burn_in", self.refine_burn_in)
-        check_int("refine_chains", self.refine_chains, minimum=2)  # R̂ compares chains
-        if self.refine_steps != 0:
-            check_int("refine_steps", self.refine_steps, minimum=4)  # R̂ splits each chain
         check_in_range("temper_fraction", self.temper_fraction, 0.0, 1.0)
         check_nonnegative_int("checkpoint_every", self.checkpoint_every)
         check_int("n_samples", self.n_samples, minimum=2)  # a std needs two samples
@@ -189,10 +177,7 @@ class AVPConfig(SleipnerNoise, ProfilePosterior):
         nz, itemsize = 128, 4 if self.dtype == "float32" else 8  # the Sleipner profile
         check_allocation(f"n_samples={self.n_samples}", 2 * self.n_samples * nz * itemsize)
         check_allocation(f"{kept} kept MALA draws", 2 * kept * nz * itemsize)
-        refined = self.refine_chains * self.refine_steps
-        check_allocation(
-            f"{refined} refined draws (refine_chains x refine_steps)", 2 * refined * nz * itemsize
-        )
+        self.check_flow_refinement(nz, itemsize)
         # The data of one forward per VI sample and MALA chain (with its adjoint and
         # residual): n_angles traces of t1/dt samples each.
         nt = int(self.t1 / self.dt) + 1
