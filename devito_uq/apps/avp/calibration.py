@@ -154,7 +154,7 @@ class CalibrationSetting:
     def refined(self, data: torch.Tensor) -> torch.Tensor:
         """``[n_samples, nz]`` draws of VI's flow refined by MALA in its latent
         (:func:`~devito_uq.inference.refine_with_mcmc`), spread evenly over every chain's
-        kept steps; the run's diagnostics are appended to :attr:`refine_log`."""
+        kept steps; the run's diagnostics are appended to ``refine_log``."""
         c = self.config
         vi = self.vi(data).vi
         seed = int(torch.randint(0, 2**31 - 1, ()))
