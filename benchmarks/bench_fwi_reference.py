@@ -39,19 +39,10 @@ os.environ.setdefault("DEVITO_LOGGING", "ERROR")
 import torch  # noqa: E402
 
 from devito_uq.apps.imaging import ImagingConfig  # noqa: E402
+from devito_uq.inference import split_rhat  # noqa: E402
 from devito_uq.io import load_checkpoint  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_fwi_reference.md"
-
-
-def split_rhat(chains: torch.Tensor) -> torch.Tensor:
-    """``[*shape]`` split-R̂ (Gelman et al. 2013) of ``[n_draws, n_chains, *shape]`` draws."""
-    n = chains.shape[0] // 2
-    halves = torch.cat([chains[:n], chains[n : 2 * n]], dim=1).double()
-    within = halves.var(0).mean(0)
-    between = n * halves.mean(0).var(0)
-    var = (n - 1) / n * within + between / n
-    return (var / within).sqrt()
 
 
 def band90(draws: torch.Tensor, truth: torch.Tensor) -> float:
