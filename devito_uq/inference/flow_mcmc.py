@@ -249,6 +249,7 @@ def refine_with_mcmc(
         step_size=h0 if step_size is None else step_size,
         target_acceptance=rate if target_acceptance is None else target_acceptance,
     )
+    chain.label = f"{chain.method} in the flow latent"
     gen = torch.Generator()
     gen.manual_seed(int(torch.randint(2**62, ())) if seed is None else int(seed))
     ref = latent.reference

@@ -100,6 +100,7 @@ class _Langevin:
         self.target = as_target(likelihood, prior, parameterization)
         self.step_size = check_positive_scalar("step_size", step_size)
         self.result: MCMCResult | None = None
+        self.label = self.method  # the progress bar's name
 
     def _adaptation(self, target_acceptance: float, adapt: bool) -> None:
         """Set the burn-in adaptation of a Metropolis–Hastings kernel (MALA, pCN)."""
@@ -321,7 +322,7 @@ class MALA(_Langevin):
         log_h = math.log(self.step_size)
         kept, accepted, counted = [], 0.0, 0
         total = burn_in + n_steps
-        bar = tqdm(range(total), disable=not progress, desc="MALA", dynamic_ncols=True)
+        bar = tqdm(range(total), disable=not progress, desc=self.label, dynamic_ncols=True)
         for t in bar:
             h = math.exp(log_h)
             noise = torch.randn(x.shape, generator=gen, dtype=x.dtype).to(x.device)
@@ -397,7 +398,7 @@ class SGLD(_Langevin):
         total = burn_in + n_steps
         h0 = self.step_size
         h = h0
-        bar = tqdm(range(total), disable=not progress, desc="SGLD", dynamic_ncols=True)
+        bar = tqdm(range(total), disable=not progress, desc=self.label, dynamic_ncols=True)
         for t in bar:
             h = h0 * (1.0 + t) ** (-self.decay)
             _, g = self.target.value_and_grad(x, full=False)

@@ -131,7 +131,7 @@ class PCN(_Langevin):
         s = _logit(min(beta, cap))
         kept, accepted, counted = [], 0.0, 0
         total = burn_in + n_steps
-        bar = tqdm(range(total), disable=not progress, desc="pCN", dynamic_ncols=True)
+        bar = tqdm(range(total), disable=not progress, desc=self.label, dynamic_ncols=True)
         for t in bar:
             if t < burn_in and self.adapt:
                 beta = 1.0 / (1.0 + math.exp(-s))
