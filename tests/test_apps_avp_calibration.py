@@ -68,6 +68,12 @@ def test_mala_gets_the_vi_budget():
         AVPCalibrationConfig(vi_iterations=10).mala_schedule()
     with pytest.raises(InvalidArgumentError, match="methods='both-ish'"):
         AVPCalibrationConfig(methods="both-ish").validate()
+    # the refinement's draws are checked only where the refined method runs
+    few = dict(refine_chains=2, refine_steps=40, n_samples=96)
+    AVPCalibrationConfig(methods="vi", **few).validate()
+    for methods in ("refined", "all"):
+        with pytest.raises(InvalidArgumentError, match="cannot give n_samples=96 refined"):
+            AVPCalibrationConfig(methods=methods, **few).validate()
 
 
 def test_example_config_is_the_standard_run():

@@ -108,12 +108,6 @@ class AVPCalibrationConfig(SleipnerNoise, ProfilePosterior, ProperPrior, FlowRef
             "n_windows",
         ):
             check_positive_int(name, getattr(self, name))
-        self.check_flow_refinement(128, 8)  # the Sleipner profile, float64 at most
-        if self.refine_chains * self.refine_steps < self.n_samples:
-            raise InvalidArgumentError(
-                f"refine_chains={self.refine_chains} x refine_steps={self.refine_steps} "
-                f"cannot give n_samples={self.n_samples} refined draws"
-            )
         for name in ("n_truths", "n_samples", "batch_size", "mala_chains"):
             check_count(name, getattr(self, name))
         check_int("seed", self.seed, minimum=0)
@@ -127,6 +121,13 @@ class AVPCalibrationConfig(SleipnerNoise, ProfilePosterior, ProperPrior, FlowRef
             "mala_burn_in_fraction", self.mala_burn_in_fraction, 0.0, 1.0, high_open=True
         )
         check_choice("methods", self.methods, _METHODS)
+        self.check_flow_refinement(128, 8)  # the Sleipner profile, float64 at most
+        refined = self.refine_chains * self.refine_steps
+        if self.methods in ("refined", "all") and refined < self.n_samples:
+            raise InvalidArgumentError(
+                f"refine_chains={self.refine_chains} x refine_steps={self.refine_steps} "
+                f"cannot give n_samples={self.n_samples} refined draws"
+            )
         check_choice("vi_estimator", self.vi_estimator, _ESTIMATORS)
         check_int("vi_temper_iterations", self.vi_temper_iterations, minimum=0)
         if self.n_windows > 128:
