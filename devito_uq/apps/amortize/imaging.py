@@ -39,13 +39,18 @@ scattered wavefield in one time loop), an adjoint 1, a forward 1.
 
 The flow works in the latent ``x = δm / prior_std``
 (:class:`~devito_uq.inference.Parameterization` around 0 with scale ``prior_std``): the
-scale of the per-survey VI's Gaussian prior, so both flows live on comparable numbers; no
-Laplace whitening (it depends on the survey, the amortized flow must not).
+scale of the per-survey VI's Gaussian prior, so both flows live on comparable numbers. With
+``residual`` (the default) it models ``w = Σ^{-1/2}(x − P y/prior_std)`` instead: the
+residual around the exact posterior under the per-survey Gaussian prior, whose mean ``P y``
+and covariance ``Σ`` come from the survey's own ``JᵀMJ`` and σ — the training survey's in
+training, a shifted survey's (a shot subset, dead traces, another noise level) through
+``set_geometry``; the flow learns how the crop prior departs from that answer.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import math
 import time
@@ -57,7 +62,12 @@ from scipy.ndimage import map_coordinates
 from tqdm.auto import tqdm
 
 from devito_uq.apps.amortize.imaging_config import ImagingAmortizeConfig
-from devito_uq.apps.amortize.imaging_posterior import deconvolving, one_padding_flow
+from devito_uq.apps.amortize.imaging_posterior import (
+    deconvolving,
+    gaussian_residual,
+    gaussian_residual_flow,
+    one_padding_flow,
+)
 from devito_uq.apps.amortize.imaging_study import run_study
 from devito_uq.apps.imaging.problem import pde_solves
 from devito_uq.apps.scenarios import (
@@ -156,12 +166,18 @@ class ImagingSetting:
         """The untrained :class:`AmortizedPosterior`: an :class:`ImageSummary` CNN of the
         condition feeding a :class:`ConditionalImageFlow` over ``δm/prior_std``; weights
         from ``config.seed`` (the caller's random state is left alone). With
-        ``deconvolve`` the CNN sees the least-squares image (``imaging_posterior.deconvolving``)."""
+        ``deconvolve`` the CNN sees the least-squares image (``imaging_posterior.deconvolving``);
+        with ``residual`` (the default) the flow models the residual around the survey's
+        exact Gaussian-prior posterior, whitened by its covariance
+        (``imaging_posterior.gaussian_residual``): untrained, it is that posterior."""
         c = self.config
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(c.seed)
             summary = ImageSummary(1, c.summary_features, hidden=c.summary_hidden)
-            flow = one_padding_flow(ConditionalImageFlow)(
+            flow_cls = one_padding_flow(ConditionalImageFlow)
+            if c.residual:
+                flow_cls = gaussian_residual_flow(flow_cls)
+            flow = flow_cls(
                 self.shape,
                 c.summary_features,
                 kind=c.flow_kind,
@@ -171,6 +187,8 @@ class ImagingSetting:
             )
         g = Parameterization(torch.zeros(self.shape), c.prior_std)
         cls = deconvolving(AmortizedPosterior) if c.deconvolve else AmortizedPosterior
+        if c.residual:
+            cls = gaussian_residual(cls)
         post = cls(flow, summary, g, condition_shape=(1, *self.shape))
         if c.deconvolve:
             post.setting = self  # fills the operator on first use (training)
@@ -328,17 +346,21 @@ class ImagingSetting:
         k = max(1, int(round(fraction * n)))
         return sorted({int(round(i)) for i in np.linspace(0, n - 1, k)})
 
-    def normal_matrices(self, progress: bool = False) -> torch.Tensor:
+    def normal_matrices(self, progress: bool = False, mask: torch.Tensor | None = None):
         """``H_s = J_sᵀ M_s J_s`` ``[nshots, n, n]`` float64 (n = nx·nz), symmetrized: one
-        Born and one adjoint solve per shot and grid point, cached per acquisition in this
-        process. Under MPI every rank assembles it alone when it first needs it (ranks
-        without shards never do; no collective call, hence no deadlock)."""
+        Born and one adjoint solve per shot and grid point, cached per acquisition (and
+        ``mask``) in this process. ``mask`` ``[nshots, 1, receivers]`` (default: the
+        survey's live traces) zeroes traces, e.g. a survey's dead receivers. Under MPI every
+        rank assembles it alone when it first needs it (ranks without shards never do; no
+        collective call, hence no deadlock)."""
         key = json.dumps(self.identity(), sort_keys=True)
+        if mask is not None:
+            key += ":" + hashlib.sha256(mask.float().numpy().tobytes()).hexdigest()
         if key in _NORMAL_CACHE:
             return _NORMAL_CACHE[key][0]
         s0, t0 = pde_solves(), time.perf_counter()
         n, nshots = math.prod(self.shape), self.config.nshots
-        mask = self.acquisition["mask"].float()
+        mask = (self.acquisition["mask"] if mask is None else mask).float()
         H = torch.zeros(nshots, n, n, dtype=torch.float64)
         chunk = 64
         mine = range(nshots)
@@ -358,6 +380,18 @@ class ImagingSetting:
         cost = {"seconds": time.perf_counter() - t0, "pde_solves": pde_solves() - s0}
         _NORMAL_CACHE[key] = (H, cost)
         return H
+
+    def dead_trace_mask(self, keep: float, generator: torch.Generator) -> torch.Tensor:
+        """``[nshots, 1, receivers]`` the survey's live-trace mask with all but
+        ``round(keep·live)`` (≥ 1) live traces of every shot zeroed at random (dead
+        receivers), drawn from ``generator``."""
+        mask = self.acquisition["mask"].clone()
+        for s in range(mask.shape[0]):
+            live = torch.nonzero(mask[s, 0]).flatten()
+            k = max(1, int(round(keep * live.numel())))
+            dead = live[torch.randperm(live.numel(), generator=generator)[k:]]
+            mask[s, 0, dead] = False
+        return mask
 
     def normal_cost(self) -> dict[str, float]:
         """Wall time and PDE solves of the assembly of :meth:`normal_matrices`."""
@@ -395,12 +429,14 @@ class ImagingSetting:
         generator: torch.Generator,
         sigma: float | None = None,
         shots: list[int] | None = None,
+        mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """:meth:`conditions` by explicit calls: ``d = J δm + σ ε`` (``ε`` from ``generator``),
-        then ``Jᵀ M d``: one Born and one adjoint solve per shot and image."""
+        then ``Jᵀ M d``: one Born and one adjoint solve per shot and image (``mask``
+        ``[nshots, 1, receivers]``: the traces recorded, default the survey's live ones)."""
         sigma = self.sigma if sigma is None else float(sigma)
         shots = list(range(self.config.nshots)) if shots is None else list(shots)
-        mask = self.acquisition["mask"][shots].float()
+        mask = (self.acquisition["mask"] if mask is None else mask)[shots].float()
         u = dm.float().requires_grad_(True)
         d = self.born(u, shots=shots)
         eps = torch.randn(d.shape, generator=generator, dtype=torch.float64).float()

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from devito_uq.apps import knob
 from devito_uq.apps.amortize.training_config import AmortizeTraining, problem_knob
 from devito_uq.apps.pieces import ImagePrior, SurfaceSurvey, WaveSolver
+from devito_uq.errors import InvalidArgumentError
 from devito_uq.validation import (
     check_bool,
     check_choice,
@@ -62,6 +63,13 @@ class ImagingAmortizeConfig(SurfaceSurvey, WaveSolver, ImagePrior, AmortizeTrain
         "linear map of Jᵀd, C the Gaussian prior) instead of the standardized Jᵀd (imaging)",
     )
 
+    residual: bool = knob(
+        True,
+        "the flow models the residual around the survey's exact Gaussian-prior posterior "
+        "(mean P Jᵀd, whitened by its covariance, both from the survey's own JᵀMJ and σ), "
+        "not δm itself; needs deconvolve (imaging)",
+    )
+
     def validate(self) -> ImagingAmortizeConfig:
         """Raise :class:`~devito_uq.errors.InvalidArgumentError` naming the first bad value;
         return ``self``."""
@@ -78,6 +86,12 @@ class ImagingAmortizeConfig(SurfaceSurvey, WaveSolver, ImagePrior, AmortizeTrain
         check_choice("condition", self.condition, ("normal", "explicit"))
         check_bool("augment_flip", self.augment_flip)
         check_bool("deconvolve", self.deconvolve)
+        check_bool("residual", self.residual)
+        if self.residual and not self.deconvolve:
+            raise InvalidArgumentError(
+                "residual=true models the residual around the least-squares image: it "
+                "needs deconvolve=true"
+            )
         for name in ("augment_amplitude", "augment_warp", "augment_depth"):
             check_nonnegative_scalar(name, getattr(self, name))
         return self

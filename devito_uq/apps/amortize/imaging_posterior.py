@@ -3,6 +3,10 @@
 * :func:`one_padding_flow`: the conditional image flow trained with one padding draw;
 * :func:`deconvolving`: an amortized posterior whose summary network sees the regularized
   least-squares image of the migrated image;
+* :func:`gaussian_residual`: a deconvolving posterior whose flow models the residual around
+  the survey's exact Gaussian-prior posterior, whitened by that posterior's covariance
+  (:func:`gaussian_residual_flow`), so that its geometry is the survey's own;
+* :func:`gaussian_factors`: that Gaussian posterior's mean operator and covariance roots;
 * :class:`NormalLikelihood`: the Born Gaussian likelihood through the assembled ``JᵀMJ``.
 """
 
@@ -16,7 +20,14 @@ from torch import nn
 
 from devito_uq.errors import InvalidArgumentError
 
-__all__ = ["NormalLikelihood", "deconvolving", "one_padding_flow"]
+__all__ = [
+    "NormalLikelihood",
+    "deconvolving",
+    "gaussian_factors",
+    "gaussian_residual",
+    "gaussian_residual_flow",
+    "one_padding_flow",
+]
 
 
 class NormalLikelihood(nn.Module):
@@ -93,3 +104,155 @@ def deconvolving(base: type) -> type:
             return self.summary(z)
 
     return DeconvolvingPosterior
+
+
+def gaussian_factors(H: torch.Tensor, sigma: float, prior, scale: float) -> dict:
+    r"""The exact posterior of ``δm`` under the Gaussian ``prior`` ``C`` (mean 0) for the
+    migrated image ``y = JᵀMd`` of a survey with normal operator ``H = JᵀMJ`` at noise
+    ``sigma``: ``Σ = (H/σ² + C⁻¹)⁻¹`` (computed as ``L (I + LᵀHL/σ²)⁻¹ Lᵀ``, ``C = LLᵀ``),
+    mean ``Σ y/σ²``.
+
+    Parameters
+    ----------
+    H : torch.Tensor
+        ``[n, n]`` the survey's ``JᵀMJ`` (s⁴/km⁴ per data unit², any float dtype).
+    sigma : float
+        The survey's noise std.
+    prior : CorrelatedGaussianPrior
+        ``C`` on the model grid.
+    scale : float
+        The flow's latent scale (``prior_std``): the roots are in units of it.
+
+    Returns
+    -------
+    dict
+        float64 ``ls_operator`` ``P = Σ/σ²`` ``[n, n]`` (``P y`` is the posterior mean, the
+        damped least-squares image), ``cov_sqrt`` ``Σ^{1/2}/scale`` and ``cov_isqrt`` its
+        inverse (symmetric, ``[n, n]``), ``log_det`` ``log det(Σ^{1/2}/scale)``, and
+        ``std`` ``[n]`` the posterior's pointwise std (s²/km²).
+    """
+    n = H.shape[0]
+    eye = torch.eye(n, dtype=torch.float64)
+    L = prior.sqrt().matvec(eye.reshape(n, *prior.mean.shape)).reshape(n, n).T
+    A = eye + L.T @ H.double() @ L / sigma**2
+    cov = L @ torch.linalg.solve(A, L.T)
+    cov = 0.5 * (cov + cov.T)
+    lam, vec = torch.linalg.eigh(cov / scale**2)
+    # Σ ≤ C, and C's spectrum is bounded below (≥ 0.06 prior_std² on the default grid):
+    # the clip only guards round-off.
+    lam = lam.clamp_min(1e-12 * float(lam.max()))
+    return {
+        "ls_operator": cov / sigma**2,
+        "cov_sqrt": (vec * lam.sqrt()) @ vec.T,
+        "cov_isqrt": (vec * lam.rsqrt()) @ vec.T,
+        "log_det": 0.5 * torch.log(lam).sum(),
+        "std": cov.diagonal().clamp_min(0).sqrt(),
+    }
+
+
+@functools.lru_cache(maxsize=4)
+def gaussian_residual_flow(base: type) -> type:
+    r"""``base`` (a :class:`ConditionalImageFlow`) over latents ``x`` whose condition carries
+    one more channel, the Gaussian-posterior mean ``μ`` (latent units), and which models
+
+    .. math::
+        x = \mu + \Sigma^{1/2} w, \qquad w \sim q_{\text{base}}(\cdot \mid c),
+
+    ``Σ^{1/2}`` the survey's Gaussian-posterior covariance root (buffers ``cov_sqrt``,
+    ``cov_isqrt``, ``cov_log_det``; :func:`gaussian_factors`). With ``q_base = N(0, I)``
+    the flow *is* the exact Gaussian-prior posterior; training on crop-prior pairs teaches
+    it only how the crop prior departs from that answer. The affine map is exact, so
+    ``log q(x) = log q_base(w) − log det Σ^{1/2}``, and a latent correction
+    (:class:`~devito_uq.inference.LatentCorrection`, which wraps ``net``) acts on ``w``.
+    """
+
+    class GaussianResidualImageFlow(base):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            n = math.prod(self.shape)
+            self.register_buffer("cov_sqrt", torch.eye(n))
+            self.register_buffer("cov_isqrt", torch.eye(n))
+            self.register_buffer("cov_log_det", torch.zeros(()))
+
+        def set_factors(self, factors: dict) -> None:
+            """Take ``cov_sqrt``/``cov_isqrt``/``log_det`` of :func:`gaussian_factors`."""
+            for name, key in (("cov_sqrt", "cov_sqrt"), ("cov_isqrt", "cov_isqrt")):
+                getattr(self, name).copy_(factors[key].to(getattr(self, name).dtype))
+            self.cov_log_det.fill_(float(factors["log_det"]))
+
+        def _split(self, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            if not isinstance(c, torch.Tensor) or c.dim() != 4 or c.shape[1] < 2:
+                got = tuple(c.shape) if isinstance(c, torch.Tensor) else type(c).__name__
+                raise InvalidArgumentError(
+                    f"a Gaussian-residual flow needs [b, features + 1, nx, nz] (the last "
+                    f"channel the Gaussian-posterior mean), got {got}"
+                )
+            return c[:, :-1], c[:, -1]
+
+        def _to_x(self, w: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
+            return mu + (w.flatten(1) @ self.cov_sqrt.to(w.dtype)).view_as(w)
+
+        def log_prob(self, m, c=None, n_pad: int = 1):
+            cc, mu = self._split(c)
+            m = self._check_models(m, "log_prob")
+            w = ((m - mu).flatten(1) @ self.cov_isqrt.to(m.dtype)).view_as(m)
+            return super().log_prob(w, cc, n_pad) - self.cov_log_det.to(m.dtype)
+
+        def rsample_and_log_prob(self, n, c=None):
+            cc, mu = self._split(c)
+            w, log_q = super().rsample_and_log_prob(n, cc)
+            return self._to_x(w, mu), log_q - self.cov_log_det.to(w.dtype)
+
+        def from_latent(self, z, c=None):
+            cc, mu = self._split(c)
+            w, log_det = super().from_latent(z, cc)
+            return self._to_x(w, mu), log_det + self.cov_log_det.to(w.dtype)
+
+    return GaussianResidualImageFlow
+
+
+@functools.lru_cache(maxsize=4)
+def gaussian_residual(base: type) -> type:
+    """``base`` (a :func:`deconvolving` posterior) whose flow is a
+    :func:`gaussian_residual_flow`: the features are the summary of the least-squares image
+    ``z = P y/prior_std`` with ``z`` itself appended as the residual's mean channel.
+
+    :meth:`set_geometry` conditions it on a survey's own acquisition and noise (shot or
+    trace subsets, another σ): ``P`` and the covariance roots are recomputed from that
+    survey's ``JᵀMJ``, so the flow's answer is the survey's exact Gaussian posterior plus
+    the learned departure. Training sets the training survey's (on first use, from
+    ``setting``); a saved posterior keeps them.
+    """
+
+    class GaussianResidualPosterior(base):
+        def _fill(self) -> None:
+            if self.setting is None:
+                raise InvalidArgumentError("the least-squares operator is not set")
+            s = self.setting
+            H = s.normal_matrices().sum(0)
+            self.set_geometry(H, s.sigma)
+
+        def set_geometry(self, H: torch.Tensor, sigma: float) -> dict:
+            """Condition on a survey with normal operator ``H`` ``[n, n]`` and noise
+            ``sigma``; returns :func:`gaussian_factors`'s dict (its ``std`` is the exact
+            Gaussian posterior's)."""
+            if self.setting is None:
+                raise InvalidArgumentError("set_geometry needs the posterior's setting")
+            scale = float(self.parameterization.scale.flatten()[0])
+            prior = self.setting.gaussian_prior()
+            f = gaussian_factors(H, float(sigma), prior, scale)
+            self.ls_operator.copy_(f["ls_operator"].to(self.ls_operator.dtype))
+            self.ls_ready.fill_(True)
+            self.flow.set_factors(f)
+            return f
+
+        def features(self, condition: torch.Tensor) -> torch.Tensor:
+            if not bool(self.ls_ready):
+                self._fill()
+            ref = self._ref()
+            y = condition.to(device=ref.device, dtype=ref.dtype)
+            scale = float(self.parameterization.scale.flatten()[0])
+            z = (y.flatten(1) @ self.ls_operator.T).view_as(y) / scale
+            return torch.cat([self.summary(z), z[:, :1]], dim=1)
+
+    return GaussianResidualPosterior

@@ -8,8 +8,12 @@ amortized posterior of the held-out Marmousi section beside per-survey answers:
   the per-survey VI is ``devito-uq invert`` itself on those files (MAP + Laplace + VI,
   ``vi_iterations``, the correlated Gaussian prior ``prior_std``/``correlation_length``) in
   ``OUT/vi``; ``invert --amortized`` writes the amortized outputs in ``OUT/amortized``;
-* ``half_shots`` (``shift_fraction`` of the shots) and ``double_noise`` (``noise_factor``
-  × σ): the shifted surveys, simulated in memory by explicit ``J``/``Jᵀ`` calls.
+* ``half_shots`` (``shift_fraction`` of the shots), ``dead_traces`` (``shift_fraction`` of
+  each shot's traces kept, the others zeroed at random: dead receivers; its own ``JᵀMJ`` is
+  assembled, the solves reported) and ``double_noise`` (``noise_factor`` × σ): the shifted
+  surveys, simulated in memory by explicit ``J``/``Jᵀ`` calls. A Gaussian-residual
+  posterior (``residual``) is conditioned on each survey's own geometry
+  (:meth:`set_geometry`); ``amortized_training_geometry`` is what it gives when it is not.
 
 For each survey: the amortized posterior (uncorrected), its latent correction
 (:meth:`~devito_uq.inference.AmortizedPosterior.correct`, ``correct_iterations`` of
@@ -132,7 +136,9 @@ def _draw(sampler, n: int, seed: int) -> tuple[torch.Tensor, float]:
         return s.detach().cpu().float(), time.perf_counter() - t0
 
 
-def adapted_condition(setting, y: torch.Tensor, shots: list[int], sigma: float) -> torch.Tensor:
+def adapted_condition(
+    setting, y: torch.Tensor, shots: list[int], sigma: float, H: torch.Tensor | None = None
+) -> torch.Tensor:
     r"""The migrated image the training survey would give for this survey's least-squares
     image: ``(H + σ_t² C⁻¹) P_s y`` ``[1, nx, nz]``, ``P_s = (H_s/σ² + C⁻¹)⁻¹/σ²`` with
     ``H_s`` over ``shots`` at the survey's ``σ`` and ``H``, ``σ_t`` the training ones.
@@ -145,7 +151,7 @@ def adapted_condition(setting, y: torch.Tensor, shots: list[int], sigma: float) 
     eye = torch.eye(n, dtype=torch.float64)
     L = sqrt.matvec(eye.reshape(n, *setting.shape)).reshape(n, n).T
     H_shots = setting.normal_matrices()
-    Hs = H_shots[shots].sum(0)
+    Hs = H_shots[shots].sum(0) if H is None else H
     z = L @ torch.linalg.solve(eye + L.T @ Hs @ L / sigma**2, L.T @ y.reshape(-1).double())
     z = z / sigma**2
     c_inv_z = torch.linalg.solve(L.T, torch.linalg.solve(L, z))
@@ -231,17 +237,24 @@ def run_study(setting, posterior, out: str, progress: bool = True, figures: bool
     held = _heldout_survey(setting, out, progress, figures)
     g = torch.Generator().manual_seed(c.seed + 7)
     half = setting.shot_subset(c.shift_fraction)
-    surveys = {
-        "heldout": (held["condition"], held["sigma"], list(range(c.nshots))),
-        "half_shots": (None, sigma, half),
-        "double_noise": (None, c.noise_factor * sigma, list(range(c.nshots))),
+    every = list(range(c.nshots))
+    dead = setting.dead_trace_mask(c.shift_fraction, torch.Generator().manual_seed(c.seed + 11))
+    surveys = {  # condition (None: simulated here), σ, shots, trace mask (None: all live)
+        "heldout": (held["condition"], held["sigma"], every, None),
+        "half_shots": (None, sigma, half, None),
+        "dead_traces": (None, sigma, every, dead),
+        "double_noise": (None, c.noise_factor * sigma, every, None),
     }
+    # A Gaussian-residual posterior is told each survey's own geometry (its JᵀMJ and σ).
+    residual = hasattr(posterior, "set_geometry")
     results: dict[str, Any] = {}
     panels: dict[str, dict] = {}
-    for name, (y, sig, shots) in surveys.items():
+    for name, (y, sig, shots, mask) in surveys.items():
+        s0, t0 = pde_solves(), time.perf_counter()
+        H = (H_shots if mask is None else setting.normal_matrices(progress, mask))[shots].sum(0)
+        geometry = {"pde_solves": pde_solves() - s0, "seconds": time.perf_counter() - t0}
         if y is None:  # explicit J, Jᵀ calls: what a survey of this kind would record
-            y = setting.migrate(a["dm_true"][None], g, sigma=sig, shots=shots)[0]
-        H = H_shots[shots].sum(0)
+            y = setting.migrate(a["dm_true"][None], g, sigma=sig, shots=shots, mask=mask)[0]
         gm, gs = gaussian_posterior(H, y, sig, prior)
         gauss = {"mean": gm.numpy(), "std": gs.numpy()}
         gauss["lo"], gauss["hi"] = (
@@ -253,7 +266,10 @@ def run_study(setting, posterior, out: str, progress: bool = True, figures: bool
             refs["vi"] = _stats(held["vi_samples"])["std"]
         entry: dict[str, Any] = {
             "shots": shots,
+            "live_traces": int((a["mask"] if mask is None else mask)[shots].sum()),
             "noise_sigma": sig,
+            # assembling this survey's own JᵀMJ (0: a shot subset of the training one)
+            "own_normal_operator": geometry,
             "exact_gaussian": _scores(gauss, truth, m0, refs),
         }
         panels[name] = {"exact Gaussian": gauss}
@@ -262,8 +278,13 @@ def run_study(setting, posterior, out: str, progress: bool = True, figures: bool
             entry["vi"] = {**_scores(vi_stats, truth, m0, refs), **held["vi"]}
             panels[name]["per-survey VI"] = vi_stats
         conditions = {"": y}
-        if c.deconvolve and name != "heldout":
-            conditions["_adapted"] = adapted_condition(setting, y, shots, sig)
+        if residual and name != "heldout":
+            # what the flow gives when not told the survey's geometry (training's kept)
+            naive, _ = _draw(lambda n, y=y: posterior.sample(n, y.float()), c.n_samples, c.seed)
+            entry["amortized_training_geometry"] = _scores(_stats(naive), truth, m0, refs)
+            posterior.set_geometry(H, sig)
+        elif c.deconvolve and name != "heldout":
+            conditions["_adapted"] = adapted_condition(setting, y, shots, sig, H)
         for suffix, cond in conditions.items():
             amortized, sample_s = _draw(
                 lambda n, cond=cond: posterior.sample(n, cond.float()), c.n_samples, c.seed
@@ -288,6 +309,8 @@ def run_study(setting, posterior, out: str, progress: bool = True, figures: bool
                 }
                 panels[name]["corrected" + suffix] = _stats(corrected)
         results[name] = entry
+        if residual:  # back to the training survey's (the calibration's) geometry
+            posterior.set_geometry(H_shots.sum(0), sigma)
     summary: dict[str, Any] = {
         "problem": "imaging",
         "grid": list(setting.shape),
