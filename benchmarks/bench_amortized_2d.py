@@ -64,7 +64,8 @@ def _row(name: str, e: dict, vi_l2: float | None) -> str:
     ratio = "" if vi_l2 is None else f" ({e['image_relative_l2'] / vi_l2:.2f}×)"
     return (
         f"| {name} | {e['image_relative_l2']:.3f}{ratio} | {e['image_ssim']:.3f} | "
-        f"{100 * e['truth_inside_90pct_band']:.1f} % | "
+        f"{100 * e['truth_inside_90pct_band']:.1f} % "
+        f"({100 * e['truth_inside_90pct_band_below_water']:.1f} %) | "
         f"{e.get('std_correlation_with_exact_gaussian', float('nan')):.3f} | "
         f"{e['mean_std']:.4f} |"
     )
@@ -87,7 +88,8 @@ def _table(label: str, summary: dict) -> list[str]:
         lines += [
             head,
             "",
-            "| posterior | image rel. L2 (× VI) | SSIM | truth in 90 % band | std corr. "
+            "| posterior | image rel. L2 (× VI) | SSIM | truth in 90 % band (below the "
+            "water) | std corr. "
             "with exact | mean std |",
             "|---|---|---|---|---|---|",
         ]

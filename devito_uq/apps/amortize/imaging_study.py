@@ -109,8 +109,12 @@ def _stats(samples: torch.Tensor) -> dict[str, np.ndarray]:
     }
 
 
-def _scores(stats: dict, truth: np.ndarray, m0: np.ndarray, refs: dict) -> dict[str, float]:
-    """Metrics of one posterior against the truth ``δm`` and the reference std maps."""
+def _scores(
+    stats: dict, truth: np.ndarray, m0: np.ndarray, refs: dict, water: np.ndarray
+) -> dict[str, float]:
+    """Metrics of one posterior against the truth ``δm`` and the reference std maps; the
+    band's coverage also below the ``water`` ``[nx, nz]`` (bool), where δm = 0 is known and
+    every posterior covers it."""
 
     def vel(dm):
         return 1.0 / np.sqrt(np.clip(m0 + dm, 1e-6, None))
@@ -121,6 +125,9 @@ def _scores(stats: dict, truth: np.ndarray, m0: np.ndarray, refs: dict) -> dict[
         "velocity_relative_l2": metrics.relative_l2(vel(stats["mean"]), vel(truth)),
         "velocity_ssim": metrics.ssim(vel(stats["mean"]), vel(truth)),
         "truth_inside_90pct_band": metrics.coverage(stats["lo"], stats["hi"], truth),
+        "truth_inside_90pct_band_below_water": metrics.coverage(
+            stats["lo"][~water], stats["hi"][~water], truth[~water]
+        ),
         "mean_std": float(np.mean(stats["std"])),
     }
     for name, std in refs.items():
@@ -270,18 +277,20 @@ def run_study(setting, posterior, out: str, progress: bool = True, figures: bool
             "noise_sigma": sig,
             # assembling this survey's own JᵀMJ (0: a shot subset of the training one)
             "own_normal_operator": geometry,
-            "exact_gaussian": _scores(gauss, truth, m0, refs),
+            "exact_gaussian": _scores(gauss, truth, m0, refs, setting.water),
         }
         panels[name] = {"exact Gaussian": gauss}
         if name == "heldout":
             vi_stats = _stats(held["vi_samples"])
-            entry["vi"] = {**_scores(vi_stats, truth, m0, refs), **held["vi"]}
+            entry["vi"] = {**_scores(vi_stats, truth, m0, refs, setting.water), **held["vi"]}
             panels[name]["per-survey VI"] = vi_stats
         conditions = {"": y}
         if residual and name != "heldout":
             # what the flow gives when not told the survey's geometry (training's kept)
             naive, _ = _draw(lambda n, y=y: posterior.sample(n, y.float()), c.n_samples, c.seed)
-            entry["amortized_training_geometry"] = _scores(_stats(naive), truth, m0, refs)
+            entry["amortized_training_geometry"] = _scores(
+                _stats(naive), truth, m0, refs, setting.water
+            )
             posterior.set_geometry(H, sig)
         elif c.deconvolve and name != "heldout":
             conditions["_adapted"] = adapted_condition(setting, y, shots, sig, H)
@@ -290,7 +299,7 @@ def run_study(setting, posterior, out: str, progress: bool = True, figures: bool
                 lambda n, cond=cond: posterior.sample(n, cond.float()), c.n_samples, c.seed
             )
             entry["amortized" + suffix] = {
-                **_scores(_stats(amortized), truth, m0, refs),
+                **_scores(_stats(amortized), truth, m0, refs, setting.water),
                 "sample_seconds": sample_s,
             }
             panels[name]["amortized" + suffix] = _stats(amortized)
@@ -298,7 +307,7 @@ def run_study(setting, posterior, out: str, progress: bool = True, figures: bool
                 vi, secs = _correct(setting, posterior, H, cond, y, sig, progress)
                 corrected, _ = _draw(vi.sample, c.n_samples, c.seed)
                 entry["corrected" + suffix] = {
-                    **_scores(_stats(corrected), truth, m0, refs),
+                    **_scores(_stats(corrected), truth, m0, refs, setting.water),
                     "seconds": secs,
                     "iterations": c.correct_iterations,
                     # Born (2) and adjoint (1) per shot and sample, were J used
