@@ -7,10 +7,12 @@ normal operator JᵀMJ is 160 columns × 2 shots, the training set 64 + 32 pairs
 import dataclasses
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+import segyio
 import torch
 
 from devito_uq.apps.amortize.config import AmortizeConfig
@@ -159,6 +161,24 @@ def test_invert_amortized_writes_segy_and_refuses_other_grid(workflow, tmp_path)
     assert origin == pytest.approx((5400.0, 0.0))
     assert summary["amortized"]["corrected"] and summary["pde_solves"]["by_phase"]["correction"]
     assert os.path.exists(tmp_path / "inv" / "summary.json")
+    assert summary["amortized"]["geometry"]["dead_traces"] == 0
+
+    # dead receivers (all-zero traces): the posterior is conditioned on the survey's own
+    # live traces — its JᵀMJ assembled (solves reported) — instead of the training's
+    (tmp_path / "dead_survey").mkdir()
+    dead_shots = tmp_path / "dead_survey" / "shots.sgy"
+    shutil.copy(files["shots"], dead_shots)
+    shutil.copy(f"{survey}/acquisition.json", tmp_path / "dead_survey")  # its σ
+    with segyio.open(str(dead_shots), "r+", ignore_geometry=True) as f:
+        for i in (0, 3, 5, 17, 20):  # shot 0: traces 0, 3, 5; shot 1: 1, 4
+            f.trace[i] = np.zeros_like(f.trace[i])
+    cfg = InvertConfig(**{**files, "shots": str(dead_shots)}, amortized=ckpt)
+    summary = invert_amortized(cfg, str(tmp_path / "dead"), progress=False, figures=False)
+    geometry = summary["amortized"]["geometry"]
+    assert geometry["dead_traces"] == 5 and geometry["conditioned"]
+    assert geometry["pde_solves"] == summary["pde_solves"]["by_phase"]["geometry"] > 0
+    mean, _, _ = read_image(tmp_path / "dead" / "posterior_mean.sgy")
+    assert np.all(np.isfinite(mean))
 
     other = tmp_path / "other"
     run_simulate(

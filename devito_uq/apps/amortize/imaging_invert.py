@@ -4,9 +4,11 @@ applied to a survey on disk.
 Reads the survey and its background as ``devito-uq invert`` does
 (:func:`devito_uq.apps.imaging.problem.build_problem`, ``problem = "born"``), checks that
 grid, background and acquisition are the ones the posterior was trained for (a mismatch is
-refused, naming it, before any solve), migrates the scattered data (``y = JᵀM(d − F(m0))``:
-one Born and one adjoint solve per shot), draws ``n_samples`` from ``q(δm | y)`` — with
-``correct``, after the latent correction (Siahkoohi et al. 2023) against this survey's Born
+refused, naming it, before any solve; dead traces are allowed), conditions a
+Gaussian-residual posterior on the survey's own live traces and σ (:func:`own_geometry`:
+free for another σ, the survey's ``JᵀMJ`` for dead traces), migrates the scattered data
+(``y = JᵀM(d − F(m0))``: one Born and one adjoint solve per shot), draws ``n_samples``
+from ``q(δm | y)`` — with ``correct``, after the latent correction (Siahkoohi et al. 2023) against this survey's Born
 likelihood and the correlated Gaussian prior (``prior_std``, ``correlation_length``),
 ``iterations`` steps of ``batch_size`` samples at ``lr``, checkpointed in
 ``correct_checkpoint.pt`` — and writes the outputs of ``devito-uq invert``
@@ -48,7 +50,7 @@ from devito_uq.io._files import check_input_file
 from devito_uq.parallel import rank_and_size
 from devito_uq.physics import AcousticModel
 
-__all__ = ["invert_amortized", "check_survey"]
+__all__ = ["invert_amortized", "check_survey", "own_geometry"]
 
 _CKPT = "correct_checkpoint.pt"
 
@@ -69,10 +71,12 @@ def _identity(config, out: str, path) -> dict[str, Any]:
     return {"input_sha256": {**input_digests(config, out), "amortized": file_digest(path)}, **knobs}
 
 
-def check_survey(config: InvertConfig, out: str, setting, trained, path) -> None:
-    """Refuse a survey whose grid, background or acquisition differ from the training's.
+def check_survey(config: InvertConfig, out: str, setting, trained, path):
+    """Refuse a survey whose grid, background or acquisition differ from the training's;
+    return the survey (:class:`~devito_uq.physics.Survey`, every shot, dead traces masked).
 
-    Reads the background image and the shot headers only: no solve.
+    Reads the background image and the shots file: no solve. Dead traces are allowed (a
+    Gaussian-residual posterior is conditioned on them, :func:`own_geometry`).
 
     Parameters
     ----------
@@ -139,6 +143,42 @@ def check_survey(config: InvertConfig, out: str, setting, trained, path) -> None
         _refuse(
             path, "data time axis (t0, dt ms, nt)", (ga.t0, ga.dt, ga.nt), (ra.t0, ra.dt, ra.nt)
         )
+    return survey
+
+
+def own_geometry(posterior, setting, survey, sigma: float, progress: bool) -> dict[str, Any]:
+    """Condition a Gaussian-residual posterior on the survey's own live traces and noise σ
+    (:meth:`set_geometry`); return what was done.
+
+    Another σ costs no solve (the stored training ``JᵀMJ``); dead traces (all-zero or
+    flagged dead in the SEG-Y, :func:`~devito_uq.io.read_shots`) need the survey's own
+    ``JᵀMJ``: one Born and one adjoint solve per shot and grid point, as in training. A
+    posterior of another design is left as it is (it answers the training geometry).
+    """
+    trained = setting.acquisition["mask"]
+    live = torch.zeros_like(trained)
+    m = torch.from_numpy(np.asarray(survey.mask()))
+    live[:, 0, : m.shape[1]] = m
+    live &= trained
+    dead = int((trained & ~live).sum())
+    info: dict[str, Any] = {"dead_traces": dead, "noise_sigma": float(sigma)}
+    if not hasattr(posterior, "set_geometry"):
+        info["conditioned"] = False
+        return info
+    sigma_t = float(posterior.noise_sigma)
+    info["noise_sigma_training"] = sigma_t
+    same_sigma = sigma_t > 0 and abs(sigma - sigma_t) <= 1e-6 * sigma_t
+    if dead == 0 and same_sigma:
+        info["conditioned"] = False  # the training geometry: the stored factors
+        return info
+    s0, t0 = pde_solves(), time.perf_counter()
+    if dead:
+        H = setting.normal_matrices(progress, live).sum(0)
+    else:
+        H = posterior.normal_operator
+    posterior.set_geometry(H, sigma)
+    info.update(conditioned=True, pde_solves=pde_solves() - s0, seconds=time.perf_counter() - t0)
+    return info
 
 
 def invert_amortized(
@@ -193,7 +233,7 @@ def invert_amortized(
             f"{os.fspath(path)!r} is an amortized posterior of problem={trained.problem!r}; "
             "invert needs one trained with problem='imaging'"
         )
-    check_survey(config, out, setting, trained, path)
+    survey = check_survey(config, out, setting, trained, path)
     check_run_kind(out, "amortized", config.overwrite, writer=rank == 0)
     prepare_output(out, (_CKPT,), resume, writer=rank == 0)
     problem = build_problem(config, out, comm)
@@ -209,11 +249,15 @@ def invert_amortized(
     illum = gauss_newton_diagonal(gn, problem.shape, config.probes, config.seed)
     times["illumination"], solves["illumination"] = time.perf_counter() - t0, pde_solves() - s0
     posterior = posterior.cpu().eval()
+    t0, s0 = time.perf_counter(), pde_solves()
+    geometry = own_geometry(posterior, setting, survey, problem.sigma, progress and rank == 0)
+    times["geometry"], solves["geometry"] = time.perf_counter() - t0, pde_solves() - s0
     flow = posterior.conditioned(y)
     report: dict[str, Any] = {
         "checkpoint": os.fspath(path),
         "corrected": bool(config.correct),
         "noise_sigma_survey": problem.sigma,
+        "geometry": geometry,
         "training": {k: getattr(trained, k) for k in ("n_train", "snr_db", "seed")},
     }
     if config.correct:

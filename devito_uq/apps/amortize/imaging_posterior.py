@@ -221,10 +221,18 @@ def gaussian_residual(base: type) -> type:
     trace subsets, another σ): ``P`` and the covariance roots are recomputed from that
     survey's ``JᵀMJ``, so the flow's answer is the survey's exact Gaussian posterior plus
     the learned departure. Training sets the training survey's (on first use, from
-    ``setting``); a saved posterior keeps them.
+    ``setting``); a saved posterior keeps them, with that ``normal_operator`` ``[n, n]``
+    and ``noise_sigma`` (so that another σ costs no solve).
     """
 
     class GaussianResidualPosterior(base):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            n = math.prod(self.model_shape)
+            # the geometry the factors are for: conditioning on another σ needs only these
+            self.register_buffer("normal_operator", torch.zeros(n, n, dtype=torch.float64))
+            self.register_buffer("noise_sigma", torch.zeros((), dtype=torch.float64))
+
         def _fill(self) -> None:
             if self.setting is None:
                 raise InvalidArgumentError("the least-squares operator is not set")
@@ -244,6 +252,8 @@ def gaussian_residual(base: type) -> type:
             self.ls_operator.copy_(f["ls_operator"].to(self.ls_operator.dtype))
             self.ls_ready.fill_(True)
             self.flow.set_factors(f)
+            self.normal_operator.copy_(H.double())
+            self.noise_sigma.fill_(float(sigma))
             return f
 
         def features(self, condition: torch.Tensor) -> torch.Tensor:
