@@ -8,8 +8,9 @@ refused, naming it, before any solve; dead traces are allowed), conditions a
 Gaussian-residual posterior on the survey's own live traces and σ (:func:`own_geometry`:
 free for another σ, the survey's ``JᵀMJ`` for dead traces), migrates the scattered data
 (``y = JᵀM(d − F(m0))``: one Born and one adjoint solve per shot), draws ``n_samples``
-from ``q(δm | y)`` — with ``correct``, after the latent correction (Siahkoohi et al. 2023) against this survey's Born
-likelihood and the correlated Gaussian prior (``prior_std``, ``correlation_length``),
+from ``q(δm | y)`` — with ``correct``, after the latent correction (Siahkoohi et al.
+2023) against this survey's Born likelihood and the correlated Gaussian prior
+(``prior_std``, ``correlation_length``),
 ``iterations`` steps of ``batch_size`` samples at ``lr``, checkpointed in
 ``correct_checkpoint.pt`` — and writes the outputs of ``devito-uq invert``
 (:func:`devito_uq.apps.imaging.outputs.write_outputs`: SEG-Y mean/std/quantiles, figures,
