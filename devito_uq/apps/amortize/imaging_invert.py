@@ -149,7 +149,7 @@ def check_survey(config: InvertConfig, out: str, setting, trained, path):
 
 def own_geometry(posterior, setting, survey, sigma: float, progress: bool) -> dict[str, Any]:
     """Condition a Gaussian-residual posterior on the survey's own live traces and noise σ
-    (:meth:`set_geometry`); return what was done.
+    (``set_geometry``); return what was done.
 
     Another σ costs no solve (the stored training ``JᵀMJ``); dead traces (all-zero or
     flagged dead in the SEG-Y, :func:`~devito_uq.io.read_shots`) need the survey's own

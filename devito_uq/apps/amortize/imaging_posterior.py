@@ -217,7 +217,7 @@ def gaussian_residual(base: type) -> type:
     :func:`gaussian_residual_flow`: the features are the summary of the least-squares image
     ``z = P y/prior_std`` with ``z`` itself appended as the residual's mean channel.
 
-    :meth:`set_geometry` conditions it on a survey's own acquisition and noise (shot or
+    ``set_geometry`` conditions it on a survey's own acquisition and noise (shot or
     trace subsets, another σ): ``P`` and the covariance roots are recomputed from that
     survey's ``JᵀMJ``, so the flow's answer is the survey's exact Gaussian posterior plus
     the learned departure. Training sets the training survey's (on first use, from

@@ -13,7 +13,7 @@ amortized posterior of the held-out Marmousi section beside per-survey answers:
   assembled, the solves reported) and ``double_noise`` (``noise_factor`` × σ): the shifted
   surveys, simulated in memory by explicit ``J``/``Jᵀ`` calls. A Gaussian-residual
   posterior (``residual``) is conditioned on each survey's own geometry
-  (:meth:`set_geometry`); ``amortized_training_geometry`` is what it gives when it is not.
+  (``set_geometry``); ``amortized_training_geometry`` is what it gives when it is not.
 
 For each survey: the amortized posterior (uncorrected), its latent correction
 (:meth:`~devito_uq.inference.AmortizedPosterior.correct`, ``correct_iterations`` of
