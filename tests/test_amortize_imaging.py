@@ -179,6 +179,11 @@ def test_invert_amortized_writes_segy_and_refuses_other_grid(workflow, tmp_path)
     assert geometry["pde_solves"] == summary["pde_solves"]["by_phase"]["geometry"] > 0
     mean, _, _ = read_image(tmp_path / "dead" / "posterior_mean.sgy")
     assert np.all(np.isfinite(mean))
+    # fewer live traces, a wider Gaussian-posterior covariance: a wider posterior (the flow
+    # told the training geometry would keep the full survey's width)
+    std_all, _, _ = read_image(tmp_path / "inv" / "posterior_std.sgy")
+    std_dead, _, _ = read_image(tmp_path / "dead" / "posterior_std.sgy")
+    assert std_dead.mean() > 1.05 * std_all.mean(), (std_dead.mean(), std_all.mean())
 
     other = tmp_path / "other"
     run_simulate(
