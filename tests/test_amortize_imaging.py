@@ -40,7 +40,7 @@ TINY = dict(
     snr_db=20.0, n_train=64, n_validation=32, shard_size=32, iterations=12, batch_size=16,
     flow_levels=2, flow_steps=1, flow_hidden=8, summary_features=2, summary_hidden=4,
     n_samples=32, correct_iterations=2, correct_batch_size=2, vi_iterations=2, n_truths=4,
-    validate_every=6, checkpoint_every=6,
+    validate_every=6, checkpoint_every=6, heldout_draws=3,
 )  # fmt: skip
 
 
@@ -141,6 +141,12 @@ def test_workflow_writes_summary_and_figures(workflow):
     # 160 columns in batched kernels of 8 (physics.acoustic.modeling.BATCH_SIZE) × 2 shots ×
     # (one shared background + 8 Born + 8 adjoint), the pooled background, σ's Born data
     assert 20 * 2 * 17 + 4 <= saved["cost"]["training_set_solves"] <= 20 * 2 * 17 + 2 + 4
+    draws = saved["heldout_draws"]
+    assert draws["draws"] == 3
+    for kind in ("exact_gaussian", "amortized", "corrected"):
+        band = draws[kind]["truth_inside_90pct_band"]
+        assert len(band["values"]) == 3 and band["se"] >= 0
+        assert band["mean"] == pytest.approx(np.mean(band["values"]))
     assert saved["calibration"]["n_truths"] == 4
     assert os.path.exists(os.path.join(out, "calibration.png"))
 

@@ -63,6 +63,11 @@ class ImagingAmortizeConfig(SurfaceSurvey, WaveSolver, ImagePrior, AmortizeTrain
         "linear map of Jᵀd, C the Gaussian prior) instead of the standardized Jᵀd (imaging)",
     )
 
+    heldout_draws: int = knob(
+        10,
+        "noise draws of the held-out survey the study scores every posterior on, for the "
+        "standard errors of its metrics (imaging; free with condition='normal'; 0: off)",
+    )
     residual: bool = knob(
         True,
         "the flow models the residual around the survey's exact Gaussian-prior posterior "
@@ -87,6 +92,7 @@ class ImagingAmortizeConfig(SurfaceSurvey, WaveSolver, ImagePrior, AmortizeTrain
         check_bool("augment_flip", self.augment_flip)
         check_bool("deconvolve", self.deconvolve)
         check_bool("residual", self.residual)
+        check_count("heldout_draws", self.heldout_draws, minimum=0, maximum=10_000)
         if self.residual and not self.deconvolve:
             raise InvalidArgumentError(
                 "residual=true models the residual around the least-squares image: it "
