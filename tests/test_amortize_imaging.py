@@ -24,7 +24,7 @@ from devito_uq.apps.amortize.imaging_posterior import (
     gaussian_residual_flow,
 )
 from devito_uq.apps.amortize.imaging_study import adapted_condition, gaussian_posterior
-from devito_uq.apps.amortize.run import run_all
+from devito_uq.apps.amortize.run import load_amortized, run_all
 from devito_uq.apps.imaging.config import InvertConfig, SimulateConfig
 from devito_uq.apps.imaging.problem import pde_solves
 from devito_uq.apps.imaging.run import run_invert
@@ -33,7 +33,7 @@ from devito_uq.apps.scenarios import load_marmousi, resample_window
 from devito_uq.cli import load_config_file
 from devito_uq.errors import InvalidArgumentError
 from devito_uq.inference import GaussianLikelihood
-from devito_uq.io import read_image
+from devito_uq.io import read_image, save_checkpoint
 
 TINY = dict(
     problem="imaging", width=450.0, depth=270.0, nshots=2, nreceivers=16, t1=600.0,
@@ -343,3 +343,15 @@ def test_dead_trace_mask_keeps_a_fraction_of_each_shots_traces(setting):
     assert mask.sum(-1).flatten().tolist() == [4, 4]  # round(0.25 · 16) per shot
     H = setting.normal_matrices(mask=mask)
     assert float((H - setting.normal_matrices()).norm()) > 0.1 * float(H.norm())
+
+
+def test_a_posterior_trained_before_the_residual_key_loads_as_the_former_design(tmp_path):
+    """An ``amortized.pt`` whose stored config has no ``residual`` was trained with the former
+    design: it loads as that (not as the Gaussian-residual default, which it would not fit)."""
+    config = AmortizeConfig(**{**TINY, "residual": False})
+    posterior = build_setting(config).make_posterior()
+    stored = {k: v for k, v in config.to_dict().items() if k != "residual"}
+    path = tmp_path / "old.pt"
+    save_checkpoint(path, {"config": stored, "posterior": posterior.state_dict()})
+    loaded, saved, _ = load_amortized(str(path))
+    assert saved.residual is False and not hasattr(loaded, "set_geometry")

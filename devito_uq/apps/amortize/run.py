@@ -70,6 +70,7 @@ STUDY_ONLY = frozenset(
         "n_truths",
         "noise_factor",
         "shift_fraction",
+        "heldout_draws",
         "mala_steps",
         "mala_chains",
         "checkpoint",
@@ -263,7 +264,10 @@ def load_amortized(path: str, config: Config | None = None, comm: Any = None):
     :class:`CheckpointError` naming the key), study-only fields come from ``config``.
     """
     state = load_checkpoint(path, required=("config", "posterior"))
-    saved = problem_config(state["config"])
+    stored = dict(state["config"])
+    if stored.get("problem") == "imaging":  # trained before the key: the former design
+        stored.setdefault("residual", False)
+    saved = problem_config(stored)
     if config is not None:
         config = config.for_problem()
         check_identity(path, _train_identity(saved), _train_identity(config))
