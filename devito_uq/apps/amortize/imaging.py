@@ -169,7 +169,7 @@ class ImagingSetting:
         ``deconvolve`` the CNN sees the least-squares image (``imaging_posterior.deconvolving``);
         with ``residual`` (the default) the flow models the residual around the survey's
         exact Gaussian-prior posterior, whitened by its covariance
-        (``imaging_posterior.gaussian_residual``): untrained, it is that posterior."""
+        (``imaging_posterior.gaussian_residual``): with ``w ~ N(0, I)`` it is that posterior."""
         c = self.config
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(c.seed)
