@@ -176,8 +176,8 @@ def gaussian_residual_flow(base: type) -> type:
 
         def set_factors(self, factors: dict) -> None:
             """Take ``cov_sqrt``/``cov_isqrt``/``log_det`` of :func:`gaussian_factors`."""
-            for name, key in (("cov_sqrt", "cov_sqrt"), ("cov_isqrt", "cov_isqrt")):
-                getattr(self, name).copy_(factors[key].to(getattr(self, name).dtype))
+            for name in ("cov_sqrt", "cov_isqrt"):
+                getattr(self, name).copy_(factors[name].to(getattr(self, name).dtype))
             self.cov_log_det.fill_(float(factors["log_det"]))
 
         def _split(self, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
