@@ -50,25 +50,14 @@ def write_figures(out: str | os.PathLike, problem: AVPProblem, results: AVPResul
             (vel(mala_sum.mean), dict(color="C2", ls=":", label="MALA posterior mean")),
         ],
     )
-    _profiles(
-        os.path.join(out, "std.png"),
-        z,
-        "pointwise std of m (s²/km²)",
-        [
-            (vi_sum.std.numpy(), dict(color="C0", label="VI (HINT)")),
-            (mala_sum.std.numpy(), dict(color="C2", label="MALA")),
-            *(
-                [
-                    (
-                        refined.std.numpy(),
-                        dict(color="C3", ls="--", label="VI refined (MALA in its latent)"),
-                    )
-                ]
-                if refined is not None
-                else []
-            ),
-        ],
-    )
+    stds = [
+        (vi_sum.std.numpy(), dict(color="C0", label="VI (HINT)")),
+        (mala_sum.std.numpy(), dict(color="C2", label="MALA")),
+    ]
+    if refined is not None:
+        label = "VI refined (MALA in its latent)"
+        stds.append((refined.std.numpy(), dict(color="C3", ls="--", label=label)))
+    _profiles(os.path.join(out, "std.png"), z, "pointwise std of m (s²/km²)", stds)
     draws = [(vel(s), dict(color="C0", lw=0.5, alpha=0.5)) for s in vi_samples[:30]]
     _profiles(
         os.path.join(out, "samples.png"),
