@@ -8,6 +8,7 @@ import dataclasses
 import json
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,11 @@ from devito_uq.apps.amortize.imaging_posterior import (
     gaussian_factors,
     gaussian_residual_flow,
 )
-from devito_uq.apps.amortize.imaging_study import adapted_condition, gaussian_posterior
+from devito_uq.apps.amortize.imaging_study import (
+    adapted_condition,
+    gaussian_posterior,
+    warn_if_miscalibrated,
+)
 from devito_uq.apps.amortize.run import load_amortized, run_all
 from devito_uq.apps.imaging.config import InvertConfig, SimulateConfig
 from devito_uq.apps.imaging.problem import pde_solves
@@ -31,7 +36,7 @@ from devito_uq.apps.imaging.run import run_invert
 from devito_uq.apps.imaging.simulate import run_simulate
 from devito_uq.apps.scenarios import load_marmousi, resample_window
 from devito_uq.cli import load_config_file
-from devito_uq.errors import InvalidArgumentError
+from devito_uq.errors import DevitoUQWarning, InvalidArgumentError
 from devito_uq.inference import GaussianLikelihood
 from devito_uq.io import read_image, save_checkpoint
 
@@ -355,3 +360,16 @@ def test_a_posterior_trained_before_the_residual_key_loads_as_the_former_design(
     save_checkpoint(path, {"config": stored, "posterior": posterior.state_dict()})
     loaded, saved, _ = load_amortized(str(path))
     assert saved.residual is False and not hasattr(loaded, "set_geometry")
+
+
+def test_the_study_says_in_one_line_when_its_calibration_finds_the_bands_off():
+    def report(verdict):
+        text = f"+0.133 ± 0.002 ({verdict})"
+        return {"n_truths": 200, "coverage_central": {"verdict": verdict, "text": text}}
+
+    with pytest.warns(DevitoUQWarning, match="under-confident on 200 truths .* \\+0.133"):
+        warn_if_miscalibrated(report("under-confident"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_if_miscalibrated(report("calibrated"))
+        warn_if_miscalibrated(report("inconclusive at 4 truths"))

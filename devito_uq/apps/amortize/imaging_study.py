@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from typing import Any
 
 import numpy as np
@@ -50,11 +51,18 @@ from devito_uq.apps.imaging.posterior import load_posterior
 from devito_uq.apps.imaging.problem import ImagingProblem, build_problem, pde_solves
 from devito_uq.apps.imaging.run import run_invert
 from devito_uq.apps.imaging.simulate import run_simulate
+from devito_uq.errors import DevitoUQWarning
 from devito_uq.inference import PosteriorTarget, run_calibration
 from devito_uq.inference.diagnostics import images as metrics
 from devito_uq.parallel import allreduce_sum
 
-__all__ = ["run_study", "survey_condition", "gaussian_posterior", "adapted_condition"]
+__all__ = [
+    "run_study",
+    "survey_condition",
+    "gaussian_posterior",
+    "adapted_condition",
+    "warn_if_miscalibrated",
+]
 
 _SBC_SAMPLES = 99  # draws per truth of the calibration: ranks in 0..99
 
@@ -96,6 +104,13 @@ def gaussian_posterior(H, y, sigma, prior) -> tuple[torch.Tensor, torch.Tensor]:
     cov = L @ torch.linalg.solve(A, L.T)
     mean = cov @ y.reshape(-1).double() / sigma**2
     return mean.reshape(shape), cov.diagonal().clamp_min(0).sqrt().reshape(shape)
+
+
+def _gaussian_stats(H, y, sigma, prior) -> dict[str, np.ndarray]:
+    """:func:`_stats` of the exact Gaussian-prior posterior (:func:`gaussian_posterior`):
+    its 90 % band is mean ± 1.645 std."""
+    mean, std = (t.numpy() for t in gaussian_posterior(H, y, sigma, prior))
+    return {"mean": mean, "std": std, "lo": mean - 1.645 * std, "hi": mean + 1.645 * std}
 
 
 def _stats(samples: torch.Tensor) -> dict[str, np.ndarray]:
@@ -262,12 +277,7 @@ def run_study(setting, posterior, out: str, progress: bool = True, figures: bool
         geometry = {"pde_solves": pde_solves() - s0, "seconds": time.perf_counter() - t0}
         if y is None:  # explicit J, Jᵀ calls: what a survey of this kind would record
             y = setting.migrate(a["dm_true"][None], g, sigma=sig, shots=shots, mask=mask)[0]
-        gm, gs = gaussian_posterior(H, y, sig, prior)
-        gauss = {"mean": gm.numpy(), "std": gs.numpy()}
-        gauss["lo"], gauss["hi"] = (
-            gauss["mean"] - 1.645 * gauss["std"],
-            gauss["mean"] + 1.645 * gauss["std"],
-        )
+        gauss = _gaussian_stats(H, y, sig, prior)
         refs = {"exact_gaussian": gauss["std"]}
         if name == "heldout":
             refs["vi"] = _stats(held["vi_samples"])["std"]
@@ -340,14 +350,30 @@ def run_study(setting, posterior, out: str, progress: bool = True, figures: bool
         },
     }
     if c.heldout_draws:
-        summary["heldout_draws"] = _noise_draws(setting, posterior, H_shots.sum(0), progress)
+        summary["heldout_draws"] = _noise_draws(setting, posterior, H_shots.sum(0))
     if c.n_truths:
         summary["calibration"] = _calibration(setting, posterior, out, progress)
+        warn_if_miscalibrated(summary["calibration"])
     if figures:
         from devito_uq.apps.amortize.imaging_figures import write_figures  # lazy: matplotlib
 
         summary["figures"] = write_figures(out, setting, panels, summary.get("calibration"))
     return summary
+
+
+def warn_if_miscalibrated(calibration: dict[str, Any]) -> None:
+    """One :class:`DevitoUQWarning` line when the study's calibration on the training prior
+    (:func:`_calibration`'s report) finds the bands over- or under-confident beyond its
+    standard error; nothing when calibrated or inconclusive."""
+    coverage = calibration["coverage_central"]
+    if coverage["verdict"] in ("under-confident", "over-confident"):
+        warnings.warn(
+            f"the amortized posterior is {coverage['verdict']} on {calibration['n_truths']} "
+            f"truths of its own training prior (central coverage area {coverage['text']}); "
+            "summary.json 'calibration' has the details",
+            DevitoUQWarning,
+            stacklevel=3,
+        )
 
 
 _DRAW_METRICS = (
@@ -358,7 +384,7 @@ _DRAW_METRICS = (
 )
 
 
-def _noise_draws(setting, posterior, H, progress: bool) -> dict[str, Any]:
+def _noise_draws(setting, posterior, H) -> dict[str, Any]:
     """The held-out truth under ``heldout_draws`` noise draws of the training survey (free
     with the assembled ``JᵀMJ``; 3 solves per shot and draw otherwise): the exact
     Gaussian-prior posterior, the amortized one and its correction scored on each; mean,
@@ -373,12 +399,7 @@ def _noise_draws(setting, posterior, H, progress: bool) -> dict[str, Any]:
     for k in range(c.heldout_draws):
         gen = torch.Generator().manual_seed(c.seed + 1000 + k)
         y = setting.conditions(a["dm_true"][None], gen)[0]
-        gm, gs = gaussian_posterior(H, y, setting.sigma, prior)
-        gauss = {"mean": gm.numpy(), "std": gs.numpy()}
-        gauss["lo"], gauss["hi"] = (
-            gauss["mean"] - 1.645 * gs.numpy(),
-            gauss["mean"] + 1.645 * gs.numpy(),
-        )
+        gauss = _gaussian_stats(H, y, setting.sigma, prior)
         refs = {"exact_gaussian": gauss["std"]}
         rows["exact_gaussian"].append(_scores(gauss, truth, m0, refs, setting.water))
         draws, _ = _draw(lambda n, y=y: posterior.sample(n, y.float()), c.n_samples, c.seed + k)
