@@ -7,6 +7,7 @@ normal operator JᵀMJ is 160 columns × 2 shots, the training set 64 + 32 pairs
 import dataclasses
 import json
 import os
+import re
 import shutil
 import warnings
 from pathlib import Path
@@ -334,6 +335,19 @@ def test_gaussian_residual_flow_around_a_standard_normal_is_the_exact_gaussian_p
         assert torch.allclose(post.ls_operator.double(), f["ls_operator"].float().double())
         z = post.features(y[None].float())[:, -1]
         assert torch.allclose(z.double(), mu[:, 0], rtol=0, atol=1e-3 * float(mu.abs().max()))
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"heldout_draws": -1}, "heldout_draws=-1 must be an integer >= 0"),
+        ({"heldout_draws": 1.5}, "heldout_draws=1.5 must be an integer"),
+        ({"residual": "yes"}, "residual='yes' must be True or False"),
+    ],
+)
+def test_new_knobs_refuse_bad_values_by_name(bad, message):
+    with pytest.raises(InvalidArgumentError, match=re.escape(message)):
+        build_setting(AmortizeConfig(**{**TINY, **bad}))
 
 
 def test_residual_needs_deconvolve():
