@@ -362,9 +362,9 @@ def run_study(setting, posterior, out: str, progress: bool = True, figures: bool
 
 
 def warn_if_miscalibrated(calibration: dict[str, Any]) -> None:
-    """One :class:`DevitoUQWarning` line when the study's calibration on the training prior
-    (:func:`_calibration`'s report) finds the bands over- or under-confident beyond its
-    standard error; nothing when calibrated or inconclusive."""
+    """One :class:`DevitoUQWarning` line when the study's calibration report (over truths
+    of the training prior) finds the bands over- or under-confident beyond its standard
+    error; nothing when calibrated or inconclusive."""
     coverage = calibration["coverage_central"]
     if coverage["verdict"] in ("under-confident", "over-confident"):
         warnings.warn(
