@@ -305,6 +305,7 @@ def test_bad_input_is_refused_before_any_solve(survey_dir, tmp_path):
         (dict(device="tpu"), "device='tpu'"),
         (dict(prior_std=-0.1), "prior_std"),
         (dict(coverage_check="yes"), "coverage_check='yes' must be true or false"),
+        (dict(hessian="exact"), "hessian='exact'"),
     ]:
         with pytest.raises(InvalidArgumentError, match=match):
             InvertConfig(**dict(INV, **bad)).validate()
@@ -423,7 +424,7 @@ def test_born_map_is_the_exact_posterior_mean_at_any_rank(survey_dir, rank):
     or two products) or not (iterations, reported); a cap below convergence says so.
     Rank 76 (+ 4 oversampling) of 160: two randomized passes would cost the 160 products of
     an assembly, so the run assembles and keeps every eigenpair (full rank, exact)."""
-    config = InvertConfig(**dict(INV, rank=rank, oversample=4))
+    config = InvertConfig(**dict(INV, rank=rank, oversample=4, hessian="products"))
     problem = build_problem(config, survey_dir)
     prior = make_prior(config, problem)
     f64 = get_solver(AcousticSolver, problem.model, np.float64)
@@ -476,6 +477,34 @@ def test_the_curvature_cost_is_estimated_before_it_is_spent(born_run):
     assert est["seconds_per_product"] > 0
     assert est["estimated_s"] == pytest.approx(NX * NZ * est["seconds_per_product"])
     assert summary["map"]["converged"] and summary["map"]["iterations"] <= 3
+    # hessian="auto" took the Green's-function route here: 2 backgrounds + 16 receivers
+    hess = summary["laplace"]["hessian"]
+    assert hess["route"] == "green" and hess["wave_solves"] == 2 + 16, hess
+    assert summary["pde_solves"]["by_phase"]["laplace"] == 2 + 16
+    assert hess["estimated_s"] <= est["estimated_s"]
+
+
+def test_the_green_hessian_is_the_products_hessian(survey_dir):
+    """``hessian = "green"`` (receiver Green's functions, 18 wave solves) gives the Laplace
+    start that full-rank products give (2·2·160 solves): the same pointwise std and MAP."""
+    out = {}
+    for route in ("green", "products"):
+        config = InvertConfig(**dict(INV, hessian=route))
+        problem = build_problem(config, survey_dir)
+        prior = make_prior(config, problem)
+        base = laplace_baseline(problem, prior, config, progress=False)
+        lmat = prior.sqrt().matvec(torch.eye(NX * NZ).reshape(-1, NX, NZ)).reshape(NX * NZ, -1)
+        lv = lmat.T.double() @ base["eigenvectors"].double()
+        std = (lv**2 / (1 + base["eigenvalues"].double())).sum(1).sqrt()
+        out[route] = std, base["map"].double(), base
+    (std_g, map_g, base_g), (std_p, map_p, base_p) = out["green"], out["products"]
+    assert base_g["hessian"]["route"] == "green" and base_p["hessian"]["route"] == "products"
+    assert base_g["pde_solves"]["laplace"] == 18
+    assert base_p["pde_solves"]["laplace"] >= 2 * 2 * NX * NZ
+    assert float((std_g - std_p).abs().max() / std_p.max()) < 1e-3
+    assert float((map_g - map_p).norm() / map_p.norm()) < 1e-3
+    mean, std, _ = _exact_posterior(survey_dir)
+    assert float((std_g - std.flatten()).abs().max() / std.max()) < 1e-3
 
 
 def test_std_map_has_no_stripes_at_the_flow_period(born_run):

@@ -192,11 +192,17 @@ class InvertConfig(WaveSolver, LowestVelocity, ImagePrior, ShotHeaders, ModelUni
     probes: int = _knob(4, "random probes of the illumination diag(JᵀJ)/σ²")
     rank: int = _knob(
         1000,
-        "rank of the Laplace approximation the flow starts from (2·(rank+oversample) "
-        "Gauss-Newton products, or N for N unknowns when that is no more: exact, full rank; "
-        "at least the number of unknowns with eigenvalues > 1 for a calibrated start)",
+        "rank of the Laplace start when the Hessian comes from products (2·(rank+oversample) "
+        "of them, or N when no more: exact; at least the eigenvalues > 1 for calibrated bars)",
     )
     oversample: int = _knob(10, "extra random vectors of the randomized eigensolver")
+    hessian: str = _knob(
+        "auto",
+        "how the Laplace phase gets the Gauss-Newton Hessian: 'green' (exact, from shots + "
+        "receivers wave solves and dense algebra: receiver Green's functions), 'products' "
+        "(rank and oversample), 'auto' (green when it fits in memory and is estimated no "
+        "slower than an exact assembly by products)",
+    )
     coverage_check: bool = _knob(
         True,
         "when rank < N ≤ 6000 unknowns: before the Laplace phase, estimate how many directions "
@@ -219,7 +225,11 @@ class InvertConfig(WaveSolver, LowestVelocity, ImagePrior, ShotHeaders, ModelUni
     )
     lr: float = _knob(2e-3, "Adam learning rate (cosine decay to 1 % over the run)")
     checkpoint_every: int = _knob(50, "VI checkpoint interval, iterations")
-    n_samples: int = _knob(256, "posterior samples drawn for the summary")
+    n_samples: int = _knob(
+        1024,
+        "posterior samples drawn for the summary (the mean's Monte Carlo error, "
+        "summary.json monte_carlo, falls as 1/sqrt(n_samples): 6.7 % at 256 on 5,151 unknowns)",
+    )
     device: str = _knob("cpu", "where the flow trains: 'cpu', 'cuda' or 'auto' (Devito: CPU)")
     amortized: str = _knob(
         "",
@@ -257,6 +267,7 @@ class InvertConfig(WaveSolver, LowestVelocity, ImagePrior, ShotHeaders, ModelUni
         check_choice("flow", self.flow, ("hint", "glow"))
         check_choice("device", self.device, ("cpu", "cuda", "auto"))
         check_choice("residual", self.residual, ("prior", "tail"))
+        check_choice("hessian", self.hessian, ("auto", "green", "products"))
         self.check_wave_solver()
         self.check_lowest_velocity(self.vmax)
         self.check_image_prior()

@@ -20,6 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from devito_uq.apps.imaging.config import InvertConfig
+from devito_uq.apps.imaging.green_hessian import choose_route, green_laplace, route_message
 from devito_uq.apps.imaging.posterior import laplace_parameterization
 from devito_uq.apps.imaging.problem import (
     HeldFixed,
@@ -359,7 +360,7 @@ def laplace_baseline(
         lambda: gauss_newton_diagonal(gn0, problem.shape, config.probes, config.seed),
     )
     n = problem.m0.numel()
-    k = min(config.rank + config.oversample, n)
+    k, exact_green = min(config.rank + config.oversample, n), False
     # low_rank_eigh: two passes of k products, or one on the identity (exact) when that
     # costs no more; then the Laplace keeps every eigenpair it paid for.
     exact = 2 * k >= n
@@ -370,11 +371,10 @@ def laplace_baseline(
         "seconds_per_product": per_product,
         "estimated_s": products * per_product,
     }
+    green, exact_green = choose_route(config, problem, n, products, per_product)
+    exact = exact or exact_green
     if show:  # before the long phase, so that a user can stop early
-        tqdm.write(
-            f"Laplace: {products} Gauss-Newton products at {per_product:.3g} s each (measured "
-            f"on the illumination probes): at most about {products * per_product / 60:.1f} min"
-        )
+        tqdm.write(route_message(green, exact_green, products, per_product))
     sqrt = prior_sqrt(config, prior, problem.m0)
     base: dict[str, Any] = {"illumination": illum, "sqrt": sqrt.state(), "estimate": base_estimate}
     if config.coverage_check and not exact and n <= COVERAGE_MAX_UNKNOWNS:
@@ -397,12 +397,17 @@ def laplace_baseline(
                 )
             )
 
-    def laplace(gn):
+    def laplace(gn, m):
         def whitened(v: torch.Tensor) -> torch.Tensor:  # Lᵀ H_d L v
             return sqrt.rmatvec(gn(sqrt.matvec(v)))
 
         rank = n if exact else config.rank
-        lam, vec = low_rank_eigh(whitened, problem.shape, rank, config.oversample, config.seed)
+        if exact_green:  # its seconds and solves: time_s / pde_solves "laplace"
+            lam, vec = green_laplace(problem, m, sqrt, show)
+            base["hessian"] = {"route": "green", **(green or {})}
+        else:
+            lam, vec = low_rank_eigh(whitened, problem.shape, rank, config.oversample, config.seed)
+            base["hessian"] = {"route": "products", "green_estimate": green}
         base.update(
             eigenvalues=lam.float(),
             eigenvectors=vec.float(),
@@ -415,7 +420,7 @@ def laplace_baseline(
         return model
 
     if problem.kind == "born":
-        lam, vec = phase("laplace", lambda: laplace(gn0))
+        lam, vec = phase("laplace", lambda: laplace(gn0, problem.m0))
         start = torch.zeros_like(problem.m0)
         if config.map_iterations and callable(getattr(prior, "sqrt", None)):
             # Gaussian prior: the objective is a quadratic, solved to a tolerance.
@@ -433,7 +438,7 @@ def laplace_baseline(
         g = Parameterization(problem.m0, precision.rsqrt().float(), lower=lo, upper=hi)
         base["map"] = phase("map", lambda: map_from(problem.m0, g))
         gn = gauss_newton_operator(problem, base["map"], progress=show)
-        phase("laplace", lambda: laplace(gn))
+        phase("laplace", lambda: laplace(gn, base["map"]))
     base.update(
         time_s=times,
         pde_solves=counts,

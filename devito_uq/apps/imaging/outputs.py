@@ -331,6 +331,13 @@ def write_outputs(
     summary = {
         "unknown": "image δm, s²/km²" if post.kind == "born" else "velocity, km/s",
         "n_samples": n_samples,
+        # how far the written mean and std are from the flow's own, from the draws alone
+        "monte_carlo": {
+            "mean_relative_se": float(
+                s.std.norm() / (n_samples**0.5 * s.mean.norm().clamp_min(1e-300))
+            ),
+            "std_relative_se": (2 * (n_samples - 1)) ** -0.5,
+        },
         "metrics": summary_metrics(
             post,
             mean,

@@ -340,6 +340,7 @@ def run_invert(
         "unknowns": int(problem.m0.numel()),
         "estimate_before": base.get("estimate"),  # products × s/product, said before the phase
         "coverage_before": base.get("coverage"),  # informed directions, said before the phase
+        "hessian": base.get("hessian"),  # route: Green's functions (exact) or products
     }
     if lam.numel() < problem.m0.numel() and float(lam[-1]) > 1.0:
         # The directions beyond the rank still carry information the start ignores: it keeps
