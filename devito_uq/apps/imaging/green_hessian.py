@@ -30,15 +30,12 @@ from devito_uq.physics.acoustic.model import AcousticModel
 from devito_uq.validation import available_memory, check_allocation
 
 __all__ = [
-    "HESSIAN_CHOICES",
     "choose_route",
     "green_estimate",
     "green_laplace",
     "route_message",
     "use_green",
 ]
-
-HESSIAN_CHOICES = ("auto", "green", "products")
 
 #: Dense eigendecomposition with vectors, ≈ this many · N³ flops (LAPACK syevd, measured
 #: 9–11 on the 2-core VM at N = 2,000–5,151), plus 4 N³ for the whitening products.

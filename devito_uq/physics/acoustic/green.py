@@ -149,7 +149,7 @@ class _Rows:
         try:
             self.solver.forward(self.m0, shot, self.dt, wavefield=wf, wavelet=wavelet)
             u = torch.from_numpy(np.asarray(wf.function.data)).flatten(1)
-            return u.T.to(torch.float64, memory_format=torch.contiguous_format).contiguous()
+            return u.T.to(torch.float64).contiguous()
         finally:
             wf.owner = None
 
@@ -193,7 +193,7 @@ class _Rows:
             conv = conv @ self.matrix.T
         live = torch.from_numpy(self.masks[i][receivers].astype(np.float64))
         conv *= -live[:, None, None]  # J = −g ∗ ∂²_t u₀, dead traces zero
-        folded = torch.zeros(self.n, *conv.shape[:1], conv.shape[2], dtype=torch.float64)
+        folded = torch.zeros(self.n, conv.shape[0], conv.shape[2], dtype=torch.float64)
         return folded.index_add_(0, self.fold_index, conv.transpose(0, 1))
 
 
