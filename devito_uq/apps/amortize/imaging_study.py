@@ -46,6 +46,12 @@ import numpy as np
 import torch
 
 from devito_uq.apps.amortize.imaging_posterior import NormalLikelihood
+from devito_uq.apps.amortize.imaging_scores import (
+    gaussian_posterior,
+    gaussian_stats,
+    posterior_scores,
+    sample_stats,
+)
 from devito_uq.apps.imaging.config import InvertConfig, SimulateConfig
 from devito_uq.apps.imaging.posterior import load_posterior
 from devito_uq.apps.imaging.problem import ImagingProblem, build_problem, pde_solves
@@ -53,7 +59,6 @@ from devito_uq.apps.imaging.run import run_invert
 from devito_uq.apps.imaging.simulate import run_simulate
 from devito_uq.errors import DevitoUQWarning
 from devito_uq.inference import PosteriorTarget, run_calibration
-from devito_uq.inference.diagnostics import images as metrics
 from devito_uq.parallel import allreduce_sum
 
 __all__ = [
@@ -90,64 +95,6 @@ def survey_condition(problem: ImagingProblem) -> torch.Tensor:
         (g,) = torch.autograd.grad(d, u, grad_outputs=problem.data.to(d.dtype) * mask)
         y = g.double()
     return allreduce_sum(y, problem.comm)[None]
-
-
-def gaussian_posterior(H, y, sigma, prior) -> tuple[torch.Tensor, torch.Tensor]:
-    r"""Mean and std ``[nx, nz]`` of the exact posterior under the Gaussian ``prior`` (mean 0)
-    for ``y = JᵀMd``: in whitened coordinates ``δm = L w``, ``A = I + LᵀHL/σ²``, mean
-    ``L A⁻¹ Lᵀ y/σ²``, covariance ``L A⁻¹ Lᵀ``."""
-    shape = tuple(y.shape[-2:])
-    n = int(np.prod(shape))
-    sqrt = prior.sqrt()
-    L = sqrt.matvec(torch.eye(n, dtype=torch.float64).reshape(n, *shape)).reshape(n, n).T
-    A = torch.eye(n, dtype=torch.float64) + L.T @ H @ L / sigma**2
-    cov = L @ torch.linalg.solve(A, L.T)
-    mean = cov @ y.reshape(-1).double() / sigma**2
-    return mean.reshape(shape), cov.diagonal().clamp_min(0).sqrt().reshape(shape)
-
-
-def _gaussian_stats(H, y, sigma, prior) -> dict[str, np.ndarray]:
-    """:func:`_stats` of the exact Gaussian-prior posterior (:func:`gaussian_posterior`):
-    its 90 % band is mean ± 1.645 std."""
-    mean, std = (t.numpy() for t in gaussian_posterior(H, y, sigma, prior))
-    return {"mean": mean, "std": std, "lo": mean - 1.645 * std, "hi": mean + 1.645 * std}
-
-
-def _stats(samples: torch.Tensor) -> dict[str, np.ndarray]:
-    s = samples.double()
-    q = torch.quantile(s, torch.tensor([0.05, 0.95], dtype=s.dtype), dim=0)
-    return {
-        "mean": s.mean(0).numpy(),
-        "std": s.std(0).numpy(),
-        "lo": q[0].numpy(),
-        "hi": q[1].numpy(),
-    }
-
-
-def _scores(
-    stats: dict, truth: np.ndarray, m0: np.ndarray, refs: dict, water: np.ndarray
-) -> dict[str, float]:
-    """Metrics of one posterior against the truth ``δm`` and the reference std maps; the
-    band's coverage also below the ``water`` ``[nx, nz]`` (bool), where δm = 0 is known and
-    every posterior covers it."""
-
-    def vel(dm):
-        return 1.0 / np.sqrt(np.clip(m0 + dm, 1e-6, None))
-
-    out = {
-        "image_relative_l2": metrics.relative_l2(stats["mean"], truth),
-        "image_ssim": metrics.ssim(stats["mean"], truth),
-        "velocity_relative_l2": metrics.relative_l2(vel(stats["mean"]), vel(truth)),
-        "velocity_ssim": metrics.ssim(vel(stats["mean"]), vel(truth)),
-        "truth_inside_90pct_band": metrics.coverage(stats["lo"], stats["hi"], truth),
-        "truth_inside_90pct_band_below_water": metrics.coverage(
-            stats["lo"][~water], stats["hi"][~water], truth[~water]
-        ),
-        "mean_std": float(np.mean(stats["std"])),
-    }
-    for name, std in refs.items():
-        out[f"std_correlation_with_{name}"] = metrics.correlation(stats["std"], std)
-    return out
 
 
 def _draw(sampler, n: int, seed: int) -> tuple[torch.Tensor, float]:
@@ -277,29 +224,32 @@ def run_study(setting, posterior, out: str, progress: bool = True, figures: bool
         geometry = {"pde_solves": pde_solves() - s0, "seconds": time.perf_counter() - t0}
         if y is None:  # explicit J, Jᵀ calls: what a survey of this kind would record
             y = setting.migrate(a["dm_true"][None], g, sigma=sig, shots=shots, mask=mask)[0]
-        gauss = _gaussian_stats(H, y, sig, prior)
+        gauss = gaussian_stats(H, y, sig, prior)
         refs = {"exact_gaussian": gauss["std"]}
         if name == "heldout":
-            refs["vi"] = _stats(held["vi_samples"])["std"]
+            refs["vi"] = sample_stats(held["vi_samples"])["std"]
         entry: dict[str, Any] = {
             "shots": shots,
             "live_traces": int((a["mask"] if mask is None else mask)[shots].sum()),
             "noise_sigma": sig,
             # assembling this survey's own JᵀMJ (0: a shot subset of the training one)
             "own_normal_operator": geometry,
-            "exact_gaussian": _scores(gauss, truth, m0, refs, setting.water),
+            "exact_gaussian": posterior_scores(gauss, truth, m0, refs, setting.water),
         }
         panels[name] = {"exact Gaussian": gauss}
         if name == "heldout":
-            vi_stats = _stats(held["vi_samples"])
-            entry["vi"] = {**_scores(vi_stats, truth, m0, refs, setting.water), **held["vi"]}
+            vi_stats = sample_stats(held["vi_samples"])
+            entry["vi"] = {
+                **posterior_scores(vi_stats, truth, m0, refs, setting.water),
+                **held["vi"],
+            }
             panels[name]["per-survey VI"] = vi_stats
         conditions = {"": y}
         if residual and name != "heldout":
             # what the flow gives when not told the survey's geometry (training's kept)
             naive, _ = _draw(lambda n, y=y: posterior.sample(n, y.float()), c.n_samples, c.seed)
-            entry["amortized_training_geometry"] = _scores(
-                _stats(naive), truth, m0, refs, setting.water
+            entry["amortized_training_geometry"] = posterior_scores(
+                sample_stats(naive), truth, m0, refs, setting.water
             )
             posterior.set_geometry(H, sig)
         elif c.deconvolve and name != "heldout":
@@ -309,15 +259,15 @@ def run_study(setting, posterior, out: str, progress: bool = True, figures: bool
                 lambda n, cond=cond: posterior.sample(n, cond.float()), c.n_samples, c.seed
             )
             entry["amortized" + suffix] = {
-                **_scores(_stats(amortized), truth, m0, refs, setting.water),
+                **posterior_scores(sample_stats(amortized), truth, m0, refs, setting.water),
                 "sample_seconds": sample_s,
             }
-            panels[name]["amortized" + suffix] = _stats(amortized)
+            panels[name]["amortized" + suffix] = sample_stats(amortized)
             if c.correct_iterations:
                 vi, secs = _correct(setting, posterior, H, cond, y, sig, progress)
                 corrected, _ = _draw(vi.sample, c.n_samples, c.seed)
                 entry["corrected" + suffix] = {
-                    **_scores(_stats(corrected), truth, m0, refs, setting.water),
+                    **posterior_scores(sample_stats(corrected), truth, m0, refs, setting.water),
                     "seconds": secs,
                     "iterations": c.correct_iterations,
                     # Born (2) and adjoint (1) per shot and sample, were J used
@@ -326,7 +276,7 @@ def run_study(setting, posterior, out: str, progress: bool = True, figures: bool
                     * 3
                     * len(shots),
                 }
-                panels[name]["corrected" + suffix] = _stats(corrected)
+                panels[name]["corrected" + suffix] = sample_stats(corrected)
         results[name] = entry
         if residual:  # back to the training survey's (the calibration's) geometry
             posterior.set_geometry(H_shots.sum(0), sigma)
@@ -399,15 +349,19 @@ def _noise_draws(setting, posterior, H) -> dict[str, Any]:
     for k in range(c.heldout_draws):
         gen = torch.Generator().manual_seed(c.seed + 1000 + k)
         y = setting.conditions(a["dm_true"][None], gen)[0]
-        gauss = _gaussian_stats(H, y, setting.sigma, prior)
+        gauss = gaussian_stats(H, y, setting.sigma, prior)
         refs = {"exact_gaussian": gauss["std"]}
-        rows["exact_gaussian"].append(_scores(gauss, truth, m0, refs, setting.water))
+        rows["exact_gaussian"].append(posterior_scores(gauss, truth, m0, refs, setting.water))
         draws, _ = _draw(lambda n, y=y: posterior.sample(n, y.float()), c.n_samples, c.seed + k)
-        rows["amortized"].append(_scores(_stats(draws), truth, m0, refs, setting.water))
+        rows["amortized"].append(
+            posterior_scores(sample_stats(draws), truth, m0, refs, setting.water)
+        )
         if "corrected" in rows:
             vi, _ = _correct(setting, posterior, H, y, y, setting.sigma, False)
             draws, _ = _draw(vi.sample, c.n_samples, c.seed + k)
-            rows["corrected"].append(_scores(_stats(draws), truth, m0, refs, setting.water))
+            rows["corrected"].append(
+                posterior_scores(sample_stats(draws), truth, m0, refs, setting.water)
+            )
     out: dict[str, Any] = {"draws": c.heldout_draws}
     for name, scores in rows.items():
         out[name] = {}
